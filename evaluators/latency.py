@@ -1,0 +1,168 @@
+"""The one timing method of slimsweep: warm-up, repeats until the median is known well enough, percentiles, noise check.
+
+The same `measure` times a model for a trial, for `slimsweep bench` and on the device agent, so every latency
+in a sweep was taken the same way and ratios between them mean something.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from evaluators.errors import ConfigError, SlimsweepError
+from evaluators.runtime import input_dtype, input_shape, make_session
+
+# Runs between two checks of the stopping rule: sorting the sample after every run would cost more than a tiny model.
+_CHUNK = 25
+_Z95 = 1.959964
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    """How a model is timed: threads, batch, warm-up, and when the repeat loop stops."""
+
+    threads: int = 1
+    batch_size: int = 1
+    warmup: int = 20  # runs discarded
+    min_repeats: int = 50
+    max_repeats: int = 5000
+    max_seconds: float = 2.0  # time cap for the repeat loop
+    target_rel_ci: float = 0.02  # stop once the 95% CI of the median is within ±2% of the median
+    max_cv: float = 0.35  # a measurement above this CV is retried once, and flagged unstable if still above
+
+    def __post_init__(self) -> None:
+        minimums = {"threads": 1, "batch_size": 1, "warmup": 0, "min_repeats": 1, "max_repeats": 1,
+                    "max_seconds": 0, "target_rel_ci": 0, "max_cv": 0}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if value < minimums[field.name]:
+                raise ConfigError(f"TimingSettings.{field.name} = {value!r}; it must be >= {minimums[field.name]}")
+        if self.min_repeats > self.max_repeats:
+            raise ConfigError(
+                f"TimingSettings.min_repeats = {self.min_repeats} is above max_repeats = {self.max_repeats}; "
+                "min_repeats must be <= max_repeats"
+            )
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """What one measurement found: per-run latency percentiles in milliseconds, spread, and how trustworthy it is."""
+
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+    cv: float  # std/mean of the per-run times
+    ci_rel: float  # half-width of the 95% CI of the median divided by the median
+    throughput: float  # samples per second = batch_size / mean seconds
+    repeats: int
+    stable: bool  # ci_rel <= target, cv <= max_cv, and the time cap did not cut the loop below min_repeats
+    retried: bool
+
+    def metrics(self) -> dict[str, float]:
+        """The figures as metric names, for Optuna objectives and MLflow."""
+        return {
+            "latency_p50_ms": self.p50_ms,
+            "latency_p90_ms": self.p90_ms,
+            "latency_p95_ms": self.p95_ms,
+            "latency_p99_ms": self.p99_ms,
+            "latency_mean_ms": self.mean_ms,
+            "latency_cv": self.cv,
+            "latency_ci_rel": self.ci_rel,
+            "throughput": self.throughput,
+        }
+
+
+def median_ci(sample: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """The 95% confidence interval of the sample's median, from order statistics."""
+    ordered = np.sort(np.asarray(sample, dtype=np.float64))
+    n = len(ordered)
+    half = _Z95 * math.sqrt(n) / 2
+    # 1-based ranks: the number of runs below the true median is Binomial(n, 1/2), which needs no assumption
+    # about the shape of the timing distribution (latencies are skewed, with a long tail).
+    lower = max(math.floor(n / 2 - half), 1)
+    upper = min(math.ceil(1 + n / 2 + half), n)
+    return float(ordered[lower - 1]), float(ordered[upper - 1])
+
+
+def measure(
+    model: bytes | str | os.PathLike,
+    settings: TimingSettings = TimingSettings(),
+    *,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+) -> LatencyStats:
+    """Time one model on ONNX Runtime with the project's timing method."""
+    session = make_session(model, threads=settings.threads, providers=providers)
+    shape = input_shape(session, settings.batch_size)
+    if shape[0] != settings.batch_size:
+        raise SlimsweepError(
+            f"the model's input {session.get_inputs()[0].name!r} has a fixed batch of {shape[0]}, "
+            f"but TimingSettings.batch_size = {settings.batch_size}; time it with batch_size={shape[0]} "
+            "or export it with a symbolic batch dimension"
+        )
+    # Latency does not depend on the values, so a fixed random input keeps measurements repeatable.
+    x = np.random.default_rng(0).standard_normal(shape).astype(input_dtype(session))
+    feed = {session.get_inputs()[0].name: x}
+    for _ in range(settings.warmup):
+        session.run(None, feed)
+    stats = _summarize(_time_runs(session, feed, settings), settings, retried=False)
+    if stats.cv > settings.max_cv:
+        # A noisy spell (another process, a frequency change) often passes; retry once, then let the flag say it.
+        stats = _summarize(_time_runs(session, feed, settings), settings, retried=True)
+    return stats
+
+
+def _time_runs(session, feed: dict[str, np.ndarray], settings: TimingSettings) -> np.ndarray:
+    """Per-run times in milliseconds, repeated until the median is tight, max_repeats, or the time cap."""
+    times_ns: list[int] = []
+    deadline = time.perf_counter_ns() + int(settings.max_seconds * 1e9)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # a garbage collection inside a timed run would be charged to the model
+    try:
+        while len(times_ns) < settings.max_repeats:
+            start = time.perf_counter_ns()
+            session.run(None, feed)
+            end = time.perf_counter_ns()
+            times_ns.append(end - start)
+            if end >= deadline:
+                break
+            done = len(times_ns) - settings.min_repeats
+            if done >= 0 and done % _CHUNK == 0 and _ci_rel(times_ns) <= settings.target_rel_ci:
+                break
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return np.asarray(times_ns, dtype=np.float64) / 1e6
+
+
+def _ci_rel(sample: Sequence[float] | np.ndarray) -> float:
+    lower, upper = median_ci(sample)
+    return (upper - lower) / 2 / float(np.median(sample))
+
+
+def _summarize(times_ms: np.ndarray, settings: TimingSettings, *, retried: bool) -> LatencyStats:
+    p50, p90, p95, p99 = np.percentile(times_ms, [50, 90, 95, 99])
+    mean = float(times_ms.mean())
+    cv = float(times_ms.std() / mean)
+    ci_rel = _ci_rel(times_ms)
+    repeats = len(times_ms)
+    return LatencyStats(
+        p50_ms=float(p50),
+        p90_ms=float(p90),
+        p95_ms=float(p95),
+        p99_ms=float(p99),
+        mean_ms=mean,
+        cv=cv,
+        ci_rel=ci_rel,
+        throughput=settings.batch_size / (mean / 1e3),
+        repeats=repeats,
+        stable=ci_rel <= settings.target_rel_ci and cv <= settings.max_cv and repeats >= settings.min_repeats,
+        retried=retried,
+    )

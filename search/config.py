@@ -1,0 +1,257 @@
+"""The experiment file: its schema, validated once at the edge, and the one error format for a bad file."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from evaluators.errors import ConfigError
+from spaces.plan import Space, Strict
+
+# Metrics a user may name as objectives, with the direction Optuna optimises them in.
+METRIC_DIRECTIONS: dict[str, str] = {
+    "accuracy": "maximize",
+    "latency_p50_ms": "minimize",
+    "latency_p90_ms": "minimize",
+    "latency_p95_ms": "minimize",
+    "latency_p99_ms": "minimize",
+    "size_mb": "minimize",
+    "params": "minimize",
+}
+
+
+class Teacher(Strict):
+    """The teacher trained once per task and cached on disk."""
+
+    width: float = Field(1.0, gt=0)
+    depth: int = Field(2, ge=1)
+    epochs: int = Field(30, ge=1)
+    lr: float = Field(0.003, gt=0)
+
+
+class Task(Strict):
+    """The dataset and teacher a sweep compresses."""
+
+    name: Literal["digits"] = "digits"
+    seed: int = 0
+    teacher: Teacher = Teacher()
+
+
+class Constraints(Strict):
+    """Feasibility limits handed to Optuna; infeasible trials stay out of the front."""
+
+    max_accuracy_drop: float = Field(1.0, ge=0)
+    max_latency_ms: float | None = Field(None, gt=0)
+    max_size_mb: float | None = Field(None, gt=0)
+
+
+class Target(Strict):
+    """Where latency is measured."""
+
+    kind: Literal["cpu"] = "cpu"
+    threads: int = Field(1, ge=1)
+    batch_size: int = Field(1, ge=1)
+
+
+class Search(Strict):
+    """The Optuna study and how many trials run at once."""
+
+    sampler: Literal["tpe", "nsgaii", "random"] = "tpe"
+    trials: int = Field(24, ge=1)
+    parallel: int = Field(2, ge=1)
+    seed: int = 0
+    storage: str | None = None  # default: sqlite in the output folder
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("sqlite:///", "postgresql", "mysql")):
+            raise ValueError(f"storage must be an SQLAlchemy URL such as sqlite:///study.db, got {v!r}")
+        return v
+
+
+class Tracking(Strict):
+    """Where MLflow records the sweep."""
+
+    uri: str | None = None  # default: sqlite in the output folder
+
+
+class Pick(Strict):
+    """The policy that picks the deployable model among front members."""
+
+    policy: Literal["fastest_within"] = "fastest_within"
+    max_accuracy_drop: float = Field(1.0, ge=0)
+    max_latency_ms: float | None = Field(None, gt=0)
+
+
+class Experiment(Strict):
+    """One experiment file."""
+
+    name: str
+    task: Task = Task()
+    space: Space = Space()
+    objectives: list[str] = ["accuracy", "latency_p50_ms", "size_mb"]
+    constraints: Constraints = Constraints()
+    target: Target = Target()
+    search: Search = Search()
+    tracking: Tracking = Tracking()
+    pick: Pick = Pick()
+    output_dir: str = "outputs"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", v):
+            raise ValueError(
+                f"{v!r} is not allowed: it names folders and the registered model, so use up to 64 letters, "
+                "digits, '_', '.' or '-', starting with a letter or digit"
+            )
+        return v
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("give at least one objective")
+        for name in v:
+            if name not in METRIC_DIRECTIONS:
+                raise ValueError(_not_allowed(name, METRIC_DIRECTIONS))
+        if len(set(v)) != len(v):
+            raise ValueError(f"objectives repeat a metric: {v}")
+        return v
+
+    @property
+    def out(self) -> Path:
+        """This experiment's folder for outputs, caches and the default stores."""
+        return Path(self.output_dir) / self.name
+
+    @property
+    def storage_url(self) -> str:
+        """The Optuna storage URL, defaulting to SQLite in the output folder."""
+        return self.search.storage or f"sqlite:///{(self.out / 'study.db').resolve()}"
+
+    @property
+    def tracking_uri(self) -> str:
+        """The MLflow tracking URI, defaulting to SQLite in the output folder."""
+        return self.tracking.uri or f"sqlite:///{(self.out / 'mlflow.db').resolve()}"
+
+
+def _not_allowed(value: Any, allowed: Any) -> str:
+    allowed = list(allowed)
+    hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+    near = f" (did you mean {hint[0]!r}?)" if hint else ""
+    return f"{value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}{near}"
+
+
+_KNOB_FORMS = "a number, a list of numbers to choose from, or a range {low: .., high: .., log: false}"
+
+
+def _branch(loc: tuple[Any, ...]) -> str | None:
+    """The union member pydantic tried for a knob ("float", "list[float]", "FloatRange"), if any."""
+    for part in loc:
+        if isinstance(part, str) and (part in {"float", "int"} or "FloatRange" in part or part.startswith("list[")):
+            return part
+    return None
+
+
+def _user_loc(loc: tuple[Any, ...]) -> list[str]:
+    # Branch names are pydantic's, not words the user wrote.
+    return [str(p) for p in loc if _branch((p,)) is None]
+
+
+def _value_at(data: Any, loc: list[str]) -> Any:
+    for part in loc:
+        if isinstance(data, dict):
+            data = data.get(part)
+        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
+        else:
+            return None
+    return data
+
+
+def _relevant(errors: list[dict[str, Any]], data: Any) -> list[dict[str, Any]]:
+    """One error per field; for a knob, the one of the union member that matches what the user wrote."""
+    chosen: dict[tuple[str, ...], dict[str, Any]] = {}
+    for err in errors:
+        branch = _branch(err["loc"])
+        head = tuple(_user_loc(err["loc"][: err["loc"].index(branch)] if branch else err["loc"]))
+        written = _value_at(data, list(head))
+        wanted = "FloatRange" if isinstance(written, dict) else "list" if isinstance(written, list) else "scalar"
+        got = None if branch is None else "FloatRange" if "FloatRange" in branch else (
+            "list" if branch.startswith("list[") else "scalar")
+        if head not in chosen or got == wanted:
+            chosen[head] = err
+    return list(chosen.values())
+
+
+def _format(error: dict[str, Any]) -> str:
+    """One line naming the field, the bad value and what is allowed."""
+    loc = _user_loc(error["loc"])
+    field = ".".join(loc) or "(top level)"
+    kind, value = error["type"], error.get("input")
+    if kind == "extra_forbidden":
+        parent = _model_at(Experiment, loc[:-1])
+        valid = list(parent.model_fields) if parent else []
+        return f"{field}: unknown key; {_not_allowed(loc[-1], valid)}"
+    if kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        options = [o.strip().strip("'") for o in expected.replace(" or ", ", ").split(",")]
+        return f"{field}: {_not_allowed(value, options)}"
+    if kind == "missing":
+        return f"{field}: required but missing"
+    message = error["msg"].removeprefix("Value error, ")
+    if _branch(error["loc"]) and kind.endswith(("_type", "_parsing")):
+        message = f"expected {_KNOB_FORMS}"
+    return f"{field}: {message}" + ("" if "got" in message else f" (got {value!r})")
+
+
+def _model_at(model: type[BaseModel], path: list[str]) -> type[BaseModel] | None:
+    """The pydantic model a dotted path into the file lands on."""
+    current: Any = model
+    for part in path:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        current = field.annotation
+        for arg in getattr(current, "__args__", ()):  # Optional[Model]
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                current = arg
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def parse(data: Any, source: str = "experiment") -> Experiment:
+    """Validate a parsed experiment mapping; raise ConfigError naming the field, the value and what is allowed."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings at the top level, got {type(data).__name__}")
+    try:
+        return Experiment.model_validate(data)
+    except ValidationError as exc:
+        lines = [_format(err) for err in _relevant(exc.errors(), data)]
+        raise ConfigError("\n".join(f"{source}: {line}" for line in lines)) from None
+
+
+def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Experiment:
+    """Read, apply dotted overrides (e.g. {"search.trials": 8}) and validate an experiment file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such experiment file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if isinstance(data, dict):
+        for dotted, value in (overrides or {}).items():
+            node = data
+            *parents, leaf = dotted.split(".")
+            for part in parents:
+                if not isinstance(node.get(part), dict):
+                    node[part] = {}
+                node = node[part]
+            node[leaf] = value
+    return parse(data, str(path))

@@ -1,0 +1,123 @@
+"""After the sweep: re-time the front in isolation, publish it, pick by policy, register and write the model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from evaluators.latency import measure
+from search.config import Experiment
+from search.pareto import Candidate, everything, front, write_charts, write_csv
+from search.pick import Choice, Policy, choose
+from search.sweep import timing, trial_path
+from search.tracking import Tracker
+
+# Verification repeats: more than a trial's, since the pick rests on these figures.
+VERIFY_TIMING = dict(warmup=50, min_repeats=300, max_seconds=3.0, target_rel_ci=0.01)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What the pick produced."""
+
+    choice: Choice
+    onnx_path: Path
+    card_path: Path
+    registered_version: str
+    front: list[Candidate]
+
+
+def verify(exp: Experiment, study: optuna.Study, members: list[Candidate]) -> tuple[list[Candidate], float]:
+    """Re-time front members and the fp32 teacher one after another, nothing else running; store the figures."""
+    settings = timing(exp, **VERIFY_TIMING)
+    verified: dict[str, float] = dict(study.user_attrs.get("verified", {}))
+    for c in members:
+        verified[str(c.trial)] = measure(trial_path(exp, c.trial), settings).p50_ms
+    verified["teacher"] = measure(exp.out / "teacher.onnx", settings).p50_ms
+    study.set_user_attr("verified", verified)
+    return with_verified(study, members), verified["teacher"]
+
+
+def with_verified(study: optuna.Study, members: list[Candidate]) -> list[Candidate]:
+    """Candidates carrying the stored verified latency, fastest first."""
+    verified = study.user_attrs.get("verified", {})
+    out = [replace(c, latency_p50_ms_verified=verified.get(str(c.trial))) for c in members]
+    return sorted(out, key=lambda c: c.latency)
+
+
+def teacher_latency(study: optuna.Study) -> float:
+    """The teacher's verified p50 if measured, else the one taken at the start of the sweep."""
+    return study.user_attrs.get("verified", {}).get("teacher", study.user_attrs["teacher"]["latency_p50_ms"])
+
+
+def publish_front(exp: Experiment, study: optuna.Study, tracker: Tracker, members: list[Candidate]) -> None:
+    """Tag front runs, log verified latencies, and attach pareto.csv / .png / .html to the parent run."""
+    numbers = {c.trial for c in members}
+    tracker.mark_front(numbers)
+    runs = tracker.trial_runs()
+    for c in members:
+        if c.latency_p50_ms_verified is not None and c.trial in runs:
+            tracker.client.log_metric(runs[c.trial], "latency_p50_ms_verified", c.latency_p50_ms_verified)
+    others = [c for c in everything(study) if c.trial not in numbers]
+    teacher = dict(study.user_attrs["teacher"], latency_p50_ms=teacher_latency(study))
+    csv_path = write_csv(members, exp.out / "pareto.csv")
+    png, page = write_charts(members, others, teacher, exp.out)
+    tracker.log_parent(files={"": csv_path}, tags={"slimsweep.front": ",".join(map(str, sorted(numbers)))})
+    tracker.log_parent(files={"": png})
+    tracker.log_parent(files={"": page})
+
+
+def deliver(exp: Experiment, study: optuna.Study, tracker: Tracker, policy: Policy, *, verify_latency: bool,
+            output_dir: Path | None = None) -> Delivery:
+    """Choose by policy, then register the model (alias 'deployable') and write deployable.onnx + model_card.json."""
+    members = front(study)
+    teacher_ms = teacher_latency(study)
+    if verify_latency and members:
+        members, teacher_ms = verify(exp, study, members)
+    else:
+        members = with_verified(study, members)
+    publish_front(exp, study, tracker, members)
+    choice = choose(members, policy, teacher_ms)
+    folder = output_dir or exp.out
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx_path = folder / "deployable.onnx"
+    shutil.copyfile(trial_path(exp, choice.candidate.trial), onnx_path)
+    card = model_card(exp, study, choice, policy, teacher_ms)
+    version = tracker.register(onnx_path, card)
+    card["registry"] = {"name": exp.name, "version": version, "alias": "deployable",
+                        "uri": f"models:/{exp.name}@deployable", "tracking_uri": exp.tracking_uri}
+    card_path = folder / "model_card.json"
+    card_path.write_text(json.dumps(card, indent=2))
+    tracker.log_parent(files={"": card_path}, tags={"slimsweep.pick": str(choice.candidate.trial)},
+                       metrics={"pick_trial": choice.candidate.trial})
+    return Delivery(choice, onnx_path, card_path, version, members)
+
+
+def model_card(exp: Experiment, study: optuna.Study, choice: Choice, policy: Policy, teacher_ms: float) -> dict[str, Any]:
+    """What was done to the model, its measured figures, the teacher's, and why it was chosen."""
+    c = choice.candidate
+    trial = study.trials[c.trial]
+    teacher = dict(study.user_attrs["teacher"])
+    teacher["latency_p50_ms_verified"] = teacher_ms
+    return {
+        "experiment": exp.name,
+        "task": exp.task.name,
+        "trial": c.trial,
+        "plan": dict(c.params_dict),
+        "plan_summary": c.plan,
+        "measured": {k: v for k, v in asdict(c).items() if k not in {"params_dict", "plan", "trial"}},
+        "stages_seconds": trial.user_attrs.get("stages", {}),
+        "teacher": teacher,
+        "speedup_vs_teacher": teacher_ms / c.latency,
+        "size_ratio_vs_teacher": teacher["size_mb"] / c.size_mb,
+        "target": exp.target.model_dump(),
+        "policy": policy.describe(),
+        "met_policy": choice.met_policy,
+        "why": choice.why,
+        "input": {"name": "input", "shape": ["batch", *study.user_attrs.get("input_shape", [])], "dtype": "float32"},
+    }

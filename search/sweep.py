@@ -1,0 +1,172 @@
+"""The driver: ask Optuna for plans, run them as Ray tasks, tell the results, log MLflow; resumable at any point."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+import yaml
+
+from evaluators.latency import TimingSettings
+from experiments.tasks import load as load_task
+from experiments.teacher import get_teacher
+from search.config import Experiment
+from search.executor import RayExecutor, Running
+from search.progress import SweepProgress
+from search.study import finished, open_study, record, requeue
+from search.tracking import Tracker
+from search.trial import TrialContext, TrialResult, teacher_figures
+from spaces.plan import sample
+
+# Trial timing: enough repeats for a stable median of a sub-millisecond model without dominating a trial.
+TRIAL_TIMING = dict(warmup=20, min_repeats=50, max_seconds=1.0)
+
+
+@dataclass
+class SweepSummary:
+    """What a sweep did in this run and in total."""
+
+    finished: int = 0
+    failed: int = 0
+    ran_now: int = 0
+    requeued: list[int] = field(default_factory=list)
+    interrupted: bool = False
+    seconds: float = 0.0
+
+
+def trial_path(exp: Experiment, number: int) -> Path:
+    """Where a trial's deployable ONNX file is kept (the driver writes it before telling Optuna)."""
+    return exp.out / "trials" / f"trial-{number}.onnx"
+
+
+def timing(exp: Experiment, **overrides: float) -> TimingSettings:
+    """The target's timing settings."""
+    return TimingSettings(threads=exp.target.threads, batch_size=exp.target.batch_size, **{**TRIAL_TIMING, **overrides})
+
+
+def prepare(exp: Experiment) -> tuple[TrialContext, dict[str, float]]:
+    """Load the task, get the cached (or newly trained) teacher, and measure the teacher as the baseline."""
+    data = load_task(exp.task.name, exp.task.seed)
+    t = exp.task.teacher
+    teacher, _ = get_teacher(data, seed=exp.task.seed, width=t.width, depth=t.depth, epochs=t.epochs, lr=t.lr)
+    ctx = TrialContext(data=data, teacher_state=teacher.state_dict(), teacher_width=t.width, teacher_depth=t.depth,
+                       timing=timing(exp), seed=exp.search.seed)
+    onnx_bytes, figures = teacher_figures(ctx)
+    (exp.out / "teacher.onnx").write_bytes(onnx_bytes)
+    return ctx, figures
+
+
+def _tell(exp: Experiment, study: optuna.Study, trial: optuna.Trial, result: TrialResult, teacher: dict[str, float],
+          plan_params: dict, describe: str) -> dict[str, float]:
+    """Record one result: ONNX on disk first, then Optuna (the state of record); MLflow follows from both."""
+    attrs = {"plan": plan_params, "describe": describe, "stages": result.stages, "info": result.info}
+    if not result.ok:
+        record(study, trial, values=None, constraints={}, attrs=attrs, failure=result.error or "unknown error")
+        return {}
+    metrics = dict(result.metrics)
+    metrics["accuracy_drop"] = teacher["accuracy"] - metrics["accuracy"]
+    path = trial_path(exp, trial.number)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(result.onnx or b"")
+    c = exp.constraints
+    constraints = {"accuracy_drop": metrics["accuracy_drop"] - c.max_accuracy_drop}
+    if c.max_latency_ms is not None:
+        constraints["latency_p50_ms"] = metrics["latency_p50_ms"] - c.max_latency_ms
+    if c.max_size_mb is not None:
+        constraints["size_mb"] = metrics["size_mb"] - c.max_size_mb
+    attrs["metrics"] = metrics
+    attrs["feasible"] = all(v <= 0 for v in constraints.values())
+    record(study, trial, values=[metrics[o] for o in exp.objectives], constraints=constraints, attrs=attrs,
+           failure=None)
+    return metrics
+
+
+def sync_tracking(exp: Experiment, study: optuna.Study, tracker: Tracker) -> int:
+    """Log every finished trial MLflow lacks (a crash between Optuna and MLflow loses nothing); return how many."""
+    logged = tracker.logged_trials()
+    added = 0
+    for t in finished(study):
+        if t.number in logged:
+            continue
+        path = trial_path(exp, t.number)
+        metrics = t.user_attrs.get("metrics", {})
+        stage_metrics = {f"stage_{k}_s": v for k, v in t.user_attrs.get("stages", {}).items()}
+        tracker.log_trial(
+            t.number, t.user_attrs.get("plan", t.params), {**metrics, **stage_metrics},
+            onnx=path.read_bytes() if metrics and path.is_file() else None,
+            failed_reason=t.user_attrs.get("slimsweep.failure") if t.state.name == "FAIL" else None,
+            tags={"slimsweep.feasible": str(t.user_attrs.get("feasible", False)).lower()},
+        )
+        added += 1
+    return added
+
+
+def run_sweep(exp: Experiment, *, ray_address: str | None = None, quiet: bool = False) -> SweepSummary:
+    """Run (or resume) the experiment's sweep until its budget of finished trials is reached."""
+    start = time.perf_counter()
+    summary = SweepSummary()
+    study = open_study(exp)
+    summary.requeued = requeue(study)  # trials a dead driver left RUNNING
+    tracker = Tracker(exp.tracking_uri, exp.name, exp.out / "mlartifacts")
+    tracker.start_sweep(yaml.safe_dump(exp.model_dump(), sort_keys=False), _sweep_params(exp))
+    sync_tracking(exp, study, tracker)
+
+    ctx, teacher = prepare(exp)
+    study.set_user_attr("teacher", teacher)
+    study.set_user_attr("input_shape", list(ctx.data.input_shape))
+    tracker.log_parent(metrics={f"teacher_{k}": v for k, v in teacher.items()})
+    executor = RayExecutor(address=ray_address)
+    ctx_ref = executor.put(ctx)
+
+    budget = exp.search.trials
+    running: list[Running] = []
+    trials: dict[int, tuple[optuna.Trial, dict, str]] = {}
+    progress = SweepProgress(budget, quiet=quiet)
+    try:
+        with progress:
+            while True:
+                done = finished(study)
+                while len(running) < exp.search.parallel and len(done) + len(running) < budget:
+                    trial = study.ask()
+                    plan = sample(trial, exp.space)
+                    trials[trial.number] = (trial, plan.params(), plan.describe())
+                    running.append(executor.submit(trial.number, plan, ctx_ref))
+                _refresh(progress, study, done, running)
+                if not running:
+                    break
+                for item, result in executor.wait(running, timeout=1.0):
+                    running.remove(item)
+                    trial, params, describe = trials.pop(item.number)
+                    metrics = _tell(exp, study, trial, result, teacher, params, describe)
+                    sync_tracking(exp, study, tracker)
+                    summary.ran_now += 1
+                    _refresh(progress, study, finished(study), running)
+                    progress.trial_done(item.number, describe, metrics, result.error)
+    except KeyboardInterrupt:
+        executor.cancel(running)
+        requeue(study, [r.number for r in running])
+        summary.interrupted = True
+        tracker.end("KILLED")
+    done = finished(study)
+    summary.finished = len(done)
+    summary.failed = sum(t.state.name == "FAIL" for t in done)
+    summary.seconds = time.perf_counter() - start
+    study.set_user_attr("last_run_seconds", summary.seconds)
+    tracker.log_parent(metrics={"trials_finished": summary.finished, "trials_failed": summary.failed})
+    return summary
+
+
+def _refresh(progress: SweepProgress, study: optuna.Study, done: list, running: list) -> None:
+    progress.update(done=len(done), failed=sum(t.state.name == "FAIL" for t in done), running=len(running),
+                    front=len(study.best_trials) if done else 0)
+
+
+def _sweep_params(exp: Experiment) -> dict[str, str]:
+    return {
+        "task": exp.task.name, "objectives": ",".join(exp.objectives), "sampler": exp.search.sampler,
+        "trials": str(exp.search.trials), "parallel": str(exp.search.parallel), "seed": str(exp.search.seed),
+        "target": f"{exp.target.kind} threads={exp.target.threads} batch={exp.target.batch_size}",
+        "max_accuracy_drop": str(exp.constraints.max_accuracy_drop), "storage": exp.storage_url,
+    }

@@ -1,0 +1,121 @@
+"""MLflow: one parent run per sweep, one nested run per trial, the front, and the registered pick."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+ROLE, STUDY, NUMBER = "slimsweep.role", "slimsweep.study", "optuna.trial_number"
+ALIAS = "deployable"
+
+
+class Tracker:
+    """Writes a sweep to MLflow through explicit run ids, so only the driver ever logs and nothing is global."""
+
+    def __init__(self, uri: str, experiment: str, artifact_root: Path) -> None:
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        self.uri, self.name = uri, experiment
+        mlflow.set_tracking_uri(uri)
+        self.client = MlflowClient(uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_root.resolve().as_uri())
+        else:
+            self.experiment_id = found.experiment_id
+        self.parent_id = ""
+
+    def resume_sweep(self) -> bool:
+        """Reopen this study's parent run, if there is one."""
+        runs = self.client.search_runs([self.experiment_id], f"tags.`{ROLE}` = 'sweep' and tags.`{STUDY}` = '{self.name}'",
+                                       max_results=1, order_by=["attributes.start_time ASC"])
+        if runs:
+            self.parent_id = runs[0].info.run_id
+            self.client.update_run(self.parent_id, status="RUNNING")
+        return bool(runs)
+
+    def start_sweep(self, config_text: str, params: dict[str, Any]) -> str:
+        """Resume this study's parent run, or create it with the experiment file attached."""
+        if not self.resume_sweep():
+            run = self.client.create_run(self.experiment_id, run_name=f"{self.name}-sweep",
+                                         tags={ROLE: "sweep", STUDY: self.name})
+            self.parent_id = run.info.run_id
+            self.client.log_batch(self.parent_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+        self.client.log_text(self.parent_id, config_text, "experiment.yaml")
+        return self.parent_id
+
+    def logged_trials(self) -> set[int]:
+        """Trial numbers that already have a nested run."""
+        runs = self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent_id}'",
+                                       max_results=50000)
+        return {int(r.data.tags[NUMBER]) for r in runs if NUMBER in r.data.tags}
+
+    def log_trial(self, number: int, params: dict[str, Any], metrics: dict[str, float], *, onnx: bytes | None,
+                  failed_reason: str | None = None, tags: dict[str, str] | None = None) -> str:
+        """One nested run for one finished trial: the plan as params, metrics, its ONNX file or its failure reason."""
+        all_tags = {ROLE: "trial", NUMBER: str(number), STUDY: self.name, "mlflow.parentRunId": self.parent_id,
+                    **(tags or {})}
+        if failed_reason is not None:
+            all_tags["slimsweep.failure"] = failed_reason[:4000]
+        run = self.client.create_run(self.experiment_id, run_name=f"trial-{number}", tags=all_tags)
+        run_id, now = run.info.run_id, int(time.time() * 1000)
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+            params=[Param(k, str(v)) for k, v in params.items()],
+        )
+        if onnx is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "model.onnx"
+                path.write_bytes(onnx)
+                self.client.log_artifact(run_id, str(path))
+        self.client.set_terminated(run_id, "FAILED" if failed_reason is not None else "FINISHED")
+        return run_id
+
+    def trial_runs(self) -> dict[int, str]:
+        """Run id of each trial's nested run, by trial number."""
+        runs = self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent_id}'",
+                                       max_results=50000)
+        return {int(r.data.tags[NUMBER]): r.info.run_id for r in runs if NUMBER in r.data.tags}
+
+    def mark_front(self, front: set[int]) -> None:
+        """Tag every trial run pareto=true or pareto=false."""
+        for number, run_id in self.trial_runs().items():
+            self.client.set_tag(run_id, "pareto", "true" if number in front else "false")
+
+    def log_parent(self, *, metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None,
+                   files: dict[str, Path] | None = None) -> None:
+        """Metrics, tags and files (artifact name -> local path) on the sweep's parent run."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+                              tags=[RunTag(k, v) for k, v in (tags or {}).items()])
+        for name, path in (files or {}).items():
+            self.client.log_artifact(self.parent_id, str(path), artifact_path=name or None)
+
+    def register(self, onnx_path: Path, card: dict[str, Any]) -> str:
+        """Register the chosen model under the experiment's name with the alias 'deployable'; return the version."""
+        import onnx
+
+        model = onnx.load(str(onnx_path))
+        with mlflow.start_run(run_id=self.parent_id):
+            info = mlflow.onnx.log_model(model, name="deployable", registered_model_name=self.name,
+                                         onnx_execution_providers=["CPUExecutionProvider"],
+                                         metadata={"slimsweep": {"plan": card.get("plan"), "why": card.get("why")}})
+        version = str(info.registered_model_version)
+        self.client.set_registered_model_alias(self.name, ALIAS, version)
+        self.client.update_model_version(self.name, version, description=card.get("why", ""))
+        # start_run(run_id=...) ended the parent as FINISHED on exit; the sweep decides its status itself.
+        return version
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Close the parent run (FINISHED, FAILED or KILLED)."""
+        if self.parent_id:
+            self.client.set_terminated(self.parent_id, RunStatus.to_string(RunStatus.from_string(status)))

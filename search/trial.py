@@ -1,0 +1,141 @@
+"""One trial, as a worker runs it: build, distill, prune, export, quantize, measure. Holds no driver state."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from evaluators.accuracy import accuracy
+from evaluators.latency import TimingSettings, measure
+from evaluators.size import size_mb
+from experiments.tasks import TaskData
+from spaces.export import to_onnx
+from spaces.plan import CompressionPlan
+from spaces.pruning import channel_count, prune_channels
+from spaces.quantization import quantize
+from spaces.students import CNN, Distillation, build, parameter_count, train
+
+# Recovery after pruning distils with these when the student itself was not distilled (the teacher itself).
+RECOVERY_TEMPERATURE, RECOVERY_ALPHA, RECOVERY_LR = 4.0, 0.7, 0.003
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of a sweep shares; put in Ray's object store once."""
+
+    data: TaskData
+    teacher_state: dict[str, torch.Tensor]
+    teacher_width: float
+    teacher_depth: int
+    timing: TimingSettings
+    seed: int = 0
+    train_threads: int = 1
+
+    def teacher(self) -> torch.nn.Module:
+        """A fresh copy of the trained teacher."""
+        model = CNN(self.data.input_shape[0], self.data.num_classes, width=self.teacher_width, depth=self.teacher_depth)
+        model.load_state_dict(self.teacher_state)
+        return model.eval()
+
+
+@dataclass
+class TrialResult:
+    """What a worker hands back: metrics and the deployable ONNX bytes, or the reason it failed."""
+
+    number: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    onnx: bytes | None = None
+    stages: dict[str, float] = field(default_factory=dict)  # seconds spent in each stage
+    error: str | None = None
+    traceback: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """Whether the trial produced a candidate."""
+        return self.error is None
+
+
+@contextmanager
+def _stage(stages: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        stages[name] = round(time.perf_counter() - start, 4)
+
+
+def run_trial(number: int, plan: CompressionPlan, ctx: TrialContext) -> TrialResult:
+    """Apply a plan to the teacher and measure the result; every exception becomes a failed result."""
+    torch.set_num_threads(ctx.train_threads)  # one core per trial: parallel trials must not fight over cores
+    torch.manual_seed(ctx.seed + number)
+    result = TrialResult(number=number)
+    try:
+        _run(plan, ctx, result)
+    except Exception as exc:  # noqa: BLE001 - a failing trial is a result, not a crash of the sweep
+        result.error = f"{type(exc).__name__}: {exc}"
+        result.traceback = traceback.format_exc()
+    return result
+
+
+def _run(plan: CompressionPlan, ctx: TrialContext, result: TrialResult) -> None:
+    data, stages = ctx.data, result.stages
+    teacher = ctx.teacher()
+    example = torch.from_numpy(data.x_val[:1])
+    s = plan.student
+    with _stage(stages, "distill"):
+        student = build(s, teacher, data.input_shape[0], data.num_classes)
+        if s.kind == "cnn":
+            d = Distillation(epochs=s.epochs, lr=s.lr, temperature=s.temperature, alpha=s.alpha, seed=ctx.seed)
+            train(student, data.x_train, data.y_train, d, teacher=teacher)
+    result.info["channels_before_pruning"] = channel_count(student)
+    if plan.pruning.ratio > 0:
+        with _stage(stages, "prune"):
+            prune_channels(student, example, plan.pruning.ratio, round_to=plan.pruning.round_to)
+            temperature, alpha, lr = (s.temperature, s.alpha, s.lr) if s.kind == "cnn" else (
+                RECOVERY_TEMPERATURE, RECOVERY_ALPHA, RECOVERY_LR)
+            recovery = Distillation(epochs=plan.pruning.recover_epochs, lr=lr, temperature=temperature, alpha=alpha,
+                                    seed=ctx.seed)
+            train(student, data.x_train, data.y_train, recovery, teacher=teacher)
+    result.info["channels"] = channel_count(student)
+    with _stage(stages, "export"):
+        fp32 = to_onnx(student.eval(), example)
+    with _stage(stages, "quantize"):
+        deployed = quantize(fp32, plan.quantization.scheme, data.x_calib)
+    with _stage(stages, "accuracy"):
+        acc = accuracy(deployed, data.x_val, data.y_val)
+    with _stage(stages, "latency"):
+        latency = measure(deployed, ctx.timing)
+    result.onnx = deployed
+    result.metrics = {
+        "accuracy": acc,
+        "size_mb": size_mb(deployed),
+        "params": float(parameter_count(student)),
+        **latency.metrics(),
+        "latency_stable": float(latency.stable),
+    }
+
+
+def teacher_figures(ctx: TrialContext) -> tuple[bytes, dict[str, float]]:
+    """The fp32 teacher as ONNX and its measured accuracy, size and latency: the baseline every trial is held to."""
+    torch.set_num_threads(ctx.train_threads)
+    teacher = ctx.teacher()
+    onnx_bytes = to_onnx(teacher, torch.from_numpy(ctx.data.x_val[:1]))
+    latency = measure(onnx_bytes, ctx.timing)
+    return onnx_bytes, {
+        "accuracy": accuracy(onnx_bytes, ctx.data.x_val, ctx.data.y_val),
+        "size_mb": size_mb(onnx_bytes),
+        "params": float(parameter_count(teacher)),
+        **latency.metrics(),
+    }
+
+
+def example_batch(data: TaskData, n: int = 8) -> np.ndarray:
+    """A few validation inputs, for showing that a saved model predicts."""
+    return data.x_val[:n]
