@@ -64,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _console():
     from rich.console import Console
 
-    return Console()
+    # Off a terminal (CI logs, pipes) rich would wrap at 80 columns and squeeze the front's table.
+    return Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _run(exp: Experiment, args: argparse.Namespace) -> int:
@@ -104,7 +105,7 @@ def _deliver(exp: Experiment, study: Any, tracker: Any, policy: Any, *, verify: 
     except SlimsweepError:
         tracker.end("FAILED")
         raise
-    teacher = dict(study.user_attrs["teacher"], latency_p50_ms=teacher_latency(study))
+    teacher = dict(study.user_attrs["teacher"], latency_p50_ms_verified=teacher_latency(study))
     console.print(table(delivery.front, teacher))
     console.print(f"picked trial {delivery.choice.candidate.trial}: {delivery.choice.why}")
     console.print(f"wrote {delivery.onnx_path} and {delivery.card_path}; registered "
@@ -123,7 +124,7 @@ def _front(exp: Experiment, args: argparse.Namespace) -> int:
     study = open_study(exp)
     if "teacher" not in study.user_attrs:
         raise SlimsweepError(f"the study {exp.name!r} has no finished trial yet; run `slimsweep run {args.experiment}`")
-    teacher = dict(study.user_attrs["teacher"], latency_p50_ms=teacher_latency(study))
+    teacher = dict(study.user_attrs["teacher"], latency_p50_ms_verified=teacher_latency(study))
     _console().print(table(with_verified(study, front(study)), teacher, title=f"Pareto front of {exp.name}"))
     return 0
 

@@ -206,8 +206,10 @@ def _format(error: dict[str, Any]) -> str:
     if kind == "missing":
         return f"{field}: required but missing"
     message = error["msg"].removeprefix("Value error, ")
-    if _branch(error["loc"]) and kind.endswith(("_type", "_parsing")):
-        message = f"expected {_KNOB_FORMS}"
+    branch = _branch(error["loc"])
+    if branch and kind.endswith(("_type", "_parsing")):
+        message = "expected an integer or a list of integers to choose from" if branch in {"int", "list[int]"} \
+            else f"expected {_KNOB_FORMS}"
     return f"{field}: {message}" + ("" if "got" in message else f" (got {value!r})")
 
 
@@ -250,8 +252,10 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Experimen
             node = data
             *parents, leaf = dotted.split(".")
             for part in parents:
-                if not isinstance(node.get(part), dict):
+                if node.get(part) is None:
                     node[part] = {}
+                if not isinstance(node[part], dict):
+                    raise ConfigError(f"{path}: {part}: expected a mapping of settings, got {node[part]!r}")
                 node = node[part]
             node[leaf] = value
     return parse(data, str(path))

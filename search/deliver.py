@@ -64,7 +64,7 @@ def publish_front(exp: Experiment, study: optuna.Study, tracker: Tracker, member
         if c.latency_p50_ms_verified is not None and c.trial in runs:
             tracker.client.log_metric(runs[c.trial], "latency_p50_ms_verified", c.latency_p50_ms_verified)
     others = [c for c in everything(study) if c.trial not in numbers]
-    teacher = dict(study.user_attrs["teacher"], latency_p50_ms=teacher_latency(study))
+    teacher = dict(study.user_attrs["teacher"], latency_p50_ms_verified=teacher_latency(study))
     csv_path = write_csv(members, exp.out / "pareto.csv")
     png, page = write_charts(members, others, teacher, exp.out)
     tracker.log_parent(files={"": csv_path}, tags={"slimsweep.front": ",".join(map(str, sorted(numbers)))})

@@ -90,7 +90,7 @@ def _figure(front_rows: list[Candidate], others: list[Candidate], teacher: dict[
                label="Pareto front")
     for c in front_rows:
         ax.annotate(f"#{c.trial}", (c.latency, c.accuracy), textcoords="offset points", xytext=(6, 4), fontsize=8)
-    ax.scatter([teacher["latency_p50_ms"]], [teacher["accuracy"]], marker="*", s=350, c="tab:red",
+    ax.scatter([teacher.get("latency_p50_ms_verified", teacher["latency_p50_ms"])], [teacher["accuracy"]], marker="*", s=350, c="tab:red",
                edgecolors="darkred", label="teacher (fp32)")
     ax.set_xscale("log")
     ax.set_xlabel("latency p50 on the target (ms, log scale; verified where re-timed)")
@@ -117,7 +117,7 @@ def write_charts(front_rows: list[Candidate], others: list[Candidate], teacher: 
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(_cell(getattr(c, k)))}</td>" for k in COLUMNS) + "</tr>" for c in front_rows
     )
-    teacher_line = ", ".join(f"{k} {_cell(v)}" for k, v in teacher.items() if k in COLUMNS or k == "accuracy")
+    teacher_line = ", ".join(f"{k} {_cell(v)}" for k, v in teacher.items() if k in COLUMNS)
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>Pareto front</title>"
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
@@ -146,8 +146,10 @@ def table(rows: list[Candidate], teacher: dict[str, float] | None = None, title:
     for name in ("trial", "plan", "accuracy %", "drop pt", "p50 ms", "p95 ms", "verified p50 ms", "size MB"):
         t.add_column(name, justify="left" if name == "plan" else "right")
     if teacher:
+        verified = teacher.get("latency_p50_ms_verified")
         t.add_row("teacher", "fp32 teacher", f"{teacher['accuracy']:.2f}", "0.00", f"{teacher['latency_p50_ms']:.4f}",
-                  f"{teacher['latency_p95_ms']:.4f}", "", f"{teacher['size_mb']:.3f}", style="dim")
+                  f"{teacher['latency_p95_ms']:.4f}", "" if verified is None else f"{verified:.4f}",
+                  f"{teacher['size_mb']:.3f}", style="dim")
     for c in rows:
         verified = "" if c.latency_p50_ms_verified is None else f"{c.latency_p50_ms_verified:.4f}"
         t.add_row(str(c.trial), c.plan, f"{c.accuracy:.2f}", f"{c.accuracy_drop:.2f}", f"{c.latency_p50_ms:.4f}",

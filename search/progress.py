@@ -12,7 +12,7 @@ class SweepProgress:
     """A progress bar on a terminal, one line per finished trial everywhere (CI logs included)."""
 
     def __init__(self, budget: int, *, quiet: bool = False, console: Console | None = None) -> None:
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, soft_wrap=True)
         self.quiet, self.budget = quiet, budget
         self._start, self._done_at_start = time.monotonic(), None
         self._done = 0

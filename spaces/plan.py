@@ -98,6 +98,16 @@ class PruningSpace(Strict):
     recover_epochs: IntKnob = 4
     round_to: int = Field(8, ge=1)
 
+    @field_validator("recover_epochs")
+    @classmethod
+    def _epochs(cls, v: IntKnob) -> IntKnob:
+        if isinstance(v, list) and not v:
+            raise ValueError("give at least one choice")
+        for x in _values(v):
+            if x < 0:
+                raise ValueError(f"recovery epochs must be >= 0, got {x}")
+        return v
+
     @field_validator("ratio")
     @classmethod
     def _ratio(cls, v: FloatKnob) -> FloatKnob:

@@ -1,0 +1,102 @@
+"""Stopping a sweep (Ctrl-C or a crash) loses no finished trial, and running the same command again resumes it."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import optuna
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from conftest import run_cli, small_experiment, start_cli, wait_for
+from search.config import load
+from search.study import INTERRUPTED, finished
+
+BUDGET = 6
+
+
+def _finished_now(exp) -> dict[int, object]:
+    """Finished trials as the storage holds them right now (number -> completion time)."""
+    if not (exp.out / "study.db").is_file():
+        return {}
+    try:
+        study = optuna.load_study(study_name=exp.name, storage=exp.storage_url)
+    except KeyError:  # the study is not created yet
+        return {}
+    return {t.number: t.datetime_complete for t in finished(study)}
+
+
+def _stop_after_two(path, tmp_path, sig) -> tuple[dict[int, object], int]:
+    exp = load(path)
+    proc = start_cli("run", str(path), cwd=tmp_path)
+    try:
+        wait_for(lambda: len(_finished_now(exp)) >= 2 or proc.poll() is not None)
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        if sig == signal.SIGINT:
+            os.kill(proc.pid, signal.SIGINT)  # Ctrl-C reaches the driver
+        else:
+            os.killpg(proc.pid, signal.SIGKILL)  # a crash: no chance to clean up
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return _finished_now(exp), code
+
+
+def _check_resumed(exp, kept: dict[int, object]) -> None:
+    study = optuna.load_study(study_name=exp.name, storage=exp.storage_url)
+    done = {t.number: t.datetime_complete for t in finished(study)}
+    assert len(done) == BUDGET  # exactly the budget, not more
+    for number, completed in kept.items():
+        assert done[number] == completed  # the finished trial was kept, not run again
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    for t in study.trials:  # a trial run again after an interruption ran the same plan
+        if "slimsweep.retry_of" in t.user_attrs:
+            assert t.params == study.trials[t.user_attrs["slimsweep.retry_of"]].params
+    # MLflow mirrors Optuna: one nested run per finished trial, none twice.
+    client = MlflowClient(exp.tracking_uri)
+    experiment = client.get_experiment_by_name(exp.name)
+    runs = client.search_runs([experiment.experiment_id], "tags.`slimsweep.role` = 'trial'")
+    numbers = [int(r.data.tags["optuna.trial_number"]) for r in runs]
+    assert sorted(numbers) == sorted(done)
+    assert (exp.out / "deployable.onnx").is_file()
+
+
+def test_ctrl_c_stops_cleanly_then_the_same_command_resumes(tmp_path):
+    path = small_experiment(tmp_path, name="ctrlc", search={"sampler": "tpe", "trials": BUDGET, "parallel": 2})
+    exp = load(path)
+    kept, code = _stop_after_two(path, tmp_path, signal.SIGINT)
+    assert code == 130
+    study = optuna.load_study(study_name=exp.name, storage=exp.storage_url)
+    # Nothing is left half-done: in-flight trials are failed as interrupted and queued to run again.
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    interrupted = [t for t in study.trials if t.user_attrs.get(INTERRUPTED)]
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert sorted(t.user_attrs["slimsweep.retry_of"] for t in waiting) == sorted(t.number for t in interrupted)
+    client = MlflowClient(exp.tracking_uri)
+    parent = client.search_runs([client.get_experiment_by_name(exp.name).experiment_id],
+                                "tags.`slimsweep.role` = 'sweep'")[0]
+    assert parent.info.status == "KILLED"
+
+    result = run_cli("run", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{BUDGET} trials finished" in result.stdout
+    _check_resumed(exp, kept)
+
+
+def test_a_crashed_driver_is_resumed_without_repeating_finished_trials(tmp_path):
+    path = small_experiment(tmp_path, name="crash", search={"sampler": "tpe", "trials": BUDGET, "parallel": 2})
+    exp = load(path)
+    kept, _ = _stop_after_two(path, tmp_path, signal.SIGKILL)
+    study = optuna.load_study(study_name=exp.name, storage=exp.storage_url)
+    orphans = study.get_trials(states=(TrialState.RUNNING,))
+
+    result = run_cli("run", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    if orphans:
+        assert "queued again" in result.stdout
+    study = optuna.load_study(study_name=exp.name, storage=exp.storage_url)
+    retried = {t.user_attrs.get("slimsweep.retry_of") for t in study.trials} - {None}
+    assert retried == {t.number for t in orphans}  # the crash's orphans ran again, with the same plans
+    _check_resumed(exp, kept)

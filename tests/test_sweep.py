@@ -1,0 +1,139 @@
+"""A whole sweep on real parts: local Ray, SQLite Optuna study, SQLite MLflow store, ONNX Runtime timings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import small_experiment
+from experiments.tasks import digits
+from search.cli import main
+from search.config import load
+from search.study import finished
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """One finished sweep, shared by the checks below (a sweep is the expensive part)."""
+    folder = tmp_path_factory.mktemp("sweep")
+    path = small_experiment(folder)
+    code = main(["run", str(path), "--trials", "6", "--quiet"])
+    exp = load(path, {"search.trials": 6})
+    return code, exp, folder
+
+
+def _study(exp):
+    return optuna.load_study(study_name=exp.name, storage=exp.storage_url)
+
+
+def _runs(exp, role):
+    client = MlflowClient(exp.tracking_uri)
+    experiment = client.get_experiment_by_name(exp.name)
+    return client, client.search_runs([experiment.experiment_id], f"tags.`slimsweep.role` = '{role}'")
+
+
+def test_sweep_finishes_its_budget_and_beats_the_teacher(swept):
+    code, exp, _ = swept
+    assert code == 0
+    study = _study(exp)
+    assert len(finished(study)) == 6
+    card = json.loads((exp.out / "model_card.json").read_text())
+    teacher = card["teacher"]
+    # The pick honours the policy against the teacher's measured figures.
+    assert card["met_policy"] is True
+    assert card["measured"]["accuracy_drop"] <= 5.0
+    assert card["measured"]["accuracy"] == pytest.approx(teacher["accuracy"] - card["measured"]["accuracy_drop"])
+    assert card["plan"]["quantization.scheme"] in {"fp32", "int8_static_qdq"}
+    assert card["why"]
+
+
+def test_mlflow_holds_parent_children_front_and_charts(swept):
+    _, exp, _ = swept
+    client, parents = _runs(exp, "sweep")
+    assert len(parents) == 1
+    parent = parents[0]
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"experiment.yaml", "pareto.csv", "pareto.png", "pareto.html", "model_card.json"} <= artifacts
+    assert "teacher_accuracy" in parent.data.metrics
+
+    _, children = _runs(exp, "trial")
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in children) == list(range(6))
+    front = {t.number for t in _study(exp).best_trials}
+    for run in children:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        number = int(run.data.tags["optuna.trial_number"])
+        assert run.data.tags["pareto"] == ("true" if number in front else "false")
+        assert {"accuracy", "accuracy_drop", "latency_p50_ms", "latency_p95_ms", "size_mb"} <= set(run.data.metrics)
+        assert "quantization.scheme" in run.data.params and "student.kind" in run.data.params
+        assert "model.onnx" in {a.path for a in client.list_artifacts(run.info.run_id)}
+        if number in front:
+            assert "latency_p50_ms_verified" in run.data.metrics
+
+    csv_rows = (exp.out / "pareto.csv").read_text().strip().splitlines()[1:]
+    assert {int(row.split(",")[0]) for row in csv_rows} == front
+
+
+def test_registered_alias_loads_and_predicts_in_a_fresh_process(swept):
+    _, exp, folder = swept
+    x = digits(0).x_val[:16]
+    np.save(folder / "x.npy", x)
+    script = (
+        "import sys, numpy as np, mlflow\n"
+        f"mlflow.set_tracking_uri({exp.tracking_uri!r})\n"
+        f"model = mlflow.pyfunc.load_model('models:/{exp.name}@deployable')\n"
+        f"out = model.predict(np.load({str(folder / 'x.npy')!r}))\n"
+        "out = out['logits'] if isinstance(out, dict) else out\n"
+        f"np.save({str(folder / 'y.npy')!r}, np.asarray(out))\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, timeout=300)
+    registered = np.load(folder / "y.npy")
+    session = ort.InferenceSession(str(exp.out / "deployable.onnx"), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"input": x})[0]
+    np.testing.assert_allclose(registered, expected, rtol=1e-5, atol=1e-5)
+    assert (registered.argmax(1) == digits(0).y_val[:16]).mean() > 0.8
+
+
+def test_front_and_pick_commands_reuse_the_sweep(swept, capsys):
+    _, exp, folder = swept
+    path = folder / f"{exp.name}.yaml"
+    capsys.readouterr()
+    assert main(["front", str(path)]) == 0
+    out = capsys.readouterr().out
+    for t in _study(exp).best_trials:
+        assert f"{t.number}" in out
+    before = len(finished(_study(exp)))
+    # A policy no member can meet falls back to the most accurate member, and says so.
+    assert main(["pick", str(path), "--max-accuracy-drop", "0", "--max-latency-ms", "0.000001"]) == 0
+    card = json.loads((exp.out / "model_card.json").read_text())
+    assert card["met_policy"] is False and "no front member meets the policy" in card["why"]
+    best = max(_study(exp).best_trials, key=lambda t: t.user_attrs["metrics"]["accuracy"])
+    assert card["measured"]["accuracy"] == best.user_attrs["metrics"]["accuracy"]
+    assert len(finished(_study(exp))) == before  # no trial ran again
+    client = MlflowClient(exp.tracking_uri)
+    assert str(client.get_model_version_by_alias(exp.name, "deployable").version) == card["registry"]["version"]
+
+
+def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
+    # A learning rate this large makes the distillation loss NaN: a real failure, caught by the trial itself.
+    space = {"students": {"teacher": True, "cnn": {"width": [0.25], "depth": [1], "epochs": 2, "lr": 1.0e30}},
+             "pruning": {"ratio": [0.0]}, "quantization": {"schemes": ["fp32"]}}
+    path = small_experiment(tmp_path, name="failing", space=space)
+    assert main(["run", str(path), "--trials", "5", "--quiet"]) == 0
+    exp = load(path)
+    study = _study(exp)
+    done = finished(study)
+    failed = [t for t in done if t.state.name == "FAIL"]
+    assert len(done) == 5 and failed, "the random sampler should have drawn a cnn student at least once"
+    assert all(t.params["student"] == "cnn" for t in failed)
+    assert all("lower the learning rate" in t.user_attrs["slimsweep.failure"] for t in failed)
+    client, children = _runs(exp, "trial")
+    failed_runs = [r for r in children if r.info.status == "FAILED"]
+    assert len(failed_runs) == len(failed)
+    assert all("nan" in r.data.tags["slimsweep.failure"] for r in failed_runs)
