@@ -1,7 +1,7 @@
 # Two entry points: `make run` (install, then the quickstart sweep) and `make test` (install, then the suite).
 PYTHON ?= python3
 VENV   ?= .venv
-PIP    := $(VENV)/bin/pip --disable-pip-version-check --progress-bar off
+PIP    := $(VENV)/bin/pip --disable-pip-version-check
 
 .PHONY: install run test bench clean
 
@@ -9,7 +9,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --progress-bar off -e '.[dev]'
 	touch $@
 
 run: install
