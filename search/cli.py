@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -68,7 +69,15 @@ def _console():
     return Console(width=None if sys.stdout.isatty() else 160)
 
 
+def _ray_auth_for(address: str | None) -> None:
+    """Present the cluster's token: Ray 2.60 clusters require one by default, and Ray reads the mode at import."""
+    has_token = os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file()
+    if address and has_token:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
 def _run(exp: Experiment, args: argparse.Namespace) -> int:
+    _ray_auth_for(args.ray_address)  # before anything imports ray
     from search.pick import Policy
     from search.study import open_study
     from search.sweep import run_sweep

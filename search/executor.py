@@ -13,6 +13,13 @@ from evaluators.errors import ConfigError
 from search.trial import TrialResult, run_trial
 
 
+def _run_on_node(number: int, plan: Any, ctx: Any) -> TrialResult:
+    """run_trial, noting which Ray node ran it."""
+    result = run_trial(number, plan, ctx)
+    result.info["ray_node"] = ray.get_runtime_context().get_node_id()
+    return result
+
+
 @dataclass
 class Running:
     """A trial in flight."""
@@ -30,13 +37,14 @@ class RayExecutor:
                 if address:
                     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
                 else:
+                    # A local Ray needs no network interface: keep it on loopback.
                     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
-                             log_to_driver=False)
+                             log_to_driver=False, _node_ip_address="127.0.0.1")
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise ConfigError(f"--ray-address {address!r}: cannot connect to a Ray cluster there: {exc}") from None
         # A node that dies takes its tasks with it; Ray runs them again elsewhere (max_retries), which is safe
         # because a trial holds no state outside its result.
-        self._task = ray.remote(num_cpus=cpus_per_trial, max_retries=2, retry_exceptions=False)(run_trial)
+        self._task = ray.remote(num_cpus=cpus_per_trial, max_retries=2, retry_exceptions=False)(_run_on_node)
 
     @staticmethod
     def cluster_cpus() -> int:
