@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from evaluators.errors import ConfigError, SlimsweepError
-from evaluators.runtime import input_dtype, input_shape, make_session
+from evaluators.runtime import Provider, input_dtype, input_shape, make_session
 
 # Runs between two checks of the stopping rule: sorting the sample after every run would cost more than a tiny model.
 _CHUNK = 25
@@ -96,10 +96,18 @@ def measure(
     model: bytes | str | os.PathLike,
     settings: TimingSettings = TimingSettings(),
     *,
-    providers: Sequence[str] = ("CPUExecutionProvider",),
+    providers: Sequence[Provider] = ("CPUExecutionProvider",),
+    require_provider: str | None = None,
 ) -> LatencyStats:
     """Time one model on ONNX Runtime with the project's timing method."""
     session = make_session(model, threads=settings.threads, providers=providers)
+    got = session.get_providers()
+    if require_provider is not None and (not got or got[0] != require_provider):
+        # ONNX Runtime falls back to the CPU with only a log line; CPU timings must never pass for the device's.
+        raise SlimsweepError(
+            f"ONNX Runtime fell back to {got[0] if got else 'no provider'} for this model instead of "
+            f"{require_provider} (the device or its libraries did not start), so it was not timed"
+        )
     shape = input_shape(session, settings.batch_size)
     if shape[0] != settings.batch_size:
         raise SlimsweepError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any, Union
 
 import numpy as np
 import onnxruntime as ort
@@ -18,11 +19,15 @@ _NUMPY_TYPES = {
 }
 
 
+# A provider name, or (name, options) such as ("CUDAExecutionProvider", {"device_id": 0}).
+Provider = Union[str, tuple[str, dict[str, Any]]]
+
+
 def make_session(
     model: bytes | str | os.PathLike,
     *,
     threads: int = 1,
-    providers: Sequence[str] = ("CPUExecutionProvider",),
+    providers: Sequence[Provider] = ("CPUExecutionProvider",),
 ) -> ort.InferenceSession:
     """Open an ONNX Runtime session with fixed threads (intra_op=threads, inter_op=1, sequential execution, all graph optimizations)."""
     options = ort.SessionOptions()

@@ -38,6 +38,23 @@ def _parser() -> argparse.ArgumentParser:
     common(pick)
     pick.add_argument("--max-accuracy-drop", type=float, help="points of accuracy the pick may lose")
     pick.add_argument("--max-latency-ms", type=float, help="p50 latency budget of the pick (ms)")
+
+    bench = sub.add_parser("bench", help="time one ONNX model on a target, by the sweep's own method")
+    bench.add_argument("model", help="ONNX file")
+    bench.add_argument("--target", default="cpu", help="cpu | cuda | tensorrt | openvino | remote (default cpu)")
+    bench.add_argument("--threads", type=int, default=1)
+    bench.add_argument("--batch-size", type=int, default=1)
+    bench.add_argument("--device-id", type=int, default=0)
+    bench.add_argument("--url", help="device agent URL (target remote)")
+    bench.add_argument("--token-file", help="file holding the device agent's token (target remote)")
+    bench.add_argument("--max-seconds", type=float, default=3.0, help="time cap of the repeat loop")
+
+    agent = sub.add_parser("agent", help="serve this device as a remote target: time ONNX models sent over HTTP")
+    agent.add_argument("--port", type=int, default=8470)
+    agent.add_argument("--host", default="0.0.0.0", help="interface to listen on (default: all)")
+    agent.add_argument("--token-file", required=True, help="file holding the bearer token clients must send")
+    agent.add_argument("--max-model-mb", type=float, default=64.0, help="largest model accepted (MB)")
+    agent.add_argument("--queue", type=int, default=4, help="measurements accepted at once; more get 503")
     return parser
 
 
@@ -52,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (2 for a bad experiment file or flag, 130 when stopped by Ctrl-C)."""
     args = _parser().parse_args(argv)
     try:
+        if args.command in {"bench", "agent"}:
+            return {"bench": _bench, "agent": _agent}[args.command](args)
         exp = load(args.experiment, _overrides(args))  # validated before anything is imported, started or written
         return {"run": _run, "front": _front, "pick": _pick}[args.command](exp, args)
     except ConfigError as exc:
@@ -78,14 +97,20 @@ def _ray_auth_for(address: str | None) -> None:
 
 def _run(exp: Experiment, args: argparse.Namespace) -> int:
     _ray_auth_for(args.ray_address)  # before anything imports ray
+    from search.executor import RayExecutor
     from search.pick import Policy
     from search.study import open_study
-    from search.sweep import run_sweep
+    from search.sweep import run_sweep, target_spec
     from search.tracking import Tracker
 
+    spec = target_spec(exp)
+    if not args.ray_address:
+        _check_target(spec)  # on a cluster the station checks it where it lands
     console = _console()
     try:
-        summary = run_sweep(exp, ray_address=args.ray_address, quiet=args.quiet)
+        executor = RayExecutor(address=args.ray_address)
+        executor.open_station(spec, reserve_cores=exp.target.reserve_cores)
+        summary = run_sweep(exp, executor, quiet=args.quiet)
     except KeyboardInterrupt:  # before the loop began: nothing to keep
         console.print("stopped before any trial ran")
         return EXIT_INTERRUPTED
@@ -95,22 +120,41 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
         console.print(f"stopped: {summary.finished} finished trials are kept in {exp.storage_url}; "
                       f"run the same command to resume")
         return EXIT_INTERRUPTED
-    console.print(f"{summary.finished} trials finished ({summary.failed} failed), {summary.ran_now} run now, "
-                  f"in {summary.seconds:.0f} s")
+    console.print(f"{summary.finished} trials finished ({summary.failed} failed), {summary.ran_now} run now "
+                  f"({summary.parallel} at a time), in {summary.seconds:.0f} s; latency cache: {summary.cache.get('latency_cache_hits', 0)} hits, "
+                  f"{summary.cache.get('latency_cache_misses', 0)} timed")
+    if exp.constraints.max_latency_ms is not None:
+        console.print(f"latency first: {summary.skipped_training} trials broke the "
+                      f"{exp.constraints.max_latency_ms:g} ms budget untrained and were not trained "
+                      f"(about {summary.seconds_saved:.0f} s of training saved)")
     study = open_study(exp)
     tracker = Tracker(exp.tracking_uri, exp.name, exp.out / "mlartifacts")
-    return _deliver(exp, study, tracker, Policy(exp.pick.max_accuracy_drop, exp.pick.max_latency_ms), verify=True,
+
+    def retime(model: bytes, settings) -> float:
+        return executor.time_model(model, settings, use_cache=False)[0].p50_ms
+
+    return _deliver(exp, study, tracker, Policy(exp.pick.max_accuracy_drop, exp.pick.max_latency_ms), retime=retime,
                     console=console)
 
 
-def _deliver(exp: Experiment, study: Any, tracker: Any, policy: Any, *, verify: bool, console: Any) -> int:
+def _check_target(spec: Any) -> None:
+    """Fail at start, before anything is written, when the target cannot run here."""
+    from evaluators.targets import make_target
+
+    try:
+        make_target(spec).check()
+    except SlimsweepError as exc:
+        raise ConfigError(f"target: {exc}") from None
+
+
+def _deliver(exp: Experiment, study: Any, tracker: Any, policy: Any, *, retime: Any, console: Any) -> int:
     """Verify (on `run`), pick, register and print; the parent run ends FINISHED, or FAILED with nothing to pick."""
     from search.deliver import deliver, teacher_latency
     from search.pareto import table
 
     tracker.resume_sweep()
     try:
-        delivery = deliver(exp, study, tracker, policy, verify_latency=verify)
+        delivery = deliver(exp, study, tracker, policy, retime=retime)
     except SlimsweepError:
         tracker.end("FAILED")
         raise
@@ -146,8 +190,61 @@ def _pick(exp: Experiment, args: argparse.Namespace) -> int:
     _require_study(exp)
     study = open_study(exp)
     tracker = Tracker(exp.tracking_uri, exp.name, exp.out / "mlartifacts")
-    return _deliver(exp, study, tracker, Policy(exp.pick.max_accuracy_drop, exp.pick.max_latency_ms), verify=False,
+    return _deliver(exp, study, tracker, Policy(exp.pick.max_accuracy_drop, exp.pick.max_latency_ms), retime=None,
                     console=_console())
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from search.config import Target
+    from search.sweep import TRIAL_TIMING
+
+    fields = {"kind": args.target, "threads": args.threads, "batch_size": args.batch_size,
+              "device_id": args.device_id, "url": args.url, "token_file": args.token_file}
+    target = _validated(Target, {k: v for k, v in fields.items() if v is not None}, "--target flags")
+    model = Path(args.model)
+    if not model.is_file():
+        raise ConfigError(f"{model}: no such ONNX file")
+    from evaluators.latency import TimingSettings
+    from evaluators.targets import TargetSpec, make_target
+
+    spec = TargetSpec(kind=target.kind, threads=target.threads, batch_size=target.batch_size,
+                      device_id=target.device_id, url=target.url, token=target.token())
+    _check_target(spec)
+    settings = TimingSettings(threads=spec.threads, batch_size=spec.batch_size,
+                              **{**TRIAL_TIMING, "max_seconds": args.max_seconds})
+    stats = make_target(spec).measure(model.read_bytes(), settings)
+    from rich.table import Table
+
+    table = Table(title=f"{model.name} on {target.kind} (threads {spec.threads}, batch {spec.batch_size})")
+    table.add_column("statistic")
+    table.add_column("value", justify="right")
+    for key, value in stats.metrics().items():
+        table.add_row(key, f"{value:.4f}")
+    table.add_row("repeats", str(stats.repeats))
+    table.add_row("stable", "yes" if stats.stable else "NO (noisy: re-run on a quieter machine)")
+    _console().print(table)
+    return 0
+
+
+def _agent(args: argparse.Namespace) -> int:
+    from evaluators.agent import serve
+
+    if not Path(args.token_file).is_file():
+        raise ConfigError(f"--token-file: {args.token_file!r} does not exist")
+    serve(port=args.port, host=args.host, token_file=args.token_file, max_model_bytes=int(args.max_model_mb * 1e6),
+          queue_size=args.queue)
+    return 0
+
+
+def _validated(model: Any, data: dict[str, Any], source: str) -> Any:
+    """Validate flags with the same schema (and the same messages) as the experiment file."""
+    from search.config import format_errors
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc, data, source)) from None
 
 
 def _require_study(exp: Experiment) -> None:

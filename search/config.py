@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from evaluators.errors import ConfigError
 from spaces.plan import Space, Strict
@@ -51,11 +51,32 @@ class Constraints(Strict):
 
 
 class Target(Strict):
-    """Where latency is measured."""
+    """Where latency is measured: a runtime on this machine or a device agent, with its threads and batch size."""
 
-    kind: Literal["cpu"] = "cpu"
+    kind: Literal["cpu", "cuda", "tensorrt", "openvino", "remote"] = "cpu"
     threads: int = Field(1, ge=1)
     batch_size: int = Field(1, ge=1)
+    device_id: int = Field(0, ge=0)  # cuda / tensorrt
+    url: str | None = None  # remote: the device agent, e.g. http://jetson.local:8470
+    token_file: str | None = None  # remote: a file holding the agent's bearer token
+    reserve_cores: bool = True  # a local CPU target keeps `threads` cores for timing only; trials use the rest
+
+    @model_validator(mode="after")
+    def _remote(self) -> "Target":
+        if self.kind == "remote":
+            if not self.url or not re.match(r"^https?://", self.url):
+                raise ValueError(f"a remote target needs url: http(s)://HOST:PORT of a device agent, got {self.url!r}")
+            if not self.token_file:
+                raise ValueError("a remote target needs token_file: a file holding the agent's token")
+            if not Path(self.token_file).expanduser().is_file():
+                raise ValueError(f"token_file {self.token_file!r} does not exist")
+        elif self.url or self.token_file:
+            raise ValueError(f"url and token_file are for kind 'remote' only, not {self.kind!r}")
+        return self
+
+    def token(self) -> str | None:
+        """The remote agent's token, read from token_file."""
+        return Path(self.token_file).expanduser().read_text().strip() if self.token_file else None
 
 
 class Search(Strict):
@@ -234,8 +255,13 @@ def parse(data: Any, source: str = "experiment") -> Experiment:
     try:
         return Experiment.model_validate(data)
     except ValidationError as exc:
-        lines = [_format(err) for err in _relevant(exc.errors(), data)]
-        raise ConfigError("\n".join(f"{source}: {line}" for line in lines)) from None
+        raise ConfigError(format_errors(exc, data, source)) from None
+
+
+def format_errors(exc: ValidationError, data: Any, source: str) -> str:
+    """One line per bad field: the field, the bad value and what is allowed."""
+    lines = [_format(err) for err in _relevant(exc.errors(), data)]
+    return "\n".join(f"{source}: {line}" for line in lines)
 
 
 def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Experiment:

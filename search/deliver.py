@@ -6,11 +6,11 @@ import json
 import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 
-from evaluators.latency import measure
+from evaluators.latency import TimingSettings
 from search.config import Experiment
 from search.pareto import Candidate, everything, front, write_charts, write_csv
 from search.pick import Choice, Policy, choose
@@ -32,13 +32,17 @@ class Delivery:
     front: list[Candidate]
 
 
-def verify(exp: Experiment, study: optuna.Study, members: list[Candidate]) -> tuple[list[Candidate], float]:
+# Times one model at the target's station with the given settings, bypassing the latency cache.
+Retime = Callable[[bytes, TimingSettings], float]
+
+
+def verify(exp: Experiment, study: optuna.Study, members: list[Candidate], retime: Retime) -> tuple[list[Candidate], float]:
     """Re-time front members and the fp32 teacher one after another, nothing else running; store the figures."""
     settings = timing(exp, **VERIFY_TIMING)
     verified: dict[str, float] = dict(study.user_attrs.get("verified", {}))
     for c in members:
-        verified[str(c.trial)] = measure(trial_path(exp, c.trial), settings).p50_ms
-    verified["teacher"] = measure(exp.out / "teacher.onnx", settings).p50_ms
+        verified[str(c.trial)] = retime(trial_path(exp, c.trial).read_bytes(), settings)
+    verified["teacher"] = retime((exp.out / "teacher.onnx").read_bytes(), settings)
     study.set_user_attr("verified", verified)
     return with_verified(study, members), verified["teacher"]
 
@@ -72,13 +76,14 @@ def publish_front(exp: Experiment, study: optuna.Study, tracker: Tracker, member
     tracker.log_parent(files={"": page})
 
 
-def deliver(exp: Experiment, study: optuna.Study, tracker: Tracker, policy: Policy, *, verify_latency: bool,
+def deliver(exp: Experiment, study: optuna.Study, tracker: Tracker, policy: Policy, *, retime: Retime | None,
             output_dir: Path | None = None) -> Delivery:
-    """Choose by policy, then register the model (alias 'deployable') and write deployable.onnx + model_card.json."""
+    """Choose by policy (re-timing the front first when `retime` is given), then register the model (alias
+    'deployable') and write deployable.onnx + model_card.json."""
     members = front(study)
     teacher_ms = teacher_latency(study)
-    if verify_latency and members:
-        members, teacher_ms = verify(exp, study, members)
+    if retime is not None and members:
+        members, teacher_ms = verify(exp, study, members, retime)
     else:
         members = with_verified(study, members)
     publish_front(exp, study, tracker, members)

@@ -10,12 +10,20 @@ from typing import Any
 import ray
 
 from evaluators.errors import ConfigError
-from search.trial import TrialResult, run_trial
+from evaluators.latency import LatencyStats, TimingSettings
+from evaluators.targets import TargetSpec
+from search.station import free_cores, start_station
+from search.trial import TrialContext, TrialResult, run_trial
 
 
-def _run_on_node(number: int, plan: Any, ctx: Any) -> TrialResult:
-    """run_trial, noting which Ray node ran it."""
-    result = run_trial(number, plan, ctx)
+def _run_on_node(number: int, plan: Any, ctx: TrialContext, station: Any, where: tuple[str, list[int]]) -> TrialResult:
+    """run_trial on a worker: off the station's cores, timing through the station, noting the node."""
+    free_cores(*where)
+
+    def time_model(model: bytes):
+        return ray.get(station.measure.remote(model, ctx.timing))
+
+    result = run_trial(number, plan, ctx, time_model)
     result.info["ray_node"] = ray.get_runtime_context().get_node_id()
     return result
 
@@ -46,10 +54,31 @@ class RayExecutor:
         # because a trial holds no state outside its result.
         self._task = ray.remote(num_cpus=cpus_per_trial, max_retries=2, retry_exceptions=False)(_run_on_node)
 
+    def open_station(self, spec: TargetSpec, *, reserve_cores: bool) -> None:
+        """Start the target's bench station; fails now, not mid-sweep, when the target cannot run here."""
+        self.station = start_station(spec, reserve_cores=reserve_cores)
+        try:
+            self.where = ray.get(self.station.where.remote())
+        except ray.exceptions.RayActorError as exc:
+            cause = exc.__cause__ or exc
+            raise ConfigError(f"target {spec.kind!r}: {str(cause).strip().splitlines()[-1]}") from None
+
+    def time_model(self, model: bytes, settings: TimingSettings, *, use_cache: bool = True) -> tuple[LatencyStats, bool]:
+        """Time one model at the station (used by the driver for the teacher and for verification)."""
+        return ray.get(self.station.measure.remote(model, settings, use_cache))
+
+    def station_counts(self) -> dict[str, int]:
+        """The station's latency-cache hits and misses."""
+        return ray.get(self.station.counts.remote())
+
+    def describe_target(self) -> dict:
+        """The target as the station reports it."""
+        return ray.get(self.station.describe.remote())
+
     @staticmethod
-    def cluster_cpus() -> int:
-        """CPUs the cluster offers (all nodes)."""
-        return int(ray.cluster_resources().get("CPU", 1))
+    def trial_cpus() -> int:
+        """CPUs left for trials once the station holds its share."""
+        return int(ray.available_resources().get("CPU", 0))
 
     @staticmethod
     def put(obj: Any) -> Any:
@@ -58,7 +87,7 @@ class RayExecutor:
 
     def submit(self, number: int, plan: Any, context_ref: Any) -> Running:
         """Start one trial."""
-        return Running(number, self._task.remote(number, plan, context_ref))
+        return Running(number, self._task.remote(number, plan, context_ref, self.station, self.where))
 
     @staticmethod
     def wait(running: list[Running], timeout: float) -> list[tuple[Running, TrialResult]]:

@@ -48,7 +48,8 @@ class SweepProgress:
         self.failed, self.running, self.front = failed, running, front
         self._bar.update(self._task, completed=done, failed=failed, running=running, front=front, eta=self.eta())
 
-    def trial_done(self, number: int, describe: str, metrics: dict[str, float], error: str | None) -> None:
+    def trial_done(self, number: int, describe: str, metrics: dict[str, float], error: str | None,
+                   skipped: bool = False) -> None:
         """One line for a finished trial."""
         if self.quiet:
             return
@@ -56,6 +57,9 @@ class SweepProgress:
                   f"front {self.front}, ETA {self.eta()}]")
         if error:
             line = f"trial {number:>3} failed {describe}: {error.splitlines()[0][:160]}"
+        elif skipped:
+            line = (f"trial {number:>3} over the latency budget untrained, not trained: {describe}: "
+                    f"p50 {metrics['latency_p50_ms']:.4f} ms")
         else:
             line = (f"trial {number:>3} done   {describe}: accuracy {metrics['accuracy']:.2f}% "
                     f"(drop {metrics['accuracy_drop']:+.2f} pt), p50 {metrics['latency_p50_ms']:.4f} ms, "

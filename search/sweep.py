@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,7 @@ import optuna
 import yaml
 
 from evaluators.latency import TimingSettings
+from evaluators.targets import TargetSpec
 from experiments.tasks import load as load_task
 from experiments.teacher import get_teacher
 from search.config import Experiment
@@ -34,6 +36,10 @@ class SweepSummary:
     requeued: list[int] = field(default_factory=list)
     interrupted: bool = False
     seconds: float = 0.0
+    skipped_training: int = 0  # trials stopped by latency first, before training
+    seconds_saved: float = 0.0  # their estimated training time (mean of the trials that trained)
+    cache: dict[str, int] = field(default_factory=dict)  # latency-cache hits / misses at the station
+    parallel: int = 0  # trials in flight at once, after the station took its cores
 
 
 def trial_path(exp: Experiment, number: int) -> Path:
@@ -46,16 +52,20 @@ def timing(exp: Experiment, **overrides: float) -> TimingSettings:
     return TimingSettings(threads=exp.target.threads, batch_size=exp.target.batch_size, **{**TRIAL_TIMING, **overrides})
 
 
-def prepare(exp: Experiment) -> tuple[TrialContext, dict[str, float]]:
-    """Load the task, get the cached (or newly trained) teacher, and measure the teacher as the baseline."""
+def target_spec(exp: Experiment) -> TargetSpec:
+    """The experiment's target as the evaluators know it."""
+    t = exp.target
+    return TargetSpec(kind=t.kind, threads=t.threads, batch_size=t.batch_size, device_id=t.device_id, url=t.url,
+                      token=t.token())
+
+
+def prepare(exp: Experiment) -> TrialContext:
+    """Load the task and get the cached (or newly trained) teacher: what every trial shares."""
     data = load_task(exp.task.name, exp.task.seed)
     t = exp.task.teacher
     teacher, _ = get_teacher(data, seed=exp.task.seed, width=t.width, depth=t.depth, epochs=t.epochs, lr=t.lr)
-    ctx = TrialContext(data=data, teacher_state=teacher.state_dict(), teacher_width=t.width, teacher_depth=t.depth,
-                       timing=timing(exp), seed=exp.search.seed)
-    onnx_bytes, figures = teacher_figures(ctx)
-    (exp.out / "teacher.onnx").write_bytes(onnx_bytes)
-    return ctx, figures
+    return TrialContext(data=data, teacher_state=teacher.state_dict(), teacher_width=t.width, teacher_depth=t.depth,
+                        timing=timing(exp), seed=exp.search.seed, max_latency_ms=exp.constraints.max_latency_ms)
 
 
 def _tell(exp: Experiment, study: optuna.Study, trial: optuna.Trial, result: TrialResult, teacher: dict[str, float],
@@ -93,17 +103,22 @@ def sync_tracking(exp: Experiment, study: optuna.Study, tracker: Tracker) -> int
         path = trial_path(exp, t.number)
         metrics = t.user_attrs.get("metrics", {})
         stage_metrics = {f"stage_{k}_s": v for k, v in t.user_attrs.get("stages", {}).items()}
+        info = t.user_attrs.get("info", {})
+        tags = {"slimsweep.feasible": str(t.user_attrs.get("feasible", False)).lower(),
+                "slimsweep.skipped_training": str(bool(info.get("skipped_training"))).lower()}
+        if "latency_cache" in info:
+            tags["slimsweep.latency_cache"] = info["latency_cache"]
         tracker.log_trial(
             t.number, t.user_attrs.get("plan", t.params), {**metrics, **stage_metrics},
             onnx=path.read_bytes() if metrics and path.is_file() else None,
             failed_reason=t.user_attrs.get("slimsweep.failure") if t.state.name == "FAIL" else None,
-            tags={"slimsweep.feasible": str(t.user_attrs.get("feasible", False)).lower()},
+            tags=tags,
         )
         added += 1
     return added
 
 
-def run_sweep(exp: Experiment, *, ray_address: str | None = None, quiet: bool = False) -> SweepSummary:
+def run_sweep(exp: Experiment, executor: RayExecutor, *, quiet: bool = False) -> SweepSummary:
     """Run (or resume) the experiment's sweep until its budget of finished trials is reached."""
     start = time.perf_counter()
     summary = SweepSummary()
@@ -113,14 +128,21 @@ def run_sweep(exp: Experiment, *, ray_address: str | None = None, quiet: bool = 
     tracker.start_sweep(yaml.safe_dump(exp.model_dump(), sort_keys=False), _sweep_params(exp))
     sync_tracking(exp, study, tracker)
 
-    ctx, teacher = prepare(exp)
+    ctx = prepare(exp)
+    # The baseline is timed at the station like every candidate, before any trial trains.
+    teacher_onnx, teacher = teacher_figures(ctx, lambda m: executor.time_model(m, ctx.timing, use_cache=False))
+    (exp.out / "teacher.onnx").write_bytes(teacher_onnx)
     study.set_user_attr("teacher", teacher)
     study.set_user_attr("input_shape", list(ctx.data.input_shape))
-    tracker.log_parent(metrics={f"teacher_{k}": v for k, v in teacher.items()})
-    executor = RayExecutor(address=ray_address)
+    target = executor.describe_target()
+    tracker.log_parent(metrics={f"teacher_{k}": v for k, v in teacher.items()},
+                       tags={"slimsweep.target": json.dumps(target, default=str)[:5000]})
     ctx_ref = executor.put(ctx)
 
     budget = exp.search.trials
+    # The station holds its cores; more trials in flight than CPUs left would only queue inside Ray.
+    parallel = max(1, min(exp.search.parallel, executor.trial_cpus()))
+    summary.parallel = parallel
     running: list[Running] = []
     trials: dict[int, tuple[optuna.Trial, dict, str]] = {}
     progress = SweepProgress(budget, quiet=quiet)
@@ -128,7 +150,7 @@ def run_sweep(exp: Experiment, *, ray_address: str | None = None, quiet: bool = 
         with progress:
             while True:
                 done = finished(study)
-                while len(running) < exp.search.parallel and len(done) + len(running) < budget:
+                while len(running) < parallel and len(done) + len(running) < budget:
                     trial = study.ask()
                     plan = sample(trial, exp.space)
                     trials[trial.number] = (trial, plan.params(), plan.describe())
@@ -143,7 +165,8 @@ def run_sweep(exp: Experiment, *, ray_address: str | None = None, quiet: bool = 
                     sync_tracking(exp, study, tracker)
                     summary.ran_now += 1
                     _refresh(progress, study, finished(study), running)
-                    progress.trial_done(item.number, describe, metrics, result.error)
+                    progress.trial_done(item.number, describe, metrics, result.error,
+                                        skipped=bool(result.info.get("skipped_training")))
     except KeyboardInterrupt:
         executor.cancel(running)
         requeue(study, [r.number for r in running])
@@ -153,8 +176,16 @@ def run_sweep(exp: Experiment, *, ray_address: str | None = None, quiet: bool = 
     summary.finished = len(done)
     summary.failed = sum(t.state.name == "FAIL" for t in done)
     summary.seconds = time.perf_counter() - start
-    study.set_user_attr("last_run_seconds", summary.seconds)
-    tracker.log_parent(metrics={"trials_finished": summary.finished, "trials_failed": summary.failed})
+    skipped = [t for t in done if t.user_attrs.get("info", {}).get("skipped_training")]
+    skipped_numbers = {t.number for t in skipped}
+    trained = [t for t in done if t.state.name == "COMPLETE" and t.number not in skipped_numbers]
+    train_s = [sum(t.user_attrs["stages"].get(k, 0.0) for k in ("distill", "prune")) for t in trained]
+    summary.skipped_training = len(skipped)
+    summary.seconds_saved = len(skipped) * (sum(train_s) / len(train_s) if train_s else 0.0)
+    summary.cache = executor.station_counts()
+    tracker.log_parent(metrics={"trials_finished": summary.finished, "trials_failed": summary.failed,
+                                "trials_skipped_training": summary.skipped_training,
+                                "training_seconds_saved_estimate": summary.seconds_saved, **summary.cache})
     return summary
 
 

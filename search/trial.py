@@ -6,13 +6,12 @@ import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-import numpy as np
 import torch
 
 from evaluators.accuracy import accuracy
-from evaluators.latency import TimingSettings, measure
+from evaluators.latency import LatencyStats, TimingSettings
 from evaluators.size import size_mb
 from experiments.tasks import TaskData
 from spaces.export import to_onnx
@@ -36,6 +35,7 @@ class TrialContext:
     timing: TimingSettings
     seed: int = 0
     train_threads: int = 1
+    max_latency_ms: float | None = None  # a latency budget: structures over it are not trained (latency first)
 
     def teacher(self) -> torch.nn.Module:
         """A fresh copy of the trained teacher."""
@@ -71,24 +71,48 @@ def _stage(stages: dict[str, float], name: str) -> Iterator[None]:
         stages[name] = round(time.perf_counter() - start, 4)
 
 
-def run_trial(number: int, plan: CompressionPlan, ctx: TrialContext) -> TrialResult:
+# Times one ONNX model on the sweep's target: (statistics, whether they came from the latency cache).
+TimeModel = Callable[[bytes], tuple[LatencyStats, bool]]
+
+
+def run_trial(number: int, plan: CompressionPlan, ctx: TrialContext, time_model: TimeModel) -> TrialResult:
     """Apply a plan to the teacher and measure the result; every exception becomes a failed result."""
     torch.set_num_threads(ctx.train_threads)  # one core per trial: parallel trials must not fight over cores
     torch.manual_seed(ctx.seed + number)
     result = TrialResult(number=number)
     try:
-        _run(plan, ctx, result)
+        _run(plan, ctx, result, time_model)
     except Exception as exc:  # noqa: BLE001 - a failing trial is a result, not a crash of the sweep
         result.error = f"{type(exc).__name__}: {exc}"
         result.traceback = traceback.format_exc()
     return result
 
 
-def _run(plan: CompressionPlan, ctx: TrialContext, result: TrialResult) -> None:
+def _structure(plan: CompressionPlan, ctx: TrialContext, teacher: torch.nn.Module,
+               example: torch.Tensor) -> tuple[bytes, int]:
+    """The plan's deployable graph before any training (same shapes and scheme, so the same latency), and its size."""
+    data = ctx.data
+    model = build(plan.student, teacher, data.input_shape[0], data.num_classes)
+    if plan.pruning.ratio > 0:
+        prune_channels(model, example, plan.pruning.ratio, round_to=plan.pruning.round_to)
+    return quantize(to_onnx(model.eval(), example), plan.quantization.scheme, data.x_calib), parameter_count(model)
+
+
+def _run(plan: CompressionPlan, ctx: TrialContext, result: TrialResult, time_model: TimeModel) -> None:
     data, stages = ctx.data, result.stages
     teacher = ctx.teacher()
     example = torch.from_numpy(data.x_val[:1])
     s = plan.student
+    if ctx.max_latency_ms is not None:
+        with _stage(stages, "latency_first"):
+            probe, params = _structure(plan, ctx, teacher, example)
+            latency, hit = time_model(probe)
+        if latency.p50_ms > ctx.max_latency_ms:
+            # Already over budget untrained: training cannot make it faster, so stop here, infeasible.
+            result.info.update(skipped_training=True, latency_cache="hit" if hit else "miss")
+            result.onnx = probe
+            result.metrics = _metrics(probe, latency, data, params)
+            return
     with _stage(stages, "distill"):
         student = build(s, teacher, data.input_shape[0], data.num_classes)
         if s.kind == "cnn":
@@ -108,34 +132,29 @@ def _run(plan: CompressionPlan, ctx: TrialContext, result: TrialResult) -> None:
         fp32 = to_onnx(student.eval(), example)
     with _stage(stages, "quantize"):
         deployed = quantize(fp32, plan.quantization.scheme, data.x_calib)
-    with _stage(stages, "accuracy"):
-        acc = accuracy(deployed, data.x_val, data.y_val)
     with _stage(stages, "latency"):
-        latency = measure(deployed, ctx.timing)
+        latency, hit = time_model(deployed)
+    result.info.update(skipped_training=False, latency_cache="hit" if hit else "miss")
     result.onnx = deployed
-    result.metrics = {
-        "accuracy": acc,
-        "size_mb": size_mb(deployed),
-        "params": float(parameter_count(student)),
+    with _stage(stages, "accuracy"):
+        result.metrics = _metrics(deployed, latency, data, parameter_count(student))
+
+
+def _metrics(model: bytes, latency: LatencyStats, data: TaskData, params: int) -> dict[str, float]:
+    return {
+        "accuracy": accuracy(model, data.x_val, data.y_val),
+        "size_mb": size_mb(model),
+        "params": float(params),
         **latency.metrics(),
         "latency_stable": float(latency.stable),
     }
 
 
-def teacher_figures(ctx: TrialContext) -> tuple[bytes, dict[str, float]]:
+def teacher_figures(ctx: TrialContext, time_model: TimeModel) -> tuple[bytes, dict[str, float]]:
     """The fp32 teacher as ONNX and its measured accuracy, size and latency: the baseline every trial is held to."""
     torch.set_num_threads(ctx.train_threads)
     teacher = ctx.teacher()
     onnx_bytes = to_onnx(teacher, torch.from_numpy(ctx.data.x_val[:1]))
-    latency = measure(onnx_bytes, ctx.timing)
-    return onnx_bytes, {
-        "accuracy": accuracy(onnx_bytes, ctx.data.x_val, ctx.data.y_val),
-        "size_mb": size_mb(onnx_bytes),
-        "params": float(parameter_count(teacher)),
-        **latency.metrics(),
-    }
-
-
-def example_batch(data: TaskData, n: int = 8) -> np.ndarray:
-    """A few validation inputs, for showing that a saved model predicts."""
-    return data.x_val[:n]
+    latency, _ = time_model(onnx_bytes)
+    metrics = _metrics(onnx_bytes, latency, ctx.data, parameter_count(teacher))
+    return onnx_bytes, metrics

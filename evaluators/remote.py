@@ -1,0 +1,103 @@
+"""The client side of the device agent (evaluators/agent.py): ask what a device is, and time a model on it."""
+
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from evaluators.errors import ConfigError, SlimsweepError
+from evaluators.latency import LatencyStats, TimingSettings
+
+_STATS_FIELDS = {field.name for field in dataclasses.fields(LatencyStats)}
+
+
+class AgentClient:
+    """One device agent at url, spoken to with its bearer token."""
+
+    def __init__(self, url: str, token: str, *, timeout: float = 300.0) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ConfigError(f"device agent url {url!r} is not http(s)://HOST:PORT, e.g. http://jetson.local:8470")
+        if not token:
+            raise ConfigError(f"the token for the device agent at {url} is empty")
+        self.url = url.rstrip("/")
+        self._token = token
+        self._timeout = timeout
+        # Straight to the device: a proxy from the environment would see the token and add its own latency and errors.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def info(self) -> dict:
+        """What the device is, its runtimes and the agent's limits."""
+        return self._call("GET", "/v1/info")
+
+    def measure(self, model: bytes, settings: TimingSettings = TimingSettings()) -> LatencyStats:
+        """Time model on the device with the project's timing method."""
+        query = urllib.parse.urlencode(dataclasses.asdict(settings))
+        answer = self._call("POST", f"/v1/measure?{query}", body=model)
+        stats = answer.get("stats") if isinstance(answer, dict) else None
+        if not isinstance(stats, dict) or not _STATS_FIELDS <= set(stats):
+            raise SlimsweepError(f"device agent at {self.url} answered without the statistics: {str(answer)[:300]}")
+        return LatencyStats(**{name: stats[name] for name in _STATS_FIELDS})
+
+    def _call(self, method: str, path: str, body: bytes | None = None) -> Any:
+        headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/octet-stream"
+        request = urllib.request.Request(self.url + path, data=body, headers=headers, method=method)
+        try:
+            with self._opener.open(request, timeout=self._timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            raise self._refused(exc.code, _message(exc), exc.headers.get("Retry-After")) from None
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            if isinstance(reason, ConnectionRefusedError):
+                raise SlimsweepError(f"device agent is not reachable at {self.url} (connection refused); "
+                                     "is `slimsweep agent` running there, on that port?") from None
+            if isinstance(reason, ConnectionError):  # reset or broken pipe while the body was still being sent
+                raise _dropped(self.url, reason) from None
+            raise SlimsweepError(f"device agent is not reachable at {self.url}: {reason}") from None
+        except TimeoutError:
+            raise SlimsweepError(f"device agent at {self.url} did not answer within {self._timeout:g} s") from None
+        except (ConnectionError, http.client.HTTPException) as exc:
+            raise _dropped(self.url, exc) from None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise SlimsweepError(f"device agent at {self.url} answered something that is not JSON: {raw[:200]!r}") \
+                from None
+
+    def _refused(self, status: int, message: str, retry_after: str | None) -> SlimsweepError:
+        if status == 401:
+            return SlimsweepError(f"device agent at {self.url} refused the token (401): {message}")
+        if status == 413:
+            return SlimsweepError(f"device agent at {self.url} refused the model as too large (413): {message}")
+        if status == 503:
+            wait = f"; it asks to retry after {retry_after} s" if retry_after else ""
+            return SlimsweepError(f"device agent at {self.url} is busy (503): {message}{wait}")
+        return SlimsweepError(f"device agent at {self.url} answered {status}: {message}")
+
+
+def _dropped(url: str, exc: BaseException) -> SlimsweepError:
+    return SlimsweepError(f"device agent at {url} dropped the connection ({exc!r}); a model far over its size "
+                          "limit is one cause: see limits in its /v1/info")
+
+
+def _message(error: urllib.error.HTTPError) -> str:
+    """The agent's {"error": ...} text, or what else the server said."""
+    try:
+        raw = error.read()
+    except (OSError, http.client.HTTPException):
+        return error.reason or "no message"
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return raw[:300].decode("utf-8", errors="replace") or str(error.reason)
+    if isinstance(data, dict):
+        return str(data.get("error") or data.get("detail") or data)
+    return str(data)

@@ -1,0 +1,338 @@
+"""Named targets: where a candidate's latency is measured (ONNX Runtime's CPU, CUDA, TensorRT or OpenVINO provider
+on this host, or a device agent elsewhere), with the threads and batch size that are part of the target.
+
+Each kind is one small class registered by name in TARGETS; adding a target is one new class in this file.
+`check()` runs when an experiment starts, so a target that cannot run here fails at once, not mid-sweep.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import platform
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields
+from functools import cache
+from typing import Any, ClassVar
+
+import onnx
+import onnxruntime as ort
+
+from evaluators.errors import ConfigError, SlimsweepError
+from evaluators.latency import LatencyStats, TimingSettings, measure
+from evaluators.runtime import make_session
+
+# An entry of ONNX Runtime's `providers` list: a name, or a name with its provider options.
+Provider = str | tuple[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """Where and how a model is timed: the target kind, threads, batch size, GPU, or device agent."""
+
+    kind: str  # "cpu" | "cuda" | "tensorrt" | "openvino" | "remote"
+    threads: int = 1
+    batch_size: int = 1
+    device_id: int = 0  # cuda / tensorrt
+    url: str | None = None  # remote
+    token: str | None = None  # remote
+
+    def __post_init__(self) -> None:
+        minimums = {"threads": 1, "batch_size": 1, "device_id": 0}
+        for name, minimum in minimums.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise ConfigError(f"TargetSpec.{name} = {value!r}; it must be an integer >= {minimum}")
+        if self.kind != "remote":
+            for name in ("url", "token"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(
+                        f"TargetSpec.{name} is set for target kind {self.kind!r}; only kind 'remote' takes a {name}"
+                    )
+
+
+class Target(ABC):
+    """One place to time models; subclasses say whether it can run here and how it measures."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, spec: TargetSpec) -> None:
+        self.spec = spec
+
+    @abstractmethod
+    def check(self) -> None:
+        """Raise SlimsweepError now if this target cannot run here (say why and what to install/do)."""
+
+    @abstractmethod
+    def measure(self, model: bytes, settings: TimingSettings) -> LatencyStats:
+        """Time one model on this target with the project's timing method."""
+
+    def describe(self) -> dict[str, Any]:
+        """Kind, providers, threads, batch and device, as JSON-ready values (MLflow params, model cards, cache keys)."""
+        return {"kind": self.kind, "threads": self.spec.threads, "batch_size": self.spec.batch_size}
+
+    def local_cpu(self) -> bool:
+        """True when timing runs on this host's CPU cores, which the caller then keeps free of other work."""
+        return False
+
+    def _require_own_settings(self, settings: TimingSettings) -> None:
+        # Threads and batch are part of the target: a timing taken with other values would be filed under it wrongly.
+        for name in ("threads", "batch_size"):
+            if getattr(settings, name) != getattr(self.spec, name):
+                raise ConfigError(
+                    f"TimingSettings.{name} = {getattr(settings, name)} but target {self.kind!r} has "
+                    f"{name} = {getattr(self.spec, name)}; build the settings with settings_for(spec)"
+                )
+
+
+TARGETS: dict[str, type[Target]] = {}
+
+
+def _register(cls: type[Target]) -> type[Target]:
+    TARGETS[cls.kind] = cls
+    return cls
+
+
+def make_target(spec: TargetSpec) -> Target:
+    """The target a spec names (unknown kind -> ConfigError listing the valid kinds)."""
+    if spec.kind not in TARGETS:
+        valid = ", ".join(sorted(TARGETS))
+        nearest = difflib.get_close_matches(spec.kind, TARGETS, n=1)
+        hint = f" Did you mean {nearest[0]!r}?" if nearest else ""
+        raise ConfigError(f"Unknown target kind {spec.kind!r}; valid kinds are: {valid}.{hint}")
+    return TARGETS[spec.kind](spec)
+
+
+def settings_for(spec: TargetSpec, **overrides: Any) -> TimingSettings:
+    """Timing settings with the spec's threads and batch size; overrides set the other fields (warm-up, repeats, caps)."""
+    valid = {f.name for f in fields(TimingSettings)} - {"threads", "batch_size"}
+    for name in overrides:
+        if name in ("threads", "batch_size"):
+            raise ConfigError(f"settings_for: {name} comes from the target spec; set TargetSpec.{name} instead")
+        if name not in valid:
+            nearest = difflib.get_close_matches(name, valid, n=1)
+            hint = f" Did you mean {nearest[0]!r}?" if nearest else ""
+            raise ConfigError(
+                f"settings_for: unknown timing setting {name!r}; valid ones are: {', '.join(sorted(valid))}.{hint}"
+            )
+    return TimingSettings(threads=spec.threads, batch_size=spec.batch_size, **overrides)
+
+
+class _OnnxRuntimeTarget(Target):
+    """A target timed on this host by an ONNX Runtime execution provider."""
+
+    provider: ClassVar[str]  # the execution provider that must run the model
+    install_hint: ClassVar[str]  # what to do when it is missing
+
+    def providers(self) -> list[Provider]:
+        """The `providers` list given to ONNX Runtime, first choice first."""
+        return [self.provider]
+
+    def check(self) -> None:
+        self._require_available()
+        # A provider can be compiled in and still fail to start (no device, driver, or library); ONNX Runtime then
+        # falls back to the CPU with only a log line, so open a real session and see who got it.
+        self._require_provider(_tiny_model(), what="a one-node test model")
+
+    def measure(self, model: bytes, settings: TimingSettings) -> LatencyStats:
+        self._require_own_settings(settings)
+        self._require_available()
+        # Never report CPU timings as GPU timings: the session that times the model must have our provider.
+        return measure(model, settings, providers=self.providers(), require_provider=self.provider)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "providers": [_provider_text(p) for p in self.providers()],
+            "onnxruntime": ort.__version__,
+        }
+
+    def _require_available(self) -> None:
+        available = ort.get_available_providers()
+        if self.provider not in available:
+            raise SlimsweepError(
+                f"target {self.kind!r}: ONNX Runtime here has no {self.provider} "
+                f"(available: {', '.join(available)}); {self.install_hint}"
+            )
+
+    def _require_provider(self, model: bytes, *, what: str, threads: int = 1) -> None:
+        try:
+            session = make_session(model, threads=threads, providers=self.providers())
+        except Exception as exc:  # any failure to open is this target failing
+            raise SlimsweepError(
+                f"target {self.kind!r}: ONNX Runtime could not open {what} with {self.provider} "
+                f"({type(exc).__name__}: {exc}); {self.install_hint}"
+            ) from exc
+        got = session.get_providers()
+        if not got or got[0] != self.provider:
+            raise SlimsweepError(
+                f"target {self.kind!r}: ONNX Runtime fell back to {got[0] if got else 'no provider'} for {what} "
+                f"instead of {self.provider} (the device or its libraries did not start); {self.install_hint}"
+            )
+
+
+@_register
+class CpuTarget(_OnnxRuntimeTarget):
+    """ONNX Runtime's default CPU provider with a fixed thread count."""
+
+    kind = "cpu"
+    provider = "CPUExecutionProvider"
+    install_hint = "the standard onnxruntime package provides it"
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), **_cpu_info()}
+
+    def local_cpu(self) -> bool:
+        return True
+
+
+@_register
+class CudaTarget(_OnnxRuntimeTarget):
+    """ONNX Runtime's CUDA provider on one NVIDIA GPU."""
+
+    kind = "cuda"
+    provider = "CUDAExecutionProvider"
+    install_hint = (
+        "install onnxruntime-gpu on a machine with an NVIDIA GPU (and its CUDA/cuDNN libraries), or use target kind 'cpu'"
+    )
+
+    def providers(self) -> list[Provider]:
+        return [("CUDAExecutionProvider", {"device_id": self.spec.device_id}), "CPUExecutionProvider"]
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "device_id": self.spec.device_id}
+
+
+@_register
+class TensorRTTarget(_OnnxRuntimeTarget):
+    """ONNX Runtime's TensorRT provider on one NVIDIA GPU, with CUDA for the nodes TensorRT does not take."""
+
+    kind = "tensorrt"
+    provider = "TensorrtExecutionProvider"
+    install_hint = (
+        "install onnxruntime-gpu and NVIDIA TensorRT (its libraries on the library path) on a machine with an "
+        "NVIDIA GPU, or use target kind 'cuda' or 'cpu'"
+    )
+
+    def providers(self) -> list[Provider]:
+        options = {"device_id": self.spec.device_id}
+        return [
+            ("TensorrtExecutionProvider", dict(options)),
+            ("CUDAExecutionProvider", dict(options)),
+            "CPUExecutionProvider",
+        ]
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "device_id": self.spec.device_id}
+
+
+@_register
+class OpenVinoTarget(_OnnxRuntimeTarget):
+    """Intel's OpenVINO runtime through ONNX Runtime's OpenVINO provider, on this host's CPU."""
+
+    kind = "openvino"
+    provider = "OpenVINOExecutionProvider"
+    install_hint = (
+        "install the optional extra with `pip install slimsweep[openvino]` (onnxruntime-openvino, which replaces "
+        "the plain onnxruntime package), or use target kind 'cpu'"
+    )
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), **_cpu_info()}
+
+    def local_cpu(self) -> bool:
+        return True
+
+
+@_register
+class RemoteTarget(Target):
+    """A device agent elsewhere that times models with the same method and sends the figures back."""
+
+    kind = "remote"
+
+    def __init__(self, spec: TargetSpec) -> None:
+        for name in ("url", "token"):
+            if not getattr(spec, name):
+                raise ConfigError(f"target 'remote' needs TargetSpec.{name} (the device agent's {name}); it is not set")
+        super().__init__(spec)
+        self._info: dict[str, Any] | None = None
+        self._client: Any = None
+
+    def check(self) -> None:
+        self._info = self._fetch_info()
+
+    def measure(self, model: bytes, settings: TimingSettings) -> LatencyStats:
+        self._require_own_settings(settings)
+        return self._agent().measure(model, settings)
+
+    def describe(self) -> dict[str, Any]:
+        if self._info is None:
+            self._info = self._fetch_info()
+        info = self._info
+        agent = info.get("agent") if isinstance(info.get("agent"), dict) else {}
+        runtimes = info.get("runtimes") if isinstance(info.get("runtimes"), dict) else {}
+        # The URL, the device and its runtime say where; the token is a secret and never leaves this object.
+        return {
+            **super().describe(),
+            "url": self.spec.url,
+            "device": info.get("device"),
+            "providers": agent.get("providers"),
+            "onnxruntime": runtimes.get("onnxruntime"),
+        }
+
+    def _fetch_info(self) -> dict[str, Any]:
+        agent = self._agent()
+        try:
+            return agent.info()
+        except SlimsweepError as exc:
+            raise SlimsweepError(
+                f"target 'remote' cannot use its device agent: {exc}; start the agent on the device "
+                "(`slimsweep agent`), and check the target's url and token"
+            ) from exc
+
+    def _agent(self) -> Any:
+        if self._client is None:
+            try:
+                # Imported here: only a remote target needs the HTTP client.
+                from evaluators.remote import AgentClient
+            except ImportError as exc:
+                raise SlimsweepError(
+                    f"target 'remote': the device-agent client (evaluators.remote) cannot be imported ({exc})"
+                ) from exc
+
+            self._client = AgentClient(self.spec.url, self.spec.token)
+        return self._client
+
+
+def _provider_text(provider: Provider) -> str:
+    """'CUDAExecutionProvider(device_id=0)': a provider entry as one readable string."""
+    if isinstance(provider, str):
+        return provider
+    name, options = provider
+    return f"{name}({', '.join(f'{k}={v}' for k, v in sorted(options.items()))})"
+
+
+@cache
+def _tiny_model() -> bytes:
+    """A one-node float model (Y = X + X) that any provider can run: enough to see which provider a session gets."""
+    x = onnx.helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, [1, 4])
+    y = onnx.helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, [1, 4])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Add", ["X", "X"], ["Y"])], "slimsweep-check", [x], [y])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
+    model.ir_version = 8  # readable by every ONNX Runtime this project supports
+    return model.SerializeToString()
+
+
+@cache
+def _cpu_info() -> dict[str, Any]:
+    """This host's CPU model and core count, as the figures of a CPU target depend on them."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass  # not Linux: platform's answer stands
+    return {"cpu": name, "cpu_count": os.cpu_count()}

@@ -1,0 +1,73 @@
+"""The bench station: one Ray actor per target that times one model at a time, on cores no trial trains on."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict
+
+import ray
+
+from evaluators.graph_key import graph_key
+from evaluators.latency import LatencyStats, TimingSettings
+from evaluators.targets import TargetSpec, make_target
+
+log = logging.getLogger("slimsweep.station")
+
+
+class BenchStation:
+    """Times models on the target, caching results by graph structure, target and settings (a sweep times a
+    structure once: latency depends on shapes and the scheme, not on trained weights)."""
+
+    def __init__(self, spec: TargetSpec, reserve_cores: bool) -> None:
+        self.target = make_target(spec)
+        self.target.check()
+        self.cores: list[int] = []
+        if reserve_cores and self.target.local_cpu():
+            # The last `threads` cores time models; trials on this node keep off them (see free_cores).
+            self.cores = sorted(os.sched_getaffinity(0))[-spec.threads:]
+            os.sched_setaffinity(0, self.cores)
+        self.node = ray.get_runtime_context().get_node_id()
+        self.cache: dict[str, LatencyStats] = {}
+        self.hits = self.misses = 0
+
+    def where(self) -> tuple[str, list[int]]:
+        """The station's node and the cores it keeps for itself."""
+        return self.node, self.cores
+
+    def describe(self) -> dict:
+        """The target as it reports itself."""
+        return self.target.describe()
+
+    def measure(self, model: bytes, settings: TimingSettings, use_cache: bool = True) -> tuple[LatencyStats, bool]:
+        """Statistics of one model, and whether they came from the cache."""
+        key = graph_key(model, self.target.describe(), asdict(settings))
+        if use_cache and key in self.cache:
+            self.hits += 1
+            log.info("latency cache hit %s", key[:12])
+            return self.cache[key], True
+        stats = self.target.measure(model, settings)
+        self.cache[key] = stats
+        self.misses += 1
+        return stats, False
+
+    def counts(self) -> dict[str, int]:
+        """Cache hits and misses so far."""
+        return {"latency_cache_hits": self.hits, "latency_cache_misses": self.misses}
+
+
+def start_station(spec: TargetSpec, *, reserve_cores: bool) -> "ray.actor.ActorHandle":
+    """Start the target's station, holding the Ray resources timing needs so trials cannot take them."""
+    local_cpu = spec.kind in {"cpu", "openvino"}
+    options = {"num_cpus": spec.threads if (reserve_cores and local_cpu) else 0, "max_concurrency": 1}
+    if spec.kind in {"cuda", "tensorrt"}:
+        options["num_gpus"] = 1
+    return ray.remote(BenchStation).options(**options).remote(spec, reserve_cores)
+
+
+def free_cores(station_node: str, station_cores: list[int]) -> None:
+    """Keep a trial's process off the station's cores when it runs on the station's node."""
+    if station_cores and ray.get_runtime_context().get_node_id() == station_node:
+        others = set(os.sched_getaffinity(0)) - set(station_cores)
+        if others:
+            os.sched_setaffinity(0, others)
