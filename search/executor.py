@@ -25,6 +25,7 @@ def _run_on_node(number: int, plan: Any, ctx: TrialContext, station: Any, where:
 
     result = run_trial(number, plan, ctx, time_model)
     result.info["ray_node"] = ray.get_runtime_context().get_node_id()
+    result.info["cores"] = sorted(os.sched_getaffinity(0))
     return result
 
 

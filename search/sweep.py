@@ -134,9 +134,12 @@ def run_sweep(exp: Experiment, executor: RayExecutor, *, quiet: bool = False) ->
     (exp.out / "teacher.onnx").write_bytes(teacher_onnx)
     study.set_user_attr("teacher", teacher)
     study.set_user_attr("input_shape", list(ctx.data.input_shape))
+    station = {"node": executor.where[0], "cores": executor.where[1]}
+    study.set_user_attr("station", station)
     target = executor.describe_target()
     tracker.log_parent(metrics={f"teacher_{k}": v for k, v in teacher.items()},
-                       tags={"slimsweep.target": json.dumps(target, default=str)[:5000]})
+                       tags={"slimsweep.target": json.dumps(target, default=str)[:5000],
+                             "slimsweep.station": json.dumps(station)})
     ctx_ref = executor.put(ctx)
 
     budget = exp.search.trials

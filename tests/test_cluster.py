@@ -33,7 +33,8 @@ def cluster(tmp_path):
 
 
 def test_the_same_file_runs_on_a_two_node_cluster(cluster, tmp_path):
-    path = small_experiment(tmp_path, name="cluster")
+    # The station shares cores here (reserve_cores: false) so that each one-CPU node can take a trial.
+    path = small_experiment(tmp_path, name="cluster", target={"kind": "cpu", "reserve_cores": False})
     result = run_cli("run", str(path), "--ray-address", cluster, "--trials", "4", "--parallel", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     exp = load(path)

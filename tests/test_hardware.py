@@ -50,6 +50,12 @@ def test_latency_first_skips_training_of_slow_structures_and_reuses_their_timing
         assert t.user_attrs["info"]["latency_cache"] == "hit"
         assert t.user_attrs["metrics"]["latency_p50_ms"] <= BUDGET_MS
     assert {t.number for t in study.best_trials} <= {t.number for t in trained}  # skipped ones are infeasible
+    # The station kept a core of its own, and no trial trained on it.
+    station = study.user_attrs["station"]
+    assert len(station["cores"]) == exp.target.threads
+    for t in done:
+        if t.user_attrs["info"]["ray_node"] == station["node"]:
+            assert not set(t.user_attrs["info"]["cores"]) & set(station["cores"])
 
     client, experiment, runs = _trial_runs(exp)
     tags = {int(r.data.tags["optuna.trial_number"]): r.data.tags for r in runs}

@@ -8,6 +8,7 @@ import signal
 import optuna
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
+from sqlalchemy.exc import OperationalError
 
 from conftest import run_cli, small_experiment, start_cli, wait_for
 from search.config import load
@@ -22,9 +23,9 @@ def _finished_now(exp) -> dict[int, object]:
         return {}
     try:
         study = optuna.load_study(study_name=exp.name, storage=exp.storage_url)
-    except KeyError:  # the study is not created yet
+        return {t.number: t.datetime_complete for t in finished(study)}
+    except (KeyError, OperationalError):  # not created yet, or the driver holds the write lock this instant
         return {}
-    return {t.number: t.datetime_complete for t in finished(study)}
 
 
 def _stop_after_two(path, tmp_path, sig) -> tuple[dict[int, object], int]:
