@@ -11,7 +11,8 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from evaluators.errors import ConfigError
-from spaces.plan import Space, Strict
+from spaces.knobs import Strict
+from spaces.plan import Space
 
 # Metrics a user may name as objectives, with the direction Optuna optimises them in.
 METRIC_DIRECTIONS: dict[str, str] = {

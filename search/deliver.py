@@ -106,7 +106,7 @@ def deliver(exp: Experiment, study: optuna.Study, tracker: Tracker, policy: Poli
 def model_card(exp: Experiment, study: optuna.Study, choice: Choice, policy: Policy, teacher_ms: float) -> dict[str, Any]:
     """What was done to the model, its measured figures, the teacher's, and why it was chosen."""
     c = choice.candidate
-    trial = study.trials[c.trial]
+    trial = study.get_trials(deepcopy=False)[c.trial]
     teacher = dict(study.user_attrs["teacher"])
     teacher["latency_p50_ms_verified"] = teacher_ms
     return {

@@ -96,26 +96,28 @@ def _tell(exp: Experiment, study: optuna.Study, trial: optuna.Trial, result: Tri
 def sync_tracking(exp: Experiment, study: optuna.Study, tracker: Tracker) -> int:
     """Log every finished trial MLflow lacks (a crash between Optuna and MLflow loses nothing); return how many."""
     logged = tracker.logged_trials()
-    added = 0
-    for t in finished(study):
-        if t.number in logged:
-            continue
-        path = trial_path(exp, t.number)
-        metrics = t.user_attrs.get("metrics", {})
-        stage_metrics = {f"stage_{k}_s": v for k, v in t.user_attrs.get("stages", {}).items()}
-        info = t.user_attrs.get("info", {})
-        tags = {"slimsweep.feasible": str(t.user_attrs.get("feasible", False)).lower(),
-                "slimsweep.skipped_training": str(bool(info.get("skipped_training"))).lower()}
-        if "latency_cache" in info:
-            tags["slimsweep.latency_cache"] = info["latency_cache"]
-        tracker.log_trial(
-            t.number, t.user_attrs.get("plan", t.params), {**metrics, **stage_metrics},
-            onnx=path.read_bytes() if metrics and path.is_file() else None,
-            failed_reason=t.user_attrs.get("slimsweep.failure") if t.state.name == "FAIL" else None,
-            tags=tags,
-        )
-        added += 1
-    return added
+    missing = [t for t in finished(study) if t.number not in logged]
+    for t in missing:
+        log_trial(exp, tracker, t)
+    return len(missing)
+
+
+def log_trial(exp: Experiment, tracker: Tracker, t: optuna.trial.FrozenTrial) -> None:
+    """Mirror one finished trial, as Optuna holds it, to its nested MLflow run."""
+    path = trial_path(exp, t.number)
+    metrics = t.user_attrs.get("metrics", {})
+    stage_metrics = {f"stage_{k}_s": v for k, v in t.user_attrs.get("stages", {}).items()}
+    info = t.user_attrs.get("info", {})
+    tags = {"slimsweep.feasible": str(t.user_attrs.get("feasible", False)).lower(),
+            "slimsweep.skipped_training": str(bool(info.get("skipped_training"))).lower()}
+    if "latency_cache" in info:
+        tags["slimsweep.latency_cache"] = info["latency_cache"]
+    tracker.log_trial(
+        t.number, t.user_attrs.get("plan", t.params), {**metrics, **stage_metrics},
+        onnx=path.read_bytes() if metrics and path.is_file() else None,
+        failed_reason=t.user_attrs.get("slimsweep.failure") if t.state.name == "FAIL" else None,
+        tags=tags,
+    )
 
 
 def run_sweep(exp: Experiment, executor: RayExecutor, *, quiet: bool = False) -> SweepSummary:
@@ -165,7 +167,7 @@ def run_sweep(exp: Experiment, executor: RayExecutor, *, quiet: bool = False) ->
                     running.remove(item)
                     trial, params, describe = trials.pop(item.number)
                     metrics = _tell(exp, study, trial, result, teacher, params, describe)
-                    sync_tracking(exp, study, tracker)
+                    log_trial(exp, tracker, study.get_trials(deepcopy=False)[item.number])
                     summary.ran_now += 1
                     _refresh(progress, study, finished(study), running)
                     progress.trial_done(item.number, describe, metrics, result.error,

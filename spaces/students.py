@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from evaluators.errors import TrialFailure
-from spaces.plan import StudentChoice
+from spaces.student_knobs import StudentChoice
 
 # Channels of the three stages at width 1.0.
 BASE_CHANNELS = (32, 64, 128)

@@ -6,7 +6,10 @@ import optuna
 import pytest
 
 from search.config import parse
-from spaces.plan import CompressionPlan, PruningChoice, QuantizationChoice, StudentChoice, sample
+from spaces.plan import CompressionPlan, sample
+from spaces.pruning_knobs import PruningChoice
+from spaces.quantization_knobs import QuantizationChoice
+from spaces.student_knobs import StudentChoice
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

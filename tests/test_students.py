@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from evaluators.errors import TrialFailure
 from experiments.tasks import digits
 from experiments.teacher import get_teacher, teacher_key
-from spaces.plan import StudentChoice
+from spaces.student_knobs import StudentChoice
 from spaces.students import CNN, Distillation, build, distill_loss, parameter_count, train
 
 CLASSES = 10
