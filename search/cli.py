@@ -95,8 +95,17 @@ def _ray_auth_for(address: str | None) -> None:
         os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
+def _importable_here() -> None:
+    """Let a plugin task (`entry: module:function`) live in the current folder, for the driver and Ray's workers."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (cwd, os.environ.get("PYTHONPATH")) if p)
+
+
 def _run(exp: Experiment, args: argparse.Namespace) -> int:
     _ray_auth_for(args.ray_address)  # before anything imports ray
+    _importable_here()
     from search.executor import RayExecutor
     from search.pick import Policy
     from search.study import open_study

@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from evaluators.errors import ConfigError
+from experiments.schema import TASK_CONFIGS, DigitsTask, OnnxTask, TaskConfig, TeacherSpec, task_error
 from spaces.knobs import Strict
 from spaces.plan import Space
 
@@ -26,21 +27,7 @@ METRIC_DIRECTIONS: dict[str, str] = {
 }
 
 
-class Teacher(Strict):
-    """The teacher trained once per task and cached on disk."""
-
-    width: float = Field(1.0, gt=0)
-    depth: int = Field(2, ge=1)
-    epochs: int = Field(30, ge=1)
-    lr: float = Field(0.003, gt=0)
-
-
-class Task(Strict):
-    """The dataset and teacher a sweep compresses."""
-
-    name: Literal["digits"] = "digits"
-    seed: int = 0
-    teacher: Teacher = Teacher()
+Teacher = TeacherSpec  # the teacher section, as experiments/schema.py defines it
 
 
 class Constraints(Strict):
@@ -115,7 +102,7 @@ class Experiment(Strict):
     """One experiment file."""
 
     name: str
-    task: Task = Task()
+    task: TaskConfig = DigitsTask()
     space: Space = Space()
     objectives: list[str] = ["accuracy", "latency_p50_ms", "size_mb"]
     constraints: Constraints = Constraints()
@@ -146,6 +133,20 @@ class Experiment(Strict):
         if len(set(v)) != len(v):
             raise ValueError(f"objectives repeat a metric: {v}")
         return v
+
+    @model_validator(mode="after")
+    def _onnx_only(self) -> "Experiment":
+        # An ONNX-only task has no PyTorch model to distil or prune: only the quantization knobs apply.
+        if isinstance(self.task, OnnxTask):
+            students, ratio = self.space.students, self.space.pruning.ratio
+            if not students.teacher or students.cnn is not None or students.mobilenetv2 is not None \
+                    or students.resnet is not None:
+                raise ValueError("an onnx task searches quantization only: set space.students to "
+                                 "{teacher: true, cnn: null}")
+            if any(r != 0 for r in (ratio if isinstance(ratio, list) else [ratio])):
+                raise ValueError(f"an onnx task searches quantization only: set space.pruning.ratio to 0.0 "
+                                 f"(got {ratio})")
+        return self
 
     @property
     def out(self) -> Path:
@@ -182,7 +183,9 @@ def _branch(loc: tuple[Any, ...]) -> str | None:
 
 
 def _user_loc(loc: tuple[Any, ...]) -> list[str]:
-    # Branch names are pydantic's, not words the user wrote.
+    # Branch names are pydantic's, not words the user wrote; nor is the task's tag (its name) after "task".
+    if len(loc) > 1 and loc[0] == "task" and loc[1] in TASK_CONFIGS:
+        loc = loc[:1] + loc[2:]
     return [str(p) for p in loc if _branch((p,)) is None]
 
 
@@ -217,8 +220,12 @@ def _format(error: dict[str, Any]) -> str:
     loc = _user_loc(error["loc"])
     field = ".".join(loc) or "(top level)"
     kind, value = error["type"], error.get("input")
+    if loc[:1] == ["task"] and kind in {"union_tag_invalid", "union_tag_not_found"}:
+        where, message = task_error(error)
+        return f"{'.'.join(['task', *where])}: {message}"
     if kind == "extra_forbidden":
-        parent = _model_at(Experiment, loc[:-1])
+        tagged = [str(p) for p in error["loc"][:-1] if _branch((p,)) is None]  # with the task's tag, if any
+        parent = _model_at(Experiment, tagged)
         valid = list(parent.model_fields) if parent else []
         return f"{field}: unknown key; {_not_allowed(loc[-1], valid)}"
     if kind == "literal_error":
@@ -238,6 +245,8 @@ def _format(error: dict[str, Any]) -> str:
 def _model_at(model: type[BaseModel], path: list[str]) -> type[BaseModel] | None:
     """The pydantic model a dotted path into the file lands on."""
     current: Any = model
+    if path[:1] == ["task"] and len(path) > 1 and path[1] in TASK_CONFIGS:  # the task's tag picks its schema
+        current, path = TASK_CONFIGS[path[1]], path[2:]
     for part in path:
         field = getattr(current, "model_fields", {}).get(part)
         if field is None:

@@ -10,10 +10,11 @@ from pathlib import Path
 import optuna
 import yaml
 
+from evaluators.errors import ConfigError
 from evaluators.latency import TimingSettings
 from evaluators.targets import TargetSpec
-from experiments.tasks import load as load_task
-from experiments.teacher import get_teacher
+from experiments.tasks import load_task
+from experiments.teacher import resolve_teacher, teacher_to_bytes
 from search.config import Experiment
 from search.executor import RayExecutor, Running
 from search.progress import SweepProgress
@@ -21,6 +22,7 @@ from search.study import finished, open_study, record, requeue
 from search.tracking import Tracker
 from search.trial import TrialContext, TrialResult, teacher_figures
 from spaces.plan import sample
+from spaces.students import suits
 
 # Trial timing: enough repeats for a stable median of a sub-millisecond model without dominating a trial.
 TRIAL_TIMING = dict(warmup=20, min_repeats=50, max_seconds=1.0)
@@ -61,11 +63,15 @@ def target_spec(exp: Experiment) -> TargetSpec:
 
 def prepare(exp: Experiment) -> TrialContext:
     """Load the task and get the cached (or newly trained) teacher: what every trial shares."""
-    data = load_task(exp.task.name, exp.task.seed)
-    t = exp.task.teacher
-    teacher, _ = get_teacher(data, seed=exp.task.seed, width=t.width, depth=t.depth, epochs=t.epochs, lr=t.lr)
-    return TrialContext(data=data, teacher_state=teacher.state_dict(), teacher_width=t.width, teacher_depth=t.depth,
-                        timing=timing(exp), seed=exp.search.seed, max_latency_ms=exp.constraints.max_latency_ms)
+    task = load_task(exp.task)
+    if not task.onnx_only:
+        for kind in exp.space.students.kinds():
+            reason = suits(kind, task.data.input_shape)
+            if reason:  # refuse up front rather than fail every trial of that family
+                raise ConfigError(f"space.students.{kind}: {reason}")
+    blob = None if task.onnx_only else teacher_to_bytes(resolve_teacher(task)[0])
+    return TrialContext(data=task.data, teacher_blob=blob, onnx_model=task.onnx_model, timing=timing(exp),
+                        seed=exp.search.seed, max_latency_ms=exp.constraints.max_latency_ms)
 
 
 def _tell(exp: Experiment, study: optuna.Study, trial: optuna.Trial, result: TrialResult, teacher: dict[str, float],

@@ -6,19 +6,29 @@ import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
+import onnx
 import torch
 
 from evaluators.accuracy import accuracy
+from evaluators.errors import TrialFailure
 from evaluators.latency import LatencyStats, TimingSettings
 from evaluators.size import size_mb
 from experiments.tasks import TaskData
+from experiments.teacher import cache_dir, teacher_from_bytes
 from spaces.export import to_onnx
 from spaces.plan import CompressionPlan
-from spaces.pruning import channel_count, prune_channels
+from spaces.pruning import channel_count, prune, sparsity
 from spaces.quantization import quantize
-from spaces.students import CNN, Distillation, build, parameter_count, train
+from spaces.students import Distillation, build, parameter_count, train
+
+def _sensitivity_cache() -> Path:
+    """Where per-layer quantization sensitivity rankings are kept, so a model is ranked once across trials."""
+    return cache_dir() / "quant-sensitivity"
+
 
 # Recovery after pruning distils with these when the student itself was not distilled (the teacher itself).
 RECOVERY_TEMPERATURE, RECOVERY_ALPHA, RECOVERY_LR = 4.0, 0.7, 0.003
@@ -29,19 +39,18 @@ class TrialContext:
     """What every trial of a sweep shares; put in Ray's object store once."""
 
     data: TaskData
-    teacher_state: dict[str, torch.Tensor]
-    teacher_width: float
-    teacher_depth: int
+    teacher_blob: bytes | None  # experiments.teacher.teacher_to_bytes(teacher); None for an ONNX-only task
     timing: TimingSettings
     seed: int = 0
     train_threads: int = 1
     max_latency_ms: float | None = None  # a latency budget: structures over it are not trained (latency first)
+    onnx_model: bytes | None = None  # an ONNX-only task's model: trials only quantize it
 
     def teacher(self) -> torch.nn.Module:
-        """A fresh copy of the trained teacher."""
-        model = CNN(self.data.input_shape[0], self.data.num_classes, width=self.teacher_width, depth=self.teacher_depth)
-        model.load_state_dict(self.teacher_state)
-        return model.eval()
+        """A fresh copy of the teacher (any module: trained CNN, checkpoint, plugin's)."""
+        if self.teacher_blob is None:
+            raise TrialFailure("an ONNX-only task has no PyTorch teacher")
+        return teacher_from_bytes(self.teacher_blob)
 
 
 @dataclass
@@ -92,13 +101,39 @@ def _structure(plan: CompressionPlan, ctx: TrialContext, teacher: torch.nn.Modul
                example: torch.Tensor) -> tuple[bytes, int]:
     """The plan's deployable graph before any training (same shapes and scheme, so the same latency), and its size."""
     data = ctx.data
-    model = build(plan.student, teacher, data.input_shape[0], data.num_classes)
+    model = build(plan.student, teacher, data.input_shape[0], data.num_classes, tuple(data.input_shape[1:]))
     if plan.pruning.ratio > 0:
-        prune_channels(model, example, plan.pruning.ratio, round_to=plan.pruning.round_to)
-    return quantize(to_onnx(model.eval(), example), plan.quantization.scheme, data.x_calib), parameter_count(model)
+        prune(model, example, plan.pruning, batch=_batch(data))
+    deployed = quantize(to_onnx(model.eval(), example), plan.quantization, data.x_calib, cache_dir=_sensitivity_cache())
+    return deployed, parameter_count(model)
+
+
+def _batch(data: TaskData, n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """A labelled batch for gradient-based pruning importance (Taylor)."""
+    return torch.from_numpy(data.x_train[:n]), torch.from_numpy(data.y_train[:n])
+
+
+def _run_onnx(plan: CompressionPlan, ctx: TrialContext, result: TrialResult, time_model: TimeModel) -> None:
+    """An ONNX-only task: the user's model quantized by the plan's scheme, then measured."""
+    data, stages = ctx.data, result.stages
+    with _stage(stages, "quantize"):
+        deployed = quantize(ctx.onnx_model, plan.quantization, data.x_calib, cache_dir=_sensitivity_cache())
+    with _stage(stages, "latency"):
+        latency, hit = time_model(deployed)
+    result.info.update(skipped_training=False, latency_cache="hit" if hit else "miss")
+    result.onnx = deployed
+    with _stage(stages, "accuracy"):
+        result.metrics = _metrics(deployed, latency, data, onnx_parameter_count(ctx.onnx_model))
+
+
+def onnx_parameter_count(model: bytes) -> int:
+    """Weights in an ONNX graph: the elements of its initializers."""
+    return sum(int(np.prod(t.dims)) for t in onnx.load_model_from_string(model).graph.initializer)
 
 
 def _run(plan: CompressionPlan, ctx: TrialContext, result: TrialResult, time_model: TimeModel) -> None:
+    if ctx.onnx_model is not None:
+        return _run_onnx(plan, ctx, result, time_model)
     data, stages = ctx.data, result.stages
     teacher = ctx.teacher()
     example = torch.from_numpy(data.x_val[:1])
@@ -114,24 +149,28 @@ def _run(plan: CompressionPlan, ctx: TrialContext, result: TrialResult, time_mod
             result.metrics = _metrics(probe, latency, data, params)
             return
     with _stage(stages, "distill"):
-        student = build(s, teacher, data.input_shape[0], data.num_classes)
-        if s.kind == "cnn":
+        student = build(s, teacher, data.input_shape[0], data.num_classes, tuple(data.input_shape[1:]))
+        if s.kind != "teacher":
             d = Distillation(epochs=s.epochs, lr=s.lr, temperature=s.temperature, alpha=s.alpha, seed=ctx.seed)
             train(student, data.x_train, data.y_train, d, teacher=teacher)
     result.info["channels_before_pruning"] = channel_count(student)
     if plan.pruning.ratio > 0:
         with _stage(stages, "prune"):
-            prune_channels(student, example, plan.pruning.ratio, round_to=plan.pruning.round_to)
-            temperature, alpha, lr = (s.temperature, s.alpha, s.lr) if s.kind == "cnn" else (
+            temperature, alpha, lr = (s.temperature, s.alpha, s.lr) if s.kind != "teacher" else (
                 RECOVERY_TEMPERATURE, RECOVERY_ALPHA, RECOVERY_LR)
-            recovery = Distillation(epochs=plan.pruning.recover_epochs, lr=lr, temperature=temperature, alpha=alpha,
-                                    seed=ctx.seed)
-            train(student, data.x_train, data.y_train, recovery, teacher=teacher)
+
+            def recover(model: torch.nn.Module, epochs: int) -> None:
+                # Recovery is distillation from the teacher; prune() calls it between iterative steps.
+                d = Distillation(epochs=epochs, lr=lr, temperature=temperature, alpha=alpha, seed=ctx.seed)
+                train(model, data.x_train, data.y_train, d, teacher=teacher)
+
+            prune(student, example, plan.pruning, recover=recover, batch=_batch(data))
     result.info["channels"] = channel_count(student)
+    result.info["sparsity"] = sparsity(student)
     with _stage(stages, "export"):
         fp32 = to_onnx(student.eval(), example)
     with _stage(stages, "quantize"):
-        deployed = quantize(fp32, plan.quantization.scheme, data.x_calib)
+        deployed = quantize(fp32, plan.quantization, data.x_calib, cache_dir=_sensitivity_cache())
     with _stage(stages, "latency"):
         latency, hit = time_model(deployed)
     result.info.update(skipped_training=False, latency_cache="hit" if hit else "miss")
@@ -153,8 +192,11 @@ def _metrics(model: bytes, latency: LatencyStats, data: TaskData, params: int) -
 def teacher_figures(ctx: TrialContext, time_model: TimeModel) -> tuple[bytes, dict[str, float]]:
     """The fp32 teacher as ONNX and its measured accuracy, size and latency: the baseline every trial is held to."""
     torch.set_num_threads(ctx.train_threads)
-    teacher = ctx.teacher()
-    onnx_bytes = to_onnx(teacher, torch.from_numpy(ctx.data.x_val[:1]))
+    if ctx.onnx_model is not None:
+        onnx_bytes, params = ctx.onnx_model, onnx_parameter_count(ctx.onnx_model)
+    else:
+        teacher = ctx.teacher()
+        onnx_bytes, params = to_onnx(teacher, torch.from_numpy(ctx.data.x_val[:1])), parameter_count(teacher)
     latency, _ = time_model(onnx_bytes)
-    metrics = _metrics(onnx_bytes, latency, ctx.data, parameter_count(teacher))
+    metrics = _metrics(onnx_bytes, latency, ctx.data, params)
     return onnx_bytes, metrics

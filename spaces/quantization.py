@@ -1,12 +1,15 @@
-"""Quantization schemes applied to an exported ONNX model with ONNX Runtime's own quantization tools.
+"""Quantization schemes applied to an exported ONNX model with ONNX Runtime's own tools.
 
-Each scheme is one small class registered by name; adding a scheme (fp16, QOperator, mixed precision) is one new
-class in this file.
+Each scheme is one small class registered by name; adding a scheme is one new class in this file. The options of a
+scheme come from its QuantizationChoice (spaces.quantization_knobs), which the search samples.
 """
 
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
+import os
 import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -14,17 +17,40 @@ from typing import ClassVar
 
 import numpy as np
 import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+from onnxruntime.capi._pybind_state import quantize_matmul_4bits
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
     QuantFormat,
     QuantType,
+    create_calibrator,
     quantize_dynamic,
     quantize_static,
 )
+from onnxruntime.quantization.calibrate import save_tensors_data
+from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 from onnxruntime.quantization.shape_inference import quant_pre_process
+from onnxruntime.transformers.float16 import convert_float_to_float16
+from onnxruntime.transformers.onnx_model import OnnxModel
 
 from evaluators.errors import ConfigError, SlimsweepError, TrialFailure
+from spaces.quantization_knobs import QuantizationChoice
+
+LAYER_OPS = ("Conv", "Gemm", "MatMul")  # the layers "first_last" and "sensitive" choose among
+SENSITIVITY_SAMPLES = 64  # calibration samples the sensitivity pass compares logits on: keeps it quick
+INT4_BLOCK_SIZE = 32
+CALIBRATION_BATCH = 32  # samples per calibration run when the batch axis is dynamic
+# ONNX Runtime's entropy calibrator defaults to as many histogram bins as quantized bins (128): the only threshold
+# it can then try is the full range, and "entropy" gives exactly MinMax's ranges. With 256 bins it searches
+# thresholds from half the range to all of it. More bins search further but cost more: its search is pure Python
+# (on the digits CNN, 2 cores: 256 bins ~1.5 s, 512 ~4 s, 1024 ~9 s).
+ENTROPY_BINS = 256
+_CALIBRATED_OPS = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))  # what quantize_static itself calibrates
+_CALIBRATION = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                "percentile": CalibrationMethod.Percentile}
+_SENSITIVITY: dict[str, list[tuple[str, float]]] = {}  # the in-process cache when no cache_dir is given
 
 
 class QuantizationScheme(ABC):
@@ -33,7 +59,8 @@ class QuantizationScheme(ABC):
     name: ClassVar[str]
 
     @abstractmethod
-    def apply(self, model: bytes, calibration: np.ndarray) -> bytes:
+    def apply(self, model: bytes, choice: QuantizationChoice, calibration: np.ndarray,
+              cache_dir: Path | None) -> bytes:
         """Return the quantized ONNX model."""
 
 
@@ -45,19 +72,23 @@ def _register(cls: type[QuantizationScheme]) -> type[QuantizationScheme]:
     return cls
 
 
-def quantize(model: bytes, scheme: str, calibration: np.ndarray) -> bytes:
-    """Apply a named scheme (unknown name -> ConfigError listing the valid names)."""
+def quantize(model: bytes, choice: QuantizationChoice | str, calibration: np.ndarray, *,
+             cache_dir: Path | None = None) -> bytes:
+    """Apply a scheme with its options (a name alone takes the default options; unknown name -> ConfigError)."""
+    if isinstance(choice, str):
+        choice = QuantizationChoice(scheme=choice)
+    scheme = choice.scheme
     if scheme not in SCHEMES:
         valid = ", ".join(sorted(SCHEMES))
         nearest = difflib.get_close_matches(scheme, SCHEMES, n=1)
         hint = f" Did you mean {nearest[0]!r}?" if nearest else ""
         raise ConfigError(f"Unknown quantization scheme {scheme!r}; valid schemes are: {valid}.{hint}")
     try:
-        return SCHEMES[scheme].apply(model, calibration)
+        return SCHEMES[scheme].apply(model, choice, calibration, None if cache_dir is None else Path(cache_dir))
     except SlimsweepError:
         raise
     except Exception as exc:
-        raise TrialFailure(f"Quantization {scheme!r} failed: {type(exc).__name__}: {exc}") from exc
+        raise TrialFailure(f"Quantization {choice.describe()!r} failed: {type(exc).__name__}: {exc}") from exc
 
 
 @_register
@@ -66,8 +97,23 @@ class Float32(QuantizationScheme):
 
     name = "fp32"
 
-    def apply(self, model: bytes, calibration: np.ndarray) -> bytes:
+    def apply(self, model: bytes, choice: QuantizationChoice, calibration: np.ndarray,
+              cache_dir: Path | None) -> bytes:
         return model
+
+
+@_register
+class Float16(QuantizationScheme):
+    """Weights and compute in half precision; inputs and outputs stay float32, so callers feed the same arrays."""
+
+    name = "fp16"
+
+    def apply(self, model: bytes, choice: QuantizationChoice, calibration: np.ndarray,
+              cache_dir: Path | None) -> bytes:
+        half = convert_float_to_float16(onnx.load_from_string(model), keep_io_types=True)
+        # The converter appends the input casts at the end of the node list; ONNX wants topological order.
+        OnnxModel(half).topological_sort()
+        return half.SerializeToString()
 
 
 @_register
@@ -76,35 +122,239 @@ class Int8Dynamic(QuantizationScheme):
 
     name = "int8_dynamic"
 
-    def apply(self, model: bytes, calibration: np.ndarray) -> bytes:
+    def apply(self, model: bytes, choice: QuantizationChoice, calibration: np.ndarray,
+              cache_dir: Path | None) -> bytes:
         with tempfile.TemporaryDirectory(prefix="slimsweep-quant-") as tmp:
             src, dst = _preprocessed(model, Path(tmp)), Path(tmp, "int8.onnx")
             quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
             return dst.read_bytes()
 
 
-@_register
-class Int8StaticQDQ(QuantizationScheme):
-    """int8 weights (per channel) and uint8 activations calibrated by MinMax, as QuantizeLinear/DequantizeLinear."""
+class _Int8Static(QuantizationScheme):
+    """int8 weights, activations calibrated on the calibration split; some layers may stay float."""
 
-    name = "int8_static_qdq"
+    format: ClassVar[QuantFormat]
 
-    def apply(self, model: bytes, calibration: np.ndarray) -> bytes:
+    def apply(self, model: bytes, choice: QuantizationChoice, calibration: np.ndarray,
+              cache_dir: Path | None) -> bytes:
         with tempfile.TemporaryDirectory(prefix="slimsweep-quant-") as tmp:
             src, dst = _preprocessed(model, Path(tmp)), Path(tmp, "int8.onnx")
-            quantize_static(
-                src,
-                dst,
-                _ArrayReader(onnx.load(src), calibration),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                # Restored accuracy on CPUs without VNNI (FIELD-NOTES, ONNX Runtime's docs).
-                reduce_range=True,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
-            )
+            ranges = _calibrated(src, choice, calibration, Path(tmp))
+            layers = quantizable_layers(onnx.load(src))
+            if choice.float_layers == "first_last":
+                keep = sorted({layers[0], layers[-1]}) if layers else []
+            elif choice.float_layers == "sensitive":
+                ranking = _ranking(model, src, choice, calibration, cache_dir, ranges)
+                keep = [name for name, _ in ranking[: choice.sensitive_layers]]
+            else:
+                keep = []
+            _static(src, dst, self.format, choice, ranges, exclude=keep)
             return dst.read_bytes()
+
+
+@_register
+class Int8StaticQDQ(_Int8Static):
+    """Static int8 as QuantizeLinear/DequantizeLinear pairs around float operators (ONNX Runtime fuses them)."""
+
+    name = "int8_static_qdq"
+    format = QuantFormat.QDQ
+
+
+@_register
+class Int8StaticQOperator(_Int8Static):
+    """Static int8 as quantized operators (QLinearConv, QGemm, ...)."""
+
+    name = "int8_static_qoperator"
+    format = QuantFormat.QOperator
+
+
+@_register
+class Int4WeightOnly(QuantizationScheme):
+    """MatMul/Gemm weights in 4 bits (blocks of 32, symmetric) as MatMulNBits; activations and other layers float."""
+
+    name = "int4_weight_only"
+
+    def apply(self, model: bytes, choice: QuantizationChoice, calibration: np.ndarray,
+              cache_dir: Path | None) -> bytes:
+        proto = onnx.load_from_string(model)
+        if not _int4_matmuls(proto):
+            ops = sorted({node.op_type for node in proto.graph.node})
+            raise TrialFailure(f"int4_weight_only found no MatMul or Gemm with a constant 2-D weight to quantize "
+                               f"(the model has: {', '.join(ops)}); use another scheme for this model")
+        return proto.SerializeToString()
+
+
+def quantizable_layers(model: onnx.ModelProto) -> list[str]:
+    """Names of the Conv/Gemm/MatMul nodes in topological order (the order ONNX keeps nodes in)."""
+    return [node.name for node in model.graph.node if node.op_type in LAYER_OPS]
+
+
+def layer_sensitivity(model: bytes, choice: QuantizationChoice, calibration: np.ndarray, *,
+                      cache_dir: Path | None = None) -> list[tuple[str, float]]:
+    """Layers ranked by the logits' MSE when only that layer is quantized, most sensitive first (cached)."""
+    with tempfile.TemporaryDirectory(prefix="slimsweep-quant-") as tmp:
+        return _ranking(model, _preprocessed(model, Path(tmp)), choice, calibration, cache_dir)
+
+
+def _ranking(model: bytes, src: Path, choice: QuantizationChoice, calibration: np.ndarray, cache_dir: Path | None,
+             ranges: Path | None = None) -> list[tuple[str, float]]:
+    """The cached ranking of this model and these options, or a new one (stored) from a sensitivity pass."""
+    key = _sensitivity_key(model, choice, calibration)
+    cached = _cached_ranking(key, cache_dir)
+    if cached is not None:
+        return cached
+    ranges = ranges or _calibrated(src, choice, calibration, src.parent)
+    return _store_ranking(key, cache_dir, _rank_layers(src, choice, ranges, calibration, src.parent))
+
+
+def _calibrated(src: Path, choice: QuantizationChoice, calibration: np.ndarray, folder: Path) -> Path:
+    """Measure the activation ranges on the choice's calibration samples; return the file quantize_static reads."""
+    samples = calibration[: choice.calibration_samples] if choice.calibration_samples else calibration
+    options = {"num_bins": ENTROPY_BINS, "num_quantized_bins": 128} if choice.calibration == "entropy" else {}
+    calibrator = create_calibrator(src, _CALIBRATED_OPS, augmented_model_path=str(folder / "augmented.onnx"),
+                                   calibrate_method=_CALIBRATION[choice.calibration], extra_options=options)
+    calibrator.collect_data(_ArrayReader(onnx.load(src), samples))
+    ranges = folder / "ranges.json"
+    save_tensors_data(calibrator.compute_data(), ranges)
+    return ranges
+
+
+def _static(src: Path, dst: Path, fmt: QuantFormat, choice: QuantizationChoice, ranges: Path, *,
+            only: list[str] | None = None, exclude: list[str] | None = None) -> None:
+    """ONNX Runtime's static quantization with the choice's options, from measured activation ranges."""
+    symmetric = choice.activations == "int8_sym"
+    quantize_static(
+        src,
+        dst,
+        None,
+        quant_format=fmt,
+        per_channel=choice.per_channel,
+        reduce_range=choice.reduce_range,
+        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=_CALIBRATION[choice.calibration],
+        nodes_to_quantize=only,
+        nodes_to_exclude=exclude,
+        extra_options={"ActivationSymmetric": symmetric},
+        calibration_cache_path=ranges,
+    )
+
+
+def _rank_layers(src: Path, choice: QuantizationChoice, ranges: Path, calibration: np.ndarray,
+                 folder: Path) -> list[tuple[str, float]]:
+    """Quantize one layer at a time (with the full model's ranges); rank the layers by how far the logits move."""
+    data = calibration[:SENSITIVITY_SAMPLES]
+    fmt = Int8StaticQOperator.format if choice.scheme == Int8StaticQOperator.name else Int8StaticQDQ.format
+    reference = _logits(src.read_bytes(), data)
+    scores = []
+    dst = folder / "one-layer.onnx"
+    for layer in quantizable_layers(onnx.load(src)):
+        _static(src, dst, fmt, choice, ranges, only=[layer])
+        scores.append((layer, float(np.mean((_logits(dst.read_bytes(), data) - reference) ** 2))))
+    # sorted() is stable: equally sensitive layers keep their order in the graph.
+    return sorted(scores, key=lambda item: -item[1])
+
+
+def _logits(model: bytes, data: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    reader = _ArrayReader(onnx.load_from_string(model), data)
+    return np.concatenate([session.run(None, feed)[0] for feed in iter(reader.get_next, None)])
+
+
+def _sensitivity_key(model: bytes, choice: QuantizationChoice, calibration: np.ndarray) -> str:
+    """The model, the options that change a layer's quantization error, and the data it is measured on."""
+    options = [choice.scheme, choice.per_channel, choice.activations, choice.calibration,
+               choice.calibration_samples, choice.reduce_range, SENSITIVITY_SAMPLES]
+    digest = hashlib.sha256(model)
+    digest.update(json.dumps(options).encode())
+    digest.update(np.ascontiguousarray(calibration, dtype=np.float32).tobytes())
+    return digest.hexdigest()
+
+
+def _cache_file(cache_dir: Path, key: str) -> Path:
+    """Where a sensitivity ranking is kept on disk."""
+    return Path(cache_dir) / f"quant-sensitivity-{key[:32]}.json"
+
+
+def _cached_ranking(key: str, cache_dir: Path | None) -> list[tuple[str, float]] | None:
+    if cache_dir is None:
+        return _SENSITIVITY.get(key)
+    path = _cache_file(cache_dir, key)
+    if not path.exists():
+        return None
+    return [(name, float(mse)) for name, mse in json.loads(path.read_text())["layers"]]
+
+
+def _store_ranking(key: str, cache_dir: Path | None,
+                   ranking: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    if cache_dir is None:
+        _SENSITIVITY[key] = ranking
+        return ranking
+    path = _cache_file(cache_dir, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Parallel trials may rank the same model: write aside and rename, so no reader sees half a file.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as out:
+        json.dump({"layers": ranking}, out)
+    os.replace(tmp, path)
+    return ranking
+
+
+def _int4_matmuls(model: onnx.ModelProto) -> int:
+    """Replace each MatMul/Gemm with a constant 2-D weight by MatMulNBits (+ Add for a bias); return how many."""
+    graph = model.graph
+    weights = {init.name: init for init in graph.initializer}
+    nodes, count = [], 0
+    for node in graph.node:
+        replacement = _int4_layer(node, weights)
+        nodes.extend(replacement or [node])
+        count += replacement is not None
+    if not count:
+        return 0
+    del graph.node[:]
+    graph.node.extend(nodes)
+    # The float weights the new nodes replaced go; that is where the file shrinks.
+    used = {name for node in graph.node for name in node.input} | {out.name for out in graph.output}
+    del graph.initializer[:]
+    graph.initializer.extend(init for name, init in weights.items() if name in used)
+    if not any(op.domain == "com.microsoft" for op in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    return count
+
+
+def _int4_layer(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto]) -> list[onnx.NodeProto] | None:
+    """The MatMulNBits node(s) standing in for one MatMul/Gemm (new initializers go into `weights`), or None."""
+    if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2 or node.input[1] not in weights:
+        return None
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    w = numpy_helper.to_array(weights[node.input[1]]).astype(np.float32)
+    bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] else None
+    if w.ndim != 2 or attrs.get("transA", 0) or (bias and bias not in weights and attrs.get("beta", 1.0) != 1.0):
+        return None
+    if node.op_type == "Gemm":
+        w = (w.T if attrs.get("transB", 0) else w) * attrs.get("alpha", 1.0)
+    k, n = w.shape
+    blocks = -(-k // INT4_BLOCK_SIZE)
+    padded = np.ascontiguousarray(np.pad(w, ((0, blocks * INT4_BLOCK_SIZE - k), (0, 0))))
+    packed = np.zeros((n, blocks, INT4_BLOCK_SIZE // 2), np.uint8)
+    scales = np.zeros((n, blocks), np.float32)
+    zero_points = np.zeros((n, (blocks + 1) // 2), np.uint8)  # unused when symmetric (zero point 8)
+    # ONNX Runtime's own packing kernel, the one its MatMulNBitsQuantizer calls; that class itself needs the
+    # onnx-ir package, which this environment does not have.
+    quantize_matmul_4bits(packed, padded, scales, zero_points, INT4_BLOCK_SIZE, n, k, True)
+    stem = (node.name or node.output[0]) + "_Q4"
+    for init in (numpy_helper.from_array(packed, f"{stem}_weight"), numpy_helper.from_array(scales, f"{stem}_scales")):
+        weights[init.name] = init
+    out = f"{stem}_out" if bias else node.output[0]
+    nodes = [onnx.helper.make_node("MatMulNBits", [node.input[0], f"{stem}_weight", f"{stem}_scales"], [out],
+                                   name=stem, domain="com.microsoft", K=k, N=n, bits=4, block_size=INT4_BLOCK_SIZE)]
+    if bias:
+        beta = attrs.get("beta", 1.0)
+        if beta != 1.0:
+            scaled = numpy_helper.from_array(numpy_helper.to_array(weights[bias]) * beta, f"{stem}_bias")
+            weights[scaled.name], bias = scaled, scaled.name
+        nodes.append(onnx.helper.make_node("Add", [out, bias], [node.output[0]], name=f"{stem}_bias_add"))
+    return nodes
 
 
 def _preprocessed(model: bytes, folder: Path) -> Path:
@@ -114,6 +364,12 @@ def _preprocessed(model: bytes, folder: Path) -> Path:
     # Shape inference and graph optimization (e.g. batch-norm folding) first, as ONNX Runtime's tools advise:
     # quantization parameters are then computed for the graph that will actually run.
     quant_pre_process(raw, prepared)
+    proto = onnx.load(prepared)
+    unnamed = [node for node in proto.graph.node if not node.name]
+    if unnamed:  # float layers are named to the quantizer, so every node needs a name
+        for i, node in enumerate(unnamed):
+            node.name = f"{node.op_type}_{i}"
+        onnx.save(proto, prepared)
     return prepared
 
 
@@ -125,14 +381,17 @@ class _ArrayReader(CalibrationDataReader):
         graph_input = next(i for i in model.graph.input if i.name not in initializers)
         self._input_name = graph_input.name
         batch_dim = graph_input.type.tensor_type.shape.dim[0]
-        # A dynamic batch axis takes batches of 1; a fixed one must be fed exactly that many samples.
-        batch = batch_dim.dim_value if batch_dim.HasField("dim_value") and batch_dim.dim_value > 0 else 1
+        fixed = batch_dim.dim_value if batch_dim.HasField("dim_value") and batch_dim.dim_value > 0 else 0
         data = np.ascontiguousarray(calibration, dtype=np.float32)
-        if len(data) < batch:
+        if len(data) < fixed:
             raise ConfigError(
-                f"Calibration has {len(data)} samples; the model's fixed batch size is {batch}: "
-                f"give at least {batch} samples."
+                f"Calibration has {len(data)} samples; the model's fixed batch size is {fixed}: "
+                f"give at least {fixed} samples."
             )
+        # A fixed batch axis must be fed exactly that many samples. A dynamic one takes up to CALIBRATION_BATCH at a
+        # time (calibrating one sample per run was mostly session overhead), in equal batches that cover every
+        # sample: ONNX Runtime's histogram calibrators stack the batches and need them the same size.
+        batch = fixed or max(b for b in range(1, CALIBRATION_BATCH + 1) if len(data) % b == 0)
         self._batches = iter(data[start : start + batch] for start in range(0, len(data) - batch + 1, batch))
 
     def get_next(self) -> dict[str, np.ndarray] | None:

@@ -1,20 +1,104 @@
-"""The quantization knob: which ONNX Runtime scheme to apply (schema, choice, sampling)."""
+"""The quantization knob: which ONNX Runtime scheme to apply and the int8 static options (schema, choice, sampling)."""
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
-from pydantic import field_validator
+from pydantic import ValidationInfo, field_validator, model_validator
 
-from spaces.knobs import Strict, TrialLike, knob
+from spaces.knobs import IntKnob, Strict, TrialLike, knob
 
-SCHEMES = ("fp32", "int8_dynamic", "int8_static_qdq")
+# Today's three come first: they are the default space and the order error messages list the names in.
+SCHEMES = ("fp32", "int8_dynamic", "int8_static_qdq", "fp16", "int8_static_qoperator", "int4_weight_only")
+DEFAULT_SCHEMES = SCHEMES[:3]
+STATIC_SCHEMES = ("int8_static_qdq", "int8_static_qoperator")
+ACTIVATIONS = ("uint8_asym", "int8_sym")
+CALIBRATIONS = ("minmax", "entropy", "percentile")
+FLOAT_LAYERS = ("none", "first_last", "sensitive")
+
+Scheme = Literal["fp32", "int8_dynamic", "int8_static_qdq", "fp16", "int8_static_qoperator", "int4_weight_only"]
+# A knob is a fixed value or a list of choices (as in spaces.knobs); the values are checked by _knob_values.
+BoolKnob = Union[bool, list[bool]]
+NameKnob = Union[str, list[str]]
+SamplesKnob = Union[int, str, list[Union[int, str]]]
+
+
+def _not_allowed(what: str, value: Any, allowed: tuple[str, ...]) -> str:
+    hint = difflib.get_close_matches(str(value), allowed, n=1)
+    near = f" (did you mean {hint[0]!r}?)" if hint else ""
+    return f"{what} got {value!r}; choose one of: {', '.join(allowed)}{near}"
+
+
+def _knob_values(v: Any, what: str, ok: Any, allowed: str) -> Any:
+    """Check a fixed value or every choice of a list with `ok`; the error names the value and what is allowed."""
+    if isinstance(v, list) and not v:
+        raise ValueError(f"{what}: give at least one choice")
+    for x in v if isinstance(v, list) else [v]:
+        if not ok(x):
+            raise ValueError(f"{what} got {x!r}; {allowed}")
+    return v
+
+
+def _positive_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 1
+
+
+class StaticSpace(Strict):
+    """Options of the int8 static schemes; sampled only in trials that chose one of them."""
+
+    per_channel: BoolKnob = True
+    activations: NameKnob = "uint8_asym"
+    calibration: NameKnob = "minmax"
+    calibration_samples: SamplesKnob = "all"
+    # Restored accuracy on CPUs without VNNI (FIELD-NOTES, ONNX Runtime's docs).
+    reduce_range: BoolKnob = True
+    float_layers: NameKnob = "none"
+    sensitive_layers: IntKnob = 1
+
+    @field_validator("per_channel", "reduce_range", mode="before")
+    @classmethod
+    def _bools(cls, v: Any, info: ValidationInfo) -> Any:
+        return _knob_values(v, info.field_name, lambda x: isinstance(x, bool), "expected true, false or a list of them")
+
+    @field_validator("activations", "calibration", "float_layers", mode="before")
+    @classmethod
+    def _names(cls, v: Any, info: ValidationInfo) -> Any:
+        allowed = {"activations": ACTIVATIONS, "calibration": CALIBRATIONS, "float_layers": FLOAT_LAYERS}
+        names = allowed[info.field_name]
+        if isinstance(v, list) and not v:
+            raise ValueError(f"{info.field_name}: give at least one choice")
+        for x in v if isinstance(v, list) else [v]:
+            if x not in names:
+                raise ValueError(_not_allowed(info.field_name, x, names))
+        return v
+
+    @field_validator("calibration_samples", mode="before")
+    @classmethod
+    def _samples(cls, v: Any) -> Any:
+        return _knob_values(v, "calibration_samples", lambda x: x == "all" or _positive_int(x),
+                            "expected a number of samples >= 1 or 'all', or a list of them")
+
+    @field_validator("sensitive_layers", mode="before")
+    @classmethod
+    def _layers(cls, v: Any) -> Any:
+        return _knob_values(v, "sensitive_layers", _positive_int, "expected a number of layers >= 1 or a list of them")
+
+    @model_validator(mode="after")
+    def _sensitive_only_where_it_applies(self) -> "StaticSpace":
+        chosen = self.float_layers if isinstance(self.float_layers, list) else [self.float_layers]
+        if "sensitive_layers" in self.model_fields_set and "sensitive" not in chosen:
+            raise ValueError(f"sensitive_layers applies only when float_layers includes 'sensitive' "
+                             f"(got float_layers {self.float_layers!r}): add it or remove sensitive_layers")
+        return self
+
 
 class QuantizationSpace(Strict):
-    """Which ONNX Runtime quantization schemes the search may apply."""
+    """Which ONNX Runtime quantization schemes the search may apply, and the options of the static ones."""
 
-    schemes: list[Literal["fp32", "int8_dynamic", "int8_static_qdq"]] = list(SCHEMES)
+    schemes: list[Scheme] = list(DEFAULT_SCHEMES)
+    static: StaticSpace = StaticSpace()
 
     @field_validator("schemes")
     @classmethod
@@ -23,24 +107,82 @@ class QuantizationSpace(Strict):
             raise ValueError("give at least one scheme")
         return v
 
+    @model_validator(mode="after")
+    def _static_only_with_a_static_scheme(self) -> "QuantizationSpace":
+        # Options that no trial would ever use are a mistake in the file, not something to ignore quietly.
+        if "static" in self.model_fields_set and not set(self.schemes) & set(STATIC_SCHEMES):
+            raise ValueError(f"static options apply only to {' and '.join(STATIC_SCHEMES)}, but schemes got "
+                             f"{self.schemes}: add a static scheme or remove the static section")
+        return self
+
 
 @dataclass(frozen=True)
 class QuantizationChoice:
-    """Which ONNX Runtime quantization scheme to apply."""
+    """Which ONNX Runtime quantization scheme to apply; the other fields matter only for the int8 static schemes."""
 
     scheme: str = "fp32"
+    per_channel: bool = True
+    activations: str = "uint8_asym"
+    calibration: str = "minmax"
+    calibration_samples: int | None = None  # None: every sample of the calibration split
+    reduce_range: bool = True
+    float_layers: str = "none"
+    sensitive_layers: int = 1  # how many layers "sensitive" keeps in float
 
-
+    @property
+    def is_static(self) -> bool:
+        """Whether the scheme calibrates activations (and so the static options apply)."""
+        return self.scheme in STATIC_SCHEMES
 
     def params(self) -> dict[str, Any]:
-        """Dotted parameters."""
-        return {"quantization.scheme": self.scheme}
+        """Dotted parameters; static options only for a static scheme, sensitive_layers only where it applies."""
+        out: dict[str, Any] = {"quantization.scheme": self.scheme}
+        if self.is_static:
+            out.update({
+                "quantization.per_channel": self.per_channel,
+                "quantization.activations": self.activations,
+                "quantization.calibration": self.calibration,
+                "quantization.calibration_samples": self.calibration_samples or "all",
+                "quantization.reduce_range": self.reduce_range,
+                "quantization.float_layers": self.float_layers,
+            })  # fmt: skip
+            if self.float_layers == "sensitive":
+                out["quantization.sensitive_layers"] = self.sensitive_layers
+        return out
 
     def describe(self) -> str:
-        """A short label."""
-        return self.scheme
+        """A short label: the scheme, then the static options that differ from the defaults."""
+        if not self.is_static:
+            return self.scheme
+        parts = [
+            "per-tensor" if not self.per_channel else "",
+            self.activations if self.activations != "uint8_asym" else "",
+            self.calibration if self.calibration != "minmax" else "",
+            f"{self.calibration_samples} samples" if self.calibration_samples else "",
+            "full range" if not self.reduce_range else "",
+            {"none": "", "first_last": "float first+last", "sensitive": f"float top-{self.sensitive_layers}"}[
+                self.float_layers],
+        ]
+        parts = [p for p in parts if p]
+        return f"{self.scheme} ({', '.join(parts)})" if parts else self.scheme
 
 
 def sample_quantization(trial: TrialLike, space: QuantizationSpace) -> QuantizationChoice:
-    """Sample a quantization choice."""
-    return QuantizationChoice(scheme=knob(trial, "quantization.scheme", list(space.schemes)))
+    """Sample a quantization choice; static options only for a static scheme, sensitive_layers only with 'sensitive'."""
+    scheme = knob(trial, "quantization.scheme", list(space.schemes))
+    if scheme not in STATIC_SCHEMES:
+        return QuantizationChoice(scheme=scheme)
+    s = space.static
+    float_layers = knob(trial, "quantization.float_layers", s.float_layers)
+    samples = knob(trial, "quantization.calibration_samples", s.calibration_samples)
+    return QuantizationChoice(
+        scheme=scheme,
+        per_channel=bool(knob(trial, "quantization.per_channel", s.per_channel)),
+        activations=knob(trial, "quantization.activations", s.activations),
+        calibration=knob(trial, "quantization.calibration", s.calibration),
+        calibration_samples=None if samples == "all" else int(samples),
+        reduce_range=bool(knob(trial, "quantization.reduce_range", s.reduce_range)),
+        float_layers=float_layers,
+        sensitive_layers=int(knob(trial, "quantization.sensitive_layers", s.sensitive_layers))
+        if float_layers == "sensitive" else 1,
+    )

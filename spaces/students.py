@@ -1,21 +1,78 @@
-"""Student families and the distillation loop that trains them from the teacher."""
+"""Student families and the distillation loop that trains them from the teacher.
+
+Families: the parametric CNN, torchvision's MobileNetV2 and a ResNet of torchvision's BasicBlocks, plus "the
+teacher itself". MobileNetV2 and ResNet are adapted to the task: the first conv takes the task's channels, and on
+small inputs some downsamplings run at stride 1 (see `downsampling`), so a map never collapses below 4x4.
+"""
 
 from __future__ import annotations
 
 import copy
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models import MobileNetV2
+from torchvision.models._utils import _make_divisible
+from torchvision.models.resnet import BasicBlock, conv1x1
+from torchvision.ops.misc import Conv2dNormActivation
 
 from evaluators.errors import TrialFailure
-from spaces.student_knobs import StudentChoice
+from spaces.student_knobs import MOBILENETV2_SETTINGS, StudentChoice
 
 # Channels of the three stages at width 1.0.
 BASE_CHANNELS = (32, 64, 128)
+
+# A downsampling layer keeps its stride 2 only if the map it produces is at least this many pixels on its shorter
+# side; below, the layer runs at stride 1 (see `downsampling`).
+MIN_FEATURE_MAP = 4
+
+# The smallest input side each family takes, and why (see `suits`).
+MIN_INPUT: dict[str, tuple[int, str]] = {
+    "cnn": (4, "its two 2x2 max-pools would shrink a smaller map to nothing"),
+    "mobilenetv2": (2 * MIN_FEATURE_MAP, f"a smaller input leaves no room to downsample while keeping maps of at "
+                                         f"least {MIN_FEATURE_MAP}x{MIN_FEATURE_MAP}; use the cnn family"),
+    "resnet": (2 * MIN_FEATURE_MAP, f"a smaller input leaves no room to downsample while keeping maps of at "
+                                    f"least {MIN_FEATURE_MAP}x{MIN_FEATURE_MAP}; use the cnn family"),
+}
+
+
+def suits(kind: str, input_shape: Sequence[int]) -> str | None:
+    """Why a student kind cannot take inputs of this shape (C, H, W), or None when it can."""
+    if kind == "teacher":
+        return None  # it was trained on this very task
+    if kind not in MIN_INPUT:
+        return f"unknown student kind {kind!r}; choose one of: teacher, {', '.join(MIN_INPUT)}"
+    shape = tuple(input_shape)
+    if len(shape) != 3:
+        return f"{kind} students need image inputs (C, H, W), got input shape {shape}"
+    _, h, w = shape
+    low, why = MIN_INPUT[kind]
+    if min(h, w) < low:
+        return f"{kind} students need inputs of at least {low}x{low} pixels, got {h}x{w}: {why}"
+    return None
+
+
+def downsampling(input_hw: tuple[int, int], wanted: Sequence[int]) -> list[int]:
+    """The strides a family runs at on this input: each wanted stride 2 stays only while the map keeps >= 4 px.
+
+    `wanted` lists the family's standard strides in order (stem first). A stride-2 layer (3x3 pad 1, or 1x1) maps
+    n pixels to ceil(n / 2); it keeps stride 2 if that is at least MIN_FEATURE_MAP on the shorter side, else it runs
+    at stride 1. Inputs of 32 * MIN_FEATURE_MAP = 128 px or more get MobileNetV2's unchanged torchvision layout.
+    """
+    h, w = input_hw
+    out = []
+    for s in wanted:
+        if s > 1 and min(math.ceil(h / s), math.ceil(w / s)) >= MIN_FEATURE_MAP:
+            h, w = math.ceil(h / s), math.ceil(w / s)
+            out.append(s)
+        else:
+            out.append(1)
+    return out
 
 
 def _round8(channels: float) -> int:
@@ -24,16 +81,21 @@ def _round8(channels: float) -> int:
 
 
 class CNN(nn.Module):
-    """The parametric CNN family: three stages of `depth` 3x3 conv-BN-ReLU blocks, pooled, then a linear head."""
+    """The parametric CNN family: three stages of conv-BN-ReLU blocks, max-pooled between, then a linear head."""
 
-    def __init__(self, in_channels: int, num_classes: int, *, width: float = 1.0, depth: int = 2) -> None:
+    def __init__(self, in_channels: int, num_classes: int, *, width: float = 1.0, depth: int = 2,
+                 kernel_size: int = 3, stage_depths: Sequence[int] | None = None) -> None:
         super().__init__()
+        depths = tuple(stage_depths) if stage_depths is not None else (depth,) * len(BASE_CHANNELS)
+        if len(depths) != len(BASE_CHANNELS):
+            raise ValueError(f"stage_depths needs {len(BASE_CHANNELS)} stages, got {depths}")
         layers: list[nn.Module] = []
         channels = in_channels
-        for stage, base in enumerate(BASE_CHANNELS):
+        for stage, (base, blocks) in enumerate(zip(BASE_CHANNELS, depths, strict=True)):
             out = _round8(base * width)
-            for _ in range(depth):
-                layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
+            for _ in range(blocks):
+                layers += [nn.Conv2d(channels, out, kernel_size, padding=kernel_size // 2, bias=False),
+                           nn.BatchNorm2d(out), nn.ReLU()]
                 channels = out
             if stage < len(BASE_CHANNELS) - 1:
                 layers.append(nn.MaxPool2d(2))
@@ -45,11 +107,96 @@ class CNN(nn.Module):
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
-def build(choice: StudentChoice, teacher: nn.Module, in_channels: int, num_classes: int) -> nn.Module:
+def _init_like_torchvision(module: nn.Module) -> None:
+    # The initialisation torchvision's MobileNetV2 and ResNet give their layers, for the layers replaced or added here.
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
+def mobilenet_v2(in_channels: int, num_classes: int, input_hw: tuple[int, int], *, width: float = 1.0,
+                 settings: str = "compact") -> MobileNetV2:
+    """torchvision's MobileNetV2 with a named inverted-residual table, its stem and strides fitted to the input."""
+    table = MOBILENETV2_SETTINGS[settings]
+    strides = downsampling(input_hw, [2] + [s for *_, s in table.rows])  # torchvision: a stride-2 stem, then the table
+    rows = [[t, c, n, s] for (t, c, n, _), s in zip(table.rows, strides[1:], strict=True)]
+    model = MobileNetV2(num_classes=num_classes, width_mult=width, inverted_residual_setting=rows)
+    stem, head = model.features[0], model.features[-1]
+    # torchvision hard-codes a 3-channel stride-2 stem and a 1280-wide head; the task and the table set them here.
+    model.features[0] = Conv2dNormActivation(in_channels, stem[0].out_channels, stride=strides[0],
+                                             norm_layer=nn.BatchNorm2d, activation_layer=nn.ReLU6)
+    last = _make_divisible(table.last_channel * max(1.0, width), 8)  # torchvision's rule for its head
+    model.features[-1] = Conv2dNormActivation(head[0].in_channels, last, kernel_size=1, norm_layer=nn.BatchNorm2d,
+                                              activation_layer=nn.ReLU6)
+    model.classifier[-1] = nn.Linear(last, num_classes)
+    model.last_channel = last
+    for replaced in (model.features[0], model.features[-1], model.classifier):
+        _init_like_torchvision(replaced)
+    return model
+
+
+class ResNet(nn.Module):
+    """A CIFAR-style ResNet of torchvision BasicBlocks: 3x3 stem, stages of base_width x 2^i channels, pooled head."""
+
+    def __init__(self, in_channels: int, num_classes: int, input_hw: tuple[int, int], *,
+                 blocks: Sequence[int] = (1, 1, 1), base_width: int = 16) -> None:
+        super().__init__()
+        # He et al. 2016 (section 4.2) for small images: a stride-1 stem and first stage, then each stage halves.
+        strides = downsampling(input_hw, [1, 1] + [2] * (len(blocks) - 1))
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, base_width, 3, stride=strides[0], padding=1, bias=False),
+                                  nn.BatchNorm2d(base_width), nn.ReLU(inplace=True))
+        stages: list[nn.Module] = []
+        inplanes = base_width
+        for i, (count, stride) in enumerate(zip(blocks, strides[1:], strict=True)):
+            planes = base_width * 2**i
+            stages.append(_stage(inplanes, planes, count, stride))
+            inplanes = planes
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(inplanes, num_classes)
+        _init_like_torchvision(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
+
+
+def _stage(inplanes: int, planes: int, count: int, stride: int) -> nn.Sequential:
+    # As torchvision's ResNet._make_layer: the first block changes shape, through a 1x1 projection when it must.
+    downsample = None
+    if stride != 1 or inplanes != planes:
+        downsample = nn.Sequential(conv1x1(inplanes, planes, stride), nn.BatchNorm2d(planes))
+    layers = [BasicBlock(inplanes, planes, stride, downsample)]
+    layers += [BasicBlock(planes, planes) for _ in range(count - 1)]
+    return nn.Sequential(*layers)
+
+
+def build(choice: StudentChoice, teacher: nn.Module, in_channels: int, num_classes: int,
+          input_hw: tuple[int, int] | None = None) -> nn.Module:
     """A fresh student for a choice; 'teacher' is a copy of the trained teacher itself."""
     if choice.kind == "teacher":
         return copy.deepcopy(teacher)
-    return CNN(in_channels, num_classes, width=choice.width, depth=choice.depth)
+    if input_hw is not None:
+        reason = suits(choice.kind, (in_channels, *input_hw))
+        if reason:
+            raise TrialFailure(reason)
+    if choice.kind == "cnn":
+        return CNN(in_channels, num_classes, width=choice.width, depth=choice.depth, kernel_size=choice.kernel_size,
+                   stage_depths=choice.stage_depths)
+    if input_hw is None:
+        raise ValueError(f"a {choice.kind} student needs input_hw (the task's H, W) to fit its strides to the input")
+    if choice.kind == "mobilenetv2":
+        return mobilenet_v2(in_channels, num_classes, input_hw, width=choice.width, settings=choice.settings)
+    if choice.kind == "resnet":
+        return ResNet(in_channels, num_classes, input_hw, blocks=choice.blocks, base_width=choice.base_width)
+    raise ValueError(f"unknown student kind {choice.kind!r}")
 
 
 def parameter_count(model: nn.Module) -> int:
