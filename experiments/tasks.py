@@ -73,14 +73,6 @@ def digits(seed: int = 0) -> TaskData:
     return split("digits", x, bunch.target.astype(np.int64), val=400, calib=200, seed=seed)
 
 
-TASKS = {"digits": digits}
-
-
-def load(name: str, seed: int) -> TaskData:
-    """The named task's data, split with the given seed."""
-    return TASKS[name](seed)
-
-
 # Shares of a dataset held out when a task has one set of files (validation, calibration), and the calibration
 # cap: static quantization needs a few hundred samples, and more only slows every trial down.
 VAL_SHARE, CALIB_SHARE, CALIB_MAX = 0.2, 0.05, 1000

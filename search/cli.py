@@ -109,7 +109,7 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
     from search.executor import RayExecutor
     from search.pick import Policy
     from search.study import open_study
-    from search.sweep import run_sweep, target_spec
+    from search.sweep import prepare, run_sweep, target_spec
     from search.tracking import Tracker
 
     spec = target_spec(exp)
@@ -117,9 +117,10 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
         _check_target(spec)  # on a cluster the station checks it where it lands
     console = _console()
     try:
+        ctx = prepare(exp)  # the task and teacher; their errors exit 2 before the study or MLflow is written
         executor = RayExecutor(address=args.ray_address)
         executor.open_station(spec, reserve_cores=exp.target.reserve_cores)
-        summary = run_sweep(exp, executor, quiet=args.quiet)
+        summary = run_sweep(exp, executor, ctx, quiet=args.quiet)
     except KeyboardInterrupt:  # before the loop began: nothing to keep
         console.print("stopped before any trial ran")
         return EXIT_INTERRUPTED
@@ -164,7 +165,11 @@ def _deliver(exp: Experiment, study: Any, tracker: Any, policy: Any, *, retime: 
     tracker.resume_sweep()
     try:
         delivery = deliver(exp, study, tracker, policy, retime=retime)
-    except SlimsweepError:
+    except KeyboardInterrupt:
+        tracker.end("KILLED")
+        console.print("stopped before the pick; `slimsweep pick` re-runs it without re-running the sweep")
+        return EXIT_INTERRUPTED
+    except BaseException:
         tracker.end("FAILED")
         raise
     teacher = dict(study.user_attrs["teacher"], latency_p50_ms_verified=teacher_latency(study))
@@ -198,6 +203,8 @@ def _pick(exp: Experiment, args: argparse.Namespace) -> int:
 
     _require_study(exp)
     study = open_study(exp)
+    if "teacher" not in study.user_attrs:
+        raise SlimsweepError(f"the study {exp.name!r} has no finished trial yet; run `slimsweep run {args.experiment}`")
     tracker = Tracker(exp.tracking_uri, exp.name, exp.out / "mlartifacts")
     return _deliver(exp, study, tracker, Policy(exp.pick.max_accuracy_drop, exp.pick.max_latency_ms), retime=None,
                     console=_console())

@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from evaluators.errors import ConfigError
-from experiments.schema import TASK_CONFIGS, DigitsTask, OnnxTask, TaskConfig, TeacherSpec, task_error
+from experiments.schema import TASK_CONFIGS, DigitsTask, OnnxTask, TaskConfig, task_error
 from spaces.knobs import Strict
 from spaces.plan import Space
 
@@ -27,7 +27,6 @@ METRIC_DIRECTIONS: dict[str, str] = {
 }
 
 
-Teacher = TeacherSpec  # the teacher section, as experiments/schema.py defines it
 
 
 class Constraints(Strict):
@@ -137,16 +136,19 @@ class Experiment(Strict):
     @model_validator(mode="after")
     def _onnx_only(self) -> "Experiment":
         # An ONNX-only task has no PyTorch model to distil or prune: only the quantization knobs apply.
-        if isinstance(self.task, OnnxTask):
-            students, ratio = self.space.students, self.space.pruning.ratio
-            if not students.teacher or students.cnn is not None or students.mobilenetv2 is not None \
-                    or students.resnet is not None:
-                raise ValueError("an onnx task searches quantization only: set space.students to "
-                                 "{teacher: true, cnn: null}")
-            if any(r != 0 for r in (ratio if isinstance(ratio, list) else [ratio])):
-                raise ValueError(f"an onnx task searches quantization only: set space.pruning.ratio to 0.0 "
-                                 f"(got {ratio})")
+        problem = self.quantization_only_problem() if isinstance(self.task, OnnxTask) else None
+        if problem:
+            raise ValueError(problem)
         return self
+
+    def quantization_only_problem(self) -> str | None:
+        """Why this space is more than quantization (what an ONNX model, with no PyTorch to train, allows)."""
+        students, ratio = self.space.students, self.space.pruning.ratio
+        if not students.teacher or students.kinds() != ["teacher"]:
+            return "an ONNX-only task searches quantization only: set space.students to {teacher: true, cnn: null}"
+        if any(r != 0 for r in (ratio if isinstance(ratio, list) else [ratio])):
+            return f"an ONNX-only task searches quantization only: set space.pruning.ratio to 0.0 (got {ratio})"
+        return None
 
     @property
     def out(self) -> Path:

@@ -50,13 +50,17 @@ def verify(exp: Experiment, study: optuna.Study, members: list[Candidate], retim
 def with_verified(study: optuna.Study, members: list[Candidate]) -> list[Candidate]:
     """Candidates carrying the stored verified latency, fastest first."""
     verified = study.user_attrs.get("verified", {})
-    out = [replace(c, latency_p50_ms_verified=verified.get(str(c.trial))) for c in members]
+    if not all(str(c.trial) in verified for c in members):
+        # Isolated and in-sweep timings are not comparable: rank all members on the in-sweep figures instead.
+        return sorted(members, key=lambda c: c.latency)
+    out = [replace(c, latency_p50_ms_verified=verified[str(c.trial)]) for c in members]
     return sorted(out, key=lambda c: c.latency)
 
 
 def teacher_latency(study: optuna.Study) -> float:
     """The teacher's verified p50 if measured, else the one taken at the start of the sweep."""
-    return study.user_attrs.get("verified", {}).get("teacher", study.user_attrs["teacher"]["latency_p50_ms"])
+    verified = study.user_attrs.get("verified", {})
+    return verified["teacher"] if "teacher" in verified else study.user_attrs["teacher"]["latency_p50_ms"]
 
 
 def publish_front(exp: Experiment, study: optuna.Study, tracker: Tracker, members: list[Candidate]) -> None:

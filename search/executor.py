@@ -57,6 +57,12 @@ class RayExecutor:
 
     def open_station(self, spec: TargetSpec, *, reserve_cores: bool) -> None:
         """Start the target's bench station; fails now, not mid-sweep, when the target cannot run here."""
+        total = int(ray.cluster_resources().get("CPU", 0))
+        if reserve_cores and spec.kind in {"cpu", "openvino"} and spec.threads >= total:
+            raise ConfigError(
+                f"target.threads: {spec.threads} reserved for timing would leave none of Ray's {total} CPUs for "
+                f"trials; use fewer threads, more CPUs (a cluster), or target.reserve_cores: false"
+            )
         self.station = start_station(spec, reserve_cores=reserve_cores)
         try:
             self.where = ray.get(self.station.where.remote())

@@ -45,7 +45,7 @@ def candidate(trial: FrozenTrial) -> Candidate:
     return Candidate(
         trial=trial.number, plan=trial.user_attrs.get("describe", ""), accuracy=m["accuracy"],
         accuracy_drop=m["accuracy_drop"], latency_p50_ms=m["latency_p50_ms"], latency_p95_ms=m["latency_p95_ms"],
-        size_mb=m["size_mb"], params=m["params"], latency_p50_ms_verified=m.get("latency_p50_ms_verified"),
+        size_mb=m["size_mb"], params=m["params"],
         params_dict=tuple(sorted(trial.user_attrs.get("plan", {}).items())),
     )
 

@@ -47,6 +47,8 @@ class BenchStation:
             log.info("latency cache hit %s", key[:12])
             return self.cache[key], True
         stats = self.target.measure(model, settings)
+        # Kept even when flagged unstable (the flag travels with it): a structure is timed once per sweep, and
+        # the front is re-timed in isolation before the pick, where a noisy figure would matter.
         self.cache[key] = stats
         self.misses += 1
         return stats, False
@@ -58,8 +60,10 @@ class BenchStation:
 
 def start_station(spec: TargetSpec, *, reserve_cores: bool) -> "ray.actor.ActorHandle":
     """Start the target's station, holding the Ray resources timing needs so trials cannot take them."""
-    local_cpu = spec.kind in {"cpu", "openvino"}
-    options = {"num_cpus": spec.threads if (reserve_cores and local_cpu) else 0, "max_concurrency": 1}
+    local_cpu = make_target(spec).local_cpu()
+    # max_restarts: a model that crashes the runtime takes the actor down; the next trial gets a fresh one.
+    options = {"num_cpus": spec.threads if (reserve_cores and local_cpu) else 0, "max_concurrency": 1,
+               "max_restarts": -1}
     if spec.kind in {"cuda", "tensorrt"}:
         options["num_gpus"] = 1
     return ray.remote(BenchStation).options(**options).remote(spec, reserve_cores)

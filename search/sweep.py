@@ -64,6 +64,9 @@ def target_spec(exp: Experiment) -> TargetSpec:
 def prepare(exp: Experiment) -> TrialContext:
     """Load the task and get the cached (or newly trained) teacher: what every trial shares."""
     task = load_task(exp.task)
+    problem = exp.quantization_only_problem() if task.onnx_only else None
+    if problem:  # a plugin may bring an ONNX model too
+        raise ConfigError(f"space: {problem}")
     if not task.onnx_only:
         for kind in exp.space.students.kinds():
             reason = suits(kind, task.data.input_shape)
@@ -126,7 +129,7 @@ def log_trial(exp: Experiment, tracker: Tracker, t: optuna.trial.FrozenTrial) ->
     )
 
 
-def run_sweep(exp: Experiment, executor: RayExecutor, *, quiet: bool = False) -> SweepSummary:
+def run_sweep(exp: Experiment, executor: RayExecutor, ctx: TrialContext, *, quiet: bool = False) -> SweepSummary:
     """Run (or resume) the experiment's sweep until its budget of finished trials is reached."""
     start = time.perf_counter()
     summary = SweepSummary()
@@ -134,9 +137,16 @@ def run_sweep(exp: Experiment, executor: RayExecutor, *, quiet: bool = False) ->
     summary.requeued = requeue(study)  # trials a dead driver left RUNNING
     tracker = Tracker(exp.tracking_uri, exp.name, exp.out / "mlartifacts")
     tracker.start_sweep(yaml.safe_dump(exp.model_dump(), sort_keys=False), _sweep_params(exp))
-    sync_tracking(exp, study, tracker)
+    try:
+        return _sweep(exp, executor, ctx, study, tracker, summary, start, quiet)
+    except BaseException:
+        tracker.end("FAILED")  # never leave the parent RUNNING; the study keeps every finished trial
+        raise
 
-    ctx = prepare(exp)
+
+def _sweep(exp: Experiment, executor: RayExecutor, ctx: TrialContext, study: optuna.Study, tracker: Tracker,
+           summary: SweepSummary, start: float, quiet: bool) -> SweepSummary:
+    sync_tracking(exp, study, tracker)
     # The baseline is timed at the station like every candidate, before any trial trains.
     teacher_onnx, teacher = teacher_figures(ctx, lambda m: executor.time_model(m, ctx.timing, use_cache=False))
     (exp.out / "teacher.onnx").write_bytes(teacher_onnx)

@@ -53,10 +53,19 @@ class Tracker:
         return self.parent_id
 
     def logged_trials(self) -> set[int]:
-        """Trial numbers that already have a nested run."""
+        """Trial numbers whose nested run was written to the end; a run a stop cut short is deleted, to redo."""
+        logged = set()
+        for run in self._trial_run_list():
+            if run.info.status in {"FINISHED", "FAILED"}:
+                logged.add(int(run.data.tags[NUMBER]))
+            else:
+                self.client.delete_run(run.info.run_id)
+        return logged
+
+    def _trial_run_list(self) -> list:
         runs = self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent_id}'",
                                        max_results=50000)
-        return {int(r.data.tags[NUMBER]) for r in runs if NUMBER in r.data.tags}
+        return [r for r in runs if NUMBER in r.data.tags]
 
     def log_trial(self, number: int, params: dict[str, Any], metrics: dict[str, float], *, onnx: bytes | None,
                   failed_reason: str | None = None, tags: dict[str, str] | None = None) -> str:
@@ -82,9 +91,7 @@ class Tracker:
 
     def trial_runs(self) -> dict[int, str]:
         """Run id of each trial's nested run, by trial number."""
-        runs = self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent_id}'",
-                                       max_results=50000)
-        return {int(r.data.tags[NUMBER]): r.info.run_id for r in runs if NUMBER in r.data.tags}
+        return {int(r.data.tags[NUMBER]): r.info.run_id for r in self._trial_run_list()}
 
     def mark_front(self, front: set[int]) -> None:
         """Tag every trial run pareto=true or pareto=false."""

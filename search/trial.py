@@ -108,6 +108,13 @@ def _structure(plan: CompressionPlan, ctx: TrialContext, teacher: torch.nn.Modul
     return deployed, parameter_count(model)
 
 
+def _probe_is_faithful(plan: CompressionPlan) -> bool:
+    """Whether the untrained structure has the trained model's graph: not when trained weights decide the shapes
+    (global pruning picks per-layer widths by magnitude) or which layers stay float (a sensitivity ranking)."""
+    global_pruning = plan.pruning.ratio > 0 and plan.pruning.method == "structured" and plan.pruning.scope == "global"
+    return not global_pruning and plan.quantization.float_layers != "sensitive"
+
+
 def _batch(data: TaskData, n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """A labelled batch for gradient-based pruning importance (Taylor)."""
     return torch.from_numpy(data.x_train[:n]), torch.from_numpy(data.y_train[:n])
@@ -138,7 +145,7 @@ def _run(plan: CompressionPlan, ctx: TrialContext, result: TrialResult, time_mod
     teacher = ctx.teacher()
     example = torch.from_numpy(data.x_val[:1])
     s = plan.student
-    if ctx.max_latency_ms is not None:
+    if ctx.max_latency_ms is not None and _probe_is_faithful(plan):
         with _stage(stages, "latency_first"):
             probe, params = _structure(plan, ctx, teacher, example)
             latency, hit = time_model(probe)

@@ -23,6 +23,16 @@ def teacher_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module", autouse=True)
+def own_ray_per_module():
+    """Shut down the Ray a module's in-process sweeps started: the cluster test's `ray stop` would kill it."""
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def small_experiment(folder: Path, name: str = "tiny", **changes: Any) -> Path:
     """Write a quick experiment (few epochs, few trials) into `folder`; keyword args replace top-level sections."""
     data: dict[str, Any] = {
