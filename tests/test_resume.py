@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from sqlalchemy.exc import OperationalError
 
-from conftest import run_cli, small_experiment, start_cli, wait_for
+from conftest import run_cli, small_experiment, start_cli
 from search.config import load
 from search.study import INTERRUPTED, finished
 
@@ -31,18 +31,23 @@ def _finished_now(exp) -> dict[int, object]:
 def _stop_after_two(path, tmp_path, sig) -> tuple[dict[int, object], int]:
     exp = load(path)
     proc = start_cli("run", str(path), cwd=tmp_path)
+    lines = []
     try:
-        wait_for(lambda: len(_finished_now(exp)) >= 2 or proc.poll() is not None)
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        # The driver prints a line per finished trial; stop it right after the second, as a user watching would.
+        for line in proc.stdout:
+            lines.append(line)
+            if sum(l.startswith("trial ") for l in lines) >= 2:
+                break
+        assert proc.poll() is None, "".join(lines)[-3000:]
         if sig == signal.SIGINT:
             os.kill(proc.pid, signal.SIGINT)  # Ctrl-C reaches the driver
         else:
             os.killpg(proc.pid, signal.SIGKILL)  # a crash: no chance to clean up
-        code = proc.wait(timeout=120)
+        output, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    return _finished_now(exp), code
+    return _finished_now(exp), proc.returncode, "".join(lines) + (output or "")
 
 
 def _check_resumed(exp, kept: dict[int, object]) -> None:
@@ -67,8 +72,8 @@ def _check_resumed(exp, kept: dict[int, object]) -> None:
 def test_ctrl_c_stops_cleanly_then_the_same_command_resumes(tmp_path):
     path = small_experiment(tmp_path, name="ctrlc", search={"sampler": "tpe", "trials": BUDGET, "parallel": 2})
     exp = load(path)
-    kept, code = _stop_after_two(path, tmp_path, signal.SIGINT)
-    assert code == 130
+    kept, code, output = _stop_after_two(path, tmp_path, signal.SIGINT)
+    assert code == 130, output[-3000:]
     study = optuna.load_study(study_name=exp.name, storage=exp.storage_url)
     # Nothing is left half-done: in-flight trials are failed as interrupted and queued to run again.
     assert not study.get_trials(states=(TrialState.RUNNING,))
@@ -89,7 +94,7 @@ def test_ctrl_c_stops_cleanly_then_the_same_command_resumes(tmp_path):
 def test_a_crashed_driver_is_resumed_without_repeating_finished_trials(tmp_path):
     path = small_experiment(tmp_path, name="crash", search={"sampler": "tpe", "trials": BUDGET, "parallel": 2})
     exp = load(path)
-    kept, _ = _stop_after_two(path, tmp_path, signal.SIGKILL)
+    kept, _, _ = _stop_after_two(path, tmp_path, signal.SIGKILL)
     study = optuna.load_study(study_name=exp.name, storage=exp.storage_url)
     orphans = study.get_trials(states=(TrialState.RUNNING,))
 
