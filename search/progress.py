@@ -65,3 +65,4 @@ class SweepProgress:
                     f"(drop {metrics['accuracy_drop']:+.2f} pt), p50 {metrics['latency_p50_ms']:.4f} ms, "
                     f"{metrics['size_mb']:.3f} MB")
         self.console.print(f"{line} {counts}", highlight=False, markup=False)
+        self.console.file.flush()  # a pipe (a log, a supervisor) sees each trial as it ends, not at exit
