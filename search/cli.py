@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -104,6 +105,9 @@ def _importable_here() -> None:
 
 
 def _run(exp: Experiment, args: argparse.Namespace) -> int:
+    # A process started with SIGINT ignored (a background job, a parent that ignored it) would not stop on
+    # Ctrl-C / kill -INT; a sweep always stops cleanly on it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     _ray_auth_for(args.ray_address)  # before anything imports ray
     _importable_here()
     from search.executor import RayExecutor
