@@ -189,12 +189,8 @@ def _deliver(exp: Experiment, study: Any, tracker: Any, policy: Any, *, retime: 
 def _front(exp: Experiment, args: argparse.Namespace) -> int:
     from search.deliver import teacher_latency, with_verified
     from search.pareto import front, table
-    from search.study import open_study
 
-    _require_study(exp)
-    study = open_study(exp)
-    if "teacher" not in study.user_attrs:
-        raise SlimsweepError(f"the study {exp.name!r} has no finished trial yet; run `slimsweep run {args.experiment}`")
+    study = _swept_study(exp, args)
     teacher = dict(study.user_attrs["teacher"], latency_p50_ms_verified=teacher_latency(study))
     _console().print(table(with_verified(study, front(study)), teacher, title=f"Pareto front of {exp.name}"))
     return 0
@@ -202,13 +198,9 @@ def _front(exp: Experiment, args: argparse.Namespace) -> int:
 
 def _pick(exp: Experiment, args: argparse.Namespace) -> int:
     from search.pick import Policy
-    from search.study import open_study
     from search.tracking import Tracker
 
-    _require_study(exp)
-    study = open_study(exp)
-    if "teacher" not in study.user_attrs:
-        raise SlimsweepError(f"the study {exp.name!r} has no finished trial yet; run `slimsweep run {args.experiment}`")
+    study = _swept_study(exp, args)
     tracker = Tracker(exp.tracking_uri, exp.name, exp.out / "mlartifacts")
     return _deliver(exp, study, tracker, Policy(exp.pick.max_accuracy_drop, exp.pick.max_latency_ms), retime=None,
                     console=_console())
@@ -265,6 +257,17 @@ def _validated(model: Any, data: dict[str, Any], source: str) -> Any:
         return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_errors(exc, data, source)) from None
+
+
+def _swept_study(exp: Experiment, args: argparse.Namespace) -> Any:
+    """The stored study of an experiment that has run far enough to have a baseline (for front and pick)."""
+    from search.study import open_study
+
+    _require_study(exp)
+    study = open_study(exp)
+    if "teacher" not in study.user_attrs:
+        raise SlimsweepError(f"the study {exp.name!r} has no finished trial yet; run `slimsweep run {args.experiment}`")
+    return study
 
 
 def _require_study(exp: Experiment) -> None:
