@@ -1,80 +1,30 @@
-"""The student knob: which student to build and how it is distilled (schema, choice, sampling).
+"""The student knob: the StudentFamily protocol, its registry, the students section of the space, the choice.
 
-Four kinds of student: the teacher itself (no distillation), the parametric CNN, torchvision's MobileNetV2 and a
-ResNet of torchvision's BasicBlocks. Each family is an optional section of the experiment file (null or absent: not
-searched); "student" is the categorical choice among the kinds present, and a family's knobs are sampled only when
-that family is chosen. Every family is distilled on logits with its own temperature, alpha, epochs and lr.
+A family is one class: its pydantic fields are its section of the experiment file (space.students.<name>), its
+methods say how a trial samples it, how it describes itself and (importing torch only then) how it is built.
+"student" is the categorical choice among the teacher itself and the families present; a family's knobs are
+sampled only when that family is chosen. Every family is distilled on logits (temperature, alpha, epochs, lr).
+The built-in families (cnn, mobilenetv2, resnet) live in spaces/student_families.py.
 """
 
 from __future__ import annotations
 
-import difflib
+from abc import abstractmethod
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
-from pydantic import field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
+from evaluators.errors import ConfigError, not_allowed
 from spaces.knobs import FloatKnob, FloatRange, IntKnob, Strict, TrialLike, check_positive, knob, values
+from spaces.registry import Registry
 
-# Stages of the parametric CNN (spaces/students.py BASE_CHANNELS has one channel count per stage).
-CNN_STAGES = 3
-# A ResNet student has one to four stages of BasicBlocks (base_width, x2 per stage).
-RESNET_MAX_STAGES = 4
+if TYPE_CHECKING:  # the heavy half: only a family's build() imports torch
+    from torch import nn
 
-
-@dataclass(frozen=True)
-class InvertedResidualTable:
-    """A MobileNetV2 layout: rows (t expansion, c channels, n blocks, s stride) and the last 1x1 conv's width."""
-
-    rows: tuple[tuple[int, int, int, int], ...]
-    last_channel: int
-
-
-# Named MobileNetV2 layouts an experiment file chooses among ("settings"); channels are at width 1.0.
-MOBILENETV2_SETTINGS: dict[str, InvertedResidualTable] = {
-    # For small inputs: the first five rows, thinned to 8 blocks, and a 512-wide head (~1/10 of the parameters).
-    "compact": InvertedResidualTable(
-        rows=((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2), (6, 64, 2, 2), (6, 96, 1, 1)),
-        last_channel=512,
-    ),
-    # torchvision's own table (MobileNetV2 paper, Table 2): 17 inverted-residual blocks, 1280 features.
-    "standard": InvertedResidualTable(
-        rows=((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
-              (6, 320, 1, 1)),
-        last_channel=1280,
-    ),
-}
-
-StageList = list[list[int]]
-
-
-def _not_allowed(value: Any, allowed: list[str]) -> str:
-    hint = difflib.get_close_matches(str(value), allowed, n=1)
-    near = f" (did you mean {hint[0]!r}?)" if hint else ""
-    return f"{value!r} is not allowed; choose one of: {', '.join(allowed)}{near}"
-
-
-def _nested(v: Any, what: str) -> Any:
-    """Refuse a flat list such as [1, 2, 2]: a choice list of per-stage lists is always nested."""
-    if isinstance(v, list) and v and not any(isinstance(x, list) for x in v):
-        raise ValueError(f"{what} is a list of choices, each a list of per-stage counts: write [{v}] for one fixed "
-                         f"choice or e.g. [[1, 1, 1], [2, 2, 2]] for several, got {v}")
-    return v
-
-
-def _check_stages(v: StageList, what: str, stages: tuple[int, int]) -> StageList:
-    """A non-empty list of per-stage block counts, each with an allowed number of stages and every count >= 1."""
-    low, high = stages
-    if not v:
-        raise ValueError(f"give at least one choice of per-stage {what}, e.g. [[1, 1, 1], [2, 2, 2]]")
-    for choice in v:
-        if not low <= len(choice) <= high:
-            count = f"{low}" if low == high else f"{low} to {high}"
-            raise ValueError(f"each choice of {what} lists {count} stages, got {choice}")
-        for x in choice:
-            if x < 1:
-                raise ValueError(f"{what} must be >= 1 in every stage, got {choice}")
-    return v
+DISTILL_KNOBS = ("temperature", "alpha", "epochs", "lr")
+TEACHER = "teacher"  # "the teacher itself": not a family, it is never built or distilled
 
 
 def stages_label(stages: tuple[int, ...]) -> str:
@@ -82,18 +32,24 @@ def stages_label(stages: tuple[int, ...]) -> str:
     return "-".join(map(str, stages))
 
 
-def _stages(trial: TrialLike, name: str, choices: StageList) -> tuple[int, ...]:
-    # Optuna's categorical choices must be scalars, so a per-stage list is offered as its label.
-    label = knob(trial, name, [stages_label(tuple(c)) for c in choices])
-    return tuple(int(x) for x in label.split("-"))
+class StudentFamily(Strict):
+    """One student family: its fields are its schema section; it samples, describes and builds its students.
 
-
-class Distilled(Strict):
-    """What every distilled family checks in its shared knobs: temperature, alpha, epochs and lr.
-
-    Each family declares those four fields itself, after its own shape knobs, so that the keys an error message
-    lists read in the order of the experiment file.
+    Subclass it with the family's knobs as fields (each a fixed value, a list of choices or a range), give it a
+    `name`, the knobs' values when a choice omits them (`choice_defaults`) and `build`; then register it with
+    `register_family`. The distillation knobs below are shared by every family.
     """
+
+    name: ClassVar[str]
+    choice_defaults: ClassVar[dict[str, Any]] = {}  # the family's own knobs and their values when not given
+    searched_by_default: ClassVar[bool] = False  # in the space even when the file does not name it (cnn)
+    min_input: ClassVar[int] = 1  # the smallest input side (H and W) it takes
+    min_input_why: ClassVar[str] = ""
+
+    temperature: FloatKnob = FloatRange(low=2.0, high=6.0)
+    alpha: FloatKnob = FloatRange(low=0.5, high=0.9)  # weight of the teacher's soft targets
+    epochs: IntKnob = 12
+    lr: FloatKnob = 0.003
 
     @field_validator("epochs", check_fields=False)
     @classmethod
@@ -115,216 +71,233 @@ class Distilled(Strict):
                 raise ValueError(f"alpha weighs the distillation loss and must lie in [0, 1], got {x}")
         return v
 
+    # --- sampling (light: a trial's suggest_* methods only) ---
 
-class CNNStudents(Distilled):
-    """The parametric CNN family: three stages of conv-BN-ReLU blocks (32/64/128 channels at width 1.0)."""
+    def sample(self, trial: TrialLike) -> dict[str, Any]:
+        """The family's own knobs for one trial (by default each of choice_defaults' fields, as written)."""
+        return {name: knob(trial, f"{self.name}.{name}", getattr(self, name)) for name in self.choice_defaults}
 
-    width: FloatKnob = [0.25, 0.5, 0.75]
-    depth: IntKnob = [1, 2]  # blocks in every stage
-    temperature: FloatKnob = FloatRange(low=2.0, high=6.0)
-    alpha: FloatKnob = FloatRange(low=0.5, high=0.9)  # weight of the teacher's soft targets
-    epochs: IntKnob = 12
-    lr: FloatKnob = 0.003
-    stage_depths: StageList | None = None  # blocks per stage, e.g. [[1, 1, 1], [1, 2, 2]]; replaces depth
-    kernel_size: IntKnob = 3
+    def sample_distillation(self, trial: TrialLike) -> dict[str, Any]:
+        """The shared distillation knobs for one trial."""
+        return dict(temperature=float(knob(trial, f"{self.name}.temperature", self.temperature)),
+                    alpha=float(knob(trial, f"{self.name}.alpha", self.alpha)),
+                    epochs=int(knob(trial, f"{self.name}.epochs", self.epochs)),
+                    lr=float(knob(trial, f"{self.name}.lr", self.lr)))
 
-    @field_validator("width")
+    # --- describing a choice ---
+
     @classmethod
-    def _width(cls, v: FloatKnob) -> FloatKnob:
-        check_positive(v, "width multiplier")
-        return v
+    def params(cls, choice: "StudentChoice") -> dict[str, Any]:
+        """The choice's own knobs as MLflow params (per-stage counts as '1-2-2'; None left out)."""
+        out = {}
+        for name, value in choice.knobs:
+            if value is not None:
+                out[name] = stages_label(value) if isinstance(value, tuple) else value
+        return out
 
-    @field_validator("depth")
     @classmethod
-    def _depth(cls, v: IntKnob) -> IntKnob:
-        check_positive(v, "depth")
-        return v
+    def describe(cls, choice: "StudentChoice") -> str:
+        """A short label, e.g. 'cnn w0.5 d1'."""
+        return " ".join([cls.name, *(f"{k}={v}" for k, v in cls.params(choice).items())])
 
-    @field_validator("stage_depths", mode="before")
+    # --- capabilities and the heavy half ---
+
     @classmethod
-    def _stage_depths_nested(cls, v: Any) -> Any:
-        return _nested(v, "stage_depths")
+    def weights_decide_structure(cls, choice: "StudentChoice") -> bool:
+        """Whether trained weights decide the built graph (no built-in family does: shapes come from the knobs)."""
+        return False
 
-    @field_validator("stage_depths")
     @classmethod
-    def _stage_depths(cls, v: StageList | None) -> StageList | None:
-        return None if v is None else _check_stages(v, "stage_depths", (CNN_STAGES, CNN_STAGES))
+    def suits(cls, input_shape: Sequence[int]) -> str | None:
+        """Why this family cannot take inputs of this shape (C, H, W), or None when it can."""
+        shape = tuple(input_shape)
+        if len(shape) != 3:
+            return f"{cls.name} students need image inputs (C, H, W), got input shape {shape}"
+        _, h, w = shape
+        if min(h, w) < cls.min_input:
+            why = f": {cls.min_input_why}" if cls.min_input_why else ""
+            return f"{cls.name} students need inputs of at least {cls.min_input}x{cls.min_input} pixels, got {h}x{w}{why}"
+        return None
 
-    @field_validator("kernel_size")
     @classmethod
-    def _kernel(cls, v: IntKnob) -> IntKnob:
-        check_positive(v, "kernel_size")
-        for x in values(v):
-            if x % 2 == 0:
-                raise ValueError(f"kernel_size must be odd so 'same' padding keeps the map size, got {x}")
-        return v
+    @abstractmethod
+    def build(cls, choice: "StudentChoice", in_channels: int, num_classes: int,
+              input_hw: tuple[int, int] | None) -> "nn.Module":
+        """A fresh, untrained student for this choice (import torch and friends inside)."""
 
-    @model_validator(mode="after")
-    def _one_depth(self) -> "CNNStudents":
-        if self.stage_depths is not None and "depth" in self.model_fields_set:
-            raise ValueError(f"give depth (blocks in every stage) or stage_depths (blocks per stage), not both: "
-                             f"got depth={self.depth} and stage_depths={self.stage_depths}")
-        return self
-
-
-class MobileNetV2Students(Distilled):
-    """torchvision's MobileNetV2: width multiplier and a named inverted-residual table."""
-
-    width: FloatKnob = [0.35, 0.5, 0.75, 1.0]
-    settings: str | list[str] = ["compact", "standard"]
-    temperature: FloatKnob = FloatRange(low=2.0, high=6.0)
-    alpha: FloatKnob = FloatRange(low=0.5, high=0.9)  # weight of the teacher's soft targets
-    epochs: IntKnob = 12
-    lr: FloatKnob = 0.003
-
-    @field_validator("width")
     @classmethod
-    def _width(cls, v: FloatKnob) -> FloatKnob:
-        check_positive(v, "width multiplier")
-        return v
-
-    @field_validator("settings")
-    @classmethod
-    def _settings(cls, v: str | list[str]) -> str | list[str]:
-        if isinstance(v, list) and not v:
-            raise ValueError(f"give at least one choice of: {', '.join(MOBILENETV2_SETTINGS)}")
-        for name in v if isinstance(v, list) else [v]:
-            if name not in MOBILENETV2_SETTINGS:
-                raise ValueError(_not_allowed(name, list(MOBILENETV2_SETTINGS)))
-        return v
+    def keys(cls) -> list[str]:
+        """The section's keys in the order the class declares them (its own first), for error messages."""
+        own = [n for n in cls.__dict__.get("__annotations__", {}) if n in cls.model_fields]
+        return own + [n for n in cls.model_fields if n not in own]
 
 
-class ResNetStudents(Distilled):
-    """A ResNet of torchvision's BasicBlocks: blocks per stage, and the first stage's width (x2 per later stage)."""
-
-    blocks: StageList = [[1, 1, 1], [2, 2, 2]]
-    base_width: IntKnob = [16, 32]
-    temperature: FloatKnob = FloatRange(low=2.0, high=6.0)
-    alpha: FloatKnob = FloatRange(low=0.5, high=0.9)  # weight of the teacher's soft targets
-    epochs: IntKnob = 12
-    lr: FloatKnob = 0.003
-
-    @field_validator("blocks", mode="before")
-    @classmethod
-    def _blocks_nested(cls, v: Any) -> Any:
-        return _nested(v, "blocks")
-
-    @field_validator("blocks")
-    @classmethod
-    def _blocks(cls, v: StageList) -> StageList:
-        return _check_stages(v, "blocks", (1, RESNET_MAX_STAGES))
-
-    @field_validator("base_width")
-    @classmethod
-    def _base_width(cls, v: IntKnob) -> IntKnob:
-        check_positive(v, "base_width")
-        return v
+STUDENT_FAMILIES: Registry[type[StudentFamily]] = Registry("student family")
 
 
-Kind = Literal["teacher", "cnn", "mobilenetv2", "resnet"]
+def register_family(family: type[StudentFamily]) -> type[StudentFamily]:
+    """Make a family a choice of every experiment file (space.students.<name>); usable as a class decorator."""
+    if family.name == TEACHER or family.name in StudentSpace.model_fields:
+        raise ValueError(f"{family.name!r} is taken by the students section itself; choose another family name")
+    return STUDENT_FAMILIES.register(family)
+
+
+def _nested_errors(family: type[StudentFamily], exc: ValidationError) -> list[dict[str, Any]]:
+    """A family section's errors, placed under its key; an unknown key names the section's keys."""
+    out = []
+    for err in exc.errors():
+        loc = (family.name, *err["loc"])
+        if err["type"] == "extra_forbidden":
+            message = f"unknown key; {not_allowed(err['loc'][-1], _keys_at(family, err['loc'][:-1]))}"
+            out.append({"type": PydanticCustomError("unknown_key", message), "loc": loc, "input": err["input"]})
+        else:
+            out.append({"type": PydanticCustomError(err["type"], err["msg"]), "loc": loc, "input": err["input"]})
+    return out
+
+
+def _keys_at(family: type[StudentFamily], loc: tuple[Any, ...]) -> list[str]:
+    """The keys of the section a location inside a family points into (the family's, or a range's)."""
+    current: Any = family
+    for part in loc:
+        field = current.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            continue  # a union member's name pydantic put in the location, not a key
+        models = [a for a in (field.annotation, *getattr(field.annotation, "__args__", ()))
+                  if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not models:
+            break
+        current = models[0]
+    return current.keys() if current is family else list(current.model_fields)
 
 
 class StudentSpace(Strict):
-    """Which students the search may build: the teacher itself and any of the families given."""
+    """Which students the search may build: the teacher itself and any registered family given a section.
+
+    Each family is a key named after it (`cnn: {...}`); null or absent means not searched (the cnn family is
+    searched unless set to null). The families are registry entries, so they are validated here, not as fields.
+    """
+
+    model_config = ConfigDict(extra="allow")  # the families' sections, validated by _families
 
     teacher: bool = True
-    cnn: CNNStudents | None = CNNStudents()
-    mobilenetv2: MobileNetV2Students | None = None
-    resnet: ResNetStudents | None = None
 
-    @model_validator(mode="after")
-    def _some(self) -> "StudentSpace":
-        if not self.kinds():
-            raise ValueError("no student left to search: set teacher: true or give a cnn family "
-                             "(or a mobilenetv2 or resnet family)")
-        return self
+    @model_validator(mode="wrap")
+    @classmethod
+    def _families(cls, data: Any, handler: Any) -> "StudentSpace":
+        if not isinstance(data, dict):
+            return handler(data)
+        own = {k: v for k, v in data.items() if k in cls.model_fields}
+        sections: dict[str, StudentFamily | None] = {}
+        errors: list[dict[str, Any]] = []
+        for key, value in data.items():
+            if key in cls.model_fields:
+                continue
+            if key not in STUDENT_FAMILIES:
+                allowed = [*cls.model_fields, *STUDENT_FAMILIES.names()]
+                errors.append({"type": PydanticCustomError("unknown_family", f"unknown key; {not_allowed(key, allowed)}"),
+                               "loc": (key,), "input": value})
+                continue
+            family = STUDENT_FAMILIES.get(key)
+            try:
+                sections[key] = None if value is None else family.model_validate(value)
+            except ValidationError as exc:
+                errors.extend(_nested_errors(family, exc))
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        space = handler(own)
+        for family in STUDENT_FAMILIES:
+            default = family() if family.searched_by_default else None
+            space.__pydantic_extra__[family.name] = sections.get(family.name, default)
+        if not space.kinds():
+            names = STUDENT_FAMILIES.names()
+            raise ValueError(f"no student left to search: set teacher: true or give a {names[0]} family"
+                             + (f" (or {' or '.join(names[1:])})" if names[1:] else ""))
+        return space
+
+    def family(self, kind: str) -> StudentFamily | None:
+        """The section of a family, or None when that family is not searched."""
+        return (self.__pydantic_extra__ or {}).get(kind)
 
     def kinds(self) -> list[str]:
-        """The kinds of student present, in a fixed order (the 'student' choice)."""
-        families = {"cnn": self.cnn, "mobilenetv2": self.mobilenetv2, "resnet": self.resnet}
-        return (["teacher"] if self.teacher else []) + [k for k, f in families.items() if f is not None]
+        """The kinds of student present, in a fixed order (the 'student' choice): the teacher, then families."""
+        present = [f.name for f in STUDENT_FAMILIES if self.family(f.name) is not None]
+        return ([TEACHER] if self.teacher else []) + present
 
 
-# Which StudentChoice fields each kind uses, besides kind itself (params() and sampling follow this).
-_DISTILL = ("temperature", "alpha", "epochs", "lr")
-_FIELDS: dict[str, tuple[str, ...]] = {
-    "teacher": (),
-    "cnn": ("width", "depth", "stage_depths", "kernel_size", *_DISTILL),
-    "mobilenetv2": ("width", "settings", *_DISTILL),
-    "resnet": ("blocks", "base_width", *_DISTILL),
-}
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class StudentChoice:
-    """Which student to build and how it is distilled; each kind reads only its own fields."""
+    """Which student to build and how it is distilled; `knobs` holds the family's own knobs (also as attributes)."""
 
-    kind: Kind
-    width: float = 1.0  # cnn, mobilenetv2: width multiplier
-    depth: int = 2  # cnn: blocks in every stage (unused when stage_depths is set)
-    temperature: float = 4.0
-    alpha: float = 0.7
-    epochs: int = 0
-    lr: float = 0.003
-    kernel_size: int = 3  # cnn
-    stage_depths: tuple[int, ...] | None = None  # cnn: blocks per stage, replaces depth
-    settings: str = "compact"  # mobilenetv2: a name in MOBILENETV2_SETTINGS
-    blocks: tuple[int, ...] = (1, 1, 1)  # resnet: BasicBlocks per stage
-    base_width: int = 16  # resnet: channels of the first stage
+    kind: str
+    temperature: float
+    alpha: float
+    epochs: int
+    lr: float
+    knobs: tuple[tuple[str, Any], ...]  # in the family's choice_defaults order, so equal choices compare equal
+
+    def __init__(self, kind: str = TEACHER, *, temperature: float = 4.0, alpha: float = 0.7, epochs: int = 0,
+                 lr: float = 0.003, **knobs: Any) -> None:
+        defaults = {} if kind == TEACHER else STUDENT_FAMILIES.get(kind).choice_defaults
+        unknown = sorted(set(knobs) - set(defaults))
+        if unknown:
+            raise ConfigError(f"a {kind} student has no knob {unknown[0]!r}; its knobs: "
+                              f"{', '.join([*defaults, *DISTILL_KNOBS]) or 'none'}")
+        for name, value in (("kind", kind), ("temperature", temperature), ("alpha", alpha), ("epochs", epochs),
+                            ("lr", lr), ("knobs", tuple((k, knobs.get(k, v)) for k, v in defaults.items()))):
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not fields: the family's own knobs (choice.width, choice.blocks).
+        if not name.startswith("_"):
+            for key, value in self.__dict__.get("knobs", ()):
+                if key == name:
+                    return value
+        raise AttributeError(f"{type(self).__name__} of kind {self.__dict__.get('kind')!r} has no {name!r}")
+
+    @property
+    def distilled(self) -> bool:
+        """Whether this student is trained from the teacher (every family; not the teacher itself)."""
+        return self.kind != TEACHER
+
+    def family(self) -> type[StudentFamily] | None:
+        """The registered family of this choice (None for the teacher itself)."""
+        return STUDENT_FAMILIES.get(self.kind) if self.distilled else None
 
     def params(self) -> dict[str, Any]:
         """Dotted parameters; only the chosen family's knobs (per-stage counts as '1-2-2')."""
         out: dict[str, Any] = {"student.kind": self.kind}
-        for name in _FIELDS[self.kind]:
-            value = getattr(self, name)
-            if (name == "depth" and self.stage_depths is not None) or (name == "stage_depths" and value is None):
-                continue  # a CNN records either its uniform depth or its per-stage depths
-            out[f"student.{name}"] = stages_label(value) if isinstance(value, tuple) else value
+        family = self.family()
+        if family is not None:
+            out.update({f"student.{k}": v for k, v in family.params(self).items()})
+            out.update({f"student.{k}": getattr(self, k) for k in DISTILL_KNOBS})
         return out
 
     def describe(self) -> str:
-        """A short label, e.g. 'cnn w0.5 d1', 'cnn w0.5 d1-2-2 k5', 'mobilenetv2 w0.35 compact', 'resnet b1-1-1 w16'."""
-        if self.kind == "cnn":
-            depth = stages_label(self.stage_depths) if self.stage_depths is not None else str(self.depth)
-            kernel = "" if self.kernel_size == 3 else f" k{self.kernel_size}"
-            return f"cnn w{self.width:g} d{depth}{kernel}"
-        if self.kind == "mobilenetv2":
-            return f"mobilenetv2 w{self.width:g} {self.settings}"
-        if self.kind == "resnet":
-            return f"resnet b{stages_label(self.blocks)} w{self.base_width}"
-        return "teacher"
+        """A short label, e.g. 'cnn w0.5 d1', 'mobilenetv2 w0.35 compact', 'resnet b1-1-1 w16', 'teacher'."""
+        family = self.family()
+        return TEACHER if family is None else family.describe(self)
 
-
-def _distillation(trial: TrialLike, family: str,
-                  space: CNNStudents | MobileNetV2Students | ResNetStudents) -> dict[str, Any]:
-    return dict(
-        temperature=float(knob(trial, f"{family}.temperature", space.temperature)),
-        alpha=float(knob(trial, f"{family}.alpha", space.alpha)),
-        epochs=int(knob(trial, f"{family}.epochs", space.epochs)),
-        lr=float(knob(trial, f"{family}.lr", space.lr)),
-    )
+    def weights_decide_structure(self) -> bool:
+        """Whether trained weights decide this student's graph (the latency-first probe is then not faithful)."""
+        family = self.family()
+        return family is not None and family.weights_decide_structure(self)
 
 
 def sample_student(trial: TrialLike, space: StudentSpace) -> StudentChoice:
     """Sample a student; a family's knobs are asked for only when that family is chosen."""
     kind = knob(trial, "student", space.kinds())
-    if kind == "cnn" and space.cnn is not None:
-        cnn = space.cnn
-        width = float(knob(trial, "cnn.width", cnn.width))
-        if cnn.stage_depths is not None:
-            shape: dict[str, Any] = dict(stage_depths=_stages(trial, "cnn.stage_depths", cnn.stage_depths))
-        else:
-            shape = dict(depth=int(knob(trial, "cnn.depth", cnn.depth)))
-        kernel = int(knob(trial, "cnn.kernel_size", cnn.kernel_size))
-        return StudentChoice(kind="cnn", width=width, kernel_size=kernel, **shape, **_distillation(trial, "cnn", cnn))
-    if kind == "mobilenetv2" and space.mobilenetv2 is not None:
-        m = space.mobilenetv2
-        return StudentChoice(kind="mobilenetv2", width=float(knob(trial, "mobilenetv2.width", m.width)),
-                             settings=str(knob(trial, "mobilenetv2.settings", m.settings)),
-                             **_distillation(trial, "mobilenetv2", m))
-    if kind == "resnet" and space.resnet is not None:
-        r = space.resnet
-        return StudentChoice(kind="resnet", blocks=_stages(trial, "resnet.blocks", r.blocks),
-                             base_width=int(knob(trial, "resnet.base_width", r.base_width)),
-                             **_distillation(trial, "resnet", r))
-    return StudentChoice(kind="teacher")
+    section = space.family(kind)
+    if section is None:
+        return StudentChoice()
+    return StudentChoice(kind, **section.sample(trial), **section.sample_distillation(trial))
+
+
+def suits(kind: str, input_shape: Sequence[int]) -> str | None:
+    """Why a student kind cannot take inputs of this shape (C, H, W), or None when it can."""
+    if kind == TEACHER:
+        return None  # it was trained on this very task
+    return STUDENT_FAMILIES.get(kind).suits(input_shape)
+
+
+# The built-in families register themselves on import; last, because they subclass StudentFamily above.
+import spaces.student_families  # noqa: E402,F401

@@ -1,7 +1,7 @@
-"""Student families and the distillation loop that trains them from the teacher.
+"""The torch half of the built-in student families, and the distillation loop that trains them from the teacher.
 
-Families: the parametric CNN, torchvision's MobileNetV2 and a ResNet of torchvision's BasicBlocks, plus "the
-teacher itself". MobileNetV2 and ResNet are adapted to the task: the first conv takes the task's channels, and on
+The families themselves (schema, sampling, labels) are registered in spaces/student_families.py; `build` asks the
+chosen family. MobileNetV2 and ResNet are adapted to the task: the first conv takes the task's channels, and on
 small inputs some downsamplings run at stride 1 (see `downsampling`), so a map never collapses below 4x4.
 """
 
@@ -22,39 +22,11 @@ from torchvision.models.resnet import BasicBlock, conv1x1
 from torchvision.ops.misc import Conv2dNormActivation
 
 from evaluators.errors import TrialFailure
-from spaces.student_knobs import MOBILENETV2_SETTINGS, StudentChoice
+from spaces.student_families import MIN_FEATURE_MAP, MOBILENETV2_SETTINGS
+from spaces.student_knobs import StudentChoice, suits  # noqa: F401 - suits: asked before the first trial too
 
 # Channels of the three stages at width 1.0.
 BASE_CHANNELS = (32, 64, 128)
-
-# A downsampling layer keeps its stride 2 only if the map it produces is at least this many pixels on its shorter
-# side; below, the layer runs at stride 1 (see `downsampling`).
-MIN_FEATURE_MAP = 4
-
-# The smallest input side each family takes, and why (see `suits`).
-MIN_INPUT: dict[str, tuple[int, str]] = {
-    "cnn": (4, "its two 2x2 max-pools would shrink a smaller map to nothing"),
-    "mobilenetv2": (2 * MIN_FEATURE_MAP, f"a smaller input leaves no room to downsample while keeping maps of at "
-                                         f"least {MIN_FEATURE_MAP}x{MIN_FEATURE_MAP}; use the cnn family"),
-    "resnet": (2 * MIN_FEATURE_MAP, f"a smaller input leaves no room to downsample while keeping maps of at "
-                                    f"least {MIN_FEATURE_MAP}x{MIN_FEATURE_MAP}; use the cnn family"),
-}
-
-
-def suits(kind: str, input_shape: Sequence[int]) -> str | None:
-    """Why a student kind cannot take inputs of this shape (C, H, W), or None when it can."""
-    if kind == "teacher":
-        return None  # it was trained on this very task
-    if kind not in MIN_INPUT:
-        return f"unknown student kind {kind!r}; choose one of: teacher, {', '.join(MIN_INPUT)}"
-    shape = tuple(input_shape)
-    if len(shape) != 3:
-        return f"{kind} students need image inputs (C, H, W), got input shape {shape}"
-    _, h, w = shape
-    low, why = MIN_INPUT[kind]
-    if min(h, w) < low:
-        return f"{kind} students need inputs of at least {low}x{low} pixels, got {h}x{w}: {why}"
-    return None
 
 
 def downsampling(input_hw: tuple[int, int], wanted: Sequence[int]) -> list[int]:
@@ -180,23 +152,15 @@ def _stage(inplanes: int, planes: int, count: int, stride: int) -> nn.Sequential
 
 def build(choice: StudentChoice, teacher: nn.Module, in_channels: int, num_classes: int,
           input_hw: tuple[int, int] | None = None) -> nn.Module:
-    """A fresh student for a choice; 'teacher' is a copy of the trained teacher itself."""
-    if choice.kind == "teacher":
+    """A fresh student for a choice, built by its registered family; 'teacher' is a copy of the trained teacher."""
+    family = choice.family()
+    if family is None:
         return copy.deepcopy(teacher)
     if input_hw is not None:
         reason = suits(choice.kind, (in_channels, *input_hw))
         if reason:
             raise TrialFailure(reason)
-    if choice.kind == "cnn":
-        return CNN(in_channels, num_classes, width=choice.width, depth=choice.depth, kernel_size=choice.kernel_size,
-                   stage_depths=choice.stage_depths)
-    if input_hw is None:
-        raise ValueError(f"a {choice.kind} student needs input_hw (the task's H, W) to fit its strides to the input")
-    if choice.kind == "mobilenetv2":
-        return mobilenet_v2(in_channels, num_classes, input_hw, width=choice.width, settings=choice.settings)
-    if choice.kind == "resnet":
-        return ResNet(in_channels, num_classes, input_hw, blocks=choice.blocks, base_width=choice.base_width)
-    raise ValueError(f"unknown student kind {choice.kind!r}")
+    return family.build(choice, in_channels, num_classes, input_hw)
 
 
 def parameter_count(model: nn.Module) -> int:
