@@ -109,10 +109,9 @@ def _structure(plan: CompressionPlan, ctx: TrialContext, teacher: torch.nn.Modul
 
 
 def _probe_is_faithful(plan: CompressionPlan) -> bool:
-    """Whether the untrained structure has the trained model's graph: not when trained weights decide the shapes
-    (global pruning picks per-layer widths by magnitude) or which layers stay float (a sensitivity ranking)."""
-    global_pruning = plan.pruning.ratio > 0 and plan.pruning.method == "structured" and plan.pruning.scope == "global"
-    return not global_pruning and plan.quantization.float_layers != "sensitive"
+    """Whether the untrained structure has the trained model's graph: the plan's choices say whether trained
+    weights decide the shapes (global pruning) or which layers stay float (a sensitivity ranking)."""
+    return not plan.weights_decide_structure()
 
 
 def _batch(data: TaskData, n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,13 +156,13 @@ def _run(plan: CompressionPlan, ctx: TrialContext, result: TrialResult, time_mod
             return
     with _stage(stages, "distill"):
         student = build(s, teacher, data.input_shape[0], data.num_classes, tuple(data.input_shape[1:]))
-        if s.kind != "teacher":
+        if s.distilled:
             d = Distillation(epochs=s.epochs, lr=s.lr, temperature=s.temperature, alpha=s.alpha, seed=ctx.seed)
             train(student, data.x_train, data.y_train, d, teacher=teacher)
     result.info["channels_before_pruning"] = channel_count(student)
     if plan.pruning.ratio > 0:
         with _stage(stages, "prune"):
-            temperature, alpha, lr = (s.temperature, s.alpha, s.lr) if s.kind != "teacher" else (
+            temperature, alpha, lr = (s.temperature, s.alpha, s.lr) if s.distilled else (
                 RECOVERY_TEMPERATURE, RECOVERY_ALPHA, RECOVERY_LR)
 
             def recover(model: torch.nn.Module, epochs: int) -> None:

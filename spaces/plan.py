@@ -23,7 +23,7 @@ class Space(Strict):
 class CompressionPlan:
     """Everything one trial does to the teacher, as sampled from the space."""
 
-    student: StudentChoice = field(default_factory=lambda: StudentChoice(kind="teacher"))
+    student: StudentChoice = field(default_factory=StudentChoice)
     pruning: PruningChoice = field(default_factory=PruningChoice)
     quantization: QuantizationChoice = field(default_factory=QuantizationChoice)
 
@@ -34,6 +34,11 @@ class CompressionPlan:
     def describe(self) -> str:
         """A short human label, e.g. 'cnn w0.5 d1 | prune 0.25 | int8_static_qdq'."""
         return " | ".join(c.describe() for c in (self.student, self.pruning, self.quantization))
+
+    def weights_decide_structure(self) -> bool:
+        """Whether trained weights decide the deployed graph, so an untrained structure would time differently
+        (each registry entry says so for its own choice: global pruning, a sensitivity-ranked float layer, ...)."""
+        return any(c.weights_decide_structure() for c in (self.student, self.pruning, self.quantization))
 
 
 def sample(trial: TrialLike, space: Space) -> CompressionPlan:

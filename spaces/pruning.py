@@ -8,52 +8,17 @@ which is the point of offering it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from evaluators.errors import ConfigError, TrialFailure
-from spaces.pruning_knobs import IMPORTANCES, METHODS, SCOPES, PruningChoice
+from evaluators.errors import TrialFailure
+from spaces.pruning_knobs import IMPORTANCES, PRUNING_METHODS, PruningChoice, Recover
 
 # Layers whose weights pruning ranks and removes (structured) or zeroes (unstructured).
 PRUNABLE = (nn.modules.conv._ConvNd, nn.Linear)
-
-# Trains a model in place for a number of epochs (the caller's distillation); see prune().
-Recover = Callable[[nn.Module, int], None]
-
-
-def _importance(name: str) -> tp.importance.Importance:
-    if name in ("l1", "l2"):
-        return tp.importance.GroupMagnitudeImportance(p=1 if name == "l1" else 2)
-    if name == "taylor":
-        return tp.importance.GroupTaylorImportance()
-    if name == "bn_scale":
-        # Only groups that contain a BatchNorm are ranked (and so pruned); the others keep their width.
-        return tp.importance.BNScaleImportance()
-    return tp.importance.RandomImportance()
-
-
-def _check(choice: PruningChoice) -> None:
-    """Refuse a choice built by hand past the schema (the schema refuses these in an experiment file)."""
-    for field, value, allowed in (
-        ("method", choice.method, METHODS),
-        ("importance", choice.importance, IMPORTANCES),
-        ("scope", choice.scope, SCOPES),
-    ):
-        if value not in allowed:
-            raise ConfigError(f"Unknown pruning {field} {value!r}; valid {field}s are: {', '.join(allowed)}.")
-    if not 0.0 <= choice.ratio < 1.0:
-        raise ConfigError(f"Pruning ratio {choice.ratio!r} is out of range; it must be in [0, 1).")
-    if choice.steps < 1:
-        raise ConfigError(f"Pruning steps {choice.steps!r} must be >= 1 (1 = one shot).")
-    if choice.round_to < 1:
-        raise ConfigError(f"Pruning round_to {choice.round_to!r} must be >= 1 (1 = no rounding).")
-    if choice.recover_epochs < 0:
-        raise ConfigError(f"Pruning recover_epochs {choice.recover_epochs!r} must be >= 0.")
 
 
 def _layers_in_call_order(model: nn.Module, example_input: torch.Tensor) -> tuple[list[nn.Module], torch.Size]:
@@ -98,10 +63,9 @@ def prune(
     recover_epochs while the pruning masks are still applied, so the zeroed weights stay zero through training.
     Without `recover`, nothing is trained here (for unstructured pruning, later training revives the zeros).
 
-    `batch` (inputs, class labels) is needed by the Taylor importance: a cross-entropy backward on it before each
-    step gives the gradients it ranks channels by.
+    `batch` (inputs, class labels) is needed by an importance that ranks by gradients (taylor): a cross-entropy
+    backward on it before each step gives the gradients it ranks channels by.
     """
-    _check(choice)
     if choice.ratio == 0:
         return model
     was_training = model.training
@@ -109,12 +73,13 @@ def prune(
     try:
         order, shape = _layers_in_call_order(model, example_input)
         first_last = [order[0], order[-1]]
-        if choice.structured:
+        method = PRUNING_METHODS.get(choice.method)
+        if method.removes_channels:
             # The last layer's outputs are the task's classes: their channels are never removed.
             protected = first_last if choice.protect_first_last else first_last[1:]
-            _structured(model, example_input, choice, protected, recover, batch)
         else:  # zeroing weights changes no shape, so only protect_first_last spares a layer
-            _unstructured(model, choice, first_last if choice.protect_first_last else [], recover)
+            protected = first_last if choice.protect_first_last else []
+        method.apply(model, example_input, choice, protected, recover, batch)
         model.eval()
         widths = [_out_width(m) for m in model.modules() if isinstance(m, PRUNABLE)]
         if 0 in widths:
@@ -132,17 +97,20 @@ def _out_width(m: nn.Module) -> int:
     return m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features
 
 
-def _structured(model: nn.Module, example_input: torch.Tensor, choice: PruningChoice, protected: list[nn.Module],
-                recover: Recover | None, batch: tuple[torch.Tensor, torch.Tensor] | None) -> None:
-    if choice.importance == "taylor" and batch is None:
+def structured(model: nn.Module, example_input: torch.Tensor, choice: PruningChoice, protected: list[nn.Module],
+               recover: Recover | None, batch: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+    """Remove channels with Torch-Pruning in `choice.steps` steps, recovering between them."""
+    importance = IMPORTANCES.get(choice.importance)
+    if importance.needs_gradients and batch is None:
+        others = ", ".join(i.name for i in IMPORTANCES if not i.needs_gradients)
         raise TrialFailure(
-            "Taylor importance ranks channels by weight x gradient and needs a batch (inputs, labels) to compute "
-            "gradients on; pass batch= to prune(), or choose importance l1, l2, bn_scale or random."
+            f"{importance.name} importance ranks channels by gradients and needs a batch (inputs, labels) to "
+            f"compute them on; pass batch= to prune(), or choose importance {others}."
         )
     pruner = tp.pruner.BasePruner(  # MagnitudePruner / MetaPruner are deprecated aliases of it in 1.6
         model,
         example_input,
-        importance=_importance(choice.importance),
+        importance=importance.create(),
         pruning_ratio=choice.ratio,
         iterative_steps=choice.steps,
         round_to=choice.round_to if choice.round_to > 1 else None,
@@ -150,7 +118,7 @@ def _structured(model: nn.Module, example_input: torch.Tensor, choice: PruningCh
         ignored_layers=protected,
     )
     for epochs in epochs_per_step(choice.recover_epochs, choice.steps):
-        if batch is not None and choice.importance == "taylor":
+        if batch is not None and importance.needs_gradients:
             _gradients(model, batch)
         pruner.step()
         model.zero_grad(set_to_none=True)  # gradients of the removed channels' shapes must not reach training
@@ -168,8 +136,9 @@ def _gradients(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> No
         F.cross_entropy(model(inputs), labels.long()).backward()
 
 
-def _unstructured(model: nn.Module, choice: PruningChoice, protected: list[nn.Module],
-                  recover: Recover | None) -> None:
+def unstructured(model: nn.Module, choice: PruningChoice, protected: list[nn.Module],
+                 recover: Recover | None) -> None:
+    """Zero the smallest |w| over all unprotected layers together; shapes stay as they were."""
     targets = [(m, "weight") for m in model.modules() if isinstance(m, PRUNABLE) and m not in protected]
     if not targets:
         return
@@ -186,20 +155,6 @@ def sparsity(model: nn.Module) -> float:
     weights = [m.weight for m in model.modules() if isinstance(m, PRUNABLE)]
     total = sum(w.numel() for w in weights)
     return sum(int((w == 0).sum()) for w in weights) / total if total else 0.0
-
-
-def prune_channels(
-    model: nn.Module,
-    example_input: torch.Tensor,
-    ratio: float,
-    *,
-    round_to: int = 8,
-    importance: str = "l2",
-) -> nn.Module:
-    """Remove `ratio` of the prunable channels (structured, one shot, only the classifier protected), keeping
-    widths multiples of round_to; returns the same, now smaller, model."""
-    choice = PruningChoice(ratio=ratio, round_to=round_to, importance=importance, protect_first_last=False)
-    return prune(model, example_input, choice)
 
 
 def channel_count(model: nn.Module) -> int:

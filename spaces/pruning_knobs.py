@@ -1,26 +1,98 @@
-"""The pruning knob: what to remove, how to rank it, and how long to recover (schema, choice, sampling)."""
+"""The pruning knob: the PruningMethod and Importance protocols, their registries, the schema section, the choice.
+
+A pruning method (structured channel removal, unstructured zeroing) and a channel importance (l1, l2, taylor, ...)
+are each one class registered by name (spaces/pruning_methods.py has the built-in ones); the section's allowed
+names are the registries'. Their heavy half (torch, Torch-Pruning) is imported only when a trial prunes.
+"""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from pydantic import field_validator
+from pydantic import AfterValidator, field_validator
 
 from spaces.knobs import FloatKnob, IntKnob, Strict, TrialLike, check_positive, knob, values
+from spaces.registry import Registry
 
-Method = Literal["structured", "unstructured"]
-Importance = Literal["l1", "l2", "taylor", "bn_scale", "random"]
+if TYPE_CHECKING:
+    import torch
+    import torch_pruning as tp
+    from torch import nn
+
 Scope = Literal["uniform", "global"]
-
-METHODS: tuple[str, ...] = ("structured", "unstructured")
-IMPORTANCES: tuple[str, ...] = ("l1", "l2", "taylor", "bn_scale", "random")
 SCOPES: tuple[str, ...] = ("uniform", "global")
+
+# Trains a model in place for a number of epochs (the caller's distillation); see spaces.pruning.prune().
+Recover = Callable[["nn.Module", int], None]
+
+
+class PruningMethod(ABC):
+    """One way of pruning a model; register a subclass with register_method."""
+
+    name: ClassVar[str]
+    removes_channels: ClassVar[bool] = False  # shapes shrink (so the file and the dense latency do)
+
+    @classmethod
+    def sample(cls, trial: TrialLike, space: "PruningSpace") -> dict[str, Any]:
+        """The method's own knobs for one trial (PruningChoice fields); none by default."""
+        return {}
+
+    @classmethod
+    def params(cls, choice: "PruningChoice") -> dict[str, Any]:
+        """The method's own knobs as undotted params; none by default."""
+        return {}
+
+    @classmethod
+    def describe(cls, choice: "PruningChoice") -> list[str]:
+        """Words for the label after 'prune <ratio>': what differs from the defaults."""
+        return [cls.name]
+
+    @classmethod
+    def weights_decide_structure(cls, choice: "PruningChoice") -> bool:
+        """Whether trained weights decide the pruned graph's shapes (then an untrained probe is not faithful)."""
+        return False
+
+    @classmethod
+    @abstractmethod
+    def apply(cls, model: "nn.Module", example_input: "torch.Tensor", choice: "PruningChoice",
+              protected: list["nn.Module"], recover: Recover | None,
+              batch: tuple["torch.Tensor", "torch.Tensor"] | None) -> None:
+        """Prune in place, sparing `protected` layers; recover with `recover` as spaces.pruning.prune() says."""
+
+
+class Importance(ABC):
+    """How structured pruning ranks channels; register a subclass with register_importance."""
+
+    name: ClassVar[str]
+    needs_gradients: ClassVar[bool] = False  # ranks by gradients: needs a labelled batch
+
+    @classmethod
+    @abstractmethod
+    def create(cls) -> "tp.importance.Importance":
+        """Torch-Pruning's importance object (import torch_pruning inside)."""
+
+
+PRUNING_METHODS: Registry[type[PruningMethod]] = Registry("pruning method")
+IMPORTANCES: Registry[type[Importance]] = Registry("pruning importance")
+register_method = PRUNING_METHODS.register
+register_importance = IMPORTANCES.register
+
+
+def _method(name: str) -> str:
+    return PRUNING_METHODS.check(name)
+
+
+def _importance(name: str) -> str:
+    return IMPORTANCES.check(name)
+
 
 # A categorical knob is written as one fixed name or a list of names to choose from; it is held as a list (one
 # name is not sampled), so a bad name gets one error naming the valid ones.
-MethodKnob = list[Method]
-ImportanceKnob = list[Importance]
+MethodKnob = list[Annotated[str, AfterValidator(_method)]]
+ImportanceKnob = list[Annotated[str, AfterValidator(_importance)]]
 ScopeKnob = list[Scope]
 
 
@@ -105,7 +177,7 @@ class PruningChoice:
     @property
     def structured(self) -> bool:
         """Whether whole channels are removed (as opposed to weights zeroed in place)."""
-        return self.method == "structured"
+        return PRUNING_METHODS.get(self.method).removes_channels
 
     def params(self) -> dict[str, Any]:
         """Dotted parameters; only those that applied (nothing but the ratio when nothing was pruned)."""
@@ -116,52 +188,35 @@ class PruningChoice:
                 "pruning.recover_epochs": self.recover_epochs,
                 "pruning.protect_first_last": self.protect_first_last,
             })
-            if self.structured:
-                out.update({
-                    "pruning.importance": self.importance,
-                    "pruning.scope": self.scope,
-                    "pruning.steps": self.steps,
-                    "pruning.round_to": self.round_to,
-                })
+            out.update({f"pruning.{k}": v for k, v in PRUNING_METHODS.get(self.method).params(self).items()})
         return out
 
     def describe(self) -> str:
         """A short label: 'prune 0.25' for the defaults, with what differs from them appended."""
         if not self.ratio:
             return "no prune"
-        parts = [f"prune {self.ratio:g}"]
-        if not self.structured:
-            parts.append("unstructured")
-        else:
-            if self.importance != "l2":
-                parts.append(self.importance)
-            if self.scope != "uniform":
-                parts.append(self.scope)
-            if self.steps > 1:
-                parts.append(f"{self.steps} steps")
+        parts = [f"prune {self.ratio:g}", *PRUNING_METHODS.get(self.method).describe(self)]
         if not self.protect_first_last:
             parts.append("all layers")
         return " ".join(parts)
 
+    def weights_decide_structure(self) -> bool:
+        """Whether trained weights decide the pruned graph's shapes (global pruning picks widths by magnitude)."""
+        return self.ratio > 0 and PRUNING_METHODS.get(self.method).weights_decide_structure(self)
+
 
 def sample_pruning(trial: TrialLike, space: PruningSpace) -> PruningChoice:
-    """Sample a pruning choice; every knob but the ratio only where something is pruned, the ranking knobs only
-    for structured pruning (a conditional space)."""
+    """Sample a pruning choice; every knob but the ratio only where something is pruned, a method's own knobs
+    only for that method (a conditional space)."""
     ratio = float(knob(trial, "pruning.ratio", space.ratio))
     if not ratio:
         return PruningChoice(ratio=0.0, protect_first_last=space.protect_first_last)
     method = str(knob(trial, "pruning.method", space.method))
     recover = int(knob(trial, "pruning.recover_epochs", space.recover_epochs))
-    if method != "structured":
-        return PruningChoice(ratio=ratio, recover_epochs=recover, method=method,
-                             protect_first_last=space.protect_first_last)
-    return PruningChoice(
-        ratio=ratio,
-        recover_epochs=recover,
-        method=method,
-        importance=str(knob(trial, "pruning.importance", space.importance)),
-        scope=str(knob(trial, "pruning.scope", space.scope)),
-        steps=int(knob(trial, "pruning.steps", space.steps)),
-        round_to=int(knob(trial, "pruning.round_to", space.round_to)),
-        protect_first_last=space.protect_first_last,
-    )
+    return PruningChoice(ratio=ratio, recover_epochs=recover, method=method,
+                         protect_first_last=space.protect_first_last,
+                         **PRUNING_METHODS.get(method).sample(trial, space))
+
+
+# The built-in methods and importances register themselves on import; last, because they subclass the bases above.
+import spaces.pruning_methods  # noqa: E402,F401

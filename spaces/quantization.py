@@ -1,19 +1,16 @@
-"""Quantization schemes applied to an exported ONNX model with ONNX Runtime's own tools.
+"""The ONNX Runtime half of the built-in quantization schemes, and `quantize`, which applies any registered one.
 
-Each scheme is one small class registered by name; adding a scheme is one new class in this file. The options of a
-scheme come from its QuantizationChoice (spaces.quantization_knobs), which the search samples.
+The schemes themselves are registered in spaces/quantization_schemes.py; their `apply` calls the functions here.
+The options of a scheme come from its QuantizationChoice (spaces.quantization_knobs), which the search samples.
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import os
 import tempfile
-from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import onnx
@@ -36,7 +33,7 @@ from onnxruntime.transformers.float16 import convert_float_to_float16
 from onnxruntime.transformers.onnx_model import OnnxModel
 
 from evaluators.errors import ConfigError, SlimsweepError, TrialFailure
-from spaces.quantization_knobs import QuantizationChoice
+from spaces.quantization_knobs import SCHEMES, QuantizationChoice
 
 LAYER_OPS = ("Conv", "Gemm", "MatMul")  # the layers "first_last" and "sensitive" choose among
 SENSITIVITY_SAMPLES = 64  # calibration samples the sensitivity pass compares logits on: keeps it quick
@@ -53,135 +50,63 @@ _CALIBRATION = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod
 _SENSITIVITY: dict[str, list[tuple[str, float]]] = {}  # the in-process cache when no cache_dir is given
 
 
-class QuantizationScheme(ABC):
-    """One way of turning a float ONNX model into a deployable one."""
-
-    name: ClassVar[str]
-
-    @abstractmethod
-    def apply(self, model: bytes, choice: QuantizationChoice, calibration: np.ndarray,
-              cache_dir: Path | None) -> bytes:
-        """Return the quantized ONNX model."""
-
-
-SCHEMES: dict[str, QuantizationScheme] = {}
-
-
-def _register(cls: type[QuantizationScheme]) -> type[QuantizationScheme]:
-    SCHEMES[cls.name] = cls()
-    return cls
-
-
 def quantize(model: bytes, choice: QuantizationChoice | str, calibration: np.ndarray, *,
              cache_dir: Path | None = None) -> bytes:
-    """Apply a scheme with its options (a name alone takes the default options; unknown name -> ConfigError)."""
+    """Apply a registered scheme with its options (a name alone takes the default options)."""
     if isinstance(choice, str):
         choice = QuantizationChoice(scheme=choice)
-    scheme = choice.scheme
-    if scheme not in SCHEMES:
-        valid = ", ".join(sorted(SCHEMES))
-        nearest = difflib.get_close_matches(scheme, SCHEMES, n=1)
-        hint = f" Did you mean {nearest[0]!r}?" if nearest else ""
-        raise ConfigError(f"Unknown quantization scheme {scheme!r}; valid schemes are: {valid}.{hint}")
+    scheme = SCHEMES.get(choice.scheme)  # an unknown name is a ConfigError naming the registered ones
     try:
-        return SCHEMES[scheme].apply(model, choice, calibration, None if cache_dir is None else Path(cache_dir))
+        return scheme.apply(model, choice, calibration, None if cache_dir is None else Path(cache_dir))
     except SlimsweepError:
         raise
     except Exception as exc:
         raise TrialFailure(f"Quantization {choice.describe()!r} failed: {type(exc).__name__}: {exc}") from exc
 
 
-@_register
-class Float32(QuantizationScheme):
-    """The exported float model as it is: the baseline every other scheme is compared with."""
-
-    name = "fp32"
-
-    def apply(self, model: bytes, choice: QuantizationChoice, calibration: np.ndarray,
-              cache_dir: Path | None) -> bytes:
-        return model
+def fp16(model: bytes) -> bytes:
+    """Weights and compute in half precision, float32 inputs and outputs kept."""
+    half = convert_float_to_float16(onnx.load_from_string(model), keep_io_types=True)
+    # The converter appends the input casts at the end of the node list; ONNX wants topological order.
+    OnnxModel(half).topological_sort()
+    return half.SerializeToString()
 
 
-@_register
-class Float16(QuantizationScheme):
-    """Weights and compute in half precision; inputs and outputs stay float32, so callers feed the same arrays."""
-
-    name = "fp16"
-
-    def apply(self, model: bytes, choice: QuantizationChoice, calibration: np.ndarray,
-              cache_dir: Path | None) -> bytes:
-        half = convert_float_to_float16(onnx.load_from_string(model), keep_io_types=True)
-        # The converter appends the input casts at the end of the node list; ONNX wants topological order.
-        OnnxModel(half).topological_sort()
-        return half.SerializeToString()
+def int8_dynamic(model: bytes) -> bytes:
+    """int8 weights, activations quantized at run time."""
+    with tempfile.TemporaryDirectory(prefix="slimsweep-quant-") as tmp:
+        src, dst = _preprocessed(model, Path(tmp)), Path(tmp, "int8.onnx")
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+        return dst.read_bytes()
 
 
-@_register
-class Int8Dynamic(QuantizationScheme):
-    """int8 weights, activations quantized at run time (no calibration)."""
-
-    name = "int8_dynamic"
-
-    def apply(self, model: bytes, choice: QuantizationChoice, calibration: np.ndarray,
-              cache_dir: Path | None) -> bytes:
-        with tempfile.TemporaryDirectory(prefix="slimsweep-quant-") as tmp:
-            src, dst = _preprocessed(model, Path(tmp)), Path(tmp, "int8.onnx")
-            quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
-            return dst.read_bytes()
-
-
-class _Int8Static(QuantizationScheme):
-    """int8 weights, activations calibrated on the calibration split; some layers may stay float."""
-
-    format: ClassVar[QuantFormat]
-
-    def apply(self, model: bytes, choice: QuantizationChoice, calibration: np.ndarray,
-              cache_dir: Path | None) -> bytes:
-        with tempfile.TemporaryDirectory(prefix="slimsweep-quant-") as tmp:
-            src, dst = _preprocessed(model, Path(tmp)), Path(tmp, "int8.onnx")
-            ranges = _calibrated(src, choice, calibration, Path(tmp))
-            layers = quantizable_layers(onnx.load(src))
-            if choice.float_layers == "first_last":
-                keep = sorted({layers[0], layers[-1]}) if layers else []
-            elif choice.float_layers == "sensitive":
-                ranking = _ranking(model, src, choice, calibration, cache_dir, ranges)
-                keep = [name for name, _ in ranking[: choice.sensitive_layers]]
-            else:
-                keep = []
-            _static(src, dst, self.format, choice, ranges, exclude=keep)
-            return dst.read_bytes()
+def int8_static(model: bytes, choice: QuantizationChoice, calibration: np.ndarray, cache_dir: Path | None, *,
+                qdq: bool) -> bytes:
+    """int8 weights and calibrated activations, as QDQ pairs or quantized operators; float_layers stay float."""
+    fmt = QuantFormat.QDQ if qdq else QuantFormat.QOperator
+    with tempfile.TemporaryDirectory(prefix="slimsweep-quant-") as tmp:
+        src, dst = _preprocessed(model, Path(tmp)), Path(tmp, "int8.onnx")
+        ranges = _calibrated(src, choice, calibration, Path(tmp))
+        layers = quantizable_layers(onnx.load(src))
+        if choice.float_layers == "first_last":
+            keep = sorted({layers[0], layers[-1]}) if layers else []
+        elif choice.float_layers == "sensitive":
+            ranking = layer_sensitivity(model, choice, calibration, cache_dir=cache_dir, prepared=(src, ranges))
+            keep = [name for name, _ in ranking[: choice.sensitive_layers]]
+        else:
+            keep = []
+        _static(src, dst, fmt, choice, ranges, exclude=keep)
+        return dst.read_bytes()
 
 
-@_register
-class Int8StaticQDQ(_Int8Static):
-    """Static int8 as QuantizeLinear/DequantizeLinear pairs around float operators (ONNX Runtime fuses them)."""
-
-    name = "int8_static_qdq"
-    format = QuantFormat.QDQ
-
-
-@_register
-class Int8StaticQOperator(_Int8Static):
-    """Static int8 as quantized operators (QLinearConv, QGemm, ...)."""
-
-    name = "int8_static_qoperator"
-    format = QuantFormat.QOperator
-
-
-@_register
-class Int4WeightOnly(QuantizationScheme):
-    """MatMul/Gemm weights in 4 bits (blocks of 32, symmetric) as MatMulNBits; activations and other layers float."""
-
-    name = "int4_weight_only"
-
-    def apply(self, model: bytes, choice: QuantizationChoice, calibration: np.ndarray,
-              cache_dir: Path | None) -> bytes:
-        proto = onnx.load_from_string(model)
-        if not _int4_matmuls(proto):
-            ops = sorted({node.op_type for node in proto.graph.node})
-            raise TrialFailure(f"int4_weight_only found no MatMul or Gemm with a constant 2-D weight to quantize "
-                               f"(the model has: {', '.join(ops)}); use another scheme for this model")
-        return proto.SerializeToString()
+def int4_weight_only(model: bytes) -> bytes:
+    """MatMul/Gemm weights in 4 bits as MatMulNBits; a model without any is a trial failure."""
+    proto = onnx.load_from_string(model)
+    if not _int4_matmuls(proto):
+        ops = sorted({node.op_type for node in proto.graph.node})
+        raise TrialFailure(f"int4_weight_only found no MatMul or Gemm with a constant 2-D weight to quantize "
+                           f"(the model has: {', '.join(ops)}); use another scheme for this model")
+    return proto.SerializeToString()
 
 
 def quantizable_layers(model: onnx.ModelProto) -> list[str]:
@@ -190,21 +115,22 @@ def quantizable_layers(model: onnx.ModelProto) -> list[str]:
 
 
 def layer_sensitivity(model: bytes, choice: QuantizationChoice, calibration: np.ndarray, *,
-                      cache_dir: Path | None = None) -> list[tuple[str, float]]:
-    """Layers ranked by the logits' MSE when only that layer is quantized, most sensitive first (cached)."""
-    with tempfile.TemporaryDirectory(prefix="slimsweep-quant-") as tmp:
-        return _ranking(model, _preprocessed(model, Path(tmp)), choice, calibration, cache_dir)
+                      cache_dir: Path | None = None,
+                      prepared: tuple[Path, Path] | None = None) -> list[tuple[str, float]]:
+    """Layers ranked by the logits' MSE when only that layer is quantized, most sensitive first (cached).
 
-
-def _ranking(model: bytes, src: Path, choice: QuantizationChoice, calibration: np.ndarray, cache_dir: Path | None,
-             ranges: Path | None = None) -> list[tuple[str, float]]:
-    """The cached ranking of this model and these options, or a new one (stored) from a sensitivity pass."""
+    `prepared` is the pre-processed model file and its activation ranges when the caller has them already.
+    """
     key = _sensitivity_key(model, choice, calibration)
     cached = _cached_ranking(key, cache_dir)
     if cached is not None:
         return cached
-    ranges = ranges or _calibrated(src, choice, calibration, src.parent)
-    return _store_ranking(key, cache_dir, _rank_layers(src, choice, ranges, calibration, src.parent))
+    with tempfile.TemporaryDirectory(prefix="slimsweep-quant-") as tmp:
+        if prepared is None:
+            src = _preprocessed(model, Path(tmp))
+            prepared = (src, _calibrated(src, choice, calibration, Path(tmp)))
+        src, ranges = prepared
+        return _store_ranking(key, cache_dir, _rank_layers(src, choice, ranges, calibration, Path(tmp)))
 
 
 def _calibrated(src: Path, choice: QuantizationChoice, calibration: np.ndarray, folder: Path) -> Path:
@@ -244,7 +170,8 @@ def _rank_layers(src: Path, choice: QuantizationChoice, ranges: Path, calibratio
                  folder: Path) -> list[tuple[str, float]]:
     """Quantize one layer at a time (with the full model's ranges); rank the layers by how far the logits move."""
     data = calibration[:SENSITIVITY_SAMPLES]
-    fmt = Int8StaticQOperator.format if choice.scheme == Int8StaticQOperator.name else Int8StaticQDQ.format
+    # Rank in the format the model will be quantized in (the scheme says which).
+    fmt = QuantFormat.QDQ if getattr(SCHEMES.get(choice.scheme), "qdq", True) else QuantFormat.QOperator
     reference = _logits(src.read_bytes(), data)
     scores = []
     dst = folder / "one-layer.onnx"

@@ -1,34 +1,72 @@
-"""The quantization knob: which ONNX Runtime scheme to apply and the int8 static options (schema, choice, sampling)."""
+"""The quantization knob: the QuantizationScheme protocol, its registry, the schema section, the choice.
+
+A scheme is one class (spaces/quantization_schemes.py has the built-in ones): its name, whether it calibrates
+(the options under `static:` then apply), how it describes a choice, and `apply`, which imports ONNX Runtime's
+tools only when a trial quantizes. The section's allowed scheme names are the registry's.
+"""
 
 from __future__ import annotations
 
-import difflib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Union
 
-from pydantic import ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
+from evaluators.errors import not_allowed
 from spaces.knobs import IntKnob, Strict, TrialLike, knob
+from spaces.registry import Registry
 
-# Today's three come first: they are the default space and the order error messages list the names in.
-SCHEMES = ("fp32", "int8_dynamic", "int8_static_qdq", "fp16", "int8_static_qoperator", "int4_weight_only")
-DEFAULT_SCHEMES = SCHEMES[:3]
-STATIC_SCHEMES = ("int8_static_qdq", "int8_static_qoperator")
+if TYPE_CHECKING:
+    import numpy as np
+
 ACTIVATIONS = ("uint8_asym", "int8_sym")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 FLOAT_LAYERS = ("none", "first_last", "sensitive")
 
-Scheme = Literal["fp32", "int8_dynamic", "int8_static_qdq", "fp16", "int8_static_qoperator", "int4_weight_only"]
 # A knob is a fixed value or a list of choices (as in spaces.knobs); the values are checked by _knob_values.
 BoolKnob = Union[bool, list[bool]]
 NameKnob = Union[str, list[str]]
 SamplesKnob = Union[int, str, list[Union[int, str]]]
 
 
-def _not_allowed(what: str, value: Any, allowed: tuple[str, ...]) -> str:
-    hint = difflib.get_close_matches(str(value), allowed, n=1)
-    near = f" (did you mean {hint[0]!r}?)" if hint else ""
-    return f"{what} got {value!r}; choose one of: {', '.join(allowed)}{near}"
+class QuantizationScheme(ABC):
+    """One way of turning a float ONNX model into a deployable one; register a subclass with register_scheme."""
+
+    name: ClassVar[str]
+    calibrates: ClassVar[bool] = False  # activations calibrated on data: the `static:` options apply
+    in_default_space: ClassVar[bool] = False  # searched when the file names no schemes
+
+    @classmethod
+    def describe(cls, choice: "QuantizationChoice") -> str:
+        """A short label of a choice of this scheme."""
+        return cls.name
+
+    @classmethod
+    def weights_decide_structure(cls, choice: "QuantizationChoice") -> bool:
+        """Whether the trained weights decide the quantized graph (then an untrained probe is not faithful)."""
+        return False
+
+    @classmethod
+    @abstractmethod
+    def apply(cls, model: bytes, choice: "QuantizationChoice", calibration: "np.ndarray",
+              cache_dir: Path | None) -> bytes:
+        """Return the quantized ONNX model (import the heavy tools inside)."""
+
+
+SCHEMES: Registry[type[QuantizationScheme]] = Registry("quantization scheme")
+register_scheme = SCHEMES.register
+
+
+def default_schemes() -> list[str]:
+    """The schemes searched when an experiment file names none."""
+    return [s.name for s in SCHEMES if s.in_default_space]
+
+
+def static_schemes() -> list[str]:
+    """The schemes the `static:` options apply to (those that calibrate)."""
+    return [s.name for s in SCHEMES if s.calibrates]
 
 
 def _knob_values(v: Any, what: str, ok: Any, allowed: str) -> Any:
@@ -71,7 +109,7 @@ class StaticSpace(Strict):
             raise ValueError(f"{info.field_name}: give at least one choice")
         for x in v if isinstance(v, list) else [v]:
             if x not in names:
-                raise ValueError(_not_allowed(info.field_name, x, names))
+                raise ValueError(not_allowed(x, names))
         return v
 
     @field_validator("calibration_samples", mode="before")
@@ -94,10 +132,14 @@ class StaticSpace(Strict):
         return self
 
 
-class QuantizationSpace(Strict):
-    """Which ONNX Runtime quantization schemes the search may apply, and the options of the static ones."""
+def _registered(name: str) -> str:
+    return SCHEMES.check(name)
 
-    schemes: list[Scheme] = list(DEFAULT_SCHEMES)
+
+class QuantizationSpace(Strict):
+    """Which registered quantization schemes the search may apply, and the options of the calibrating ones."""
+
+    schemes: list[Annotated[str, AfterValidator(_registered)]] = Field(default_factory=default_schemes)
     static: StaticSpace = StaticSpace()
 
     @field_validator("schemes")
@@ -110,8 +152,9 @@ class QuantizationSpace(Strict):
     @model_validator(mode="after")
     def _static_only_with_a_static_scheme(self) -> "QuantizationSpace":
         # Options that no trial would ever use are a mistake in the file, not something to ignore quietly.
-        if "static" in self.model_fields_set and not set(self.schemes) & set(STATIC_SCHEMES):
-            raise ValueError(f"static options apply only to {' and '.join(STATIC_SCHEMES)}, but schemes got "
+        static = static_schemes()
+        if "static" in self.model_fields_set and not set(self.schemes) & set(static):
+            raise ValueError(f"static options apply only to {' and '.join(static)}, but schemes got "
                              f"{self.schemes}: add a static scheme or remove the static section")
         return self
 
@@ -132,7 +175,7 @@ class QuantizationChoice:
     @property
     def is_static(self) -> bool:
         """Whether the scheme calibrates activations (and so the static options apply)."""
-        return self.scheme in STATIC_SCHEMES
+        return SCHEMES.get(self.scheme).calibrates
 
     def params(self) -> dict[str, Any]:
         """Dotted parameters; static options only for a static scheme, sensitive_layers only where it applies."""
@@ -151,9 +194,15 @@ class QuantizationChoice:
         return out
 
     def describe(self) -> str:
-        """A short label: the scheme, then the static options that differ from the defaults."""
-        if not self.is_static:
-            return self.scheme
+        """A short label: the scheme, then (for a static scheme) the options that differ from the defaults."""
+        return SCHEMES.get(self.scheme).describe(self)
+
+    def weights_decide_structure(self) -> bool:
+        """Whether the trained weights decide the quantized graph (e.g. which layers a sensitivity pass keeps)."""
+        return SCHEMES.get(self.scheme).weights_decide_structure(self)
+
+    def static_label(self) -> str:
+        """The scheme and the static options that differ from the defaults, e.g. 'int8_static_qdq (entropy)'."""
         parts = [
             "per-tensor" if not self.per_channel else "",
             self.activations if self.activations != "uint8_asym" else "",
@@ -170,7 +219,7 @@ class QuantizationChoice:
 def sample_quantization(trial: TrialLike, space: QuantizationSpace) -> QuantizationChoice:
     """Sample a quantization choice; static options only for a static scheme, sensitive_layers only with 'sensitive'."""
     scheme = knob(trial, "quantization.scheme", list(space.schemes))
-    if scheme not in STATIC_SCHEMES:
+    if not SCHEMES.get(scheme).calibrates:
         return QuantizationChoice(scheme=scheme)
     s = space.static
     float_layers = knob(trial, "quantization.float_layers", s.float_layers)
@@ -186,3 +235,7 @@ def sample_quantization(trial: TrialLike, space: QuantizationSpace) -> Quantizat
         sensitive_layers=int(knob(trial, "quantization.sensitive_layers", s.sensitive_layers))
         if float_layers == "sensitive" else 1,
     )
+
+
+# The built-in schemes register themselves on import; last, because they subclass QuantizationScheme above.
+import spaces.quantization_schemes  # noqa: E402,F401

@@ -116,7 +116,8 @@ class StudentFamily(Strict):
         _, h, w = shape
         if min(h, w) < cls.min_input:
             why = f": {cls.min_input_why}" if cls.min_input_why else ""
-            return f"{cls.name} students need inputs of at least {cls.min_input}x{cls.min_input} pixels, got {h}x{w}{why}"
+            side = f"{cls.min_input}x{cls.min_input}"
+            return f"{cls.name} students need inputs of at least {side} pixels, got {h}x{w}{why}"
         return None
 
     @classmethod
@@ -194,8 +195,8 @@ class StudentSpace(Strict):
                 continue
             if key not in STUDENT_FAMILIES:
                 allowed = [*cls.model_fields, *STUDENT_FAMILIES.names()]
-                errors.append({"type": PydanticCustomError("unknown_family", f"unknown key; {not_allowed(key, allowed)}"),
-                               "loc": (key,), "input": value})
+                message = f"unknown key; {not_allowed(key, allowed)}"
+                errors.append({"type": PydanticCustomError("unknown_family", message), "loc": (key,), "input": value})
                 continue
             family = STUDENT_FAMILIES.get(key)
             try:

@@ -18,7 +18,7 @@ from evaluators.errors import ConfigError, TrialFailure
 from evaluators.latency import TimingSettings, measure
 from search.config import parse
 from spaces.export import to_onnx
-from spaces.pruning import channel_count, epochs_per_step, prune, prune_channels, sparsity
+from spaces.pruning import channel_count, epochs_per_step, prune, sparsity
 from spaces.pruning_knobs import PruningChoice, PruningSpace, sample_pruning
 
 
@@ -72,6 +72,28 @@ def _session(model: bytes) -> ort.InferenceSession:
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
+def prune_channels(model: nn.Module, example: torch.Tensor, ratio: float, importance: str = "l2") -> nn.Module:
+    """Structured, one shot, only the classifier protected (the widths stay multiples of 8)."""
+    return prune(model, example, PruningChoice(ratio=ratio, importance=importance, protect_first_last=False))
+
+
+def _conv_macs(model: nn.Module, example: torch.Tensor) -> int:
+    """Multiply-accumulates of every convolution on one input, from the shapes a forward pass produces."""
+    total = 0
+
+    def count(module: nn.Conv2d, _inputs: object, output: torch.Tensor) -> None:
+        nonlocal total
+        kh, kw = module.kernel_size
+        total += output.numel() * (module.in_channels // module.groups) * kh * kw
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        model(example)
+    for hook in hooks:
+        hook.remove()
+    return total
+
+
 @pytest.mark.parametrize("importance", ["l2", "l1"])
 def test_half_pruning_removes_channels_in_multiples_of_8_and_keeps_the_output(
     model: ResidualCNN, example: torch.Tensor, importance: str
@@ -95,17 +117,20 @@ def test_pruned_residual_model_exports_and_runs_in_onnxruntime(model: ResidualCN
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_half_pruned_model_is_faster_in_onnxruntime(model: ResidualCNN, example: torch.Tensor) -> None:
+def test_half_pruned_model_does_a_quarter_of_the_convolution_work(
+    model: ResidualCNN, example: torch.Tensor, request: pytest.FixtureRequest
+) -> None:
+    macs = _conv_macs(model, example)
     original = to_onnx(model, example)
     pruned = to_onnx(prune_channels(model, example, 0.5), example)
-    settings = TimingSettings(threads=1, batch_size=1, warmup=20, min_repeats=200, max_repeats=200, max_seconds=30)
-    # Two rounds, alternating, best median of each: a noisy spell on the shared machine hits one round, not both.
-    original_ms = pruned_ms = float("inf")
-    for _ in range(2):
-        original_ms = min(original_ms, measure(original, settings).p50_ms)
-        pruned_ms = min(pruned_ms, measure(pruned, settings).p50_ms)
-    # Measured 3.5-4.5x here; 1.5x leaves room for a noisy shared machine.
-    assert pruned_ms * 1.5 < original_ms, (original_ms, pruned_ms)
+    # Halving both sides of every inner convolution quarters its work (the input conv only halves).
+    assert _conv_macs(model, example) <= 0.3 * macs
+    assert len(pruned) * 3 < len(original)
+    # Shown, not asserted: a timing on a shared machine decides nothing (measured 3.5-4.5x faster here).
+    settings = TimingSettings(threads=1, batch_size=1, warmup=10, min_repeats=50, max_repeats=50, max_seconds=5)
+    timings = {"dense_p50_ms": measure(original, settings).p50_ms, "pruned_p50_ms": measure(pruned, settings).p50_ms}
+    request.node.user_properties.extend(timings.items())  # in the JUnit report; printed with -rP
+    print(timings)
 
 
 def test_ratio_zero_leaves_the_model_untouched(model: ResidualCNN, example: torch.Tensor) -> None:
@@ -119,9 +144,10 @@ def test_ratio_zero_leaves_the_model_untouched(model: ResidualCNN, example: torc
 def test_unknown_importance_is_a_config_error_listing_the_valid_ones(
     model: ResidualCNN, example: torch.Tensor
 ) -> None:
+    # The schema refuses it in an experiment file; a choice built by hand fails at the registry, never falls back.
     with pytest.raises(ConfigError, match="'l3'") as caught:
         prune_channels(model, example, 0.5, importance="l3")
-    assert "l1" in str(caught.value) and "l2" in str(caught.value)
+    assert "l1, l2, taylor, bn_scale, random" in str(caught.value)
 
 
 # --- The knob's choices (prune(model, example, PruningChoice)) -------------------------------------------------
@@ -276,7 +302,7 @@ def test_taylor_without_a_batch_is_a_trial_failure_that_says_what_to_pass(
 ) -> None:
     with pytest.raises(TrialFailure, match="batch") as caught:
         prune(model, example, PruningChoice(ratio=0.5, importance="taylor"))
-    assert "l1, l2, bn_scale or random" in str(caught.value)
+    assert "l1, l2, bn_scale, random" in str(caught.value)  # every importance that needs no gradients
     assert not isinstance(caught.value, ConfigError)
 
 

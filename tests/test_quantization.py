@@ -23,8 +23,8 @@ from torch import nn
 from evaluators.errors import ConfigError, TrialFailure
 from spaces import quantization_knobs as knobs
 from spaces.export import to_onnx
-from spaces.quantization import SCHEMES, layer_sensitivity, quantize
-from spaces.quantization_knobs import QuantizationChoice, QuantizationSpace, sample_quantization
+from spaces.quantization import layer_sensitivity, quantize
+from spaces.quantization_knobs import SCHEMES, QuantizationChoice, QuantizationSpace, sample_quantization
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -112,7 +112,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def quantized(fp32_model: bytes, digits: dict[str, np.ndarray], cache_dir: Path) -> dict[str, bytes]:
     """Every scheme by name (default options, as existing callers pass it) and every static option."""
     calibration = digits["x_calib"]
-    out = {name: quantize(fp32_model, name, calibration) for name in SCHEMES}
+    out = {name: quantize(fp32_model, name, calibration) for name in SCHEMES.names()}
     out.update({name: quantize(fp32_model, choice, calibration, cache_dir=cache_dir)
                 for name, choice in VARIANTS.items()})
     return out
@@ -181,7 +181,7 @@ def _input_scale(model: bytes) -> float:
 
 
 # The properties every scheme and option must keep; a new scheme in SCHEMES is checked here without a new test.
-@pytest.mark.parametrize("name", sorted(SCHEMES) + list(VARIANTS))
+@pytest.mark.parametrize("name", SCHEMES.names() + list(VARIANTS))
 def test_every_scheme_and_option_gives_a_valid_model_that_runs_keeps_its_output_shape_and_accuracy(
     name: str, quantized: dict[str, bytes], digits: dict[str, np.ndarray]
 ) -> None:
@@ -194,8 +194,10 @@ def test_every_scheme_and_option_gives_a_valid_model_that_runs_keeps_its_output_
     assert _accuracy(model, digits) >= fp32 - 0.02
 
 
-def test_schema_and_registry_name_the_same_schemes() -> None:
-    assert set(SCHEMES) == set(knobs.SCHEMES)
+def test_the_schema_allows_exactly_the_registered_schemes() -> None:
+    assert QuantizationSpace.model_validate({"schemes": SCHEMES.names()}).schemes == SCHEMES.names()
+    with pytest.raises(ValidationError, match="choose one of: " + ", ".join(SCHEMES.names())):
+        QuantizationSpace.model_validate({"schemes": ["int9"]})
 
 
 @pytest.mark.parametrize("scheme", INT8_SCHEMES)
@@ -378,7 +380,7 @@ def test_int4_on_a_model_without_matmul_or_gemm_is_a_trial_failure_that_says_so(
 def test_unknown_scheme_is_a_config_error_listing_the_valid_names(fp32_model: bytes) -> None:
     with pytest.raises(ConfigError, match="int8_statc_qdq") as caught:
         quantize(fp32_model, "int8_statc_qdq", np.zeros((1, 1, 8, 8), np.float32))
-    for name in SCHEMES:
+    for name in SCHEMES.names():
         assert name in str(caught.value)
 
 
@@ -386,7 +388,7 @@ def test_unknown_scheme_is_a_config_error_listing_the_valid_names(fp32_model: by
 STATIC_PARAMS = {"quantization.per_channel", "quantization.activations", "quantization.calibration",
                  "quantization.calibration_samples", "quantization.reduce_range", "quantization.float_layers"}
 SEARCH_ALL = {
-    "schemes": list(knobs.SCHEMES),
+    "schemes": SCHEMES.names(),
     "static": {"per_channel": [True, False], "activations": ["uint8_asym", "int8_sym"],
                "calibration": ["minmax", "entropy", "percentile"], "calibration_samples": [16, "all"],
                "reduce_range": [True, False], "float_layers": ["none", "first_last", "sensitive"],
@@ -401,10 +403,10 @@ def _ask(space: QuantizationSpace, n: int) -> list[tuple[optuna.Trial, Quantizat
 
 def test_static_options_are_sampled_only_for_static_schemes_and_sensitive_layers_only_with_sensitive() -> None:
     pairs = _ask(QuantizationSpace.model_validate(SEARCH_ALL), 200)
-    assert {choice.scheme for _, choice in pairs} == set(knobs.SCHEMES)
+    assert {choice.scheme for _, choice in pairs} == set(SCHEMES.names())
     for trial, choice in pairs:
         assert trial.params["quantization.scheme"] == choice.scheme
-        if choice.scheme not in knobs.STATIC_SCHEMES:
+        if choice.scheme not in knobs.static_schemes():
             assert set(trial.params) == {"quantization.scheme"}
             assert choice.params() == {"quantization.scheme": choice.scheme}
             assert choice == QuantizationChoice(choice.scheme)
@@ -448,11 +450,11 @@ def test_fixed_static_options_are_not_optuna_params_but_are_in_the_choice() -> N
     ({"schemes": ["int4"]}, "'int4'"),
     ({"schemes": []}, "give at least one scheme"),
     ({"schemes": [QDQ], "static": {"activations": "uint8"}},
-     "activations got 'uint8'; choose one of: uint8_asym, int8_sym (did you mean 'uint8_asym'?)"),
+     "'uint8' is not allowed; choose one of: uint8_asym, int8_sym (did you mean 'uint8_asym'?)"),
     ({"schemes": [QDQ], "static": {"calibration": ["minmax", "kl"]}},
-     "calibration got 'kl'; choose one of: minmax, entropy, percentile"),
+     "'kl' is not allowed; choose one of: minmax, entropy, percentile"),
     ({"schemes": [QDQ], "static": {"float_layers": "first"}},
-     "float_layers got 'first'; choose one of: none, first_last, sensitive"),
+     "'first' is not allowed; choose one of: none, first_last, sensitive"),
     ({"schemes": [QDQ], "static": {"per_channel": "yes"}}, "per_channel got 'yes'; expected true, false"),
     ({"schemes": [QDQ], "static": {"reduce_range": []}}, "give at least one choice"),
     ({"schemes": [QDQ], "static": {"calibration_samples": [64, 0]}}, "calibration_samples got 0"),
