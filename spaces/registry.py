@@ -2,16 +2,44 @@
 
 Light on purpose (no torch, no ONNX Runtime): the schema asks a registry which names are allowed, so an experiment
 file validates before anything heavy loads.
+
+Entries from outside this repository register when their module is imported. Modules named in the environment
+variable SLIMSWEEP_EXTENSIONS (comma-separated) or declared under the `slimsweep.extensions` entry-point group are
+imported before the first lookup, in the driver and in every Ray worker alike.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
 from collections.abc import Iterator
+from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
 from evaluators.errors import ConfigError, not_allowed
 
 T = TypeVar("T")
+
+EXTENSIONS_VARIABLE = "SLIMSWEEP_EXTENSIONS"
+EXTENSIONS_GROUP = "slimsweep.extensions"
+_extensions_loaded = False
+
+
+def load_extensions() -> None:
+    """Import the extension modules (once per process); their import registers their entries."""
+    global _extensions_loaded
+    if _extensions_loaded:
+        return
+    _extensions_loaded = True  # first: an extension's own lookups during its import must not recurse
+    names = [n.strip() for n in os.environ.get(EXTENSIONS_VARIABLE, "").split(",") if n.strip()]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"{EXTENSIONS_VARIABLE}: cannot import extension module {name!r}: {exc}; "
+                              f"put its folder on PYTHONPATH or remove it from {EXTENSIONS_VARIABLE}") from exc
+    for point in entry_points(group=EXTENSIONS_GROUP):
+        point.load()
 
 
 class Registry(Generic[T]):
@@ -37,6 +65,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """The entry of that name; an unknown name is a ConfigError naming the registered ones."""
+        load_extensions()
         try:
             return self._entries[name]
         except KeyError:
@@ -44,18 +73,22 @@ class Registry(Generic[T]):
 
     def check(self, name: object) -> str:
         """The name itself if registered, else ValueError with the allowed names (for schema validators)."""
+        load_extensions()
         if not isinstance(name, str) or name not in self._entries:
             raise ValueError(not_allowed(name, self._entries))
         return name
 
     def names(self) -> list[str]:
         """Every registered name, in registration order."""
+        load_extensions()
         return list(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        load_extensions()
         return name in self._entries
 
     def __iter__(self) -> Iterator[T]:
+        load_extensions()
         return iter(list(self._entries.values()))
 
     def __len__(self) -> int:

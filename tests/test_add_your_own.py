@@ -7,6 +7,9 @@ trial, and pass the same conformance checks as the built-in entries.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -153,3 +156,58 @@ def test_unregistered_the_family_is_an_unknown_key_again(tmp_path: Path) -> None
     with pytest.raises(ConfigError, match=r"space.students.mlp: unknown key; 'mlp' is not allowed; choose one of: "
                                           r"teacher, cnn, mobilenetv2, resnet"):
         load(path)
+
+
+EXTENSION = '''
+from typing import ClassVar
+
+from spaces import StudentFamily, register_family
+from spaces.knobs import IntKnob
+
+
+class WideStudents(StudentFamily):
+    """One hidden layer of `hidden` units."""
+
+    name: ClassVar[str] = "wide"
+    choice_defaults: ClassVar[dict] = {"hidden": 256}
+    hidden: IntKnob = [128, 256]
+
+    @classmethod
+    def build(cls, choice, in_channels, num_classes, input_hw):
+        from torch import nn
+
+        pixels = in_channels * input_hw[0] * input_hw[1]
+        return nn.Sequential(nn.Flatten(), nn.Linear(pixels, choice.hidden), nn.ReLU(),
+                             nn.Linear(choice.hidden, num_classes))
+
+
+register_family(WideStudents)
+'''
+
+VALIDATE = "from search.config import load; print(load('wide.yaml').space.students.kinds())"
+
+
+def _python(tmp_path: Path, extensions: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SLIMSWEEP_EXTENSIONS": extensions,
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-c", VALIDATE], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_a_module_named_in_slimsweep_extensions_registers_before_the_file_is_validated(tmp_path: Path) -> None:
+    (tmp_path / "my_students.py").write_text(EXTENSION)
+    (tmp_path / "wide.yaml").write_text("name: wide\nspace: {students: {teacher: false, cnn: null, wide: {}}}\n")
+    done = _python(tmp_path, "my_students")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['wide']"
+    # Without the variable, the same file names an unknown family.
+    done = _python(tmp_path, "")
+    assert done.returncode != 0
+    assert "space.students.wide: unknown key; 'wide' is not allowed" in done.stderr
+
+
+def test_an_extension_module_that_cannot_be_imported_is_named(tmp_path: Path) -> None:
+    (tmp_path / "wide.yaml").write_text("name: wide\n")
+    done = _python(tmp_path, "my_studnets")
+    assert done.returncode != 0
+    assert "SLIMSWEEP_EXTENSIONS: cannot import extension module 'my_studnets'" in done.stderr
