@@ -23,7 +23,7 @@ from torchvision.ops.misc import Conv2dNormActivation
 
 from evaluators.errors import TrialFailure
 from spaces.student_families import MIN_FEATURE_MAP, MOBILENETV2_SETTINGS
-from spaces.student_knobs import StudentChoice, suits  # noqa: F401 - suits: asked before the first trial too
+from spaces.student_knobs import StudentChoice, suits  # noqa: F401 - suits: re-exported, the sweep asks it
 
 # Channels of the three stages at width 1.0.
 BASE_CHANNELS = (32, 64, 128)
@@ -152,14 +152,13 @@ def _stage(inplanes: int, planes: int, count: int, stride: int) -> nn.Sequential
 
 def build(choice: StudentChoice, teacher: nn.Module, in_channels: int, num_classes: int,
           input_hw: tuple[int, int] | None = None) -> nn.Module:
-    """A fresh student for a choice, built by its registered family; 'teacher' is a copy of the trained teacher."""
+    """A fresh student for a choice, built by its registered family; 'teacher' is a copy of the trained teacher.
+
+    Whether the family suits the input was asked before the first trial (`suits`); it is not asked again here.
+    """
     family = choice.family()
     if family is None:
         return copy.deepcopy(teacher)
-    if input_hw is not None:
-        reason = suits(choice.kind, (in_channels, *input_hw))
-        if reason:
-            raise TrialFailure(reason)
     return family.build(choice, in_channels, num_classes, input_hw)
 
 
