@@ -211,3 +211,11 @@ def test_an_extension_module_that_cannot_be_imported_is_named(tmp_path: Path) ->
     done = _python(tmp_path, "my_studnets")
     assert done.returncode != 0
     assert "SLIMSWEEP_EXTENSIONS: cannot import extension module 'my_studnets'" in done.stderr
+
+
+@pytest.mark.parametrize("taken", ["cnn", "teacher"])
+def test_a_name_already_taken_is_refused_at_registration(taken: str) -> None:
+    clash = type("Clash", (MLPStudents,), {"name": taken})
+    with pytest.raises(ValueError, match=f"{taken!r} is"):
+        register_family(clash)
+    assert STUDENT_FAMILIES.get("cnn").__name__ == "CNNStudents"
