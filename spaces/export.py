@@ -21,7 +21,7 @@ def to_onnx(model: torch.nn.Module, example_input: torch.Tensor) -> bytes:
     buffer = io.BytesIO()
     try:
         with warnings.catch_warnings():
-            # The TorchScript exporter is deprecated but ~10x faster than dynamo on small CNNs (FIELD-NOTES),
+            # The TorchScript exporter is deprecated but was ~10x faster than dynamo on small CNNs here,
             # and export runs once per trial.
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(

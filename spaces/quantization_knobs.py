@@ -90,7 +90,7 @@ class StaticSpace(Strict):
     activations: NameKnob = "uint8_asym"
     calibration: NameKnob = "minmax"
     calibration_samples: SamplesKnob = "all"
-    # Restored accuracy on CPUs without VNNI (FIELD-NOTES, ONNX Runtime's docs).
+    # Restored accuracy on CPUs without VNNI (ONNX Runtime's quantization docs advise it there).
     reduce_range: BoolKnob = True
     float_layers: NameKnob = "none"
     sensitive_layers: IntKnob = 1

@@ -48,7 +48,7 @@ def downsampling(input_hw: tuple[int, int], wanted: Sequence[int]) -> list[int]:
 
 
 def _round8(channels: float) -> int:
-    # ONNX Runtime's fast convolution kernels want widths that are multiples of 8 (FIELD-NOTES, pruning).
+    # ONNX Runtime's fast convolution kernels want widths that are multiples of 8 (see round_to in the README).
     return max(8, int(round(channels / 8)) * 8)
 
 
