@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,21 @@ def _run_on_node(number: int, plan: Any, ctx: TrialContext, station: Any, where:
     result.info["ray_node"] = ray.get_runtime_context().get_node_id()
     result.info["cores"] = sorted(os.sched_getaffinity(0))
     return result
+
+
+def ray_failure(number: int, exc: BaseException) -> TrialResult:
+    """A failed result for a task Ray could not run: its kind and cause in one line, Ray's whole report kept."""
+    cause = getattr(exc, "cause", None) or exc.__cause__
+    error = f"{type(exc).__name__}: {_first_line(exc)}"
+    if cause is not None and cause is not exc:
+        error += f" (cause: {type(cause).__name__}: {_first_line(cause)})"
+    # Ray's message holds the worker's own traceback (RayTaskError) or why the worker or node went away.
+    return TrialResult(number=number, error=error, traceback="".join(traceback.format_exception(exc)))
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0].strip() if lines else "(no message)"
 
 
 @dataclass
@@ -108,7 +124,7 @@ class RayExecutor:
                 try:
                     result = ray.get(r.ref)
                 except ray.exceptions.RayError as exc:  # worker died, out of memory, node lost
-                    result = TrialResult(number=r.number, error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+                    result = ray_failure(r.number, exc)
                 finished.append((r, result))
         return finished
 
