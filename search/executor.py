@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import traceback
 from dataclasses import dataclass
 from typing import Any
@@ -33,15 +34,19 @@ def _run_on_node(number: int, plan: Any, ctx: TrialContext, station: Any, where:
 def ray_failure(number: int, exc: BaseException) -> TrialResult:
     """A failed result for a task Ray could not run: its kind and cause in one line, Ray's whole report kept."""
     cause = getattr(exc, "cause", None) or exc.__cause__
-    error = f"{type(exc).__name__}: {_first_line(exc)}"
     if cause is not None and cause is not exc:
-        error += f" (cause: {type(cause).__name__}: {_first_line(cause)})"
+        error = f"{type(exc).__name__}: {type(cause).__name__}: {_first_line(cause)}"
+    else:
+        error = f"{type(exc).__name__}: {_first_line(exc)}"
     # Ray's message holds the worker's own traceback (RayTaskError) or why the worker or node went away.
-    return TrialResult(number=number, error=error, traceback="".join(traceback.format_exception(exc)))
+    return TrialResult(number=number, error=error, traceback=_ANSI.sub("", "".join(traceback.format_exception(exc))))
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours its messages for a terminal
 
 
 def _first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).splitlines() if line.strip()]
+    lines = [line for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
     return lines[0].strip() if lines else "(no message)"
 
 
