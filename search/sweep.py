@@ -38,7 +38,7 @@ from spaces.plan import sample
 from spaces.students import suits
 
 # Trial timing: enough repeats for a stable median of a sub-millisecond model without dominating a trial.
-TRIAL_TIMING = dict(warmup=20, min_repeats=50, max_seconds=1.0)
+TRIAL_TIMING = {"warmup": 20, "min_repeats": 50, "max_seconds": 1.0}
 
 
 @dataclass
@@ -121,8 +121,9 @@ def run_sweep(exp: Experiment, executor: RayExecutor, ctx: TrialContext, *, quie
     start = time.perf_counter()
     study = open_study(exp)
     summary = SweepSummary(requeued=requeue(study))  # trials a dead driver left RUNNING run again
-    tracker = _open_tracking(exp, study)
+    tracker = _open_tracking(exp)
     try:
+        sync_tracking(exp, study, tracker)  # a crash between Optuna and MLflow lost nothing
         sweep = _Sweep(exp, executor, study, tracker, summary, teacher=_time_baseline(exp, executor, ctx, study, tracker),
                        ctx_ref=executor.put(ctx))
         _ask_and_tell(sweep, quiet)
@@ -134,11 +135,10 @@ def run_sweep(exp: Experiment, executor: RayExecutor, ctx: TrialContext, *, quie
         raise
 
 
-def _open_tracking(exp: Experiment, study: optuna.Study) -> Tracker:
-    """The sweep's MLflow parent run (created or resumed), caught up with every trial Optuna finished."""
+def _open_tracking(exp: Experiment) -> Tracker:
+    """The sweep's MLflow parent run, created or resumed, with the experiment file attached."""
     tracker = Tracker(exp.tracking_uri, exp.name, exp.out / "mlartifacts")
     tracker.start_sweep(yaml.safe_dump(exp.model_dump(), sort_keys=False), _sweep_params(exp))
-    sync_tracking(exp, study, tracker)
     return tracker
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import optuna
 import pytest
+from conftest import small_experiment
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from conftest import small_experiment
 from evaluators.errors import SlimsweepError
 from search.config import load
 from search.pareto import candidate

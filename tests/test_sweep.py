@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -164,7 +165,7 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
     for run in failed_runs:
         assert "nan" in run.data.tags["slimsweep.failure"]
         text = client.download_artifacts(run.info.run_id, "traceback.txt", str(tmp_path))
-        assert "lower the learning rate" in open(text).read()
+        assert "lower the learning rate" in Path(text).read_text()
 
     # Only two plans exist (the teacher, or the failing student): the teacher drawn again is answered from its
     # first result, not trained again, and counted.
