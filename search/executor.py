@@ -67,9 +67,11 @@ class RayExecutor:
                 if address:
                     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
                 else:
-                    # A local Ray needs no network interface: keep it on loopback.
-                    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
-                             log_to_driver=False, _node_ip_address="127.0.0.1")
+                    # A local Ray needs no network interface: keep it on loopback. address="local": without it,
+                    # ray.init attaches to any cluster `ray start` left recorded on this machine (another user's,
+                    # or a dead one), and a local sweep then fails or runs elsewhere depending on what ran before.
+                    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                             logging_level=logging.WARNING, log_to_driver=False, _node_ip_address="127.0.0.1")
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise ConfigError(f"--ray-address {address!r}: cannot connect to a Ray cluster there: {exc}") from None
         # A node that dies takes its tasks with it; Ray runs them again elsewhere (max_retries), which is safe

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 import ray
@@ -13,10 +15,24 @@ from search.executor import RayExecutor, Running
 
 @pytest.fixture(scope="module")
 def local_ray():
-    if not ray.is_initialized():
-        ray.init(num_cpus=1, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
-                 _node_ip_address="127.0.0.1")
-    yield
+    """The sweep's own local Ray, started while Ray's temp folder records another cluster (as `ray start` does):
+    a local sweep must start its own Ray, never attach to whatever cluster ran on this machine before."""
+    temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths have a length limit
+    (temp / "ray").mkdir()
+    (temp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9")  # a cluster that is not there
+    patch = pytest.MonkeyPatch()
+    patch.setenv("RAY_TMPDIR", str(temp))
+    patch.delenv("RAY_ADDRESS", raising=False)
+    if ray.is_initialized():
+        ray.shutdown()
+    try:
+        RayExecutor(address=None)
+        assert ray.get_runtime_context().gcs_address != "127.0.0.1:9"
+        yield
+    finally:
+        ray.shutdown()
+        patch.undo()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _result(ref):
