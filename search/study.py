@@ -187,13 +187,13 @@ def requeue(study: optuna.Study, numbers: list[int] | None = None) -> list[int]:
     way Optuna's RetryHeartbeatStaleTrialCallback does, so Optuna's tools and optuna-dashboard see retries."""
     by_number = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     chosen = list(by_number) if numbers is None else [n for n in numbers if n in by_number]
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=None)  # an interruption is not the plan's fault
-    for number in chosen:
-        study.tell(optuna.Trial(study, by_number[number]._trial_id), state=TrialState.FAIL)
-        failed = study.get_trials(deepcopy=True)[number]
-        failed.user_attrs = {}  # the retry starts with a clean record; Optuna's callback would copy it
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # stable since Optuna 2.8
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=None)  # an interruption is not the plan's fault
+        for number in chosen:
+            study.tell(optuna.Trial(study, by_number[number]._trial_id), state=TrialState.FAIL)
+            failed = study.get_trials(deepcopy=True)[number]
+            failed.user_attrs = {}  # the retry starts with a clean record; Optuna's callback would copy it
             retry(study, failed)
     return chosen
 
