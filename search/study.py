@@ -6,6 +6,7 @@ stores is one typed, versioned `TrialRecord`, and what the study stores is read 
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from dataclasses import dataclass, field, fields
@@ -198,10 +199,12 @@ def requeue(study: optuna.Study, numbers: list[int] | None = None) -> list[int]:
     return chosen
 
 
-def reusable(study: optuna.Study, params: dict[str, Any]) -> FrozenTrial | None:
-    """The earliest COMPLETE trial that ran exactly these params (failed ones are not reused)."""
+def reusable(study: optuna.Study, plan: dict[str, Any]) -> FrozenTrial | None:
+    """The earliest COMPLETE trial that ran exactly this plan, every knob compared, the fixed ones too (a resumed
+    study whose file changed a fixed setting must not be answered from the old result); failed ones never are."""
+    wanted = json.loads(json.dumps(plan))  # as the storage gives it back: tuples become lists
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if t.params == params:
+        if read(t).plan == wanted:
             return t
     return None
 

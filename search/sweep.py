@@ -201,7 +201,7 @@ def _ask(sweep: _Sweep, progress: SweepProgress) -> None:
     """Ask Optuna for a plan; answer a plan already run from its result, else start it as a Ray task."""
     trial = sweep.study.ask()
     plan = sample(trial, sweep.exp.space)
-    earlier = reusable(sweep.study, trial.params)
+    earlier = reusable(sweep.study, plan.params())
     if earlier is not None:
         rec = _reuse(sweep, trial, plan.params(), plan.describe(), earlier)
         _refresh(progress, sweep)

@@ -139,7 +139,8 @@ def test_only_complete_trials_are_reused(exp):
     study = open_study(exp)
     complete = _tell_ok(study, 1.0)
     failed = _ask(study, 5.0)
-    record(study, failed, TrialRecord(failure="boom"))
+    record(study, failed, TrialRecord(plan={"x": 5.0}, failure="boom"))
     assert reusable(study, {"x": 1.0}).number == complete
-    assert reusable(study, dict(study.trials[failed.number].params)) is None
+    assert reusable(study, {"x": 5.0}) is None  # the failed plan
     assert reusable(study, {"x": 4.0}) is None
+    assert reusable(study, {"x": 1.0, "epochs": 3}) is None  # a fixed setting differs: not the same plan
