@@ -20,7 +20,7 @@ from torch import nn
 from evaluators.errors import ConfigError
 from experiments.readers import DataError
 from experiments.schema import TeacherSpec
-from experiments.tasks import Task, TaskData
+from experiments.task_types import Task, TaskData
 from spaces.students import CNN, Distillation, train
 
 

@@ -111,12 +111,12 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
     _ray_auth_for(args.ray_address)  # before anything imports ray
     _importable_here()
     from search.executor import RayExecutor
-    from search.pick import Policy
+    from search.pick import make_policy
     from search.study import open_study
-    from search.sweep import prepare, run_sweep, target_spec
+    from search.sweep import prepare, run_sweep
     from search.tracking import Tracker
 
-    spec = target_spec(exp)
+    spec = exp.target.spec()
     if not args.ray_address:
         _check_target(spec)  # on a cluster the station checks it where it lands
     console = _console()
@@ -134,7 +134,8 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
         console.print(f"stopped: {summary.finished} finished trials are kept in {exp.storage_url}; "
                       f"run the same command to resume")
         return EXIT_INTERRUPTED
-    console.print(f"{summary.finished} trials finished ({summary.failed} failed), {summary.ran_now} run now "
+    console.print(f"{summary.finished} trials finished ({summary.failed} failed, {summary.reused} answered from an "
+                  f"earlier identical plan), {summary.ran_now} run now "
                   f"({summary.parallel} at a time), in {summary.seconds:.0f} s; latency cache: {summary.cache.get('latency_cache_hits', 0)} hits, "
                   f"{summary.cache.get('latency_cache_misses', 0)} timed")
     if exp.constraints.max_latency_ms is not None:
@@ -147,8 +148,7 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
     def retime(model: bytes, settings) -> float:
         return executor.time_model(model, settings, use_cache=False)[0].p50_ms
 
-    return _deliver(exp, study, tracker, Policy(exp.pick.max_accuracy_drop, exp.pick.max_latency_ms), retime=retime,
-                    console=console)
+    return _deliver(exp, study, tracker, make_policy(exp.pick), retime=retime, console=console)
 
 
 def _check_target(spec: Any) -> None:
@@ -165,6 +165,7 @@ def _deliver(exp: Experiment, study: Any, tracker: Any, policy: Any, *, retime: 
     """Verify (on `run`), pick, register and print; the parent run ends FINISHED, or FAILED with nothing to pick."""
     from search.deliver import deliver, teacher_latency
     from search.pareto import table
+    from search.study import teacher
 
     tracker.resume_sweep()
     try:
@@ -176,8 +177,7 @@ def _deliver(exp: Experiment, study: Any, tracker: Any, policy: Any, *, retime: 
     except BaseException:
         tracker.end("FAILED")
         raise
-    teacher = dict(study.user_attrs["teacher"], latency_p50_ms_verified=teacher_latency(study))
-    console.print(table(delivery.front, teacher))
+    console.print(table(delivery.front, dict(teacher(study), latency_p50_ms_verified=teacher_latency(study))))
     console.print(f"picked trial {delivery.choice.candidate.trial}: {delivery.choice.why}")
     console.print(f"wrote {delivery.onnx_path} and {delivery.card_path}; registered "
                   f"models:/{exp.name}@deployable (version {delivery.registered_version})")
@@ -189,21 +189,21 @@ def _deliver(exp: Experiment, study: Any, tracker: Any, policy: Any, *, retime: 
 def _front(exp: Experiment, args: argparse.Namespace) -> int:
     from search.deliver import teacher_latency, with_verified
     from search.pareto import front, table
+    from search.study import teacher as stored_teacher
 
     study = _swept_study(exp, args)
-    teacher = dict(study.user_attrs["teacher"], latency_p50_ms_verified=teacher_latency(study))
+    teacher = dict(stored_teacher(study), latency_p50_ms_verified=teacher_latency(study))
     _console().print(table(with_verified(study, front(study)), teacher, title=f"Pareto front of {exp.name}"))
     return 0
 
 
 def _pick(exp: Experiment, args: argparse.Namespace) -> int:
-    from search.pick import Policy
+    from search.pick import make_policy
     from search.tracking import Tracker
 
     study = _swept_study(exp, args)
     tracker = Tracker(exp.tracking_uri, exp.name, exp.out / "mlartifacts")
-    return _deliver(exp, study, tracker, Policy(exp.pick.max_accuracy_drop, exp.pick.max_latency_ms), retime=None,
-                    console=_console())
+    return _deliver(exp, study, tracker, make_policy(exp.pick), retime=None, console=_console())
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -216,14 +216,11 @@ def _bench(args: argparse.Namespace) -> int:
     model = Path(args.model)
     if not model.is_file():
         raise ConfigError(f"{model}: no such ONNX file")
-    from evaluators.latency import TimingSettings
-    from evaluators.targets import TargetSpec, make_target
+    from evaluators.targets import make_target, settings_for
 
-    spec = TargetSpec(kind=target.kind, threads=target.threads, batch_size=target.batch_size,
-                      device_id=target.device_id, url=target.url, token=target.token())
+    spec = target.spec()
     _check_target(spec)
-    settings = TimingSettings(threads=spec.threads, batch_size=spec.batch_size,
-                              **{**TRIAL_TIMING, "max_seconds": args.max_seconds})
+    settings = settings_for(spec, **{**TRIAL_TIMING, "max_seconds": args.max_seconds})
     stats = make_target(spec).measure(model.read_bytes(), settings)
     from rich.table import Table
 
@@ -261,11 +258,11 @@ def _validated(model: Any, data: dict[str, Any], source: str) -> Any:
 
 def _swept_study(exp: Experiment, args: argparse.Namespace) -> Any:
     """The stored study of an experiment that has run far enough to have a baseline (for front and pick)."""
-    from search.study import open_study
+    from search.study import baseline, open_study
 
     _require_study(exp)
     study = open_study(exp)
-    if "teacher" not in study.user_attrs:
+    if baseline(study) is None:
         raise SlimsweepError(f"the study {exp.name!r} has no finished trial yet; run `slimsweep run {args.experiment}`")
     return study
 

@@ -5,15 +5,20 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from evaluators.errors import ConfigError
 from experiments.schema import TASK_CONFIGS, DigitsTask, OnnxTask, TaskConfig, task_error
+from search.pick import check_pick_policy
+from search.samplers import check_sampler
 from spaces.knobs import Strict
 from spaces.plan import Space
+
+if TYPE_CHECKING:
+    from evaluators.targets import TargetSpec
 
 # Metrics a user may name as objectives, with the direction Optuna optimises them in.
 METRIC_DIRECTIONS: dict[str, str] = {
@@ -65,15 +70,27 @@ class Target(Strict):
         """The remote agent's token, read from token_file."""
         return Path(self.token_file).expanduser().read_text().strip() if self.token_file else None
 
+    def spec(self) -> TargetSpec:
+        """The target as the evaluators know it: the one place the schema's target becomes a TargetSpec."""
+        from evaluators.targets import TargetSpec  # ONNX Runtime loads only when a target is used, not to validate
+
+        return TargetSpec(kind=self.kind, threads=self.threads, batch_size=self.batch_size, device_id=self.device_id,
+                          url=self.url, token=self.token())
+
 
 class Search(Strict):
     """The Optuna study and how many trials run at once."""
 
-    sampler: Literal["tpe", "nsgaii", "random"] = "tpe"
+    sampler: str = "tpe"  # a name registered in search.samplers.SAMPLERS
     trials: int = Field(24, ge=1)
     parallel: int = Field(2, ge=1)
     seed: int = 0
     storage: str | None = None  # default: sqlite in the output folder
+
+    @field_validator("sampler")
+    @classmethod
+    def _sampler(cls, v: str) -> str:
+        return check_sampler(v)
 
     @field_validator("storage")
     @classmethod
@@ -92,9 +109,14 @@ class Tracking(Strict):
 class Pick(Strict):
     """The policy that picks the deployable model among front members."""
 
-    policy: Literal["fastest_within"] = "fastest_within"
+    policy: str = "fastest_within"  # a name registered in search.pick.PICK_POLICIES
     max_accuracy_drop: float = Field(1.0, ge=0)
     max_latency_ms: float | None = Field(None, gt=0)
+
+    @field_validator("policy")
+    @classmethod
+    def _policy(cls, v: str) -> str:
+        return check_pick_policy(v)
 
 
 class Experiment(Strict):
@@ -241,7 +263,7 @@ def _format(error: dict[str, Any]) -> str:
     if branch and kind.endswith(("_type", "_parsing")):
         message = "expected an integer or a list of integers to choose from" if branch in {"int", "list[int]"} \
             else f"expected {_KNOB_FORMS}"
-    return f"{field}: {message}" + ("" if "got" in message else f" (got {value!r})")
+    return f"{field}: {message}" + ("" if "got" in message or "is not allowed" in message else f" (got {value!r})")
 
 
 def _model_at(model: type[BaseModel], path: list[str]) -> type[BaseModel] | None:

@@ -13,7 +13,9 @@ import optuna
 from evaluators.latency import TimingSettings
 from search.config import Experiment
 from search.pareto import Candidate, everything, front, write_charts, write_csv
-from search.pick import Choice, Policy, choose
+from search.pick import Choice, PickPolicy, choose
+from search.study import baseline as study_baseline
+from search.study import read, teacher, verified
 from search.sweep import timing, trial_path
 from search.tracking import Tracker
 
@@ -49,18 +51,18 @@ def verify(exp: Experiment, study: optuna.Study, members: list[Candidate], retim
 
 def with_verified(study: optuna.Study, members: list[Candidate]) -> list[Candidate]:
     """Candidates carrying the stored verified latency, fastest first."""
-    verified = study.user_attrs.get("verified", {})
-    if not all(str(c.trial) in verified for c in members):
+    figures = verified(study)
+    if not all(str(c.trial) in figures for c in members):
         # Isolated and in-sweep timings are not comparable: rank all members on the in-sweep figures instead.
         return sorted(members, key=lambda c: c.latency)
-    out = [replace(c, latency_p50_ms_verified=verified[str(c.trial)]) for c in members]
+    out = [replace(c, latency_p50_ms_verified=figures[str(c.trial)]) for c in members]
     return sorted(out, key=lambda c: c.latency)
 
 
 def teacher_latency(study: optuna.Study) -> float:
     """The teacher's verified p50 if measured, else the one taken at the start of the sweep."""
-    verified = study.user_attrs.get("verified", {})
-    return verified["teacher"] if "teacher" in verified else study.user_attrs["teacher"]["latency_p50_ms"]
+    figures = verified(study)
+    return figures["teacher"] if "teacher" in figures else teacher(study)["latency_p50_ms"]
 
 
 def publish_front(exp: Experiment, study: optuna.Study, tracker: Tracker, members: list[Candidate]) -> None:
@@ -72,15 +74,15 @@ def publish_front(exp: Experiment, study: optuna.Study, tracker: Tracker, member
         if c.latency_p50_ms_verified is not None and c.trial in runs:
             tracker.client.log_metric(runs[c.trial], "latency_p50_ms_verified", c.latency_p50_ms_verified)
     others = [c for c in everything(study) if c.trial not in numbers]
-    teacher = dict(study.user_attrs["teacher"], latency_p50_ms_verified=teacher_latency(study))
+    baseline = dict(teacher(study), latency_p50_ms_verified=teacher_latency(study))
     csv_path = write_csv(members, exp.out / "pareto.csv")
-    png, page = write_charts(members, others, teacher, exp.out)
+    png, page = write_charts(members, others, baseline, exp.out)
     tracker.log_parent(files={"": csv_path}, tags={"slimsweep.front": ",".join(map(str, sorted(numbers)))})
     tracker.log_parent(files={"": png})
     tracker.log_parent(files={"": page})
 
 
-def deliver(exp: Experiment, study: optuna.Study, tracker: Tracker, policy: Policy, *, retime: Retime | None,
+def deliver(exp: Experiment, study: optuna.Study, tracker: Tracker, policy: PickPolicy, *, retime: Retime | None,
             output_dir: Path | None = None) -> Delivery:
     """Choose by policy (re-timing the front first when `retime` is given), then register the model (alias
     'deployable') and write deployable.onnx + model_card.json."""
@@ -107,12 +109,13 @@ def deliver(exp: Experiment, study: optuna.Study, tracker: Tracker, policy: Poli
     return Delivery(choice, onnx_path, card_path, version, members)
 
 
-def model_card(exp: Experiment, study: optuna.Study, choice: Choice, policy: Policy, teacher_ms: float) -> dict[str, Any]:
+def model_card(exp: Experiment, study: optuna.Study, choice: Choice, policy: PickPolicy,
+               teacher_ms: float) -> dict[str, Any]:
     """What was done to the model, its measured figures, the teacher's, and why it was chosen."""
     c = choice.candidate
-    trial = study.get_trials(deepcopy=False)[c.trial]
-    teacher = dict(study.user_attrs["teacher"])
-    teacher["latency_p50_ms_verified"] = teacher_ms
+    rec = read(study.get_trials(deepcopy=False)[c.trial])
+    baseline = study_baseline(study)
+    figures = dict(baseline.teacher, latency_p50_ms_verified=teacher_ms)
     return {
         "experiment": exp.name,
         "task": exp.task.name,
@@ -120,13 +123,15 @@ def model_card(exp: Experiment, study: optuna.Study, choice: Choice, policy: Pol
         "plan": dict(c.params_dict),
         "plan_summary": c.plan,
         "measured": {k: v for k, v in asdict(c).items() if k not in {"params_dict", "plan", "trial"}},
-        "stages_seconds": trial.user_attrs.get("stages", {}),
-        "teacher": teacher,
+        "stages_seconds": rec.stages,
+        "reuse_of": rec.reuse_of,
+        "teacher": figures,
         "speedup_vs_teacher": teacher_ms / c.latency,
-        "size_ratio_vs_teacher": teacher["size_mb"] / c.size_mb,
+        "size_ratio_vs_teacher": figures["size_mb"] / c.size_mb,
         "target": exp.target.model_dump(),
         "policy": policy.describe(),
+        "policy_name": policy.name,
         "met_policy": choice.met_policy,
         "why": choice.why,
-        "input": {"name": "input", "shape": ["batch", *study.user_attrs.get("input_shape", [])], "dtype": "float32"},
+        "input": {"name": "input", "shape": ["batch", *baseline.input_shape], "dtype": "float32"},
     }

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,25 @@ def _run_on_node(number: int, plan: Any, ctx: TrialContext, station: Any, where:
     return result
 
 
+def ray_failure(number: int, exc: BaseException) -> TrialResult:
+    """A failed result for a task Ray could not run: its kind and cause in one line, Ray's whole report kept."""
+    cause = getattr(exc, "cause", None) or exc.__cause__
+    if cause is not None and cause is not exc:
+        error = f"{type(exc).__name__}: {type(cause).__name__}: {_first_line(cause)}"
+    else:
+        error = f"{type(exc).__name__}: {_first_line(exc)}"
+    # Ray's message holds the worker's own traceback (RayTaskError) or why the worker or node went away.
+    return TrialResult(number=number, error=error, traceback=_ANSI.sub("", "".join(traceback.format_exception(exc))))
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours its messages for a terminal
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
+    return lines[0].strip() if lines else "(no message)"
+
+
 @dataclass
 class Running:
     """A trial in flight."""
@@ -46,9 +67,11 @@ class RayExecutor:
                 if address:
                     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
                 else:
-                    # A local Ray needs no network interface: keep it on loopback.
-                    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
-                             log_to_driver=False, _node_ip_address="127.0.0.1")
+                    # A local Ray needs no network interface: keep it on loopback. address="local": without it,
+                    # ray.init attaches to any cluster `ray start` left recorded on this machine (another user's,
+                    # or a dead one), and a local sweep then fails or runs elsewhere depending on what ran before.
+                    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                             logging_level=logging.WARNING, log_to_driver=False, _node_ip_address="127.0.0.1")
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise ConfigError(f"--ray-address {address!r}: cannot connect to a Ray cluster there: {exc}") from None
         # A node that dies takes its tasks with it; Ray runs them again elsewhere (max_retries), which is safe
@@ -108,7 +131,7 @@ class RayExecutor:
                 try:
                     result = ray.get(r.ref)
                 except ray.exceptions.RayError as exc:  # worker died, out of memory, node lost
-                    result = TrialResult(number=r.number, error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+                    result = ray_failure(r.number, exc)
                 finished.append((r, result))
         return finished
 

@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from search.study import finished
+from search.study import finished, read
 
 COLUMNS = ("trial", "plan", "accuracy", "accuracy_drop", "latency_p50_ms", "latency_p95_ms", "size_mb", "params",
            "latency_p50_ms_verified")
@@ -41,12 +41,12 @@ class Candidate:
 
 def candidate(trial: FrozenTrial) -> Candidate:
     """A candidate from the metrics the driver stored on the trial."""
-    m = trial.user_attrs["metrics"]
+    rec = read(trial)
+    m = rec.metrics
     return Candidate(
-        trial=trial.number, plan=trial.user_attrs.get("describe", ""), accuracy=m["accuracy"],
+        trial=trial.number, plan=rec.describe, accuracy=m["accuracy"],
         accuracy_drop=m["accuracy_drop"], latency_p50_ms=m["latency_p50_ms"], latency_p95_ms=m["latency_p95_ms"],
-        size_mb=m["size_mb"], params=m["params"],
-        params_dict=tuple(sorted(trial.user_attrs.get("plan", {}).items())),
+        size_mb=m["size_mb"], params=m["params"], params_dict=tuple(sorted(rec.plan.items())),
     )
 
 
@@ -57,7 +57,7 @@ def front(study: optuna.Study) -> list[Candidate]:
 
 def everything(study: optuna.Study) -> list[Candidate]:
     """Every trial that produced a candidate."""
-    return [candidate(t) for t in finished(study) if "metrics" in t.user_attrs]
+    return [candidate(t) for t in finished(study) if read(t).metrics]
 
 
 def write_csv(rows: list[Candidate], path: Path) -> Path:

@@ -49,13 +49,16 @@ class SweepProgress:
         self._bar.update(self._task, completed=done, failed=failed, running=running, front=front, eta=self.eta())
 
     def trial_done(self, number: int, describe: str, metrics: dict[str, float], error: str | None,
-                   skipped: bool = False) -> None:
+                   skipped: bool = False, reused_from: int | None = None) -> None:
         """One line for a finished trial."""
         if self.quiet:
             return
         counts = (f"[{self._done}/{self.budget} done, {self.failed} failed, {self.running} running, "
                   f"front {self.front}, ETA {self.eta()}]")
-        if error:
+        if reused_from is not None:
+            line = (f"trial {number:>3} reused trial {reused_from}'s result (the same plan, not run again): {describe}: "
+                    f"p50 {metrics['latency_p50_ms']:.4f} ms")
+        elif error:
             line = f"trial {number:>3} failed {describe}: {error.splitlines()[0][:160]}"
         elif skipped:
             line = (f"trial {number:>3} over the latency budget untrained, not trained: {describe}: "

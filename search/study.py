@@ -1,31 +1,94 @@
-"""The Optuna study: created or resumed on real storage, with a named sampler; the driver's record of every trial."""
+"""The Optuna study: created or resumed on real storage, with a named sampler; the driver's record of every trial.
+
+This is the only module that reads or writes Optuna `user_attrs` (and the retry `system_attrs`): what a trial
+stores is one typed, versioned `TrialRecord`, and what the study stores is read through the functions below.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import warnings
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from evaluators.errors import ConfigError
+from evaluators.errors import ConfigError, SlimsweepError
 from search.config import METRIC_DIRECTIONS, Experiment
+from search.samplers import make_sampler
 
-INTERRUPTED = "slimsweep.interrupted"  # a trial a stopped or dead driver left unfinished; it runs again
-FAILURE = "slimsweep.failure"
+# The layout of what slimsweep stores on a study and its trials. Studies written before the version was stamped
+# have the same layout as version 1 and load as such; a study or trial stamped with a newer version is refused.
+RECORD_VERSION = 1
+VERSION = "slimsweep.record_version"
+# Keys of the record on a trial (the layout of version 1; unchanged from studies written before the stamp).
+_KEYS = {"plan": "plan", "describe": "describe", "stages": "stages", "info": "info", "metrics": "metrics",
+         "feasible": "feasible", "failure": "slimsweep.failure", "traceback": "slimsweep.traceback",
+         "reuse_of": "slimsweep.reuse_of"}
+_LEGACY_INTERRUPTED = "slimsweep.interrupted"  # how releases before Optuna's retry convention marked a left trial
+_LEGACY_RETRY_OF = "slimsweep.retry_of"
+TRACEBACK_CHARS = 8000  # kept on the trial (its end, where the raise is); MLflow keeps the whole text
+FAILURE_CHARS = 2000
 
 
-def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
-    """The named sampler; always explicit, since Optuna 5 changed the multi-objective default."""
-    if name == "nsgaii":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 3)))
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(4, min(10, trials // 3)))
+@dataclass
+class TrialRecord:
+    """What slimsweep stores on one trial: the plan, its figures, or why it failed."""
+
+    plan: dict[str, Any] = field(default_factory=dict)  # the plan's params, every knob (also the fixed ones)
+    describe: str = ""  # the plan in words
+    stages: dict[str, float] = field(default_factory=dict)  # seconds spent in each stage
+    info: dict[str, Any] = field(default_factory=dict)  # ray_node, cores, latency_cache, skipped_training, ...
+    metrics: dict[str, float] = field(default_factory=dict)  # empty for a failed trial
+    feasible: bool = False
+    failure: str | None = None  # one line: the reason it failed
+    traceback: str | None = None  # the failure's traceback, its last TRACEBACK_CHARS characters
+    reuse_of: int | None = None  # the trial whose result this identical plan was answered from
+
+    @property
+    def skipped_training(self) -> bool:
+        """Whether latency first stopped this trial before training."""
+        return bool(self.info.get("skipped_training"))
+
+    def attrs(self) -> dict[str, Any]:
+        """The record as Optuna user attributes (JSON values), with its version."""
+        out: dict[str, Any] = {VERSION: RECORD_VERSION}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                out[_KEYS[f.name]] = value
+        if self.failure is not None:
+            out[_KEYS["failure"]] = self.failure[:FAILURE_CHARS]
+        if self.traceback is not None:
+            out[_KEYS["traceback"]] = truncate(self.traceback)
+        return out
+
+
+def truncate(text: str, limit: int = TRACEBACK_CHARS) -> str:
+    """The end of a long text (a traceback's last frames and its error), marked as cut."""
+    return text if len(text) <= limit else "[... truncated ...]\n" + text[-limit:]
+
+
+def read(trial: FrozenTrial) -> TrialRecord:
+    """The record stored on a trial; refuse one written by a newer release."""
+    attrs = trial.user_attrs
+    _check_version(attrs.get(VERSION, RECORD_VERSION), f"trial {trial.number}")
+    return TrialRecord(**{name: attrs[key] for name, key in _KEYS.items() if key in attrs})
+
+
+def _check_version(version: Any, what: str) -> None:
+    if not isinstance(version, int) or version > RECORD_VERSION:
+        raise SlimsweepError(
+            f"{what} was written by a newer slimsweep (record version {version!r}); this release reads record "
+            f"versions up to {RECORD_VERSION}: upgrade slimsweep to read it"
+        )
 
 
 def open_study(exp: Experiment) -> optuna.Study:
-    """Create the experiment's study, or load it to resume; refuse a resume whose objectives changed."""
+    """Create the experiment's study, or load it to resume; refuse a resume whose objectives or record version differ."""
     optuna.logging.set_verbosity(logging.WARNING)
     directions = [METRIC_DIRECTIONS[o] for o in exp.objectives]
     exp.out.mkdir(parents=True, exist_ok=True)
@@ -33,6 +96,9 @@ def open_study(exp: Experiment) -> optuna.Study:
         study_name=exp.name, storage=exp.storage_url, directions=directions, load_if_exists=True,
         sampler=make_sampler(exp.search.sampler, exp.search.seed, exp.search.trials),
     )
+    _check_version(study.user_attrs.get(VERSION, RECORD_VERSION), f"the stored study {exp.name!r} in {exp.storage_url}")
+    if VERSION not in study.user_attrs:
+        study.set_user_attr(VERSION, RECORD_VERSION)
     stored = study.user_attrs.get("objectives")
     if stored is None:
         study.set_user_attr("objectives", list(exp.objectives))
@@ -44,34 +110,113 @@ def open_study(exp: Experiment) -> optuna.Study:
     return study
 
 
+# --- what the study holds: the baseline and the verified timings -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What every trial is held to: the fp32 teacher's figures, the input shape, and where timing happens."""
+
+    teacher: dict[str, float]
+    input_shape: list[int]
+    station: dict[str, Any]  # {"node": Ray node id, "cores": cores the bench station keeps}
+
+
+def set_baseline(study: optuna.Study, baseline: Baseline) -> None:
+    """Store the sweep's baseline on the study."""
+    study.set_user_attr("teacher", baseline.teacher)
+    study.set_user_attr("input_shape", list(baseline.input_shape))
+    study.set_user_attr("station", baseline.station)
+
+
+def baseline(study: optuna.Study) -> Baseline | None:
+    """The stored baseline, or None before a sweep has timed its teacher."""
+    attrs = study.user_attrs
+    if "teacher" not in attrs:
+        return None
+    return Baseline(teacher=dict(attrs["teacher"]), input_shape=list(attrs.get("input_shape", [])),
+                    station=dict(attrs.get("station", {})))
+
+
+def teacher(study: optuna.Study) -> dict[str, float]:
+    """The fp32 teacher's figures measured at the start of the sweep."""
+    return dict(study.user_attrs["teacher"])
+
+
+def verified(study: optuna.Study) -> dict[str, float]:
+    """Latencies re-timed in isolation before the pick: trial number (as text) or 'teacher' -> p50 ms."""
+    return dict(study.user_attrs.get("verified", {}))
+
+
+def set_verified(study: optuna.Study, figures: dict[str, float]) -> None:
+    """Store the re-timed latencies."""
+    study.set_user_attr("verified", figures)
+
+
+# --- trials: finished, retried, reused -----------------------------------------------------------------------------
+
+
+def retry_of(trial: FrozenTrial) -> int | None:
+    """The trial this one runs again after an interruption (Optuna's retry convention), if any."""
+    original = trial.system_attrs.get("failed_trial")
+    return original if original is not None else trial.user_attrs.get(_LEGACY_RETRY_OF)
+
+
+def retry_history(trial: FrozenTrial) -> list[int]:
+    """Every interrupted trial this one runs again, oldest first (Optuna's `retry_history` system attribute)."""
+    history = list(trial.system_attrs.get("retry_history", []))
+    legacy = trial.user_attrs.get(_LEGACY_RETRY_OF)
+    return history or ([legacy] if legacy is not None else [])
+
+
+def interrupted(study: optuna.Study) -> set[int]:
+    """Trials left unfinished by a stopped or dead driver, failed and run again under a new number."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in retry_history(t)}
+    return retried | {t.number for t in trials if t.user_attrs.get(_LEGACY_INTERRUPTED)}
+
+
 def finished(study: optuna.Study) -> list[FrozenTrial]:
     """Trials that ran to an end (complete or failed on their own); these count toward the budget."""
+    left = interrupted(study)
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
-            if not t.user_attrs.get(INTERRUPTED)]
+            if t.number not in left]
 
 
 def requeue(study: optuna.Study, numbers: list[int] | None = None) -> list[int]:
-    """Fail trials left running (by a dead driver, or the given in-flight ones) and enqueue their plans again."""
+    """Fail trials left running (by a dead driver, or the given in-flight ones) and queue their plans again, the
+    way Optuna's RetryHeartbeatStaleTrialCallback does, so Optuna's tools and optuna-dashboard see retries."""
     by_number = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     chosen = list(by_number) if numbers is None else [n for n in numbers if n in by_number]
-    for number in chosen:
-        frozen = by_number[number]
-        trial = optuna.Trial(study, frozen._trial_id)
-        trial.set_user_attr(INTERRUPTED, True)
-        study.tell(trial, state=TrialState.FAIL)
-        study.enqueue_trial(frozen.params, user_attrs={"slimsweep.retry_of": number})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # stable since Optuna 2.8
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=None)  # an interruption is not the plan's fault
+        for number in chosen:
+            study.tell(optuna.Trial(study, by_number[number]._trial_id), state=TrialState.FAIL)
+            failed = study.get_trials(deepcopy=True)[number]
+            failed.user_attrs = {}  # the retry starts with a clean record; Optuna's callback would copy it
+            retry(study, failed)
     return chosen
 
 
-def record(study: optuna.Study, trial: optuna.Trial, *, values: list[float] | None, constraints: dict[str, float],
-           attrs: dict[str, Any], failure: str | None) -> None:
-    """Tell Optuna a trial's outcome: values and constraints (<= 0 is feasible), or FAIL with its reason."""
-    for key, value in attrs.items():
+def reusable(study: optuna.Study, plan: dict[str, Any]) -> FrozenTrial | None:
+    """The earliest COMPLETE trial that ran exactly this plan, every knob compared, the fixed ones too (a resumed
+    study whose file changed a fixed setting must not be answered from the old result); failed ones never are."""
+    wanted = json.loads(json.dumps(plan))  # as the storage gives it back: tuples become lists
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if read(t).plan == wanted:
+            return t
+    return None
+
+
+def record(study: optuna.Study, trial: optuna.Trial, rec: TrialRecord, *, values: list[float] | None = None,
+           constraints: dict[str, float] | None = None) -> None:
+    """Tell Optuna a trial's outcome with its record: values and constraints (<= 0 is feasible), or FAIL."""
+    for key, value in rec.attrs().items():
         trial.set_user_attr(key, value)
-    if failure is not None:
-        trial.set_user_attr(FAILURE, failure[:2000])
+    if rec.failure is not None:
         study.tell(trial, state=TrialState.FAIL)
         return
-    for key, value in constraints.items():
+    for key, value in (constraints or {}).items():
         trial.set_constraint(key, value)
     study.tell(trial, values)

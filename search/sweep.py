@@ -3,29 +3,42 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import optuna
 import yaml
+from optuna.trial import FrozenTrial, TrialState
 
 from evaluators.errors import ConfigError
 from evaluators.latency import TimingSettings
-from evaluators.targets import TargetSpec
+from evaluators.targets import settings_for
 from experiments.tasks import load_task
 from experiments.teacher import resolve_teacher, teacher_to_bytes
 from search.config import Experiment
 from search.executor import RayExecutor, Running
 from search.progress import SweepProgress
-from search.study import finished, open_study, record, requeue
+from search.study import (
+    Baseline,
+    TrialRecord,
+    finished,
+    open_study,
+    read,
+    record,
+    requeue,
+    reusable,
+    set_baseline,
+)
 from search.tracking import Tracker
 from search.trial import TrialContext, TrialResult, teacher_figures
 from spaces.plan import sample
 from spaces.students import suits
 
 # Trial timing: enough repeats for a stable median of a sub-millisecond model without dominating a trial.
-TRIAL_TIMING = dict(warmup=20, min_repeats=50, max_seconds=1.0)
+TRIAL_TIMING = {"warmup": 20, "min_repeats": 50, "max_seconds": 1.0}
 
 
 @dataclass
@@ -34,7 +47,9 @@ class SweepSummary:
 
     finished: int = 0
     failed: int = 0
+    reused: int = 0  # trials answered from an earlier trial with the identical plan, not run again
     ran_now: int = 0
+    reused_now: int = 0
     requeued: list[int] = field(default_factory=list)
     interrupted: bool = False
     seconds: float = 0.0
@@ -50,15 +65,8 @@ def trial_path(exp: Experiment, number: int) -> Path:
 
 
 def timing(exp: Experiment, **overrides: float) -> TimingSettings:
-    """The target's timing settings."""
-    return TimingSettings(threads=exp.target.threads, batch_size=exp.target.batch_size, **{**TRIAL_TIMING, **overrides})
-
-
-def target_spec(exp: Experiment) -> TargetSpec:
-    """The experiment's target as the evaluators know it."""
-    t = exp.target
-    return TargetSpec(kind=t.kind, threads=t.threads, batch_size=t.batch_size, device_id=t.device_id, url=t.url,
-                      token=t.token())
+    """The target's timing settings: a trial's repeats, with any overrides."""
+    return settings_for(exp.target.spec(), **{**TRIAL_TIMING, **overrides})
 
 
 def prepare(exp: Experiment) -> TrialContext:
@@ -77,31 +85,6 @@ def prepare(exp: Experiment) -> TrialContext:
                         seed=exp.search.seed, max_latency_ms=exp.constraints.max_latency_ms)
 
 
-def _tell(exp: Experiment, study: optuna.Study, trial: optuna.Trial, result: TrialResult, teacher: dict[str, float],
-          plan_params: dict, describe: str) -> dict[str, float]:
-    """Record one result: ONNX on disk first, then Optuna (the state of record); MLflow follows from both."""
-    attrs = {"plan": plan_params, "describe": describe, "stages": result.stages, "info": result.info}
-    if not result.ok:
-        record(study, trial, values=None, constraints={}, attrs=attrs, failure=result.error or "unknown error")
-        return {}
-    metrics = dict(result.metrics)
-    metrics["accuracy_drop"] = teacher["accuracy"] - metrics["accuracy"]
-    path = trial_path(exp, trial.number)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(result.onnx or b"")
-    c = exp.constraints
-    constraints = {"accuracy_drop": metrics["accuracy_drop"] - c.max_accuracy_drop}
-    if c.max_latency_ms is not None:
-        constraints["latency_p50_ms"] = metrics["latency_p50_ms"] - c.max_latency_ms
-    if c.max_size_mb is not None:
-        constraints["size_mb"] = metrics["size_mb"] - c.max_size_mb
-    attrs["metrics"] = metrics
-    attrs["feasible"] = all(v <= 0 for v in constraints.values())
-    record(study, trial, values=[metrics[o] for o in exp.objectives], constraints=constraints, attrs=attrs,
-           failure=None)
-    return metrics
-
-
 def sync_tracking(exp: Experiment, study: optuna.Study, tracker: Tracker) -> int:
     """Log every finished trial MLflow lacks (a crash between Optuna and MLflow loses nothing); return how many."""
     logged = tracker.logged_trials()
@@ -111,20 +94,24 @@ def sync_tracking(exp: Experiment, study: optuna.Study, tracker: Tracker) -> int
     return len(missing)
 
 
-def log_trial(exp: Experiment, tracker: Tracker, t: optuna.trial.FrozenTrial) -> None:
-    """Mirror one finished trial, as Optuna holds it, to its nested MLflow run."""
+def log_trial(exp: Experiment, tracker: Tracker, t: FrozenTrial, *, full_traceback: str | None = None) -> None:
+    """Mirror one finished trial, as Optuna holds it, to its nested MLflow run (the whole traceback when the
+    driver still has it, else the end the trial kept)."""
+    rec = read(t)
     path = trial_path(exp, t.number)
-    metrics = t.user_attrs.get("metrics", {})
-    stage_metrics = {f"stage_{k}_s": v for k, v in t.user_attrs.get("stages", {}).items()}
-    info = t.user_attrs.get("info", {})
-    tags = {"slimsweep.feasible": str(t.user_attrs.get("feasible", False)).lower(),
-            "slimsweep.skipped_training": str(bool(info.get("skipped_training"))).lower()}
-    if "latency_cache" in info:
-        tags["slimsweep.latency_cache"] = info["latency_cache"]
+    stage_metrics = {f"stage_{k}_s": v for k, v in rec.stages.items()}
+    tags = {"slimsweep.feasible": str(rec.feasible).lower(),
+            "slimsweep.skipped_training": str(rec.skipped_training).lower()}
+    if "latency_cache" in rec.info:
+        tags["slimsweep.latency_cache"] = rec.info["latency_cache"]
+    if rec.reuse_of is not None:
+        tags["slimsweep.reuse_of"] = str(rec.reuse_of)
+    failed = t.state == TrialState.FAIL
     tracker.log_trial(
-        t.number, t.user_attrs.get("plan", t.params), {**metrics, **stage_metrics},
-        onnx=path.read_bytes() if metrics and path.is_file() else None,
-        failed_reason=t.user_attrs.get("slimsweep.failure") if t.state.name == "FAIL" else None,
+        t.number, rec.plan or t.params, {**rec.metrics, **stage_metrics},
+        onnx=path.read_bytes() if rec.metrics and path.is_file() else None,
+        failed_reason=(rec.failure or "unknown error") if failed else None,
+        traceback=(full_traceback or rec.traceback) if failed else None,
         tags=tags,
     )
 
@@ -132,87 +119,169 @@ def log_trial(exp: Experiment, tracker: Tracker, t: optuna.trial.FrozenTrial) ->
 def run_sweep(exp: Experiment, executor: RayExecutor, ctx: TrialContext, *, quiet: bool = False) -> SweepSummary:
     """Run (or resume) the experiment's sweep until its budget of finished trials is reached."""
     start = time.perf_counter()
-    summary = SweepSummary()
     study = open_study(exp)
-    summary.requeued = requeue(study)  # trials a dead driver left RUNNING
-    tracker = Tracker(exp.tracking_uri, exp.name, exp.out / "mlartifacts")
-    tracker.start_sweep(yaml.safe_dump(exp.model_dump(), sort_keys=False), _sweep_params(exp))
+    summary = SweepSummary(requeued=requeue(study))  # trials a dead driver left RUNNING run again
+    tracker = _open_tracking(exp)
     try:
-        return _sweep(exp, executor, ctx, study, tracker, summary, start, quiet)
+        sync_tracking(exp, study, tracker)  # a crash between Optuna and MLflow lost nothing
+        sweep = _Sweep(exp, executor, study, tracker, summary, teacher=_time_baseline(exp, executor, ctx, study, tracker),
+                       ctx_ref=executor.put(ctx))
+        _ask_and_tell(sweep, quiet)
+        _count(sweep, start)
+        _log_statistics(tracker, summary)
+        return summary
     except BaseException:
         tracker.end("FAILED")  # never leave the parent RUNNING; the study keeps every finished trial
         raise
 
 
-def _sweep(exp: Experiment, executor: RayExecutor, ctx: TrialContext, study: optuna.Study, tracker: Tracker,
-           summary: SweepSummary, start: float, quiet: bool) -> SweepSummary:
-    sync_tracking(exp, study, tracker)
-    # The baseline is timed at the station like every candidate, before any trial trains.
+def _open_tracking(exp: Experiment) -> Tracker:
+    """The sweep's MLflow parent run, created or resumed, with the experiment file attached."""
+    tracker = Tracker(exp.tracking_uri, exp.name, exp.out / "mlartifacts")
+    tracker.start_sweep(yaml.safe_dump(exp.model_dump(), sort_keys=False), _sweep_params(exp))
+    return tracker
+
+
+def _time_baseline(exp: Experiment, executor: RayExecutor, ctx: TrialContext, study: optuna.Study,
+                   tracker: Tracker) -> dict[str, float]:
+    """Time the fp32 teacher at the station like every candidate, before any trial trains; store and log it."""
     teacher_onnx, teacher = teacher_figures(ctx, lambda m: executor.time_model(m, ctx.timing, use_cache=False))
     (exp.out / "teacher.onnx").write_bytes(teacher_onnx)
-    study.set_user_attr("teacher", teacher)
-    study.set_user_attr("input_shape", list(ctx.data.input_shape))
     station = {"node": executor.where[0], "cores": executor.where[1]}
-    study.set_user_attr("station", station)
-    target = executor.describe_target()
+    set_baseline(study, Baseline(teacher=teacher, input_shape=list(ctx.data.input_shape), station=station))
     tracker.log_parent(metrics={f"teacher_{k}": v for k, v in teacher.items()},
-                       tags={"slimsweep.target": json.dumps(target, default=str)[:5000],
+                       tags={"slimsweep.target": json.dumps(executor.describe_target(), default=str)[:5000],
                              "slimsweep.station": json.dumps(station)})
-    ctx_ref = executor.put(ctx)
+    return teacher
 
-    budget = exp.search.trials
+
+@dataclass
+class _Sweep:
+    """What the ask/tell loop works with, and the trials it has in flight."""
+
+    exp: Experiment
+    executor: RayExecutor
+    study: optuna.Study
+    tracker: Tracker
+    summary: SweepSummary
+    teacher: dict[str, float]
+    ctx_ref: Any
+    running: list[Running] = field(default_factory=list)
+    asked: dict[int, tuple[optuna.Trial, dict, str]] = field(default_factory=dict)  # number -> trial, plan, words
+
+
+def _ask_and_tell(sweep: _Sweep, quiet: bool) -> None:
+    """Keep `parallel` trials in flight until the budget is finished; Ctrl-C queues the ones in flight again."""
+    budget = sweep.exp.search.trials
     # The station holds its cores; more trials in flight than CPUs left would only queue inside Ray.
-    parallel = max(1, min(exp.search.parallel, executor.trial_cpus()))
-    summary.parallel = parallel
-    running: list[Running] = []
-    trials: dict[int, tuple[optuna.Trial, dict, str]] = {}
+    parallel = sweep.summary.parallel = max(1, min(sweep.exp.search.parallel, sweep.executor.trial_cpus()))
     progress = SweepProgress(budget, quiet=quiet)
     try:
         with progress:
             while True:
-                done = finished(study)
-                while len(running) < parallel and len(done) + len(running) < budget:
-                    trial = study.ask()
-                    plan = sample(trial, exp.space)
-                    trials[trial.number] = (trial, plan.params(), plan.describe())
-                    running.append(executor.submit(trial.number, plan, ctx_ref))
-                _refresh(progress, study, done, running)
-                if not running:
+                while len(sweep.running) < parallel and len(finished(sweep.study)) + len(sweep.running) < budget:
+                    _ask(sweep, progress)
+                _refresh(progress, sweep)
+                if not sweep.running:
                     break
-                for item, result in executor.wait(running, timeout=1.0):
-                    running.remove(item)
-                    trial, params, describe = trials.pop(item.number)
-                    metrics = _tell(exp, study, trial, result, teacher, params, describe)
-                    log_trial(exp, tracker, study.get_trials(deepcopy=False)[item.number])
-                    summary.ran_now += 1
-                    _refresh(progress, study, finished(study), running)
+                for item, result in sweep.executor.wait(sweep.running, timeout=1.0):
+                    sweep.running.remove(item)
+                    describe, metrics = _tell(sweep, item.number, result)
+                    _refresh(progress, sweep)
                     progress.trial_done(item.number, describe, metrics, result.error,
                                         skipped=bool(result.info.get("skipped_training")))
     except KeyboardInterrupt:
-        executor.cancel(running)
-        requeue(study, [r.number for r in running])
-        summary.interrupted = True
-        tracker.end("KILLED")
-    done = finished(study)
+        sweep.executor.cancel(sweep.running)
+        requeue(sweep.study, [r.number for r in sweep.running])
+        sweep.summary.interrupted = True
+        sweep.tracker.end("KILLED")
+
+
+def _ask(sweep: _Sweep, progress: SweepProgress) -> None:
+    """Ask Optuna for a plan; answer a plan already run from its result, else start it as a Ray task."""
+    trial = sweep.study.ask()
+    plan = sample(trial, sweep.exp.space)
+    earlier = reusable(sweep.study, plan.params())
+    if earlier is not None:
+        rec = _reuse(sweep, trial, plan.params(), plan.describe(), earlier)
+        _refresh(progress, sweep)
+        progress.trial_done(trial.number, rec.describe, rec.metrics, None, skipped=rec.skipped_training,
+                            reused_from=rec.reuse_of)
+        return
+    sweep.asked[trial.number] = (trial, plan.params(), plan.describe())
+    sweep.running.append(sweep.executor.submit(trial.number, plan, sweep.ctx_ref))
+
+
+def _tell(sweep: _Sweep, number: int, result: TrialResult) -> tuple[str, dict[str, float]]:
+    """Record one result: ONNX on disk first, then Optuna (the state of record), then its MLflow run."""
+    trial, params, describe = sweep.asked.pop(number)
+    rec = TrialRecord(plan=params, describe=describe, stages=result.stages, info=result.info)
+    if not result.ok:
+        rec.failure, rec.traceback = result.error or "unknown error", result.traceback
+        record(sweep.study, trial, rec)
+    else:
+        rec.metrics = dict(result.metrics, accuracy_drop=sweep.teacher["accuracy"] - result.metrics["accuracy"])
+        path = trial_path(sweep.exp, number)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(result.onnx or b"")
+        _record_metrics(sweep, trial, rec)
+    log_trial(sweep.exp, sweep.tracker, sweep.study.get_trials(deepcopy=False)[number], full_traceback=result.traceback)
+    sweep.summary.ran_now += 1
+    return describe, rec.metrics
+
+
+def _reuse(sweep: _Sweep, trial: optuna.Trial, params: dict, describe: str, earlier: FrozenTrial) -> TrialRecord:
+    """Tell an identical plan the values of the COMPLETE trial that ran it, without running it again."""
+    old = read(earlier)
+    origin = old.reuse_of if old.reuse_of is not None else earlier.number
+    rec = TrialRecord(plan=params, describe=describe, info=dict(old.info), metrics=dict(old.metrics), reuse_of=origin)
+    shutil.copyfile(trial_path(sweep.exp, earlier.number), trial_path(sweep.exp, trial.number))
+    _record_metrics(sweep, trial, rec)
+    log_trial(sweep.exp, sweep.tracker, sweep.study.get_trials(deepcopy=False)[trial.number])
+    sweep.summary.reused_now += 1
+    return rec
+
+
+def _record_metrics(sweep: _Sweep, trial: optuna.Trial, rec: TrialRecord) -> None:
+    """Tell Optuna a candidate's objective values and its constraints (<= 0 is feasible)."""
+    m, c = rec.metrics, sweep.exp.constraints
+    constraints = {"accuracy_drop": m["accuracy_drop"] - c.max_accuracy_drop}
+    if c.max_latency_ms is not None:
+        constraints["latency_p50_ms"] = m["latency_p50_ms"] - c.max_latency_ms
+    if c.max_size_mb is not None:
+        constraints["size_mb"] = m["size_mb"] - c.max_size_mb
+    rec.feasible = all(v <= 0 for v in constraints.values())
+    record(sweep.study, trial, rec, values=[m[o] for o in sweep.exp.objectives], constraints=constraints)
+
+
+def _count(sweep: _Sweep, start: float) -> None:
+    """The sweep's totals: finished, failed, reused, skipped by latency first and the training time that saved."""
+    summary, done = sweep.summary, finished(sweep.study)
+    records = {t.number: read(t) for t in done}
     summary.finished = len(done)
-    summary.failed = sum(t.state.name == "FAIL" for t in done)
+    summary.failed = sum(t.state == TrialState.FAIL for t in done)
+    summary.reused = sum(r.reuse_of is not None for r in records.values())
     summary.seconds = time.perf_counter() - start
-    skipped = [t for t in done if t.user_attrs.get("info", {}).get("skipped_training")]
-    skipped_numbers = {t.number for t in skipped}
-    trained = [t for t in done if t.state.name == "COMPLETE" and t.number not in skipped_numbers]
-    train_s = [sum(t.user_attrs["stages"].get(k, 0.0) for k in ("distill", "prune")) for t in trained]
+    skipped = [n for n, r in records.items() if r.skipped_training and r.reuse_of is None]
+    trained = [r for t in done if t.state == TrialState.COMPLETE
+               for r in [records[t.number]] if not r.skipped_training and r.reuse_of is None]
+    train_s = [sum(r.stages.get(k, 0.0) for k in ("distill", "prune")) for r in trained]
     summary.skipped_training = len(skipped)
     summary.seconds_saved = len(skipped) * (sum(train_s) / len(train_s) if train_s else 0.0)
-    summary.cache = executor.station_counts()
+    summary.cache = sweep.executor.station_counts()
+
+
+def _log_statistics(tracker: Tracker, summary: SweepSummary) -> None:
+    """The totals on the MLflow parent run."""
     tracker.log_parent(metrics={"trials_finished": summary.finished, "trials_failed": summary.failed,
-                                "trials_skipped_training": summary.skipped_training,
+                                "trials_reused": summary.reused, "trials_skipped_training": summary.skipped_training,
                                 "training_seconds_saved_estimate": summary.seconds_saved, **summary.cache})
-    return summary
 
 
-def _refresh(progress: SweepProgress, study: optuna.Study, done: list, running: list) -> None:
-    progress.update(done=len(done), failed=sum(t.state.name == "FAIL" for t in done), running=len(running),
-                    front=len(study.best_trials) if done else 0)
+def _refresh(progress: SweepProgress, sweep: _Sweep) -> None:
+    done = finished(sweep.study)
+    progress.update(done=len(done), failed=sum(t.state == TrialState.FAIL for t in done), running=len(sweep.running),
+                    front=len(sweep.study.best_trials) if done else 0)
 
 
 def _sweep_params(exp: Experiment) -> dict[str, str]:
@@ -221,4 +290,5 @@ def _sweep_params(exp: Experiment) -> dict[str, str]:
         "trials": str(exp.search.trials), "parallel": str(exp.search.parallel), "seed": str(exp.search.seed),
         "target": f"{exp.target.kind} threads={exp.target.threads} batch={exp.target.batch_size}",
         "max_accuracy_drop": str(exp.constraints.max_accuracy_drop), "storage": exp.storage_url,
+        "pick_policy": exp.pick.policy,
     }

@@ -68,8 +68,10 @@ class Tracker:
         return [r for r in runs if NUMBER in r.data.tags]
 
     def log_trial(self, number: int, params: dict[str, Any], metrics: dict[str, float], *, onnx: bytes | None,
-                  failed_reason: str | None = None, tags: dict[str, str] | None = None) -> str:
-        """One nested run for one finished trial: the plan as params, metrics, its ONNX file or its failure reason."""
+                  failed_reason: str | None = None, traceback: str | None = None,
+                  tags: dict[str, str] | None = None) -> str:
+        """One nested run for one finished trial: the plan as params, metrics, its ONNX file, or its failure reason
+        (a tag) and traceback (the artifact traceback.txt)."""
         all_tags = {ROLE: "trial", NUMBER: str(number), STUDY: self.name, "mlflow.parentRunId": self.parent_id,
                     **(tags or {})}
         if failed_reason is not None:
@@ -86,6 +88,8 @@ class Tracker:
                 path = Path(tmp) / "model.onnx"
                 path.write_bytes(onnx)
                 self.client.log_artifact(run_id, str(path))
+        if traceback:
+            self.client.log_text(run_id, traceback, "traceback.txt")
         self.client.set_terminated(run_id, "FAILED" if failed_reason is not None else "FINISHED")
         return run_id
 

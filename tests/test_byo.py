@@ -11,7 +11,7 @@ import yaml
 from experiments.tasks import digits
 from search.cli import main
 from search.config import load
-from search.study import finished
+from search.study import baseline, finished, read
 from spaces.export import to_onnx
 from spaces.students import CNN, Distillation, train
 
@@ -42,10 +42,10 @@ def test_a_plugin_task_with_residual_concat_and_depthwise_layers_sweeps_end_to_e
     done = finished(_study(exp))
     assert len(done) == 3 and all(t.state.name == "COMPLETE" for t in done)
     for t in done:
-        info = t.user_attrs["info"]
+        info = read(t).info
         # Channels really went: the residual add and the concatenation were pruned consistently, and it ran.
         assert info["channels"] < info["channels_before_pruning"]
-        assert t.user_attrs["metrics"]["accuracy"] > 30
+        assert read(t).metrics["accuracy"] > 30
     model = onnx.load(str(exp.out / "deployable.onnx"))
     ops = {n.op_type for n in model.graph.node}
     assert "Concat" in ops and "Add" in ops
@@ -75,10 +75,10 @@ def test_an_onnx_only_task_searches_the_quantization_knobs(tmp_path):
     assert len(done) == 3
     for t in done:
         assert set(t.params) <= {"quantization.scheme"}  # nothing but quantization was searched
-        plan = t.user_attrs["plan"]
+        plan = read(t).plan
         assert plan["student.kind"] == "teacher" and plan["pruning.ratio"] == 0.0
         assert all(k.startswith("quantization.") for k in set(plan) - {"student.kind", "pruning.ratio"})
-    teacher = study.user_attrs["teacher"]
+    teacher = baseline(study).teacher
     assert abs(teacher["size_mb"] - (tmp_path / "model.onnx").stat().st_size / 1e6) < 1e-9  # the user's own model
 
 
@@ -106,5 +106,5 @@ def test_the_shipped_mnist_files_sweep(tmp_path):
     exp = load(path)
     study = _study(exp)
     assert len(finished(study)) == 2
-    assert study.user_attrs["input_shape"] == [1, 28, 28]
-    assert study.user_attrs["teacher"]["accuracy"] > 80  # a real MNIST teacher, not chance
+    assert baseline(study).input_shape == [1, 28, 28]
+    assert baseline(study).teacher["accuracy"] > 80  # a real MNIST teacher, not chance

@@ -62,13 +62,13 @@ def test_measure_reports_ordered_percentiles_within_repeat_bounds(small):
     assert all(np.isfinite(v) for v in result.metrics().values())
 
 
-def test_sixteen_times_the_convolution_work_is_measured_slower(small):
-    # 8 -> 128 channels is ~256x the multiply-adds of the middle conv, ~6-18x the time here (the small net is mostly
-    # call overhead); only a side-by-side ratio is asserted, with room for a busy machine.
-    big = export(conv_net(128))
+def test_a_thousand_times_the_convolution_work_is_measured_slower(small):
+    # 8 -> 256 channels is ~1,000x the multiply-adds of the middle conv (milliseconds against tens of microseconds):
+    # a gap no busy machine closes, so only the order is asserted, never a ratio.
+    big = export(conv_net(256))
     fast = measure(small, QUICK)
     slow = measure(big, QUICK)
-    assert slow.p50_ms / fast.p50_ms > 2
+    assert slow.p50_ms > fast.p50_ms
 
 
 def test_repeats_stop_at_max_repeats_when_the_interval_never_gets_tight(small):

@@ -12,7 +12,7 @@ from sqlalchemy.exc import OperationalError
 
 from conftest import run_cli, small_experiment, start_cli
 from search.config import load
-from search.study import INTERRUPTED, finished
+from search.study import finished, interrupted, retry_of
 
 BUDGET = 6
 
@@ -58,8 +58,8 @@ def _check_resumed(exp, kept: dict[int, object]) -> None:
         assert done[number] == completed  # the finished trial was kept, not run again
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
     for t in study.trials:  # a trial run again after an interruption ran the same plan
-        if "slimsweep.retry_of" in t.user_attrs:
-            assert t.params == study.trials[t.user_attrs["slimsweep.retry_of"]].params
+        if retry_of(t) is not None:
+            assert t.params == study.trials[retry_of(t)].params
     # MLflow mirrors Optuna: one nested run per finished trial, none twice.
     client = MlflowClient(exp.tracking_uri)
     experiment = client.get_experiment_by_name(exp.name)
@@ -75,11 +75,13 @@ def test_ctrl_c_stops_cleanly_then_the_same_command_resumes(tmp_path):
     kept, code, output = _stop_after_two(path, tmp_path, signal.SIGINT)
     assert code == 130, output[-3000:]
     study = optuna.load_study(study_name=exp.name, storage=exp.storage_url)
-    # Nothing is left half-done: in-flight trials are failed as interrupted and queued to run again.
+    # Nothing is left half-done: in-flight trials are failed and queued to run again by Optuna's retry convention
+    # (system attributes `failed_trial` / `retry_history`), which Optuna's tools and optuna-dashboard read.
     assert not study.get_trials(states=(TrialState.RUNNING,))
-    interrupted = [t for t in study.trials if t.user_attrs.get(INTERRUPTED)]
+    left = interrupted(study)
+    assert all(study.trials[n].state == TrialState.FAIL for n in left)
     waiting = study.get_trials(states=(TrialState.WAITING,))
-    assert sorted(t.user_attrs["slimsweep.retry_of"] for t in waiting) == sorted(t.number for t in interrupted)
+    assert sorted(t.system_attrs["failed_trial"] for t in waiting) == sorted(left)
     client = MlflowClient(exp.tracking_uri)
     parent = client.search_runs([client.get_experiment_by_name(exp.name).experiment_id],
                                 "tags.`slimsweep.role` = 'sweep'")[0]
@@ -103,6 +105,6 @@ def test_a_crashed_driver_is_resumed_without_repeating_finished_trials(tmp_path)
     if orphans:
         assert "queued again" in result.stdout
     study = optuna.load_study(study_name=exp.name, storage=exp.storage_url)
-    retried = {t.user_attrs.get("slimsweep.retry_of") for t in study.trials} - {None}
+    retried = {retry_of(t) for t in study.trials} - {None}
     assert retried == {t.number for t in orphans}  # the crash's orphans ran again, with the same plans
     _check_resumed(exp, kept)

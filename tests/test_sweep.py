@@ -5,18 +5,39 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import optuna
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import small_experiment
 from experiments.tasks import digits
 from search.cli import main
 from search.config import load
-from search.study import finished
+from search.pick import Choice, register_pick_policy
+from search.study import finished, read
+
+
+@register_pick_policy
+class Smallest:
+    """A policy registered from this test module, never touching search/: the smallest front member."""
+
+    name = "smallest_for_test"
+
+    @classmethod
+    def from_config(cls, pick):
+        return cls()
+
+    def describe(self) -> str:
+        return "smallest front member on disk"
+
+    def choose(self, front, teacher_latency_ms):
+        best = min(front, key=lambda c: (c.size_mb, c.trial))
+        return Choice(best, f"{self.describe()}: trial {best.trial}, {best.size_mb:.4f} MB", True)
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +134,8 @@ def test_front_and_pick_commands_reuse_the_sweep(swept, capsys):
     assert main(["pick", str(path), "--max-accuracy-drop", "0", "--max-latency-ms", "0.000001"]) == 0
     card = json.loads((exp.out / "model_card.json").read_text())
     assert card["met_policy"] is False and "no front member meets the policy" in card["why"]
-    best = max(_study(exp).best_trials, key=lambda t: t.user_attrs["metrics"]["accuracy"])
-    assert card["measured"]["accuracy"] == best.user_attrs["metrics"]["accuracy"]
+    best = max(_study(exp).best_trials, key=lambda t: read(t).metrics["accuracy"])
+    assert card["measured"]["accuracy"] == read(best).metrics["accuracy"]
     assert len(finished(_study(exp))) == before  # no trial ran again
     client = MlflowClient(exp.tracking_uri)
     assert str(client.get_model_version_by_alias(exp.name, "deployable").version) == card["registry"]["version"]
@@ -132,8 +153,52 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
     failed = [t for t in done if t.state.name == "FAIL"]
     assert len(done) == 5 and failed, "the random sampler should have drawn a cnn student at least once"
     assert all(t.params["student"] == "cnn" for t in failed)
-    assert all("lower the learning rate" in t.user_attrs["slimsweep.failure"] for t in failed)
+    for t in failed:
+        rec = read(t)
+        assert "lower the learning rate" in rec.failure
+        # The traceback came back from the worker: the frames down to the raise, not just the reason.
+        assert rec.traceback.startswith("Traceback") and "in run_trial" in rec.traceback
+        assert rec.reuse_of is None  # a failed plan is run again when drawn again, never answered from a failure
     client, children = _runs(exp, "trial")
     failed_runs = [r for r in children if r.info.status == "FAILED"]
     assert len(failed_runs) == len(failed)
-    assert all("nan" in r.data.tags["slimsweep.failure"] for r in failed_runs)
+    for run in failed_runs:
+        assert "nan" in run.data.tags["slimsweep.failure"]
+        text = client.download_artifacts(run.info.run_id, "traceback.txt", str(tmp_path))
+        assert "lower the learning rate" in Path(text).read_text()
+
+    # Only two plans exist (the teacher, or the failing student): the teacher drawn again is answered from its
+    # first result, not trained again, and counted.
+    complete = [t for t in done if t.state.name == "COMPLETE"]
+    first = min(t.number for t in complete)
+    reused = [t for t in complete if t.number != first]
+    for t in reused:
+        assert read(t).reuse_of == first and t.params == study.trials[first].params
+        assert t.values == study.trials[first].values
+        assert not read(t).stages  # nothing ran
+    parent = client.search_runs([client.get_experiment_by_name(exp.name).experiment_id],
+                                "tags.`slimsweep.role` = 'sweep'")[0]
+    assert parent.data.metrics["trials_reused"] == len(reused)
+    assert {r.data.tags.get("slimsweep.reuse_of") for r in children if int(r.data.tags["optuna.trial_number"])
+            in {t.number for t in reused}} <= {str(first)}
+
+
+def test_a_pick_policy_registered_by_a_test_module_is_reachable_from_the_experiment_file(swept, capsys):
+    _, exp, folder = swept
+    data = yaml.safe_load((folder / f"{exp.name}.yaml").read_text())
+    data["pick"] = {"policy": "smallest_for_test"}
+    path = folder / "smallest.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["pick", str(path)]) == 0
+    card = json.loads((exp.out / "model_card.json").read_text())
+    assert card["policy_name"] == "smallest_for_test" and card["policy"] == "smallest front member on disk"
+    front = _study(exp).best_trials
+    assert card["trial"] == min(front, key=lambda t: (read(t).metrics["size_mb"], t.number)).number
+
+
+def test_an_unknown_pick_policy_is_refused_at_the_edge_naming_the_registered_ones(tmp_path, capsys):
+    path = small_experiment(tmp_path, name="badpick", pick={"policy": "fastest"})
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "pick.policy: 'fastest' is not allowed" in err and "fastest_within" in err
+    assert not (tmp_path / "outputs").exists()

@@ -1,0 +1,86 @@
+"""Samplers by name: the registry the schema's `search.sampler` is checked against, and how each is built.
+
+Adding a sampler is one class here (or in your own module) registered with `register_sampler`. Optuna is imported
+only when a sampler is built, so an experiment file validates without it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+from evaluators.errors import ConfigError, not_allowed
+
+if TYPE_CHECKING:
+    import optuna
+
+
+class SamplerEntry(Protocol):
+    """One sampler: its name in experiment files and how it is built for a sweep of `trials` trials."""
+
+    name: ClassVar[str]
+
+    @staticmethod
+    def build(seed: int, trials: int) -> optuna.samplers.BaseSampler:
+        """The seeded sampler."""
+
+
+SAMPLERS: dict[str, type[SamplerEntry]] = {}
+
+
+def register_sampler(entry: type[SamplerEntry]) -> type[SamplerEntry]:
+    """Make a sampler reachable from experiment files by its name (usable as a class decorator)."""
+    SAMPLERS[entry.name] = entry
+    return entry
+
+
+def check_sampler(name: str) -> str:
+    """The name, if a sampler is registered under it; else ValueError naming the value and the allowed ones."""
+    if name not in SAMPLERS:
+        raise ValueError(not_allowed(name, SAMPLERS))
+    return name
+
+
+def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
+    """The named sampler; always explicit, since Optuna 5 changed the multi-objective default."""
+    if name not in SAMPLERS:
+        raise ConfigError(f"search.sampler: {not_allowed(name, SAMPLERS)}")
+    return SAMPLERS[name].build(seed, trials)
+
+
+@register_sampler
+class TPE:
+    """Optuna's TPE; its random start-up is a third of the budget, between 4 and 10 trials."""
+
+    name = "tpe"
+
+    @staticmethod
+    def build(seed: int, trials: int) -> optuna.samplers.BaseSampler:
+        import optuna
+
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(4, min(10, trials // 3)))
+
+
+@register_sampler
+class NSGAII:
+    """Optuna's NSGA-II; a generation is a third of the budget, between 4 and 50 trials."""
+
+    name = "nsgaii"
+
+    @staticmethod
+    def build(seed: int, trials: int) -> optuna.samplers.BaseSampler:
+        import optuna
+
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 3)))
+
+
+@register_sampler
+class Random:
+    """Uniform random sampling: the baseline every other sampler is read against."""
+
+    name = "random"
+
+    @staticmethod
+    def build(seed: int, trials: int) -> optuna.samplers.BaseSampler:
+        import optuna
+
+        return optuna.samplers.RandomSampler(seed=seed)
