@@ -73,3 +73,9 @@ def input_dtype(session: ort.InferenceSession) -> type[np.generic]:
 def _is_fixed(dim: object) -> bool:
     # ONNX Runtime reports a symbolic dimension as its name (str) and an unknown one as None or a negative int.
     return isinstance(dim, int) and dim > 0
+
+
+def model_batch(model: bytes | str | os.PathLike) -> int | None:
+    """The batch size a model file fixes on its first input, or None when the batch dimension is symbolic."""
+    # The CPU provider is in every ONNX Runtime build, so any model can be read this way whatever the target.
+    return fixed_batch(make_session(model))
