@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -154,8 +155,10 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
     study = open_study(exp)
     tracker = Tracker(exp.tracking_uri, exp.name, exp.out / "mlartifacts")
 
-    def retime(model: bytes, settings) -> float:
-        return executor.time_model(model, settings, use_cache=False)[0].p50_ms
+    def retime(models: list[bytes], names: list[str], settings) -> Any:
+        import ray  # the station times the teacher and the front side by side, on its reserved cores
+
+        return ray.get(executor.station.compare.remote(models, names, settings))
 
     return _deliver(exp, study, tracker, Policy(exp.pick.max_accuracy_drop, exp.pick.max_latency_ms), retime=retime,
                     console=console)
@@ -189,11 +192,24 @@ def _deliver(exp: Experiment, study: Any, tracker: Any, policy: Any, *, retime: 
     teacher = dict(study.user_attrs["teacher"], latency_p50_ms_verified=teacher_latency(study))
     console.print(table(delivery.front, teacher))
     console.print(f"picked trial {delivery.choice.candidate.trial}: {delivery.choice.why}")
+    console.print(_speedup_line(json.loads(delivery.card_path.read_text())))
     console.print(f"wrote {delivery.onnx_path} and {delivery.card_path}; registered "
                   f"models:/{exp.name}@deployable (version {delivery.registered_version})")
     console.print(f"review: mlflow ui --backend-store-uri {exp.tracking_uri}")
     tracker.end("FINISHED")
     return 0
+
+
+def _speedup_line(card: dict[str, Any]) -> str:
+    """The pick's speed-up over the fp32 teacher in words, saying plainly when it is within the noise."""
+    speed = card["speedup_vs_teacher"]
+    if card.get("speedup_ci_low") is None:
+        return f"speed-up over the fp32 teacher: {speed:.2f}x ({card['speedup_method']})"
+    line = (f"speed-up over the fp32 teacher, timed side by side: {speed:.2f}x "
+            f"(95% interval {card['speedup_ci_low']:.2f}-{card['speedup_ci_high']:.2f})")
+    if not card["speedup_clear_of_one"]:
+        line += "; the interval includes 1.0: on this machine the pick is not measurably faster than the teacher"
+    return line
 
 
 def _front(exp: Experiment, args: argparse.Namespace) -> int:
@@ -237,7 +253,6 @@ def _bench(args: argparse.Namespace) -> int:
     settings = TimingSettings(threads=spec.threads, batch_size=spec.batch_size, max_seconds=args.max_seconds)
     stats = make_target(spec).measure(model.read_bytes(), settings)
     if args.json:
-        import json
         from dataclasses import asdict
 
         print(json.dumps({"model": str(model), "target": target.kind, "threads": spec.threads,
@@ -304,8 +319,6 @@ def _compare(args: argparse.Namespace) -> int:
     settings = CompareSettings(threads=target.threads, batch_size=target.batch_size, max_seconds=args.max_seconds)
     result = compare(paths, settings, names=_short_names(paths))
     if args.json:
-        import json
-
         print(json.dumps({**result.to_dict(), "threads": settings.threads, "batch_size": settings.batch_size,
                           "batch_note": note}, indent=2))
         return 0

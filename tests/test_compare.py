@@ -246,3 +246,32 @@ def test_bench_json_on_a_symbolic_batch_model_uses_batch_one(tmp_path):
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["batch_size"] == 1 and data["batch_note"] is None and data["p50_ms"] > 0
+
+
+# --- the bench station ------------------------------------------------------------------------------------------
+
+def test_the_station_compares_on_its_target_and_through_measurements_where_no_session_stays_open():
+    from evaluators.latency import measure
+    from evaluators.targets import TargetSpec, make_target
+    from search.station import BenchStation
+
+    station = object.__new__(BenchStation)  # its __init__ joins Ray and pins cores; compare needs only the target
+    station.target = make_target(TargetSpec("cpu"))
+    local = station.compare([conv_stack(), tiny_matmul()], ["convs", "matmul"], QUICK)
+    assert local.get("matmul").verdict() == "faster"
+
+    class AgentLike:  # a target without ONNX Runtime providers here, as a device agent is: one request per burst
+        spec = TargetSpec("cpu")
+        requests = 0
+
+        def measure(self, model, settings):
+            AgentLike.requests += 1
+            return measure(model, settings)
+
+    station.target = AgentLike()
+    few = CompareSettings(warmup=2, burst_seconds=0.005, min_rounds=5, max_rounds=5)
+    remote = station.compare([conv_stack(), tiny_matmul()], ["convs", "matmul"], few)
+    assert remote.rounds == 5 and AgentLike.requests == 10
+    assert remote.get("matmul").speedup > 1
+    with pytest.raises(ConfigError, match="threads"):
+        station.compare([tiny_matmul(), tiny_matmul()], ["a", "b"], CompareSettings(threads=2))
