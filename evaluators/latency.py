@@ -10,10 +10,11 @@ import gc
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
+import onnxruntime as ort
 
 from evaluators.errors import ConfigError, SlimsweepError
 from evaluators.runtime import Provider, input_dtype, input_shape, make_session
@@ -21,6 +22,13 @@ from evaluators.runtime import Provider, input_dtype, input_shape, make_session
 # Runs between two checks of the stopping rule: sorting the sample after every run would cost more than a tiny model.
 _CHUNK = 25
 _Z95 = 1.959964
+# The clock every timed run reads; one seam, so a test can put a fake clock here.
+_clock = time.perf_counter_ns
+
+
+# A trial's timing: enough repeats for a stable median of a sub-millisecond model without dominating a trial
+# (`slimsweep bench` uses the same, so its figures read like a sweep's).
+TRIAL_TIMING = {"warmup": 20, "min_repeats": 50, "max_seconds": 1.0}
 
 
 @dataclass(frozen=True)
@@ -100,7 +108,43 @@ def measure(
     require_provider: str | None = None,
 ) -> LatencyStats:
     """Time one model on ONNX Runtime with the project's timing method."""
-    session = make_session(model, threads=settings.threads, providers=providers)
+    prepared = prepare(model, threads=settings.threads, batch_size=settings.batch_size, providers=providers,
+                       require_provider=require_provider)
+    prepared.warm_up(settings.warmup)
+    stats = _summarize(_time_runs(prepared, settings), settings, retried=False)
+    if stats.cv > settings.max_cv:
+        # A noisy spell (another process, a frequency change) often passes; retry once, then let the flag say it.
+        stats = _summarize(_time_runs(prepared, settings), settings, retried=True)
+    return stats
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An open session and the fixed input it is timed on."""
+
+    session: ort.InferenceSession
+    feed: dict[str, np.ndarray]
+
+    def run(self) -> None:
+        """One inference."""
+        self.session.run(None, self.feed)
+
+    def warm_up(self, runs: int) -> None:
+        """Runs whose times are discarded (allocations, caches, lazy kernel choices)."""
+        for _ in range(runs):
+            self.run()
+
+
+def prepare(
+    model: bytes | str | os.PathLike,
+    *,
+    threads: int,
+    batch_size: int,
+    providers: Sequence[Provider] = ("CPUExecutionProvider",),
+    require_provider: str | None = None,
+) -> Prepared:
+    """Open the model's session as every timing does, and its input at the batch size (or the model's fixed one)."""
+    session = make_session(model, threads=threads, providers=providers)
     got = session.get_providers()
     if require_provider is not None and (not got or got[0] != require_provider):
         # ONNX Runtime falls back to the CPU with only a log line; CPU timings must never pass for the device's.
@@ -108,46 +152,55 @@ def measure(
             f"ONNX Runtime fell back to {got[0] if got else 'no provider'} for this model instead of "
             f"{require_provider} (the device or its libraries did not start), so it was not timed"
         )
-    shape = input_shape(session, settings.batch_size)
-    if shape[0] != settings.batch_size:
+    shape = input_shape(session, batch_size)
+    if shape[0] != batch_size:
         raise SlimsweepError(
             f"the model's input {session.get_inputs()[0].name!r} has a fixed batch of {shape[0]}, "
-            f"but TimingSettings.batch_size = {settings.batch_size}; time it with batch_size={shape[0]} "
+            f"but TimingSettings.batch_size = {batch_size}; time it with batch_size={shape[0]} "
             "or export it with a symbolic batch dimension"
         )
     # Latency does not depend on the values, so a fixed random input keeps measurements repeatable.
     x = np.random.default_rng(0).standard_normal(shape).astype(input_dtype(session))
-    feed = {session.get_inputs()[0].name: x}
-    for _ in range(settings.warmup):
-        session.run(None, feed)
-    stats = _summarize(_time_runs(session, feed, settings), settings, retried=False)
-    if stats.cv > settings.max_cv:
-        # A noisy spell (another process, a frequency change) often passes; retry once, then let the flag say it.
-        stats = _summarize(_time_runs(session, feed, settings), settings, retried=True)
-    return stats
+    return Prepared(session, {session.get_inputs()[0].name: x})
 
 
-def _time_runs(session, feed: dict[str, np.ndarray], settings: TimingSettings) -> np.ndarray:
-    """Per-run times in milliseconds, repeated until the median is tight, max_repeats, or the time cap."""
+def timed_runs(
+    prepared: Prepared,
+    *,
+    max_runs: int,
+    seconds: float,
+    at_least: int = 1,
+    enough: Callable[[list[int]], bool] | None = None,
+) -> np.ndarray:
+    """Per-run times in milliseconds of back-to-back runs, until max_runs, `seconds` (once `at_least` ran), or `enough`."""
     times_ns: list[int] = []
-    deadline = time.perf_counter_ns() + int(settings.max_seconds * 1e9)
+    deadline = _clock() + int(seconds * 1e9)
     gc_was_enabled = gc.isenabled()
     gc.disable()  # a garbage collection inside a timed run would be charged to the model
     try:
-        while len(times_ns) < settings.max_repeats:
-            start = time.perf_counter_ns()
-            session.run(None, feed)
-            end = time.perf_counter_ns()
+        while len(times_ns) < max_runs:
+            start = _clock()
+            prepared.run()
+            end = _clock()
             times_ns.append(end - start)
-            if end >= deadline:
+            if end >= deadline and len(times_ns) >= at_least:
                 break
-            done = len(times_ns) - settings.min_repeats
-            if done >= 0 and done % _CHUNK == 0 and _ci_rel(times_ns) <= settings.target_rel_ci:
+            if enough is not None and enough(times_ns):
                 break
     finally:
         if gc_was_enabled:
             gc.enable()
     return np.asarray(times_ns, dtype=np.float64) / 1e6
+
+
+def _time_runs(prepared: Prepared, settings: TimingSettings) -> np.ndarray:
+    """Per-run times in milliseconds, repeated until the median is tight, max_repeats, or the time cap."""
+
+    def tight(times_ns: list[int]) -> bool:
+        done = len(times_ns) - settings.min_repeats
+        return done >= 0 and done % _CHUNK == 0 and _ci_rel(times_ns) <= settings.target_rel_ci
+
+    return timed_runs(prepared, max_runs=settings.max_repeats, seconds=settings.max_seconds, enough=tight)
 
 
 def _ci_rel(sample: Sequence[float] | np.ndarray) -> float:

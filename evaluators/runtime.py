@@ -28,9 +28,14 @@ def make_session(
     *,
     threads: int = 1,
     providers: Sequence[Provider] = ("CPUExecutionProvider",),
+    profile_prefix: str | None = None,
 ) -> ort.InferenceSession:
     """Open an ONNX Runtime session with fixed threads (intra_op=threads, inter_op=1, sequential execution, all graph optimizations)."""
     options = ort.SessionOptions()
+    if profile_prefix is not None:
+        # ONNX Runtime's own trace of every run: an independent clock to check the timing method against.
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     options.intra_op_num_threads = threads
     # One inter-op thread and sequential execution: the thread count we report is the one that ran.
     options.inter_op_num_threads = 1
@@ -73,3 +78,9 @@ def input_dtype(session: ort.InferenceSession) -> type[np.generic]:
 def _is_fixed(dim: object) -> bool:
     # ONNX Runtime reports a symbolic dimension as its name (str) and an unknown one as None or a negative int.
     return isinstance(dim, int) and dim > 0
+
+
+def model_batch(model: bytes | str | os.PathLike) -> int | None:
+    """The batch size a model file fixes on its first input, or None when the batch dimension is symbolic."""
+    # The CPU provider is in every ONNX Runtime build, so any model can be read this way whatever the target.
+    return fixed_batch(make_session(model))

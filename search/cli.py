@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -44,11 +45,21 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("model", help="ONNX file")
     bench.add_argument("--target", default="cpu", help="cpu | cuda | tensorrt | openvino | remote (default cpu)")
     bench.add_argument("--threads", type=int, default=1)
-    bench.add_argument("--batch-size", type=int, default=1)
+    bench.add_argument("--batch-size", type=int, help="default: the model's own batch if it fixes one, else 1")
     bench.add_argument("--device-id", type=int, default=0)
     bench.add_argument("--url", help="device agent URL (target remote)")
     bench.add_argument("--token-file", help="file holding the device agent's token (target remote)")
     bench.add_argument("--max-seconds", type=float, default=3.0, help="time cap of the repeat loop")
+    bench.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+    compare = sub.add_parser("compare", help="time ONNX models side by side (interleaved, round after round) and "
+                                             "give each one's speed-up over a baseline with a 95%% interval")
+    compare.add_argument("models", nargs="+", help="ONNX files")
+    compare.add_argument("--baseline", help="the model speed-ups are taken against (default: the first)")
+    compare.add_argument("--threads", type=int, default=1)
+    compare.add_argument("--batch-size", type=int, help="default: the models' own batch if they fix one, else 1")
+    compare.add_argument("--max-seconds", type=float, default=30.0, help="time cap of all rounds together")
+    compare.add_argument("--json", action="store_true", help="print the figures as JSON")
 
     agent = sub.add_parser("agent", help="serve this device as a remote target: time ONNX models sent over HTTP")
     agent.add_argument("--port", type=int, default=8470)
@@ -70,8 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (2 for a bad experiment file or flag, 130 when stopped by Ctrl-C)."""
     args = _parser().parse_args(argv)
     try:
-        if args.command in {"bench", "agent"}:
-            return {"bench": _bench, "agent": _agent}[args.command](args)
+        if args.command in {"bench", "agent", "compare"}:
+            return {"bench": _bench, "agent": _agent, "compare": _compare}[args.command](args)
         exp = load(args.experiment, _overrides(args))  # validated before anything is imported, started or written
         return {"run": _run, "front": _front, "pick": _pick}[args.command](exp, args)
     except ConfigError as exc:
@@ -145,8 +156,10 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
     study = open_study(exp)
     tracker = Tracker(exp.tracking_uri, exp.name, exp.out / "mlartifacts")
 
-    def retime(model: bytes, settings) -> float:
-        return executor.time_model(model, settings, use_cache=False)[0].p50_ms
+    def retime(models: list[bytes], names: list[str], settings) -> Any:
+        import ray  # the station times the teacher and the front side by side, on its reserved cores
+
+        return ray.get(executor.station.compare.remote(models, names, settings))
 
     return _deliver(exp, study, tracker, make_policy(exp.pick), retime=retime, console=console)
 
@@ -179,11 +192,24 @@ def _deliver(exp: Experiment, study: Any, tracker: Any, policy: Any, *, retime: 
         raise
     console.print(table(delivery.front, dict(teacher(study), latency_p50_ms_verified=teacher_latency(study))))
     console.print(f"picked trial {delivery.choice.candidate.trial}: {delivery.choice.why}")
+    console.print(_speedup_line(json.loads(delivery.card_path.read_text())))
     console.print(f"wrote {delivery.onnx_path} and {delivery.card_path}; registered "
                   f"models:/{exp.name}@deployable (version {delivery.registered_version})")
     console.print(f"review: mlflow ui --backend-store-uri {exp.tracking_uri}")
     tracker.end("FINISHED")
     return 0
+
+
+def _speedup_line(card: dict[str, Any]) -> str:
+    """The pick's speed-up over the fp32 teacher in words, saying plainly when it is within the noise."""
+    speed = card["speedup_vs_teacher"]
+    if card.get("speedup_ci_low") is None:
+        return f"speed-up over the fp32 teacher: {speed:.2f}x ({card['speedup_method']})"
+    line = (f"speed-up over the fp32 teacher, timed side by side: {speed:.2f}x "
+            f"(95% interval {card['speedup_ci_low']:.2f}-{card['speedup_ci_high']:.2f})")
+    if not card["speedup_clear_of_one"]:
+        line += "; the interval includes 1.0: on this machine the pick is not measurably faster than the teacher"
+    return line
 
 
 def _front(exp: Experiment, args: argparse.Namespace) -> int:
@@ -208,20 +234,27 @@ def _pick(exp: Experiment, args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from search.config import Target
-    from search.sweep import TRIAL_TIMING
 
-    fields = {"kind": args.target, "threads": args.threads, "batch_size": args.batch_size,
-              "device_id": args.device_id, "url": args.url, "token_file": args.token_file}
-    target = _validated(Target, {k: v for k, v in fields.items() if v is not None}, "--target flags")
     model = Path(args.model)
     if not model.is_file():
         raise ConfigError(f"{model}: no such ONNX file")
+    batch, note = _batch_for([model], args.batch_size)
+    fields = {"kind": args.target, "threads": args.threads, "batch_size": batch,
+              "device_id": args.device_id, "url": args.url, "token_file": args.token_file}
+    target = _validated(Target, {k: v for k, v in fields.items() if v is not None}, "--target flags")
+    from evaluators.latency import TRIAL_TIMING
     from evaluators.targets import make_target, settings_for
 
     spec = target.spec()
     _check_target(spec)
     settings = settings_for(spec, **{**TRIAL_TIMING, "max_seconds": args.max_seconds})
     stats = make_target(spec).measure(model.read_bytes(), settings)
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps({"model": str(model), "target": target.kind, "threads": spec.threads,
+                          "batch_size": spec.batch_size, "batch_note": note, **asdict(stats)}, indent=2))
+        return 0
     from rich.table import Table
 
     table = Table(title=f"{model.name} on {target.kind} (threads {spec.threads}, batch {spec.batch_size})")
@@ -231,8 +264,86 @@ def _bench(args: argparse.Namespace) -> int:
         table.add_row(key, f"{value:.4f}")
     table.add_row("repeats", str(stats.repeats))
     table.add_row("stable", "yes" if stats.stable else "NO (noisy: re-run on a quieter machine)")
-    _console().print(table)
+    console = _console()
+    if note:
+        console.print(note)
+    console.print(table)
     return 0
+
+
+def _batch_for(models: list[Path], given: int | None) -> tuple[int | None, str | None]:
+    """The batch to time at: the flag, else the one the models fix (said in the note), else None (the default)."""
+    from evaluators.runtime import model_batch
+
+    try:
+        fixed = {m.name: model_batch(m) for m in models}
+    except Exception as exc:  # not a model ONNX Runtime can open: say which and why, as a config error
+        raise ConfigError(f"cannot open the model as ONNX: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+    batches = {b for b in fixed.values() if b is not None}
+    if given is not None:
+        clash = {name: b for name, b in fixed.items() if b is not None and b != given}
+        if clash:
+            raise ConfigError(f"--batch-size: {given} is not allowed for a model that fixes its batch ({clash}); "
+                              "drop the flag or give that batch")
+        return given, None
+    if len(batches) > 1:
+        raise ConfigError(f"--batch-size: the models fix different batch sizes ({fixed}); time models of one batch")
+    if not batches:
+        return None, None
+    batch = batches.pop()
+    return batch, f"the model fixes its batch dimension at {batch}: timed at batch {batch} (--batch-size not given)"
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from search.config import Target
+
+    paths = [Path(m) for m in args.models]
+    baseline = Path(args.baseline) if args.baseline else paths[0]
+    # The baseline goes first; given only with --baseline, it is added.
+    paths = [baseline, *[p for p in paths if p.resolve() != baseline.resolve()]]
+    for p in paths:
+        if not p.is_file():
+            raise ConfigError(f"{p}: no such ONNX file")
+    if len(paths) < 2:
+        raise ConfigError(f"compare needs at least two different models; got {[str(p) for p in paths]}")
+    if args.max_seconds <= 0:
+        raise ConfigError(f"--max-seconds: {args.max_seconds} is not allowed; give a time cap > 0")
+    batch, note = _batch_for(paths, args.batch_size)
+    fields = {"kind": "cpu", "threads": args.threads, "batch_size": batch}
+    target = _validated(Target, {k: v for k, v in fields.items() if v is not None}, "--threads/--batch-size")
+    from evaluators.compare import CompareSettings, compare
+
+    settings = CompareSettings(threads=target.threads, batch_size=target.batch_size, max_seconds=args.max_seconds)
+    result = compare(paths, settings, names=_short_names(paths))
+    if args.json:
+        print(json.dumps({**result.to_dict(), "threads": settings.threads, "batch_size": settings.batch_size,
+                          "batch_note": note}, indent=2))
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"side by side on cpu (threads {settings.threads}, batch {settings.batch_size}): speed-up = "
+                        f"median of per-round {result.baseline.name} p50 / model p50")
+    for column in ("model", "p50 ms", "speed-up", "95% CI", "vs baseline"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for m in result.models:
+        table.add_row(m.name, f"{m.p50_ms:.4f}", f"{m.speedup:.3f}x",
+                      f"{m.speedup_ci_low:.3f} - {m.speedup_ci_high:.3f}",
+                      "baseline" if m is result.baseline else m.verdict())
+    console = _console()
+    if note:
+        console.print(note)
+    console.print(table)
+    tight = (f"every interval within ±{settings.target_rel_ci:.0%}" if result.tight else
+             f"NOT every interval reached ±{settings.target_rel_ci:.0%} (time cap): re-run with a larger "
+             "--max-seconds or on a quieter machine")
+    console.print(f"{result.rounds} rounds in {result.seconds:.1f} s; {tight}")
+    return 0
+
+
+def _short_names(paths: list[Path]) -> list[str]:
+    """File names, or the paths as given where two files share a name."""
+    names = [p.name for p in paths]
+    return [p.name if names.count(p.name) == 1 else str(p) for p in paths]
 
 
 def _agent(args: argparse.Namespace) -> int:

@@ -8,6 +8,8 @@ from dataclasses import asdict
 
 import ray
 
+from evaluators.compare import CompareSettings, Comparison, compare, interleave
+from evaluators.errors import ConfigError
 from evaluators.graph_key import graph_key
 from evaluators.latency import LatencyStats, TimingSettings
 from evaluators.targets import TargetSpec, make_target
@@ -52,6 +54,28 @@ class BenchStation:
         self.cache[key] = stats
         self.misses += 1
         return stats, False
+
+    def compare(self, models: list[bytes], names: list[str], settings: CompareSettings) -> Comparison:
+        """Time models side by side on the target (interleaved, round after round); speed-ups are over models[0]."""
+        for name in ("threads", "batch_size"):
+            if getattr(settings, name) != getattr(self.target.spec, name):
+                raise ConfigError(f"CompareSettings.{name} = {getattr(settings, name)} but the target has "
+                                  f"{name} = {getattr(self.target.spec, name)}")
+        providers = getattr(self.target, "providers", None)
+        if providers is not None:  # an ONNX Runtime provider on this host: sessions stay open across rounds
+            return compare(models, settings, names=names, providers=providers(),
+                           require_provider=self.target.provider)
+        # A device agent opens a session per request: each burst is one short measurement there, warm-up included.
+        burst = TimingSettings(threads=settings.threads, batch_size=settings.batch_size, warmup=settings.warmup,
+                               min_repeats=settings.burst_min_runs, max_seconds=settings.burst_seconds)
+
+        def turn(model: bytes):
+            def run() -> tuple[float, int]:
+                stats = self.target.measure(model, burst)
+                return stats.p50_ms, stats.repeats
+            return run
+
+        return interleave([turn(m) for m in models], names, settings)
 
     def counts(self) -> dict[str, int]:
         """Cache hits and misses so far."""

@@ -148,9 +148,18 @@ def verified(study: optuna.Study) -> dict[str, float]:
     return dict(study.user_attrs.get("verified", {}))
 
 
-def set_verified(study: optuna.Study, figures: dict[str, float]) -> None:
-    """Store the re-timed latencies."""
+def verified_speedups(study: optuna.Study) -> dict[str, dict[str, Any]]:
+    """Side-by-side speed-ups over the teacher from the last verification: trial number (as text) -> median of
+    per-round ratios, its 95% interval, whether it is clear of 1.0, the rounds."""
+    return dict(study.user_attrs.get("verified_speedup", {}))
+
+
+def set_verified(study: optuna.Study, figures: dict[str, float],
+                 speedups: dict[str, dict[str, Any]] | None = None) -> None:
+    """Store the re-timed latencies (and the side-by-side speed-ups, when the verification measured them)."""
     study.set_user_attr("verified", figures)
+    if speedups is not None:
+        study.set_user_attr("verified_speedup", speedups)
 
 
 # --- trials: finished, retried, reused -----------------------------------------------------------------------------

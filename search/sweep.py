@@ -15,6 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from evaluators.errors import ConfigError
 from evaluators.latency import TimingSettings
+from evaluators.latency import TRIAL_TIMING
 from evaluators.targets import settings_for
 from experiments.tasks import load_task
 from experiments.teacher import resolve_teacher, teacher_to_bytes
@@ -37,8 +38,6 @@ from search.trial import TrialContext, TrialResult, teacher_figures
 from spaces.plan import sample
 from spaces.students import suits
 
-# Trial timing: enough repeats for a stable median of a sub-millisecond model without dominating a trial.
-TRIAL_TIMING = {"warmup": 20, "min_repeats": 50, "max_seconds": 1.0}
 
 
 @dataclass
