@@ -41,10 +41,18 @@ def section() -> str:
     rows = [("CPU", model), ("cores usable", str(usable)), ("cores in the machine", str(os.cpu_count())),
             ("memory", _memory()),
             ("system", f"{platform.system()} {platform.release()}, Python {platform.python_version()}"),
+            ("load average (1, 5, 15 min) as the report ended", _load()),
             ("int8-relevant flags", ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in INT8_FLAGS))]
     rows += [(name, version(name)) for name in LIBRARIES]
     lines = ["## The machine", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
     return "\n".join(lines) + "\n"
+
+
+def _load() -> str:
+    # Other users' work on a shared machine moves every timing; the reader should see how busy it was.
+    if not hasattr(os, "getloadavg"):
+        return "unknown"
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg()) + f" on {os.cpu_count()} cores"
 
 
 def _memory() -> str:
