@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 import yaml
@@ -65,8 +65,10 @@ def set_dotted(doc: dict[str, Any], dotted: str, value: Any) -> bool:
     return True
 
 
-def run(experiment: Path, folder: Path, overrides: dict[str, Any], env: dict[str, str]) -> SweepRun:
-    """Write the experiment with the overrides into `folder`, run it there, and return what happened."""
+def run(experiment: Path, folder: Path, overrides: dict[str, Any], env: dict[str, str],
+        before: Callable[[Path, Path], None] | None = None) -> SweepRun:
+    """Write the experiment with the overrides into `folder`, run it there, and return what happened; `before` gets
+    the written file and the output folder first (to prepare the study, e.g. a start-up design)."""
     doc = yaml.safe_load(experiment.read_text())
     overrides = {k: v for k, v in overrides.items() if set_dotted(doc, k, v)}
     folder.mkdir(parents=True, exist_ok=True)
@@ -75,6 +77,8 @@ def run(experiment: Path, folder: Path, overrides: dict[str, Any], env: dict[str
                        + yaml.safe_dump(doc, sort_keys=False))
     argv = [str(Path(sys.executable).parent / "slimsweep"), "run", str(derived), "--output-dir",
             str(folder / "outputs"), "--quiet"]
+    if before is not None:
+        before(derived, folder / "outputs")
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     proc = subprocess.run(argv, cwd=folder, env={**os.environ, **env}, capture_output=True, text=True)
