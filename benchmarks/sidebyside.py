@@ -36,10 +36,18 @@ class Speedup:
 def side_by_side(models: Sequence[bytes], names: Sequence[str], *, max_seconds: float = 20.0) -> list[Speedup]:
     """Each model's speed-up over models[0], timed interleaved when evaluators.compare is available."""
     try:
-        from evaluators.compare import CompareSettings, compare
+        from evaluators.compare import compare
     except ImportError:
         return _one_after_another(models, names, max_seconds)
-    result = compare(list(models), CompareSettings(max_seconds=max_seconds), names=list(names))
+    try:
+        from evaluators.compare import CompareSettings
+        settings = CompareSettings(max_seconds=max_seconds)
+    except ImportError:  # an older compare() takes the timing settings themselves
+        settings = TimingSettings(threads=1, batch_size=1)
+    try:
+        result = compare(list(models), settings, names=list(names))
+    except TypeError:  # a compare() without names
+        result = compare(list(models), settings)
     rows = getattr(result, "models", result)
     return [Speedup(name=str(_get(r, "name", n)), p50_ms=float(_get(r, "p50_ms")), speedup=float(_get(r, "speedup")),
                     ci_low=float(_get(r, "speedup_ci_low", None, "ci_low")),
