@@ -19,8 +19,8 @@ test: install
 	$(VENV)/bin/pytest
 
 # Benchmarks: docs/BENCHMARKS.md and docs/benchmarks/*.png, written from scratch (benchmarks/report.py).
-# bench: the full report (hours on 2 cores). bench-quick: the same sections, one seed, 6 trials per search, a
-# 3,000-image MNIST sample and fewer epochs (about 15 minutes on 2 cores).
+# bench: the full report (hours on 2 cores). bench-quick: the same sections, one seed, 5 trials per search, a
+# 2,000-image MNIST sample and fewer epochs (about 15 minutes on 2 otherwise idle cores).
 bench: install
 	$(VENV)/bin/python benchmarks/report.py
 

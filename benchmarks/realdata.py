@@ -46,8 +46,8 @@ class Scale:
 
 
 FULL = Scale(trials=24, seeds=(0, 1, 2))
-# The subset: one seed, a 3,000-image stratified sample of the 10,000, fewer epochs. Same five searches, same budget.
-QUICK = Scale(trials=6, seeds=(0,), overrides={"task.limit": 3000, "task.teacher.epochs": 3,
+# The subset: one seed, a 2,000-image stratified sample of the 10,000, fewer epochs. Same searches, same budget each.
+QUICK = Scale(trials=5, seeds=(0,), overrides={"task.limit": 2000, "task.teacher.epochs": 3,
                                                 "space.students.cnn.epochs": 2, "space.pruning.recover_epochs": 1})
 
 
