@@ -1,6 +1,6 @@
 """Write docs/BENCHMARKS.md and its plots (docs/benchmarks/*.png) from scratch, on the machine it runs on.
 
-Usage: python benchmarks/report.py [--quick] [--work DIR] [--keep-cache]
+Usage: python benchmarks/report.py [--quick] [--work DIR] [--keep-cache] [--reuse] [--only SECTION ...]
        (`make bench` runs the full report, `make bench-quick` the subset)
 
 Sections: the machine; the quickstart; what the search finds on MNIST (joint against each knob alone); where a
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a script: import the project from this checkout
 
-from benchmarks import machine  # noqa: E402
+from benchmarks import machine, sweeps  # noqa: E402
 
 DOC = ROOT / "docs" / "BENCHMARKS.md"
 PNG_DIR = ROOT / "docs" / "benchmarks"
@@ -134,10 +134,13 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="the documented subset (at most ~15 minutes on 2 cores)")
     parser.add_argument("--work", type=Path, help="folder for the sweeps' outputs (default: a new temporary folder)")
     parser.add_argument("--keep-cache", action="store_true", help="reuse $SLIMSWEEP_CACHE instead of a fresh one")
+    parser.add_argument("--reuse", action="store_true",
+                        help="read back sweeps that already finished in --work instead of running them again")
     parser.add_argument("--only", nargs="*", help="run only these sections (module names); the report says so")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="slimsweep-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+    sweeps.REUSE["finished"] = args.reuse
     env = {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     if not args.keep_cache:
         env["SLIMSWEEP_CACHE"] = str(work / "cache")  # a fresh teacher cache: teacher training is part of the cost

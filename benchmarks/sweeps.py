@@ -16,6 +16,9 @@ import optuna
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+# Set by `report.py --reuse`: a sweep whose folder already holds a finished run is read back, not run again, so a
+# report cut short (or its text changed) is written again without hours of sweeps.
+REUSE = {"finished": False}
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,9 @@ def run(experiment: Path, folder: Path, overrides: dict[str, Any], env: dict[str
         before: Callable[[Path, Path], None] | None = None) -> SweepRun:
     """Write the experiment with the overrides into `folder`, run it there, and return what happened; `before` gets
     the written file and the output folder first (to prepare the study, e.g. a start-up design)."""
+    done = load_run(folder) if REUSE["finished"] else None
+    if done is not None and done.returncode == 0:
+        return done
     doc = yaml.safe_load(experiment.read_text())
     overrides = {k: v for k, v in overrides.items() if set_dotted(doc, k, v)}
     folder.mkdir(parents=True, exist_ok=True)
