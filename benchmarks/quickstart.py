@@ -41,11 +41,12 @@ def section(out_dir: Path, quick: bool, *, work: Path, env: dict[str, str]) -> s
                "faster than the teacher**")
     lines += [f"* {sweeps.summary_line(run)}; {run.seconds:.0f} s in all, teacher training included.",
               f"* Pick: `{card['plan_summary']}`, {m['accuracy']:.2f}% against the teacher's {t['accuracy']:.2f}% "
-              f"({m['accuracy_drop']:+.2f} pt), {m['size_mb']:.3f} MB against {t['size_mb']:.3f} MB.",
+              f"({-m['accuracy_drop']:+.2f} pt), {m['size_mb']:.3f} MB against {t['size_mb']:.3f} MB.",
               f"* Latency: teacher {t['latency_p50_ms_verified']:.4f} ms, pick "
               f"{m['latency_p50_ms_verified']:.4f} ms (verified one after another at the end of the sweep); "
               f"side by side ({sp.method}): speed-up {sp.text()}.", "",
-              f"> Quickstart: the pick `{card['plan_summary']}` ({m['accuracy_drop']:+.2f} pt) runs {sp.text()} "
+              f"> Quickstart: the pick `{card['plan_summary']}` ({-m['accuracy_drop']:+.2f} pt against the teacher) "
+              f"runs {sp.text()} "
               f"as fast as the fp32 teacher side by side; {verdict}.", ""]
     return "\n".join(lines)
 

@@ -234,7 +234,7 @@ def markdown(results: list[SearchResult], scale: Scale, png: str) -> str:
                      f"{s['picks']}/{s['seeds']} | {_fmt(s['speedup'])}x |")
     lines += ["", "Goals:", ""] + [x for k in JOINT for g in goals(summary, k) for x in (g, "")]
     lines += [f"![fronts]({png})", "", "### Picks, per seed", "",
-              "| seed | search | pick | accuracy (drop) | p50 in sweep | side-by-side speed-up [95% CI] |",
+              "| seed | search | pick | accuracy (vs teacher) | p50 in sweep | side-by-side speed-up [95% CI] |",
               "|---|---|---|---|---|---|"]
     for r in results:
         if r.run.returncode != 0:
@@ -246,7 +246,7 @@ def markdown(results: list[SearchResult], scale: Scale, png: str) -> str:
             continue
         m = r.pick["measured"]
         lines.append(f"| {r.seed} | {r.search} | {r.pick['plan_summary']} | {m['accuracy']:.2f} "
-                     f"({m['accuracy_drop']:+.2f}) | {m['latency_p50_ms']:.3f} ms | "
+                     f"({-m['accuracy_drop']:+.2f} pt) | {m['latency_p50_ms']:.3f} ms | "
                      f"{r.speedup.text() if r.speedup else '-'} |")
     lines += ["", "### Fronts, per search and seed", "",
               "| search | seed | trial | plan | accuracy | p50 ms | size MB |", "|---|---|---|---|---|---|---|"]

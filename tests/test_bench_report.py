@@ -75,10 +75,11 @@ def test_breakdown_splits_a_sweep_into_stages_overhead_setup_and_delivery():
               _trial(1, t0 + timedelta(seconds=31), 10.0, {"distill": 9.5})]
     b = stages.breakdown(trials, started=t0, ended=t0 + timedelta(seconds=50))
     assert b.stages["distill"] == 24.5 and b.stages["latency"] == 4.0
-    assert b.in_trial_other == pytest.approx(1.5)  # (20 - 19) + (10 - 9.5)
+    assert b.first_trial_other == pytest.approx(1.0)  # 20 - 19: the first trial also starts a worker (setup)
+    assert b.in_trial_other == pytest.approx(0.5)  # 10 - 9.5
     assert b.between_trials == pytest.approx(1.0)  # tell at 30 s, next ask at 31 s
     assert (b.before_first, b.after_last, b.span, b.driver) == pytest.approx((10.0, 9.0, 31.0, 50.0))
-    assert b.overhead_share == pytest.approx(2.5 / 31.0) and b.parallel_ok
+    assert b.overhead_share == pytest.approx(1.5 / 31.0) and b.parallel_ok
 
 
 def test_goals_compare_the_joint_pick_with_the_best_single_knob():
