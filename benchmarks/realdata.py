@@ -88,9 +88,12 @@ def _trial_rows(study, teacher: dict[str, float]) -> tuple[list[dict[str, Any]],
 
 
 def _result(search: str, seed: int, run: sweeps.SweepRun) -> SearchResult:
-    if run.returncode != 0:
+    # A sweep whose front came out empty exits 1 after finishing its trials: its study still counts.
+    if not (run.folder / "study.db").is_file():
         return SearchResult(search, seed, run, [], 0.0, 0, 0, 0, None)
     study = run.study()
+    if "teacher" not in study.user_attrs:
+        return SearchResult(search, seed, run, [], 0.0, 0, 0, 0, None)
     teacher = study.user_attrs["teacher"]
     front, duplicates, finished, failed = _trial_rows(study, teacher)
     hv = hypervolume([Point(r["accuracy_drop"], r["p50_ms"], r["size_mb"], teacher["latency_p50_ms"],
@@ -139,6 +142,10 @@ def time_picks(results: list[SearchResult]) -> None:
         rows = side_by_side(models, ["teacher fp32"] + [r.search for r in group])
         for r, row in zip(group, rows[1:]):
             r.speedup = row
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")  # plan labels use '|' between knobs; a table cell must escape it
 
 
 def _median(values: list[float]) -> float | None:
@@ -213,10 +220,12 @@ def plot(results: list[SearchResult], path: Path) -> None:
 def markdown(results: list[SearchResult], scale: Scale, png: str) -> str:
     """The section's text: setup, summary table, goals, fronts, picks."""
     summary = summarize(results)
-    teacher = next((r.run.study().user_attrs["teacher"] for r in results if r.run.returncode == 0), None)
+    teacher = next((r.run.study().user_attrs["teacher"] for r in results if r.finished), None)
     lines = ["## What the search finds on real data (MNIST)", "",
              "Commands (one per search and seed, through the real `slimsweep run`): "
-             + "; ".join(f"`slimsweep run experiments/bench/{s}.yaml`" for s in SEARCHES)
+             + "; ".join(f"`slimsweep run experiments/bench/{FILES.get(s, s + '.yaml')}`"
+                         + (" (named bench-joint-design, its study given search/startup.py's design first)"
+                            if s == "joint-design" else "") for s in SEARCHES)
              + f", each with `search.seed` set per seed. Scale: {scale.describe()}.", ""]
     if teacher:
         lines += [f"fp32 teacher (width 1.5, depth 2): {teacher['accuracy']:.2f}% on the validation split, "
@@ -237,22 +246,22 @@ def markdown(results: list[SearchResult], scale: Scale, png: str) -> str:
               "| seed | search | pick | accuracy (vs teacher) | p50 in sweep | side-by-side speed-up [95% CI] |",
               "|---|---|---|---|---|---|"]
     for r in results:
-        if r.run.returncode != 0:
+        if not r.finished:
             lines.append(f"| {r.seed} | {r.search} | the sweep failed (exit {r.run.returncode}): "
-                         f"{(r.run.stderr.strip().splitlines() or [''])[-1][:150]} | | | |")
+                         f"{_cell((r.run.stderr.strip().splitlines() or [''])[-1][:150])} | | | |")
             continue
         if r.pick is None:
-            lines.append(f"| {r.seed} | {r.search} | no model within 1 point | | | |")
+            lines.append(f"| {r.seed} | {r.search} | no model within 1 point of the teacher | | | |")
             continue
         m = r.pick["measured"]
-        lines.append(f"| {r.seed} | {r.search} | {r.pick['plan_summary']} | {m['accuracy']:.2f} "
+        lines.append(f"| {r.seed} | {r.search} | {_cell(r.pick['plan_summary'])} | {m['accuracy']:.2f} "
                      f"({-m['accuracy_drop']:+.2f} pt) | {m['latency_p50_ms']:.3f} ms | "
                      f"{r.speedup.text() if r.speedup else '-'} |")
     lines += ["", "### Fronts, per search and seed", "",
               "| search | seed | trial | plan | accuracy | p50 ms | size MB |", "|---|---|---|---|---|---|---|"]
     for r in results:
         for row in r.front:
-            lines.append(f"| {r.search} | {r.seed} | {row['trial']} | {row['plan']} | {row['accuracy']:.2f} | "
+            lines.append(f"| {r.search} | {r.seed} | {row['trial']} | {_cell(row['plan'])} | {row['accuracy']:.2f} | "
                          f"{row['p50_ms']:.3f} | {row['size_mb']:.3f} |")
     return "\n".join(lines) + "\n"
 

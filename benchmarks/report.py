@@ -102,13 +102,24 @@ def headline(outcomes: list[Outcome]) -> list[str]:
     return [f"* {line[2:]}" for o in outcomes for line in o.text.splitlines() if line.startswith("> ")]
 
 
-def document(outcomes: list[Outcome], quick: bool, total: float, command: str, when: datetime) -> str:
+def reused_note(work: Path) -> str:
+    """What a --reuse report read back: how many sweeps, and the driver time they took when they ran."""
+    runs = [r for r in (sweeps.load_run(p.parent) for p in sorted(work.rglob("run.json"))) if r is not None]
+    minutes = sum(r.seconds for r in runs) / 60
+    return (f"The {len(runs)} sweeps were read back from their earlier run in the same folder (`--reuse`); they took "
+            f"{minutes:.1f} minutes of driver wall clock when they ran, from {min(r.started for r in runs):%H:%M} "
+            f"to {max(r.ended for r in runs):%H:%M} UTC. Timings taken side by side were taken again.")
+
+
+def document(outcomes: list[Outcome], quick: bool, total: float, command: str, when: datetime,
+             reused: str = "") -> str:
     """The whole BENCHMARKS.md."""
     scope = ("**This is the quick subset** (`make bench-quick`): fewer trials, one seed, smaller training; "
              "`make bench` runs the full report." if quick else "This is the full report (`make bench`).")
     lines = ["# Benchmarks", "",
              f"Written by `{command}` on {when:%Y-%m-%d %H:%M} UTC, in {total / 60:.1f} minutes on the machine "
-             f"below. Nothing here is typed by hand: every figure, table and plot comes from that run. {scope}", "",
+             f"below. Nothing here is typed by hand: every figure, table and plot comes from that run. {scope}"
+             + (f" {reused}" if reused else ""), "",
              "## Headline", "", *(headline(outcomes) or ["* (no section produced a headline)"]), "",
              machine.section()]
     lines += [o.text for o in outcomes]
@@ -157,7 +168,7 @@ def main() -> int:
         outcomes.append(run_section(s, PNG_DIR, args.quick, work, env))
         print(f"[report] {s.module} done in {outcomes[-1].seconds:.0f} s", flush=True)
     total = time.perf_counter() - start
-    DOC.write_text(document(outcomes, args.quick, total, command, when))
+    DOC.write_text(document(outcomes, args.quick, total, command, when, reused_note(work) if args.reuse else ""))
     readme = update_readme([*headline(outcomes), "", f"Full figures, the machine and the commands: "
                             f"[docs/BENCHMARKS.md](docs/BENCHMARKS.md) (written by `{command}`)."])
     print(f"[report] wrote {DOC} in {total / 60:.1f} min; sweeps in {work}; README headline "

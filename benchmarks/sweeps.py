@@ -73,7 +73,7 @@ def run(experiment: Path, folder: Path, overrides: dict[str, Any], env: dict[str
     """Write the experiment with the overrides into `folder`, run it there, and return what happened; `before` gets
     the written file and the output folder first (to prepare the study, e.g. a start-up design)."""
     done = load_run(folder) if REUSE["finished"] else None
-    if done is not None and done.returncode == 0:
+    if done is not None:  # it ran to its end, whatever it returned (an empty front exits 1 with its trials kept)
         return done
     doc = yaml.safe_load(experiment.read_text())
     overrides = {k: v for k, v in overrides.items() if set_dotted(doc, k, v)}
