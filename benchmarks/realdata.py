@@ -64,6 +64,7 @@ class SearchResult:
     failed: int
     duplicates: int
     pick: dict[str, Any] | None  # the model card, when the pick is within MAX_DROP
+    best_accuracy: float | None = None  # of any trial: says whether a search got near the teacher at all
     speedup: Speedup | None = None
 
 
@@ -100,7 +101,9 @@ def _result(search: str, seed: int, run: sweeps.SweepRun) -> SearchResult:
                             teacher["size_mb"]) for r in front])
     card = run.card()
     pick = card if card and card["measured"]["accuracy_drop"] <= MAX_DROP else None
-    return SearchResult(search, seed, run, front, hv, finished, failed, duplicates, pick)
+    accuracies = [t.user_attrs["metrics"]["accuracy"] for t in study.trials if "metrics" in t.user_attrs]
+    return SearchResult(search, seed, run, front, hv, finished, failed, duplicates, pick,
+                        max(accuracies) if accuracies else None)
 
 
 def _design_start(experiment: Path, outputs: Path) -> None:
@@ -167,6 +170,7 @@ def summarize(results: list[SearchResult]) -> dict[str, dict[str, Any]]:
             "picks": sum(r.pick is not None for r in mine), "seeds": len(mine),
             "duplicates": sum(r.duplicates for r in mine), "finished": sum(r.finished for r in mine),
             "failed": sum(r.failed for r in mine),
+            "best_accuracy": _median([r.best_accuracy for r in mine if r.best_accuracy is not None]),
         }
     return out
 
@@ -235,11 +239,12 @@ def markdown(results: list[SearchResult], scale: Scale, png: str) -> str:
               "sweep), then timed side by side with the fp32 teacher and the other picks of the same seed "
               f"({(results[0].speedup.method if results and results[0].speedup else 'interleaved')}); "
               "median per-round ratio and its 95% interval.", "",
-              "| search | trials finished (failed) | exact repeats | median hypervolume | picks within 1 pt | "
-              "median speed-up of the pick |", "|---|---|---|---|---|---|"]
+              "| search | trials finished (failed) | exact repeats | best accuracy of any trial (median) | "
+              "median hypervolume | picks within 1 pt | median speed-up of the pick |", "|---|---|---|---|---|---|---|"]
     for search, label in SEARCHES.items():
         s = summary[search]
-        lines.append(f"| {label} | {s['finished']} ({s['failed']}) | {s['duplicates']} | {_fmt(s['hv'], '.4f')} | "
+        lines.append(f"| {label} | {s['finished']} ({s['failed']}) | {s['duplicates']} | "
+                     f"{_fmt(s['best_accuracy'])}% | {_fmt(s['hv'], '.4f')} | "
                      f"{s['picks']}/{s['seeds']} | {_fmt(s['speedup'])}x |")
     lines += ["", "Goals:", ""] + [x for k in JOINT for g in goals(summary, k) for x in (g, "")]
     lines += [f"![fronts]({png})", "", "### Picks, per seed", "",
