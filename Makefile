@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PIP    := $(VENV)/bin/pip --disable-pip-version-check
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench bench-quick clean
 
 install: $(VENV)/.installed
 
@@ -18,8 +18,14 @@ run: install
 test: install
 	$(VENV)/bin/pytest
 
+# Benchmarks: docs/BENCHMARKS.md and docs/benchmarks/*.png, written from scratch (benchmarks/report.py).
+# bench: the full report (hours on 2 cores). bench-quick: the same sections, one seed, 5 trials per search, a
+# 2,000-image MNIST sample and fewer epochs (about 15 minutes on 2 otherwise idle cores).
 bench: install
-	$(VENV)/bin/python benchmarks/quickstart.py
+	$(VENV)/bin/python benchmarks/report.py
+
+bench-quick: install
+	$(VENV)/bin/python benchmarks/report.py --quick
 
 clean:
 	rm -rf outputs .pytest_cache

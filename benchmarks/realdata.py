@@ -1,0 +1,280 @@
+"""What the search finds on real data: the joint search against each knob alone, equal budgets, same seeds, on MNIST.
+
+Five experiment files in experiments/bench/ (joint, quantization, pruning, distillation, random), each run through
+`slimsweep run` once per seed. For each: its front, its hypervolume (benchmarks/hypervolume.py), duplicate plans,
+and its pick timed side by side with the fp32 teacher and the other searches' picks (benchmarks/sidebyside.py).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks import sweeps
+from benchmarks.hypervolume import REFERENCE_TEXT, Point, hypervolume
+from benchmarks.sidebyside import Speedup, side_by_side
+
+SEARCHES = {
+    "joint": "joint search, TPE (all three knobs)",
+    "joint-design": "joint search, TPE after a covering start-up (search/startup.py)",
+    "quantization": "quantization alone (schemes of the teacher)",
+    "pruning": "pruning alone (teacher pruned, recovered by distillation)",
+    "distillation": "distillation alone (students, fp32)",
+    "random": "joint space, random sampler",
+}
+SINGLE_KNOB = ("quantization", "pruning", "distillation")
+JOINT = ("joint", "joint-design")
+# A search's experiment file, where it is not experiments/bench/<search>.yaml.
+FILES = {"joint-design": "joint.yaml"}
+MAX_DROP = 1.0  # points: the pick's allowance, and the experiment files' constraint
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How much each search runs: trials and seeds, and the training that sizes a trial."""
+
+    trials: int
+    seeds: tuple[int, ...]
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """One line for the report."""
+        extra = ", ".join(f"{k}={v}" for k, v in self.overrides.items())
+        return f"{self.trials} trials x seeds {list(self.seeds)}" + (f"; {extra}" if extra else "; as in the files")
+
+
+FULL = Scale(trials=24, seeds=(0, 1, 2))
+# The subset: one seed, a 2,000-image stratified sample of the 10,000, fewer epochs. Same searches, same budget each.
+QUICK = Scale(trials=5, seeds=(0,), overrides={"task.limit": 2000, "task.teacher.epochs": 3,
+                                                "space.students.cnn.epochs": 2, "space.pruning.recover_epochs": 1})
+
+
+@dataclass
+class SearchResult:
+    """One search at one seed."""
+
+    search: str
+    seed: int
+    run: sweeps.SweepRun
+    front: list[dict[str, Any]]
+    hypervolume: float
+    finished: int
+    failed: int
+    duplicates: int
+    pick: dict[str, Any] | None  # the model card, when the pick is within MAX_DROP
+    best_accuracy: float | None = None  # of any trial: says whether a search got near the teacher at all
+    speedup: Speedup | None = None
+
+
+def _trial_rows(study, teacher: dict[str, float]) -> tuple[list[dict[str, Any]], int, int, int]:
+    seen: set[str] = set()
+    duplicates = finished = failed = 0
+    for t in study.trials:
+        if t.state.name not in ("COMPLETE", "FAIL"):
+            continue
+        finished += 1
+        failed += t.state.name == "FAIL"
+        key = repr(sorted(t.params.items()))
+        duplicates += key in seen
+        seen.add(key)
+    front = []
+    for t in study.best_trials:  # feasible and non-dominated, as Optuna judges them
+        m = t.user_attrs["metrics"]
+        front.append({"trial": t.number, "plan": t.user_attrs.get("describe", ""), "accuracy": m["accuracy"],
+                      "accuracy_drop": m["accuracy_drop"], "p50_ms": m["latency_p50_ms"], "size_mb": m["size_mb"],
+                      "p50_ratio": m["latency_p50_ms"] / teacher["latency_p50_ms"]})
+    return sorted(front, key=lambda r: r["p50_ms"]), duplicates, finished, failed
+
+
+def _result(search: str, seed: int, run: sweeps.SweepRun) -> SearchResult:
+    # A sweep whose front came out empty exits 1 after finishing its trials: its study still counts.
+    if not (run.folder / "study.db").is_file():
+        return SearchResult(search, seed, run, [], 0.0, 0, 0, 0, None)
+    study = run.study()
+    if "teacher" not in study.user_attrs:
+        return SearchResult(search, seed, run, [], 0.0, 0, 0, 0, None)
+    teacher = study.user_attrs["teacher"]
+    front, duplicates, finished, failed = _trial_rows(study, teacher)
+    hv = hypervolume([Point(r["accuracy_drop"], r["p50_ms"], r["size_mb"], teacher["latency_p50_ms"],
+                            teacher["size_mb"]) for r in front])
+    card = run.card()
+    pick = card if card and card["measured"]["accuracy_drop"] <= MAX_DROP else None
+    accuracies = [t.user_attrs["metrics"]["accuracy"] for t in study.trials if "metrics" in t.user_attrs]
+    return SearchResult(search, seed, run, front, hv, finished, failed, duplicates, pick,
+                        max(accuracies) if accuracies else None)
+
+
+def _design_start(experiment: Path, outputs: Path) -> None:
+    """Create the sweep's study and enqueue the covering start-up design as its first trials."""
+    from search.config import load
+    from search.startup import enqueue_design
+    from search.study import open_study
+
+    exp = load(experiment, {"output_dir": str(outputs)})
+    enqueue_design(open_study(exp), exp.space, seed=exp.search.seed, budget=exp.search.trials)
+
+
+def run_all(work: Path, scale: Scale, env: dict[str, str]) -> list[SearchResult]:
+    """Every search at every seed, one after another (each sweep uses the machine's cores itself)."""
+    root = sweeps.ROOT / "experiments" / "bench"
+    results = []
+    for seed in scale.seeds:
+        for search in SEARCHES:
+            overrides = {"search.trials": scale.trials, "search.seed": seed, **scale.overrides}
+            before = None
+            if search == "joint-design":
+                overrides["name"] = "bench-joint-design"
+                before = _design_start
+            run = sweeps.run(root / FILES.get(search, f"{search}.yaml"), work / "realdata" / search / f"seed{seed}",
+                             overrides, env, before)
+            results.append(_result(search, seed, run))
+    return results
+
+
+def time_picks(results: list[SearchResult]) -> None:
+    """Per seed: the fp32 teacher and every search's pick, timed interleaved in one process."""
+    for seed in sorted({r.seed for r in results}):
+        group = [r for r in results if r.seed == seed and r.pick is not None]
+        teacher = next((r.run.folder / "teacher.onnx" for r in results if r.seed == seed
+                        and (r.run.folder / "teacher.onnx").is_file()), None)
+        if not group or teacher is None:
+            continue
+        models = [teacher.read_bytes()] + [(r.run.folder / "deployable.onnx").read_bytes() for r in group]
+        rows = side_by_side(models, ["teacher fp32"] + [r.search for r in group])
+        for r, row in zip(group, rows[1:]):
+            r.speedup = row
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")  # plan labels use '|' between knobs; a table cell must escape it
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _fmt(x: float | None, spec: str = ".2f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def summarize(results: list[SearchResult]) -> dict[str, dict[str, Any]]:
+    """Per search: median hypervolume and median side-by-side speed-up of its pick over the seeds."""
+    out = {}
+    for search in SEARCHES:
+        mine = [r for r in results if r.search == search]
+        out[search] = {
+            "hv": _median([r.hypervolume for r in mine]),
+            "speedup": _median([r.speedup.speedup for r in mine if r.speedup]),
+            "picks": sum(r.pick is not None for r in mine), "seeds": len(mine),
+            "duplicates": sum(r.duplicates for r in mine), "finished": sum(r.finished for r in mine),
+            "failed": sum(r.failed for r in mine),
+            "best_accuracy": _median([r.best_accuracy for r in mine if r.best_accuracy is not None]),
+        }
+    return out
+
+
+def goals(summary: dict[str, dict[str, Any]], key: str = "joint") -> list[str]:
+    """The two goals the report is read against, met or not, with the figures, for one joint search."""
+    joint = summary[key]
+    singles = {k: summary[k] for k in SINGLE_KNOB}
+    best = max(((k, v["speedup"]) for k, v in singles.items() if v["speedup"] is not None),
+               key=lambda kv: kv[1], default=(None, None))
+    lines = []
+    if joint["speedup"] is None or best[1] is None:
+        lines.append(f"> MNIST, {key}: pick >= 1.5x faster than the best single-knob pick: **not measurable** "
+                     "(a search had no pick within 1 point).")
+    else:
+        ratio = joint["speedup"] / best[1]
+        lines.append(f"> MNIST, {key}: pick >= 1.5x faster than the best single-knob pick ({best[0]}, {best[1]:.2f}x): "
+                     f"{key} {joint['speedup']:.2f}x, ratio {ratio:.2f}: **{'met' if ratio >= 1.5 else 'not met'}**.")
+    beaten = [k for k, v in singles.items() if (v["hv"] or 0.0) > (joint["hv"] or 0.0)]
+    lines.append(f"> MNIST, {key}: hypervolume >= every single-knob one: {_fmt(joint['hv'], '.4f')} against "
+                 + ", ".join(f"{k} {_fmt(v['hv'], '.4f')}" for k, v in singles.items())
+                 + f": **{'met' if not beaten else 'not met (' + ', '.join(beaten) + ' higher)'}**.")
+    return lines
+
+
+def plot(results: list[SearchResult], path: Path) -> None:
+    """Each search's fronts (all seeds): accuracy against p50 as a share of the teacher's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, search in enumerate(SEARCHES):
+        rows = [row for r in results if r.search == search for row in r.front]
+        if rows:
+            ax.scatter([row["p50_ratio"] for row in rows], [row["accuracy"] for row in rows], label=search,
+                       marker="os^vDP"[i % 6], alpha=0.75)
+    ax.axvline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("p50 latency / fp32 teacher's p50 (log)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Fronts on MNIST, every seed")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown(results: list[SearchResult], scale: Scale, png: str) -> str:
+    """The section's text: setup, summary table, goals, fronts, picks."""
+    summary = summarize(results)
+    teacher = next((r.run.study().user_attrs["teacher"] for r in results if r.finished), None)
+    lines = ["## What the search finds on real data (MNIST)", "",
+             "Commands (one per search and seed, through the real `slimsweep run`): "
+             + "; ".join(f"`slimsweep run experiments/bench/{FILES.get(s, s + '.yaml')}`"
+                         + (" (named bench-joint-design, its study given search/startup.py's design first)"
+                            if s == "joint-design" else "") for s in SEARCHES)
+             + f", each with `search.seed` set per seed. Scale: {scale.describe()}.", ""]
+    if teacher:
+        lines += [f"fp32 teacher (width 1.5, depth 2): {teacher['accuracy']:.2f}% on the validation split, "
+                  f"{teacher['latency_p50_ms']:.3f} ms p50 at the bench station, {teacher['size_mb']:.3f} MB.", ""]
+    lines += [f"Hypervolume: Optuna's `compute_hypervolume` over each front; {REFERENCE_TEXT}.",
+              "Speed-up: each search's pick (fastest within 1.0 point of the teacher, re-timed at the end of its "
+              "sweep), then timed side by side with the fp32 teacher and the other picks of the same seed "
+              f"({(results[0].speedup.method if results and results[0].speedup else 'interleaved')}); "
+              "median per-round ratio and its 95% interval.", "",
+              "| search | trials finished (failed) | exact repeats | best accuracy of any trial (median) | "
+              "median hypervolume | picks within 1 pt | median speed-up of the pick |", "|---|---|---|---|---|---|---|"]
+    for search, label in SEARCHES.items():
+        s = summary[search]
+        lines.append(f"| {label} | {s['finished']} ({s['failed']}) | {s['duplicates']} | "
+                     f"{_fmt(s['best_accuracy'])}% | {_fmt(s['hv'], '.4f')} | "
+                     f"{s['picks']}/{s['seeds']} | {_fmt(s['speedup'])}x |")
+    lines += ["", "Goals:", ""] + [x for k in JOINT for g in goals(summary, k) for x in (g, "")]
+    lines += [f"![fronts]({png})", "", "### Picks, per seed", "",
+              "| seed | search | pick | accuracy (vs teacher) | p50 in sweep | side-by-side speed-up [95% CI] |",
+              "|---|---|---|---|---|---|"]
+    for r in results:
+        if not r.finished:
+            lines.append(f"| {r.seed} | {r.search} | the sweep failed (exit {r.run.returncode}): "
+                         f"{_cell((r.run.stderr.strip().splitlines() or [''])[-1][:150])} | | | |")
+            continue
+        if r.pick is None:
+            lines.append(f"| {r.seed} | {r.search} | no model within 1 point of the teacher | | | |")
+            continue
+        m = r.pick["measured"]
+        lines.append(f"| {r.seed} | {r.search} | {_cell(r.pick['plan_summary'])} | {m['accuracy']:.2f} "
+                     f"({-m['accuracy_drop']:+.2f} pt) | {m['latency_p50_ms']:.3f} ms | "
+                     f"{r.speedup.text() if r.speedup else '-'} |")
+    lines += ["", "### Fronts, per search and seed", "",
+              "| search | seed | trial | plan | accuracy | p50 ms | size MB |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        for row in r.front:
+            lines.append(f"| {r.search} | {r.seed} | {row['trial']} | {_cell(row['plan'])} | {row['accuracy']:.2f} | "
+                         f"{row['p50_ms']:.3f} | {row['size_mb']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def section(out_dir: Path, quick: bool, *, work: Path, env: dict[str, str]) -> str:
+    """Run the five searches, time their picks side by side, write the plot into out_dir; the markdown."""
+    scale = QUICK if quick else FULL
+    results = run_all(work, scale, env)
+    time_picks(results)
+    plot(results, out_dir / "realdata-fronts.png")
+    return markdown(results, scale, "benchmarks/realdata-fronts.png")

@@ -1,0 +1,126 @@
+"""Where a trial's time goes: worker stages from the stored trial record, the rest from Optuna's clock and the driver's.
+
+Worker side, each trial stores the seconds of its stages (distill, prune, export, quantize, latency - which includes
+the wait at the bench station -, accuracy, latency_first). Optuna stamps a trial when it is asked for and when it is
+told. So, for a sweep that runs one trial at a time:
+* inside a trial, outside its stages: Optuna's sampling of the plan, Ray's dispatch and transfer, the teacher copied
+  on the worker, the ONNX file written and the result told to Optuna;
+* between one trial's tell and the next one's ask: the MLflow mirror of the trial and the progress line;
+* before the first trial: loading the task, the teacher (trained or from cache), starting Ray, timing the teacher;
+* after the last: re-timing the front, the pick, the MLflow registry, the model card.
+slimsweep's own overhead is the first two, as a share of the trials' span.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from optuna.trial import FrozenTrial
+
+from benchmarks import sweeps
+
+STAGES = ("distill", "prune", "export", "quantize", "latency", "accuracy", "latency_first")
+LABELS = {"distill": "training (distillation)", "prune": "pruning and recovery", "export": "export to ONNX",
+          "quantize": "quantization", "latency": "latency, incl. station queueing", "accuracy": "accuracy",
+          "latency_first": "latency first (untrained structure)"}
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """Seconds per part of a sweep, from its stored trials and the driver's clock."""
+
+    stages: dict[str, float]  # worker stages, summed over trials
+    in_trial_other: float  # Optuna sampling + Ray + teacher copy + tell, every trial but the first
+    first_trial_other: float  # the same for the first trial, which also starts a Ray worker (imports torch): setup
+    between_trials: float  # MLflow mirror + progress
+    before_first: float  # task, teacher, Ray start, teacher timing
+    after_last: float  # verify, pick, register
+    span: float  # first ask to last tell
+    driver: float  # the whole `slimsweep run`
+    trials: int
+    parallel_ok: bool  # trials ran one at a time, so gaps between them are the driver's alone
+
+    @property
+    def overhead(self) -> float:
+        """slimsweep's own seconds while trials run."""
+        return self.in_trial_other + self.between_trials
+
+    @property
+    def overhead_share(self) -> float:
+        """That overhead as a share of the trials' span."""
+        return self.overhead / self.span if self.span > 0 else 0.0
+
+
+def _utc(t: datetime) -> datetime:
+    return t if t.tzinfo else t.astimezone(timezone.utc)  # Optuna stamps naive local time
+
+
+def breakdown(trials: Sequence[FrozenTrial], started: datetime, ended: datetime) -> Breakdown:
+    """The parts of one sweep from its finished trials and the driver's start and end."""
+    done = sorted((t for t in trials if t.datetime_start and t.datetime_complete), key=lambda t: t.datetime_start)
+    stages = {k: 0.0 for k in STAGES}
+    in_trial_other = between = 0.0
+    overlap = False
+    for i, t in enumerate(done):
+        spent = t.user_attrs.get("stages", {})
+        for k, v in spent.items():
+            stages[k] = stages.get(k, 0.0) + v
+        wall = (t.datetime_complete - t.datetime_start).total_seconds()
+        if i:
+            in_trial_other += max(0.0, wall - sum(spent.values()))
+            gap = (t.datetime_start - done[i - 1].datetime_complete).total_seconds()
+            overlap |= gap < 0
+            between += max(0.0, gap)
+    first, last = (_utc(done[0].datetime_start), _utc(done[-1].datetime_complete)) if done else (started, started)
+    first_other = max(0.0, (done[0].datetime_complete - done[0].datetime_start).total_seconds()
+                      - sum(done[0].user_attrs.get("stages", {}).values())) if done else 0.0
+    return Breakdown(stages=stages, in_trial_other=in_trial_other, first_trial_other=first_other,
+                     between_trials=between,
+                     before_first=(first - started).total_seconds(), after_last=(ended - last).total_seconds(),
+                     span=(last - first).total_seconds(), driver=(ended - started).total_seconds(),
+                     trials=len(done), parallel_ok=not overlap)
+
+
+def _table(name: str, run: sweeps.SweepRun, b: Breakdown) -> list[str]:
+    def row(label: str, seconds: float, whose: str) -> str:
+        return f"| {label} | {seconds:.1f} | {100 * seconds / b.driver:.1f}% | {whose} |"
+
+    lines = [f"### {name}", "", f"Command: `{run.command}`; {b.trials} trials; driver wall clock {b.driver:.0f} s.", "",
+             "| part | seconds | share of the run | kind |", "|---|---|---|---|"]
+    lines.append(row("before the first trial: task, teacher (train or cache), Ray start, teacher timed", b.before_first,
+                     "setup"))
+    lines.append(row("first trial, outside its stages: a Ray worker starts (imports torch), as above",
+                     b.first_trial_other, "setup"))
+    for k in STAGES:
+        if b.stages.get(k):
+            lines.append(row(LABELS[k], b.stages[k], "training and measuring"))
+    lines.append(row("every later trial, outside its stages: Optuna sampling, Ray dispatch, teacher copy, tell",
+                     b.in_trial_other, "overhead"))
+    lines.append(row("between trials: MLflow mirror, progress", b.between_trials, "overhead"))
+    lines.append(row("after the last trial: front re-timed, pick, registry, model card", b.after_last, "delivery"))
+    verdict = "met" if b.overhead_share <= 0.03 else "not met"
+    note = "" if b.parallel_ok else " (trials overlapped, so gaps between them are not the driver's alone)"
+    lines += ["", f"> {name}: overhead while trials run: {b.overhead:.1f} s of a {b.span:.0f} s span = "
+                  f"**{100 * b.overhead_share:.1f}%** (goal <= 3%: **{verdict}**){note}; "
+                  f"{b.overhead / max(1, b.trials - 1):.2f} s per trial after the first.", ""]
+    return lines
+
+
+def section(out_dir: Path, quick: bool, *, work: Path) -> str:
+    """The breakdown for the quickstart and the MNIST joint sweep that the other sections ran in `work`."""
+    lines = ["## Where a trial's time goes", "",
+             "From each sweep's stored record: worker stages (`stages` on each trial), Optuna's ask and tell stamps, "
+             "and the driver's wall clock. Station queueing is inside the latency stage; Optuna, Ray and MLflow are "
+             "not stamped apart, so they appear as the two overhead rows.", ""]
+    sweeps_here = (("Quickstart (experiments/digits.yaml)", work / "quickstart"),
+                   ("MNIST joint sweep (experiments/bench/joint.yaml, seed 0)", work / "realdata" / "joint" / "seed0"))
+    for name, folder in sweeps_here:
+        run = sweeps.load_run(folder)
+        if run is None or run.returncode != 0:
+            lines += [f"### {name}", "", "Not measured: that sweep did not run or failed in this report.", ""]
+            continue
+        lines += _table(name, run, breakdown(run.study().trials, run.started, run.ended))
+    return "\n".join(lines) + "\n"
