@@ -43,7 +43,7 @@ def section(out_dir: Path, quick: bool, *, work: Path, env: dict[str, str]) -> s
               f"* Pick: `{card['plan_summary']}`, {m['accuracy']:.2f}% against the teacher's {t['accuracy']:.2f}% "
               f"({-m['accuracy_drop']:+.2f} pt), {m['size_mb']:.3f} MB against {t['size_mb']:.3f} MB.",
               f"* Latency: teacher {t['latency_p50_ms_verified']:.4f} ms, pick "
-              f"{m['latency_p50_ms_verified']:.4f} ms (verified one after another at the end of the sweep); "
+              f"{m['latency_p50_ms_verified']:.4f} ms (verified side by side at the bench station at the end of the sweep); "
               f"side by side ({sp.method}): speed-up {sp.text()}.", "",
               f"> Quickstart: the pick `{card['plan_summary']}` ({-m['accuracy_drop']:+.2f} pt against the teacher) "
               f"runs {sp.text()} "
