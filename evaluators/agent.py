@@ -2,8 +2,9 @@
 
 It times with `evaluators.latency.measure`, the same method as a local target, so a remote p50 and a local p50 are
 comparable. What it receives is untrusted: it is only ever parsed as ONNX and run by ONNX Runtime (no pickle, no
-custom-op libraries, no external-data files), and it runs in a child process, so a model that crashes or hangs the
-runtime costs that one request, not the agent.
+custom-op libraries, no external-data files), and it runs in a child process with a memory limit and a deadline per
+request, so a model that crashes, hangs or floods the runtime costs that one request, not the agent. Every timing
+setting has an upper bound (TIMING_LIMITS); each reply from the child carries its request's id.
 
 Protocol 1 (every endpoint wants `Authorization: Bearer <token>`):
   GET  /v1/info     what the device is, its runtimes, the agent's limits and how many measurements are in flight
@@ -14,16 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ctypes
 import dataclasses
-import difflib
 import hmac
+import itertools
 import math
 import multiprocessing
 import multiprocessing.connection
 import os
 import platform
+import resource
 import signal
+import stat
+import sys
 import threading
+import time
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -36,7 +42,7 @@ import onnxruntime as ort
 from fastapi.responses import JSONResponse
 from starlette.requests import Request
 
-from evaluators.errors import ConfigError, SlimsweepError
+from evaluators.errors import ConfigError, SlimsweepError, did_you_mean
 from evaluators.latency import TimingSettings, measure
 from evaluators.runtime import make_session
 
@@ -47,6 +53,21 @@ _BODY_SECONDS = 120.0
 # that sends the whole body before reading the answer sees the 413 rather than a reset connection.
 _DRAIN_FACTOR = 4
 _TIMING_FIELDS = {field.name: type(field.default) for field in dataclasses.fields(TimingSettings)}
+# The most a request may ask of the device (beyond: 400). Threads beyond the cores only measure contention; the rest
+# keep one request from holding the device for long or growing the worker without end.
+TIMING_LIMITS: dict[str, int | float] = {
+    "threads": os.cpu_count() or 1,
+    "batch_size": 4096,
+    "warmup": 10_000,
+    "min_repeats": 100_000,
+    "max_repeats": 100_000,
+    "max_seconds": 60.0,
+    "target_rel_ci": 1.0,
+    "max_cv": 100.0,
+}
+MIN_TOKEN_BYTES = 16
+# How often the thread that waits for the worker looks at the request's deadline and whether it was cancelled.
+_POLL_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -57,12 +78,17 @@ class AgentConfig:
     max_model_bytes: int = 64_000_000
     queue_size: int = 4  # measurements waiting or running; one more -> 503
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
-    measure_timeout: float = 300.0  # seconds for loading and warm-up, on top of 2 x max_seconds, before it is stopped
+    # Seconds to check and load the model; once loaded, warm-up, repeat loop and its retry get 3 x max_seconds
+    # (plus the load time again, for the session that measures). Past either deadline the worker is killed: 400.
+    measure_timeout: float = 60.0
+    max_memory_mb: int = 4096  # the worker's address space; a model or batch that needs more gets 400
 
     def __post_init__(self) -> None:
-        if not self.token:
-            raise ConfigError("AgentConfig.token is empty; the agent refuses to run without a token")
-        for name, minimum in {"max_model_bytes": 1, "queue_size": 1, "measure_timeout": 1}.items():
+        if len(self.token.encode("utf-8")) < MIN_TOKEN_BYTES:
+            raise ConfigError(f"the agent's token is {len(self.token.encode('utf-8'))} bytes long; it must be at "
+                              f"least {MIN_TOKEN_BYTES} (e.g. `openssl rand -hex 32 > FILE`)")
+        for name, minimum in {"max_model_bytes": 1, "queue_size": 1, "measure_timeout": 1,
+                              "max_memory_mb": 256}.items():
             if getattr(self, name) < minimum:
                 raise ConfigError(f"AgentConfig.{name} = {getattr(self, name)!r}; it must be >= {minimum}")
         available = ort.get_available_providers()
@@ -73,12 +99,17 @@ class AgentConfig:
 
 
 def read_token(path: str | os.PathLike) -> str:
-    """The bearer token stored in a file, without surrounding whitespace."""
+    """The bearer token stored in a file only its owner can read, without surrounding whitespace."""
+    file = Path(path).expanduser()
     try:
-        token = Path(path).expanduser().read_text(encoding="utf-8").strip()
+        mode = file.stat().st_mode
+        token = file.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"token file {os.fspath(path)!r} cannot be read ({exc}); "
                           "write the agent's token into it (e.g. `openssl rand -hex 32 > FILE`)") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"token file {os.fspath(path)!r} has mode {stat.filemode(mode)}: others may read the "
+                          f"secret; run `chmod 600 {os.fspath(path)}`")
     if not token:
         raise ConfigError(f"token file {os.fspath(path)!r} is empty; write the agent's token into it")
     return token
@@ -100,7 +131,7 @@ def create_app(config: AgentConfig) -> fastapi.FastAPI:
     """The agent's web application (serve it with any ASGI server; `serve` uses uvicorn)."""
     device = device_info()
     gate = _Gate(config.queue_size)
-    worker = _Worker()
+    worker = _Worker(config.max_memory_mb)
     # One thread talks to the one worker process: measurements run one at a time and never on the event loop.
     runner = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimsweep-agent-measure")
 
@@ -108,6 +139,7 @@ def create_app(config: AgentConfig) -> fastapi.FastAPI:
     async def lifespan(_: fastapi.FastAPI):
         runner.submit(worker.start)  # pays the child's start-up before the first model arrives
         yield
+        gate.cancel_all()
         runner.shutdown(wait=False, cancel_futures=True)
         worker.stop()
 
@@ -126,7 +158,8 @@ def create_app(config: AgentConfig) -> fastapi.FastAPI:
             "device": device,
             "runtimes": {"onnxruntime": ort.__version__, "onnx": onnx.__version__,
                          "providers": ort.get_available_providers()},
-            "limits": {"max_model_bytes": config.max_model_bytes, "queue_size": config.queue_size},
+            "limits": {"max_model_bytes": config.max_model_bytes, "queue_size": config.queue_size,
+                       "max_memory_mb": config.max_memory_mb, "timing": TIMING_LIMITS},
             "queue": {"in_flight": gate.in_flight},
             "agent": {"protocol": PROTOCOL, "providers": list(config.providers)},
         }
@@ -139,51 +172,88 @@ def create_app(config: AgentConfig) -> fastapi.FastAPI:
             await _drain(request, declared, config.max_model_bytes)
             raise _too_large(config.max_model_bytes, f"Content-Length is {declared} bytes")
         settings = _timing_settings(request.query_params)
-        if not gate.try_enter():
+        job = _Job(settings, config.measure_timeout)
+        if not gate.try_enter(job):
             raise _Refusal(503, f"the agent is busy: {config.queue_size} measurement(s) already accepted; retry later",
-                           {"Retry-After": str(math.ceil(2 * settings.max_seconds) + 1)})
+                           {"Retry-After": str(gate.retry_after())})
         try:
             body = await _read_body(request, config.max_model_bytes)
-            job = runner.submit(worker.run, body, settings, config.providers,
-                                config.measure_timeout + 2 * settings.max_seconds)
+            future = runner.submit(worker.run, job, body, config.providers)
         except BaseException:
-            gate.leave()
+            gate.leave(job)
             raise
-        # The slot is freed when the measurement ends, even if this request is abandoned before that.
-        job.add_done_callback(lambda _: gate.leave())
-        outcome = await asyncio.wrap_future(job)
+        # The slot is freed when the measurement ends, or at once if it is cancelled before it starts.
+        future.add_done_callback(lambda _: gate.leave(job))
+        outcome = await _outcome(request, job, future)
         if "error" in outcome:
-            raise _Refusal(400, outcome["error"])
+            raise _Refusal(outcome.get("status", 400), outcome["error"])
         return {"stats": outcome["stats"], "providers": outcome["providers"], "device": device}
 
     return app
 
 
-def serve(*, port: int, token_file: str, host: str = "127.0.0.1", **config_overrides: Any) -> None:
-    """Run the agent until stopped (blocking), with the token read from token_file."""
+async def _outcome(request: Request, job: "_Job", future: concurrent.futures.Future) -> dict:
+    """The measurement's outcome; if the client goes away first, the measurement is cancelled (queued or running)."""
+    waiting = asyncio.wrap_future(future)
+    try:
+        while True:
+            done, _ = await asyncio.wait({waiting}, timeout=0.25)
+            if done:
+                break
+            if await request.is_disconnected():
+                job.cancelled.set()
+                future.cancel()  # not started yet: never starts; running: the worker sees the flag and is killed
+                return {"error": "the client went away; the measurement was cancelled", "status": 499}
+        return waiting.result()
+    except asyncio.CancelledError:  # the server is stopping this request
+        job.cancelled.set()
+        future.cancel()
+        raise
+    except concurrent.futures.CancelledError:
+        return {"error": "the measurement was cancelled", "status": 503}
+    except Exception as exc:  # noqa: BLE001 - the agent's own failure: the worker was replaced, nothing stale kept
+        return {"error": f"the agent failed while waiting for the measurement ({type(exc).__name__}); it was "
+                         "discarded and the worker restarted; retry", "status": 500}
+
+
+def serve(*, port: int, token_file: str, host: str = "127.0.0.1", tls_cert: str | None = None,
+          tls_key: str | None = None, **config_overrides: Any) -> None:
+    """Run the agent until stopped (blocking), with the token read from token_file; HTTPS when given a cert and key."""
     import uvicorn
 
     config = AgentConfig(token=read_token(token_file), **config_overrides)
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError("give both --tls-cert and --tls-key (PEM files), or neither")
+    for flag, path in {"--tls-cert": tls_cert, "--tls-key": tls_key}.items():
+        if path is not None and not Path(path).expanduser().is_file():
+            raise ConfigError(f"{flag}: {path!r} is not a file")
+    tls = {"ssl_certfile": tls_cert, "ssl_keyfile": tls_key} if tls_cert else {}
     # A short graceful shutdown: Ctrl-C should not wait for a measurement that may run for minutes.
-    uvicorn.run(create_app(config), host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+    uvicorn.run(create_app(config), host=host, port=port, log_level="info", timeout_graceful_shutdown=5, **tls)
 
 
 def _timing_settings(query: Mapping[str, str] | Any) -> TimingSettings:
-    """TimingSettings from the request's query parameters; a bad one is a 400 that names it."""
+    """TimingSettings from the request's query parameters; a bad one, or one over its limit, is a 400 that names it."""
     values: dict[str, Any] = {}
     for name in set(query.keys()):
         if name not in _TIMING_FIELDS:
-            near = difflib.get_close_matches(name, list(_TIMING_FIELDS), n=1)
-            hint = f"did you mean {near[0]!r}? " if near else ""
-            raise _Refusal(400, f"unknown query parameter {name!r}; {hint}the parameters are {list(_TIMING_FIELDS)}")
+            raise _Refusal(400, f"unknown query parameter {_cut(name)!r}{did_you_mean(name, _TIMING_FIELDS)}; "
+                                f"the parameters are {list(_TIMING_FIELDS)}")
         given = query.getlist(name) if hasattr(query, "getlist") else [query[name]]
         if len(given) != 1:
             raise _Refusal(400, f"query parameter {name!r} is given {len(given)} times; give it once")
         values[name] = _number(name, given[0], _TIMING_FIELDS[name])
+        if values[name] > TIMING_LIMITS[name]:
+            raise _Refusal(400, f"query parameter {name!r} = {given[0][:40]!r} is over this agent's limit "
+                                f"{TIMING_LIMITS[name]!r}; the limits are in /v1/info")
     try:
         return TimingSettings(**values)
     except ConfigError as exc:
         raise _Refusal(400, f"bad query parameter: {exc}") from None
+
+
+def _cut(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _number(name: str, text: str, kind: type) -> int | float:
@@ -278,29 +348,86 @@ async def _drain(request: Request, declared: int, limit: int) -> None:
         pass  # the connection is closed after the 413 anyway
 
 
+class _Job:
+    """One accepted measurement: its id (every reply of the worker carries it), settings, deadlines, cancel flag."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, settings: TimingSettings, load_seconds: float) -> None:
+        self.id = next(self._ids)
+        self.settings, self.load_seconds = settings, load_seconds
+        self.cancelled = threading.Event()
+        self.started: float | None = None  # time.monotonic() when the worker got it
+        self.loaded: float | None = None  # when the worker said the model loaded
+        self.load_took = 0.0
+
+    @property
+    def timing_seconds(self) -> float:
+        """Warm-up, the repeat loop and its one retry: each within max_seconds, plus a second's slack."""
+        return 3 * self.settings.max_seconds + 1.0
+
+    def deadline(self) -> float:
+        """The time.monotonic() past which the measurement is stopped; call only once it has started."""
+        if self.loaded is None:
+            return self.started + self.load_seconds
+        return self.loaded + self.load_took + self.timing_seconds  # measure() loads its own session again
+
+    def seconds_left(self, now: float) -> float:
+        """At most how long until this measurement ends, however it ends."""
+        if self.started is None:
+            return 2 * self.load_seconds + self.timing_seconds
+        if self.loaded is None:
+            return self.deadline() - now + self.load_seconds + self.timing_seconds
+        return self.deadline() - now
+
+
 class _Gate:
-    """How many measurements are accepted (waiting or running); entering never waits."""
+    """The measurements accepted (waiting or running); entering never waits."""
 
     def __init__(self, size: int) -> None:
-        self.size, self.in_flight = size, 0
+        self.size = size
+        self._jobs: list[_Job] = []
         self._lock = threading.Lock()  # left from the measurement thread's done-callback, entered on the event loop
 
-    def try_enter(self) -> bool:
+    @property
+    def in_flight(self) -> int:
+        return len(self._jobs)
+
+    def try_enter(self, job: _Job) -> bool:
         with self._lock:
-            if self.in_flight >= self.size:
+            if len(self._jobs) >= self.size:
                 return False
-            self.in_flight += 1
+            self._jobs.append(job)
             return True
 
-    def leave(self) -> None:
+    def leave(self, job: _Job) -> None:
         with self._lock:
-            self.in_flight -= 1
+            if job in self._jobs:
+                self._jobs.remove(job)
+
+    def retry_after(self) -> int:
+        """Whole seconds until a slot is sure to be free: when the measurement that runs now must have ended."""
+        now = time.monotonic()
+        with self._lock:
+            left = [job.seconds_left(now) for job in self._jobs]
+        return max(1, math.ceil(min(left, default=0)))
+
+    def cancel_all(self) -> None:
+        with self._lock:
+            for job in self._jobs:
+                job.cancelled.set()
+
+
+def _wait_for_reply(conn: multiprocessing.connection.Connection, seconds: float) -> bool:
+    """Whether the worker has sent something within seconds (a seam: tests make it fail)."""
+    return conn.poll(seconds)
 
 
 class _Worker:
-    """One child process that runs ONNX Runtime on what the agent receives, restarted when a model kills it."""
+    """One child process that runs ONNX Runtime on what the agent receives, replaced whenever a wait goes wrong."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_memory_mb: int = 4096) -> None:
+        self.max_memory_mb = max_memory_mb
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: multiprocessing.connection.Connection | None = None
 
@@ -311,7 +438,8 @@ class _Worker:
         # spawn: a fresh interpreter, not a fork of a process that runs an event loop and threads.
         context = multiprocessing.get_context("spawn")
         ours, theirs = context.Pipe()
-        process = context.Process(target=_worker_main, args=(theirs,), name="slimsweep-agent-worker", daemon=True)
+        process = context.Process(target=_worker_main, args=(theirs, self.max_memory_mb, os.getpid()),
+                                  name="slimsweep-agent-worker", daemon=True)
         process.start()
         theirs.close()
         self._process, self._conn = process, ours
@@ -323,41 +451,116 @@ class _Worker:
             self._conn.close()
         self._process = self._conn = None
 
-    def run(self, model: bytes, settings: TimingSettings, providers: tuple[str, ...], timeout: float) -> dict:
-        """{"stats", "providers"} of one measurement, or {"error"} saying why the model could not be measured."""
-        self.start()
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def run(self, job: _Job, model: bytes, providers: tuple[str, ...]) -> dict:
+        """{"stats", "providers"} of one measurement, or {"error"} (and "status" when not 400) saying why not.
+
+        Any failure while waiting kills the worker, so an answer that arrives late can never be read by the next
+        request; and an answer that names another request is refused.
+        """
+        job.started = time.monotonic()
+        if job.cancelled.is_set():
+            return {"error": "the measurement was cancelled", "status": 499}
         try:
-            self._conn.send((model, dataclasses.asdict(settings), providers))
-            if not self._conn.poll(timeout):
-                self.stop()
-                return {"error": f"the measurement did not finish within {timeout:.0f} s and was stopped; "
-                                 "lower warmup, max_repeats or max_seconds, or send a smaller model"}
-            return self._conn.recv()
+            self.start()
+            self._conn.send((job.id, model, dataclasses.asdict(job.settings), providers))
+            while True:
+                if job.cancelled.is_set():
+                    self.stop()
+                    return {"error": "the measurement was cancelled", "status": 499}
+                left = job.deadline() - time.monotonic()
+                if left <= 0:
+                    self.stop()
+                    return {"error": _overtime(job)}
+                if not _wait_for_reply(self._conn, min(left, _POLL_SECONDS)):
+                    continue
+                reply_id, kind, payload = self._conn.recv()
+                if reply_id != job.id:
+                    self.stop()
+                    return {"error": f"the worker answered request {reply_id} to request {job.id}; the answer was "
+                                     "discarded and the worker restarted", "status": 500}
+                if kind == "loaded":
+                    job.loaded, job.load_took = time.monotonic(), min(float(payload), job.load_seconds)
+                    continue
+                return payload
         except (EOFError, OSError):
             self._process.join(timeout=5)
             code = self._process.exitcode
             self.stop()
-            return {"error": f"ONNX Runtime crashed on this model (worker exit code {code}); the agent restarted it"}
+            return {"error": f"ONNX Runtime crashed on this model (worker exit code {code}); needing more than the "
+                             f"agent's {self.max_memory_mb} MB of memory is one cause; the agent restarted it"}
+        except BaseException:
+            self.stop()
+            raise
 
 
-def _worker_main(conn: multiprocessing.connection.Connection) -> None:
-    """The child's loop: one model in, one outcome out, until the agent closes the pipe."""
+def _overtime(job: _Job) -> str:
+    if job.loaded is None:
+        return (f"the model did not load within {job.load_seconds:.0f} s and was stopped; send a smaller model")
+    return (f"the measurement did not finish within {job.timing_seconds:.0f} s of loading (warm-up, the repeat loop "
+            "and its retry get max_seconds each) and was stopped; lower warmup or max_seconds, or send a smaller "
+            "model")
+
+
+def _worker_main(conn: multiprocessing.connection.Connection, max_memory_mb: int, parent: int) -> None:
+    """The child's loop: one model in, its id and outcome out, until the agent closes the pipe or dies."""
+    _die_with(parent)
+    _limit_memory(max_memory_mb)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C on the agent's terminal is the agent's to handle
     while True:
         try:
-            model, settings, providers = conn.recv()
+            request_id, model, settings, providers = conn.recv()
         except EOFError:
             return
-        conn.send(_measure_untrusted(model, TimingSettings(**settings), providers))
+
+        def loaded(seconds: float, request_id: int = request_id) -> None:
+            conn.send((request_id, "loaded", seconds))
+
+        outcome = _measure_untrusted(model, TimingSettings(**settings), providers, loaded)
+        del model
+        conn.send((request_id, "done", outcome))
 
 
-def _measure_untrusted(model: bytes, settings: TimingSettings, providers: tuple[str, ...]) -> dict:
+def _die_with(parent: int) -> None:
+    """End this process when the agent ends, even if the agent is killed with SIGKILL."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: the kernel kills us when the parent goes
+    if os.getppid() != parent:  # the agent died before the line above took effect
+        os._exit(0)
+
+    def watch() -> None:  # elsewhere (and as a second guard): notice being handed to another parent
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="slimsweep-agent-parent-watch", daemon=True).start()
+
+
+def _limit_memory(max_memory_mb: int) -> None:
+    """Cap the worker's address space, so a model or batch that needs more fails to allocate (a 400), not the device."""
+    if sys.platform.startswith("linux"):
+        try:  # glibc reserves an arena per thread (64 MB each); a few are plenty and keep the cap about real use
+            ctypes.CDLL(None).mallopt(-8, 2)  # M_ARENA_MAX
+        except (OSError, AttributeError):
+            pass
+    limit = max_memory_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _measure_untrusted(model: bytes, settings: TimingSettings, providers: tuple[str, ...],
+                       loaded: Any = lambda seconds: None) -> dict:
     """Check that model is a self-contained ONNX model, then time it; any failure is the model's, told back as text."""
     try:
+        start = time.monotonic()
         _check_model(model)
         session = make_session(model, threads=settings.threads, providers=providers)
         used = session.get_providers()
         del session
+        loaded(time.monotonic() - start)
         if used[:1] != [providers[0]]:
             # ONNX Runtime falls back to the CPU with only a log line; a CPU timing must not pass for the device's.
             return {"error": f"ONNX Runtime fell back to {used} for this model instead of {providers[0]}, "
@@ -365,10 +568,15 @@ def _measure_untrusted(model: bytes, settings: TimingSettings, providers: tuple[
         stats = dataclasses.asdict(measure(model, settings, providers=providers))
     except _BadModel as exc:
         return {"error": str(exc)}
+    except MemoryError:
+        return {"error": "the model or batch needs more memory than this agent allows its worker (max_memory_mb in "
+                         "/v1/info); lower batch_size or send a smaller model"}
     except SlimsweepError as exc:
         return {"error": f"the model cannot be timed: {exc}"}
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises many types; each is this model's failure, reported
-        return {"error": f"ONNX Runtime cannot load or run the model: {type(exc).__name__}: {str(exc)[:2000]}"}
+        text = str(exc)[:2000]
+        hint = " (over this agent's memory limit: max_memory_mb in /v1/info)" if "alloc" in text.lower() else ""
+        return {"error": f"ONNX Runtime cannot load or run the model{hint}: {type(exc).__name__}: {text}"}
     if not all(math.isfinite(v) for v in stats.values() if isinstance(v, float)):
         return {"error": f"the measurement gave non-finite figures {stats}; the model runs too fast to time"}
     return {"stats": stats, "providers": used}

@@ -52,9 +52,15 @@ def _parser() -> argparse.ArgumentParser:
 
     agent = sub.add_parser("agent", help="serve this device as a remote target: time ONNX models sent over HTTP")
     agent.add_argument("--port", type=int, default=8470)
-    agent.add_argument("--host", default="0.0.0.0", help="interface to listen on (default: all)")
-    agent.add_argument("--token-file", required=True, help="file holding the bearer token clients must send")
+    agent.add_argument("--host", default="127.0.0.1",
+                       help="interface to listen on (default: loopback only; 0.0.0.0 opens it to the network)")
+    agent.add_argument("--token-file", required=True,
+                       help="file holding the bearer token clients must send (>= 16 bytes, mode 600)")
+    agent.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (with --tls-key)")
+    agent.add_argument("--tls-key", help="PEM private key of --tls-cert")
     agent.add_argument("--max-model-mb", type=float, default=64.0, help="largest model accepted (MB)")
+    agent.add_argument("--max-memory-mb", type=int, default=4096,
+                       help="memory the measuring worker may use (MB); a model or batch that needs more gets 400")
     agent.add_argument("--queue", type=int, default=4, help="measurements accepted at once; more get 503")
     return parser
 
@@ -243,8 +249,8 @@ def _agent(args: argparse.Namespace) -> int:
 
     if not Path(args.token_file).is_file():
         raise ConfigError(f"--token-file: {args.token_file!r} does not exist")
-    serve(port=args.port, host=args.host, token_file=args.token_file, max_model_bytes=int(args.max_model_mb * 1e6),
-          queue_size=args.queue)
+    serve(port=args.port, host=args.host, token_file=args.token_file, tls_cert=args.tls_cert, tls_key=args.tls_key,
+          max_model_bytes=int(args.max_model_mb * 1e6), queue_size=args.queue, max_memory_mb=args.max_memory_mb)
     return 0
 
 
