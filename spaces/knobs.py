@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 class Strict(BaseModel):
     """A config section that rejects unknown keys."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # NaN/inf are never a setting
 
 
 class FloatRange(Strict):

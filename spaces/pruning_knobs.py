@@ -9,6 +9,10 @@ from pydantic import field_validator
 
 from spaces.knobs import FloatKnob, IntKnob, Strict, TrialLike, check_positive, knob, values
 
+# Upper bounds (README, "The experiment file's bounds"): a typo must not ask for years of recovery training.
+MAX_EPOCHS = 10_000
+MAX_STEPS = 100
+
 Method = Literal["structured", "unstructured"]
 Importance = Literal["l1", "l2", "taylor", "bn_scale", "random"]
 Scope = Literal["uniform", "global"]
@@ -58,14 +62,16 @@ class PruningSpace(Strict):
         if isinstance(v, list) and not v:
             raise ValueError("give at least one choice")
         for x in values(v):
-            if x < 0:
-                raise ValueError(f"recovery epochs must be >= 0, got {x}")
+            if not 0 <= x <= MAX_EPOCHS:
+                raise ValueError(f"recovery epochs must lie in [0, {MAX_EPOCHS}], got {x}")
         return v
 
     @field_validator("steps")
     @classmethod
     def _steps(cls, v: IntKnob) -> IntKnob:
         check_positive(v, "iterative pruning steps (1 = one shot)")
+        if any(x > MAX_STEPS for x in values(v)):
+            raise ValueError(f"iterative pruning steps must be <= {MAX_STEPS}, got {max(values(v))}")
         return v
 
     @field_validator("round_to")

@@ -72,8 +72,8 @@ def _check_stages(v: StageList, what: str, stages: tuple[int, int]) -> StageList
             count = f"{low}" if low == high else f"{low} to {high}"
             raise ValueError(f"each choice of {what} lists {count} stages, got {choice}")
         for x in choice:
-            if x < 1:
-                raise ValueError(f"{what} must be >= 1 in every stage, got {choice}")
+            if not 1 <= x <= MAX_DEPTH:
+                raise ValueError(f"{what} must lie in [1, {MAX_DEPTH}] in every stage, got {choice}")
     return v
 
 
@@ -88,6 +88,22 @@ def _stages(trial: TrialLike, name: str, choices: StageList) -> tuple[int, ...]:
     return tuple(int(x) for x in label.split("-"))
 
 
+# Upper bounds (README, "The experiment file's bounds"): far above a useful student, low enough that a typo cannot
+# ask for years of training or a network that fills the machine's memory.
+MAX_EPOCHS = 10_000
+MAX_DEPTH = 64
+MAX_WIDTH = 64.0
+MAX_KERNEL = 31
+MAX_BASE_WIDTH = 4096
+
+
+def at_most(v: Any, what: str, limit: float) -> None:
+    """Refuse a knob value above limit."""
+    for x in values(v):
+        if x > limit:
+            raise ValueError(f"{what} must be <= {limit:g}, got {x}")
+
+
 class Distilled(Strict):
     """What every distilled family checks in its shared knobs: temperature, alpha, epochs and lr.
 
@@ -99,6 +115,7 @@ class Distilled(Strict):
     @classmethod
     def _epochs(cls, v: IntKnob) -> IntKnob:
         check_positive(v, "epochs")
+        at_most(v, "epochs", MAX_EPOCHS)
         return v
 
     @field_validator("temperature", "lr", check_fields=False)
@@ -132,12 +149,14 @@ class CNNStudents(Distilled):
     @classmethod
     def _width(cls, v: FloatKnob) -> FloatKnob:
         check_positive(v, "width multiplier")
+        at_most(v, "width multiplier", MAX_WIDTH)
         return v
 
     @field_validator("depth")
     @classmethod
     def _depth(cls, v: IntKnob) -> IntKnob:
         check_positive(v, "depth")
+        at_most(v, "depth", MAX_DEPTH)
         return v
 
     @field_validator("stage_depths", mode="before")
@@ -154,6 +173,7 @@ class CNNStudents(Distilled):
     @classmethod
     def _kernel(cls, v: IntKnob) -> IntKnob:
         check_positive(v, "kernel_size")
+        at_most(v, "kernel_size", MAX_KERNEL)
         for x in values(v):
             if x % 2 == 0:
                 raise ValueError(f"kernel_size must be odd so 'same' padding keeps the map size, got {x}")
@@ -181,6 +201,7 @@ class MobileNetV2Students(Distilled):
     @classmethod
     def _width(cls, v: FloatKnob) -> FloatKnob:
         check_positive(v, "width multiplier")
+        at_most(v, "width multiplier", MAX_WIDTH)
         return v
 
     @field_validator("settings")
@@ -218,6 +239,7 @@ class ResNetStudents(Distilled):
     @classmethod
     def _base_width(cls, v: IntKnob) -> IntKnob:
         check_positive(v, "base_width")
+        at_most(v, "base_width", MAX_BASE_WIDTH)
         return v
 
 
