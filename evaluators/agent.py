@@ -487,8 +487,9 @@ class _Worker:
                     continue
                 return payload
         except (EOFError, OSError):
-            self._process.join(timeout=5)
-            code = self._process.exitcode
+            if self._process is not None:
+                self._process.join(timeout=5)
+            code = self._process.exitcode if self._process is not None else None
             self.stop()
             return {"error": f"ONNX Runtime crashed on this model (worker exit code {code}); needing more than the "
                              f"agent's {self.max_memory_mb} MB of memory is one cause; the agent restarted it"}

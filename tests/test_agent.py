@@ -613,7 +613,7 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def test_tls_on_loopback_is_served_and_verified(tmp_path, small):
+def test_tls_on_loopback_is_served_and_verified(tmp_path, small, monkeypatch):
     cert, key = _self_signed(tmp_path)
     port = free_port()
     process = start_agent(tmp_path, port, tls_cert=str(cert), tls_key=str(key))
@@ -625,6 +625,8 @@ def test_tls_on_loopback_is_served_and_verified(tmp_path, small):
             AgentClient(f"https://127.0.0.1:{port}", TOKEN, timeout=30).info()  # the system CAs do not know it
         with pytest.raises(SlimsweepError):
             AgentClient(f"http://127.0.0.1:{port}", TOKEN, timeout=30).info()  # no plain HTTP on the TLS port
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # how a sweep's remote target trusts a self-signed agent
+        assert AgentClient(f"https://127.0.0.1:{port}", TOKEN, timeout=30).info()["agent"]["protocol"] == 1
     finally:
         process.terminate()
         process.wait(timeout=30)
