@@ -72,8 +72,10 @@ def _check_stages(v: StageList, what: str, stages: tuple[int, int]) -> StageList
             count = f"{low}" if low == high else f"{low} to {high}"
             raise ValueError(f"each choice of {what} lists {count} stages, got {choice}")
         for x in choice:
-            if not 1 <= x <= MAX_DEPTH:
-                raise ValueError(f"{what} must lie in [1, {MAX_DEPTH}] in every stage, got {choice}")
+            if x < 1:
+                raise ValueError(f"{what} must be >= 1 in every stage, got {choice}")
+            if x > MAX_DEPTH:
+                raise ValueError(f"{what} must be <= {MAX_DEPTH} in every stage, got {choice}")
     return v
 
 
