@@ -36,6 +36,8 @@ def _check_url(setting: str, url: str) -> None:
     elif scheme in {"", "file"}:  # MLflow's local file store: a path or file:///path
         _check_folder(setting, url, Path(parts.path if scheme else url).expanduser())
     elif scheme in _DEFAULT_PORTS:
+        if scheme not in {"http", "https"}:
+            _check_driver(setting, url)
         _check_reachable(setting, url, parts.hostname, _port(parts, _DEFAULT_PORTS[scheme]))
     # Other schemes (databricks, a plugin's): their own client checks them.
 
@@ -53,6 +55,19 @@ def _check_folder(setting: str, url: str, folder: Path) -> None:
         raise ConfigError(f"{setting}: {url!r}: the folder {str(folder)!r} {problem}")
 
 
+def _check_driver(setting: str, url: str) -> None:
+    """Refuse a database URL whose SQLAlchemy driver is not installed (Optuna and MLflow would fail only later)."""
+    import sqlalchemy.engine
+    import sqlalchemy.exc
+
+    try:
+        sqlalchemy.engine.make_url(url).get_dialect().import_dbapi()
+    except (ImportError, sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as exc:
+        raise ConfigError(f"{setting}: {url!r} needs a database driver that cannot be loaded here "
+                          f"({type(exc).__name__}: {exc}); install it (e.g. `pip install psycopg` for "
+                          "postgresql://, `pip install pymysql` with mysql+pymysql://)") from None
+
+
 def _check_reachable(setting: str, url: str, host: str | None, port: int | None) -> None:
     if not host or port is None:
         raise ConfigError(f"{setting}: {url!r} names no host and port to connect to")
@@ -60,6 +75,7 @@ def _check_reachable(setting: str, url: str, host: str | None, port: int | None)
         with socket.create_connection((host, port), timeout=CONNECT_SECONDS):
             pass
     except OSError as exc:
-        reason = "no answer" if isinstance(exc, TimeoutError) else exc.strerror or type(exc).__name__
-        raise ConfigError(f"{setting}: {url!r} is not reachable ({host}:{port}: {reason} within "
-                          f"{CONNECT_SECONDS:g} s); start that server or fix the setting") from None
+        reason = f"no answer within {CONNECT_SECONDS:g} s" if isinstance(exc, TimeoutError) else \
+            (exc.strerror or type(exc).__name__).lower()
+        raise ConfigError(f"{setting}: {url!r} is not reachable ({host}:{port}: {reason}); start that server or "
+                          "fix the setting") from None

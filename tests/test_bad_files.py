@@ -116,7 +116,7 @@ CASES: dict[str, Case] = {
     "unreachable tracking URI": (
         lambda m: {"bad.yaml": _yaml(experiment(tracking={"uri": f"http://127.0.0.1:{closed_port()}"}))},
         "tracking.uri"),
-    "unreachable postgres storage": (
+    "postgres storage with no driver or server here": (
         lambda m: {"bad.yaml": _yaml(experiment(search={"storage": f"postgresql://u:p@127.0.0.1:{closed_port()}/db"}))},
         "search.storage"),
     "pickled checkpoint under auto": (
