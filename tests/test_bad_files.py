@@ -119,6 +119,15 @@ CASES: dict[str, Case] = {
     "postgres storage with no driver or server here": (
         lambda m: {"bad.yaml": _yaml(experiment(search={"storage": f"postgresql://u:p@127.0.0.1:{closed_port()}/db"}))},
         "search.storage"),
+    "SQLite storage under a file": (
+        lambda m: {"bad.yaml": _yaml(experiment(search={"storage": "sqlite:///taken/study.db"})), "taken": "x\n"},
+        "search.storage"),
+    "tracking store under a file": (
+        lambda m: {"bad.yaml": _yaml(experiment(tracking={"uri": "sqlite:///taken/mlflow.db"})), "taken": "x\n"},
+        "tracking.uri"),
+    "60 unknown keys of 1,000 characters": (
+        lambda m: {"bad.yaml": "name: bad\n" + "".join(f"k{i:02d}{'k' * 997}: 1\n" for i in range(60))},
+        "more error(s)"),
     "pickled checkpoint under auto": (
         lambda m: {"bad.yaml": _yaml(nested(experiment(), "task.teacher", {"checkpoint": "evil.pt"})),
                    "evil.pt": _pickle_that_writes(m)},
