@@ -24,7 +24,7 @@ from conftest import BIN, wait_for
 from onnx import TensorProto, helper
 
 from evaluators import ConfigError, SlimsweepError, TimingSettings, measure
-from evaluators import agent
+from evaluators import agent, agent_worker
 from evaluators.agent import AgentConfig, create_app, read_token
 from evaluators.remote import AgentClient
 
@@ -475,7 +475,7 @@ def test_every_timing_parameter_refuses_bad_values_with_400_and_nothing_left_run
 
 
 def test_a_failure_while_waiting_for_the_worker_never_hands_its_answer_to_the_next_request(port, small, monkeypatch):
-    real = agent._wait_for_reply
+    real = agent_worker.wait_for_reply
     calls = []
 
     def fail_once(conn, seconds):
@@ -484,7 +484,7 @@ def test_a_failure_while_waiting_for_the_worker_never_hands_its_answer_to_the_ne
             raise OverflowError("timeout value is too large")  # what a huge wait once raised
         return real(conn, seconds)
 
-    monkeypatch.setattr(agent, "_wait_for_reply", fail_once)
+    monkeypatch.setattr(agent_worker, "wait_for_reply", fail_once)
     status, _, body = call(port, "POST", f"/v1/measure?{QUICK_QUERY}", small)
     assert status == 500 and "restarted" in body["error"]
     # The next caller sends a model that must be refused: it gets its own 400, not the stranded 200.
