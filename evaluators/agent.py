@@ -2,8 +2,9 @@
 
 It times with `evaluators.latency.measure`, the same method as a local target, so a remote p50 and a local p50 are
 comparable. What it receives is untrusted: it is only ever parsed as ONNX and run by ONNX Runtime (no pickle, no
-custom-op libraries, no external-data files), and it runs in a child process, so a model that crashes or hangs the
-runtime costs that one request, not the agent.
+custom-op libraries, no external-data files), and it runs in a child process with a memory limit and a deadline per
+request, so a model that crashes, hangs or floods the runtime costs that one request, not the agent. Every timing
+setting has an upper bound (TIMING_LIMITS); each reply from the child carries its request's id.
 
 Protocol 1 (every endpoint wants `Authorization: Bearer <token>`):
   GET  /v1/info     what the device is, its runtimes, the agent's limits and how many measurements are in flight
@@ -15,15 +16,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-import difflib
 import hmac
 import math
-import multiprocessing
-import multiprocessing.connection
 import os
 import platform
-import signal
+import stat
 import threading
+import time
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -36,9 +35,9 @@ import onnxruntime as ort
 from fastapi.responses import JSONResponse
 from starlette.requests import Request
 
-from evaluators.errors import ConfigError, SlimsweepError
-from evaluators.latency import TimingSettings, measure
-from evaluators.runtime import make_session
+from evaluators.agent_worker import Job, Worker
+from evaluators.errors import ConfigError, did_you_mean
+from evaluators.latency import TimingSettings
 
 PROTOCOL = 1
 # A body that has not arrived within this many seconds frees its queue slot (a stalled upload must not hold it).
@@ -47,6 +46,19 @@ _BODY_SECONDS = 120.0
 # that sends the whole body before reading the answer sees the 413 rather than a reset connection.
 _DRAIN_FACTOR = 4
 _TIMING_FIELDS = {field.name: type(field.default) for field in dataclasses.fields(TimingSettings)}
+# The most a request may ask of the device (beyond: 400). Threads beyond the cores only measure contention; the rest
+# keep one request from holding the device for long or growing the worker without end.
+TIMING_LIMITS: dict[str, int | float] = {
+    "threads": os.cpu_count() or 1,
+    "batch_size": 4096,
+    "warmup": 10_000,
+    "min_repeats": 100_000,
+    "max_repeats": 100_000,
+    "max_seconds": 60.0,
+    "target_rel_ci": 1.0,
+    "max_cv": 100.0,
+}
+MIN_TOKEN_BYTES = 16
 
 
 @dataclass(frozen=True)
@@ -57,12 +69,17 @@ class AgentConfig:
     max_model_bytes: int = 64_000_000
     queue_size: int = 4  # measurements waiting or running; one more -> 503
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
-    measure_timeout: float = 300.0  # seconds for loading and warm-up, on top of 2 x max_seconds, before it is stopped
+    # Seconds to check and load the model; once loaded, warm-up, repeat loop and its retry get 3 x max_seconds
+    # (plus the load time again, for the session that measures). Past either deadline the worker is killed: 400.
+    measure_timeout: float = 60.0
+    max_memory_mb: int = 4096  # the worker's address space; a model or batch that needs more gets 400
 
     def __post_init__(self) -> None:
-        if not self.token:
-            raise ConfigError("AgentConfig.token is empty; the agent refuses to run without a token")
-        for name, minimum in {"max_model_bytes": 1, "queue_size": 1, "measure_timeout": 1}.items():
+        if len(self.token.encode("utf-8")) < MIN_TOKEN_BYTES:
+            raise ConfigError(f"the agent's token is {len(self.token.encode('utf-8'))} bytes long; it must be at "
+                              f"least {MIN_TOKEN_BYTES} (e.g. `openssl rand -hex 32 > FILE`)")
+        for name, minimum in {"max_model_bytes": 1, "queue_size": 1, "measure_timeout": 1,
+                              "max_memory_mb": 256}.items():
             if getattr(self, name) < minimum:
                 raise ConfigError(f"AgentConfig.{name} = {getattr(self, name)!r}; it must be >= {minimum}")
         available = ort.get_available_providers()
@@ -73,12 +90,17 @@ class AgentConfig:
 
 
 def read_token(path: str | os.PathLike) -> str:
-    """The bearer token stored in a file, without surrounding whitespace."""
+    """The bearer token stored in a file only its owner can read, without surrounding whitespace."""
+    file = Path(path).expanduser()
     try:
-        token = Path(path).expanduser().read_text(encoding="utf-8").strip()
+        mode = file.stat().st_mode
+        token = file.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"token file {os.fspath(path)!r} cannot be read ({exc}); "
                           "write the agent's token into it (e.g. `openssl rand -hex 32 > FILE`)") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"token file {os.fspath(path)!r} has mode {stat.filemode(mode)}: others may read the "
+                          f"secret; run `chmod 600 {os.fspath(path)}`")
     if not token:
         raise ConfigError(f"token file {os.fspath(path)!r} is empty; write the agent's token into it")
     return token
@@ -100,7 +122,7 @@ def create_app(config: AgentConfig) -> fastapi.FastAPI:
     """The agent's web application (serve it with any ASGI server; `serve` uses uvicorn)."""
     device = device_info()
     gate = _Gate(config.queue_size)
-    worker = _Worker()
+    worker = Worker(config.max_memory_mb)
     # One thread talks to the one worker process: measurements run one at a time and never on the event loop.
     runner = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimsweep-agent-measure")
 
@@ -108,6 +130,7 @@ def create_app(config: AgentConfig) -> fastapi.FastAPI:
     async def lifespan(_: fastapi.FastAPI):
         runner.submit(worker.start)  # pays the child's start-up before the first model arrives
         yield
+        gate.cancel_all()
         runner.shutdown(wait=False, cancel_futures=True)
         worker.stop()
 
@@ -126,7 +149,8 @@ def create_app(config: AgentConfig) -> fastapi.FastAPI:
             "device": device,
             "runtimes": {"onnxruntime": ort.__version__, "onnx": onnx.__version__,
                          "providers": ort.get_available_providers()},
-            "limits": {"max_model_bytes": config.max_model_bytes, "queue_size": config.queue_size},
+            "limits": {"max_model_bytes": config.max_model_bytes, "queue_size": config.queue_size,
+                       "max_memory_mb": config.max_memory_mb, "timing": TIMING_LIMITS},
             "queue": {"in_flight": gate.in_flight},
             "agent": {"protocol": PROTOCOL, "providers": list(config.providers)},
         }
@@ -139,51 +163,88 @@ def create_app(config: AgentConfig) -> fastapi.FastAPI:
             await _drain(request, declared, config.max_model_bytes)
             raise _too_large(config.max_model_bytes, f"Content-Length is {declared} bytes")
         settings = _timing_settings(request.query_params)
-        if not gate.try_enter():
+        job = Job(settings, config.measure_timeout)
+        if not gate.try_enter(job):
             raise _Refusal(503, f"the agent is busy: {config.queue_size} measurement(s) already accepted; retry later",
-                           {"Retry-After": str(math.ceil(2 * settings.max_seconds) + 1)})
+                           {"Retry-After": str(gate.retry_after())})
         try:
             body = await _read_body(request, config.max_model_bytes)
-            job = runner.submit(worker.run, body, settings, config.providers,
-                                config.measure_timeout + 2 * settings.max_seconds)
+            future = runner.submit(worker.run, job, body, config.providers)
         except BaseException:
-            gate.leave()
+            gate.leave(job)
             raise
-        # The slot is freed when the measurement ends, even if this request is abandoned before that.
-        job.add_done_callback(lambda _: gate.leave())
-        outcome = await asyncio.wrap_future(job)
+        # The slot is freed when the measurement ends, or at once if it is cancelled before it starts.
+        future.add_done_callback(lambda _: gate.leave(job))
+        outcome = await _outcome(request, job, future)
         if "error" in outcome:
-            raise _Refusal(400, outcome["error"])
+            raise _Refusal(outcome.get("status", 400), outcome["error"])
         return {"stats": outcome["stats"], "providers": outcome["providers"], "device": device}
 
     return app
 
 
-def serve(*, port: int, token_file: str, host: str = "127.0.0.1", **config_overrides: Any) -> None:
-    """Run the agent until stopped (blocking), with the token read from token_file."""
+async def _outcome(request: Request, job: "Job", future: concurrent.futures.Future) -> dict:
+    """The measurement's outcome; if the client goes away first, the measurement is cancelled (queued or running)."""
+    waiting = asyncio.wrap_future(future)
+    try:
+        while True:
+            done, _ = await asyncio.wait({waiting}, timeout=0.25)
+            if done:
+                break
+            if await request.is_disconnected():
+                job.cancelled.set()
+                future.cancel()  # not started yet: never starts; running: the worker sees the flag and is killed
+                return {"error": "the client went away; the measurement was cancelled", "status": 499}
+        return waiting.result()
+    except asyncio.CancelledError:  # the server is stopping this request
+        job.cancelled.set()
+        future.cancel()
+        raise
+    except concurrent.futures.CancelledError:
+        return {"error": "the measurement was cancelled", "status": 503}
+    except Exception as exc:  # noqa: BLE001 - the agent's own failure: the worker was replaced, nothing stale kept
+        return {"error": f"the agent failed while waiting for the measurement ({type(exc).__name__}); it was "
+                         "discarded and the worker restarted; retry", "status": 500}
+
+
+def serve(*, port: int, token_file: str, host: str = "127.0.0.1", tls_cert: str | None = None,
+          tls_key: str | None = None, **config_overrides: Any) -> None:
+    """Run the agent until stopped (blocking), with the token read from token_file; HTTPS when given a cert and key."""
     import uvicorn
 
     config = AgentConfig(token=read_token(token_file), **config_overrides)
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError("give both --tls-cert and --tls-key (PEM files), or neither")
+    for flag, path in {"--tls-cert": tls_cert, "--tls-key": tls_key}.items():
+        if path is not None and not Path(path).expanduser().is_file():
+            raise ConfigError(f"{flag}: {path!r} is not a file")
+    tls = {"ssl_certfile": tls_cert, "ssl_keyfile": tls_key} if tls_cert else {}
     # A short graceful shutdown: Ctrl-C should not wait for a measurement that may run for minutes.
-    uvicorn.run(create_app(config), host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+    uvicorn.run(create_app(config), host=host, port=port, log_level="info", timeout_graceful_shutdown=5, **tls)
 
 
 def _timing_settings(query: Mapping[str, str] | Any) -> TimingSettings:
-    """TimingSettings from the request's query parameters; a bad one is a 400 that names it."""
+    """TimingSettings from the request's query parameters; a bad one, or one over its limit, is a 400 that names it."""
     values: dict[str, Any] = {}
     for name in set(query.keys()):
         if name not in _TIMING_FIELDS:
-            near = difflib.get_close_matches(name, list(_TIMING_FIELDS), n=1)
-            hint = f"did you mean {near[0]!r}? " if near else ""
-            raise _Refusal(400, f"unknown query parameter {name!r}; {hint}the parameters are {list(_TIMING_FIELDS)}")
+            raise _Refusal(400, f"unknown query parameter {_cut(name)!r}{did_you_mean(name, _TIMING_FIELDS)}; "
+                                f"the parameters are {list(_TIMING_FIELDS)}")
         given = query.getlist(name) if hasattr(query, "getlist") else [query[name]]
         if len(given) != 1:
             raise _Refusal(400, f"query parameter {name!r} is given {len(given)} times; give it once")
         values[name] = _number(name, given[0], _TIMING_FIELDS[name])
+        if values[name] > TIMING_LIMITS[name]:
+            raise _Refusal(400, f"query parameter {name!r} = {given[0][:40]!r} is over this agent's limit "
+                                f"{TIMING_LIMITS[name]!r}; the limits are in /v1/info")
     try:
         return TimingSettings(**values)
     except ConfigError as exc:
         raise _Refusal(400, f"bad query parameter: {exc}") from None
+
+
+def _cut(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _number(name: str, text: str, kind: type) -> int | float:
@@ -279,142 +340,37 @@ async def _drain(request: Request, declared: int, limit: int) -> None:
 
 
 class _Gate:
-    """How many measurements are accepted (waiting or running); entering never waits."""
+    """The measurements accepted (waiting or running); entering never waits."""
 
     def __init__(self, size: int) -> None:
-        self.size, self.in_flight = size, 0
+        self.size = size
+        self._jobs: list[Job] = []
         self._lock = threading.Lock()  # left from the measurement thread's done-callback, entered on the event loop
 
-    def try_enter(self) -> bool:
+    @property
+    def in_flight(self) -> int:
+        return len(self._jobs)
+
+    def try_enter(self, job: Job) -> bool:
         with self._lock:
-            if self.in_flight >= self.size:
+            if len(self._jobs) >= self.size:
                 return False
-            self.in_flight += 1
+            self._jobs.append(job)
             return True
 
-    def leave(self) -> None:
+    def leave(self, job: Job) -> None:
         with self._lock:
-            self.in_flight -= 1
+            if job in self._jobs:
+                self._jobs.remove(job)
 
+    def retry_after(self) -> int:
+        """Whole seconds until a slot is sure to be free: when the measurement that runs now must have ended."""
+        now = time.monotonic()
+        with self._lock:
+            left = [job.seconds_left(now) for job in self._jobs]
+        return max(1, math.ceil(min(left, default=0)))
 
-class _Worker:
-    """One child process that runs ONNX Runtime on what the agent receives, restarted when a model kills it."""
-
-    def __init__(self) -> None:
-        self._process: multiprocessing.process.BaseProcess | None = None
-        self._conn: multiprocessing.connection.Connection | None = None
-
-    def start(self) -> None:
-        if self._process is not None and self._process.is_alive():
-            return
-        self.stop()
-        # spawn: a fresh interpreter, not a fork of a process that runs an event loop and threads.
-        context = multiprocessing.get_context("spawn")
-        ours, theirs = context.Pipe()
-        process = context.Process(target=_worker_main, args=(theirs,), name="slimsweep-agent-worker", daemon=True)
-        process.start()
-        theirs.close()
-        self._process, self._conn = process, ours
-
-    def stop(self) -> None:
-        if self._process is not None:
-            self._process.kill()
-            self._process.join()
-            self._conn.close()
-        self._process = self._conn = None
-
-    def run(self, model: bytes, settings: TimingSettings, providers: tuple[str, ...], timeout: float) -> dict:
-        """{"stats", "providers"} of one measurement, or {"error"} saying why the model could not be measured."""
-        self.start()
-        try:
-            self._conn.send((model, dataclasses.asdict(settings), providers))
-            if not self._conn.poll(timeout):
-                self.stop()
-                return {"error": f"the measurement did not finish within {timeout:.0f} s and was stopped; "
-                                 "lower warmup, max_repeats or max_seconds, or send a smaller model"}
-            return self._conn.recv()
-        except (EOFError, OSError):
-            self._process.join(timeout=5)
-            code = self._process.exitcode
-            self.stop()
-            return {"error": f"ONNX Runtime crashed on this model (worker exit code {code}); the agent restarted it"}
-
-
-def _worker_main(conn: multiprocessing.connection.Connection) -> None:
-    """The child's loop: one model in, one outcome out, until the agent closes the pipe."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C on the agent's terminal is the agent's to handle
-    while True:
-        try:
-            model, settings, providers = conn.recv()
-        except EOFError:
-            return
-        conn.send(_measure_untrusted(model, TimingSettings(**settings), providers))
-
-
-def _measure_untrusted(model: bytes, settings: TimingSettings, providers: tuple[str, ...]) -> dict:
-    """Check that model is a self-contained ONNX model, then time it; any failure is the model's, told back as text."""
-    try:
-        _check_model(model)
-        session = make_session(model, threads=settings.threads, providers=providers)
-        used = session.get_providers()
-        del session
-        if used[:1] != [providers[0]]:
-            # ONNX Runtime falls back to the CPU with only a log line; a CPU timing must not pass for the device's.
-            return {"error": f"ONNX Runtime fell back to {used} for this model instead of {providers[0]}, "
-                             "so it was not timed"}
-        stats = dataclasses.asdict(measure(model, settings, providers=providers))
-    except _BadModel as exc:
-        return {"error": str(exc)}
-    except SlimsweepError as exc:
-        return {"error": f"the model cannot be timed: {exc}"}
-    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises many types; each is this model's failure, reported
-        return {"error": f"ONNX Runtime cannot load or run the model: {type(exc).__name__}: {str(exc)[:2000]}"}
-    if not all(math.isfinite(v) for v in stats.values() if isinstance(v, float)):
-        return {"error": f"the measurement gave non-finite figures {stats}; the model runs too fast to time"}
-    return {"stats": stats, "providers": used}
-
-
-class _BadModel(Exception):
-    pass
-
-
-def _check_model(model: bytes) -> None:
-    if not model:
-        raise _BadModel("the body is empty; send the ONNX model's bytes as the body")
-    if model[4:8] == b"ORTM":  # ONNX Runtime would load an ORT-format flatbuffer; only ONNX protobufs are accepted
-        raise _BadModel("the body is an ORT-format model; send the ONNX (protobuf) model instead")
-    try:
-        proto = onnx.load_model_from_string(model)
-    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError, or whatever else a corrupt body provokes
-        raise _BadModel(f"the body is not an ONNX model: {exc}") from None
-    external = [t.name for t in _tensors(proto) if t.data_location == onnx.TensorProto.EXTERNAL or t.external_data]
-    if external:
-        raise _BadModel(f"the model refers to external data files for tensors {external[:5]}; the agent reads no "
-                        "files, so send a self-contained model (onnx.save(..., save_as_external_data=False))")
-    try:
-        onnx.checker.check_model(proto)
-    except Exception as exc:  # noqa: BLE001 - ValidationError, or a C++ error the checker passes on
-        raise _BadModel(f"the body is not a valid ONNX model: {str(exc)[:2000]}") from None
-
-
-def _tensors(proto: onnx.ModelProto):
-    """Every tensor stored in the model: initializers, sparse ones, and those in attributes, in every (sub)graph."""
-    graphs = [proto.graph]
-    nodes = [node for function in proto.functions for node in function.node]
-    while graphs or nodes:
-        if graphs:
-            graph = graphs.pop()
-            yield from graph.initializer
-            for sparse in graph.sparse_initializer:
-                yield from (sparse.values, sparse.indices)
-            nodes.extend(graph.node)
-            continue
-        for attribute in nodes.pop().attribute:
-            if attribute.HasField("t"):
-                yield attribute.t
-            yield from attribute.tensors
-            for sparse in [attribute.sparse_tensor, *attribute.sparse_tensors]:
-                yield from (sparse.values, sparse.indices)
-            if attribute.HasField("g"):
-                graphs.append(attribute.g)
-            graphs.extend(attribute.graphs)
+    def cancel_all(self) -> None:
+        with self._lock:
+            for job in self._jobs:
+                job.cancelled.set()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import json
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -19,7 +20,7 @@ _STATS_FIELDS = {field.name for field in dataclasses.fields(LatencyStats)}
 class AgentClient:
     """One device agent at url, spoken to with its bearer token."""
 
-    def __init__(self, url: str, token: str, *, timeout: float = 300.0) -> None:
+    def __init__(self, url: str, token: str, *, timeout: float = 300.0, ca_file: str | None = None) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in {"http", "https"} or not parts.hostname:
             raise ConfigError(f"device agent url {url!r} is not http(s)://HOST:PORT, e.g. http://jetson.local:8470")
@@ -28,8 +29,15 @@ class AgentClient:
         self.url = url.rstrip("/")
         self._token = token
         self._timeout = timeout
+        # TLS is verified: against the system's CAs (SSL_CERT_FILE honoured), or ca_file for a self-signed agent.
+        try:
+            context = ssl.create_default_context(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"CA file {ca_file!r} for the device agent cannot be read: {exc}") from None
         # Straight to the device: a proxy from the environment would see the token and add its own latency and errors.
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                                   urllib.request.HTTPSHandler(context=context),
+                                                   _SameOriginRedirects())
 
     def info(self) -> dict:
         """What the device is, its runtimes and the agent's limits."""
@@ -54,8 +62,15 @@ class AgentClient:
                 raw = response.read()
         except urllib.error.HTTPError as exc:
             raise self._refused(exc.code, _message(exc), exc.headers.get("Retry-After")) from None
+        except _Redirected as exc:
+            raise SlimsweepError(f"device agent at {self.url} redirected to {exc.location!r}, another origin; the "
+                                 "token is never sent there: give the agent's own url") from None
         except urllib.error.URLError as exc:
             reason = exc.reason
+            if isinstance(reason, ssl.SSLCertVerificationError):
+                raise SlimsweepError(f"device agent at {self.url}: its TLS certificate is not trusted "
+                                     f"({reason.verify_message}); for a self-signed agent pass its certificate as "
+                                     "the CA file (ca_file, or SSL_CERT_FILE)") from None
             if isinstance(reason, ConnectionRefusedError):
                 raise SlimsweepError(f"device agent is not reachable at {self.url} (connection refused); "
                                      "is `slimsweep agent` running there, on that port?") from None
@@ -81,6 +96,27 @@ class AgentClient:
             wait = f"; it asks to retry after {retry_after} s" if retry_after else ""
             return SlimsweepError(f"device agent at {self.url} is busy (503): {message}{wait}")
         return SlimsweepError(f"device agent at {self.url} answered {status}: {message}")
+
+
+class _Redirected(urllib.error.URLError):
+    def __init__(self, location: str) -> None:
+        super().__init__(f"redirected to {location}")
+        self.location = location
+
+
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect (with the token) only within the agent's own origin; refuse one elsewhere before sending."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
+        if _origin(newurl) != _origin(req.full_url):
+            raise _Redirected(newurl)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or default
 
 
 def _dropped(url: str, exc: BaseException) -> SlimsweepError:

@@ -29,6 +29,13 @@ from spaces.knobs import Strict
 SHIPPED_MNIST = Path(__file__).parent / "data" / "mnist-t10k"
 
 TRAIN_KEYS = ("width", "depth", "epochs", "lr")
+# Upper bounds on counts and sizes (README, "The experiment file's bounds"): far above any useful setting, low
+# enough that a typo cannot ask for years of training or all the memory of the machine.
+MAX_SEED = 2**32 - 1  # what numpy and torch seeds accept
+MAX_EPOCHS = 10_000
+MAX_TEACHER_DEPTH = 64
+MAX_WIDTH = 64.0
+MAX_LIMIT = 100_000_000
 
 
 def _exists(value: str | None, *, folder: bool = False) -> str | None:
@@ -53,10 +60,10 @@ class TeacherSpec(Strict):
     never downloads weights.
     """
 
-    width: float = Field(1.0, gt=0)
-    depth: int = Field(2, ge=1)
-    epochs: int = Field(30, ge=1)
-    lr: float = Field(0.003, gt=0)
+    width: float = Field(1.0, gt=0, le=MAX_WIDTH)
+    depth: int = Field(2, ge=1, le=MAX_TEACHER_DEPTH)
+    epochs: int = Field(30, ge=1, le=MAX_EPOCHS)
+    lr: float = Field(0.003, gt=0, le=10)
     checkpoint: str | None = None
     # pickle: a whole model saved with torch.save(model), loaded by running the file's code - trusted files only.
     # torchscript: torch.jit.save; state_dict: torch.save(model.state_dict()) of the torchvision `arch`.
@@ -123,7 +130,7 @@ class DigitsTask(Strict):
     """scikit-learn's bundled 8x8 digits."""
 
     name: Literal["digits"] = "digits"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     teacher: TeacherSpec = TeacherSpec()
 
 
@@ -132,8 +139,8 @@ class MnistIdxTask(Strict):
 
     name: Literal["mnist-idx"]
     path: str | None = None  # a folder of *-images-idx3-ubyte[.gz] / *-labels-idx1-ubyte[.gz]; None: the shipped one
-    limit: int | None = Field(None, ge=20)
-    seed: int = 0
+    limit: int | None = Field(None, ge=20, le=MAX_LIMIT)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     teacher: TeacherSpec = TeacherSpec()
 
     @field_validator("path")
@@ -153,8 +160,8 @@ class Cifar10Task(Strict):
     name: Literal["cifar10"]
     download: bool = False  # let torchvision download it into root (users' machines; never in tests)
     root: str
-    limit: int | None = Field(None, ge=20)
-    seed: int = 0
+    limit: int | None = Field(None, ge=20, le=MAX_LIMIT)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     teacher: TeacherSpec = TeacherSpec()
 
     @field_validator("root")
@@ -173,8 +180,8 @@ class ImageFolderTask(Strict):
     root: str
     image_size: int = Field(..., ge=8, le=1024)
     grayscale: bool = False
-    limit: int | None = Field(None, ge=20)
-    seed: int = 0
+    limit: int | None = Field(None, ge=20, le=MAX_LIMIT)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     teacher: TeacherSpec = TeacherSpec()
 
     @field_validator("root")
@@ -189,7 +196,7 @@ class PluginTask(Strict):
     name: Literal["plugin"]
     entry: str
     options: dict[str, Any] = Field(default_factory=dict)  # passed to the function as keyword arguments
-    seed: int = 0  # also passed to the function when it takes a `seed` parameter
+    seed: int = Field(0, ge=0, le=MAX_SEED)  # also passed to the function when it takes a `seed` parameter
     teacher: TeacherSpec = TeacherSpec()  # used only when the function returns no teacher
 
     @field_validator("entry")
@@ -206,7 +213,7 @@ class OnnxTask(Strict):
     name: Literal["onnx"]
     model: str  # the .onnx file
     data: str  # an .npz with x_calib, x_val, y_val (x_train, y_train optional)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
     @field_validator("model", "data")
     @classmethod

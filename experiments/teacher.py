@@ -80,14 +80,16 @@ def torchvision_arch(arch: str) -> str:
 def load_checkpoint(spec: TeacherSpec, num_classes: int) -> nn.Module:
     """The teacher a checkpoint holds, in eval mode; never downloads weights.
 
-    format pickle (or auto on a whole saved model) runs torch.load(weights_only=False): unpickling runs code the
-    file names, so only load checkpoints you trust. TorchScript and state dicts load without running such code.
+    Only format pickle runs torch.load(weights_only=False): unpickling runs code the file names, so it must be asked
+    for by name, for checkpoints you trust. auto reads TorchScript and state dicts, which load without running such
+    code, and refuses anything else.
     """
     path = Path(spec.checkpoint or "").expanduser()
     where = f"task.teacher.checkpoint {str(path)!r}"
+    _readable(path, where)
     fmt = spec.format
     if fmt == "auto":
-        fmt = "torchscript" if is_torchscript(path) else "state_dict" if spec.arch else "pickle"
+        fmt = "torchscript" if is_torchscript(path) else "state_dict" if spec.arch else "unknown"
     if fmt == "torchscript":
         try:
             with warnings.catch_warnings():
@@ -98,17 +100,19 @@ def load_checkpoint(spec: TeacherSpec, num_classes: int) -> nn.Module:
         return model.eval()
     if fmt == "state_dict":
         return _from_state_dict(path, torchvision_arch(spec.arch or ""), num_classes, where)
-    if spec.format == "auto":
-        # A plain state dict loads without running code; only a whole pickled model needs the unsafe path.
-        try:
+    if fmt == "unknown":
+        try:  # weights_only: reads tensors and plain containers, never runs code from the file
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - weights_only refuses a pickled model: read it as one below
+        except Exception:  # noqa: BLE001 - a pickled model (refused by weights_only), or not a torch file at all
             state = None
         if isinstance(state, dict):
             raise ConfigError(f"{where}: holds a state dict, not a model; give arch: the torchvision architecture "
                               "it was saved from (format: state_dict)")
+        raise ConfigError(f"{where}: neither TorchScript nor a state dict, and format auto never runs code from a "
+                          "file; if it is a whole model saved with torch.save(model) by someone you trust, set "
+                          "format: pickle (loading it runs the code the file names)")
     try:
-        model = torch.load(path, map_location="cpu", weights_only=False)  # runs the file's code: trusted files only
+        model = torch.load(path, map_location="cpu", weights_only=False)  # runs the file's code: asked for by name
     except Exception as exc:  # noqa: BLE001 - unpickling raises anything the file's classes raise
         raise DataError(f"{where}: cannot be loaded as a saved model: {type(exc).__name__}: {_first_line(exc)} "
                         "(a model class must be importable here, under the module it was saved from)") from None
@@ -116,6 +120,15 @@ def load_checkpoint(spec: TeacherSpec, num_classes: int) -> nn.Module:
         raise DataError(f"{where}: holds a {type(model).__name__}, not a torch.nn.Module; for a state dict give "
                         "arch: the torchvision architecture (format: state_dict)")
     return model.eval()
+
+
+def _readable(path: Path, where: str) -> None:
+    """Refuse a checkpoint this user cannot read, naming it (a data error, not a crash)."""
+    try:
+        with path.open("rb") as file:
+            file.read(1)
+    except OSError as exc:
+        raise DataError(f"{where}: cannot be read: {exc.strerror or exc}") from None
 
 
 def _from_state_dict(path: Path, arch: str, num_classes: int, where: str) -> nn.Module:

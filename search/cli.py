@@ -63,9 +63,15 @@ def _parser() -> argparse.ArgumentParser:
 
     agent = sub.add_parser("agent", help="serve this device as a remote target: time ONNX models sent over HTTP")
     agent.add_argument("--port", type=int, default=8470)
-    agent.add_argument("--host", default="0.0.0.0", help="interface to listen on (default: all)")
-    agent.add_argument("--token-file", required=True, help="file holding the bearer token clients must send")
+    agent.add_argument("--host", default="127.0.0.1",
+                       help="interface to listen on (default: loopback only; 0.0.0.0 opens it to the network)")
+    agent.add_argument("--token-file", required=True,
+                       help="file holding the bearer token clients must send (>= 16 bytes, mode 600)")
+    agent.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (with --tls-key)")
+    agent.add_argument("--tls-key", help="PEM private key of --tls-cert")
     agent.add_argument("--max-model-mb", type=float, default=64.0, help="largest model accepted (MB)")
+    agent.add_argument("--max-memory-mb", type=int, default=4096,
+                       help="memory the measuring worker may use (MB); a model or batch that needs more gets 400")
     agent.add_argument("--queue", type=int, default=4, help="measurements accepted at once; more get 503")
     return parser
 
@@ -85,12 +91,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return {"bench": _bench, "agent": _agent, "compare": _compare}[args.command](args)
         exp = load(args.experiment, _overrides(args))  # validated before anything is imported, started or written
         return {"run": _run, "front": _front, "pick": _pick}[args.command](exp, args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
     except SlimsweepError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        from search.config import cut_message
+
+        print(f"error: {cut_message(str(exc))}", file=sys.stderr)
+        return EXIT_CONFIG if isinstance(exc, ConfigError) or _is_data_error(exc) else 1
+
+
+def _is_data_error(exc: SlimsweepError) -> bool:
+    """A task's data or checkpoint is unusable: the user's input, so exit 2 like a bad file."""
+    from experiments.readers import DataError
+
+    return isinstance(exc, DataError)
 
 
 def _console():
@@ -107,20 +119,26 @@ def _ray_auth_for(address: str | None) -> None:
         os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
-def _importable_here() -> None:
-    """Let a plugin task (`entry: module:function`) live in the current folder, for the driver and Ray's workers."""
+def _importable_here(exp: Experiment) -> None:
+    """Let a plugin task (`entry: module:function`) live in the current folder; only a plugin task, and after the
+    installed packages, so a file there (a `ray.py`) never shadows one. Ray adds the driver's folder to its workers'
+    path itself, once they have imported Ray."""
+    from experiments.schema import PluginTask
+
     cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (cwd, os.environ.get("PYTHONPATH")) if p)
+    if isinstance(exp.task, PluginTask) and cwd not in sys.path:
+        sys.path.append(cwd)
 
 
 def _run(exp: Experiment, args: argparse.Namespace) -> int:
     # A process started with SIGINT ignored (a background job, a parent that ignored it) would not stop on
     # Ctrl-C / kill -INT; a sweep always stops cleanly on it.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    from search.preflight import check_stores
+
+    check_stores(exp)  # before anything is written or started
     _ray_auth_for(args.ray_address)  # before anything imports ray
-    _importable_here()
+    _importable_here(exp)
     from search.executor import RayExecutor
     from search.pick import make_policy
     from search.study import open_study
@@ -225,8 +243,10 @@ def _front(exp: Experiment, args: argparse.Namespace) -> int:
 
 def _pick(exp: Experiment, args: argparse.Namespace) -> int:
     from search.pick import make_policy
+    from search.preflight import check_stores
     from search.tracking import Tracker
 
+    check_stores(exp, storage=False)  # the study is read; the pick is written to MLflow
     study = _swept_study(exp, args)
     tracker = Tracker(exp.tracking_uri, exp.name, exp.out / "mlartifacts")
     return _deliver(exp, study, tracker, make_policy(exp.pick), retime=None, console=_console())
@@ -351,8 +371,8 @@ def _agent(args: argparse.Namespace) -> int:
 
     if not Path(args.token_file).is_file():
         raise ConfigError(f"--token-file: {args.token_file!r} does not exist")
-    serve(port=args.port, host=args.host, token_file=args.token_file, max_model_bytes=int(args.max_model_mb * 1e6),
-          queue_size=args.queue)
+    serve(port=args.port, host=args.host, token_file=args.token_file, tls_cert=args.tls_cert, tls_key=args.tls_key,
+          max_model_bytes=int(args.max_model_mb * 1e6), queue_size=args.queue, max_memory_mb=args.max_memory_mb)
     return 0
 
 

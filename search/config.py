@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import difflib
+import os
 import re
+import reprlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from evaluators.errors import ConfigError
-from experiments.schema import TASK_CONFIGS, DigitsTask, OnnxTask, TaskConfig, task_error
+from evaluators.errors import ConfigError, not_allowed
+from experiments.schema import MAX_SEED, TASK_CONFIGS, DigitsTask, OnnxTask, TaskConfig, task_error
 from search.pick import check_pick_policy
 from search.samplers import check_sampler
 from spaces.knobs import Strict
@@ -30,6 +31,16 @@ METRIC_DIRECTIONS: dict[str, str] = {
     "size_mb": "minimize",
     "params": "minimize",
 }
+# Upper bounds (README, "The experiment file's bounds"): a typo must not ask for a trillion trials or threads.
+MAX_TRIALS = 100_000
+MAX_PARALLEL = 1024
+MAX_THREADS = 1024
+MAX_BATCH = 4096
+# Error messages quote at most this much of a bad value, and the whole message stays under 4 KB.
+_VALUE_REPR = reprlib.Repr()
+_VALUE_REPR.maxlevel, _VALUE_REPR.maxstring, _VALUE_REPR.maxlong, _VALUE_REPR.maxother = 3, 120, 60, 120
+_VALUE_REPR.maxdict = _VALUE_REPR.maxlist = _VALUE_REPR.maxtuple = _VALUE_REPR.maxset = 6
+_MESSAGE_BYTES = 3500
 
 
 
@@ -37,7 +48,7 @@ METRIC_DIRECTIONS: dict[str, str] = {
 class Constraints(Strict):
     """Feasibility limits handed to Optuna; infeasible trials stay out of the front."""
 
-    max_accuracy_drop: float = Field(1.0, ge=0)
+    max_accuracy_drop: float = Field(1.0, ge=0, le=100)
     max_latency_ms: float | None = Field(None, gt=0)
     max_size_mb: float | None = Field(None, gt=0)
 
@@ -46,9 +57,9 @@ class Target(Strict):
     """Where latency is measured: a runtime on this machine or a device agent, with its threads and batch size."""
 
     kind: Literal["cpu", "cuda", "tensorrt", "openvino", "remote"] = "cpu"
-    threads: int = Field(1, ge=1)
-    batch_size: int = Field(1, ge=1)
-    device_id: int = Field(0, ge=0)  # cuda / tensorrt
+    threads: int = Field(1, ge=1, le=MAX_THREADS)
+    batch_size: int = Field(1, ge=1, le=MAX_BATCH)
+    device_id: int = Field(0, ge=0, le=1024)  # cuda / tensorrt
     url: str | None = None  # remote: the device agent, e.g. http://jetson.local:8470
     token_file: str | None = None  # remote: a file holding the agent's bearer token
     reserve_cores: bool = True  # a local CPU target keeps `threads` cores for timing only; trials use the rest
@@ -82,9 +93,9 @@ class Search(Strict):
     """The Optuna study and how many trials run at once."""
 
     sampler: str = "tpe"  # a name registered in search.samplers.SAMPLERS
-    trials: int = Field(24, ge=1)
-    parallel: int = Field(2, ge=1)
-    seed: int = 0
+    trials: int = Field(24, ge=1, le=MAX_TRIALS)
+    parallel: int = Field(2, ge=1, le=MAX_PARALLEL)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     storage: str | None = None  # default: sqlite in the output folder
 
     @field_validator("sampler")
@@ -110,7 +121,7 @@ class Pick(Strict):
     """The policy that picks the deployable model among front members."""
 
     policy: str = "fastest_within"  # a name registered in search.pick.PICK_POLICIES
-    max_accuracy_drop: float = Field(1.0, ge=0)
+    max_accuracy_drop: float = Field(1.0, ge=0, le=100)
     max_latency_ms: float | None = Field(None, gt=0)
 
     @field_validator("policy")
@@ -143,6 +154,14 @@ class Experiment(Strict):
             )
         return v
 
+    @field_validator("output_dir")
+    @classmethod
+    def _output_dir(cls, v: str) -> str:
+        problem = folder_problem(Path(v).expanduser())
+        if problem:
+            raise ValueError(f"{problem} (got {v!r})")
+        return v
+
     @field_validator("objectives")
     @classmethod
     def _objectives(cls, v: list[str]) -> list[str]:
@@ -150,7 +169,7 @@ class Experiment(Strict):
             raise ValueError("give at least one objective")
         for name in v:
             if name not in METRIC_DIRECTIONS:
-                raise ValueError(_not_allowed(name, METRIC_DIRECTIONS))
+                raise ValueError(not_allowed(name, METRIC_DIRECTIONS))
         if len(set(v)) != len(v):
             raise ValueError(f"objectives repeat a metric: {v}")
         return v
@@ -188,11 +207,46 @@ class Experiment(Strict):
         return self.tracking.uri or f"sqlite:///{(self.out / 'mlflow.db').resolve()}"
 
 
-def _not_allowed(value: Any, allowed: Any) -> str:
-    allowed = list(allowed)
-    hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-    near = f" (did you mean {hint[0]!r}?)" if hint else ""
-    return f"{value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}{near}"
+def folder_problem(folder: Path) -> str | None:
+    """Why folder cannot be used (or created) for writing, or None when it can."""
+    if folder.exists():
+        if not folder.is_dir():
+            return "is a file, not a folder; give a folder (it is created if missing)"
+        return None if os.access(folder, os.W_OK | os.X_OK) else "is a folder this user cannot write to"
+    parent = folder.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot be created: {str(parent)!r} on its path is a file, not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot be created: this user cannot write to {str(parent)!r}"
+    return None
+
+
+def short(value: Any) -> str:
+    """A bad value as an error message quotes it: its repr, cut (a YAML alias can make it megabytes long)."""
+    return _VALUE_REPR.repr(value)
+
+
+class _Quoted:
+    """A value as a message shows it, cut: repr() and str() as the value's own, at most a line long."""
+
+    def __init__(self, value: Any) -> None:
+        self.text, self.plain = short(value), str(value)[:120] if isinstance(value, str) else short(value)
+
+    def __repr__(self) -> str:
+        return self.text
+
+    def __str__(self) -> str:
+        return self.plain
+
+
+def cut_message(text: str, limit: int = _MESSAGE_BYTES) -> str:
+    """text cut to at most limit bytes (UTF-8), saying so."""
+    raw = text.encode("utf-8")
+    if len(raw) <= limit:
+        return text
+    return raw[: limit - 40].decode("utf-8", errors="ignore") + f" ... [{len(raw) - limit + 40} more bytes cut]"
 
 
 _KNOB_FORMS = "a number, a list of numbers to choose from, or a range {low: .., high: .., log: false}"
@@ -251,11 +305,11 @@ def _format(error: dict[str, Any]) -> str:
         tagged = [str(p) for p in error["loc"][:-1] if _branch((p,)) is None]  # with the task's tag, if any
         parent = _model_at(Experiment, tagged)
         valid = list(parent.model_fields) if parent else []
-        return f"{field}: unknown key; {_not_allowed(loc[-1], valid)}"
+        return f"{field}: unknown key; {not_allowed(_Quoted(loc[-1]), valid)}"
     if kind == "literal_error":
         expected = error.get("ctx", {}).get("expected", "")
         options = [o.strip().strip("'") for o in expected.replace(" or ", ", ").split(",")]
-        return f"{field}: {_not_allowed(value, options)}"
+        return f"{field}: {not_allowed(_Quoted(value), options)}"
     if kind == "missing":
         return f"{field}: required but missing"
     message = error["msg"].removeprefix("Value error, ")
@@ -263,7 +317,7 @@ def _format(error: dict[str, Any]) -> str:
     if branch and kind.endswith(("_type", "_parsing")):
         message = "expected an integer or a list of integers to choose from" if branch in {"int", "list[int]"} \
             else f"expected {_KNOB_FORMS}"
-    return f"{field}: {message}" + ("" if "got" in message or "is not allowed" in message else f" (got {value!r})")
+    return f"{field}: {message}" + ("" if "got" in message or "is not allowed" in message else f" (got {short(value)})")
 
 
 def _model_at(model: type[BaseModel], path: list[str]) -> type[BaseModel] | None:
@@ -294,8 +348,33 @@ def parse(data: Any, source: str = "experiment") -> Experiment:
 
 def format_errors(exc: ValidationError, data: Any, source: str) -> str:
     """One line per bad field: the field, the bad value and what is allowed."""
-    lines = [_format(err) for err in _relevant(exc.errors(), data)]
-    return "\n".join(f"{source}: {line}" for line in lines)
+    lines = [cut_message(f"{source}: {_format(err)}", 600) for err in _relevant(exc.errors(), data)]
+    shown = []
+    for i, line in enumerate(lines):
+        if sum(len(s.encode()) + 1 for s in shown) + len(line.encode()) > _MESSAGE_BYTES:
+            shown.append(f"{source}: ... and {len(lines) - i} more error(s)")
+            break
+        shown.append(line)
+    return "\n".join(shown)
+
+
+_MAX_VALUES = 100_000
+
+
+def _check_size(data: Any, path: Path) -> None:
+    """Refuse a file that expands to more values than any experiment has (YAML aliases that repeat each other)."""
+    seen, stack = 0, [data]
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > _MAX_VALUES:
+            raise ConfigError(f"{path}: expands to more than {_MAX_VALUES} values (YAML anchors and aliases that "
+                              "repeat each other?); an experiment file is far smaller")
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Experiment:
@@ -306,7 +385,10 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Experimen
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(cut_message(f"{path}: not valid YAML: {exc}")) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc}") from None
+    _check_size(data, path)
     if isinstance(data, dict):
         for dotted, value in (overrides or {}).items():
             node = data

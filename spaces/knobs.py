@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 class Strict(BaseModel):
     """A config section that rejects unknown keys."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # NaN/inf are never a setting
 
 
 class FloatRange(Strict):
@@ -53,13 +53,25 @@ def values(v: Any) -> list[float]:
     return list(v) if isinstance(v, list) else [v]
 
 
-def check_positive(v: Any, what: str) -> None:
-    """Refuse an empty choice list or a value <= 0."""
+# Upper bounds of the knobs (README, "The experiment file's bounds"): far above any useful setting, low enough that a
+# typo cannot ask for years of training or a network that fills the machine's memory.
+MAX_EPOCHS = 10_000
+MAX_DEPTH = 64  # blocks per stage
+MAX_WIDTH = 64.0  # width multiplier
+MAX_KERNEL = 31
+MAX_BASE_WIDTH = 4096
+MAX_STEPS = 100  # iterative pruning steps
+
+
+def check_positive(v: Any, what: str, upper: float | None = None) -> None:
+    """Refuse an empty choice list, a value <= 0, or one above `upper`."""
     if isinstance(v, list) and not v:
         raise ValueError("give at least one choice")
     for x in values(v):
         if x <= 0:
             raise ValueError(f"{what} must be > 0, got {x}")
+        if upper is not None and x > upper:
+            raise ValueError(f"{what} must be <= {upper:g}, got {x}")
 
 
 

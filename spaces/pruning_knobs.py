@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, field_validator
 
-from spaces.knobs import FloatKnob, IntKnob, Strict, TrialLike, check_positive, knob, values
+from spaces.knobs import MAX_EPOCHS, MAX_STEPS, FloatKnob, IntKnob, Strict, TrialLike, check_positive, knob, values
 from spaces.registry import Registry
 
 if TYPE_CHECKING:
@@ -130,14 +130,14 @@ class PruningSpace(Strict):
         if isinstance(v, list) and not v:
             raise ValueError("give at least one choice")
         for x in values(v):
-            if x < 0:
-                raise ValueError(f"recovery epochs must be >= 0, got {x}")
+            if not 0 <= x <= MAX_EPOCHS:
+                raise ValueError(f"recovery epochs must lie in [0, {MAX_EPOCHS}], got {x}")
         return v
 
     @field_validator("steps")
     @classmethod
     def _steps(cls, v: IntKnob) -> IntKnob:
-        check_positive(v, "iterative pruning steps (1 = one shot)")
+        check_positive(v, "iterative pruning steps (1 = one shot)", MAX_STEPS)
         return v
 
     @field_validator("round_to")

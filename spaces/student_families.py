@@ -13,7 +13,19 @@ from pydantic import field_validator, model_validator
 
 from evaluators.errors import not_allowed
 
-from spaces.knobs import FloatKnob, FloatRange, IntKnob, TrialLike, check_positive, knob, values
+from spaces.knobs import (
+    MAX_BASE_WIDTH,
+    MAX_DEPTH,
+    MAX_KERNEL,
+    MAX_WIDTH,
+    FloatKnob,
+    FloatRange,
+    IntKnob,
+    TrialLike,
+    check_positive,
+    knob,
+    values,
+)
 from spaces.student_knobs import StudentChoice, StudentFamily, register_family, stages_label
 
 if TYPE_CHECKING:
@@ -75,6 +87,8 @@ def _check_stages(v: StageList, what: str, stages: tuple[int, int]) -> StageList
         for x in choice:
             if x < 1:
                 raise ValueError(f"{what} must be >= 1 in every stage, got {choice}")
+            if x > MAX_DEPTH:
+                raise ValueError(f"{what} must be <= {MAX_DEPTH} in every stage, got {choice}")
     return v
 
 
@@ -106,13 +120,13 @@ class CNNStudents(StudentFamily):
     @field_validator("width")
     @classmethod
     def _width(cls, v: FloatKnob) -> FloatKnob:
-        check_positive(v, "width multiplier")
+        check_positive(v, "width multiplier", MAX_WIDTH)
         return v
 
     @field_validator("depth")
     @classmethod
     def _depth(cls, v: IntKnob) -> IntKnob:
-        check_positive(v, "depth")
+        check_positive(v, "depth", MAX_DEPTH)
         return v
 
     @field_validator("stage_depths", mode="before")
@@ -128,7 +142,7 @@ class CNNStudents(StudentFamily):
     @field_validator("kernel_size")
     @classmethod
     def _kernel(cls, v: IntKnob) -> IntKnob:
-        check_positive(v, "kernel_size")
+        check_positive(v, "kernel_size", MAX_KERNEL)
         for x in values(v):
             if x % 2 == 0:
                 raise ValueError(f"kernel_size must be odd so 'same' padding keeps the map size, got {x}")
@@ -190,7 +204,7 @@ class MobileNetV2Students(StudentFamily):
     @field_validator("width")
     @classmethod
     def _width(cls, v: FloatKnob) -> FloatKnob:
-        check_positive(v, "width multiplier")
+        check_positive(v, "width multiplier", MAX_WIDTH)
         return v
 
     @field_validator("settings")
@@ -249,7 +263,7 @@ class ResNetStudents(StudentFamily):
     @field_validator("base_width")
     @classmethod
     def _base_width(cls, v: IntKnob) -> IntKnob:
-        check_positive(v, "base_width")
+        check_positive(v, "base_width", MAX_BASE_WIDTH)
         return v
 
     def sample(self, trial: TrialLike) -> dict[str, Any]:

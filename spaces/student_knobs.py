@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from pydantic_core import PydanticCustomError
 
 from evaluators.errors import ConfigError, not_allowed
-from spaces.knobs import FloatKnob, FloatRange, IntKnob, Strict, TrialLike, check_positive, knob, values
+from spaces.knobs import MAX_EPOCHS, FloatKnob, FloatRange, IntKnob, Strict, TrialLike, check_positive, knob, values
 from spaces.registry import Registry
 
 if TYPE_CHECKING:  # the heavy half: only a family's build() imports torch
@@ -54,7 +54,7 @@ class StudentFamily(Strict):
     @field_validator("epochs", check_fields=False)
     @classmethod
     def _epochs(cls, v: IntKnob) -> IntKnob:
-        check_positive(v, "epochs")
+        check_positive(v, "epochs", MAX_EPOCHS)
         return v
 
     @field_validator("temperature", "lr", check_fields=False)

@@ -3,7 +3,9 @@ that agrees with a local one, and a fuzzing run after which the agent still answ
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
+import http.server
 import io
 import json
 import random
@@ -12,24 +14,27 @@ import subprocess
 import sys
 import threading
 import urllib.parse
+from pathlib import Path
 
 import onnx
 import pytest
 import torch
 import uvicorn
-from conftest import wait_for
+from conftest import BIN, wait_for
 from onnx import TensorProto, helper
 
 from evaluators import ConfigError, SlimsweepError, TimingSettings, measure
+from evaluators import agent, agent_worker
 from evaluators.agent import AgentConfig, create_app, read_token
 from evaluators.remote import AgentClient
 
-TOKEN = "test-token-5f1c"
+TOKEN = "test-token-5f1c-0a9e7d"
 LIMIT = 20_000  # the small model fits, the wide one does not
 QUICK = TimingSettings(warmup=5, min_repeats=30, max_repeats=300, max_seconds=1.0)
 QUICK_QUERY = "warmup=1&min_repeats=5&max_repeats=20&max_seconds=0.05"
 # Runs for its whole 3 s whatever the model: the repeat floor is never reached before the time cap; no retry.
-SLOW = TimingSettings(warmup=0, min_repeats=10**9, max_repeats=10**9, max_seconds=3.0, max_cv=1e9)
+SLOW = TimingSettings(warmup=0, min_repeats=10**5, max_repeats=10**5, max_seconds=3.0, max_cv=100)
+MEMORY_MB = 1024  # the fixture agent's worker limit
 
 
 def conv_net(channels: int) -> torch.nn.Module:
@@ -65,7 +70,7 @@ def wide() -> bytes:
 @pytest.fixture(scope="module")
 def port() -> int:
     """A real agent (uvicorn, in a thread it can be stopped from) on a free loopback port; yields the port."""
-    config = AgentConfig(token=TOKEN, max_model_bytes=LIMIT, queue_size=1)
+    config = AgentConfig(token=TOKEN, max_model_bytes=LIMIT, queue_size=1, max_memory_mb=MEMORY_MB)
     server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning"))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -137,7 +142,8 @@ def test_info_reports_the_device_runtimes_and_limits(port):
     assert set(info["device"]) == {"hostname", "machine", "processor", "system", "cpu_count", "python"}
     assert "CPUExecutionProvider" in info["runtimes"]["providers"]
     assert info["runtimes"]["onnxruntime"]
-    assert info["limits"] == {"max_model_bytes": LIMIT, "queue_size": 1}
+    assert info["limits"] == {"max_model_bytes": LIMIT, "queue_size": 1, "max_memory_mb": MEMORY_MB,
+                              "timing": agent.TIMING_LIMITS}
     assert info["agent"]["protocol"] == 1
     assert info["queue"] == {"in_flight": 0}
     assert AgentClient(f"http://127.0.0.1:{port}/", TOKEN).info() == info
@@ -223,7 +229,8 @@ def test_a_full_queue_answers_503_while_info_still_answers(port, small):
         wait_for(lambda: in_flight(port) == 1, timeout=10, every=0.02)  # info answers while the measurement runs
         status, headers, body = call(port, "POST", f"/v1/measure?{QUICK_QUERY}", small)
         assert status == 503
-        assert int(headers["Retry-After"]) >= 1
+        # Until the running one is sure to end: its load allowance (60 s by default) at most, plus 3 x max_seconds.
+        assert 1 <= int(headers["Retry-After"]) <= 2 * 60 + 3 * SLOW.max_seconds + 1
         assert "busy" in body["error"]
         with pytest.raises(SlimsweepError, match=r"busy \(503\)"):
             client.measure(small, QUICK)
@@ -311,37 +318,95 @@ def test_fuzzed_requests_get_4xx_and_the_agent_keeps_answering(port, small):
     assert AgentClient(f"http://127.0.0.1:{port}", TOKEN).measure(small, QUICK).p50_ms > 0
 
 
-def test_serve_reads_the_token_file_and_stops_a_measurement_that_runs_too_long(tmp_path, small):
-    token_file = tmp_path / "token"
-    token_file.write_text(f"  {TOKEN}\n")
+def token_file(folder, token: str = TOKEN, mode: int = 0o600):
+    path = folder / "token"
+    path.write_text(f"  {token}\n")
+    path.chmod(mode)
+    return path
+
+
+def free_port() -> int:
     with socket.socket() as probe:  # a port that was free a moment ago
         probe.bind(("127.0.0.1", 0))
-        free = probe.getsockname()[1]
-    code = ("from evaluators.agent import serve; "
-            f"serve(port={free}, token_file={str(token_file)!r}, measure_timeout=1.0)")
-    agent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    client = AgentClient(f"http://127.0.0.1:{free}", TOKEN, timeout=30)
+        return probe.getsockname()[1]
+
+
+def start_agent(folder, port: int, **options) -> subprocess.Popen:
+    """`serve` in its own process, as `slimsweep agent` runs it."""
+    args = ", ".join(f"{k}={v!r}" for k, v in {"port": port, "token_file": str(token_file(folder)), **options}.items())
+    return subprocess.Popen([sys.executable, "-c", f"from evaluators.agent import serve; serve({args})"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def wait_up(process: subprocess.Popen, client: AgentClient) -> None:
+    def up() -> bool:
+        assert process.poll() is None, process.stderr.read().decode()
+        try:
+            return client.info()["agent"]["protocol"] == 1
+        except SlimsweepError:
+            return False
+    wait_for(up, timeout=60, every=0.1)
+
+
+def children(pid: int) -> list[int]:
+    """The live processes whose parent is pid (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if entry.name.isdigit() and fields[1] == str(pid) and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def gone(pid: int) -> bool:
     try:
-        def up() -> bool:
-            assert agent.poll() is None, agent.stderr.read().decode()
-            try:
-                return client.info()["agent"]["protocol"] == 1
-            except SlimsweepError:
-                return False
-        wait_for(up, timeout=30, every=0.1)
-        # Warm-up is not capped by max_seconds: only the agent's own deadline stops this one.
-        with pytest.raises(SlimsweepError, match="did not finish within"):
-            client.measure(small, TimingSettings(warmup=10**8, max_seconds=0.1))
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def square(size: int) -> bytes:
+    """X @ X on a (batch, size, size) input, no weights: milliseconds per run, a few hundred bytes of model."""
+    graph = helper.make_graph([helper.make_node("MatMul", ["input", "input"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", size, size])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", size, size])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def test_serve_reads_the_token_file_and_stops_a_warm_up_that_runs_too_long(tmp_path, small):
+    port = free_port()
+    process = start_agent(tmp_path, port, measure_timeout=30.0)
+    client = AgentClient(f"http://127.0.0.1:{port}", TOKEN, timeout=60)
+    try:
+        wait_up(process, client)
+        # 10,000 warm-up runs of a model that takes milliseconds: far past 3 x max_seconds, so it is stopped.
+        with pytest.raises(SlimsweepError, match="did not finish within 1 s of loading"):
+            client.measure(square(256), TimingSettings(warmup=10_000, min_repeats=1, max_seconds=0.1))
         assert client.measure(small, QUICK).p50_ms > 0  # the worker was restarted
     finally:
-        agent.terminate()
-        agent.wait(timeout=30)
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_the_worker_ends_with_a_sigkilled_agent(tmp_path, small):
+    port = free_port()
+    process = start_agent(tmp_path, port)
+    try:
+        wait_up(process, AgentClient(f"http://127.0.0.1:{port}", TOKEN, timeout=60))
+        assert AgentClient(f"http://127.0.0.1:{port}", TOKEN).measure(small, QUICK).p50_ms > 0
+        spawned = children(process.pid)
+        assert spawned  # the worker (and multiprocessing's helper)
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    wait_for(lambda: all(gone(pid) for pid in spawned), timeout=30, every=0.1)
 
 
 def test_an_agent_that_is_not_running_is_reported_unreachable():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed = probe.getsockname()[1]
+    closed = free_port()
     with pytest.raises(SlimsweepError, match="not reachable"):
         AgentClient(f"http://127.0.0.1:{closed}", TOKEN, timeout=5).info()
     with pytest.raises(ConfigError, match="http"):
@@ -349,16 +414,221 @@ def test_an_agent_that_is_not_running_is_reported_unreachable():
 
 
 def test_token_and_config_are_checked_before_serving(tmp_path):
-    (tmp_path / "token").write_text("\n  abc \n")
-    assert read_token(tmp_path / "token") == "abc"
+    assert read_token(token_file(tmp_path, "\n  abc ")) == "abc"
     (tmp_path / "blank").write_text(" \n")
+    (tmp_path / "blank").chmod(0o600)
     with pytest.raises(ConfigError, match="empty"):
         read_token(tmp_path / "blank")
     with pytest.raises(ConfigError, match="cannot be read"):
         read_token(tmp_path / "missing")
-    with pytest.raises(ConfigError, match="token"):
-        AgentConfig(token="")
+    for mode in (0o644, 0o640, 0o604, 0o660):
+        with pytest.raises(ConfigError, match=r"others may read the secret; run `chmod 600"):
+            read_token(token_file(tmp_path, TOKEN, mode))
+    for short in ("", "t", "x" * 15):
+        with pytest.raises(ConfigError, match="at least 16"):
+            AgentConfig(token=short)
     with pytest.raises(ConfigError, match="queue_size"):
-        AgentConfig(token="t", queue_size=0)
+        AgentConfig(token=TOKEN, queue_size=0)
     with pytest.raises(ConfigError, match="NoSuchExecutionProvider"):
-        AgentConfig(token="t", providers=("NoSuchExecutionProvider",))
+        AgentConfig(token=TOKEN, providers=("NoSuchExecutionProvider",))
+
+
+@pytest.mark.parametrize("token, mode, says", [
+    (TOKEN, 0o644, "others may read"), ("short-token", 0o600, "at least 16"),
+])
+def test_slimsweep_agent_refuses_to_start_on_a_weak_token_file(tmp_path, token, mode, says):
+    path = token_file(tmp_path, token, mode)
+    done = subprocess.run([str(BIN / "slimsweep"), "agent", "--port", str(free_port()), "--token-file", str(path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert says in done.stderr and "Traceback" not in done.stderr
+
+
+def _bad_values(name: str, kind: type) -> list[str]:
+    """Values every timing parameter must refuse: over its limit, huge, negative, NaN/inf, non-ASCII digits, and
+    for an integer one a float."""
+    limit = agent.TIMING_LIMITS[name]
+    values = [str(limit * 2 if kind is int else limit * 1.5), "1" + "0" * 30, "1e308", "-1", "-1e9", "nan", "NaN",
+              "inf", "-inf", "1e999", "\u0663", "\uff11", "1\u00a0", "ｉｎｆ"]
+    if kind is int:
+        values += ["1.5", "2.0", "1e3", "0x10"]
+    return values
+
+
+def test_every_timing_parameter_refuses_bad_values_with_400_and_nothing_left_running(port, small):
+    timing = {f.name: type(f.default) for f in dataclasses.fields(TimingSettings)}
+    assert set(timing) == set(agent.TIMING_LIMITS)  # every parameter has a limit
+    refused = 0
+    for name, kind in timing.items():
+        for value in _bad_values(name, kind):
+            query = urllib.parse.urlencode({name: value})
+            status, _, body = call(port, "POST", f"/v1/measure?{query}", small)
+            assert status == 400, (name, value, body)
+            assert name in body["error"]
+            refused += 1
+    assert refused > 100
+    assert in_flight(port) == 0
+    # The issue's own case: a time cap of weeks is refused up front, and the agent answers the next caller.
+    status, _, body = call(port, "POST", "/v1/measure?max_seconds=1100000", small)
+    assert status == 400 and "over this agent's limit" in body["error"]
+    assert AgentClient(f"http://127.0.0.1:{port}", TOKEN).measure(small, QUICK).p50_ms > 0
+
+
+def test_a_failure_while_waiting_for_the_worker_never_hands_its_answer_to_the_next_request(port, small, monkeypatch):
+    real = agent_worker.wait_for_reply
+    calls = []
+
+    def fail_once(conn, seconds):
+        calls.append(seconds)
+        if len(calls) == 1:
+            raise OverflowError("timeout value is too large")  # what a huge wait once raised
+        return real(conn, seconds)
+
+    monkeypatch.setattr(agent_worker, "wait_for_reply", fail_once)
+    status, _, body = call(port, "POST", f"/v1/measure?{QUICK_QUERY}", small)
+    assert status == 500 and "restarted" in body["error"]
+    # The next caller sends a model that must be refused: it gets its own 400, not the stranded 200.
+    status, _, body = call(port, "POST", f"/v1/measure?{QUICK_QUERY}", _custom_op())
+    assert status == 400 and "ONNX Runtime cannot load" in body["error"]
+    # And a good request gets statistics of its own settings (batch 3, at most 20 repeats).
+    status, _, body = call(port, "POST", f"/v1/measure?{QUICK_QUERY}&batch_size=3", small)
+    assert status == 200 and body["stats"]["repeats"] <= 20
+    assert body["stats"]["throughput"] == pytest.approx(3 / (body["stats"]["mean_ms"] / 1e3))
+    assert in_flight(port) == 0
+
+
+def _constant(elements: int) -> bytes:
+    """A model of about 200 bytes whose output is a float tensor of `elements` zeros."""
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [1, elements])
+    graph = helper.make_graph([helper.make_node("ConstantOfShape", ["shape"], ["big"]),
+                               helper.make_node("Add", ["input", "big"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", elements])],
+                              [shape])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def test_a_model_or_batch_over_the_workers_memory_limit_gets_400(port, small):
+    bomb = _constant(2**31)  # 8 GiB of zeros from a model of a few hundred bytes
+    assert len(bomb) < 400
+    status, _, body = call(port, "POST", f"/v1/measure?{QUICK_QUERY}", bomb)
+    assert status == 400 and "memory" in body["error"], body
+    # A batch whose input alone is 4 GiB on a model that takes a (batch, 1024, 256) input.
+    status, _, body = call(port, "POST", f"/v1/measure?{QUICK_QUERY}&batch_size=4096", square_input(1024, 256))
+    assert status == 400 and "memory" in body["error"], body
+    assert in_flight(port) == 0
+    assert AgentClient(f"http://127.0.0.1:{port}", TOKEN).measure(small, QUICK).p50_ms > 0
+
+
+def square_input(rows: int, cols: int) -> bytes:
+    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", rows, cols])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", rows, cols])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def test_a_client_that_goes_away_cancels_its_measurement(port, small):
+    # A minute-long measurement; the client hangs up as soon as it is accepted.
+    query = urllib.parse.urlencode({"warmup": 0, "min_repeats": 10**5, "max_repeats": 10**5, "max_seconds": 60,
+                                    "max_cv": 100})
+    head = (f"POST /v1/measure?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Length: {len(small)}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(head + small)
+        wait_for(lambda: in_flight(port) == 1, timeout=10, every=0.02)
+    wait_for(lambda: in_flight(port) == 0, timeout=30, every=0.1)  # long before the minute is up
+    assert AgentClient(f"http://127.0.0.1:{port}", TOKEN).measure(small, QUICK).p50_ms > 0
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """Answers every request: a redirect to `location`, or (location None) records the headers it got."""
+
+    location: str | None = None
+    seen: list = []
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        type(self).seen.append(dict(self.headers))
+        if self.location:
+            self.send_response(307)
+            self.send_header("Location", self.location)
+            self.end_headers()
+        else:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+    do_POST = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+def _http_server(handler) -> http.server.HTTPServer:
+    server = http.server.HTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_the_client_never_sends_its_token_across_a_redirect_to_another_origin():
+    elsewhere = _http_server(type("Elsewhere", (_Recorder,), {"location": None, "seen": []}))
+    target = f"http://127.0.0.1:{elsewhere.server_port}/v1/info"
+    redirector = _http_server(type("Redirector", (_Recorder,), {"location": target, "seen": []}))
+    try:
+        client = AgentClient(f"http://127.0.0.1:{redirector.server_port}", TOKEN, timeout=10)
+        for call_it in (client.info, lambda: client.measure(b"model", QUICK)):
+            with pytest.raises(SlimsweepError, match="another origin; the token is never sent there"):
+                call_it()
+        assert [h["Authorization"] for h in redirector.RequestHandlerClass.seen] == [f"Bearer {TOKEN}"] * 2
+        assert elsewhere.RequestHandlerClass.seen == []  # the other port never heard from the client
+    finally:
+        elsewhere.shutdown()
+        redirector.shutdown()
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by its own key, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "slimsweep test agent")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "agent.crt", folder / "agent.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+def test_tls_on_loopback_is_served_and_verified(tmp_path, small, monkeypatch):
+    cert, key = _self_signed(tmp_path)
+    port = free_port()
+    process = start_agent(tmp_path, port, tls_cert=str(cert), tls_key=str(key))
+    trusting = AgentClient(f"https://127.0.0.1:{port}", TOKEN, timeout=60, ca_file=str(cert))
+    try:
+        wait_up(process, trusting)
+        assert trusting.measure(small, QUICK).p50_ms > 0
+        with pytest.raises(SlimsweepError, match="TLS certificate is not trusted"):
+            AgentClient(f"https://127.0.0.1:{port}", TOKEN, timeout=30).info()  # the system CAs do not know it
+        with pytest.raises(SlimsweepError):
+            AgentClient(f"http://127.0.0.1:{port}", TOKEN, timeout=30).info()  # no plain HTTP on the TLS port
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # how a sweep's remote target trusts a self-signed agent
+        assert AgentClient(f"https://127.0.0.1:{port}", TOKEN, timeout=30).info()["agent"]["protocol"] == 1
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    with pytest.raises(ConfigError, match="both --tls-cert and --tls-key"):
+        agent.serve(port=port, token_file=str(token_file(tmp_path)), tls_cert=str(cert))

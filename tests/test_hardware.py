@@ -121,7 +121,8 @@ def _free_port() -> int:
 def agent(tmp_path):
     """A real device agent, started by its own command, on loopback."""
     token_file = tmp_path / "token"
-    token_file.write_text("s3cret-token\n")
+    token_file.write_text("s3cret-token-of-32-bytes-or-more\n")
+    token_file.chmod(0o600)  # the agent refuses a token file others can read
     port = _free_port()
     proc = subprocess.Popen([str(BIN / "slimsweep"), "agent", "--host", "127.0.0.1", "--port", str(port),
                              "--token-file", str(token_file)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -187,8 +187,9 @@ def test_remote_target_on_a_closed_port_fails_at_check_as_not_reachable():
 @pytest.fixture
 def agent(tmp_path):
     """A real device agent on a loopback port, in its own process; yields its URL and token."""
-    port, token = free_port(), "a-test-token"
+    port, token = free_port(), "a-test-token-of-16-bytes-or-more"
     (tmp_path / "token").write_text(token)
+    (tmp_path / "token").chmod(0o600)  # the agent refuses a token file others can read
     code = f"from evaluators.agent import serve; serve(port={port}, token_file={str(tmp_path / 'token')!r})"
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

@@ -360,7 +360,10 @@ def pets(tmp_path_factory) -> Path:
 def test_checkpoint_teachers_predict_like_the_model_they_were_saved_from(saved, pets, kind):
     base = {"name": "imagefolder", "root": str(pets), "image_size": 32}
     x = None
-    for fmt in (kind, "auto"):
+    if kind == "pickle":  # auto never unpickles: a pickled model is loaded only when asked for by name
+        with pytest.raises(ConfigError, match="format auto never runs code from a file; .* set format: pickle"):
+            load_task({**base, "teacher": {"checkpoint": str(saved[kind])}})
+    for fmt in (kind, "auto") if kind != "pickle" else (kind,):
         teacher = {"checkpoint": str(saved[kind]), "format": fmt}
         if kind == "state_dict":
             teacher["arch"] = "resnet18"
@@ -391,7 +394,7 @@ def test_checkpoint_mistakes_are_named(saved, pets, tmp_path):
         load_task({**base, "root": str(three), "teacher": {"checkpoint": str(saved["state_dict"]), "arch": "resnet18"}})
     gray = {**base, "grayscale": True}  # one channel in, the teacher wants three
     with pytest.raises(DataError, match=r"the teacher does not run on the task's inputs \(shape \(1, 32, 32\)\)"):
-        load_task({**gray, "teacher": {"checkpoint": str(saved["pickle"])}})
+        load_task({**gray, "teacher": {"checkpoint": str(saved["pickle"]), "format": "pickle"}})
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(DataError, match="not a TorchScript file"):

@@ -1,0 +1,272 @@
+"""The device agent's worker: the child process that checks and times what the agent receives, and the parent's
+handle on it. Every request carries an id that its replies repeat, and any failure while waiting kills the child,
+so no request can ever read another's answer. The child has a memory cap and ends when the agent ends."""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import itertools
+import math
+import multiprocessing
+import multiprocessing.connection
+import os
+import resource
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import onnx
+
+from evaluators.errors import SlimsweepError
+from evaluators.latency import TimingSettings, measure
+from evaluators.runtime import make_session
+
+# How often the thread that waits for the worker looks at the request's deadline and whether it was cancelled.
+_POLL_SECONDS = 0.1
+
+
+class Job:
+    """One accepted measurement: its id (every reply of the worker carries it), settings, deadlines, cancel flag."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, settings: TimingSettings, load_seconds: float) -> None:
+        self.id = next(self._ids)
+        self.settings, self.load_seconds = settings, load_seconds
+        self.cancelled = threading.Event()
+        self.started: float | None = None  # time.monotonic() when the worker got it
+        self.loaded: float | None = None  # when the worker said the model loaded
+        self.load_took = 0.0
+
+    @property
+    def timing_seconds(self) -> float:
+        """Warm-up, the repeat loop and its one retry: each within max_seconds, plus a second's slack."""
+        return 3 * self.settings.max_seconds + 1.0
+
+    def deadline(self) -> float:
+        """The time.monotonic() past which the measurement is stopped; call only once it has started."""
+        if self.loaded is None:
+            return self.started + self.load_seconds
+        return self.loaded + self.load_took + self.timing_seconds  # measure() loads its own session again
+
+    def seconds_left(self, now: float) -> float:
+        """At most how long until this measurement ends, however it ends."""
+        if self.started is None:
+            return 2 * self.load_seconds + self.timing_seconds
+        if self.loaded is None:
+            return self.deadline() - now + self.load_seconds + self.timing_seconds
+        return self.deadline() - now
+
+
+def wait_for_reply(conn: multiprocessing.connection.Connection, seconds: float) -> bool:
+    """Whether the worker has sent something within seconds (a seam: tests make it fail)."""
+    return conn.poll(seconds)
+
+
+class Worker:
+    """One child process that runs ONNX Runtime on what the agent receives, replaced whenever a wait goes wrong."""
+
+    def __init__(self, max_memory_mb: int = 4096) -> None:
+        self.max_memory_mb = max_memory_mb
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._conn: multiprocessing.connection.Connection | None = None
+
+    def start(self) -> None:
+        if self._process is not None and self._process.is_alive():
+            return
+        self.stop()
+        # spawn: a fresh interpreter, not a fork of a process that runs an event loop and threads.
+        context = multiprocessing.get_context("spawn")
+        ours, theirs = context.Pipe()
+        process = context.Process(target=_worker_main, args=(theirs, self.max_memory_mb, os.getpid()),
+                                  name="slimsweep-agent-worker", daemon=True)
+        process.start()
+        theirs.close()
+        self._process, self._conn = process, ours
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.join()
+            self._conn.close()
+        self._process = self._conn = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def run(self, job: Job, model: bytes, providers: tuple[str, ...]) -> dict:
+        """{"stats", "providers"} of one measurement, or {"error"} (and "status" when not 400) saying why not.
+
+        Any failure while waiting kills the worker, so an answer that arrives late can never be read by the next
+        request; and an answer that names another request is refused.
+        """
+        job.started = time.monotonic()
+        if job.cancelled.is_set():
+            return {"error": "the measurement was cancelled", "status": 499}
+        try:
+            self.start()
+            self._conn.send((job.id, model, dataclasses.asdict(job.settings), providers))
+            while True:
+                if job.cancelled.is_set():
+                    self.stop()
+                    return {"error": "the measurement was cancelled", "status": 499}
+                left = job.deadline() - time.monotonic()
+                if left <= 0:
+                    self.stop()
+                    return {"error": _overtime(job)}
+                if not wait_for_reply(self._conn, min(left, _POLL_SECONDS)):
+                    continue
+                reply_id, kind, payload = self._conn.recv()
+                if reply_id != job.id:
+                    self.stop()
+                    return {"error": f"the worker answered request {reply_id} to request {job.id}; the answer was "
+                                     "discarded and the worker restarted", "status": 500}
+                if kind == "loaded":
+                    job.loaded, job.load_took = time.monotonic(), min(float(payload), job.load_seconds)
+                    continue
+                return payload
+        except (EOFError, OSError):
+            if self._process is not None:
+                self._process.join(timeout=5)
+            code = self._process.exitcode if self._process is not None else None
+            self.stop()
+            return {"error": f"ONNX Runtime crashed on this model (worker exit code {code}); needing more than the "
+                             f"agent's {self.max_memory_mb} MB of memory is one cause; the agent restarted it"}
+        except BaseException:
+            self.stop()
+            raise
+
+
+def _overtime(job: Job) -> str:
+    if job.loaded is None:
+        return (f"the model did not load within {job.load_seconds:.0f} s and was stopped; send a smaller model")
+    return (f"the measurement did not finish within {job.timing_seconds:.0f} s of loading (warm-up, the repeat loop "
+            "and its retry get max_seconds each) and was stopped; lower warmup or max_seconds, or send a smaller "
+            "model")
+
+
+def _worker_main(conn: multiprocessing.connection.Connection, max_memory_mb: int, parent: int) -> None:
+    """The child's loop: one model in, its id and outcome out, until the agent closes the pipe or dies."""
+    _die_with(parent)
+    _limit_memory(max_memory_mb)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C on the agent's terminal is the agent's to handle
+    while True:
+        try:
+            request_id, model, settings, providers = conn.recv()
+        except EOFError:
+            return
+
+        def loaded(seconds: float, request_id: int = request_id) -> None:
+            conn.send((request_id, "loaded", seconds))
+
+        outcome = _measure_untrusted(model, TimingSettings(**settings), providers, loaded)
+        del model
+        conn.send((request_id, "done", outcome))
+
+
+def _die_with(parent: int) -> None:
+    """End this process when the agent ends, even if the agent is killed with SIGKILL."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: the kernel kills us when the parent goes
+    if os.getppid() != parent:  # the agent died before the line above took effect
+        os._exit(0)
+
+    def watch() -> None:  # elsewhere (and as a second guard): notice being handed to another parent
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="slimsweep-agent-parent-watch", daemon=True).start()
+
+
+def _limit_memory(max_memory_mb: int) -> None:
+    """Cap the worker's address space, so a model or batch that needs more fails to allocate (a 400), not the device."""
+    if sys.platform.startswith("linux"):
+        try:  # glibc reserves an arena per thread (64 MB each); a few are plenty and keep the cap about real use
+            ctypes.CDLL(None).mallopt(-8, 2)  # M_ARENA_MAX
+        except (OSError, AttributeError):
+            pass
+    limit = max_memory_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _measure_untrusted(model: bytes, settings: TimingSettings, providers: tuple[str, ...],
+                       loaded: Any = lambda seconds: None) -> dict:
+    """Check that model is a self-contained ONNX model, then time it; any failure is the model's, told back as text."""
+    try:
+        start = time.monotonic()
+        _check_model(model)
+        session = make_session(model, threads=settings.threads, providers=providers)
+        used = session.get_providers()
+        del session
+        loaded(time.monotonic() - start)
+        if used[:1] != [providers[0]]:
+            # ONNX Runtime falls back to the CPU with only a log line; a CPU timing must not pass for the device's.
+            return {"error": f"ONNX Runtime fell back to {used} for this model instead of {providers[0]}, "
+                             "so it was not timed"}
+        stats = dataclasses.asdict(measure(model, settings, providers=providers))
+    except _BadModel as exc:
+        return {"error": str(exc)}
+    except MemoryError:
+        return {"error": "the model or batch needs more memory than this agent allows its worker (max_memory_mb in "
+                         "/v1/info); lower batch_size or send a smaller model"}
+    except SlimsweepError as exc:
+        return {"error": f"the model cannot be timed: {exc}"}
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises many types; each is this model's failure, reported
+        text = str(exc)[:2000]
+        hint = " (over this agent's memory limit: max_memory_mb in /v1/info)" if "alloc" in text.lower() else ""
+        return {"error": f"ONNX Runtime cannot load or run the model{hint}: {type(exc).__name__}: {text}"}
+    if not all(math.isfinite(v) for v in stats.values() if isinstance(v, float)):
+        return {"error": f"the measurement gave non-finite figures {stats}; the model runs too fast to time"}
+    return {"stats": stats, "providers": used}
+
+
+class _BadModel(Exception):
+    pass
+
+
+def _check_model(model: bytes) -> None:
+    if not model:
+        raise _BadModel("the body is empty; send the ONNX model's bytes as the body")
+    if model[4:8] == b"ORTM":  # ONNX Runtime would load an ORT-format flatbuffer; only ONNX protobufs are accepted
+        raise _BadModel("the body is an ORT-format model; send the ONNX (protobuf) model instead")
+    try:
+        proto = onnx.load_model_from_string(model)
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError, or whatever else a corrupt body provokes
+        raise _BadModel(f"the body is not an ONNX model: {exc}") from None
+    external = [t.name for t in _tensors(proto) if t.data_location == onnx.TensorProto.EXTERNAL or t.external_data]
+    if external:
+        raise _BadModel(f"the model refers to external data files for tensors {external[:5]}; the agent reads no "
+                        "files, so send a self-contained model (onnx.save(..., save_as_external_data=False))")
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as exc:  # noqa: BLE001 - ValidationError, or a C++ error the checker passes on
+        raise _BadModel(f"the body is not a valid ONNX model: {str(exc)[:2000]}") from None
+
+
+def _tensors(proto: onnx.ModelProto):
+    """Every tensor stored in the model: initializers, sparse ones, and those in attributes, in every (sub)graph."""
+    graphs = [proto.graph]
+    nodes = [node for function in proto.functions for node in function.node]
+    while graphs or nodes:
+        if graphs:
+            graph = graphs.pop()
+            yield from graph.initializer
+            for sparse in graph.sparse_initializer:
+                yield from (sparse.values, sparse.indices)
+            nodes.extend(graph.node)
+            continue
+        for attribute in nodes.pop().attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            for sparse in [attribute.sparse_tensor, *attribute.sparse_tensors]:
+                yield from (sparse.values, sparse.indices)
+            if attribute.HasField("g"):
+                graphs.append(attribute.g)
+            graphs.extend(attribute.graphs)

@@ -1,0 +1,81 @@
+"""Checks before a command writes anything: the output folder can be written, the MLflow tracking URI and the Optuna
+storage can be reached. MLflow's client retries an unreachable server for minutes; these fail in seconds."""
+
+from __future__ import annotations
+
+import socket
+import urllib.parse
+from pathlib import Path
+
+from evaluators.errors import ConfigError
+from search.config import Experiment, folder_problem
+
+# How long a server may take to accept a TCP connection before it counts as unreachable.
+CONNECT_SECONDS = 3.0
+_DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "postgres": 5432, "mysql": 3306, "mssql": 1433}
+
+
+def check_stores(exp: Experiment, *, tracking: bool = True, storage: bool = True) -> None:
+    """Raise ConfigError naming the setting when the output folder, tracking URI or storage cannot be used."""
+    problem = folder_problem(exp.out)
+    if problem:
+        raise ConfigError(f"output_dir: the experiment's folder {str(exp.out)!r} {problem}")
+    if tracking:
+        _check_url("tracking.uri", exp.tracking_uri)
+    if storage:
+        _check_url("search.storage", exp.storage_url)
+
+
+def _check_url(setting: str, url: str) -> None:
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.split("+")[0].lower()  # postgresql+psycopg2 -> postgresql
+    if scheme == "sqlite":
+        path = url.split(":///", 1)[1] if ":///" in url else ""
+        if path and path != ":memory:":
+            _check_folder(setting, url, Path(path).expanduser().parent)
+    elif scheme in {"", "file"}:  # MLflow's local file store: a path or file:///path
+        _check_folder(setting, url, Path(parts.path if scheme else url).expanduser())
+    elif scheme in _DEFAULT_PORTS:
+        if scheme not in {"http", "https"}:
+            _check_driver(setting, url)
+        _check_reachable(setting, url, parts.hostname, _port(parts, _DEFAULT_PORTS[scheme]))
+    # Other schemes (databricks, a plugin's): their own client checks them.
+
+
+def _port(parts: urllib.parse.SplitResult, default: int) -> int | None:
+    try:
+        return parts.port or default
+    except ValueError:
+        return None
+
+
+def _check_folder(setting: str, url: str, folder: Path) -> None:
+    problem = folder_problem(folder)
+    if problem:
+        raise ConfigError(f"{setting}: {url!r}: the folder {str(folder)!r} {problem}")
+
+
+def _check_driver(setting: str, url: str) -> None:
+    """Refuse a database URL whose SQLAlchemy driver is not installed (Optuna and MLflow would fail only later)."""
+    import sqlalchemy.engine
+    import sqlalchemy.exc
+
+    try:
+        sqlalchemy.engine.make_url(url).get_dialect().import_dbapi()
+    except (ImportError, sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as exc:
+        raise ConfigError(f"{setting}: {url!r} needs a database driver that cannot be loaded here "
+                          f"({type(exc).__name__}: {exc}); install it (e.g. `pip install psycopg` for "
+                          "postgresql://, `pip install pymysql` with mysql+pymysql://)") from None
+
+
+def _check_reachable(setting: str, url: str, host: str | None, port: int | None) -> None:
+    if not host or port is None:
+        raise ConfigError(f"{setting}: {url!r} names no host and port to connect to")
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_SECONDS):
+            pass
+    except OSError as exc:
+        reason = f"no answer within {CONNECT_SECONDS:g} s" if isinstance(exc, TimeoutError) else \
+            (exc.strerror or type(exc).__name__).lower()
+        raise ConfigError(f"{setting}: {url!r} is not reachable ({host}:{port}: {reason}); start that server or "
+                          "fix the setting") from None
