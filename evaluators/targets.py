@@ -7,7 +7,6 @@ Each kind is one small class registered by name in TARGETS; adding a target is o
 
 from __future__ import annotations
 
-import difflib
 import os
 import platform
 from abc import ABC, abstractmethod
@@ -18,7 +17,8 @@ from typing import Any, ClassVar
 import onnx
 import onnxruntime as ort
 
-from evaluators.errors import ConfigError, SlimsweepError
+from evaluators.errors import ConfigError, SlimsweepError, not_allowed
+from evaluators.registry import Registry
 from evaluators.latency import LatencyStats, TimingSettings, measure
 from evaluators.runtime import make_session
 
@@ -85,22 +85,13 @@ class Target(ABC):
                 )
 
 
-TARGETS: dict[str, type[Target]] = {}
-
-
-def _register(cls: type[Target]) -> type[Target]:
-    TARGETS[cls.kind] = cls
-    return cls
+TARGETS: Registry[type[Target]] = Registry("target.kind", key="kind")
+_register = TARGETS.register
 
 
 def make_target(spec: TargetSpec) -> Target:
     """The target a spec names (unknown kind -> ConfigError listing the valid kinds)."""
-    if spec.kind not in TARGETS:
-        valid = ", ".join(sorted(TARGETS))
-        nearest = difflib.get_close_matches(spec.kind, TARGETS, n=1)
-        hint = f" Did you mean {nearest[0]!r}?" if nearest else ""
-        raise ConfigError(f"Unknown target kind {spec.kind!r}; valid kinds are: {valid}.{hint}")
-    return TARGETS[spec.kind](spec)
+    return TARGETS.get(spec.kind)(spec)
 
 
 def settings_for(spec: TargetSpec, **overrides: Any) -> TimingSettings:
@@ -110,11 +101,7 @@ def settings_for(spec: TargetSpec, **overrides: Any) -> TimingSettings:
         if name in ("threads", "batch_size"):
             raise ConfigError(f"settings_for: {name} comes from the target spec; set TargetSpec.{name} instead")
         if name not in valid:
-            nearest = difflib.get_close_matches(name, valid, n=1)
-            hint = f" Did you mean {nearest[0]!r}?" if nearest else ""
-            raise ConfigError(
-                f"settings_for: unknown timing setting {name!r}; valid ones are: {', '.join(sorted(valid))}.{hint}"
-            )
+            raise ConfigError(f"settings_for: unknown timing setting: {not_allowed(name, sorted(valid))}")
     return TimingSettings(threads=spec.threads, batch_size=spec.batch_size, **overrides)
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from evaluators.errors import ConfigError, SlimsweepError, not_allowed
+from evaluators.errors import SlimsweepError
+from evaluators.registry import Registry
 
 if TYPE_CHECKING:
     from search.pareto import Candidate
@@ -40,27 +41,14 @@ class PickPolicy(Protocol):
         """One member of a non-empty front (latencies verified where re-timed), and the reason."""
 
 
-PICK_POLICIES: dict[str, type[PickPolicy]] = {}
-
-
-def register_pick_policy(policy: type[PickPolicy]) -> type[PickPolicy]:
-    """Make a pick policy reachable from experiment files by its name (usable as a class decorator)."""
-    PICK_POLICIES[policy.name] = policy
-    return policy
-
-
-def check_pick_policy(name: str) -> str:
-    """The name, if a policy is registered under it; else ValueError naming the value and the allowed ones."""
-    if name not in PICK_POLICIES:
-        raise ValueError(not_allowed(name, PICK_POLICIES))
-    return name
+PICK_POLICIES: Registry[type[PickPolicy]] = Registry("pick.policy")
+register_pick_policy = PICK_POLICIES.register  # usable as a class decorator
+check_pick_policy = PICK_POLICIES.check  # for the schema: the name, or ValueError naming the allowed ones
 
 
 def make_policy(pick: Any) -> PickPolicy:
     """The policy an experiment's `pick:` section names, with its limits."""
-    if pick.policy not in PICK_POLICIES:
-        raise ConfigError(f"pick.policy: {not_allowed(pick.policy, PICK_POLICIES)}")
-    return PICK_POLICIES[pick.policy].from_config(pick)
+    return PICK_POLICIES.get(pick.policy).from_config(pick)
 
 
 def choose(front: list[Candidate], policy: PickPolicy, teacher_latency_ms: float) -> Choice:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
-from evaluators.errors import ConfigError, not_allowed
+from evaluators.registry import Registry
 
 if TYPE_CHECKING:
     import optuna
@@ -24,27 +24,14 @@ class SamplerEntry(Protocol):
         """The seeded sampler."""
 
 
-SAMPLERS: dict[str, type[SamplerEntry]] = {}
-
-
-def register_sampler(entry: type[SamplerEntry]) -> type[SamplerEntry]:
-    """Make a sampler reachable from experiment files by its name (usable as a class decorator)."""
-    SAMPLERS[entry.name] = entry
-    return entry
-
-
-def check_sampler(name: str) -> str:
-    """The name, if a sampler is registered under it; else ValueError naming the value and the allowed ones."""
-    if name not in SAMPLERS:
-        raise ValueError(not_allowed(name, SAMPLERS))
-    return name
+SAMPLERS: Registry[type[SamplerEntry]] = Registry("search.sampler")
+register_sampler = SAMPLERS.register  # usable as a class decorator
+check_sampler = SAMPLERS.check  # for the schema: the name, or ValueError naming the allowed ones
 
 
 def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
     """The named sampler; always explicit, since Optuna 5 changed the multi-objective default."""
-    if name not in SAMPLERS:
-        raise ConfigError(f"search.sampler: {not_allowed(name, SAMPLERS)}")
-    return SAMPLERS[name].build(seed, trials)
+    return SAMPLERS.get(name).build(seed, trials)
 
 
 @register_sampler

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, field_validator
 
 from spaces.knobs import MAX_EPOCHS, MAX_STEPS, FloatKnob, IntKnob, Strict, TrialLike, check_positive, knob, values
-from spaces.registry import Registry
+from evaluators.registry import Registry
 
 if TYPE_CHECKING:
     import torch

@@ -16,7 +16,7 @@ from pydantic import AfterValidator, Field, ValidationInfo, field_validator, mod
 
 from evaluators.errors import not_allowed
 from spaces.knobs import IntKnob, Strict, TrialLike, knob
-from spaces.registry import Registry
+from evaluators.registry import Registry
 
 if TYPE_CHECKING:
     import numpy as np

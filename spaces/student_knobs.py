@@ -18,7 +18,7 @@ from pydantic_core import PydanticCustomError
 
 from evaluators.errors import ConfigError, not_allowed
 from spaces.knobs import MAX_EPOCHS, FloatKnob, FloatRange, IntKnob, Strict, TrialLike, check_positive, knob, values
-from spaces.registry import Registry
+from evaluators.registry import Registry
 
 if TYPE_CHECKING:  # the heavy half: only a family's build() imports torch
     from torch import nn

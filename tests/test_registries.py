@@ -13,7 +13,7 @@ from search.samplers import SAMPLERS, make_sampler, register_sampler
 from spaces.plan import Space, sample
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("name", SAMPLERS.names())
 def test_every_sampler_drives_a_multi_objective_study_over_the_real_space(name):
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=make_sampler(name, 0, 6))
     described = set()
@@ -32,7 +32,7 @@ def test_the_schema_allows_exactly_the_registered_samplers_and_policies():
     with pytest.raises(ConfigError) as caught:
         parse({"name": "x", "search": {"sampler": "tpee"}}, "x.yaml")
     assert str(caught.value) == ("x.yaml: search.sampler: 'tpee' is not allowed; choose one of: "
-                                 f"{', '.join(SAMPLERS)} (did you mean 'tpe'?)")
+                                 f"{', '.join(SAMPLERS.names())} (did you mean 'tpe'?)")
     with pytest.raises(ConfigError, match="pick.policy: 'fastest' is not allowed.*fastest_within"):
         parse({"name": "x", "pick": {"policy": "fastest"}})
 
@@ -50,7 +50,7 @@ def test_a_sampler_registered_from_outside_search_is_reachable_from_an_experimen
         exp = parse({"name": "x", "search": {"sampler": "qmc_for_test"}})
         assert isinstance(make_sampler(exp.search.sampler, 0, 4), optuna.samplers.QMCSampler)
     finally:
-        del SAMPLERS["qmc_for_test"]
+        SAMPLERS.unregister("qmc_for_test")
 
 
 def _candidate(trial: int, accuracy_drop: float, latency: float, size_mb: float = 0.01) -> Candidate:
@@ -58,7 +58,7 @@ def _candidate(trial: int, accuracy_drop: float, latency: float, size_mb: float 
                      latency_p50_ms=latency, latency_p95_ms=latency, size_mb=size_mb, params=1.0)
 
 
-@pytest.mark.parametrize("name", sorted(PICK_POLICIES))
+@pytest.mark.parametrize("name", PICK_POLICIES.names())
 def test_every_pick_policy_picks_a_front_member_and_says_why(name):
     front = [_candidate(0, 0.0, 1.0), _candidate(1, 0.5, 0.5), _candidate(2, 3.0, 0.1)]
     policy = make_policy(parse({"name": "x", "pick": {"policy": name}}).pick)

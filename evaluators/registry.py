@@ -1,7 +1,8 @@
-"""A registry by name: one per extension point (student family, pruning method, importance, quantization scheme).
+"""A registry by name: one per extension point (student family, pruning method, importance, quantization scheme,
+target, sampler, pick policy).
 
 Light on purpose (no torch, no ONNX Runtime): the schema asks a registry which names are allowed, so an experiment
-file validates before anything heavy loads.
+file validates before anything heavy loads. It lives in the lowest package so that every layer's registry is this one.
 
 Entries from outside this repository register when their module is imported. Modules named in the environment
 variable SLIMSWEEP_EXTENSIONS (comma-separated) or declared under the `slimsweep.extensions` entry-point group are
@@ -45,15 +46,15 @@ def load_extensions() -> None:
 class Registry(Generic[T]):
     """Entries by their `name`, in the order they were registered (the order error messages list them in)."""
 
-    def __init__(self, what: str) -> None:
-        self.what = what
+    def __init__(self, what: str, key: str = "name") -> None:
+        self.what, self.key = what, key  # key: the class attribute an entry is registered under
         self._entries: dict[str, T] = {}
 
     def register(self, entry: T) -> T:
         """Add an entry under its `name`; returns it, so it also works as a class decorator."""
-        name = getattr(entry, "name", None)
+        name = getattr(entry, self.key, None)
         if not isinstance(name, str) or not name:
-            raise TypeError(f"a {self.what} needs a non-empty string `name`, got {name!r} on {entry!r}")
+            raise TypeError(f"a {self.what} needs a non-empty string `{self.key}`, got {name!r} on {entry!r}")
         if name in self._entries and self._entries[name] is not entry:
             raise ValueError(f"a {self.what} named {name!r} is already registered; choose another name")
         self._entries[name] = entry
