@@ -1,0 +1,571 @@
+"""How fast does the search get there? A tabular benchmark: every plan of a grid trained and measured once, then
+Optuna's samplers replayed over the table.
+
+Usage:
+  python benchmarks/tabular.py build [--work outputs/tabular-digits] [--rounds 9]
+      trains and measures every plan of GRID on the digits task with the project's trial code (resumable: rows are
+      appended as they finish), then re-times all of them in one interleaved pass and writes
+      benchmarks/data/tabular-digits.csv
+  python benchmarks/tabular.py replay [--seeds 10] [--out docs] [--quick]
+      replays TPE, NSGA-II, GP and random over the table and prints the markdown section the report includes
+
+The replay asks each sampler for plans from the same space as the grid (spaces.plan.sample over GRID) and answers
+with a table lookup. A plan proposed again in the same run is answered from the earlier result, as the sweep's
+driver does, so it costs no training: the budget counts distinct plans, and the asks are reported beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import hashlib
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from a checkout: import the project beside it
+    sys.path.insert(0, str(ROOT))
+
+from spaces.plan import CompressionPlan, Space, sample  # noqa: E402
+
+TABLE = ROOT / "benchmarks" / "data" / "tabular-digits.csv"
+
+# The grid: the quickstart's knobs (experiments/digits.yaml) with every range made a short list of choices, and
+# the fp16 and QOperator schemes and reduce_range added, so every plan of the space can be trained once.
+GRID: dict[str, Any] = {
+    "students": {"teacher": True,
+                 "cnn": {"width": [0.25, 0.5, 0.75], "depth": [1, 2], "temperature": [2.0, 6.0], "alpha": 0.7,
+                         "epochs": 12, "lr": 0.003}},
+    "pruning": {"ratio": [0.0, 0.25, 0.5], "recover_epochs": 4, "round_to": 8},
+    "quantization": {"schemes": ["fp32", "fp16", "int8_dynamic", "int8_static_qdq", "int8_static_qoperator"],
+                     "static": {"reduce_range": [True, False]}},
+}
+TEACHER = {"width": 1.0, "depth": 2, "epochs": 30, "lr": 0.003}  # the quickstart's teacher
+COLUMNS = ["key", "label", "student", "width", "depth", "temperature", "pruning_ratio", "scheme", "reduce_range",
+           "accuracy", "latency_p50_ms", "latency_iqr_rel", "size_mb", "params", "train_s", "error"]
+
+
+def grid_space() -> Space:
+    """The grid as the project's search space: every knob a list of choices."""
+    return Space.model_validate(GRID)
+
+
+def plan_key(plan: CompressionPlan) -> str:
+    """A plan's identity in the table: its parameters as canonical JSON."""
+    return json.dumps(plan.params(), sort_keys=True)
+
+
+class _Walk:
+    """A TrialLike that takes a fixed sequence of choice indices, then the first choice; it records every branch."""
+
+    def __init__(self, prefix: list[int]) -> None:
+        self.prefix, self.taken, self.sizes, self.params = prefix, [], [], {}
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        i = self.prefix[len(self.taken)] if len(self.taken) < len(self.prefix) else 0
+        self.taken.append(i)
+        self.sizes.append(len(choices))
+        self.params[name] = choices[i]
+        return choices[i]
+
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float:
+        raise ValueError(f"a tabular grid needs a list of choices for every knob; {name!r} is a range")
+
+
+def enumerate_space(space: Space) -> dict[str, tuple[CompressionPlan, dict[str, Any]]]:
+    """Every plan the (all-categorical, conditional) space can sample, by key, with the Optuna params that give it."""
+    plans, stack = {}, [[]]
+    while stack:
+        prefix = stack.pop()
+        walk = _Walk(prefix)
+        plan = sample(walk, space)
+        plans[plan_key(plan)] = (plan, walk.params)
+        for depth in range(len(prefix), len(walk.taken)):  # branch on every choice first taken at index 0
+            stack += [walk.taken[:depth] + [j] for j in range(1, walk.sizes[depth])]
+    return dict(sorted(plans.items()))
+
+
+def enumerate_plans(space: Space) -> list[CompressionPlan]:
+    """Every plan of the space, each once, sorted by key."""
+    return [plan for plan, _ in enumerate_space(space).values()]
+
+
+# ---------------------------------------------------------------------------------------------------------- build
+
+
+def machine() -> str:
+    """The machine in one line: CPU model, cores, int8-relevant instruction sets, library versions."""
+    import onnxruntime
+    import optuna
+    import torch
+
+    model, flags = platform.processor() or "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags] or ["none listed"]
+    return (f"{model}, {os.cpu_count()} cores, {', '.join(isa)}; Python {platform.python_version()}, "
+            f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}, optuna {optuna.__version__}")
+
+
+def _groups(plans: list[CompressionPlan]) -> dict[str, list[CompressionPlan]]:
+    """Plans that share a student and a pruning choice share one training run (quantization follows training)."""
+    out: dict[str, list[CompressionPlan]] = {}
+    for p in plans:
+        out.setdefault(json.dumps({**p.student.params(), **p.pruning.params()}, sort_keys=True), []).append(p)
+    return out
+
+
+def _row(plan: CompressionPlan) -> dict[str, Any]:
+    s, q = plan.student, plan.quantization
+    return {"key": plan_key(plan), "label": plan.describe(), "student": s.kind,
+            "width": s.width if s.kind == "cnn" else "", "depth": s.depth if s.kind == "cnn" else "",
+            "temperature": s.temperature if s.kind == "cnn" else "", "pruning_ratio": plan.pruning.ratio,
+            "scheme": q.scheme, "reduce_range": q.reduce_range if q.is_static else ""}
+
+
+def _train_grid(work: Path) -> None:
+    """Train and measure every plan not yet in work/rows.csv; one training per (student, pruning), then each scheme."""
+    import dataclasses
+
+    from evaluators.accuracy import accuracy
+    from evaluators.latency import TimingSettings, measure
+    from evaluators.size import size_mb
+    from experiments.tasks import load_task
+    from experiments.teacher import resolve_teacher, teacher_to_bytes
+    from search.trial import TrialContext, _sensitivity_cache, run_trial
+    from spaces.quantization import quantize
+    from spaces.quantization_knobs import QuantizationChoice
+
+    rows_path, models = work / "rows.csv", work / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    done = {r["key"] for r in _read_rows(rows_path)} if rows_path.exists() else set()
+    task = load_task({"name": "digits", "seed": 0, "teacher": TEACHER})
+    ctx = TrialContext(data=task.data, teacher_blob=teacher_to_bytes(resolve_teacher(task)[0]),
+                       timing=TimingSettings())
+    quick = TimingSettings(warmup=5, min_repeats=20, max_seconds=0.05)  # a first look; the final pass re-times
+    groups = _groups(enumerate_plans(grid_space()))
+    with rows_path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS)
+        if not done:
+            writer.writeheader()
+        for number, (name, plans) in enumerate(sorted(groups.items())):
+            todo = [p for p in plans if plan_key(p) not in done]
+            if not todo:
+                continue
+            fp32_plan = dataclasses.replace(todo[0], quantization=QuantizationChoice(scheme="fp32"))
+            # run_trial seeds torch with the trial number: the group's index, so a resumed build trains the same.
+            start = time.perf_counter()
+            result = run_trial(number, fp32_plan, ctx, lambda m: (measure(m, quick), False))
+            train_s = round(time.perf_counter() - start, 2)
+            for plan in todo:
+                row = {**_row(plan), "train_s": train_s, "error": result.error or ""}
+                if result.ok:
+                    try:
+                        deployed = quantize(result.onnx, plan.quantization, ctx.data.x_calib,
+                                            cache_dir=_sensitivity_cache())
+                        (models / _model_file(plan)).write_bytes(deployed)
+                        row.update(accuracy=accuracy(deployed, ctx.data.x_val, ctx.data.y_val),
+                                   size_mb=size_mb(deployed), params=result.metrics["params"],
+                                   latency_p50_ms=measure(deployed, quick).p50_ms)
+                    except Exception as exc:  # noqa: BLE001 - a failed plan is a row of the table, as in a sweep
+                        row["error"] = f"{type(exc).__name__}: {exc}"
+                writer.writerow(row)
+                f.flush()
+            print(f"[{number + 1}/{len(groups)}] {todo[0].student.describe()} | {todo[0].pruning.describe()}: "
+                  f"{len(todo)} plans, {train_s} s", flush=True)
+
+
+def _model_file(plan: CompressionPlan) -> str:
+    return hashlib.sha256(plan_key(plan).encode()).hexdigest()[:16] + ".onnx"
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(line for line in f if not line.startswith("#")))
+
+
+def _time_interleaved(work: Path, rounds: int, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Every model timed once per round, in a fresh shuffled order each round: (median p50, IQR/median) per key."""
+    from evaluators.latency import TimingSettings, measure
+
+    rows = [r for r in _read_rows(work / "rows.csv") if not r["error"]]
+    blobs = {r["key"]: (work / "models" / _model_file(_plan_of(r["key"]))).read_bytes() for r in rows}
+    settings = TimingSettings(warmup=10, min_repeats=50, max_repeats=2000, max_seconds=0.15)
+    samples: dict[str, list[float]] = {k: [] for k in blobs}
+    order = list(blobs)
+    rng = random.Random(seed)
+    for r in range(rounds):
+        rng.shuffle(order)
+        for key in order:
+            samples[key].append(measure(blobs[key], settings).p50_ms)
+        print(f"timing round {r + 1}/{rounds} done", flush=True)
+    out = {}
+    for key, xs in samples.items():
+        q1, med, q3 = np.percentile(xs, [25, 50, 75])
+        out[key] = (float(med), float((q3 - q1) / med))
+    return out
+
+
+@functools.cache
+def _grid_plans() -> dict[str, CompressionPlan]:
+    return {plan_key(p): p for p in enumerate_plans(grid_space())}
+
+
+def _plan_of(key: str) -> CompressionPlan:
+    return _grid_plans()[key]
+
+
+def build(work: Path, rounds: int, command: str) -> Path:
+    """Train the whole grid (resuming), time it interleaved, and write the table with its provenance."""
+    _train_grid(work)
+    latency = _time_interleaved(work, rounds)
+    rows = _read_rows(work / "rows.csv")
+    TABLE.parent.mkdir(parents=True, exist_ok=True)
+    with TABLE.open("w", newline="") as f:
+        f.write(f"# made by: {command}\n# machine: {machine()}\n# date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"
+                f"# latency_p50_ms: median over {rounds} interleaved rounds of evaluators.latency.measure's p50 "
+                f"(1 thread, batch 1); latency_iqr_rel: interquartile range of the rounds / median\n")
+        writer = csv.DictWriter(f, COLUMNS)
+        writer.writeheader()
+        for r in sorted(rows, key=lambda r: r["key"]):
+            if r["key"] in latency:
+                r["latency_p50_ms"], r["latency_iqr_rel"] = (round(v, 5) for v in latency[r["key"]])
+            writer.writerow(r)
+    return TABLE
+
+
+# --------------------------------------------------------------------------------------------------------- replay
+
+# How many points below the teacher's accuracy the hypervolume still counts: the pick allows 1, so 5 keeps every
+# plan a user could deploy and leaves out the ones no policy would choose.
+ACCURACY_FLOOR_PT = 5.0
+TARGET_SHARE = 0.95  # "reaching the front": 95% of the grid's true front hypervolume
+SWEEP_TRIALS = 100  # the sweep size the samplers are configured for (search.study.make_sampler) and the plot's axis
+
+
+@dataclass(frozen=True)
+class Table:
+    """The grid as a lookup: plan key -> (accuracy %, p50 ms, size MB), None for a plan that failed."""
+
+    rows: dict[str, tuple[float, float, float] | None]
+    teacher: tuple[float, float, float]  # the fp32 teacher, unpruned: the hypervolume's reference
+
+    def lookup(self, plan: CompressionPlan) -> tuple[float, float, float] | None:
+        """The measured objectives of exactly this plan (KeyError for a plan outside the grid)."""
+        return self.rows[plan_key(plan)]
+
+
+def load_table(path: Path = TABLE) -> Table:
+    """Read the table; the teacher row is the unpruned, unquantized teacher."""
+    rows, teacher = {}, None
+    for r in _read_rows(path):
+        values = None if r["error"] else (float(r["accuracy"]), float(r["latency_p50_ms"]), float(r["size_mb"]))
+        rows[r["key"]] = values
+        if r["student"] == "teacher" and float(r["pruning_ratio"]) == 0 and r["scheme"] == "fp32":
+            teacher = values
+    if teacher is None:
+        raise ValueError(f"{path} has no row for the fp32 teacher (student teacher, pruning 0, scheme fp32)")
+    return Table(rows, teacher)
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """Maps (accuracy, latency, size) to losses in [0, 1] where the grid's best is 0 and the reference point is 1:
+    accuracy linearly, latency and size on a log scale (speed-ups and shrink factors are ratios)."""
+
+    best: tuple[float, float, float]  # (highest accuracy, lowest p50, smallest size) over the grid
+    ref: tuple[float, float, float]  # (teacher accuracy - floor, teacher p50, teacher size)
+
+    @staticmethod
+    def of(table: Table) -> "Normalisation":
+        ok = [v for v in table.rows.values() if v is not None]
+        t = table.teacher
+        return Normalisation(best=(max(v[0] for v in ok), min(v[1] for v in ok), min(v[2] for v in ok)),
+                             ref=(t[0] - ACCURACY_FLOOR_PT, t[1], t[2]))
+
+    def __call__(self, values: tuple[float, float, float]) -> np.ndarray:
+        (ba, bl, bs), (ra, rl, rs) = self.best, self.ref
+        acc, lat, size = values
+        return np.array([(ba - acc) / (ba - ra), np.log(lat / bl) / np.log(rl / bl), np.log(size / bs) / np.log(rs / bs)])
+
+
+def hypervolume(losses: Iterable[np.ndarray], ref: np.ndarray) -> float:
+    """Optuna's hypervolume of the points (all minimised) that are strictly better than the reference point."""
+    from optuna._hypervolume import compute_hypervolume
+
+    inside = [p for p in losses if np.all(p < ref)]
+    return float(compute_hypervolume(np.array(inside), ref)) if inside else 0.0
+
+
+def true_hypervolume(table: Table, norm: Normalisation) -> float:
+    """The hypervolume of every plan in the grid: what a search that tried them all would find."""
+    return hypervolume([norm(v) for v in table.rows.values() if v is not None], np.ones(3))
+
+
+def trials_to_reach(curve: list[float], target: float) -> int | None:
+    """The first trial count (1-based) at which the curve reaches the target, None if it never does."""
+    return next((i + 1 for i, hv in enumerate(curve) if hv >= target), None)
+
+
+@dataclass
+class Run:
+    """One sampler's replay: hypervolume after each distinct plan, and how many asks each distinct plan took."""
+
+    curve: list[float]
+    asks: list[int]  # asks (distinct plans + repeats answered from the table) when each distinct plan came
+    keys: list[str]  # the distinct plans, in the order they came
+
+
+def _sampler(name: str, seed: int) -> Any:
+    import optuna
+
+    from search.study import make_sampler
+
+    variants: dict[str, Callable[[], Any]] = {
+        "gp": lambda: optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False),
+        "tpe-multivariate": lambda: optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=10, multivariate=True, group=True, warn_independent_sampling=False),
+        "tpe-optuna-default": lambda: optuna.samplers.TPESampler(seed=seed),
+    }
+    return variants[name]() if name in variants else make_sampler(name, seed, SWEEP_TRIALS)
+
+
+def replay(name: str, seed: int, table: Table, norm: Normalisation, *, stop_at: float, min_trials: int,
+           max_asks: int | None = None, space: Space | None = None) -> Run:
+    """Run one sampler over the table until it reaches `stop_at` hypervolume (and min_trials distinct plans), has
+    seen every plan, or made max_asks asks; a repeated plan is told its earlier result and trains nothing.
+
+    A name ending in "+fresh" answers a repeat the same way and then enqueues an unseen plan drawn at random, so
+    the sampler's next ask trains something new.
+    """
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    space = space or grid_space()
+    fresh = name.endswith("+fresh")
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"],
+                                sampler=_sampler(name.removesuffix("+fresh"), seed))
+    grid = enumerate_space(space)
+    rng = random.Random(seed)
+    seen: dict[str, tuple[float, float, float] | None] = {}
+    losses: list[np.ndarray] = []
+    run, asks, ref = Run([], [], []), 0, np.ones(3)
+    max_asks = max_asks or 5 * len(table.rows)
+    while len(seen) < len(table.rows) and asks < max_asks:
+        trial = study.ask()
+        asks += 1
+        plan = sample(trial, space)
+        key = plan_key(plan)
+        if key in seen and fresh:
+            unseen = [k for k in grid if k not in seen]
+            study.enqueue_trial(grid[rng.choice(unseen)][1])
+        if key not in seen:
+            seen[key] = table.rows[key]
+            if seen[key] is not None:
+                losses.append(norm(seen[key]))
+            run.curve.append(hypervolume(losses, ref))
+            run.asks.append(asks)
+            run.keys.append(key)
+        values = seen[key]
+        study.tell(trial, list(values) if values else None,
+                   state=optuna.trial.TrialState.COMPLETE if values else optuna.trial.TrialState.FAIL)
+        if run.curve[-1] >= stop_at and len(run.curve) >= min_trials:
+            break
+    return run
+
+
+# --------------------------------------------------------------------------------------------------------- report
+
+SAMPLERS = {  # name -> how it is configured, for the report
+    "tpe": f"slimsweep's default: TPESampler(n_startup_trials=10), as search.study.make_sampler for {SWEEP_TRIALS} trials",
+    "nsgaii": f"NSGAIISampler(population_size=33), as search.study.make_sampler for {SWEEP_TRIALS} trials",
+    "gp": "GPSampler() (Optuna's defaults: 10 start-up trials)",
+    "random": "RandomSampler()",
+}
+VARIANTS = {  # tried when the default does not reach the goal
+    "tpe-multivariate": "TPESampler(n_startup_trials=10, multivariate=True, group=True)",
+}
+GOAL_SHARE_OF_RANDOM = 0.4
+
+
+def _quartiles(xs: list[float]) -> tuple[float, float, float]:
+    q1, med, q3 = np.percentile(xs, [25, 50, 75])
+    return float(q1), float(med), float(q3)
+
+
+def _reached(runs: list[Run], target: float) -> tuple[list[int | None], list[int | None]]:
+    """Per seed: distinct plans, and asks, until the target hypervolume (None: never, within the replay)."""
+    trials = [trials_to_reach(r.curve, target) for r in runs]
+    return trials, [None if n is None else r.asks[n - 1] for r, n in zip(runs, trials)]
+
+
+def median_or_none(xs: list[int | None]) -> float | None:
+    """The median, counting a seed that never got there as worse than any that did; None if that is the median."""
+    ordered = sorted(xs, key=lambda x: (x is None, x or 0))
+    mid = ordered[(len(ordered) - 1) // 2], ordered[len(ordered) // 2]
+    return None if None in mid else (mid[0] + mid[1]) / 2
+
+
+def _plot(curves: dict[str, list[Run]], true_hv: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    x = np.arange(1, SWEEP_TRIALS + 1)
+    for name, runs in curves.items():
+        share = np.array([[r.curve[min(i, len(r.curve)) - 1] / true_hv for i in x] for r in runs])
+        q1, med, q3 = np.percentile(share, [25, 50, 75], axis=0)
+        (line,) = ax.plot(x, med, label=f"{name} (median of {len(runs)} seeds)")
+        ax.fill_between(x, q1, q3, color=line.get_color(), alpha=0.2)
+    ax.axhline(TARGET_SHARE, color="grey", linestyle="--", linewidth=1, label=f"{TARGET_SHARE:.0%} of the grid's front")
+    ax.set(xlabel="distinct plans trained (repeats answered free)", ylabel="hypervolume / grid's true hypervolume",
+           ylim=(0, 1.02), xlim=(1, SWEEP_TRIALS), title="Samplers replayed over the digits grid (band: quartiles)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _fmt(x: float | None) -> str:
+    return "not reached" if x is None else f"{x:g}"
+
+
+def section(out_dir: Path, quick: bool) -> str:
+    """The report's section on how fast each sampler reaches the grid's front; writes its PNG into out_dir."""
+    table = load_table()
+    norm = Normalisation.of(table)
+    true_hv = true_hypervolume(table, norm)
+    target = TARGET_SHARE * true_hv
+    seeds = 3 if quick else 10
+    names = list(SAMPLERS) + list(VARIANTS)
+    start = time.perf_counter()
+    runs = {n: [replay(n, s, table, norm, stop_at=target, min_trials=SWEEP_TRIALS) for s in range(seeds)]
+            for n in names}
+    elapsed = time.perf_counter() - start
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = out_dir / "tabular-hypervolume.png"
+    _plot(runs, true_hv, png)
+    link = os.path.relpath(png, ROOT / "docs")
+
+    header = [line[2:].strip() for line in TABLE.read_text().splitlines() if line.startswith("#")]
+    provenance = {h.split(":", 1)[0]: h.split(":", 1)[1].strip() for h in header if ":" in h}
+    ok = {k: v for k, v in table.rows.items() if v is not None}
+    front = _front(ok, norm)
+    labels = {r["key"]: r["label"] for r in _read_rows(TABLE)}
+    t = table.teacher
+    lines = [
+        "## How fast the search gets there: samplers replayed over a tabular benchmark",
+        "",
+        f"A grid of {len(table.rows)} plans on the digits task (students: the teacher and CNNs of width 0.25/0.5/0.75, "
+        "depth 1/2, distillation temperature 2/6; structured pruning 0/0.25/0.5; fp32, fp16, int8 dynamic, int8 static "
+        "QDQ and QOperator with and without reduce_range), each trained and measured once with the project's trial "
+        f"code: `benchmarks/data/tabular-digits.csv`, made by `{provenance.get('made by', '?')}` on "
+        f"{provenance.get('machine', '?')} ({provenance.get('date', '?')}). Latencies come from one interleaved pass "
+        f"over all plans; {sum(v is None for v in table.rows.values())} plans failed.",
+        "",
+        f"**Hypervolume.** Accuracy (max), p50 latency and size (min), each mapped so the grid's best value is 0 and the "
+        f"reference point is 1: accuracy linearly, latency and size on a log scale. Reference point: the fp32 teacher's "
+        f"p50 ({t[1]:.4f} ms) and size ({t[2]:.4f} MB), and its accuracy minus {ACCURACY_FLOOR_PT:g} points "
+        f"({t[0] - ACCURACY_FLOOR_PT:.2f}%); plans outside it count nothing. Computed by Optuna's "
+        f"`optuna._hypervolume.compute_hypervolume`. The grid's true front has {len(front)} plans and hypervolume "
+        f"{true_hv:.4f}; the target is {TARGET_SHARE:.0%} of it ({target:.4f}).",
+        "",
+        "**Repeats.** A sampler that proposes a plan it already tried gets the earlier result back (as the sweep's "
+        "driver answers duplicates), so a repeat trains nothing: trials count distinct plans trained; asks count "
+        f"every proposal. A replay stops once it has passed the target and {SWEEP_TRIALS} distinct plans, has seen "
+        "every plan, or made 5 asks per plan of the grid.",
+        "",
+        f"| sampler | settings | distinct plans to {TARGET_SHARE:.0%} (median [quartiles]) | asks to {TARGET_SHARE:.0%} "
+        f"(median) | seeds reaching | share of random's plans | hypervolume share at 25 / 50 / {SWEEP_TRIALS} plans "
+        "(median) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    reached = {n: _reached(r, target) for n, r in runs.items()}
+    random_median = median_or_none(reached["random"][0])
+    verdicts = {}
+    for n in names:
+        trials, asks = reached[n]
+        med = median_or_none(trials)
+        got = [x for x in trials if x is not None]
+        spread = f" [{_quartiles(got)[0]:g}–{_quartiles(got)[2]:g}]" if len(got) == len(trials) else ""
+        share = None if med is None or random_median is None else med / random_median
+        verdicts[n] = share
+        at = [statistics.median(r.curve[min(k, len(r.curve)) - 1] / true_hv for r in runs[n])
+              for k in (25, 50, SWEEP_TRIALS)]
+        lines.append(f"| {n} | {(SAMPLERS | VARIANTS)[n]} | {_fmt(med)}{spread} | {_fmt(median_or_none(asks))} | "
+                     f"{len(got)}/{len(trials)} | {'–' if share is None else f'{share:.0%}'} | "
+                     f"{' / '.join(f'{a:.2f}' for a in at)} |")
+    best = [n for n, s in verdicts.items() if n != "random" and s is not None and s <= GOAL_SHARE_OF_RANDOM]
+    tpe = verdicts["tpe"]
+    lines += [
+        "",
+        f"**Goal:** the default sampler (TPE) reaches {TARGET_SHARE:.0%} of the front in at most "
+        f"{GOAL_SHARE_OF_RANDOM:.0%} of random search's distinct plans "
+        f"(random: {_fmt(random_median)}). TPE: {'–' if tpe is None else f'{tpe:.0%}'} of random's, "
+        f"**{'met' if tpe is not None and tpe <= GOAL_SHARE_OF_RANDOM else 'not met'}**. "
+        f"Settings that meet it: {', '.join(best) if best else 'none of those tried'}.",
+        "",
+        f"![hypervolume against distinct plans]({link})",
+        "",
+        "The grid's true front (best first by accuracy):",
+        "",
+        "| plan | accuracy % | p50 ms | size MB |",
+        "|---|---|---|---|",
+        *[f"| {labels[k]} | {ok[k][0]:.2f} | {ok[k][1]:.4f} | {ok[k][2]:.4f} |"
+          for k in sorted(front, key=lambda k: (-ok[k][0], ok[k][1]))],
+        "",
+        f"Command: `python benchmarks/tabular.py replay{' --quick' if quick else ''}` ({seeds} seeds per sampler, "
+        f"{elapsed:.0f} s here).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _front(rows: dict[str, tuple[float, float, float]], norm: Normalisation) -> list[str]:
+    """Keys of the plans no other plan dominates, inside the reference point."""
+    from optuna.study._multi_objective import _is_pareto_front
+
+    keys = [k for k, v in rows.items() if np.all(norm(v) < 1)]
+    mask = _is_pareto_front(np.array([norm(rows[k]) for k in keys]), assume_unique_lexsorted=False)
+    return [k for k, m in zip(keys, mask) if m]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="train and time the grid, write benchmarks/data/tabular-digits.csv")
+    b.add_argument("--work", type=Path, default=ROOT / "outputs" / "tabular-digits")
+    b.add_argument("--rounds", type=int, default=9)
+    r = sub.add_parser("replay", help="replay the samplers over the table and print the markdown section")
+    r.add_argument("--out", type=Path, default=ROOT / "docs")
+    r.add_argument("--quick", action="store_true", help="3 seeds per sampler instead of 10")
+    args = parser.parse_args(argv)
+    if args.cmd == "build":
+        command = "python benchmarks/tabular.py build" + ("" if args.rounds == 9 else f" --rounds {args.rounds}")
+        print(f"wrote {build(args.work, args.rounds, command)}")
+        return 0
+    print(section(args.out, args.quick))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
