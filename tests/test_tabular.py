@@ -1,6 +1,6 @@
-"""The tabular benchmark's logic (benchmarks/tabular.py), not its measurements: the grid is enumerated exactly, a
-lookup returns the plan's own row, the replay's hypervolume matches a second, independent computation, and
-trials-to-target is read off a curve correctly."""
+"""The tabular benchmark's logic (benchmarks/tabular.py, benchmarks/tabular_grid.py), not its measurements: the
+grid is enumerated exactly, a lookup returns the plan's own row, the replay's hypervolume matches a second,
+independent computation, and trials-to-target is read off a curve correctly."""
 
 from __future__ import annotations
 
@@ -9,19 +9,8 @@ import itertools
 import numpy as np
 import pytest
 
-from benchmarks.tabular import (
-    TABLE,
-    Normalisation,
-    Table,
-    enumerate_plans,
-    grid_space,
-    hypervolume,
-    load_table,
-    median_or_none,
-    plan_key,
-    replay,
-    trials_to_reach,
-)
+from benchmarks.tabular import Normalisation, Table, hypervolume, load_table, median_or_none, replay, trials_to_reach
+from benchmarks.tabular_grid import TABLE, enumerate_plans, grid_space, plan_key
 from spaces.plan import Space
 
 
@@ -84,7 +73,7 @@ def test_normalisation_maps_the_grids_best_to_zero_and_the_reference_to_one():
     np.testing.assert_allclose(norm((96.5, 0.5, 0.2)), [0.5, 0.5, 0])  # log scale: 0.5 ms is halfway in ratio
 
 
-@pytest.mark.parametrize("sampler", ["random", "tpe", "tpe+fresh"])
+@pytest.mark.parametrize("sampler", ["random", "tpe", "tpe+fresh", "uniform"])
 def test_replay_hypervolume_matches_an_independent_computation_after_every_plan(sampler):
     table = tiny_table()
     norm = Normalisation.of(table)
@@ -93,6 +82,8 @@ def test_replay_hypervolume_matches_an_independent_computation_after_every_plan(
     assert run.asks == sorted(run.asks) and run.asks[-1] >= len(run.keys)
     if sampler.endswith("+fresh"):  # a repeat is answered, then the next ask is an unseen plan
         assert all(b - a <= 2 for a, b in zip([0] + run.asks, run.asks))
+    if sampler == "uniform":  # random search without replacement: every ask is a new plan
+        assert run.asks == list(range(1, len(table.rows) + 1))
     for n in range(1, len(run.keys) + 1):
         seen = [norm(table.rows[k]) for k in run.keys[:n]]
         inside = [p for p in seen if np.all(p < 1)]
