@@ -3,11 +3,12 @@ Optuna's samplers replayed over the table.
 
 Usage:
   python benchmarks/tabular.py build [--work outputs/tabular-digits] [--rounds 9]
-      trains and measures every plan of GRID on the digits task with the project's trial code (resumable: rows are
-      appended as they finish), then re-times all of them in one interleaved pass and writes
-      benchmarks/data/tabular-digits.csv
-  python benchmarks/tabular.py replay [--seeds 10] [--out docs] [--quick]
-      replays TPE, NSGA-II, GP and random over the table and prints the markdown section the report includes
+      trains and measures every plan of the grid (benchmarks/tabular_grid.py) on the digits task with the project's
+      trial code (resumable: rows are appended as they finish), then re-times all of them in one interleaved pass
+      and writes benchmarks/data/tabular-digits.csv
+  python benchmarks/tabular.py replay [--out docs] [--quick] [--workers N]
+      replays TPE, NSGA-II, GP and random (10 seeds each, 3 with --quick) over the table, writes the plot into
+      --out and prints the markdown section the report includes (section() below)
 
 The replay asks each sampler for plans from the same space as the grid (spaces.plan.sample over GRID) and answers
 with a table lookup. A plan proposed again in the same run is answered from the earlier result, as the sweep's
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import statistics
@@ -241,7 +243,7 @@ def _plot(curves: dict[str, list[Run]], true_hv: float, path: Path) -> None:
         ax.fill_between(x, q1, q3, color=line.get_color(), alpha=0.2)
     ax.axhline(TARGET_SHARE, color="grey", linestyle="--", linewidth=1, label=f"{TARGET_SHARE:.0%} of the grid's front")
     ax.set(xlabel="distinct plans trained (repeats answered free)", ylabel="hypervolume / grid's true hypervolume",
-           ylim=(0, 1.02), xlim=(1, SWEEP_TRIALS), title="Samplers replayed over the digits grid (band: quartiles)")
+           ylim=(0.5, 1.01), xlim=(1, SWEEP_TRIALS), title="Samplers replayed over the digits grid (band: quartiles)")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -276,25 +278,38 @@ def _replay_job(job: tuple[str, int, float]) -> Run:
                   max_asks=SWEEP_TRIALS if gp else MAX_ASKS)
 
 
-def section(out_dir: Path, quick: bool, workers: int | None = None, seeds: int | None = None) -> str:
-    """The report's section on how fast each sampler reaches the grid's front; writes its PNG into out_dir."""
-    table = load_table()
-    norm = Normalisation.of(table)
-    true_hv = true_hypervolume(table, norm)
-    target = TARGET_SHARE * true_hv
-    seeds = seeds or (3 if quick else 10)
-    names = list(SAMPLERS) + ([] if quick else list(VARIANTS))
-    start = time.perf_counter()
+def _replay_all(names: list[str], seeds: int, target: float, workers: int | None) -> dict[str, list[Run]]:
     jobs = [(n, s, target) for n in names for s in range(seeds)]
     jobs.sort(key=lambda j: j[0] != "gp")  # the slowest first, so the workers finish together
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, initializer=_one_thread) as pool:
         done = list(pool.map(_replay_job, jobs))
-    runs = {n: [r for (m, _, _), r in zip(jobs, done) if m == n] for n in names}
+    return {n: [r for (m, _, _), r in zip(jobs, done) if m == n] for n in names}
+
+
+def section(out_dir: Path, quick: bool, workers: int | None = None, seeds: int | None = None,
+            curves: Path | None = None) -> str:
+    """The report's section on how fast each sampler reaches the grid's front; writes its PNG into out_dir.
+
+    `curves`: re-render from the tabular-curves.json an earlier call wrote, instead of replaying.
+    """
+    table = load_table()
+    norm = Normalisation.of(table)
+    true_hv = true_hypervolume(table, norm)
+    target = TARGET_SHARE * true_hv
+    start = time.perf_counter()
+    if curves is None:
+        names = list(SAMPLERS) + ([] if quick else list(VARIANTS))
+        runs = _replay_all(names, seeds or (3 if quick else 10), target, workers)
+        elapsed = time.perf_counter() - start
+    else:
+        saved = json.loads(curves.read_text())
+        elapsed = saved.pop("elapsed_s", float("nan"))
+        runs = {n: [Run(r["curve"], r["asks"], []) for r in rs] for n, rs in saved.items()}
+        names = list(runs)
+    seeds = len(runs[names[0]])
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "tabular-curves.json").write_text(json.dumps(
-        {n: [{"curve": r.curve, "asks": r.asks} for r in rs] for n, rs in runs.items()}))
-    elapsed = time.perf_counter() - start
-    out_dir.mkdir(parents=True, exist_ok=True)
+        {"elapsed_s": elapsed, **{n: [{"curve": r.curve, "asks": r.asks} for r in rs] for n, rs in runs.items()}}))
     png = out_dir / "tabular-hypervolume.png"
     _plot(runs, true_hv, png)
     link = os.path.relpath(png, ROOT / "docs")
@@ -330,9 +345,9 @@ def section(out_dir: Path, quick: bool, workers: int | None = None, seeds: int |
         "all its seeds go.",
         "",
         f"| sampler | settings | distinct plans to {TARGET_SHARE:.0%} (median [quartiles]) | asks to {TARGET_SHARE:.0%} "
-        f"(median) | seeds reaching | share of random's / uniform's plans | hypervolume share at 25 / 50 / {SWEEP_TRIALS} plans "
+        f"(median) | seeds reaching | share of random's / uniform's plans | distinct plans to 90% (median) | hypervolume share at 25 / 50 / {SWEEP_TRIALS} plans "
         "(median) |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     reached = {n: _reached(r, target) for n, r in runs.items()}
     random_median = median_or_none(reached["random"][0])
@@ -348,8 +363,9 @@ def section(out_dir: Path, quick: bool, workers: int | None = None, seeds: int |
         versus_uniform[n] = None if med is None or uniform_median is None else med / uniform_median
         at = [statistics.median(r.curve[k - 1] / true_hv for r in runs[n]) if all(len(r.curve) >= k for r in runs[n])
               else None for k in (25, 50, SWEEP_TRIALS)]
+        to90 = median_or_none([trials_to_reach(r.curve, 0.9 * true_hv) for r in runs[n]])
         lines.append(f"| {n} | {(SAMPLERS | VARIANTS)[n]} | {_fmt(med)}{spread} | {_fmt(median_or_none(asks))} | "
-                     f"{len(got)}/{len(trials)} | {_pct(share)} / {_pct(versus_uniform[n])} | "
+                     f"{len(got)}/{len(trials)} | {_pct(share)} / {_pct(versus_uniform[n])} | {_fmt(to90)} | "
                      f"{' / '.join('–' if a is None else f'{a:.2f}' for a in at)} |")
     best = [n for n, s in verdicts.items() if n not in ("random", "uniform") and s is not None
             and s <= GOAL_SHARE_OF_RANDOM]
@@ -371,8 +387,8 @@ def section(out_dir: Path, quick: bool, workers: int | None = None, seeds: int |
         *[f"| {labels[k]} | {ok[k][0]:.2f} | {ok[k][1]:.4f} | {ok[k][2]:.4f} |"
           for k in sorted(front, key=lambda k: (-ok[k][0], ok[k][1]))],
         "",
-        f"Command: `python benchmarks/tabular.py replay{' --quick' if quick else ''}` ({seeds} seeds per sampler, "
-        f"{elapsed:.0f} s here).",
+        f"Command: `python benchmarks/tabular.py replay{' --quick' if quick else ''}` ({seeds} seeds per sampler"
+        + (")." if math.isnan(elapsed) else f", {elapsed:.0f} s here)."),
     ]
     return "\n".join(lines) + "\n"
 
@@ -396,12 +412,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", type=Path, default=ROOT / "docs")
     r.add_argument("--quick", action="store_true", help="3 seeds per sampler instead of 10, no variants")
     r.add_argument("--workers", type=int, default=None, help="processes replaying at once (default: one per core)")
+    r.add_argument("--curves", type=Path, default=None, help="re-render from an earlier run's tabular-curves.json")
     args = parser.parse_args(argv)
     if args.cmd == "build":
         command = "python benchmarks/tabular.py build" + ("" if args.rounds == 9 else f" --rounds {args.rounds}")
         print(f"wrote {build(args.work, args.rounds, command)}")
         return 0
-    print(section(args.out, args.quick, args.workers))
+    print(section(args.out, args.quick, args.workers, curves=args.curves))
     return 0
 
 

@@ -9,7 +9,15 @@ import itertools
 import numpy as np
 import pytest
 
-from benchmarks.tabular import Normalisation, Table, hypervolume, load_table, median_or_none, replay, trials_to_reach
+from benchmarks.tabular import (
+    Normalisation,
+    Table,
+    hypervolume,
+    load_table,
+    median_or_none,
+    replay,
+    trials_to_reach,
+)
 from benchmarks.tabular_grid import TABLE, enumerate_plans, grid_space, plan_key
 from spaces.plan import Space
 
