@@ -18,15 +18,15 @@ driver does, so it costs no training: the budget counts distinct plans, and the 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
-import math
 import os
 import random
 import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -278,38 +278,52 @@ def _replay_job(job: tuple[str, int, float]) -> Run:
                   max_asks=SWEEP_TRIALS if gp else MAX_ASKS)
 
 
-def _replay_all(names: list[str], seeds: int, target: float, workers: int | None) -> dict[str, list[Run]]:
-    jobs = [(n, s, target) for n in names for s in range(seeds)]
-    jobs.sort(key=lambda j: j[0] != "gp")  # the slowest first, so the workers finish together
-    with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, initializer=_one_thread) as pool:
-        done = list(pool.map(_replay_job, jobs))
-    return {n: [r for (m, _, _), r in zip(jobs, done) if m == n] for n in names}
+def _replay_all(names: list[str], seeds: int, target: float, workers: int | None, log: Path,
+                replay_missing: bool = True) -> dict[str, list[Run]]:
+    """Each (sampler, seed) replayed once: runs already in the log (for this table) are reused, the others are
+    replayed and appended to it as each finishes, so an interrupted replay resumes where it stopped."""
+    digest = hashlib.sha256(TABLE.read_bytes()).hexdigest()[:16]
+    done: dict[tuple[str, int], Run] = {}
+    if log.exists():
+        for line in log.read_text().splitlines():
+            r = json.loads(line)
+            if r["table"] == digest:
+                done[(r["name"], r["seed"])] = Run(r["curve"], r["asks"], [])
+    jobs = [(n, s, target) for n in names for s in range(seeds) if (n, s) not in done]
+    jobs.sort(key=lambda j: j[0] == "gp")  # the cheap samplers first, the GP's seconds-long asks last
+    if replay_missing and jobs:
+        with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, initializer=_one_thread) as pool, \
+                log.open("a") as f:
+            futures = {pool.submit(_replay_job, job): job for job in jobs}
+            for future in as_completed(futures):
+                name, seed, _ = futures[future]
+                run = done[(name, seed)] = future.result()
+                f.write(json.dumps({"table": digest, "name": name, "seed": seed, "curve": run.curve,
+                                    "asks": run.asks}) + "\n")
+                f.flush()
+    return {n: [done[(n, s)] for s in range(seeds) if (n, s) in done] for n in names}
 
 
 def section(out_dir: Path, quick: bool, workers: int | None = None, seeds: int | None = None,
-            curves: Path | None = None) -> str:
+            replay_missing: bool = True) -> str:
     """The report's section on how fast each sampler reaches the grid's front; writes its PNG into out_dir.
 
-    `curves`: re-render from the tabular-curves.json an earlier call wrote, instead of replaying.
+    Runs are kept in out_dir/tabular-runs.jsonl and reused; replay_missing=False renders from those alone.
     """
     table = load_table()
     norm = Normalisation.of(table)
     true_hv = true_hypervolume(table, norm)
     target = TARGET_SHARE * true_hv
     start = time.perf_counter()
-    if curves is None:
-        names = list(SAMPLERS) + ([] if quick else list(VARIANTS))
-        runs = _replay_all(names, seeds or (3 if quick else 10), target, workers)
-        elapsed = time.perf_counter() - start
-    else:
-        saved = json.loads(curves.read_text())
-        elapsed = saved.pop("elapsed_s", float("nan"))
-        runs = {n: [Run(r["curve"], r["asks"], []) for r in rs] for n, rs in saved.items()}
-        names = list(runs)
-    seeds = len(runs[names[0]])
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "tabular-curves.json").write_text(json.dumps(
-        {"elapsed_s": elapsed, **{n: [{"curve": r.curve, "asks": r.asks} for r in rs] for n, rs in runs.items()}}))
+    names = list(SAMPLERS) + ([] if quick else list(VARIANTS))
+    runs = _replay_all(names, seeds or (3 if quick else 10), target, workers, out_dir / "tabular-runs.jsonl",
+                       replay_missing)
+    names = [n for n in names if runs[n]]
+    runs = {n: runs[n] for n in names}
+    elapsed = time.perf_counter() - start
+    seeds = max(len(rs) for rs in runs.values())
+    out_dir.mkdir(parents=True, exist_ok=True)
     png = out_dir / "tabular-hypervolume.png"
     _plot(runs, true_hv, png)
     link = os.path.relpath(png, ROOT / "docs")
@@ -388,7 +402,7 @@ def section(out_dir: Path, quick: bool, workers: int | None = None, seeds: int |
           for k in sorted(front, key=lambda k: (-ok[k][0], ok[k][1]))],
         "",
         f"Command: `python benchmarks/tabular.py replay{' --quick' if quick else ''}` ({seeds} seeds per sampler"
-        + (")." if math.isnan(elapsed) else f", {elapsed:.0f} s here)."),
+        + f", {elapsed:.0f} s of replaying here; runs kept in tabular-runs.jsonl are reused, not replayed).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -412,13 +426,14 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", type=Path, default=ROOT / "docs")
     r.add_argument("--quick", action="store_true", help="3 seeds per sampler instead of 10, no variants")
     r.add_argument("--workers", type=int, default=None, help="processes replaying at once (default: one per core)")
-    r.add_argument("--curves", type=Path, default=None, help="re-render from an earlier run's tabular-curves.json")
+    r.add_argument("--no-replay", action="store_true",
+                   help="render from the runs kept in --out/tabular-runs.jsonl, replaying none that are missing")
     args = parser.parse_args(argv)
     if args.cmd == "build":
         command = "python benchmarks/tabular.py build" + ("" if args.rounds == 9 else f" --rounds {args.rounds}")
         print(f"wrote {build(args.work, args.rounds, command)}")
         return 0
-    print(section(args.out, args.quick, args.workers, curves=args.curves))
+    print(section(args.out, args.quick, args.workers, replay_missing=not args.no_replay))
     return 0
 
 
