@@ -100,7 +100,8 @@ class Normalisation:
     def __call__(self, values: tuple[float, float, float]) -> np.ndarray:
         (ba, bl, bs), (ra, rl, rs) = self.best, self.ref
         acc, lat, size = values
-        return np.array([(ba - acc) / (ba - ra), np.log(lat / bl) / np.log(rl / bl), np.log(size / bs) / np.log(rs / bs)])
+        return np.array([(ba - acc) / (ba - ra), np.log(lat / bl) / np.log(rl / bl),
+                         np.log(size / bs) / np.log(rs / bs)])
 
 
 def hypervolume(losses: Iterable[np.ndarray], ref: np.ndarray) -> float:
@@ -195,7 +196,8 @@ def replay(name: str, seed: int, table: Table, norm: Normalisation, *, stop_at: 
 # --------------------------------------------------------------------------------------------------------- report
 
 SAMPLERS = {  # name -> how it is configured, for the report
-    "tpe": f"slimsweep's default: TPESampler(n_startup_trials=10), as search.study.make_sampler for {SWEEP_TRIALS} trials",
+    "tpe": f"slimsweep's default: TPESampler(n_startup_trials=10), as search.study.make_sampler for {SWEEP_TRIALS} "
+           "trials",
     "nsgaii": f"NSGAIISampler(population_size=33), as search.study.make_sampler for {SWEEP_TRIALS} trials",
     "gp": f"GPSampler() (Optuna's defaults: 10 start-up trials); stops at the target or {SWEEP_TRIALS} asks, as its "
           "asks cost seconds each here",

@@ -219,7 +219,8 @@ def build(work: Path, rounds: int, command: str) -> Path:
     rows = read_rows(work / "rows.csv")
     TABLE.parent.mkdir(parents=True, exist_ok=True)
     with TABLE.open("w", newline="") as f:
-        f.write(f"# made by: {command}\n# machine: {machine()}\n# date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"
+        date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        f.write(f"# made by: {command}\n# machine: {machine()}\n# date: {date}\n"
                 f"# latency_p50_ms: median over {rounds} interleaved rounds of evaluators.latency.measure's p50 "
                 f"(1 thread, batch 1); latency_iqr_rel: interquartile range of the rounds / median\n")
         writer = csv.DictWriter(f, COLUMNS)
