@@ -1,7 +1,8 @@
 """What a candidate measures: accuracy, size, and latency on ONNX Runtime.
 
 Names load on first use, so importing a light module of the package (`evaluators.errors`, which every layer's
-schema uses) does not load ONNX Runtime: an experiment file validates before anything heavy starts.
+schema uses) does not load ONNX Runtime: an experiment file validates before anything heavy starts. The functions named like their modules (`accuracy`,
+`compare`) are imported from those modules: `from evaluators.accuracy import accuracy`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import importlib
 from typing import Any
 
 _HOMES = {
-    "accuracy": "evaluators.accuracy",
     "predict": "evaluators.accuracy",
     "ConfigError": "evaluators.errors",
     "SlimsweepError": "evaluators.errors",
@@ -20,7 +20,6 @@ _HOMES = {
     "measure": "evaluators.latency",
     "CompareSettings": "evaluators.compare",
     "Comparison": "evaluators.compare",
-    "compare": "evaluators.compare",
     "input_shape": "evaluators.runtime",
     "make_session": "evaluators.runtime",
     "size_mb": "evaluators.size",

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from evaluators import SlimsweepError, accuracy, predict, size_mb
+from evaluators import SlimsweepError, predict, size_mb
+from evaluators.accuracy import accuracy
 
 CLASSES = 10
 
