@@ -160,11 +160,11 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
     if summary.failed or summary.retried:
         kinds = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(summary.failed_kinds.items()))
         console.print(f"failures: {kinds or 'none'}; {summary.retried} attempts run again after a machinery "
-                      f"failure (search.max_retries = {exp.search.max_retries})")
+                      f"failure (search.max_retries = {exp.search.max_retries})", soft_wrap=True)
     if summary.tracking_down:
         console.print(f"MLflow at {exp.tracking_uri} became unreachable ({summary.tracking_down[:200]}); the sweep "
                       f"went on and the study holds every trial: run `slimsweep sync {args.experiment}` once it is "
-                      f"back")
+                      f"back", soft_wrap=True)
     if exp.constraints.max_latency_ms is not None:
         console.print(f"latency first: {summary.skipped_training} trials broke the "
                       f"{exp.constraints.max_latency_ms:g} ms budget untrained and were not trained "
@@ -198,7 +198,7 @@ def _sync(exp: Experiment, args: argparse.Namespace) -> int:
     _require_study(exp)
     _check_tracking(exp)
     report = resync(exp, open_study(exp))
-    _console().print(report.describe())
+    _console().print(report.describe(), soft_wrap=True)
     return 0
 
 

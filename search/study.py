@@ -113,7 +113,7 @@ def open_study(exp: Experiment) -> optuna.Study:
     return study
 
 
-def _create_or_load(exp: Experiment, directions: list[str], attempts: int = 8) -> optuna.Study:
+def _create_or_load(exp: Experiment, directions: list[str], attempts: int = 10) -> optuna.Study:
     """create_study(load_if_exists=True), again when another driver created the schema or the study at the same
     instant (`table ... already exists`, a duplicate study name, a locked database): the second try loads it."""
     for attempt in range(attempts):
@@ -125,7 +125,7 @@ def _create_or_load(exp: Experiment, directions: list[str], attempts: int = 8) -
         except (SQLAlchemyError, optuna.exceptions.DuplicatedStudyError, KeyError):
             if attempt == attempts - 1:
                 raise
-            time.sleep(0.2 * (attempt + 1))
+            time.sleep(0.3 * (attempt + 1))  # the other driver's schema creation finishes meanwhile
     raise AssertionError("unreachable")
 
 
@@ -312,6 +312,11 @@ def stale(study: optuna.Study, heartbeat_s: float, now: float | None = None) -> 
         elif who not in alive:
             out.append(t.number)
     return out
+
+
+def still_ours(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Whether a trial this driver runs is still RUNNING (not taken over by a driver that thought this one gone)."""
+    return study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING
 
 
 def running(study: optuna.Study) -> list[FrozenTrial]:

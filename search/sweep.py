@@ -46,6 +46,7 @@ from search.study import (
     set_baseline,
     set_needs_sync,
     stale,
+    still_ours,
 )
 from search.tracking import Tracker
 from search.trial import TrialContext, TrialResult, teacher_figures
@@ -151,7 +152,10 @@ class Heartbeat:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
-        retire(self.study, self.driver)  # gone at once, not after missed beats: `sync` may take over its runs
+        try:
+            retire(self.study, self.driver)  # gone at once, not after missed beats: `sync` may take over its runs
+        except Exception as exc:  # noqa: BLE001 - its beat simply goes stale; never mask the sweep's own outcome
+            log.warning("could not record the driver's end: %s", exc)
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):
@@ -323,6 +327,11 @@ def _ask(sweep: _Sweep, progress: SweepProgress) -> None:
 def _tell(sweep: _Sweep, number: int, result: TrialResult) -> tuple[str, dict[str, float]]:
     """Record one result: ONNX on disk first, then Optuna (the state of record), then its MLflow run."""
     trial, _, params, describe = sweep.asked.pop(number)
+    if not still_ours(sweep.study, trial):
+        # Another driver thought this one gone (its heartbeat was late) and queued the plan again: that copy counts.
+        log.warning("trial %d was taken over by another driver; its result here is dropped", number)
+        sweep.attempts.pop(number, None)
+        return describe, {}
     info = dict(result.info)
     if sweep.attempts.get(number):
         info["machinery_attempts"] = sweep.attempts.pop(number)  # earlier attempts the machinery lost

@@ -79,8 +79,15 @@ class Tracker:
                     "`slimsweep sync` once it is back", self.uri, self.down_reason[:300])
 
     @_tolerant()
-    def _open_experiment(self, artifact_root: Path) -> None:
-        found = self.client.get_experiment_by_name(self.name)
+    def _open_experiment(self, artifact_root: Path, attempts: int = 10) -> None:
+        for attempt in range(attempts):
+            try:
+                found = self.client.get_experiment_by_name(self.name)
+                break
+            except Exception:  # noqa: BLE001 - two drivers creating one local store race on its schema: retry
+                if self.remote or attempt == attempts - 1:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
         if found is None:
             try:
                 self.experiment_id = self.client.create_experiment(

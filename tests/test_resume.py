@@ -12,7 +12,9 @@ from sqlalchemy.exc import OperationalError
 
 from conftest import run_cli, small_experiment, start_cli
 from search.config import load
-from search.study import finished, interrupted, retry_of
+from search.executor import RayExecutor
+from search.study import finished, interrupted, latency_cache, retry_of
+from search.sweep import timing, trial_path
 
 BUDGET = 6
 
@@ -92,6 +94,20 @@ def test_ctrl_c_stops_cleanly_then_the_same_command_resumes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"{BUDGET} trials finished" in result.stdout
     _check_resumed(exp, kept)
+    _latency_cache_kept(exp)
+
+
+def _latency_cache_kept(exp) -> None:
+    """A new driver's station, given what the study kept, times no structure the sweep already timed."""
+    study = optuna.load_study(study_name=exp.name, storage=exp.storage_url)
+    kept = latency_cache(study)
+    assert kept
+    executor = RayExecutor(address=None)
+    executor.open_station(exp.target.spec(), reserve_cores=exp.target.reserve_cores)
+    executor.seed_latencies(kept)
+    trained = next(t for t in finished(study) if t.state == TrialState.COMPLETE)
+    _, cached = executor.time_model(trial_path(exp, trained.number).read_bytes(), timing(exp))
+    assert cached and executor.station_counts() == {"latency_cache_hits": 1, "latency_cache_misses": 0}
 
 
 def test_a_crashed_driver_is_resumed_without_repeating_finished_trials(tmp_path):
