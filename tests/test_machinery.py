@@ -4,8 +4,10 @@ times, then fails with that reason; the summary counts failures by kind."""
 from __future__ import annotations
 
 import optuna
+import pytest
 
 from conftest import run_cli, small_experiment
+from evaluators.errors import ConfigError
 from search.config import load
 from search.study import finished, read
 
@@ -28,3 +30,10 @@ def test_a_trial_past_its_time_limit_is_run_again_then_fails_as_a_timeout(tmp_pa
     assert rec.failure.startswith("timeout: failed 2 attempts")
     assert "search.trial_timeout_s = 1 s" in rec.failure
     assert len(rec.info["machinery_attempts"]) == 2 and rec.info["machinery_failure"] == "timeout"
+
+
+@pytest.mark.parametrize("field, value", [("max_retries", 11), ("trial_timeout_s", 0.5), ("heartbeat_s", 0)])
+def test_fault_settings_out_of_bounds_are_refused_naming_the_field(tmp_path, field, value):
+    path = small_experiment(tmp_path, name="bounds", search={"sampler": "random", "trials": 2, field: value})
+    with pytest.raises(ConfigError, match=rf"search\.{field}.*{value}"):
+        load(path)
