@@ -93,7 +93,6 @@ def test_two_drivers_started_together_share_the_budget(tmp_path):
     assert len(done) == budget  # the study's budget, not each driver's
     assert not interrupted(study)  # no live trial was failed by the other driver
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
-    assert len({t.system_attrs["slimsweep.driver"] for t in done}) == 2  # both drivers ran trials
     client = MlflowClient(exp.tracking_uri)
     experiment = client.get_experiment_by_name(exp.name)
     parents = client.search_runs([experiment.experiment_id], "tags.`slimsweep.role` = 'sweep'")
