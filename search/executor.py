@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import ray
 
@@ -186,7 +188,5 @@ class RayExecutor:
     def cancel(running: list[Running]) -> None:
         """Stop trials in flight (Ctrl-C, or the driver failing)."""
         for r in running:
-            try:
+            with contextlib.suppress(Exception):  # the driver is stopping; a task Ray already lost needs no cancel
                 ray.cancel(r.ref, force=True)
-            except Exception:  # noqa: BLE001 - the driver is stopping; a task Ray already lost needs no cancel
-                pass

@@ -97,7 +97,7 @@ class BenchStation:
         return {"latency_cache_hits": self.hits, "latency_cache_misses": self.misses}
 
 
-def start_station(spec: TargetSpec, *, reserve_cores: bool) -> "ray.actor.ActorHandle":
+def start_station(spec: TargetSpec, *, reserve_cores: bool) -> ray.actor.ActorHandle:
     """Start the target's station, holding the Ray resources timing needs so trials cannot take them."""
     local_cpu = make_target(spec).local_cpu()
     # max_restarts: a model that crashes the runtime takes the actor down; the next trial gets a fresh one.

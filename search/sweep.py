@@ -9,15 +9,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from evaluators.errors import ConfigError
-from evaluators.latency import TimingSettings
-from evaluators.latency import TRIAL_TIMING
+from evaluators.latency import TRIAL_TIMING, TimingSettings
 from evaluators.targets import settings_for
 from experiments.tasks import load_task
 from experiments.teacher import resolve_teacher, teacher_to_bytes
@@ -144,7 +143,7 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="slimsweep-heartbeat", daemon=True)
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Self:
         beat(self.study, self.driver)  # alive before it owns any trial
         self._thread.start()
         return self
@@ -154,15 +153,15 @@ class Heartbeat:
         self._thread.join(timeout=30)
         try:
             retire(self.study, self.driver)  # gone at once, not after missed beats: `sync` may take over its runs
-        except Exception as exc:  # noqa: BLE001 - its beat simply goes stale; never mask the sweep's own outcome
-            log.warning("could not record the driver's end: %s", exc)
+        except Exception as err:  # noqa: BLE001 - its beat simply goes stale; never mask the sweep's own outcome
+            log.warning("could not record the driver's end: %s", err)
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):
             try:
                 beat(self.study, self.driver)
-            except Exception as exc:  # noqa: BLE001 - a busy database must not kill the beat; the next one retries
-                log.warning("heartbeat not recorded: %s", exc)
+            except Exception as err:  # noqa: BLE001 - a busy database must not kill the beat; the next one retries
+                log.warning("heartbeat not recorded: %s", err)
 
 
 def run_sweep(exp: Experiment, executor: RayExecutor, ctx: TrialContext, *, quiet: bool = False,
@@ -200,14 +199,14 @@ def _open_tracking(exp: Experiment, driver: str, offline: bool) -> Tracker:
     return tracker
 
 
-def _note_outage(sweep: "_Sweep") -> None:
+def _note_outage(sweep: _Sweep) -> None:
     """Once MLflow is lost, the study records that it needs `slimsweep sync` (also if this driver dies later)."""
     if sweep.tracker.down and not sweep.summary.tracking_down:
         sweep.summary.tracking_down = sweep.tracker.down_reason or "unreachable"
         set_needs_sync(sweep.study, True)
 
 
-def _keep_latencies(sweep: "_Sweep") -> None:
+def _keep_latencies(sweep: _Sweep) -> None:
     """Keep the station's new measurements with the study (a resumed sweep reuses them)."""
     keep_latency(sweep.study, sweep.executor.new_latencies())
 

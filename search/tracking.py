@@ -9,8 +9,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag
@@ -41,12 +42,12 @@ def _tolerant(default: Any = None) -> Callable[[Callable[..., _T]], Callable[...
     the record; `slimsweep sync` back-fills MLflow)."""
     def wrap(method: Callable[..., _T]) -> Callable[..., _T]:
         @functools.wraps(method)
-        def call(self: "Tracker", *args: Any, **kwargs: Any) -> _T:
+        def call(self: Tracker, *args: Any, **kwargs: Any) -> _T:
             if self.down:
                 return default() if callable(default) else default
             try:
                 return method(self, *args, **kwargs)
-            except Exception as exc:  # noqa: BLE001 - MLflow raises many kinds for a lost server
+            except Exception as exc:
                 if not self.remote or unreachable(self.uri) is None:
                     raise  # a real error from a reachable store, not an outage
                 self.went_down(exc)
@@ -84,7 +85,7 @@ class Tracker:
             try:
                 found = self.client.get_experiment_by_name(self.name)
                 break
-            except Exception:  # noqa: BLE001 - two drivers creating one local store race on its schema: retry
+            except Exception:
                 if self.remote or attempt == attempts - 1:
                     raise
                 time.sleep(0.5 * (attempt + 1))

@@ -8,12 +8,11 @@ import signal
 
 import optuna
 import pytest
+from conftest import small_experiment, start_cli
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from conftest import small_experiment, start_cli
 from search.config import load
-from search.tracking import Tracker
 from search.study import (
     STALE_BEATS,
     beat,
@@ -28,6 +27,7 @@ from search.study import (
     retry_of,
     stale,
 )
+from search.tracking import Tracker
 
 HEARTBEAT = 5.0  # generous: a loaded machine may delay a beat; a live driver is never taken over
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import optuna
 import pytest
-
 from conftest import run_cli, small_experiment
+
 from evaluators.errors import ConfigError
 from search.config import load
 from search.study import finished, read

@@ -6,11 +6,11 @@ import os
 import signal
 
 import optuna
+from conftest import run_cli, small_experiment, start_cli
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from sqlalchemy.exc import OperationalError
 
-from conftest import run_cli, small_experiment, start_cli
 from search.config import load
 from search.executor import RayExecutor
 from search.study import finished, interrupted, latency_cache, retry_of

@@ -10,9 +10,9 @@ import subprocess
 from pathlib import Path
 
 import optuna
+from conftest import BIN, run_cli, small_experiment, start_cli, wait_for
 from mlflow.tracking import MlflowClient
 
-from conftest import BIN, run_cli, small_experiment, start_cli, wait_for
 from search.config import load
 from search.study import finished, needs_sync
 from search.tracking import unreachable
