@@ -32,6 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--parallel", type=int, help="trials in flight at once (overrides search.parallel)")
     run.add_argument("--ray-address", help="Ray cluster address, e.g. 'auto' (default: start a local Ray)")
     run.add_argument("--quiet", action="store_true", help="print only the summary")
+    run.add_argument("--no-tracking", action="store_true",
+                     help="run without MLflow (the study keeps everything; `slimsweep sync` back-fills MLflow later)")
+
+    sync = sub.add_parser("sync", help="back-fill MLflow from the study (runs, tags, artifacts, front, pick); "
+                                       "running it again adds nothing twice")
+    common(sync)
 
     front = sub.add_parser("front", help="print the Pareto front of a sweep")
     common(front)
@@ -90,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in {"bench", "agent", "compare"}:
             return {"bench": _bench, "agent": _agent, "compare": _compare}[args.command](args)
         exp = load(args.experiment, _overrides(args))  # validated before anything is imported, started or written
-        return {"run": _run, "front": _front, "pick": _pick}[args.command](exp, args)
+        return {"run": _run, "front": _front, "pick": _pick, "sync": _sync}[args.command](exp, args)
     except SlimsweepError as exc:
         from search.config import cut_message
 
@@ -136,7 +142,7 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     from search.preflight import check_stores
 
-    check_stores(exp)  # before anything is written or started
+    check_stores(exp, tracking=not args.no_tracking)  # before anything is written or started
     _ray_auth_for(args.ray_address)  # before anything imports ray
     _importable_here(exp)
     from search.executor import RayExecutor
@@ -151,9 +157,9 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
     console = _console()
     try:
         ctx = prepare(exp)  # the task and teacher; their errors exit 2 before the study or MLflow is written
-        executor = RayExecutor(address=args.ray_address)
+        executor = RayExecutor(address=args.ray_address, trial_timeout_s=exp.search.trial_timeout_s)
         executor.open_station(spec, reserve_cores=exp.target.reserve_cores)
-        summary = run_sweep(exp, executor, ctx, quiet=args.quiet)
+        summary = run_sweep(exp, executor, ctx, quiet=args.quiet, offline=args.no_tracking)
     except KeyboardInterrupt:  # before the loop began: nothing to keep
         console.print("stopped before any trial ran")
         return EXIT_INTERRUPTED
@@ -167,12 +173,21 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
                   f"earlier identical plan), {summary.ran_now} run now "
                   f"({summary.parallel} at a time), in {summary.seconds:.0f} s; latency cache: {summary.cache.get('latency_cache_hits', 0)} hits, "
                   f"{summary.cache.get('latency_cache_misses', 0)} timed")
+    if summary.failed or summary.retried:
+        kinds = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(summary.failed_kinds.items()))
+        console.print(f"failures: {kinds or 'none'}; {summary.retried} attempts run again after a machinery "
+                      f"failure (search.max_retries = {exp.search.max_retries})", soft_wrap=True)
+    if summary.tracking_down:
+        console.print(f"MLflow at {exp.tracking_uri} became unreachable ({summary.tracking_down[:200]}); the sweep "
+                      f"went on and the study holds every trial: run `slimsweep sync {args.experiment}` once it is "
+                      f"back", soft_wrap=True)
     if exp.constraints.max_latency_ms is not None:
         console.print(f"latency first: {summary.skipped_training} trials broke the "
                       f"{exp.constraints.max_latency_ms:g} ms budget untrained and were not trained "
                       f"(about {summary.seconds_saved:.0f} s of training saved)")
     study = open_study(exp)
-    tracker = Tracker(exp.tracking_uri, exp.name, exp.out / "mlartifacts")
+    tracker = Tracker(exp.tracking_uri, exp.name, exp.out / "mlartifacts",
+                      offline=args.no_tracking or bool(summary.tracking_down))
 
     def retime(models: list[bytes], names: list[str], settings) -> Any:
         import ray  # the station times the teacher and the front side by side, on its reserved cores
@@ -180,6 +195,18 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
         return ray.get(executor.station.compare.remote(models, names, settings))
 
     return _deliver(exp, study, tracker, make_policy(exp.pick), retime=retime, console=console)
+
+
+def _sync(exp: Experiment, args: argparse.Namespace) -> int:
+    from search.preflight import check_stores
+    from search.resync import resync
+    from search.study import open_study
+
+    _require_study(exp)
+    check_stores(exp)
+    report = resync(exp, open_study(exp))
+    _console().print(report.describe(), soft_wrap=True)
+    return 0
 
 
 def _check_target(spec: Any) -> None:
@@ -211,8 +238,10 @@ def _deliver(exp: Experiment, study: Any, tracker: Any, policy: Any, *, retime: 
     console.print(table(delivery.front, dict(teacher(study), latency_p50_ms_verified=teacher_latency(study))))
     console.print(f"picked trial {delivery.choice.candidate.trial}: {delivery.choice.why}")
     console.print(_speedup_line(json.loads(delivery.card_path.read_text())))
-    console.print(f"wrote {delivery.onnx_path} and {delivery.card_path}; registered "
-                  f"models:/{exp.name}@deployable (version {delivery.registered_version})")
+    registered = (f"registered models:/{exp.name}@deployable (version {delivery.registered_version})"
+                  if delivery.registered_version else "not registered: MLflow is unreachable; `slimsweep sync` "
+                                                      "registers it")
+    console.print(f"wrote {delivery.onnx_path} and {delivery.card_path}; {registered}")
     console.print(f"review: mlflow ui --backend-store-uri {exp.tracking_uri}")
     tracker.end("FINISHED")
     return 0

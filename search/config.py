@@ -97,6 +97,13 @@ class Search(Strict):
     parallel: int = Field(2, ge=1, le=MAX_PARALLEL)
     seed: int = Field(0, ge=0, le=MAX_SEED)
     storage: str | None = None  # default: sqlite in the output folder
+    # A trial attempt running longer than this is stopped and counts as a machinery failure (None: no limit).
+    trial_timeout_s: float | None = Field(None, ge=1, le=7 * 24 * 3600)
+    # Machinery failures (a dead worker or node, out of memory, the time limit) run the same plan again this many
+    # times before the trial counts as failed.
+    max_retries: int = Field(2, ge=0, le=10)
+    # How often a driver records that it is alive; its trials are taken over after 4 missed beats.
+    heartbeat_s: float = Field(10.0, ge=0.5, le=300)
 
     @field_validator("sampler")
     @classmethod

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import time
 import traceback
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -39,7 +42,37 @@ def ray_failure(number: int, exc: BaseException) -> TrialResult:
     else:
         error = f"{type(exc).__name__}: {_first_line(exc)}"
     # Ray's message holds the worker's own traceback (RayTaskError) or why the worker or node went away.
-    return TrialResult(number=number, error=error, traceback=_ANSI.sub("", "".join(traceback.format_exception(exc))))
+    result = TrialResult(number=number, error=error, traceback=_ANSI.sub("", "".join(traceback.format_exception(exc))))
+    kind = machinery_kind(exc)
+    if kind is not None:
+        result.info[MACHINERY] = kind
+    return result
+
+
+MACHINERY = "machinery_failure"  # key in a failed result's info: the kind of machinery failure, if it was one
+
+
+def machinery_kind(exc: BaseException) -> str | None:
+    """The kind of machinery failure behind a Ray error (a dead worker or node, memory), or None when the plan's
+    own code raised (RayTaskError): that is the plan's failure, not the machinery's."""
+    errors = ray.exceptions
+    if isinstance(exc, errors.RayTaskError):
+        return None  # raised inside the task (a runtime the plan's model crashed included)
+    for cause in (exc, getattr(exc, "cause", None)):
+        if isinstance(cause, errors.OutOfMemoryError):
+            return "out_of_memory"
+        if isinstance(cause, errors.NodeDiedError):
+            return "node_died"
+        if isinstance(cause, (errors.WorkerCrashedError, errors.LocalRayletDiedError, errors.ObjectLostError,
+                              errors.OwnerDiedError, errors.ActorDiedError, errors.ActorUnavailableError)):
+            return "worker_died"
+    return "worker_died" if isinstance(exc, errors.RayError) else None
+
+
+def timed_out(number: int, limit_s: float) -> TrialResult:
+    """A failed result for an attempt the driver stopped at the experiment's time limit."""
+    return TrialResult(number=number, error=f"timed out: ran past search.trial_timeout_s = {limit_s:g} s",
+                       info={MACHINERY: "timeout"})
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours its messages for a terminal
@@ -56,12 +89,15 @@ class Running:
 
     number: int
     ref: Any  # ray.ObjectRef
+    started: float = field(default=0.0)  # on the executor's clock, for the time limit
 
 
 class RayExecutor:
     """Submits trials as Ray tasks, one CPU each, and hands back results as they finish."""
 
-    def __init__(self, *, address: str | None, cpus_per_trial: int = 1) -> None:
+    def __init__(self, *, address: str | None, cpus_per_trial: int = 1, trial_timeout_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.trial_timeout_s, self.clock = trial_timeout_s, clock
         if not ray.is_initialized():
             try:
                 if address:
@@ -97,6 +133,15 @@ class RayExecutor:
         """Time one model at the station (used by the driver for the teacher and for verification)."""
         return ray.get(self.station.measure.remote(model, settings, use_cache))
 
+    def new_latencies(self) -> dict[str, dict]:
+        """Latency measurements the station took since the last call (to keep with the study)."""
+        return ray.get(self.station.take_new.remote())
+
+    def seed_latencies(self, entries: dict[str, dict]) -> None:
+        """Give the station measurements kept from an earlier run of the sweep."""
+        if entries:
+            ray.get(self.station.seed.remote(entries))
+
     def station_counts(self) -> dict[str, int]:
         """The station's latency-cache hits and misses."""
         return ray.get(self.station.counts.remote())
@@ -117,15 +162,16 @@ class RayExecutor:
 
     def submit(self, number: int, plan: Any, context_ref: Any) -> Running:
         """Start one trial."""
-        return Running(number, self._task.remote(number, plan, context_ref, self.station, self.where))
+        return Running(number, self._task.remote(number, plan, context_ref, self.station, self.where), self.clock())
 
-    @staticmethod
-    def wait(running: list[Running], timeout: float) -> list[tuple[Running, TrialResult]]:
-        """Results of the trials that finished within `timeout`; a task Ray could not run becomes a failed result."""
+    def wait(self, running: list[Running], timeout: float) -> list[tuple[Running, TrialResult]]:
+        """Results of the trials that finished within `timeout`; a task Ray could not run becomes a failed result,
+        and one past the time limit is stopped and becomes a failed result too."""
         if not running:
             return []
         done, _ = ray.wait([r.ref for r in running], num_returns=1, timeout=timeout)
         finished = []
+        now = self.clock()
         for r in running:
             if r.ref in done:
                 try:
@@ -133,10 +179,14 @@ class RayExecutor:
                 except ray.exceptions.RayError as exc:  # worker died, out of memory, node lost
                     result = ray_failure(r.number, exc)
                 finished.append((r, result))
+            elif self.trial_timeout_s is not None and now - r.started > self.trial_timeout_s:
+                ray.cancel(r.ref, force=True)
+                finished.append((r, timed_out(r.number, self.trial_timeout_s)))
         return finished
 
     @staticmethod
     def cancel(running: list[Running]) -> None:
-        """Stop trials in flight (Ctrl-C)."""
+        """Stop trials in flight (Ctrl-C, or the driver failing)."""
         for r in running:
-            ray.cancel(r.ref, force=True)
+            with contextlib.suppress(Exception):  # the driver is stopping; a task Ray already lost needs no cancel
+                ray.cancel(r.ref, force=True)

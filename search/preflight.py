@@ -77,5 +77,7 @@ def _check_reachable(setting: str, url: str, host: str | None, port: int | None)
     except OSError as exc:
         reason = f"no answer within {CONNECT_SECONDS:g} s" if isinstance(exc, TimeoutError) else \
             (exc.strerror or type(exc).__name__).lower()
+        hint = (", or pass --no-tracking to sweep without it and `slimsweep sync` later"
+                if setting == "tracking.uri" else "")
         raise ConfigError(f"{setting}: {url!r} is not reachable ({host}:{port}: {reason}); start that server or "
-                          "fix the setting") from None
+                          f"fix the setting{hint}") from None

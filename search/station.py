@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict
+from dataclasses import asdict, fields
 
 import ray
 
@@ -31,6 +31,7 @@ class BenchStation:
             os.sched_setaffinity(0, self.cores)
         self.node = ray.get_runtime_context().get_node_id()
         self.cache: dict[str, LatencyStats] = {}
+        self.new: list[str] = []  # keys measured since the driver last took them, to keep with the study
         self.hits = self.misses = 0
 
     def where(self) -> tuple[str, list[int]]:
@@ -52,8 +53,22 @@ class BenchStation:
         # Kept even when flagged unstable (the flag travels with it): a structure is timed once per sweep, and
         # the front is re-timed in isolation before the pick, where a noisy figure would matter.
         self.cache[key] = stats
+        self.new.append(key)
         self.misses += 1
         return stats, False
+
+    def take_new(self) -> dict[str, dict]:
+        """Measurements taken since the last call, as plain fields (kept with the study by the driver)."""
+        out = {key: asdict(self.cache[key]) for key in self.new}
+        self.new = []
+        return out
+
+    def seed(self, entries: dict[str, dict]) -> None:
+        """Measurements kept from an earlier run of the sweep: a resumed sweep does not time them again."""
+        names = {f.name for f in fields(LatencyStats)}
+        for key, stats in entries.items():
+            if set(stats) == names:  # a layout from another release is simply timed again
+                self.cache.setdefault(key, LatencyStats(**stats))
 
     def compare(self, models: list[bytes], names: list[str], settings: CompareSettings) -> Comparison:
         """Time models side by side on the target (interleaved, round after round); speed-ups are over models[0]."""
@@ -82,7 +97,7 @@ class BenchStation:
         return {"latency_cache_hits": self.hits, "latency_cache_misses": self.misses}
 
 
-def start_station(spec: TargetSpec, *, reserve_cores: bool) -> "ray.actor.ActorHandle":
+def start_station(spec: TargetSpec, *, reserve_cores: bool) -> ray.actor.ActorHandle:
     """Start the target's station, holding the Ray resources timing needs so trials cannot take them."""
     local_cpu = make_target(spec).local_cpu()
     # max_restarts: a model that crashes the runtime takes the actor down; the next trial gets a fresh one.

@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
+import time
+import uuid
 import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from evaluators.errors import ConfigError, SlimsweepError
 from search.config import METRIC_DIRECTIONS, Experiment
@@ -92,10 +98,7 @@ def open_study(exp: Experiment) -> optuna.Study:
     optuna.logging.set_verbosity(logging.WARNING)
     directions = [METRIC_DIRECTIONS[o] for o in exp.objectives]
     exp.out.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(
-        study_name=exp.name, storage=exp.storage_url, directions=directions, load_if_exists=True,
-        sampler=make_sampler(exp.search.sampler, exp.search.seed, exp.search.trials),
-    )
+    study = _create_or_load(exp, directions)
     _check_version(study.user_attrs.get(VERSION, RECORD_VERSION), f"the stored study {exp.name!r} in {exp.storage_url}")
     if VERSION not in study.user_attrs:
         study.set_user_attr(VERSION, RECORD_VERSION)
@@ -108,6 +111,22 @@ def open_study(exp: Experiment) -> optuna.Study:
             f"in {exp.storage_url} was created with; restore them, or give the experiment a new name"
         )
     return study
+
+
+def _create_or_load(exp: Experiment, directions: list[str], attempts: int = 10) -> optuna.Study:
+    """create_study(load_if_exists=True), again when another driver created the schema or the study at the same
+    instant (`table ... already exists`, a duplicate study name, a locked database): the second try loads it."""
+    for attempt in range(attempts):
+        try:
+            return optuna.create_study(
+                study_name=exp.name, storage=exp.storage_url, directions=directions, load_if_exists=True,
+                sampler=make_sampler(exp.search.sampler, exp.search.seed, exp.search.trials),
+            )
+        except (SQLAlchemyError, optuna.exceptions.DuplicatedStudyError, KeyError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.3 * (attempt + 1))  # the other driver's schema creation finishes meanwhile
+    raise AssertionError("unreachable")
 
 
 # --- what the study holds: the baseline and the verified timings -------------------------------------------------
@@ -182,7 +201,9 @@ def interrupted(study: optuna.Study) -> set[int]:
     """Trials left unfinished by a stopped or dead driver, failed and run again under a new number."""
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in retry_history(t)}
-    return retried | {t.number for t in trials if t.user_attrs.get(_LEGACY_INTERRUPTED)}
+    marked = {t.number for t in trials if t.user_attrs.get(_LEGACY_INTERRUPTED) or
+              (t.state == TrialState.FAIL and t.system_attrs.get(_REQUEUED))}
+    return retried | marked
 
 
 def finished(study: optuna.Study) -> list[FrozenTrial]:
@@ -193,19 +214,142 @@ def finished(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def requeue(study: optuna.Study, numbers: list[int] | None = None) -> list[int]:
-    """Fail trials left running (by a dead driver, or the given in-flight ones) and queue their plans again, the
-    way Optuna's RetryHeartbeatStaleTrialCallback does, so Optuna's tools and optuna-dashboard see retries."""
+    """Fail the given trials left running and queue their plans again, the way Optuna's
+    RetryHeartbeatStaleTrialCallback does (so Optuna's tools and optuna-dashboard see retries); a trial that
+    another driver finished or requeued first is left alone. Returns the trials this call requeued."""
     by_number = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    chosen = list(by_number) if numbers is None else [n for n in numbers if n in by_number]
+    chosen = []
+    for number in (list(by_number) if numbers is None else numbers):
+        if number not in by_number:
+            continue
+        trial_id = by_number[number]._trial_id
+        try:
+            # Marked first: a crash between the fail and the enqueue leaves a marked FAIL without a retry, which
+            # the next driver's `repair` queues again, so the plan is never lost.
+            study._storage.set_trial_system_attr(trial_id, _REQUEUED, True)
+            study._storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except (UpdateFinishedTrialError, SQLAlchemyError):
+            continue  # it finished, or another driver won the race to requeue it
+        _enqueue_retry(study, number)
+        chosen.append(number)
+    return chosen
+
+
+def repair(study: optuna.Study) -> list[int]:
+    """Queue again the plans of trials failed for requeueing whose retry was never enqueued (a crash in between)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in retry_history(t)}
+    lost = [t.number for t in trials
+            if t.state == TrialState.FAIL and t.system_attrs.get(_REQUEUED) and t.number not in retried]
+    for number in lost:
+        _enqueue_retry(study, number)
+    return lost
+
+
+def _enqueue_retry(study: optuna.Study, number: int) -> None:
+    failed = study.get_trials(deepcopy=True)[number]
+    failed.user_attrs = {}  # the retry starts with a clean record; Optuna's callback would copy it
+    # Ownership and the requeue mark belong to this attempt, not to its retry.
+    failed.system_attrs = {k: v for k, v in failed.system_attrs.items() if not k.startswith("slimsweep.")}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # stable since Optuna 2.8
-        retry = RetryHeartbeatStaleTrialCallback(max_retry=None)  # an interruption is not the plan's fault
-        for number in chosen:
-            study.tell(optuna.Trial(study, by_number[number]._trial_id), state=TrialState.FAIL)
-            failed = study.get_trials(deepcopy=True)[number]
-            failed.user_attrs = {}  # the retry starts with a clean record; Optuna's callback would copy it
-            retry(study, failed)
-    return chosen
+        RetryHeartbeatStaleTrialCallback(max_retry=None)(study, failed)  # an interruption is not the plan's fault
+
+
+# --- drivers: who owns a running trial, and whether that driver is still alive -------------------------------------
+
+_REQUEUED = "slimsweep.requeued"
+_OWNER = "slimsweep.driver"
+_BEAT = "slimsweep.driver_beat:"  # + driver id -> the driver's last heartbeat (Unix seconds; 0 once it retired)
+STALE_BEATS = 4  # a driver whose last beat is older than this many heartbeat intervals is gone
+
+
+def new_driver_id() -> str:
+    """A name for this driver process, unique across machines and restarts."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def beat(study: optuna.Study, driver: str, now: float | None = None) -> None:
+    """Record that `driver` is alive (its trials are not to be taken over)."""
+    study._storage.set_study_system_attr(study._study_id, _BEAT + driver, time.time() if now is None else now)
+
+
+def retire(study: optuna.Study, driver: str) -> None:
+    """Record that `driver` has ended: nothing of it is live any more."""
+    beat(study, driver, 0.0)
+
+
+def live_drivers(study: optuna.Study, heartbeat_s: float, now: float | None = None) -> set[str]:
+    """Drivers whose last heartbeat is recent."""
+    now = time.time() if now is None else now
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    return {k[len(_BEAT):] for k, v in attrs.items()
+            if k.startswith(_BEAT) and isinstance(v, (int, float)) and now - v <= STALE_BEATS * heartbeat_s}
+
+
+def own(study: optuna.Study, trial: optuna.Trial, driver: str) -> None:
+    """Mark a trial as run by `driver`."""
+    study._storage.set_trial_system_attr(trial._trial_id, _OWNER, driver)
+
+
+def owner(trial: FrozenTrial) -> str | None:
+    """The driver that ran (or runs) a trial, if recorded."""
+    return trial.system_attrs.get(_OWNER)
+
+
+def stale(study: optuna.Study, heartbeat_s: float, now: float | None = None) -> list[int]:
+    """RUNNING trials whose driver is gone: its heartbeat is stale, or (no owner recorded, as older releases left
+    them) the trial started longer ago than a driver may go without a beat."""
+    now = time.time() if now is None else now
+    alive = live_drivers(study, heartbeat_s, now)
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        who = owner(t)
+        if who is None:
+            started = t.datetime_start.timestamp() if t.datetime_start else 0.0
+            if now - started > STALE_BEATS * heartbeat_s:
+                out.append(t.number)
+        elif who not in alive:
+            out.append(t.number)
+    return out
+
+
+def still_ours(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Whether a trial this driver runs is still RUNNING (not taken over by a driver that thought this one gone)."""
+    return study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING
+
+
+def running(study: optuna.Study) -> list[FrozenTrial]:
+    """Trials in flight in the whole study, whichever driver runs them."""
+    return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+
+# --- what MLflow is owed, and the latency cache ---------------------------------------------------------------------
+
+_NEEDS_SYNC = "slimsweep.needs_sync"
+_LATENCY = "slimsweep.latency:"  # + graph key -> the stored LatencyStats fields
+
+
+def set_needs_sync(study: optuna.Study, needed: bool) -> None:
+    """Record whether MLflow lacks part of the sweep (it was unreachable) until `slimsweep sync` back-fills it."""
+    study._storage.set_study_system_attr(study._study_id, _NEEDS_SYNC, needed)
+
+
+def needs_sync(study: optuna.Study) -> bool:
+    """Whether MLflow was unreachable for part of the sweep and has not been synced since."""
+    return bool(study._storage.get_study_system_attrs(study._study_id).get(_NEEDS_SYNC))
+
+
+def latency_cache(study: optuna.Study) -> dict[str, dict[str, Any]]:
+    """Latency measurements kept with the study: graph key -> the LatencyStats fields."""
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    return {k[len(_LATENCY):]: v for k, v in attrs.items() if k.startswith(_LATENCY)}
+
+
+def keep_latency(study: optuna.Study, entries: dict[str, dict[str, Any]]) -> None:
+    """Keep new latency measurements with the study, so a resumed sweep does not time a structure again."""
+    for key, stats in entries.items():
+        study._storage.set_study_system_attr(study._study_id, _LATENCY + key, stats)
 
 
 def reusable(study: optuna.Study, plan: dict[str, Any]) -> FrozenTrial | None:

@@ -3,42 +3,56 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from evaluators.errors import ConfigError
-from evaluators.latency import TimingSettings
-from evaluators.latency import TRIAL_TIMING
+from evaluators.latency import TRIAL_TIMING, TimingSettings
 from evaluators.targets import settings_for
 from experiments.tasks import load_task
 from experiments.teacher import resolve_teacher, teacher_to_bytes
 from search.config import Experiment
-from search.executor import RayExecutor, Running
+from search.executor import MACHINERY, RayExecutor, Running
 from search.progress import SweepProgress
 from search.study import (
     Baseline,
     TrialRecord,
+    beat,
     finished,
+    keep_latency,
+    latency_cache,
+    live_drivers,
+    new_driver_id,
     open_study,
+    own,
+    owner,
     read,
     record,
+    repair,
     requeue,
+    retire,
     reusable,
+    running,
     set_baseline,
+    set_needs_sync,
+    stale,
+    still_ours,
 )
 from search.tracking import Tracker
 from search.trial import TrialContext, TrialResult, teacher_figures
 from spaces.plan import sample
 from spaces.students import suits
 
-
+log = logging.getLogger("slimsweep.sweep")
 
 @dataclass
 class SweepSummary:
@@ -56,6 +70,9 @@ class SweepSummary:
     seconds_saved: float = 0.0  # their estimated training time (mean of the trials that trained)
     cache: dict[str, int] = field(default_factory=dict)  # latency-cache hits / misses at the station
     parallel: int = 0  # trials in flight at once, after the station took its cores
+    retried: int = 0  # attempts run again in this run after a machinery failure
+    failed_kinds: dict[str, int] = field(default_factory=dict)  # failed trials by kind: plan, timeout, worker_died..
+    tracking_down: str = ""  # why MLflow stopped being written during this run, if it did
 
 
 def trial_path(exp: Experiment, number: int) -> Path:
@@ -84,11 +101,14 @@ def prepare(exp: Experiment) -> TrialContext:
                         seed=exp.search.seed, max_latency_ms=exp.constraints.max_latency_ms)
 
 
-def sync_tracking(exp: Experiment, study: optuna.Study, tracker: Tracker) -> int:
-    """Log every finished trial MLflow lacks (a crash between Optuna and MLflow loses nothing); return how many."""
-    logged = tracker.logged_trials()
-    missing = [t for t in finished(study) if t.number not in logged]
+def sync_tracking(exp: Experiment, study: optuna.Study, tracker: Tracker, live: set[str]) -> int:
+    """Log every finished trial MLflow lacks (a crash or an outage between Optuna and MLflow loses nothing), except
+    those of live drivers (`live`), which log their own; return how many were logged."""
+    logged = tracker.logged_trials(live)
+    missing = [t for t in finished(study) if t.number not in logged and owner(t) not in live]
     for t in missing:
+        if tracker.down:
+            break
         log_trial(exp, tracker, t)
     return len(missing)
 
@@ -115,30 +135,80 @@ def log_trial(exp: Experiment, tracker: Tracker, t: FrozenTrial, *, full_traceba
     )
 
 
-def run_sweep(exp: Experiment, executor: RayExecutor, ctx: TrialContext, *, quiet: bool = False) -> SweepSummary:
-    """Run (or resume) the experiment's sweep until its budget of finished trials is reached."""
+class Heartbeat:
+    """A thread recording that this driver is alive, so no other driver takes over its trials."""
+
+    def __init__(self, study: optuna.Study, driver: str, every_s: float) -> None:
+        self.study, self.driver, self.every_s = study, driver, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="slimsweep-heartbeat", daemon=True)
+
+    def __enter__(self) -> Self:
+        beat(self.study, self.driver)  # alive before it owns any trial
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        try:
+            retire(self.study, self.driver)  # gone at once, not after missed beats: `sync` may take over its runs
+        except Exception as err:  # noqa: BLE001 - its beat simply goes stale; never mask the sweep's own outcome
+            log.warning("could not record the driver's end: %s", err)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                beat(self.study, self.driver)
+            except Exception as err:  # noqa: BLE001 - a busy database must not kill the beat; the next one retries
+                log.warning("heartbeat not recorded: %s", err)
+
+
+def run_sweep(exp: Experiment, executor: RayExecutor, ctx: TrialContext, *, quiet: bool = False,
+              offline: bool = False) -> SweepSummary:
+    """Run (or resume) the experiment's sweep until the study's budget of finished trials is reached."""
     start = time.perf_counter()
     study = open_study(exp)
-    summary = SweepSummary(requeued=requeue(study))  # trials a dead driver left RUNNING run again
-    tracker = _open_tracking(exp)
-    try:
-        sync_tracking(exp, study, tracker)  # a crash between Optuna and MLflow lost nothing
-        sweep = _Sweep(exp, executor, study, tracker, summary, teacher=_time_baseline(exp, executor, ctx, study, tracker),
-                       ctx_ref=executor.put(ctx))
-        _ask_and_tell(sweep, quiet)
-        _count(sweep, start)
-        _log_statistics(tracker, summary)
-        return summary
-    except BaseException:
-        tracker.end("FAILED")  # never leave the parent RUNNING; the study keeps every finished trial
-        raise
+    driver = new_driver_id()
+    with Heartbeat(study, driver, exp.search.heartbeat_s):
+        # Trials a dead driver left RUNNING (its heartbeat stale) run again; a live driver's are left alone.
+        summary = SweepSummary(requeued=repair(study) + requeue(study, stale(study, exp.search.heartbeat_s)))
+        tracker = _open_tracking(exp, driver, offline)
+        try:
+            sync_tracking(exp, study, tracker, live_drivers(study, exp.search.heartbeat_s))
+            executor.seed_latencies(latency_cache(study))  # structures timed by an earlier run are not timed again
+            sweep = _Sweep(exp, executor, study, tracker, summary, driver=driver,
+                           teacher=_time_baseline(exp, executor, ctx, study, tracker), ctx_ref=executor.put(ctx))
+            _keep_latencies(sweep)
+            _ask_and_tell(sweep, quiet)
+            _count(sweep, start)
+            _log_statistics(tracker, summary)
+            _note_outage(sweep)
+            return summary
+        except BaseException:
+            tracker.end("FAILED")  # never leave the parent RUNNING; the study keeps every finished trial
+            if tracker.down:
+                set_needs_sync(study, True)
+            raise
 
 
-def _open_tracking(exp: Experiment) -> Tracker:
+def _open_tracking(exp: Experiment, driver: str, offline: bool) -> Tracker:
     """The sweep's MLflow parent run, created or resumed, with the experiment file attached."""
-    tracker = Tracker(exp.tracking_uri, exp.name, exp.out / "mlartifacts")
+    tracker = Tracker(exp.tracking_uri, exp.name, exp.out / "mlartifacts", driver=driver, offline=offline)
     tracker.start_sweep(yaml.safe_dump(exp.model_dump(), sort_keys=False), _sweep_params(exp))
     return tracker
+
+
+def _note_outage(sweep: _Sweep) -> None:
+    """Once MLflow is lost, the study records that it needs `slimsweep sync` (also if this driver dies later)."""
+    if sweep.tracker.down and not sweep.summary.tracking_down:
+        sweep.summary.tracking_down = sweep.tracker.down_reason or "unreachable"
+        set_needs_sync(sweep.study, True)
+
+
+def _keep_latencies(sweep: _Sweep) -> None:
+    """Keep the station's new measurements with the study (a resumed sweep reuses them)."""
+    keep_latency(sweep.study, sweep.executor.new_latencies())
 
 
 def _time_baseline(exp: Experiment, executor: RayExecutor, ctx: TrialContext, study: optuna.Study,
@@ -165,40 +235,82 @@ class _Sweep:
     summary: SweepSummary
     teacher: dict[str, float]
     ctx_ref: Any
+    driver: str = ""
     running: list[Running] = field(default_factory=list)
-    asked: dict[int, tuple[optuna.Trial, dict, str]] = field(default_factory=dict)  # number -> trial, plan, words
+    asked: dict[int, tuple[optuna.Trial, Any, dict, str]] = field(default_factory=dict)  # -> trial, plan, params, words
+    attempts: dict[int, list[str]] = field(default_factory=dict)  # number -> machinery failures of earlier attempts
 
 
 def _ask_and_tell(sweep: _Sweep, quiet: bool) -> None:
-    """Keep `parallel` trials in flight until the budget is finished; Ctrl-C queues the ones in flight again."""
-    budget = sweep.exp.search.trials
+    """Keep `parallel` trials in flight until the study's budget is finished (counting every driver's trials);
+    Ctrl-C or any error queues the ones in flight again."""
+    budget, heartbeat_s = sweep.exp.search.trials, sweep.exp.search.heartbeat_s
     # The station holds its cores; more trials in flight than CPUs left would only queue inside Ray.
     parallel = sweep.summary.parallel = max(1, min(sweep.exp.search.parallel, sweep.executor.trial_cpus()))
     progress = SweepProgress(budget, quiet=quiet)
+    next_check = time.monotonic() + heartbeat_s
     try:
         with progress:
             while True:
-                while len(sweep.running) < parallel and len(finished(sweep.study)) + len(sweep.running) < budget:
+                if time.monotonic() >= next_check:  # a driver that died meanwhile: its trials run again here
+                    sweep.summary.requeued += requeue(sweep.study, stale(sweep.study, heartbeat_s))
+                    next_check = time.monotonic() + heartbeat_s
+                while (len(sweep.running) < parallel
+                       and len(finished(sweep.study)) + len(running(sweep.study)) < budget):
                     _ask(sweep, progress)
                 _refresh(progress, sweep)
                 if not sweep.running:
-                    break
+                    if len(finished(sweep.study)) >= budget:
+                        break
+                    time.sleep(1.0)  # the rest of the budget runs at another driver; wait for it, or for it to die
+                    continue
                 for item, result in sweep.executor.wait(sweep.running, timeout=1.0):
                     sweep.running.remove(item)
+                    if _run_again(sweep, item.number, result):
+                        continue
                     describe, metrics = _tell(sweep, item.number, result)
                     _refresh(progress, sweep)
                     progress.trial_done(item.number, describe, metrics, result.error,
                                         skipped=bool(result.info.get("skipped_training")))
     except KeyboardInterrupt:
-        sweep.executor.cancel(sweep.running)
-        requeue(sweep.study, [r.number for r in sweep.running])
+        _stop_in_flight(sweep)
         sweep.summary.interrupted = True
         sweep.tracker.end("KILLED")
+    except BaseException:
+        _stop_in_flight(sweep)  # the caller closes the parent run
+        raise
+
+
+def _stop_in_flight(sweep: _Sweep) -> None:
+    """Cancel this driver's trials in flight and queue their plans again."""
+    numbers = [r.number for r in sweep.running]
+    sweep.executor.cancel(sweep.running)
+    sweep.running.clear()
+    requeue(sweep.study, numbers)
+
+
+def _run_again(sweep: _Sweep, number: int, result: TrialResult) -> bool:
+    """After a machinery failure, start the same plan again if retries are left; a plan's own error never is."""
+    kind = result.info.get(MACHINERY)
+    if kind is None:
+        return False
+    attempts = sweep.attempts.setdefault(number, [])
+    attempts.append(f"{kind}: {result.error}")
+    if len(attempts) > sweep.exp.search.max_retries:
+        result.error = f"{kind}: failed {len(attempts)} attempts, the last: {result.error}"
+        return False
+    log.warning("trial %d: %s; running the same plan again (attempt %d of %d)", number, result.error,
+                len(attempts) + 1, sweep.exp.search.max_retries + 1)
+    sweep.summary.retried += 1
+    _, plan, _, _ = sweep.asked[number]
+    sweep.running.append(sweep.executor.submit(number, plan, sweep.ctx_ref))
+    return True
 
 
 def _ask(sweep: _Sweep, progress: SweepProgress) -> None:
     """Ask Optuna for a plan; answer a plan already run from its result, else start it as a Ray task."""
     trial = sweep.study.ask()
+    own(sweep.study, trial, sweep.driver)
     plan = sample(trial, sweep.exp.space)
     earlier = reusable(sweep.study, plan.params())
     if earlier is not None:
@@ -207,14 +319,22 @@ def _ask(sweep: _Sweep, progress: SweepProgress) -> None:
         progress.trial_done(trial.number, rec.describe, rec.metrics, None, skipped=rec.skipped_training,
                             reused_from=rec.reuse_of)
         return
-    sweep.asked[trial.number] = (trial, plan.params(), plan.describe())
+    sweep.asked[trial.number] = (trial, plan, plan.params(), plan.describe())
     sweep.running.append(sweep.executor.submit(trial.number, plan, sweep.ctx_ref))
 
 
 def _tell(sweep: _Sweep, number: int, result: TrialResult) -> tuple[str, dict[str, float]]:
     """Record one result: ONNX on disk first, then Optuna (the state of record), then its MLflow run."""
-    trial, params, describe = sweep.asked.pop(number)
-    rec = TrialRecord(plan=params, describe=describe, stages=result.stages, info=result.info)
+    trial, _, params, describe = sweep.asked.pop(number)
+    if not still_ours(sweep.study, trial):
+        # Another driver thought this one gone (its heartbeat was late) and queued the plan again: that copy counts.
+        log.warning("trial %d was taken over by another driver; its result here is dropped", number)
+        sweep.attempts.pop(number, None)
+        return describe, {}
+    info = dict(result.info)
+    if sweep.attempts.get(number):
+        info["machinery_attempts"] = sweep.attempts.pop(number)  # earlier attempts the machinery lost
+    rec = TrialRecord(plan=params, describe=describe, stages=result.stages, info=info)
     if not result.ok:
         rec.failure, rec.traceback = result.error or "unknown error", result.traceback
         record(sweep.study, trial, rec)
@@ -224,7 +344,9 @@ def _tell(sweep: _Sweep, number: int, result: TrialResult) -> tuple[str, dict[st
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(result.onnx or b"")
         _record_metrics(sweep, trial, rec)
+    _keep_latencies(sweep)
     log_trial(sweep.exp, sweep.tracker, sweep.study.get_trials(deepcopy=False)[number], full_traceback=result.traceback)
+    _note_outage(sweep)
     sweep.summary.ran_now += 1
     return describe, rec.metrics
 
@@ -237,6 +359,7 @@ def _reuse(sweep: _Sweep, trial: optuna.Trial, params: dict, describe: str, earl
     shutil.copyfile(trial_path(sweep.exp, earlier.number), trial_path(sweep.exp, trial.number))
     _record_metrics(sweep, trial, rec)
     log_trial(sweep.exp, sweep.tracker, sweep.study.get_trials(deepcopy=False)[trial.number])
+    _note_outage(sweep)
     sweep.summary.reused_now += 1
     return rec
 
@@ -259,6 +382,12 @@ def _count(sweep: _Sweep, start: float) -> None:
     records = {t.number: read(t) for t in done}
     summary.finished = len(done)
     summary.failed = sum(t.state == TrialState.FAIL for t in done)
+    kinds: dict[str, int] = {}
+    for t in done:
+        if t.state == TrialState.FAIL:
+            kind = records[t.number].info.get(MACHINERY, "plan")
+            kinds[kind] = kinds.get(kind, 0) + 1
+    summary.failed_kinds = kinds
     summary.reused = sum(r.reuse_of is not None for r in records.values())
     summary.seconds = time.perf_counter() - start
     skipped = [n for n, r in records.items() if r.skipped_training and r.reuse_of is None]
@@ -274,7 +403,8 @@ def _log_statistics(tracker: Tracker, summary: SweepSummary) -> None:
     """The totals on the MLflow parent run."""
     tracker.log_parent(metrics={"trials_finished": summary.finished, "trials_failed": summary.failed,
                                 "trials_reused": summary.reused, "trials_skipped_training": summary.skipped_training,
-                                "training_seconds_saved_estimate": summary.seconds_saved, **summary.cache})
+                                "training_seconds_saved_estimate": summary.seconds_saved, **summary.cache,
+                                **{f"trials_failed_{k}": v for k, v in summary.failed_kinds.items()}})
 
 
 def _refresh(progress: SweepProgress, sweep: _Sweep) -> None:

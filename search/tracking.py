@@ -2,46 +2,117 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
-ROLE, STUDY, NUMBER = "slimsweep.role", "slimsweep.study", "optuna.trial_number"
+ROLE, STUDY, NUMBER, DRIVER = "slimsweep.role", "slimsweep.study", "optuna.trial_number", "slimsweep.driver"
 ALIAS = "deployable"
+log = logging.getLogger("slimsweep.tracking")
+# MLflow's HTTP client retries with backoff for minutes by default; a sweep would stall that long on an outage.
+_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+_T = TypeVar("_T")
+
+
+def unreachable(uri: str, timeout_s: float = 5.0) -> str | None:
+    """Why an MLflow tracking server cannot be reached, or None (a local store is always reachable)."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
+            return None if response.status == 200 else f"/health answered HTTP {response.status}"
+    except (urllib.error.URLError, OSError) as exc:
+        return str(getattr(exc, "reason", exc))
+
+
+def _tolerant(default: Any = None) -> Callable[[Callable[..., _T]], Callable[..., _T]]:
+    """Run a Tracker call; on a lost tracking server, warn once and from then on skip every call (the study keeps
+    the record; `slimsweep sync` back-fills MLflow)."""
+    def wrap(method: Callable[..., _T]) -> Callable[..., _T]:
+        @functools.wraps(method)
+        def call(self: Tracker, *args: Any, **kwargs: Any) -> _T:
+            if self.down:
+                return default() if callable(default) else default
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as exc:
+                if not self.remote or unreachable(self.uri) is None:
+                    raise  # a real error from a reachable store, not an outage
+                self.went_down(exc)
+                return default() if callable(default) else default
+        return call
+    return wrap
 
 
 class Tracker:
     """Writes a sweep to MLflow through explicit run ids, so only the driver ever logs and nothing is global."""
 
-    def __init__(self, uri: str, experiment: str, artifact_root: Path) -> None:
+    def __init__(self, uri: str, experiment: str, artifact_root: Path, *, driver: str = "",
+                 offline: bool = False) -> None:
         logging.getLogger("alembic").setLevel(logging.WARNING)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        self.uri, self.name = uri, experiment
+        for key, value in _HTTP_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+        self.uri, self.name, self.driver = uri, experiment, driver
+        self.remote = uri.startswith(("http://", "https://"))
+        self.down, self.down_reason = offline, "run without MLflow (--no-tracking)" if offline else ""
+        self.parent_id, self.experiment_id = "", ""
         mlflow.set_tracking_uri(uri)
         self.client = MlflowClient(uri)
-        found = self.client.get_experiment_by_name(experiment)
+        self._open_experiment(artifact_root)
+
+    def went_down(self, exc: BaseException) -> None:
+        """Stop talking to a lost tracking server, with one warning."""
+        self.down, self.down_reason = True, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        log.warning("MLflow at %s is unreachable (%s); the sweep goes on, recorded in the study; run "
+                    "`slimsweep sync` once it is back", self.uri, self.down_reason[:300])
+
+    @_tolerant()
+    def _open_experiment(self, artifact_root: Path, attempts: int = 10) -> None:
+        for attempt in range(attempts):
+            try:
+                found = self.client.get_experiment_by_name(self.name)
+                break
+            except Exception:
+                if self.remote or attempt == attempts - 1:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
         if found is None:
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_root.resolve().as_uri())
+            try:
+                self.experiment_id = self.client.create_experiment(
+                    self.name, artifact_location=artifact_root.resolve().as_uri())
+            except mlflow.exceptions.MlflowException:  # another driver created it at the same instant
+                self.experiment_id = self.client.get_experiment_by_name(self.name).experiment_id
         else:
             self.experiment_id = found.experiment_id
-        self.parent_id = ""
 
+    def _parents(self) -> list:
+        runs = self.client.search_runs([self.experiment_id], f"tags.`{ROLE}` = 'sweep' and tags.`{STUDY}` = '{self.name}'",
+                                       max_results=100, order_by=["attributes.start_time ASC"])
+        return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
+
+    @_tolerant(False)
     def resume_sweep(self) -> bool:
         """Reopen this study's parent run, if there is one."""
-        runs = self.client.search_runs([self.experiment_id], f"tags.`{ROLE}` = 'sweep' and tags.`{STUDY}` = '{self.name}'",
-                                       max_results=1, order_by=["attributes.start_time ASC"])
+        runs = self._parents()
         if runs:
             self.parent_id = runs[0].info.run_id
             self.client.update_run(self.parent_id, status="RUNNING")
         return bool(runs)
 
+    @_tolerant("")
     def start_sweep(self, config_text: str, params: dict[str, Any]) -> str:
         """Resume this study's parent run, or create it with the experiment file attached."""
         if not self.resume_sweep():
@@ -49,31 +120,42 @@ class Tracker:
                                          tags={ROLE: "sweep", STUDY: self.name})
             self.parent_id = run.info.run_id
             self.client.log_batch(self.parent_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+            # Two drivers starting together may both create one; the earliest is the sweep's, the other goes.
+            first = self._parents()[0].info.run_id
+            if first != self.parent_id:
+                self.client.delete_run(self.parent_id)
+                self.parent_id = first
         self.client.log_text(self.parent_id, config_text, "experiment.yaml")
         return self.parent_id
 
-    def logged_trials(self) -> set[int]:
-        """Trial numbers whose nested run was written to the end; a run a stop cut short is deleted, to redo."""
+    @_tolerant(set)
+    def logged_trials(self, live: set[str] = frozenset()) -> set[int]:
+        """Trial numbers whose nested run was written to the end. A run cut short by a driver that is gone is an
+        abandoned attempt: marked KILLED with the role 'abandoned' (kept to see, not counted); runs still being
+        written by a live driver (`live`) are left alone."""
         logged = set()
         for run in self._trial_run_list():
             if run.info.status in {"FINISHED", "FAILED"}:
                 logged.add(int(run.data.tags[NUMBER]))
-            else:
-                self.client.delete_run(run.info.run_id)
+            elif run.data.tags.get(DRIVER) not in live:
+                self.client.set_tag(run.info.run_id, ROLE, "abandoned")
+                self.client.set_tag(run.info.run_id, "slimsweep.abandoned", "true")
+                self.client.set_terminated(run.info.run_id, "KILLED")
         return logged
 
     def _trial_run_list(self) -> list:
         runs = self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent_id}'",
                                        max_results=50000)
-        return [r for r in runs if NUMBER in r.data.tags]
+        return [r for r in runs if NUMBER in r.data.tags and r.data.tags.get(ROLE) == "trial"]
 
+    @_tolerant("")
     def log_trial(self, number: int, params: dict[str, Any], metrics: dict[str, float], *, onnx: bytes | None,
                   failed_reason: str | None = None, traceback: str | None = None,
                   tags: dict[str, str] | None = None) -> str:
         """One nested run for one finished trial: the plan as params, metrics, its ONNX file, or its failure reason
         (a tag) and traceback (the artifact traceback.txt)."""
         all_tags = {ROLE: "trial", NUMBER: str(number), STUDY: self.name, "mlflow.parentRunId": self.parent_id,
-                    **(tags or {})}
+                    DRIVER: self.driver, **(tags or {})}
         if failed_reason is not None:
             all_tags["slimsweep.failure"] = failed_reason[:4000]
         run = self.client.create_run(self.experiment_id, run_name=f"trial-{number}", tags=all_tags)
@@ -93,15 +175,18 @@ class Tracker:
         self.client.set_terminated(run_id, "FAILED" if failed_reason is not None else "FINISHED")
         return run_id
 
+    @_tolerant(dict)
     def trial_runs(self) -> dict[int, str]:
         """Run id of each trial's nested run, by trial number."""
         return {int(r.data.tags[NUMBER]): r.info.run_id for r in self._trial_run_list()}
 
+    @_tolerant()
     def mark_front(self, front: set[int]) -> None:
         """Tag every trial run pareto=true or pareto=false."""
         for number, run_id in self.trial_runs().items():
             self.client.set_tag(run_id, "pareto", "true" if number in front else "false")
 
+    @_tolerant()
     def log_parent(self, *, metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None,
                    files: dict[str, Path] | None = None) -> None:
         """Metrics, tags and files (artifact name -> local path) on the sweep's parent run."""
@@ -111,6 +196,17 @@ class Tracker:
         for name, path in (files or {}).items():
             self.client.log_artifact(self.parent_id, str(path), artifact_path=name or None)
 
+    @_tolerant("")
+    def registered_version(self) -> str:
+        """The version the alias 'deployable' points at, or '' when none is registered."""
+        try:
+            return str(self.client.get_model_version_by_alias(self.name, ALIAS).version)
+        except mlflow.exceptions.MlflowException as exc:
+            if exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}:
+                return ""
+            raise
+
+    @_tolerant("")
     def register(self, onnx_path: Path, card: dict[str, Any]) -> str:
         """Register the chosen model under the experiment's name with the alias 'deployable'; return the version."""
         import onnx
@@ -126,6 +222,7 @@ class Tracker:
         # start_run(run_id=...) ended the parent as FINISHED on exit; the sweep decides its status itself.
         return version
 
+    @_tolerant()
     def end(self, status: str = "FINISHED") -> None:
         """Close the parent run (FINISHED, FAILED or KILLED)."""
         if self.parent_id:

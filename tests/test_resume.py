@@ -6,13 +6,15 @@ import os
 import signal
 
 import optuna
+from conftest import run_cli, small_experiment, start_cli
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from sqlalchemy.exc import OperationalError
 
-from conftest import run_cli, small_experiment, start_cli
 from search.config import load
-from search.study import finished, interrupted, retry_of
+from search.executor import RayExecutor
+from search.study import finished, interrupted, latency_cache, retry_of
+from search.sweep import timing, trial_path
 
 BUDGET = 6
 
@@ -70,7 +72,8 @@ def _check_resumed(exp, kept: dict[int, object]) -> None:
 
 
 def test_ctrl_c_stops_cleanly_then_the_same_command_resumes(tmp_path):
-    path = small_experiment(tmp_path, name="ctrlc", search={"sampler": "tpe", "trials": BUDGET, "parallel": 2})
+    path = small_experiment(tmp_path, name="ctrlc", search={"sampler": "tpe", "trials": BUDGET, "parallel": 2,
+                                                            "heartbeat_s": 1.0})
     exp = load(path)
     kept, code, output = _stop_after_two(path, tmp_path, signal.SIGINT)
     assert code == 130, output[-3000:]
@@ -91,14 +94,31 @@ def test_ctrl_c_stops_cleanly_then_the_same_command_resumes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"{BUDGET} trials finished" in result.stdout
     _check_resumed(exp, kept)
+    _latency_cache_kept(exp)
+
+
+def _latency_cache_kept(exp) -> None:
+    """A new driver's station, given what the study kept, times no structure the sweep already timed."""
+    study = optuna.load_study(study_name=exp.name, storage=exp.storage_url)
+    kept = latency_cache(study)
+    assert kept
+    executor = RayExecutor(address=None)
+    executor.open_station(exp.target.spec(), reserve_cores=exp.target.reserve_cores)
+    executor.seed_latencies(kept)
+    trained = next(t for t in finished(study) if t.state == TrialState.COMPLETE)
+    _, cached = executor.time_model(trial_path(exp, trained.number).read_bytes(), timing(exp))
+    assert cached and executor.station_counts() == {"latency_cache_hits": 1, "latency_cache_misses": 0}
 
 
 def test_a_crashed_driver_is_resumed_without_repeating_finished_trials(tmp_path):
-    path = small_experiment(tmp_path, name="crash", search={"sampler": "tpe", "trials": BUDGET, "parallel": 2})
+    # heartbeat_s: the killed driver's trials are taken over after 4 missed beats (4 s here).
+    path = small_experiment(tmp_path, name="crash", search={"sampler": "tpe", "trials": BUDGET, "parallel": 2,
+                                                            "heartbeat_s": 1.0})
     exp = load(path)
     kept, _, _ = _stop_after_two(path, tmp_path, signal.SIGKILL)
     study = optuna.load_study(study_name=exp.name, storage=exp.storage_url)
     orphans = study.get_trials(states=(TrialState.RUNNING,))
+    parent = _parent(exp)
 
     result = run_cli("run", str(path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -108,3 +128,11 @@ def test_a_crashed_driver_is_resumed_without_repeating_finished_trials(tmp_path)
     retried = {retry_of(t) for t in study.trials} - {None}
     assert retried == {t.number for t in orphans}  # the crash's orphans ran again, with the same plans
     _check_resumed(exp, kept)
+    assert _parent(exp) == parent  # the same MLflow parent run continued
+
+
+def _parent(exp) -> str:
+    client = MlflowClient(exp.tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name(exp.name).experiment_id],
+                                "tags.`slimsweep.role` = 'sweep'")
+    return run.info.run_id

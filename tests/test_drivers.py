@@ -1,0 +1,121 @@
+"""Several drivers share one study: each owns its trials through a heartbeat, only a gone driver's trials run
+again, the budget is the study's, and MLflow gets one run per finished trial."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import optuna
+import pytest
+from conftest import small_experiment, start_cli
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from search.config import load
+from search.study import (
+    STALE_BEATS,
+    beat,
+    finished,
+    interrupted,
+    live_drivers,
+    open_study,
+    own,
+    repair,
+    requeue,
+    retire,
+    retry_of,
+    stale,
+)
+from search.tracking import Tracker
+
+HEARTBEAT = 5.0  # generous: a loaded machine may delay a beat; a live driver is never taken over
+
+
+@pytest.fixture()
+def study(tmp_path):
+    return open_study(load(small_experiment(tmp_path, name="owners")))
+
+
+def test_only_a_gone_drivers_trials_are_stale(study):
+    now = 1_000_000.0
+    beat(study, "alive", now)
+    beat(study, "dead", now - STALE_BEATS * HEARTBEAT - 1)
+    mine, theirs = study.ask(), study.ask()
+    own(study, mine, "alive")
+    own(study, theirs, "dead")
+    assert live_drivers(study, HEARTBEAT, now) == {"alive"}
+    assert stale(study, HEARTBEAT, now) == [theirs.number]  # a live driver's trial is never taken over
+    retire(study, "alive")  # a driver that ended cleanly is gone at once
+    assert stale(study, HEARTBEAT, now) == [mine.number, theirs.number]
+
+
+def test_two_drivers_requeue_a_stale_trial_once(study):
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    assert requeue(study, [trial.number]) == [trial.number]
+    assert requeue(study, [trial.number]) == []  # the other driver finds it already failed: no second copy
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 1 and waiting[0].params == trial.params
+
+
+def test_a_crash_between_fail_and_enqueue_loses_no_plan(study):
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    # What requeue does before it enqueues: the mark, then the fail; the driver dies here.
+    study._storage.set_trial_system_attr(trial._trial_id, "slimsweep.requeued", True)
+    study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    assert repair(study) == [trial.number]
+    assert repair(study) == []
+    (waiting,) = study.get_trials(states=(TrialState.WAITING,))
+    assert waiting.params == trial.params and retry_of(waiting) == trial.number
+    assert trial.number in interrupted(study) and not finished(study)  # not counted as a failed plan
+
+
+def test_two_drivers_started_together_share_the_budget(tmp_path):
+    budget = 4
+    path = small_experiment(tmp_path, name="pair", search={"sampler": "random", "trials": budget, "parallel": 1,
+                                                          "seed": 0, "heartbeat_s": HEARTBEAT})
+    exp = load(path)
+    procs = [start_cli("run", str(path), cwd=tmp_path) for _ in range(2)]  # a fresh storage: the schema race
+    outputs = []
+    try:
+        for proc in procs:
+            out, _ = proc.communicate(timeout=600)
+            outputs.append(out)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    for proc, out in zip(procs, outputs):
+        assert proc.returncode == 0, out[-3000:]
+        assert "Traceback" not in out, out[-3000:]
+    study = optuna.load_study(study_name=exp.name, storage=exp.storage_url)
+    done = finished(study)
+    assert len(done) == budget  # the study's budget, not each driver's
+    assert not interrupted(study)  # no live trial was failed by the other driver
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    client = MlflowClient(exp.tracking_uri)
+    experiment = client.get_experiment_by_name(exp.name)
+    parents = client.search_runs([experiment.experiment_id], "tags.`slimsweep.role` = 'sweep'")
+    assert len(parents) == 1  # both drivers log under one parent run
+    runs = client.search_runs([experiment.experiment_id], "tags.`slimsweep.role` = 'trial'")
+    numbers = [int(r.data.tags["optuna.trial_number"]) for r in runs]
+    assert sorted(numbers) == sorted(t.number for t in done)  # one run per finished trial, none twice
+
+
+def test_resync_marks_a_gone_drivers_unfinished_run_and_leaves_a_live_drivers_alone(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "resync", tmp_path / "artifacts", driver="me")
+    tracker.start_sweep("name: resync\n", {})
+    client = tracker.client
+
+    def half_logged(number: int, driver: str) -> str:  # a run a driver began and had not finished writing
+        return client.create_run(tracker.experiment_id, tags={"slimsweep.role": "trial", "slimsweep.driver": driver,
+                                                              "optuna.trial_number": str(number),
+                                                              "mlflow.parentRunId": tracker.parent_id}).info.run_id
+
+    gone, live = half_logged(0, "gone"), half_logged(1, "alive")
+    done = tracker.log_trial(2, {"x": 1}, {"accuracy": 0.9}, onnx=None)
+    assert tracker.logged_trials({"alive", "me"}) == {2}
+    assert client.get_run(gone).info.status == "KILLED"
+    assert client.get_run(gone).data.tags["slimsweep.role"] == "abandoned"  # kept to see, not counted as the trial
+    assert client.get_run(live).info.status == "RUNNING"  # another live driver's run is never touched
+    assert client.get_run(done).info.status == "FINISHED"
