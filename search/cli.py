@@ -258,11 +258,15 @@ def _tracking_reachable(exp: Experiment) -> bool:
 def _check_target(spec: Any) -> None:
     """Fail at start, before anything is written, when the target cannot run here."""
     from evaluators.targets import make_target
+    from search.builds import build_problem
 
+    problem = build_problem(spec.kind) if spec.kind != "remote" else None  # a remote device brings its own
+    if problem and problem.startswith("two or more"):
+        raise ConfigError(f"target: {problem}")
     try:
         make_target(spec).check()
     except SlimsweepError as exc:
-        raise ConfigError(f"target: {exc}") from None
+        raise ConfigError(f"target: {exc}" + (f"\n(also: {problem})" if problem else "")) from None
 
 
 def _deliver(exp: Experiment, study: Any, tracker: Any, policy: Any, *, retime: Any, console: Any) -> int:
@@ -287,7 +291,8 @@ def _deliver(exp: Experiment, study: Any, tracker: Any, policy: Any, *, retime: 
     console.print(_speedup_line(json.loads(delivery.card_path.read_text())))
     console.print(f"wrote {delivery.onnx_path} and {delivery.card_path}; registered "
                   f"models:/{exp.name}@deployable (version {delivery.registered_version})")
-    console.print(f"review: mlflow ui --backend-store-uri {exp.tracking_uri}")
+    console.print(f"review: mlflow ui --backend-store-uri {exp.tracking_uri}, then open "
+                  f"http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning")
     tracker.end("FINISHED")
     return 0
 

@@ -115,7 +115,8 @@ def log_trial(exp: Experiment, tracker: Tracker, t: FrozenTrial, *, full_traceba
         tags["slimsweep.reuse_of"] = str(rec.reuse_of)
     failed = t.state == TrialState.FAIL
     tracker.log_trial(
-        t.number, rec.plan or t.params, {**rec.metrics, **stage_metrics},
+        # Optuna's own parameter names first (what optuna-dashboard shows), then every knob of the plan.
+        t.number, {**t.params, **rec.plan}, {**rec.metrics, **stage_metrics},
         onnx=path.read_bytes() if rec.metrics and path.is_file() else None,
         failed_reason=(rec.failure or "unknown error") if failed else None,
         traceback=(full_traceback or rec.traceback) if failed else None,
