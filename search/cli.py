@@ -137,6 +137,7 @@ def _quiet_libraries(verbose: bool) -> None:
     import logging
 
     level = logging.INFO if verbose else logging.WARNING
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", logging.getLevelName(level))  # MLflow sets its level at import
     for name in ("mlflow", "ray", "alembic", "optuna"):
         logging.getLogger(name).setLevel(level)
     os.environ["SLIMSWEEP_VERBOSE"] = "1" if verbose else ""

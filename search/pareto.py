@@ -66,8 +66,7 @@ def distinguishing(rows: list[Candidate]) -> list[str]:
     for c in rows:
         for k, v in c.params_dict:
             values.setdefault(k, set()).add(repr(v))
-    keys = {k for c in rows for k, _ in c.params_dict}
-    return sorted(k for k in keys if len(values[k]) > 1 or any(k not in dict(c.params_dict) for c in rows))
+    return sorted(k for k, seen in values.items() if len(seen) > 1)
 
 
 def knobs(c: Candidate, names: list[str]) -> str:

@@ -34,7 +34,7 @@ def finished_sweep(factory: pytest.TempPathFactory) -> Swept:
         data = yaml.safe_load(path.read_text())
         del data["output_dir"]  # the default: outputs beside the experiment file
         path.write_text(yaml.safe_dump(data, sort_keys=False))
-        proc = run_cli("run", "experiments/digits.yaml", "--trials", "4", cwd=folder)
+        proc = run_cli("run", "experiments/digits.yaml", "--trials", "4", cwd=folder, timeout=1500)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         exp = load(path).model_copy(update={"output_dir": str(folder / "experiments" / "outputs")})
         _CACHE["sweep"] = Swept(folder, path, exp, proc.stdout + proc.stderr)
