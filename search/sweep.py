@@ -137,7 +137,7 @@ def _trial_note(number: int, rec: TrialRecord, failed: bool) -> str:
     m = rec.metrics
     reused = f" Answered from trial {rec.reuse_of} (the same plan)." if rec.reuse_of is not None else ""
     return (f"Trial {number}: {rec.describe}. Accuracy {m.get('accuracy', float('nan')):.2f}% "
-            f"({m.get('accuracy_drop', float('nan')):+.2f} pt below the teacher), p50 "
+            f"({m.get('accuracy_drop', float('nan')):.2f} pt below the teacher), p50 "
             f"{m.get('latency_p50_ms', float('nan')):.4f} ms, {m.get('size_mb', float('nan')):.3f} MB; "
             f"{'feasible' if rec.feasible else 'infeasible (breaks a constraint)'}.{reused}")
 
