@@ -78,5 +78,6 @@ def test_the_experiment_opens_on_its_runs_and_the_pick_shows_metrics_and_tag(ui,
     version = client.get_model_version_by_alias(exp.name, "deployable")
     run = page_text(f"{base}/#/experiments/{experiment.experiment_id}/runs/{version.run_id}", tmp_path / "b")
     assert f"trial-{card['trial']}" in run, run[:2000]
-    for shown in ("accuracy", "latency_p50_ms", "size_mb", "slimsweep.pick"):
+    for shown in ("accuracy", "latency_p50_ms", "size_mb", "slimsweep.pick : true", "Parent run",
+                  f"{exp.name}-sweep", f"Registered models {exp.name} v{version.version}"):
         assert shown in run, (shown, run[:3000])
