@@ -98,3 +98,18 @@ def test_fresh_deletes_the_study_runs_and_outputs_of_that_experiment_only(swept,
     proc = run_cli("status", str(path), cwd=tmp_path)
     assert proc.returncode == 1 and "no sweep found" in proc.stderr  # a `run` now starts from nothing
     assert (swept.exp.out / "study.db").is_file()  # the original sweep is untouched
+
+
+def test_the_study_names_its_metrics_and_keeps_the_constraints_record_optuna_dashboard_reads(swept):
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name=swept.exp.name, storage=swept.exp.storage_url)
+    assert study.metric_names == list(swept.exp.objectives)
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    for t in complete:
+        listed = t.system_attrs["constraints"]  # the older record, read by optuna-dashboard
+        named = [v for k, v in t.system_attrs.items() if k.startswith("constraints:")]  # set_constraint's record
+        assert sorted(listed) == sorted(named) and listed
+    # The dashboard's front and ours agree: only feasible trials are on it.
+    assert all(max(t.system_attrs["constraints"]) <= 0 for t in study.best_trials)
