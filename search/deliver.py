@@ -122,7 +122,6 @@ def deliver(exp: Experiment, study: optuna.Study, tracker: Tracker, policy: Pick
     else:
         members = with_verified(study, members)
     choice = choose(members, policy, teacher_ms)
-    publish_front(exp, study, tracker, members, pick=choice.candidate.trial, policy=policy)
     c = choice.candidate
     card = model_card(exp, study, choice, policy, teacher_ms)
     card["registry"] = {"name": exp.name, "alias": "deployable", "uri": f"models:/{exp.name}@deployable",
@@ -143,6 +142,8 @@ def deliver(exp: Experiment, study: optuna.Study, tracker: Tracker, policy: Pick
 
     version = hand_over(folder, c.trial, source.read_bytes(), card, register, tracker.move_alias,
                         tracker.alias_version())
+    # After the hand-over, so the front's files never mark a pick that a crash left uncommitted.
+    publish_front(exp, study, tracker, members, pick=c.trial, policy=policy)
     card_path = folder / "model_card.json"
     speedup = {k: card[k] for k in _SPEEDUP_METRICS.values() if card[k] is not None}
     tracker.log_parent(files={"": card_path}, metrics={"pick_trial": c.trial, **speedup},

@@ -91,7 +91,7 @@ def test_the_version_comes_from_the_picked_trials_run_with_its_metrics_tags_and_
     card = json.loads((exp.out / "model_card.json").read_text())
     client = MlflowClient(exp.tracking_uri)
     version = client.get_model_version_by_alias(exp.name, "deployable")
-    assert version.version == card["registry"]["version"]
+    assert str(version.version) == card["registry"]["version"]
     run = client.get_run(version.run_id)
     assert run.data.tags["slimsweep.role"] == "trial"
     assert run.data.tags["optuna.trial_number"] == str(card["trial"])
@@ -146,7 +146,7 @@ def _agree(exp) -> None:
     client = MlflowClient(exp.tracking_uri)
     card = json.loads((exp.out / "model_card.json").read_text())
     version = client.get_model_version_by_alias(exp.name, "deployable")
-    assert card["registry"]["version"] == version.version
+    assert card["registry"]["version"] == str(version.version)
     assert version.tags["slimsweep.trial"] == str(card["trial"])
     assert version.tags["slimsweep.sha256"] == handover.sha256((exp.out / "deployable.onnx").read_bytes())
 

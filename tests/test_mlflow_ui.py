@@ -69,7 +69,7 @@ def test_the_experiment_opens_on_its_runs_and_the_pick_shows_metrics_and_tag(ui,
     experiment = client.get_experiment_by_name(exp.name)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     # The link the run prints at its end.
-    link = re.search(r"open (http://\S+)", swept.stdout).group(1)
+    link = re.search(r"then open\s+(http://\S+)", swept.stdout).group(1)
     path = link.split("/#", 1)[1]
     runs = page_text(f"{base}/#{path}", tmp_path / "a")
     assert f"{exp.name}-sweep" in runs and "matching runs" in runs, runs[:2000]
