@@ -232,11 +232,13 @@ def _start_over(exp: Experiment) -> str:
     from search.tracking import STUDY, Tracker
 
     gone = []
-    try:
-        optuna.delete_study(study_name=exp.name, storage=exp.storage_url)
-        gone.append("the study")
-    except KeyError:
-        pass
+    url = exp.storage_url
+    if not url.startswith("sqlite:///") or Path(url.removeprefix("sqlite:///")).is_file():  # never create one
+        try:
+            optuna.delete_study(study_name=exp.name, storage=url)
+            gone.append("the study")
+        except KeyError:  # no study of that name there
+            pass
     in_outputs = exp.tracking_uri.startswith(f"sqlite:///{exp.out.resolve()}/")  # goes with the folder below
     if not in_outputs and _tracking_reachable(exp):
         tracker = Tracker(exp.tracking_uri, exp.name, exp.out / "mlartifacts")
