@@ -177,7 +177,9 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
         return _dry_run(exp, args)
     console = _console()
     if args.fresh:
-        console.print(_start_over(exp))
+        from search.fresh import start_over
+
+        console.print(start_over(exp))
     try:
         # The task and teacher; their errors exit 2 before the study or MLflow is written.
         ctx = prepare(exp, say=None if args.quiet else console.print)
@@ -221,41 +223,6 @@ def _dry_run(exp: Experiment, args: argparse.Namespace) -> int:
     rep = report(exp, checked)
     print(json.dumps(rep, indent=2) if getattr(args, "json", False) else as_text(rep))
     return 0
-
-
-def _start_over(exp: Experiment) -> str:
-    """--fresh: delete the study, this experiment's MLflow runs and its output folder, so the sweep starts over."""
-    import shutil
-
-    import optuna
-
-    from search.tracking import STUDY, Tracker
-
-    gone = []
-    url = exp.storage_url
-    if not url.startswith("sqlite:///") or Path(url.removeprefix("sqlite:///")).is_file():  # never create one
-        try:
-            optuna.delete_study(study_name=exp.name, storage=url)
-            gone.append("the study")
-        except KeyError:  # no study of that name there
-            pass
-    in_outputs = exp.tracking_uri.startswith(f"sqlite:///{exp.out.resolve()}/")  # goes with the folder below
-    if not in_outputs and _tracking_reachable(exp):
-        tracker = Tracker(exp.tracking_uri, exp.name, exp.out / "mlartifacts")
-        runs = tracker.client.search_runs([tracker.experiment_id], f"tags.`{STUDY}` = '{exp.name}'", max_results=50000)
-        for run in runs:
-            tracker.client.delete_run(run.info.run_id)
-        gone.append(f"{len(runs)} MLflow runs")
-    if exp.out.exists():
-        shutil.rmtree(exp.out)
-        gone.append(str(exp.out))
-    return f"--fresh: deleted {', '.join(gone) or 'nothing (no earlier sweep)'}; starting over"
-
-
-def _tracking_reachable(exp: Experiment) -> bool:
-    """Whether there is an MLflow store to clean (a missing local SQLite file is not created just to be emptied)."""
-    uri = exp.tracking_uri
-    return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).is_file()
 
 
 def _check_target(spec: Any) -> None:

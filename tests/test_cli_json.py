@@ -86,14 +86,15 @@ def test_dry_run_writes_nothing_and_says_the_space_size(tmp_path, swept):
 def test_fresh_deletes_the_study_runs_and_outputs_of_that_experiment_only(swept, tmp_path):
     import shutil
 
-    from search.cli import _outputs_beside_file, _start_over
+    from search.cli import _outputs_beside_file
+    from search.fresh import start_over
     from search.config import load
 
     shutil.copytree(swept.folder / "experiments", tmp_path / "experiments")
     path = tmp_path / "experiments" / "digits.yaml"
     exp = _outputs_beside_file(load(path), type("Args", (), {"experiment": str(path), "output_dir": None})())
     assert run_cli("status", str(path), cwd=tmp_path).returncode == 0  # the copy is a sweep of its own
-    said = _start_over(exp)
+    said = start_over(exp)
     assert said.startswith("--fresh: deleted the study") and not exp.out.exists()
     proc = run_cli("status", str(path), cwd=tmp_path)
     assert proc.returncode == 1 and "no sweep found" in proc.stderr  # a `run` now starts from nothing
