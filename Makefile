@@ -32,4 +32,4 @@ bench: install
 	$(VENV)/bin/python benchmarks/quickstart.py
 
 clean:
-	rm -rf outputs .pytest_cache
+	rm -rf outputs experiments/outputs .pytest_cache
