@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PIP    := $(VENV)/bin/pip --disable-pip-version-check
 
-.PHONY: install run test bench bench-quick clean
+.PHONY: install install-gpu install-openvino run test bench bench-quick clean
 
 install: $(VENV)/.installed
 
@@ -11,6 +11,16 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --progress-bar off -e '.[dev]'
 	touch $@
+
+# ONNX Runtime's GPU and OpenVINO builds each replace the CPU build: they install the same `onnxruntime` module, so
+# two builds in one environment overwrite each other. Each route leaves exactly one (slimsweep checks it at start).
+install-gpu: install
+	$(PIP) uninstall -y -q onnxruntime onnxruntime-openvino onnxruntime-gpu
+	$(PIP) install -q --progress-bar off onnxruntime-gpu
+
+install-openvino: install
+	$(PIP) uninstall -y -q onnxruntime onnxruntime-gpu onnxruntime-openvino
+	$(PIP) install -q --progress-bar off onnxruntime-openvino
 
 run: install
 	$(VENV)/bin/slimsweep run experiments/digits.yaml
@@ -28,4 +38,4 @@ bench-quick: install
 	$(VENV)/bin/python benchmarks/report.py --quick
 
 clean:
-	rm -rf outputs .pytest_cache
+	rm -rf outputs experiments/outputs .pytest_cache

@@ -40,7 +40,8 @@ while True:
 
 def _sweep(folder: Path, trials: int) -> optuna.Study:
     subprocess.run([str(Path(sys.executable).parent / "slimsweep"), "run", str(ROOT / "experiments" / "digits.yaml"),
-                    "--trials", str(trials), "--quiet"], cwd=folder, check=True, capture_output=True)
+                    "--trials", str(trials), "--output-dir", "outputs", "--quiet"], cwd=folder, check=True,
+                   capture_output=True)
     return optuna.load_study(study_name="digits", storage=f"sqlite:///{folder / 'outputs' / 'digits' / 'study.db'}")
 
 

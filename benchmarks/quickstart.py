@@ -61,7 +61,7 @@ def main() -> int:
             env["SLIMSWEEP_CACHE"] = str(Path(tmp) / "cache")
         start = time.perf_counter()
         proc = subprocess.run([str(Path(sys.executable).parent / "slimsweep"), "run",
-                               str(ROOT / "experiments" / "digits.yaml"), "--quiet"],
+                               str(ROOT / "experiments" / "digits.yaml"), "--output-dir", "outputs", "--quiet"],
                               cwd=tmp, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - start
         if proc.returncode != 0:

@@ -16,15 +16,27 @@ from search.config import Experiment, load
 EXIT_CONFIG, EXIT_INTERRUPTED = 2, 130
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("slimsweep")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slimsweep", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"slimsweep {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("experiment", help="experiment file (YAML)")
         p.add_argument("--storage", help="Optuna storage URL (overrides search.storage)")
         p.add_argument("--tracking-uri", help="MLflow tracking URI (overrides tracking.uri)")
-        p.add_argument("--output-dir", help="folder for outputs (overrides output_dir; default ./outputs)")
+        p.add_argument("--output-dir", help="folder for outputs (overrides output_dir; relative to the current "
+                                            "folder; default: output_dir relative to the experiment file's folder)")
+        p.add_argument("--verbose", action="store_true", help="show Ray's and MLflow's own log lines")
 
     run = sub.add_parser("run", help="run or resume a sweep, then pick and register the deployable model")
     common(run)
@@ -32,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--parallel", type=int, help="trials in flight at once (overrides search.parallel)")
     run.add_argument("--ray-address", help="Ray cluster address, e.g. 'auto' (default: start a local Ray)")
     run.add_argument("--quiet", action="store_true", help="print only the summary")
+    run.add_argument("--dry-run", action="store_true", help="print the resolved experiment, the space's size and "
+                                                            "the checked target; start and write nothing")
+    run.add_argument("--fresh", action="store_true", help="start over: delete this experiment's study, MLflow "
+                                                          "runs and outputs first (instead of resuming)")
     run.add_argument("--no-tracking", action="store_true",
                      help="run without MLflow (the study keeps everything; `slimsweep sync` back-fills MLflow later)")
 
@@ -41,11 +57,17 @@ def _parser() -> argparse.ArgumentParser:
 
     front = sub.add_parser("front", help="print the Pareto front of a sweep")
     common(front)
+    front.add_argument("--json", action="store_true", help="print the front as JSON")
+
+    status = sub.add_parser("status", help="where a sweep stands: budget, done, failed, running, front, pick")
+    common(status)
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
 
     pick = sub.add_parser("pick", help="re-run the choice with another policy, without re-running the sweep")
     common(pick)
     pick.add_argument("--max-accuracy-drop", type=float, help="points of accuracy the pick may lose")
     pick.add_argument("--max-latency-ms", type=float, help="p50 latency budget of the pick (ms)")
+    pick.add_argument("--json", action="store_true", help="print the model card as JSON (progress goes to stderr)")
 
     bench = sub.add_parser("bench", help="time one ONNX model on a target, by the sweep's own method")
     bench.add_argument("model", help="ONNX file")
@@ -95,8 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in {"bench", "agent", "compare"}:
             return {"bench": _bench, "agent": _agent, "compare": _compare}[args.command](args)
-        exp = load(args.experiment, _overrides(args))  # validated before anything is imported, started or written
-        return {"run": _run, "front": _front, "pick": _pick, "sync": _sync}[args.command](exp, args)
+        exp = _outputs_beside_file(load(args.experiment, _overrides(args)), args)  # validated before anything
+        _quiet_libraries(args.verbose)                                             # is started or written
+        return {"run": _run, "front": _front, "pick": _pick, "status": _status, "sync": _sync}[args.command](exp, args)
     except SlimsweepError as exc:
         from search.config import cut_message
 
@@ -111,11 +134,31 @@ def _is_data_error(exc: SlimsweepError) -> bool:
     return isinstance(exc, DataError)
 
 
-def _console():
+def _console(stderr: bool = False):
     from rich.console import Console
 
     # Off a terminal (CI logs, pipes) rich would wrap at 80 columns and squeeze the front's table.
-    return Console(width=None if sys.stdout.isatty() else 160)
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(width=None if stream.isatty() else 160, stderr=stderr)
+
+
+def _outputs_beside_file(exp: Experiment, args: argparse.Namespace) -> Experiment:
+    """A relative output_dir in the file resolves against the file's folder (so a command works from any folder);
+    --output-dir resolves against the current folder."""
+    if getattr(args, "output_dir", None) is not None or Path(exp.output_dir).is_absolute():
+        return exp
+    return exp.model_copy(update={"output_dir": str(Path(args.experiment).resolve().parent / exp.output_dir)})
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    """Keep MLflow's, Ray's and Alembic's info lines out of the output unless --verbose."""
+    import logging
+
+    level = logging.INFO if verbose else logging.WARNING
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", logging.getLevelName(level))  # MLflow sets its level at import
+    for name in ("mlflow", "ray", "alembic", "optuna"):
+        logging.getLogger(name).setLevel(level)
+    os.environ["SLIMSWEEP_VERBOSE"] = "1" if verbose else ""
 
 
 def _ray_auth_for(address: str | None) -> None:
@@ -154,9 +197,16 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
     spec = exp.target.spec()
     if not args.ray_address:
         _check_target(spec)  # on a cluster the station checks it where it lands
+    if args.dry_run:
+        return _dry_run(exp, args)
     console = _console()
+    if args.fresh:
+        from search.fresh import start_over
+
+        console.print(start_over(exp))
     try:
-        ctx = prepare(exp)  # the task and teacher; their errors exit 2 before the study or MLflow is written
+        # The task and teacher; their errors exit 2 before the study or MLflow is written.
+        ctx = prepare(exp, say=None if args.quiet else console.print)
         executor = RayExecutor(address=args.ray_address, trial_timeout_s=exp.search.trial_timeout_s)
         executor.open_station(spec, reserve_cores=exp.target.reserve_cores)
         summary = run_sweep(exp, executor, ctx, quiet=args.quiet, offline=args.no_tracking)
@@ -209,25 +259,40 @@ def _sync(exp: Experiment, args: argparse.Namespace) -> int:
     return 0
 
 
+def _dry_run(exp: Experiment, args: argparse.Namespace) -> int:
+    """Print what `run` would do; start nothing and write nothing."""
+    from search.dryrun import as_text, report
+
+    checked = (f"{exp.target.kind}: checked here, it runs" if not args.ray_address
+               else f"{exp.target.kind}: checked where the bench station lands on the cluster (not here)")
+    rep = report(exp, checked)
+    print(json.dumps(rep, indent=2) if getattr(args, "json", False) else as_text(rep))
+    return 0
+
+
 def _check_target(spec: Any) -> None:
     """Fail at start, before anything is written, when the target cannot run here."""
     from evaluators.targets import make_target
+    from search.builds import build_problem
 
+    problem = build_problem(spec.kind) if spec.kind != "remote" else None  # a remote device brings its own
+    if problem and problem.startswith("two or more"):
+        raise ConfigError(f"target: {problem}")
     try:
         make_target(spec).check()
     except SlimsweepError as exc:
-        raise ConfigError(f"target: {exc}") from None
+        raise ConfigError(f"target: {exc}" + (f"\n(also: {problem})" if problem else "")) from None
 
 
 def _deliver(exp: Experiment, study: Any, tracker: Any, policy: Any, *, retime: Any, console: Any) -> int:
     """Verify (on `run`), pick, register and print; the parent run ends FINISHED, or FAILED with nothing to pick."""
-    from search.deliver import deliver, teacher_latency
+    from search.deliver import accuracy_threshold, deliver, teacher_latency
     from search.pareto import table
     from search.study import teacher
 
     tracker.resume_sweep()
     try:
-        delivery = deliver(exp, study, tracker, policy, retime=retime)
+        delivery = deliver(exp, study, tracker, policy, retime=retime, say=console.print)
     except KeyboardInterrupt:
         tracker.end("KILLED")
         console.print("stopped before the pick; `slimsweep pick` re-runs it without re-running the sweep")
@@ -235,14 +300,16 @@ def _deliver(exp: Experiment, study: Any, tracker: Any, policy: Any, *, retime: 
     except BaseException:
         tracker.end("FAILED")
         raise
-    console.print(table(delivery.front, dict(teacher(study), latency_p50_ms_verified=teacher_latency(study))))
+    console.print(table(delivery.front, dict(teacher(study), latency_p50_ms_verified=teacher_latency(study)),
+                        pick=delivery.choice.candidate.trial, accuracy_threshold=accuracy_threshold(study, policy)))
     console.print(f"picked trial {delivery.choice.candidate.trial}: {delivery.choice.why}")
     console.print(_speedup_line(json.loads(delivery.card_path.read_text())))
     registered = (f"registered models:/{exp.name}@deployable (version {delivery.registered_version})"
                   if delivery.registered_version else "not registered: MLflow is unreachable; `slimsweep sync` "
                                                       "registers it")
     console.print(f"wrote {delivery.onnx_path} and {delivery.card_path}; {registered}")
-    console.print(f"review: mlflow ui --backend-store-uri {exp.tracking_uri}")
+    console.print(f"review: mlflow ui --backend-store-uri {exp.tracking_uri}, then open "
+                  f"http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning")
     tracker.end("FINISHED")
     return 0
 
@@ -260,13 +327,46 @@ def _speedup_line(card: dict[str, Any]) -> str:
 
 
 def _front(exp: Experiment, args: argparse.Namespace) -> int:
-    from search.deliver import teacher_latency, with_verified
+    from search.deliver import accuracy_threshold, teacher_latency, with_verified
     from search.pareto import front, table
+    from search.pick import make_policy
     from search.study import teacher as stored_teacher
 
     study = _swept_study(exp, args)
     teacher = dict(stored_teacher(study), latency_p50_ms_verified=teacher_latency(study))
-    _console().print(table(with_verified(study, front(study)), teacher, title=f"Pareto front of {exp.name}"))
+    members = with_verified(study, front(study))
+    threshold = accuracy_threshold(study, make_policy(exp.pick))
+    pick = _picked(exp)
+    if args.json:
+        print(json.dumps({"experiment": exp.name, "teacher": teacher, "accuracy_threshold": threshold,
+                          "pick": None if pick is None else pick["trial"],
+                          "front": [_row(c) for c in members]}, indent=2))
+        return 0
+    _console().print(table(members, teacher, title=f"Pareto front of {exp.name}",
+                           pick=None if pick is None else pick["trial"], accuracy_threshold=threshold))
+    return 0
+
+
+def _row(c: Any) -> dict[str, Any]:
+    """A front member for JSON: its figures and its plan as a mapping."""
+    from dataclasses import asdict
+
+    row = {k: v for k, v in asdict(c).items() if k != "params_dict"}
+    return {**row, "knobs": dict(c.params_dict)}
+
+
+def _picked(exp: Experiment) -> dict[str, Any] | None:
+    """The model card of the current hand-over, if there is one (a crash left unfinished is completed first)."""
+    path = exp.out / "model_card.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _status(exp: Experiment, args: argparse.Namespace) -> int:
+    from search.status import as_text, sweep_status
+
+    _require_study(exp)
+    state = sweep_status(exp)
+    print(json.dumps(state, indent=2) if args.json else as_text(state))
     return 0
 
 
@@ -278,7 +378,11 @@ def _pick(exp: Experiment, args: argparse.Namespace) -> int:
     check_stores(exp, storage=False)  # the study is read; the pick is written to MLflow
     study = _swept_study(exp, args)
     tracker = Tracker(exp.tracking_uri, exp.name, exp.out / "mlartifacts")
-    return _deliver(exp, study, tracker, make_policy(exp.pick), retime=None, console=_console())
+    console = _console(stderr=args.json)  # with --json, stdout holds only the JSON
+    code = _deliver(exp, study, tracker, make_policy(exp.pick), retime=None, console=console)
+    if args.json and code == 0:
+        print(json.dumps(_picked(exp), indent=2))
+    return code
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -12,12 +10,13 @@ import optuna
 
 from evaluators.compare import CompareSettings, Comparison
 from search.config import Experiment
+from search.handover import hand_over, recover
 from search.pareto import Candidate, everything, front, write_charts, write_csv
 from search.pick import Choice, PickPolicy, choose
 from search.study import baseline as study_baseline
 from search.study import read, set_verified, teacher, verified, verified_speedups
 from search.sweep import trial_path
-from search.tracking import Tracker
+from search.tracking import NOTE, Tracker
 
 # Verification: a longer warm-up and time cap than a trial's timing, since the pick and its speed-up rest on it.
 VERIFY_COMPARE = dict(warmup=50, min_rounds=30, max_seconds=20.0, target_rel_ci=0.03)
@@ -76,8 +75,16 @@ def teacher_latency(study: optuna.Study) -> float:
     return figures["teacher"] if "teacher" in figures else teacher(study)["latency_p50_ms"]
 
 
-def publish_front(exp: Experiment, study: optuna.Study, tracker: Tracker, members: list[Candidate]) -> None:
-    """Tag front runs, log verified latencies, and attach pareto.csv / .png / .html to the parent run."""
+def accuracy_threshold(study: optuna.Study, policy: PickPolicy) -> float | None:
+    """The lowest accuracy the policy accepts (the teacher's minus its allowed drop), when it states one."""
+    drop = getattr(policy, "max_accuracy_drop", None)
+    return None if drop is None else teacher(study)["accuracy"] - drop
+
+
+def publish_front(exp: Experiment, study: optuna.Study, tracker: Tracker, members: list[Candidate], *,
+                  pick: int | None = None, policy: PickPolicy | None = None) -> None:
+    """Tag front runs, log verified latencies, and attach pareto.csv / .png / .html to the parent run, the pick
+    and the policy's accuracy threshold marked."""
     numbers = {c.trial for c in members}
     tracker.mark_front(numbers)
     runs = tracker.trial_runs()
@@ -90,39 +97,126 @@ def publish_front(exp: Experiment, study: optuna.Study, tracker: Tracker, member
                 tracker.client.log_metric(runs[c.trial], metric, speedup[key])
     others = [c for c in everything(study) if c.trial not in numbers]
     baseline = dict(teacher(study), latency_p50_ms_verified=teacher_latency(study))
-    csv_path = write_csv(members, exp.out / "pareto.csv")
-    png, page = write_charts(members, others, baseline, exp.out)
+    threshold = None if policy is None else accuracy_threshold(study, policy)
+    csv_path = write_csv(members, exp.out / "pareto.csv", pick=pick, accuracy_threshold=threshold)
+    png, page = write_charts(members, others, baseline, exp.out, pick=pick, accuracy_threshold=threshold)
     tracker.log_parent(files={"": csv_path}, tags={"slimsweep.front": ",".join(map(str, sorted(numbers)))})
     tracker.log_parent(files={"": png})
     tracker.log_parent(files={"": page})
 
 
 def deliver(exp: Experiment, study: optuna.Study, tracker: Tracker, policy: PickPolicy, *, retime: Retime | None,
-            output_dir: Path | None = None) -> Delivery:
-    """Choose by policy (re-timing the front first when `retime` is given), then register the model (alias
-    'deployable') and write deployable.onnx + model_card.json."""
+            output_dir: Path | None = None, say: Callable[[str], None] = lambda line: None) -> Delivery:
+    """Choose by policy (re-timing the front first when `retime` is given), then hand the model over as one step:
+    registered from its trial's run (alias 'deployable'), deployable.onnx and model_card.json."""
+    folder = output_dir or exp.out
+    note = recover(folder, tracker.alias_version())
+    if note:
+        say(note)
     members = front(study)
     teacher_ms = teacher_latency(study)
     if retime is not None and members:
+        say(f"verifying: timing the teacher and {len(members)} front members side by side (up to "
+            f"{VERIFY_COMPARE['max_seconds']:.0f} s)")
         members, teacher_ms = verify(exp, study, members, retime)
     else:
         members = with_verified(study, members)
-    publish_front(exp, study, tracker, members)
     choice = choose(members, policy, teacher_ms)
-    folder = output_dir or exp.out
-    folder.mkdir(parents=True, exist_ok=True)
-    onnx_path = folder / "deployable.onnx"
-    shutil.copyfile(trial_path(exp, choice.candidate.trial), onnx_path)
+    c = choice.candidate
     card = model_card(exp, study, choice, policy, teacher_ms)
-    version = tracker.register(onnx_path, card)
-    card["registry"] = {"name": exp.name, "version": version, "alias": "deployable",
-                        "uri": f"models:/{exp.name}@deployable", "tracking_uri": exp.tracking_uri}
+    card["registry"] = {"name": exp.name, "alias": "deployable", "uri": f"models:/{exp.name}@deployable",
+                        "tracking_uri": exp.tracking_uri}
+    runs = tracker.trial_runs()
+    source = trial_path(exp, c.trial)
+    example = input_example(exp)
+
+    def register(sha: str) -> str:
+        if tracker.down or c.trial not in runs:
+            return ""  # MLflow is unreachable: the files are handed over now, `slimsweep sync` registers later
+        found = tracker.version_for(c.trial, sha)
+        if found is not None:
+            return found  # the same trial and bytes: re-picking an unchanged choice registers nothing new
+        say(f"registering trial {c.trial} as {exp.name} in the MLflow Model Registry")
+        return tracker.register(runs[c.trial], source, input_example=example, tags=version_tags(card, sha),
+                                description=version_description(card), model_description=model_description(card),
+                                metadata={"slimsweep": {"plan": card["plan"], "why": card["why"],
+                                                        "io": card["io"]}})
+
+    version = hand_over(folder, c.trial, source.read_bytes(), card, register, tracker.move_alias,
+                        tracker.alias_version())
+    # After the hand-over, so the front's files never mark a pick that a crash left uncommitted.
+    publish_front(exp, study, tracker, members, pick=c.trial, policy=policy)
     card_path = folder / "model_card.json"
-    card_path.write_text(json.dumps(card, indent=2))
     speedup = {k: card[k] for k in _SPEEDUP_METRICS.values() if card[k] is not None}
-    tracker.log_parent(files={"": card_path}, tags={"slimsweep.pick": str(choice.candidate.trial)},
-                       metrics={"pick_trial": choice.candidate.trial, **speedup})
-    return Delivery(choice, onnx_path, card_path, version, members)
+    tracker.log_parent(files={"": card_path}, metrics={"pick_trial": c.trial, **speedup},
+                       tags={"slimsweep.pick": str(c.trial),
+                             NOTE: f"Picked trial {c.trial} ({c.plan}), registered as models:/{exp.name}@deployable "
+                                   f"version {version}. Why: {choice.why}"})
+    tracker.mark_pick(c.trial)
+    return Delivery(choice, folder / "deployable.onnx", card_path, version, members)
+
+
+# How each built-in task scales its inputs (experiments/tasks.py and experiments/readers.py), and its classes.
+PREPROCESSING = {
+    "digits": "scikit-learn's 8x8 digit images (pixel values 0-16) divided by 16.0, float32, channels first",
+    "mnist-idx": "28x28 grayscale MNIST images (pixel values 0-255) divided by 255.0, float32, channels first",
+    "cifar10": "32x32 RGB CIFAR-10 images (pixel values 0-255) divided by 255.0, float32, channels first (RGB)",
+    "imagefolder": "images resized to the task's image_size, pixel values divided by 255.0, float32, channels first",
+}
+CLASS_NAMES = {
+    "digits": [str(i) for i in range(10)],
+    "mnist-idx": [str(i) for i in range(10)],
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+}
+
+
+def io_description(exp: Experiment, input_shape: list[int]) -> dict[str, Any]:
+    """What the deployed model takes and returns, in the task's own terms."""
+    name = exp.task.name
+    return {
+        "input": {"name": "input", "shape": ["batch", *input_shape], "dtype": "float32",
+                  "preprocessing": PREPROCESSING.get(name, "the task's own inputs as its data provides them "
+                                                           "(slimsweep applies no scaling)")},
+        "output": {"name": "logits", "shape": ["batch", "classes"], "dtype": "float32",
+                   "meaning": "one unnormalised score per class (logits); the predicted label is the argmax over "
+                              "axis 1, probabilities are its softmax"},
+        "class_names": CLASS_NAMES.get(name),
+    }
+
+
+def input_example(exp: Experiment, n: int = 2) -> Any:
+    """A few validation inputs of the task, in their real scale (what the registry shows as the input example)."""
+    from experiments.tasks import load_task
+
+    return load_task(exp.task).data.x_val[:n]
+
+
+def version_tags(card: dict[str, Any], sha: str) -> dict[str, str]:
+    """Registry version tags: where the model came from and what it measured."""
+    m = card["measured"]
+    tags = {"slimsweep.trial": str(card["trial"]), "slimsweep.sha256": sha, "plan": card["plan_summary"],
+            "accuracy": f"{m['accuracy']:.2f}", "accuracy_drop": f"{m['accuracy_drop']:.2f}",
+            "latency_p50_ms_verified": "" if m.get("latency_p50_ms_verified") is None
+            else f"{m['latency_p50_ms_verified']:.4f}",
+            "speedup_vs_teacher": f"{card['speedup_vs_teacher']:.2f}", "policy": card["policy"],
+            "task": card["task"]}
+    return {k: v[:5000] for k, v in tags.items()}
+
+
+def version_description(card: dict[str, Any]) -> str:
+    """A registry version's description: the pick, why, and how to feed it."""
+    return (f"Trial {card['trial']}: {card['plan_summary']}. {card['why']}\n\n"
+            f"Input: {card['io']['input']['preprocessing']}, shape {card['io']['input']['shape']}. "
+            f"Output: {card['io']['output']['meaning']}.")
+
+
+def model_description(card: dict[str, Any]) -> str:
+    """The registered model's description: what it is for and how to call it."""
+    names = card["io"]["class_names"]
+    classes = f" Classes (by output index): {', '.join(names)}." if names else ""
+    return (f"The deployable model of the slimsweep experiment {card['experiment']!r} (task {card['task']}). "
+            f"Input: float32 {card['io']['input']['shape']}, {card['io']['input']['preprocessing']}. "
+            f"Output: {card['io']['output']['meaning']}.{classes}")
 
 
 def model_card(exp: Experiment, study: optuna.Study, choice: Choice, policy: PickPolicy,
@@ -150,6 +244,7 @@ def model_card(exp: Experiment, study: optuna.Study, choice: Choice, policy: Pic
         "met_policy": choice.met_policy,
         "why": choice.why,
         "input": {"name": "input", "shape": ["batch", *baseline.input_shape], "dtype": "float32"},
+        "io": io_description(exp, list(baseline.input_shape)),
     }
 
 

@@ -60,18 +60,38 @@ def everything(study: optuna.Study) -> list[Candidate]:
     return [candidate(t) for t in finished(study) if read(t).metrics]
 
 
-def write_csv(rows: list[Candidate], path: Path) -> Path:
-    """The front as pareto.csv."""
+def distinguishing(rows: list[Candidate]) -> list[str]:
+    """The plan's knobs whose values differ between rows (what tells two similar-looking members apart)."""
+    values: dict[str, set[str]] = {}
+    for c in rows:
+        for k, v in c.params_dict:
+            values.setdefault(k, set()).add(repr(v))
+    return sorted(k for k, seen in values.items() if len(seen) > 1)
+
+
+def knobs(c: Candidate, names: list[str]) -> str:
+    """The named knobs of one candidate as 'name=value' (rounded floats), those it has."""
+    plan = dict(c.params_dict)
+    return " ".join(f"{k}={_cell(plan[k])}" for k in names if k in plan)
+
+
+def write_csv(rows: list[Candidate], path: Path, *, pick: int | None = None,
+              accuracy_threshold: float | None = None) -> Path:
+    """The front as pareto.csv: the columns, every knob that differs between rows, and which row is the pick."""
+    names = distinguishing(rows)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(COLUMNS)
+        writer.writerow([*COLUMNS, *names, "picked", "meets_accuracy_threshold"])
         for c in rows:
-            d = asdict(c)
-            writer.writerow(["" if d[k] is None else d[k] for k in COLUMNS])
+            d, plan = asdict(c), dict(c.params_dict)
+            meets = "" if accuracy_threshold is None else str(c.accuracy >= accuracy_threshold).lower()
+            writer.writerow(["" if d[k] is None else d[k] for k in COLUMNS] + [plan.get(k, "") for k in names]
+                            + [str(c.trial == pick).lower(), meets])
     return path
 
 
-def _figure(front_rows: list[Candidate], others: list[Candidate], teacher: dict[str, float]):
+def _figure(front_rows: list[Candidate], others: list[Candidate], teacher: dict[str, float],
+            pick: int | None = None, accuracy_threshold: float | None = None):
     import matplotlib
 
     matplotlib.use("Agg")  # no screen on servers and CI
@@ -92,6 +112,13 @@ def _figure(front_rows: list[Candidate], others: list[Candidate], teacher: dict[
         ax.annotate(f"#{c.trial}", (c.latency, c.accuracy), textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.scatter([teacher.get("latency_p50_ms_verified", teacher["latency_p50_ms"])], [teacher["accuracy"]], marker="*", s=350, c="tab:red",
                edgecolors="darkred", label="teacher (fp32)")
+    picked = [c for c in front_rows if c.trial == pick]
+    if picked:
+        ax.scatter([picked[0].latency], [picked[0].accuracy], s=area(picked[0].size_mb) * 2.5, facecolors="none",
+                   edgecolors="tab:green", linewidths=2.5, label=f"pick (trial {pick})")
+    if accuracy_threshold is not None:
+        ax.axhline(accuracy_threshold, color="tab:orange", linestyle="--", linewidth=1.2,
+                   label=f"accuracy threshold ({accuracy_threshold:.2f}%)")
     ax.set_xscale("log")
     ax.set_xlabel("latency p50 on the target (ms, log scale; verified where re-timed)")
     ax.set_ylabel("accuracy on the validation split (%)")
@@ -103,19 +130,23 @@ def _figure(front_rows: list[Candidate], others: list[Candidate], teacher: dict[
 
 
 def write_charts(front_rows: list[Candidate], others: list[Candidate], teacher: dict[str, float],
-                 folder: Path) -> tuple[Path, Path]:
-    """pareto.png and pareto.html (the same chart as inline SVG, and the front as a table)."""
+                 folder: Path, *, pick: int | None = None, accuracy_threshold: float | None = None) -> tuple[Path, Path]:
+    """pareto.png and pareto.html (the same chart as inline SVG, and the front as a table), the pick and the
+    accuracy threshold marked."""
     import matplotlib.pyplot as plt
 
-    fig = _figure(front_rows, others, teacher)
+    fig = _figure(front_rows, others, teacher, pick, accuracy_threshold)
     png = folder / "pareto.png"
     fig.savefig(png, dpi=110)
     svg = io.StringIO()
     fig.savefig(svg, format="svg")
     plt.close(fig)
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in COLUMNS)
+    names = distinguishing(front_rows)
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in (*COLUMNS, "knobs", "picked"))
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_cell(getattr(c, k)))}</td>" for k in COLUMNS) + "</tr>" for c in front_rows
+        "<tr>" + "".join(f"<td>{html.escape(_cell(getattr(c, k)))}</td>" for k in COLUMNS)
+        + f"<td>{html.escape(knobs(c, names))}</td><td>{'pick' if c.trial == pick else ''}</td></tr>"
+        for c in front_rows
     )
     teacher_line = ", ".join(f"{k} {_cell(v)}" for k, v in teacher.items() if k in COLUMNS)
     page = (
@@ -138,20 +169,32 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def table(rows: list[Candidate], teacher: dict[str, float] | None = None, title: str = "Pareto front"):
-    """A rich table of the front for the terminal."""
+def table(rows: list[Candidate], teacher: dict[str, float] | None = None, title: str = "Pareto front", *,
+          pick: int | None = None, accuracy_threshold: float | None = None):
+    """A rich table of the front for the terminal: the pick marked, the knobs that tell rows apart, and whether
+    each row meets the accuracy threshold."""
     from rich.table import Table
 
-    t = Table(title=title)
-    for name in ("trial", "plan", "accuracy %", "drop pt", "p50 ms", "p95 ms", "verified p50 ms", "size MB"):
-        t.add_column(name, justify="left" if name == "plan" else "right")
+    names = distinguishing(rows)
+    caption = []
+    if accuracy_threshold is not None:
+        caption.append(f"accuracy threshold {accuracy_threshold:.2f}% (rows below it marked 'below')")
+    if pick is not None:
+        caption.append(f"* = the pick (trial {pick})")
+    t = Table(title=title, caption="; ".join(caption) or None)
+    for name in ("", "trial", "plan", "knobs", "accuracy %", "drop pt", "p50 ms", "p95 ms", "verified p50 ms",
+                 "size MB"):
+        t.add_column(name, justify="left" if name in {"plan", "knobs", ""} else "right")
     if teacher:
         verified = teacher.get("latency_p50_ms_verified")
-        t.add_row("teacher", "fp32 teacher", f"{teacher['accuracy']:.2f}", "0.00", f"{teacher['latency_p50_ms']:.4f}",
-                  f"{teacher['latency_p95_ms']:.4f}", "" if verified is None else f"{verified:.4f}",
-                  f"{teacher['size_mb']:.3f}", style="dim")
+        t.add_row("", "teacher", "fp32 teacher", "", f"{teacher['accuracy']:.2f}", "0.00",
+                  f"{teacher['latency_p50_ms']:.4f}", f"{teacher['latency_p95_ms']:.4f}",
+                  "" if verified is None else f"{verified:.4f}", f"{teacher['size_mb']:.3f}", style="dim")
     for c in rows:
         verified = "" if c.latency_p50_ms_verified is None else f"{c.latency_p50_ms_verified:.4f}"
-        t.add_row(str(c.trial), c.plan, f"{c.accuracy:.2f}", f"{c.accuracy_drop:.2f}", f"{c.latency_p50_ms:.4f}",
-                  f"{c.latency_p95_ms:.4f}", verified, f"{c.size_mb:.3f}")
+        below = accuracy_threshold is not None and c.accuracy < accuracy_threshold
+        t.add_row("*" if c.trial == pick else "", str(c.trial), c.plan, knobs(c, names),
+                  f"{c.accuracy:.2f}" + (" below" if below else ""), f"{c.accuracy_drop:.2f}",
+                  f"{c.latency_p50_ms:.4f}", f"{c.latency_p95_ms:.4f}", verified, f"{c.size_mb:.3f}",
+                  style="bold green" if c.trial == pick else None)
     return t

@@ -3,15 +3,14 @@ nothing twice."""
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 
 import optuna
 import yaml
 
 from search.config import Experiment
-from search.deliver import publish_front, with_verified
+from search.deliver import deliver, publish_front, with_verified
+from search.pick import make_policy
 from search.pareto import front
 from search.study import live_drivers, needs_sync, set_needs_sync, teacher
 from search.sweep import _sweep_params, sync_tracking
@@ -59,7 +58,7 @@ def resync(exp: Experiment, study: optuna.Study) -> SyncReport:
         if tags.get("slimsweep.front") != numbers or report.logged:
             publish_front(exp, study, tracker, members)
             report.front = True
-    report.registered = _register_pick(exp, tracker)
+    report.registered = _register_pick(exp, study, tracker)
     if not live:  # leave the parent as it was (or FINISHED when sync made it); a live driver closes it itself
         tracker.end(status if status in {"FINISHED", "FAILED", "KILLED"} else "FINISHED")
     if not tracker.down:
@@ -67,19 +66,9 @@ def resync(exp: Experiment, study: optuna.Study) -> SyncReport:
     return report
 
 
-def _register_pick(exp: Experiment, tracker: Tracker) -> str:
-    """Register the delivered model when the registry lacks it (the pick ran while MLflow was down)."""
-    card_path, onnx_path = exp.out / "model_card.json", exp.out / "deployable.onnx"
-    if not (card_path.is_file() and onnx_path.is_file()) or tracker.registered_version():
+def _register_pick(exp: Experiment, study: optuna.Study, tracker: Tracker) -> str:
+    """Hand the pick over again when the registry lacks it (the pick ran while MLflow was down): the same policy on
+    the same stored figures, so the same trial, now registered from its run."""
+    if not (exp.out / "deployable.onnx").is_file() or tracker.down or tracker.alias_version() is not None:
         return ""
-    card = json.loads(card_path.read_text())
-    version = tracker.register(onnx_path, card)
-    if not version:
-        return ""
-    card.setdefault("registry", {})["version"] = version
-    tmp = card_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(card, indent=2))
-    os.replace(tmp, card_path)  # the card never shows half an update
-    pick = card.get("trial")
-    tracker.log_parent(files={"": card_path}, tags={"slimsweep.pick": str(pick)} if pick is not None else None)
-    return version
+    return deliver(exp, study, tracker, make_policy(exp.pick), retime=None).registered_version

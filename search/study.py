@@ -19,6 +19,7 @@ from typing import Any
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -102,6 +103,10 @@ def open_study(exp: Experiment) -> optuna.Study:
     _check_version(study.user_attrs.get(VERSION, RECORD_VERSION), f"the stored study {exp.name!r} in {exp.storage_url}")
     if VERSION not in study.user_attrs:
         study.set_user_attr(VERSION, RECORD_VERSION)
+    if study.metric_names != list(exp.objectives):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # stable in use since 3.2
+            study.set_metric_names(list(exp.objectives))  # optuna-dashboard's axes read these names
     stored = study.user_attrs.get("objectives")
     if stored is None:
         study.set_user_attr("objectives", list(exp.objectives))
@@ -372,4 +377,7 @@ def record(study: optuna.Study, trial: optuna.Trial, rec: TrialRecord, *, values
         return
     for key, value in (constraints or {}).items():
         trial.set_constraint(key, value)
+    if constraints:
+        # optuna-dashboard (and samplers' older code path) read the list under the plain key, in a fixed order.
+        trial.storage.set_trial_system_attr(trial._trial_id, _CONSTRAINTS_KEY, [float(v) for v in constraints.values()])
     study.tell(trial, values)

@@ -9,7 +9,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Callable, Self
 
 import optuna
 import yaml
@@ -85,8 +85,10 @@ def timing(exp: Experiment, **overrides: float) -> TimingSettings:
     return settings_for(exp.target.spec(), **{**TRIAL_TIMING, **overrides})
 
 
-def prepare(exp: Experiment) -> TrialContext:
-    """Load the task and get the cached (or newly trained) teacher: what every trial shares."""
+def prepare(exp: Experiment, say: Callable[[str], None] | None = None) -> TrialContext:
+    """Load the task and get the cached (or newly trained) teacher: what every trial shares; `say` hears each step."""
+    say = say or (lambda line: None)
+    say(f"loading the task {exp.task.name!r}")
     task = load_task(exp.task)
     problem = exp.quantization_only_problem() if task.onnx_only else None
     if problem:  # a plugin may bring an ONNX model too
@@ -96,7 +98,13 @@ def prepare(exp: Experiment) -> TrialContext:
             reason = suits(kind, task.data.input_shape)
             if reason:  # refuse up front rather than fail every trial of that family
                 raise ConfigError(f"space.students.{kind}: {reason}")
-    blob = None if task.onnx_only else teacher_to_bytes(resolve_teacher(task)[0])
+    blob = None
+    if not task.onnx_only:
+        start = time.perf_counter()
+        say("teacher: loading it from the cache, or training it (once per task and settings; this can take minutes)")
+        teacher, cached = resolve_teacher(task)
+        say(f"teacher: {'loaded from the cache' if cached else 'ready'} in {time.perf_counter() - start:.0f} s")
+        blob = teacher_to_bytes(teacher)
     return TrialContext(data=task.data, teacher_blob=blob, onnx_model=task.onnx_model, timing=timing(exp),
                         seed=exp.search.seed, max_latency_ms=exp.constraints.max_latency_ms)
 
@@ -127,12 +135,31 @@ def log_trial(exp: Experiment, tracker: Tracker, t: FrozenTrial, *, full_traceba
         tags["slimsweep.reuse_of"] = str(rec.reuse_of)
     failed = t.state == TrialState.FAIL
     tracker.log_trial(
-        t.number, rec.plan or t.params, {**rec.metrics, **stage_metrics},
+        # Optuna's own parameter names first (what optuna-dashboard shows), then every knob of the plan.
+        t.number, {**t.params, **rec.plan}, {**rec.metrics, **stage_metrics},
         onnx=path.read_bytes() if rec.metrics and path.is_file() else None,
         failed_reason=(rec.failure or "unknown error") if failed else None,
         traceback=(full_traceback or rec.traceback) if failed else None,
-        tags=tags,
+        tags=tags, start_ms=_ms(t.datetime_start), end_ms=_ms(t.datetime_complete),
+        description=_trial_note(t.number, rec, failed),
     )
+
+
+def _ms(moment: Any) -> int | None:
+    """A trial's datetime as MLflow's epoch milliseconds (the run shows the trial's real start and end)."""
+    return None if moment is None else int(moment.timestamp() * 1000)
+
+
+def _trial_note(number: int, rec: TrialRecord, failed: bool) -> str:
+    """The trial run's description: the plan in words, then its outcome."""
+    if failed:
+        return f"Trial {number}: {rec.describe}. Failed: {(rec.failure or 'unknown error').splitlines()[0][:300]}"
+    m = rec.metrics
+    reused = f" Answered from trial {rec.reuse_of} (the same plan)." if rec.reuse_of is not None else ""
+    return (f"Trial {number}: {rec.describe}. Accuracy {m.get('accuracy', float('nan')):.2f}% "
+            f"({m.get('accuracy_drop', float('nan')):.2f} pt below the teacher), p50 "
+            f"{m.get('latency_p50_ms', float('nan')):.4f} ms, {m.get('size_mb', float('nan')):.3f} MB; "
+            f"{'feasible' if rec.feasible else 'infeasible (breaks a constraint)'}.{reused}")
 
 
 class Heartbeat:

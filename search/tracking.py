@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import logging
 import os
 import tempfile
@@ -54,6 +56,9 @@ def _tolerant(default: Any = None) -> Callable[[Callable[..., _T]], Callable[...
                 return default() if callable(default) else default
         return call
     return wrap
+NOTE = "mlflow.note.content"  # the run / experiment description MLflow's UI shows
+# MLflow 3's UI opens an experiment on its GenAI overview unless this tag says it is for model training.
+KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 class Tracker:
@@ -92,11 +97,14 @@ class Tracker:
         if found is None:
             try:
                 self.experiment_id = self.client.create_experiment(
-                    self.name, artifact_location=artifact_root.resolve().as_uri())
+                    self.name, artifact_location=artifact_root.resolve().as_uri(), tags=KIND)
             except mlflow.exceptions.MlflowException:  # another driver created it at the same instant
                 self.experiment_id = self.client.get_experiment_by_name(self.name).experiment_id
         else:
             self.experiment_id = found.experiment_id
+            if found.tags.get("mlflow.experimentKind") != KIND["mlflow.experimentKind"]:
+                for key, value in KIND.items():
+                    self.client.set_experiment_tag(self.experiment_id, key, value)
 
     def _parents(self) -> list:
         runs = self.client.search_runs([self.experiment_id], f"tags.`{ROLE}` = 'sweep' and tags.`{STUDY}` = '{self.name}'",
@@ -151,15 +159,18 @@ class Tracker:
     @_tolerant("")
     def log_trial(self, number: int, params: dict[str, Any], metrics: dict[str, float], *, onnx: bytes | None,
                   failed_reason: str | None = None, traceback: str | None = None,
-                  tags: dict[str, str] | None = None) -> str:
+                  tags: dict[str, str] | None = None, start_ms: int | None = None, end_ms: int | None = None,
+                  description: str | None = None) -> str:
         """One nested run for one finished trial: the plan as params, metrics, its ONNX file, or its failure reason
-        (a tag) and traceback (the artifact traceback.txt)."""
+        (a tag) and traceback (the artifact traceback.txt); its start and end are the trial's own when given."""
         all_tags = {ROLE: "trial", NUMBER: str(number), STUDY: self.name, "mlflow.parentRunId": self.parent_id,
                     DRIVER: self.driver, **(tags or {})}
         if failed_reason is not None:
             all_tags["slimsweep.failure"] = failed_reason[:4000]
-        run = self.client.create_run(self.experiment_id, run_name=f"trial-{number}", tags=all_tags)
-        run_id, now = run.info.run_id, int(time.time() * 1000)
+        if description:
+            all_tags[NOTE] = description
+        run = self.client.create_run(self.experiment_id, run_name=f"trial-{number}", tags=all_tags, start_time=start_ms)
+        run_id, now = run.info.run_id, end_ms or int(time.time() * 1000)
         self.client.log_batch(
             run_id,
             metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
@@ -172,7 +183,7 @@ class Tracker:
                 self.client.log_artifact(run_id, str(path))
         if traceback:
             self.client.log_text(run_id, traceback, "traceback.txt")
-        self.client.set_terminated(run_id, "FAILED" if failed_reason is not None else "FINISHED")
+        self.client.set_terminated(run_id, "FAILED" if failed_reason is not None else "FINISHED", end_time=end_ms)
         return run_id
 
     @_tolerant(dict)
@@ -187,6 +198,12 @@ class Tracker:
             self.client.set_tag(run_id, "pareto", "true" if number in front else "false")
 
     @_tolerant()
+    def mark_pick(self, trial: int) -> None:
+        """Tag the picked trial's run slimsweep.pick=true and every other trial run false."""
+        for number, run_id in self.trial_runs().items():
+            self.client.set_tag(run_id, "slimsweep.pick", "true" if number == trial else "false")
+
+    @_tolerant()
     def log_parent(self, *, metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None,
                    files: dict[str, Path] | None = None) -> None:
         """Metrics, tags and files (artifact name -> local path) on the sweep's parent run."""
@@ -196,31 +213,62 @@ class Tracker:
         for name, path in (files or {}).items():
             self.client.log_artifact(self.parent_id, str(path), artifact_path=name or None)
 
-    @_tolerant("")
-    def registered_version(self) -> str:
-        """The version the alias 'deployable' points at, or '' when none is registered."""
+    @_tolerant()
+    def alias_version(self) -> str | None:
+        """The registry version the alias 'deployable' points at, or None."""
+        from mlflow.exceptions import MlflowException
+
         try:
             return str(self.client.get_model_version_by_alias(self.name, ALIAS).version)
-        except mlflow.exceptions.MlflowException as exc:
-            if exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}:
-                return ""
-            raise
+        except MlflowException:
+            return None
+
+    @_tolerant()
+    def version_for(self, trial: int, sha256: str) -> str | None:
+        """A version already registered from this trial with these exact ONNX bytes, if any."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            versions = self.client.search_model_versions(f"name = '{self.name}'")
+        except MlflowException:
+            return None
+        for v in sorted(versions, key=lambda v: int(v.version)):
+            if v.tags.get("slimsweep.trial") == str(trial) and v.tags.get("slimsweep.sha256") == sha256:
+                return str(v.version)
+        return None
 
     @_tolerant("")
-    def register(self, onnx_path: Path, card: dict[str, Any]) -> str:
-        """Register the chosen model under the experiment's name with the alias 'deployable'; return the version."""
+    def register(self, run_id: str, onnx_path: Path, *, input_example: Any, tags: dict[str, str], description: str,
+                 model_description: str, metadata: dict[str, Any]) -> str:
+        """Log the model in the trial's own run (signature and input example included) and register it from there
+        under the experiment's name, with version tags and description; return the version. The alias is not moved."""
         import onnx
+        import onnxruntime as ort
+        from mlflow.models import infer_signature
 
-        model = onnx.load(str(onnx_path))
-        with mlflow.start_run(run_id=self.parent_id):
-            info = mlflow.onnx.log_model(model, name="deployable", registered_model_name=self.name,
-                                         onnx_execution_providers=["CPUExecutionProvider"],
-                                         metadata={"slimsweep": {"plan": card.get("plan"), "why": card.get("why")}})
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        # One unnamed tensor in, as the pyfunc takes a bare array (and `mlflow models serve` {"inputs": [...]}).
+        output = session.run(None, {session.get_inputs()[0].name: input_example})[0]
+        signature = infer_signature(input_example, output)
+        run = self.client.get_run(run_id)
+        quiet = contextlib.redirect_stderr(io.StringIO()) if not os.environ.get("SLIMSWEEP_VERBOSE") else contextlib.nullcontext()
+        with mlflow.start_run(run_id=run_id), quiet:  # MLflow prints "Successfully registered model" itself
+            info = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name="deployable", registered_model_name=self.name,
+                                         signature=signature, input_example=input_example,
+                                         onnx_execution_providers=["CPUExecutionProvider"], metadata=metadata)
+        # start_run(run_id=...) reopened the finished trial run and ended it now: give it back its own end.
+        self.client.set_terminated(run_id, run.info.status, end_time=run.info.end_time)
         version = str(info.registered_model_version)
-        self.client.set_registered_model_alias(self.name, ALIAS, version)
-        self.client.update_model_version(self.name, version, description=card.get("why", ""))
-        # start_run(run_id=...) ended the parent as FINISHED on exit; the sweep decides its status itself.
+        for key, value in tags.items():
+            self.client.set_model_version_tag(self.name, version, key, value)
+        self.client.update_model_version(self.name, version, description=description)
+        self.client.update_registered_model(self.name, description=model_description)
         return version
+
+    @_tolerant()
+    def move_alias(self, version: str) -> None:
+        """Point the alias 'deployable' at a registered version."""
+        self.client.set_registered_model_alias(self.name, ALIAS, version)
 
     @_tolerant()
     def end(self, status: str = "FINISHED") -> None:

@@ -1,0 +1,98 @@
+"""The hand-over: deployable.onnx, model_card.json and the registry alias, moved together or not at all.
+
+The files are written under temporary names and a pending record names what is being handed over; the alias move
+in the registry is the commit point; then both files are renamed into place (os.replace, atomic on one file
+system) and the record removed. A crash at any step leaves either the old hand-over intact (alias not moved: the
+next `run` / `pick` discards the leftovers and redoes it) or a pending record whose alias already moved (the next
+command that reads the outputs completes the renames). Registration is idempotent: a version already registered
+for the same trial and the same ONNX bytes is reused, never duplicated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+PENDING = ".handover-pending.json"
+ONNX, CARD = "deployable.onnx", "model_card.json"
+
+
+def sha256(data: bytes) -> str:
+    """The hex SHA-256 of a model's bytes (what ties a registry version to a file)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A hand-over under way: the trial, its bytes' hash, and the registry version once it is known."""
+
+    trial: int
+    sha256: str
+    version: str | None = None
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write a small file so that it is either wholly old or wholly new."""
+    tmp = _tmp(path)
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def pending(folder: Path) -> Pending | None:
+    """The hand-over a crash left unfinished in this folder, if any."""
+    path = folder / PENDING
+    if not path.is_file():
+        return None
+    return Pending(**json.loads(path.read_text()))
+
+
+def recover(folder: Path, alias_version: str | None) -> str:
+    """Finish or undo a hand-over a crash interrupted; returns what was done ('' when nothing was pending)."""
+    rec = pending(folder)
+    if rec is None:
+        return ""
+    onnx_tmp, card_tmp = _tmp(folder / ONNX), _tmp(folder / CARD)
+    if rec.version is not None and rec.version == alias_version:
+        # The alias moved (the commit point): rename whichever file is still temporary.
+        for tmp, final in ((onnx_tmp, folder / ONNX), (card_tmp, folder / CARD)):
+            if tmp.is_file():
+                os.replace(tmp, final)
+        (folder / PENDING).unlink()
+        return f"completed the hand-over of trial {rec.trial} (registry version {rec.version}) a crash interrupted"
+    for leftover in (onnx_tmp, card_tmp, folder / PENDING):
+        leftover.unlink(missing_ok=True)
+    return f"discarded an unfinished hand-over of trial {rec.trial} (the alias had not moved); it is redone"
+
+
+def hand_over(folder: Path, trial: int, onnx: bytes, card: dict[str, Any],
+              register: Callable[[str], str], move_alias: Callable[[str], None], current: str | None) -> str:
+    """Write deployable.onnx and model_card.json and move the alias as one step; return the registry version.
+
+    `register(sha)` returns the version for these bytes (an existing one if already registered); `move_alias`
+    points the alias at it; `current` is the version the alias points at now.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = sha256(onnx)
+    _write_atomic(folder / PENDING, json.dumps({"trial": trial, "sha256": digest}).encode())
+    _tmp(folder / ONNX).write_bytes(onnx)
+    version = register(digest)
+    card = dict(card, registry={**card.get("registry", {}), "version": version})
+    _tmp(folder / CARD).write_text(json.dumps(card, indent=2))
+    _write_atomic(folder / PENDING, json.dumps({"trial": trial, "sha256": digest, "version": version}).encode())
+    if version and version != current:  # "" when MLflow was unreachable: nothing registered to point at
+        move_alias(version)  # the commit point: from here on a crash is completed, not undone
+    os.replace(_tmp(folder / ONNX), folder / ONNX)
+    os.replace(_tmp(folder / CARD), folder / CARD)
+    (folder / PENDING).unlink()
+    return version

@@ -1,0 +1,68 @@
+"""`slimsweep status`: where a sweep stands (budget, done, failed, running, front, pick), read from its stores."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from search.config import Experiment
+from search.handover import pending
+from search.study import finished, read
+
+
+def sweep_status(exp: Experiment) -> dict[str, Any]:
+    """The sweep's state as plain data; reads the study and the output folder, writes nothing."""
+    study = optuna.load_study(study_name=exp.name, storage=exp.storage_url)
+    done = finished(study)
+    failed = [t.number for t in done if t.state == TrialState.FAIL]
+    running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    waiting = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
+    front = sorted(t.number for t in study.best_trials) if any(t.state == TrialState.COMPLETE for t in done) else []
+    card_path = exp.out / "model_card.json"
+    card = json.loads(card_path.read_text()) if card_path.is_file() else None
+    left = pending(exp.out)
+    return {
+        "experiment": exp.name,
+        "budget": exp.search.trials,
+        "done": len(done),
+        "complete": len(done) - len(failed),
+        "failed": len(failed),
+        "failed_trials": {str(n): (read(study.trials[n]).failure or "")[:200] for n in failed},
+        "running": len(running),
+        "running_trials": running,
+        "queued": len(waiting),
+        "finished_budget": len(done) >= exp.search.trials,
+        "front": front,
+        "pick": None if card is None else {
+            "trial": card["trial"], "plan": card["plan_summary"], "why": card["why"],
+            "registry_version": card.get("registry", {}).get("version"),
+            "uri": card.get("registry", {}).get("uri"), "onnx": str(exp.out / "deployable.onnx"),
+        },
+        "handover_pending": None if left is None else {"trial": left.trial, "version": left.version},
+        "storage": exp.storage_url,
+        "tracking_uri": exp.tracking_uri,
+    }
+
+
+def as_text(state: dict[str, Any]) -> str:
+    """The status for a terminal."""
+    lines = [
+        f"{state['experiment']}: {state['done']} of {state['budget']} trials done ({state['complete']} complete, "
+        f"{state['failed']} failed), {state['running']} running, {state['queued']} queued",
+        f"front: {len(state['front'])} members (trials {', '.join(map(str, state['front'])) or '-'})",
+    ]
+    pick = state["pick"]
+    if pick is None:
+        lines.append("pick: none yet (`slimsweep run` picks at the end; `slimsweep pick` re-runs the choice)")
+    else:
+        lines.append(f"pick: trial {pick['trial']} ({pick['plan']}), {pick['uri']} version "
+                     f"{pick['registry_version']}, {pick['onnx']}")
+    if state["handover_pending"]:
+        lines.append(f"hand-over of trial {state['handover_pending']['trial']} was interrupted: `slimsweep pick` "
+                     "completes it")
+    if not state["finished_budget"]:
+        lines.append("the budget is not finished: run the same `slimsweep run` command to resume")
+    return "\n".join(lines)

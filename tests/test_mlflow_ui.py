@@ -1,0 +1,83 @@
+"""MLflow's own UI in a real headless browser (Debian's Chromium, loopback only) on a finished sweep: the experiment
+opens on its runs, and the picked trial's run shows its metrics and the pick's tag."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import urllib.request
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import BIN, wait_for
+from ux_sweep import finished_sweep
+
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(BROWSER is None, reason="no Chromium here: `apt-get install -y chromium "
+                                                        "chromium-driver` (Debian) to run the browser check")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory):
+    """`mlflow server` on the finished sweep's store, on a free loopback port."""
+    swept = finished_sweep(tmp_path_factory)
+    port = _free_port()
+    server = subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", swept.exp.tracking_uri,
+                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def up() -> bool:
+        assert server.poll() is None, "mlflow server exited"
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(up, timeout=300, every=1.0)
+        yield swept, f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+def page_text(url: str, folder) -> str:
+    """The page's visible text after its scripts ran (Chromium headless, a virtual-time budget for the app)."""
+    proc = subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={folder}",
+                           "--virtual-time-budget=30000", "--dump-dom", url],
+                          capture_output=True, text=True, timeout=240)
+    html = re.sub(r"<script.*?</script>|<style.*?</style>", " ", proc.stdout, flags=re.S)
+    return " ".join(re.sub(r"<[^>]+>", " ", html).split())
+
+
+def test_the_experiment_opens_on_its_runs_and_the_pick_shows_metrics_and_tag(ui, tmp_path):
+    swept, base = ui
+    exp = swept.exp
+    client = MlflowClient(exp.tracking_uri)
+    experiment = client.get_experiment_by_name(exp.name)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    # The link the run prints at its end.
+    link = re.search(r"then open\s+(http://\S+)", swept.stdout).group(1)
+    path = link.split("/#", 1)[1]
+    runs = page_text(f"{base}/#{path}", tmp_path / "a")
+    assert f"{exp.name}-sweep" in runs and "matching runs" in runs, runs[:2000]
+    assert "Token Usage" not in runs  # not MLflow 3's GenAI overview
+    card = json.loads((exp.out / "model_card.json").read_text())
+    version = client.get_model_version_by_alias(exp.name, "deployable")
+    run = page_text(f"{base}/#/experiments/{experiment.experiment_id}/runs/{version.run_id}", tmp_path / "b")
+    assert f"trial-{card['trial']}" in run, run[:2000]
+    for shown in ("accuracy", "latency_p50_ms", "size_mb", "slimsweep.pick : true", "Parent run",
+                  f"{exp.name}-sweep", f"Registered models {exp.name} v{version.version}"):
+        assert shown in run, (shown, run[:3000])
