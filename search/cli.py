@@ -133,7 +133,8 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
     console = _console()
     try:
         ctx = prepare(exp)  # the task and teacher; their errors exit 2 before the study or MLflow is written
-        executor = RayExecutor(address=args.ray_address)
+        resources = exp.search.resources
+        executor = RayExecutor(address=args.ray_address, num_cpus=resources.num_cpus, num_gpus=resources.num_gpus)
         executor.open_station(spec, reserve_cores=exp.target.reserve_cores)
         summary = run_sweep(exp, executor, ctx, quiet=args.quiet)
     except KeyboardInterrupt:  # before the loop began: nothing to keep

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -78,14 +79,54 @@ class Target(Strict):
                           url=self.url, token=self.token())
 
 
+# Upper bounds on what one trial may ask of a node: far above any node Ray runs on today, low enough that a typo
+# (num_cpus: 400 for 4) is refused here rather than left pending forever in Ray's queue.
+MAX_TRIAL_CPUS = 256
+MAX_TRIAL_GPUS = 16
+
+
+class Resources(Strict):
+    """What each trial asks of a Ray node: Ray starts a trial only where that much is free."""
+
+    num_cpus: int = Field(1, ge=1, le=MAX_TRIAL_CPUS)
+    num_gpus: float = Field(0.0, ge=0, le=MAX_TRIAL_GPUS)
+
+    @field_validator("num_gpus")
+    @classmethod
+    def _gpus(cls, v: float) -> float:
+        # Ray shares a GPU between tasks only in fractions of one; above one it hands out whole devices.
+        if v > 1 and v != int(v):
+            raise ValueError(f"a fraction of a GPU must be below 1; above 1 give a whole number, got {v!r}")
+        return v
+
+
+POSTGRES_DRIVERS = {"postgresql": "psycopg2", "postgresql+psycopg2": "psycopg2", "postgresql+psycopg": "psycopg"}
+
+
+def check_database_url(v: str | None, what: str) -> str | None:
+    """A PostgreSQL URL must name a driver that is installed (SQLAlchemy's own error comes only mid-start)."""
+    if v is None or not v.startswith("postgres"):
+        return v
+    scheme = v.split("://", 1)[0]
+    if scheme not in POSTGRES_DRIVERS or "://" not in v:
+        raise ValueError(f"{v!r}: a PostgreSQL {what} URL starts with one of "
+                         f"{', '.join(s + '://' for s in POSTGRES_DRIVERS)} (e.g. postgresql://USER@HOST:5432/DB)")
+    module = POSTGRES_DRIVERS[scheme]
+    if importlib.util.find_spec(module) is None:
+        package = "psycopg2-binary" if module == "psycopg2" else "psycopg[binary]"
+        raise ValueError(f"{v!r} needs the Python driver {module!r}, which is not installed: pip install {package}")
+    return v
+
+
 class Search(Strict):
-    """The Optuna study and how many trials run at once."""
+    """The Optuna study, how many trials run at once and what each asks of a Ray node."""
 
     sampler: str = "tpe"  # a name registered in search.samplers.SAMPLERS
     trials: int = Field(24, ge=1)
     parallel: int = Field(2, ge=1)
     seed: int = 0
-    storage: str | None = None  # default: sqlite in the output folder
+    storage: str | None = None  # default: sqlite in the output folder; postgresql://... for a shared study
+    resources: Resources = Resources()
 
     @field_validator("sampler")
     @classmethod
@@ -97,13 +138,18 @@ class Search(Strict):
     def _storage(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("sqlite:///", "postgresql", "mysql")):
             raise ValueError(f"storage must be an SQLAlchemy URL such as sqlite:///study.db, got {v!r}")
-        return v
+        return check_database_url(v, "storage")
 
 
 class Tracking(Strict):
     """Where MLflow records the sweep."""
 
-    uri: str | None = None  # default: sqlite in the output folder
+    uri: str | None = None  # default: sqlite in the output folder; also http://SERVER:5000 or postgresql://...
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str | None) -> str | None:
+        return check_database_url(v, "MLflow backend store")
 
 
 class Pick(Strict):

@@ -172,12 +172,17 @@ class _Sweep:
 def _ask_and_tell(sweep: _Sweep, quiet: bool) -> None:
     """Keep `parallel` trials in flight until the budget is finished; Ctrl-C queues the ones in flight again."""
     budget = sweep.exp.search.trials
-    # The station holds its cores; more trials in flight than CPUs left would only queue inside Ray.
-    parallel = sweep.summary.parallel = max(1, min(sweep.exp.search.parallel, sweep.executor.trial_cpus()))
+    # More trials in flight than the cluster's slots (its live nodes' CPUs and GPUs for trials, after the
+    # station's share) would only queue inside Ray; a node that joins or dies changes them mid-sweep.
+    def slots() -> int:
+        return max(1, min(sweep.exp.search.parallel, sweep.executor.trial_slots()))
+
+    parallel = sweep.summary.parallel = slots()
     progress = SweepProgress(budget, quiet=quiet)
     try:
         with progress:
             while True:
+                parallel = slots()
                 while len(sweep.running) < parallel and len(finished(sweep.study)) + len(sweep.running) < budget:
                     _ask(sweep, progress)
                 _refresh(progress, sweep)
