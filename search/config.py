@@ -100,7 +100,15 @@ class Resources(Strict):
         return v
 
 
-POSTGRES_DRIVERS = {"postgresql": "psycopg2", "postgresql+psycopg2": "psycopg2", "postgresql+psycopg": "psycopg"}
+POSTGRES_DRIVERS = {"postgresql": "", "postgresql+psycopg": "psycopg", "postgresql+psycopg2": "psycopg2"}
+
+
+def _default_postgres_driver() -> str:
+    """The module SQLAlchemy uses for a bare postgresql:// URL: psycopg (3) from SQLAlchemy 2.1, psycopg2 before."""
+    from importlib.metadata import version
+
+    major, minor = (int(part) for part in version("sqlalchemy").split(".")[:2])
+    return "psycopg" if (major, minor) >= (2, 1) else "psycopg2"
 
 
 def check_database_url(v: str | None, what: str) -> str | None:
@@ -109,12 +117,13 @@ def check_database_url(v: str | None, what: str) -> str | None:
         return v
     scheme = v.split("://", 1)[0]
     if scheme not in POSTGRES_DRIVERS or "://" not in v:
-        raise ValueError(f"{v!r}: a PostgreSQL {what} URL starts with one of "
-                         f"{', '.join(s + '://' for s in POSTGRES_DRIVERS)} (e.g. postgresql://USER@HOST:5432/DB)")
-    module = POSTGRES_DRIVERS[scheme]
+        raise ValueError(f"a PostgreSQL {what} URL starts with one of "
+                         f"{', '.join(s + '://' for s in POSTGRES_DRIVERS)} (e.g. postgresql://USER@HOST:5432/DB), "
+                         f"got {v!r}")
+    module = POSTGRES_DRIVERS[scheme] or _default_postgres_driver()
     if importlib.util.find_spec(module) is None:
         package = "psycopg2-binary" if module == "psycopg2" else "psycopg[binary]"
-        raise ValueError(f"{v!r} needs the Python driver {module!r}, which is not installed: pip install {package}")
+        raise ValueError(f"the PostgreSQL driver {module!r} is not installed (pip install {package}), got {v!r}")
     return v
 
 

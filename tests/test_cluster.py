@@ -29,8 +29,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _group(pgid: int) -> list[str]:
-    """Command lines of the live processes in one process group (a node's raylet, its agents and its workers)."""
+def _processes() -> list[tuple[int, int, int, str]]:
+    """(pid, parent pid, process group, command line) of every live process."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -38,8 +38,9 @@ def _group(pgid: int) -> list[str]:
         try:
             stat = (entry / "stat").read_text()
             fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state, ppid, pgrp, ...
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            if fields[0] != "Z":
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                found.append((int(entry.name), int(fields[1]), int(fields[2]), cmd))
         except (OSError, ValueError):
             continue
     return found
@@ -62,15 +63,20 @@ class Node:
             raise AssertionError(f"ray start exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
         return "Ray runtime started" in self.log.read_text()
 
-    def processes(self) -> list[str]:
-        return _group(self.proc.pid)
+    def processes(self) -> list[tuple[int, str]]:
+        """The node's processes: its own group (raylet, agents) and the raylet's workers (each in a group of its own)."""
+        every = _processes()
+        own = {pid for pid, _, group, _ in every if group == self.proc.pid}
+        return [(pid, cmd) for pid, parent, group, cmd in every if pid in own or parent in own]
 
     def kill(self) -> None:
-        """SIGKILL every process of the node at once, the way a machine that loses power goes."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        """SIGKILL every process of the node at once, workers included, the way a machine that loses power goes."""
+        victims = [pid for pid, _ in self.processes()]
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.proc.wait(timeout=30)
 
 
@@ -82,8 +88,8 @@ def cluster():
     port = _free_port()
     nodes: list[Node] = []
     try:
-        nodes.append(Node(["--head", "--port", str(port), "--include-dashboard=false", "--temp-dir", str(temp),
-                           "--ray-client-server-port", str(_free_port())], temp, "head", env))
+        nodes.append(Node(["--head", "--port", str(port), "--include-dashboard=false", "--temp-dir", str(temp)],
+                          temp, "head", env))
         nodes.append(Node(["--address", f"127.0.0.1:{port}"], temp, "worker", env))
         yield f"127.0.0.1:{port}", nodes[0], nodes[1]
     finally:
@@ -93,7 +99,7 @@ def cluster():
 
 
 def _running_trial(node: Node) -> bool:
-    return any(cmd.startswith("ray::_run_on_node") for cmd in node.processes())
+    return any(cmd.startswith("ray::_run_on_node") for _, cmd in node.processes())
 
 
 def test_a_sweep_survives_the_death_of_the_worker_node_running_a_trial(cluster, tmp_path):
