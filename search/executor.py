@@ -7,7 +7,9 @@ import logging
 import math
 import os
 import re
+import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,13 +31,31 @@ def _run_on_node(number: int, plan: Any, ctx: TrialContext, station: Any, where:
         ctx = dataclasses.replace(ctx, train_threads=threads)  # a shallow copy: the data stays the shared one
 
     def time_model(model: bytes):
-        return ray.get(station.measure.remote(model, ctx.timing))
+        return _at_station(lambda: station.measure.remote(model, ctx.timing))
 
     result = run_trial(number, plan, ctx, time_model)
     result.info["ray_node"] = ray.get_runtime_context().get_node_id()
     result.info["cores"] = sorted(os.sched_getaffinity(0))
     result.info["resources"] = ray.get_runtime_context().get_assigned_resources()  # what Ray reserved for it
     return result
+
+
+# How long a trial waits for its bench station to come back when the station's node died: Ray notices a dead node
+# after some 15-30 s and restarts the station (max_restarts) on a live one. A station lost is not the plan's fault.
+STATION_GRACE_S = 180.0
+
+
+def _at_station(call: Callable[[], Any], grace_s: float = STATION_GRACE_S) -> Any:
+    """ray.get of a station call, called again while the station is down and being restarted elsewhere."""
+    deadline, pause = time.monotonic() + grace_s, 1.0
+    while True:
+        try:
+            return ray.get(call())
+        except (ray.exceptions.ActorUnavailableError, ray.exceptions.ActorDiedError):
+            if time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 10.0)
 
 
 def ray_failure(number: int, exc: BaseException) -> TrialResult:
@@ -133,11 +153,11 @@ class RayExecutor:
 
     def time_model(self, model: bytes, settings: TimingSettings, *, use_cache: bool = True) -> tuple[LatencyStats, bool]:
         """Time one model at the station (used by the driver for the teacher and for verification)."""
-        return ray.get(self.station.measure.remote(model, settings, use_cache))
+        return _at_station(lambda: self.station.measure.remote(model, settings, use_cache))
 
     def station_counts(self) -> dict[str, int]:
         """The station's latency-cache hits and misses."""
-        return ray.get(self.station.counts.remote())
+        return _at_station(lambda: self.station.counts.remote())
 
     def describe_target(self) -> dict:
         """The target as the station reports it."""

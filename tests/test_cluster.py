@@ -16,6 +16,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from optuna.trial import TrialState
 
 from conftest import BIN, small_experiment, start_cli, wait_for
 from evaluators.errors import ConfigError
@@ -106,7 +107,7 @@ def test_a_sweep_survives_the_death_of_the_worker_node_running_a_trial(cluster, 
     address, head, worker = cluster
     # The station shares cores here (reserve_cores: false) so that each one-CPU node can take a trial.
     path = small_experiment(tmp_path, name="cluster", target={"kind": "cpu", "reserve_cores": False},
-                            search={"sampler": "random", "trials": 4, "parallel": 2, "seed": 0,
+                            search={"sampler": "random", "trials": 3, "parallel": 2, "seed": 0,
                                     "resources": {"num_cpus": 1}})
     driver = start_cli("run", str(path), "--ray-address", address, cwd=tmp_path)
     try:
@@ -123,7 +124,10 @@ def test_a_sweep_survives_the_death_of_the_worker_node_running_a_trial(cluster, 
     exp = load(path)
     study = optuna.load_study(study_name=exp.name, storage=exp.storage_url)
     done = finished(study)
-    assert len(done) == 4  # exactly the budget: the trial lost with the node ran again, it did not add one
+    assert len(done) == 3  # exactly the budget: the trial lost with the node ran again, it did not add one
+    # Losing a node is not a plan's failure: its trial ran again, and a bench station that lived there came back
+    # on the head node for the trials waiting on it.
+    assert [t.number for t in done if t.state != TrialState.COMPLETE] == []
     # Each trial ran with the one CPU the file asked for, reserved by Ray.
     assert all(t.user_attrs["info"]["resources"].get("CPU") == 1 for t in done if "info" in t.user_attrs)
     import mlflow
@@ -156,6 +160,36 @@ def test_each_trial_asks_for_the_resources_the_experiment_names(tmp_path):
     one.open_station(TargetSpec(kind="cpu", threads=1), reserve_cores=False)
     assert one.trial_slots() == cpus
     assert RayExecutor(address=None, num_cpus=2).trial_slots() == cpus // 2
+
+
+def _relu_model() -> bytes:
+    """A one-node ONNX model (Relu on a 1x8 input): enough to be timed."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def test_a_bench_station_that_dies_comes_back_and_times_the_next_model(tmp_path):
+    import ray
+
+    from evaluators.latency import TimingSettings
+    from evaluators.targets import TargetSpec
+    from search.executor import RayExecutor
+
+    executor = RayExecutor(address=None)
+    executor.open_station(TargetSpec(kind="cpu", threads=1), reserve_cores=False)
+    settings = TimingSettings(threads=1, batch_size=1, max_seconds=0.5)
+    first, _ = executor.time_model(_relu_model(), settings)
+    # A station lost with its node (or crashed by a model) is restarted by Ray; the callers wait for it instead of
+    # failing the trial whose model it was timing.
+    pid = ray.get(executor.station.__ray_call__.remote(lambda station: os.getpid()))
+    os.kill(pid, signal.SIGKILL)  # the way a crash or a lost node takes it: no goodbye
+    again, cached = executor.time_model(_relu_model(), settings)
+    assert again.p50_ms > 0 and first.p50_ms > 0 and not cached  # a fresh station: its cache went with it
 
 
 @pytest.mark.parametrize("resources, message", [

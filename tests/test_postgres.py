@@ -70,7 +70,7 @@ def test_a_sweep_on_postgresql_killed_mid_trial_resumes_with_nothing_lost_or_rep
     client = MlflowClient(tracking)
     experiment = client.get_experiment_by_name(exp.name)
     runs = client.search_runs([experiment.experiment_id], "tags.`slimsweep.role` = 'trial'")
-    assert Counter(int(r.data.tags["optuna.trial_number"]) for r in runs) == Counter(done)  # one run per trial
+    assert Counter(int(r.data.tags["optuna.trial_number"]) for r in runs) == Counter(list(done))  # one run each
     parents = client.search_runs([experiment.experiment_id], "tags.`slimsweep.role` = 'sweep'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # the same parent run continued
     version = client.get_model_version_by_alias(exp.name, "deployable")  # the registry lives in PostgreSQL too
