@@ -133,6 +133,7 @@ class RayExecutor:
         self._task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=2,
                                 retry_exceptions=False)(_run_on_node)
         self.station_share: dict[str, float] = {}
+        self.where: tuple[str, list[int]] = ("", [])  # the station's node and cores, once it runs
 
     def open_station(self, spec: TargetSpec, *, reserve_cores: bool) -> None:
         """Start the target's bench station; fails now, not mid-sweep, when the target cannot run here."""
@@ -171,8 +172,7 @@ class RayExecutor:
     def trial_slots(self) -> int:
         """How many trials the cluster's live nodes hold at once, after the station's share: a node that joins
         adds its slots, a node that dies takes them away."""
-        station_node = self.where[0] if getattr(self, "where", None) else None
-        return sum(self._slots(resources) for resources in _live_nodes(self.station_share, station_node))
+        return sum(self._slots(resources) for resources in _live_nodes(self.station_share, self.where[0] or None))
 
     def _slots(self, resources: dict[str, float]) -> int:
         # A trial runs on one node: count per node what it asks for, never the cluster's sum.

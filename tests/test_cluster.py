@@ -111,10 +111,10 @@ def test_a_sweep_survives_the_death_of_the_worker_node_running_a_trial(cluster, 
                                     "resources": {"num_cpus": 1}})
     driver = start_cli("run", str(path), "--ray-address", address, cwd=tmp_path)
     try:
-        wait_for(lambda: _running_trial(worker) or driver.poll() is not None, timeout=300)
+        wait_for(lambda: _running_trial(worker) or driver.poll() is not None, timeout=600)
         assert driver.poll() is None, driver.stdout.read()[-3000:]
         worker.kill()
-        out, _ = driver.communicate(timeout=420)
+        out, _ = driver.communicate(timeout=600)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)

@@ -42,7 +42,7 @@ def test_a_sweep_on_postgresql_killed_mid_trial_resumes_with_nothing_lost_or_rep
     exp = load(path)
     proc = start_cli("run", str(path), cwd=tmp_path)
     try:
-        wait_for(lambda: _killed_mid_trial(exp) or proc.poll() is not None, timeout=400, every=1.0)
+        wait_for(lambda: _killed_mid_trial(exp) or proc.poll() is not None, timeout=600, every=1.0)
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started die with no chance to clean up
         proc.wait(timeout=60)
