@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from evaluators.errors import ConfigError, SlimsweepError
-from search.config import Experiment, load
+from search.config import Experiment, check_databases, load
 
 EXIT_CONFIG, EXIT_INTERRUPTED = 2, 130
 
@@ -130,6 +130,7 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
     spec = exp.target.spec()
     if not args.ray_address:
         _check_target(spec)  # on a cluster the station checks it where it lands
+    check_databases(exp)  # a PostgreSQL study or MLflow store that is down: exit 2 before anything is written
     console = _console()
     try:
         ctx = prepare(exp)  # the task and teacher; their errors exit 2 before the study or MLflow is written

@@ -29,7 +29,7 @@ def teacher_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module", autouse=True)
 def own_ray_per_module():
-    """Shut down the Ray a module's in-process sweeps started: the cluster test's `ray stop` would kill it."""
+    """Shut down the Ray a module's in-process sweeps started, so the next module starts (or attaches) afresh."""
     yield
     import ray
 

@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from conftest import run_cli, small_experiment, start_cli, wait_for
+from conftest import free_port, run_cli, small_experiment, start_cli, wait_for
 from evaluators.errors import ConfigError
 from search.config import load
 from search.study import finished, retry_of
@@ -85,3 +85,16 @@ def test_a_postgresql_url_without_a_known_driver_is_refused_naming_the_field(tmp
     path = small_experiment(tmp_path)
     with pytest.raises(ConfigError, match=re.escape(f"{field}: {message}") + ".*" + re.escape(f"got '{url}'")):
         load(path, {field: url})
+
+
+def test_a_postgresql_server_that_cannot_be_reached_is_a_clear_error_before_anything_is_written(tmp_path,
+                                                                                                 postgres_server):
+    path = small_experiment(tmp_path)
+    down = f"postgresql://slimsweep:secret@127.0.0.1:{free_port()}/study"  # a port nobody listens on
+    missing = f"{postgres_server}/no_such_database"  # a live server without that database
+    for field, flag, url in (("search.storage", "--storage", down), ("tracking.uri", "--tracking-uri", missing)):
+        result = run_cli("run", str(path), flag, url, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert f"error: {field}: cannot reach the PostgreSQL database" in result.stderr
+        assert "secret" not in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "outputs").exists()
