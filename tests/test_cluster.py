@@ -99,6 +99,10 @@ def cluster():
         shutil.rmtree(temp, ignore_errors=True)
 
 
+def _gone(*nodes: Node) -> bool:
+    return any(node.proc.poll() is not None for node in nodes)
+
+
 def _running_trial(node: Node) -> bool:
     return any(cmd.startswith("ray::_run_on_node") for _, cmd in node.processes())
 
@@ -111,7 +115,8 @@ def test_a_sweep_survives_the_death_of_the_worker_node_running_a_trial(cluster, 
                                     "resources": {"num_cpus": 1}})
     driver = start_cli("run", str(path), "--ray-address", address, cwd=tmp_path)
     try:
-        wait_for(lambda: _running_trial(worker) or driver.poll() is not None, timeout=600)
+        wait_for(lambda: _running_trial(worker) or driver.poll() is not None or _gone(head, worker), timeout=600)
+        assert not _gone(head, worker), "a node of the test's cluster died early: did something run `ray stop`?"
         assert driver.poll() is None, driver.stdout.read()[-3000:]
         worker.kill()
         out, _ = driver.communicate(timeout=600)
