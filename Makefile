@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PIP    := $(VENV)/bin/pip --disable-pip-version-check
 
-.PHONY: install install-gpu install-openvino run test bench bench-quick clean
+.PHONY: install install-gpu install-openvino system-deps run test bench bench-quick clean
 
 install: $(VENV)/.installed
 
@@ -25,7 +25,26 @@ install-openvino: install
 run: install
 	$(VENV)/bin/slimsweep run experiments/digits.yaml
 
-test: install
+# System packages some tests need: a PostgreSQL server (tests/test_postgres.py starts its own from it) and
+# Chromium with its driver (the browser test). Installed only when missing and when run as root where apt-get
+# exists; otherwise nothing is installed and those tests skip, saying why.
+SYSTEM_PACKAGES ?= postgresql chromium chromium-driver
+
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+	  echo "system-deps: not installing$$missing (needs root and apt-get); the tests that need them will skip"; exit 0; \
+	fi; \
+	echo "system-deps: installing$$missing"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 || \
+	{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1; } || \
+	echo "system-deps: could not install$$missing; the tests that need them will skip"
+
+test: install system-deps
 	$(VENV)/bin/pytest
 
 # Benchmarks: docs/BENCHMARKS.md and docs/benchmarks/*.png, written from scratch (benchmarks/report.py).

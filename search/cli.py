@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from evaluators.errors import ConfigError, SlimsweepError
-from search.config import Experiment, load
+from search.config import Experiment, check_databases, load
 
 EXIT_CONFIG, EXIT_INTERRUPTED = 2, 130
 
@@ -197,6 +197,7 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
     spec = exp.target.spec()
     if not args.ray_address:
         _check_target(spec)  # on a cluster the station checks it where it lands
+    check_databases(exp)  # a PostgreSQL study or MLflow store that is down: exit 2 before anything is written
     if args.dry_run:
         return _dry_run(exp, args)
     console = _console()
@@ -207,7 +208,9 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
     try:
         # The task and teacher; their errors exit 2 before the study or MLflow is written.
         ctx = prepare(exp, say=None if args.quiet else console.print)
-        executor = RayExecutor(address=args.ray_address, trial_timeout_s=exp.search.trial_timeout_s)
+        resources = exp.search.resources
+        executor = RayExecutor(address=args.ray_address, num_cpus=resources.num_cpus, num_gpus=resources.num_gpus,
+                               trial_timeout_s=exp.search.trial_timeout_s)
         executor.open_station(spec, reserve_cores=exp.target.reserve_cores)
         summary = run_sweep(exp, executor, ctx, quiet=args.quiet, offline=args.no_tracking)
     except KeyboardInterrupt:  # before the loop began: nothing to keep

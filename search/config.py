@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import reprlib
@@ -89,14 +90,84 @@ class Target(Strict):
                           url=self.url, token=self.token())
 
 
+# Upper bounds on what one trial may ask of a node: far above any node Ray runs on today, low enough that a typo
+# (num_cpus: 400 for 4) is refused here rather than left pending forever in Ray's queue.
+MAX_TRIAL_CPUS = 256
+MAX_TRIAL_GPUS = 16
+
+
+class Resources(Strict):
+    """What each trial asks of a Ray node: Ray starts a trial only where that much is free."""
+
+    num_cpus: int = Field(1, ge=1, le=MAX_TRIAL_CPUS)
+    num_gpus: float = Field(0.0, ge=0, le=MAX_TRIAL_GPUS)
+
+    @field_validator("num_gpus")
+    @classmethod
+    def _gpus(cls, v: float) -> float:
+        # Ray shares a GPU between tasks only in fractions of one; above one it hands out whole devices.
+        if v > 1 and v != int(v):
+            raise ValueError(f"a fraction of a GPU must be below 1; above 1 give a whole number, got {v!r}")
+        return v
+
+
+POSTGRES_DRIVERS = {"postgresql": "", "postgresql+psycopg": "psycopg", "postgresql+psycopg2": "psycopg2"}
+
+
+def _default_postgres_driver() -> str:
+    """The module SQLAlchemy uses for a bare postgresql:// URL: psycopg (3) from SQLAlchemy 2.1, psycopg2 before."""
+    from importlib.metadata import version
+
+    major, minor = (int(part) for part in version("sqlalchemy").split(".")[:2])
+    return "psycopg" if (major, minor) >= (2, 1) else "psycopg2"
+
+
+def check_database_url(v: str | None, what: str) -> str | None:
+    """A PostgreSQL URL must name a driver that is installed (SQLAlchemy's own error comes only mid-start)."""
+    if v is None or not v.startswith("postgres"):
+        return v
+    scheme = v.split("://", 1)[0]
+    if scheme not in POSTGRES_DRIVERS or "://" not in v:
+        raise ValueError(f"a PostgreSQL {what} URL starts with one of "
+                         f"{', '.join(s + '://' for s in POSTGRES_DRIVERS)} (e.g. postgresql://USER@HOST:5432/DB), "
+                         f"got {v!r}")
+    module = POSTGRES_DRIVERS[scheme] or _default_postgres_driver()
+    if importlib.util.find_spec(module) is None:
+        package = "psycopg2-binary" if module == "psycopg2" else "psycopg[binary]"
+        raise ValueError(f"the PostgreSQL driver {module!r} is not installed (pip install {package}), got {v!r}")
+    return v
+
+
+def check_databases(exp: "Experiment") -> None:
+    """Fail at start, naming the field, when a PostgreSQL study or MLflow store cannot be reached (rather than
+    after the teacher trained, with a driver's traceback)."""
+    for field, url in (("search.storage", exp.search.storage), ("tracking.uri", exp.tracking.uri)):
+        if not url or not url.startswith("postgres"):
+            continue
+        import sqlalchemy  # only for a PostgreSQL URL: validating a file imports no database code
+
+        shown = sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+        try:
+            engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 10})
+            try:
+                with engine.connect():
+                    pass
+            finally:
+                engine.dispose()
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+            raise ConfigError(f"{field}: cannot reach the PostgreSQL database {shown}: {reason}") from None
+
+
 class Search(Strict):
-    """The Optuna study and how many trials run at once."""
+    """The Optuna study, how many trials run at once and what each asks of a Ray node."""
 
     sampler: str = "tpe"  # a name registered in search.samplers.SAMPLERS
     trials: int = Field(24, ge=1, le=MAX_TRIALS)
     parallel: int = Field(2, ge=1, le=MAX_PARALLEL)
     seed: int = Field(0, ge=0, le=MAX_SEED)
-    storage: str | None = None  # default: sqlite in the output folder
+    storage: str | None = None  # default: sqlite in the output folder; postgresql://... for a shared study
+    resources: Resources = Resources()
     # A trial attempt running longer than this is stopped and counts as a machinery failure (None: no limit).
     trial_timeout_s: float | None = Field(None, ge=1, le=7 * 24 * 3600)
     # Machinery failures (a dead worker or node, out of memory, the time limit) run the same plan again this many
@@ -115,13 +186,18 @@ class Search(Strict):
     def _storage(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("sqlite:///", "postgresql", "mysql")):
             raise ValueError(f"storage must be an SQLAlchemy URL such as sqlite:///study.db, got {v!r}")
-        return v
+        return check_database_url(v, "storage")
 
 
 class Tracking(Strict):
     """Where MLflow records the sweep."""
 
-    uri: str | None = None  # default: sqlite in the output folder
+    uri: str | None = None  # default: sqlite in the output folder; also http://SERVER:5000 or postgresql://...
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str | None) -> str | None:
+        return check_database_url(v, "MLflow backend store")
 
 
 class Pick(Strict):

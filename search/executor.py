@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import math
 import os
 import re
 import time
@@ -16,22 +18,45 @@ import ray
 
 from evaluators.errors import ConfigError
 from evaluators.latency import LatencyStats, TimingSettings
-from evaluators.targets import TargetSpec
+from evaluators.targets import TargetSpec, make_target
 from search.station import free_cores, start_station
 from search.trial import TrialContext, TrialResult, run_trial
 
 
-def _run_on_node(number: int, plan: Any, ctx: TrialContext, station: Any, where: tuple[str, list[int]]) -> TrialResult:
-    """run_trial on a worker: off the station's cores, timing through the station, noting the node."""
+def _run_on_node(number: int, plan: Any, ctx: TrialContext, station: Any, where: tuple[str, list[int]],
+                 threads: int = 1) -> TrialResult:
+    """run_trial on a worker: off the station's cores, training on the CPUs it asked for, timing through the
+    station, noting the node."""
     free_cores(*where)
+    if threads != ctx.train_threads:
+        ctx = dataclasses.replace(ctx, train_threads=threads)  # a shallow copy: the data stays the shared one
 
     def time_model(model: bytes):
-        return ray.get(station.measure.remote(model, ctx.timing))
+        return _at_station(lambda: station.measure.remote(model, ctx.timing))
 
     result = run_trial(number, plan, ctx, time_model)
     result.info["ray_node"] = ray.get_runtime_context().get_node_id()
     result.info["cores"] = sorted(os.sched_getaffinity(0))
+    result.info["resources"] = ray.get_runtime_context().get_assigned_resources()  # what Ray reserved for it
     return result
+
+
+# How long a trial waits for its bench station to come back when the station's node died: Ray notices a dead node
+# after some 15-30 s and restarts the station (max_restarts) on a live one. A station lost is not the plan's fault.
+STATION_GRACE_S = 180.0
+
+
+def _at_station(call: Callable[[], Any], grace_s: float = STATION_GRACE_S) -> Any:
+    """ray.get of a station call, called again while the station is down and being restarted elsewhere."""
+    deadline, pause = time.monotonic() + grace_s, 1.0
+    while True:
+        try:
+            return ray.get(call())
+        except (ray.exceptions.ActorUnavailableError, ray.exceptions.ActorDiedError):
+            if time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 10.0)
 
 
 def ray_failure(number: int, exc: BaseException) -> TrialResult:
@@ -83,6 +108,31 @@ def _first_line(exc: BaseException) -> str:
     return lines[0].strip() if lines else "(no message)"
 
 
+def _station_share(spec: TargetSpec, reserve_cores: bool) -> dict[str, float]:
+    """What the bench station holds of its node (as station.start_station asks for it)."""
+    share: dict[str, float] = {}
+    if reserve_cores and make_target(spec).local_cpu():
+        share["CPU"] = spec.threads
+    if spec.kind in {"cuda", "tensorrt"}:
+        share["GPU"] = 1
+    return share
+
+
+def _live_nodes(station_share: dict[str, float], station_node: str | None = None) -> list[dict[str, float]]:
+    """Each live node's CPUs and GPUs for trials, less the station's share on the station's node (before the
+    station starts: on the largest node that can hold it)."""
+    live = [n for n in ray.nodes() if n.get("Alive")]
+    nodes = {n["NodeID"]: {k: float(v) for k, v in n["Resources"].items() if k in {"CPU", "GPU"}} for n in live}
+    for key, amount in station_share.items():
+        holder = nodes.get(station_node or "")
+        if holder is None:
+            holders = [n for n in nodes.values() if n.get(key, 0) >= amount]
+            holder = max(holders, key=lambda n: n.get(key, 0)) if holders else None
+        if holder is not None:
+            holder[key] = holder.get(key, 0) - amount
+    return list(nodes.values())
+
+
 @dataclass
 class Running:
     """A trial in flight."""
@@ -93,10 +143,11 @@ class Running:
 
 
 class RayExecutor:
-    """Submits trials as Ray tasks, one CPU each, and hands back results as they finish."""
+    """Submits trials as Ray tasks, each asking for the CPUs and GPUs the experiment names, and hands back results
+    as they finish."""
 
-    def __init__(self, *, address: str | None, cpus_per_trial: int = 1, trial_timeout_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, *, address: str | None, num_cpus: int = 1, num_gpus: float = 0.0,
+                 trial_timeout_s: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.trial_timeout_s, self.clock = trial_timeout_s, clock
         if not ray.is_initialized():
             try:
@@ -112,7 +163,11 @@ class RayExecutor:
                 raise ConfigError(f"--ray-address {address!r}: cannot connect to a Ray cluster there: {exc}") from None
         # A node that dies takes its tasks with it; Ray runs them again elsewhere (max_retries), which is safe
         # because a trial holds no state outside its result.
-        self._task = ray.remote(num_cpus=cpus_per_trial, max_retries=2, retry_exceptions=False)(_run_on_node)
+        self.num_cpus, self.num_gpus = num_cpus, num_gpus
+        self._task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=2,
+                                retry_exceptions=False)(_run_on_node)
+        self.station_share: dict[str, float] = {}
+        self.where: tuple[str, list[int]] = ("", [])  # the station's node and cores, once it runs
 
     def open_station(self, spec: TargetSpec, *, reserve_cores: bool) -> None:
         """Start the target's bench station; fails now, not mid-sweep, when the target cannot run here."""
@@ -122,6 +177,8 @@ class RayExecutor:
                 f"target.threads: {spec.threads} reserved for timing would leave none of Ray's {total} CPUs for "
                 f"trials; use fewer threads, more CPUs (a cluster), or target.reserve_cores: false"
             )
+        self.station_share = _station_share(spec, reserve_cores)
+        self._check_fits()
         self.station = start_station(spec, reserve_cores=reserve_cores)
         try:
             self.where = ray.get(self.station.where.remote())
@@ -131,7 +188,7 @@ class RayExecutor:
 
     def time_model(self, model: bytes, settings: TimingSettings, *, use_cache: bool = True) -> tuple[LatencyStats, bool]:
         """Time one model at the station (used by the driver for the teacher and for verification)."""
-        return ray.get(self.station.measure.remote(model, settings, use_cache))
+        return _at_station(lambda: self.station.measure.remote(model, settings, use_cache))
 
     def new_latencies(self) -> dict[str, dict]:
         """Latency measurements the station took since the last call (to keep with the study)."""
@@ -144,7 +201,7 @@ class RayExecutor:
 
     def station_counts(self) -> dict[str, int]:
         """The station's latency-cache hits and misses."""
-        return ray.get(self.station.counts.remote())
+        return _at_station(lambda: self.station.counts.remote())
 
     def describe_target(self) -> dict:
         """The target as the station reports it."""
@@ -155,14 +212,39 @@ class RayExecutor:
         """CPUs left for trials once the station holds its share."""
         return int(ray.available_resources().get("CPU", 0))
 
+    def trial_slots(self) -> int:
+        """How many trials the cluster's live nodes hold at once, after the station's share: a node that joins
+        adds its slots, a node that dies takes them away."""
+        return sum(self._slots(resources) for resources in _live_nodes(self.station_share, self.where[0] or None))
+
+    def _slots(self, resources: dict[str, float]) -> int:
+        # A trial runs on one node: count per node what it asks for, never the cluster's sum.
+        fits = math.floor(resources.get("CPU", 0) / self.num_cpus + 1e-9)
+        if self.num_gpus:
+            fits = min(fits, math.floor(resources.get("GPU", 0) / self.num_gpus + 1e-9))
+        return max(fits, 0)
+
+    def _check_fits(self) -> None:
+        """Refuse, before any trial, resources no live node has: Ray would queue such a trial forever."""
+        nodes = _live_nodes(self.station_share)
+        if not any(self._slots(r) for r in nodes):
+            have = "; ".join(f"{r.get('CPU', 0):g} CPU, {r.get('GPU', 0):g} GPU" for r in nodes) or "no live node"
+            raise ConfigError(
+                f"search.resources: a trial asks for num_cpus={self.num_cpus}, num_gpus={self.num_gpus:g}, but no "
+                f"node of the Ray cluster has that much free for trials (after the bench station's share: {have}); "
+                f"ask for less, or add a node that has it"
+            )
+
     @staticmethod
     def put(obj: Any) -> Any:
         """Place a shared object (the task data and teacher) in the object store once."""
         return ray.put(obj)
 
     def submit(self, number: int, plan: Any, context_ref: Any) -> Running:
-        """Start one trial."""
-        return Running(number, self._task.remote(number, plan, context_ref, self.station, self.where), self.clock())
+        """Start one trial; `context_ref` is the object-store reference, so the teacher and data travel to each
+        node once, not once per trial."""
+        return Running(number, self._task.remote(number, plan, context_ref, self.station, self.where, self.num_cpus),
+                       self.clock())
 
     def wait(self, running: list[Running], timeout: float) -> list[tuple[Running, TrialResult]]:
         """Results of the trials that finished within `timeout`; a task Ray could not run becomes a failed result,

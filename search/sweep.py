@@ -272,8 +272,13 @@ def _ask_and_tell(sweep: _Sweep, quiet: bool) -> None:
     """Keep `parallel` trials in flight until the study's budget is finished (counting every driver's trials);
     Ctrl-C or any error queues the ones in flight again."""
     budget, heartbeat_s = sweep.exp.search.trials, sweep.exp.search.heartbeat_s
-    # The station holds its cores; more trials in flight than CPUs left would only queue inside Ray.
-    parallel = sweep.summary.parallel = max(1, min(sweep.exp.search.parallel, sweep.executor.trial_cpus()))
+
+    # More trials in flight than the cluster's slots (its live nodes' CPUs and GPUs for trials, after the
+    # station's share) would only queue inside Ray; a node that joins or dies changes them mid-sweep.
+    def slots() -> int:
+        return max(1, min(sweep.exp.search.parallel, sweep.executor.trial_slots()))
+
+    parallel = sweep.summary.parallel = slots()
     progress = SweepProgress(budget, quiet=quiet)
     next_check = time.monotonic() + heartbeat_s
     try:
@@ -282,6 +287,7 @@ def _ask_and_tell(sweep: _Sweep, quiet: bool) -> None:
                 if time.monotonic() >= next_check:  # a driver that died meanwhile: its trials run again here
                     sweep.summary.requeued += requeue(sweep.study, stale(sweep.study, heartbeat_s))
                     next_check = time.monotonic() + heartbeat_s
+                parallel = slots()
                 while (len(sweep.running) < parallel
                        and len(finished(sweep.study)) + len(running(sweep.study)) < budget):
                     _ask(sweep, progress)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,7 @@ def teacher_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module", autouse=True)
 def own_ray_per_module():
-    """Shut down the Ray a module's in-process sweeps started: the cluster test's `ray stop` would kill it."""
+    """Shut down the Ray a module's in-process sweeps started, so the next module starts (or attaches) afresh."""
     yield
     import ray
 
@@ -74,3 +78,77 @@ def wait_for(predicate, timeout: float = 300, every: float = 0.5) -> None:
             return
         time.sleep(every)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+# --- a real PostgreSQL server, started by the tests from the system's package --------------------------------------
+
+
+def _postgres_bin() -> Path | None:
+    """The folder holding initdb and pg_ctl: Debian keeps them under /usr/lib/postgresql/VERSION/bin."""
+    for folder in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (folder / "initdb").is_file() and (folder / "pg_ctl").is_file():
+            return folder
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    return Path(initdb).parent if initdb and pg_ctl else None
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """A PostgreSQL server of its own on a free loopback port and a temp data folder, for this session; yields its
+    base URL (no database). Skips, saying why, where no server can be had."""
+    folder = _postgres_bin()
+    if folder is None:
+        pytest.skip("no PostgreSQL server here (initdb and pg_ctl not found): `make test` installs Debian's "
+                    "postgresql when run as root with apt-get; or apt-get install -y postgresql")
+    try:
+        import psycopg  # noqa: F401  (SQLAlchemy's driver for postgresql:// URLs)
+    except ImportError:
+        pytest.skip("the PostgreSQL driver is not installed: pip install 'psycopg[binary]'")
+    root = Path(tempfile.mkdtemp(prefix="pg", dir="/tmp"))  # short: the server's socket path has a length limit
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root: run it as the user Debian's package creates
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run the PostgreSQL server as")
+        os.chown(root, user.pw_uid, user.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = root / "data", free_port()
+    ctl = [*as_user, str(folder / "pg_ctl"), "-D", str(data)]
+    init = subprocess.run([*as_user, str(folder / "initdb"), "-D", str(data), "-U", "slimsweep", "-A", "trust",
+                           "-E", "UTF8", "--no-sync"], capture_output=True, text=True)
+    started = init.returncode == 0 and subprocess.run(
+        [*ctl, "-l", str(root / "server.log"), "-w", "-t", "60", "-o",
+         f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200", "start"],
+        capture_output=True, text=True).returncode == 0
+    try:
+        if not started:
+            log = (root / "server.log").read_text()[-1500:] if (root / "server.log").is_file() else init.stderr[-1500:]
+            pytest.skip(f"a PostgreSQL server could not be started here: {log}")
+        yield f"postgresql://slimsweep@127.0.0.1:{port}"
+    finally:
+        if started:
+            subprocess.run([*ctl, "-m", "fast", "-w", "stop"], capture_output=True)  # only the server we started
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_db(postgres_server: str):
+    """A function that creates a fresh, empty database on the session's server and returns its URL."""
+    import psycopg
+
+    def create(name: str) -> str:
+        # CREATE DATABASE cannot run inside a transaction
+        with psycopg.connect(f"{postgres_server}/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return f"{postgres_server}/{name}"
+
+    return create

@@ -1,0 +1,100 @@
+"""The Optuna study and the MLflow backend on a real PostgreSQL server (started by the tests from the system's
+package): a sweep runs there, a driver killed mid-sweep resumes there, nothing finished is lost or repeated."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections import Counter
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from conftest import free_port, run_cli, small_experiment, start_cli, wait_for
+from evaluators.errors import ConfigError
+from search.config import load
+from search.study import finished, retry_of
+
+BUDGET = 3
+
+
+def _study(exp) -> optuna.Study | None:
+    try:
+        return optuna.load_study(study_name=exp.name, storage=exp.storage_url)
+    except KeyError:  # the driver has not created it yet
+        return None
+
+
+def _killed_mid_trial(exp) -> bool:
+    """A trial has finished and another is in flight: the moment to pull the plug on the driver."""
+    study = _study(exp)
+    return study is not None and len(finished(study)) >= 1 and bool(study.get_trials(states=(TrialState.RUNNING,)))
+
+
+def test_a_sweep_on_postgresql_killed_mid_trial_resumes_with_nothing_lost_or_repeated(tmp_path, postgres_db):
+    storage, tracking = postgres_db("study"), postgres_db("mlflow")
+    path = small_experiment(tmp_path, name="pg", search={"sampler": "random", "trials": BUDGET, "parallel": 1,
+                                                         "seed": 0, "storage": storage},
+                            tracking={"uri": tracking})
+    exp = load(path)
+    proc = start_cli("run", str(path), cwd=tmp_path)
+    try:
+        wait_for(lambda: _killed_mid_trial(exp) or proc.poll() is not None, timeout=600, every=1.0)
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started die with no chance to clean up
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    kept = {t.number: (t.datetime_complete, t.values) for t in finished(_study(exp))}
+    left = [t.number for t in _study(exp).get_trials(states=(TrialState.RUNNING,))]
+    assert kept and left
+
+    result = run_cli("run", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"trials {left} were left unfinished" in result.stdout
+
+    study = _study(exp)
+    done = {t.number: (t.datetime_complete, t.values) for t in finished(study)}
+    assert len(done) == BUDGET  # exactly the budget
+    for number, figures in kept.items():
+        assert done[number] == figures  # finished before the kill: kept as it was, not run again
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    retried = [t for t in study.trials if retry_of(t) in left]
+    assert retried and all(t.params == study.trials[retry_of(t)].params for t in retried)  # the same plan again
+
+    client = MlflowClient(tracking)
+    experiment = client.get_experiment_by_name(exp.name)
+    runs = client.search_runs([experiment.experiment_id], "tags.`slimsweep.role` = 'trial'")
+    assert Counter(int(r.data.tags["optuna.trial_number"]) for r in runs) == Counter(list(done))  # one run each
+    parents = client.search_runs([experiment.experiment_id], "tags.`slimsweep.role` = 'sweep'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # the same parent run continued
+    version = client.get_model_version_by_alias(exp.name, "deployable")  # the registry lives in PostgreSQL too
+    assert (exp.out / "deployable.onnx").is_file() and int(version.version) >= 1
+
+
+@pytest.mark.parametrize("field, url, message", [
+    ("search.storage", "postgresql+pg8000://u@h/db", "a PostgreSQL storage URL starts with one of"),
+    ("tracking.uri", "postgres://u@h/db", "a PostgreSQL MLflow backend store URL starts with one of"),
+])
+def test_a_postgresql_url_without_a_known_driver_is_refused_naming_the_field(tmp_path, field, url, message):
+    path = small_experiment(tmp_path)
+    with pytest.raises(ConfigError, match=re.escape(f"{field}: {message}") + ".*" + re.escape(f"got '{url}'")):
+        load(path, {field: url})
+
+
+def test_a_postgresql_server_that_cannot_be_reached_is_a_clear_error_before_anything_is_written(tmp_path,
+                                                                                                 postgres_server):
+    path = small_experiment(tmp_path)
+    down = f"postgresql://slimsweep:secret@127.0.0.1:{free_port()}/study"  # a port nobody listens on
+    missing = f"{postgres_server}/no_such_database"  # a live server without that database
+    for field, flag, url in (("search.storage", "--storage", down), ("tracking.uri", "--tracking-uri", missing)):
+        result = run_cli("run", str(path), flag, url, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert f"error: {field}: cannot reach the PostgreSQL database" in result.stderr
+        assert "secret" not in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "outputs").exists()
