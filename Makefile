@@ -45,6 +45,8 @@ system-deps:
 	echo "system-deps: could not install$$missing; the tests that need them will skip"
 
 test: install system-deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest
 
 # Benchmarks: docs/BENCHMARKS.md and docs/benchmarks/*.png, written from scratch (benchmarks/report.py).

@@ -97,8 +97,9 @@ def specs(quick: bool) -> list[Spec]:
     if quick:
         shapes = [(28, 0.25, 1), (28, 1.0, 1), (28, 1.0, 2), (8, 0.5, 1)]
     else:
-        shapes = [(28, w, d) for w in (0.25, 0.5, 1.0, 1.5) for d in (1, 2)] + [(8, w, d) for w in (0.25, 1.0)
-                                                                               for d in (1, 2)]
+        shapes = [(28, w, d) for w in (0.25, 0.5, 1.0, 1.5) for d in (1, 2)] + [
+            (8, w, d) for w in (0.25, 1.0) for d in (1, 2)
+        ]
     return [Spec(hw, w, d, s) for hw, w, d in shapes for s in schemes]
 
 
@@ -146,8 +147,11 @@ def process_spread(paths: list[Path], processes: int) -> dict[str, dict]:
     for p in paths:
         values = np.array([r[p.name] for r in runs])
         median = float(np.median(values))
-        out[p.name] = {"p50_ms": [float(v) for v in values], "median_ms": median,
-                       "spread": float(np.max(np.abs(values - median)) / median)}
+        out[p.name] = {
+            "p50_ms": [float(v) for v in values],
+            "median_ms": median,
+            "spread": float(np.max(np.abs(values - median)) / median),
+        }
     return out
 
 
@@ -163,8 +167,11 @@ def speedup_spread(paths: list[Path], baseline: Path, processes: int, seconds: f
     for p in ordered[1:]:
         values = np.array([r[p.name] for r in runs])
         median = float(np.median(values))
-        out[p.name] = {"speedups": [float(v) for v in values], "median": median,
-                       "spread": float(np.max(np.abs(values - median)) / median)}
+        out[p.name] = {
+            "speedups": [float(v) for v in values],
+            "median": median,
+            "spread": float(np.max(np.abs(values - median)) / median),
+        }
     return out
 
 
@@ -172,8 +179,15 @@ def under_load(paths: list[Path]) -> dict[str, float]:
     """(b) Each model's p50 while a training load runs on every other core."""
     core = _station_core()
     others = [c for c in sorted(os.sched_getaffinity(0)) if c != core] or [core]
-    loads = [subprocess.Popen(["taskset", "-c", str(c), sys.executable, "-c", TRAIN_LOAD], env=_env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for c in others]
+    loads = [
+        subprocess.Popen(
+            ["taskset", "-c", str(c), sys.executable, "-c", TRAIN_LOAD],
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for c in others
+    ]
     try:
         time.sleep(3)  # the load's first steps import torch; time once it trains
         return _time_in_process(paths, core)
@@ -192,8 +206,13 @@ def bench_vs_profiler(paths: list[Path], runs: int) -> dict[str, dict]:
     slimsweep = Path(sys.executable).parent / "slimsweep"
     out = {}
     for p in paths:
-        proc = subprocess.run(["taskset", "-c", str(core), str(slimsweep), "bench", str(p), "--json"],
-                              check=True, capture_output=True, text=True, env=_env())
+        proc = subprocess.run(
+            ["taskset", "-c", str(core), str(slimsweep), "bench", str(p), "--json"],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=_env(),
+        )
         bench = json.loads(proc.stdout)["p50_ms"]
         os.sched_setaffinity(0, [core])
         try:
@@ -206,19 +225,25 @@ def bench_vs_profiler(paths: list[Path], runs: int) -> dict[str, dict]:
         finally:
             os.sched_setaffinity(0, range(os.cpu_count() or 1))
         runs_ms, kernels_ms = _per_run(trace)
-        profiler = float(np.median(runs_ms[TIMING["warmup"]:]))
-        kernels = float(np.median(kernels_ms[TIMING["warmup"]:]))
-        out[p.name] = {"bench_p50_ms": bench, "profiler_p50_ms": profiler, "kernels_p50_ms": kernels,
-                       "runs": len(runs_ms) - TIMING["warmup"], "ratio": bench / profiler,
-                       "ratio_to_kernels": bench / kernels}
+        profiler = float(np.median(runs_ms[TIMING["warmup"] :]))
+        kernels = float(np.median(kernels_ms[TIMING["warmup"] :]))
+        out[p.name] = {
+            "bench_p50_ms": bench,
+            "profiler_p50_ms": profiler,
+            "kernels_p50_ms": kernels,
+            "runs": len(runs_ms) - TIMING["warmup"],
+            "ratio": bench / profiler,
+            "ratio_to_kernels": bench / kernels,
+        }
     return out
 
 
 def _per_run(trace: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     """Per run, in ms: the profiler's "model_run" duration, and the sum of the node kernels inside it."""
     runs = sorted((e["ts"], e["dur"]) for e in trace if e.get("name") == "model_run")
-    nodes = sorted((e["ts"], e["dur"]) for e in trace
-                   if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time"))
+    nodes = sorted(
+        (e["ts"], e["dur"]) for e in trace if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")
+    )
     starts = np.array([ts for ts, _ in nodes])
     durs = np.array([d for _, d in nodes], dtype=np.float64)
     kernels = []
@@ -253,10 +278,18 @@ def measure_all(out_dir: Path, quick: bool) -> dict:
         "load_average_at_start": os.getloadavg(),
         "timing": TIMING,
         "seconds": round(time.perf_counter() - start, 1),
-        "models": {n: {"isolated_p50_ms": spread[n]["median_ms"], "process_p50_ms": spread[n]["p50_ms"],
-                       "process_spread": spread[n]["spread"], "under_load_p50_ms": loaded[n],
-                       "speedup_vs_baseline": side.get(n, {}).get("speedups"),
-                       "speedup_spread": side.get(n, {}).get("spread"), **profiled[n]} for n in names},
+        "models": {
+            n: {
+                "isolated_p50_ms": spread[n]["median_ms"],
+                "process_p50_ms": spread[n]["p50_ms"],
+                "process_spread": spread[n]["spread"],
+                "under_load_p50_ms": loaded[n],
+                "speedup_vs_baseline": side.get(n, {}).get("speedups"),
+                "speedup_spread": side.get(n, {}).get("spread"),
+                **profiled[n],
+            }
+            for n in names
+        },
         "side_by_side_baseline": BASELINE.name,
         "spearman_all": rank(np.ones_like(big)),
         "spearman_from_0.3ms": rank(big),
@@ -288,12 +321,14 @@ def _plot(isolated: np.ndarray, busy: np.ndarray, path: Path) -> None:
 
 
 def _machine() -> str:
-    from evaluators.targets import CpuTarget, TargetSpec
-
     import onnxruntime as ort
 
+    from evaluators.targets import CpuTarget, TargetSpec
+
     info = CpuTarget(TargetSpec("cpu")).describe()
-    return f"{info['cpu']}, {info['cpu_count']} cores, ONNX Runtime {ort.__version__}, Python {platform.python_version()}"
+    return (
+        f"{info['cpu']}, {info['cpu_count']} cores, ONNX Runtime {ort.__version__}, Python {platform.python_version()}"
+    )
 
 
 def markdown(f: dict, command: str) -> str:
@@ -334,9 +369,11 @@ def markdown(f: dict, command: str) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, m in sorted(models.items(), key=lambda kv: kv[1]["isolated_p50_ms"]):
-        lines.append(f"| {name.removesuffix('.onnx')} | {m['isolated_p50_ms']:.4f} | ±{m['process_spread']:.1%} | "
-                     f"{m['under_load_p50_ms']:.4f} | {m['bench_p50_ms']:.4f} | {m['profiler_p50_ms']:.4f} | "
-                     f"{m['kernels_p50_ms']:.4f} | {m['ratio']:.3f} | {_speedup_cell(m)} |")
+        lines.append(
+            f"| {name.removesuffix('.onnx')} | {m['isolated_p50_ms']:.4f} | ±{m['process_spread']:.1%} | "
+            f"{m['under_load_p50_ms']:.4f} | {m['bench_p50_ms']:.4f} | {m['profiler_p50_ms']:.4f} | "
+            f"{m['kernels_p50_ms']:.4f} | {m['ratio']:.3f} | {_speedup_cell(m)} |"
+        )
     lines += ["", "![isolated vs under load](honesty-load.png)", ""]
     return "\n".join(lines)
 

@@ -12,8 +12,10 @@ from optuna._hypervolume import compute_hypervolume  # the helper Optuna's own h
 # sweeps timed minutes apart compare through ratios to a baseline each timed in its own run. The reference point is
 # the fp32 teacher at the constraint: only a model within 1 point, faster and smaller than the teacher adds volume.
 REFERENCE = (1.0, 1.0, 1.0)
-REFERENCE_TEXT = ("reference point (accuracy drop 1.0 pt, p50 = 1.0x teacher, size = 1.0x teacher); objectives "
-                  "accuracy drop, p50 / teacher p50, size / teacher size, all minimized; volume in pt x ratio x ratio")
+REFERENCE_TEXT = (
+    "reference point (accuracy drop 1.0 pt, p50 = 1.0x teacher, size = 1.0x teacher); objectives "
+    "accuracy drop, p50 / teacher p50, size / teacher size, all minimized; volume in pt x ratio x ratio"
+)
 
 
 @dataclass(frozen=True)

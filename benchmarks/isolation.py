@@ -39,16 +39,30 @@ while True:
 
 
 def _sweep(folder: Path, trials: int) -> optuna.Study:
-    subprocess.run([str(Path(sys.executable).parent / "slimsweep"), "run", str(ROOT / "experiments" / "digits.yaml"),
-                    "--trials", str(trials), "--output-dir", "outputs", "--quiet"], cwd=folder, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [
+            str(Path(sys.executable).parent / "slimsweep"),
+            "run",
+            str(ROOT / "experiments" / "digits.yaml"),
+            "--trials",
+            str(trials),
+            "--output-dir",
+            "outputs",
+            "--quiet",
+        ],
+        cwd=folder,
+        check=True,
+        capture_output=True,
+    )
     return optuna.load_study(study_name="digits", storage=f"sqlite:///{folder / 'outputs' / 'digits' / 'study.db'}")
 
 
 def _compare(reference: list[float], other: list[float]) -> dict[str, float]:
     ref, oth = np.array(reference), np.array(other)
-    return {"spearman": round(float(spearmanr(ref, oth).statistic), 3),
-            "median_rel_error": round(float(np.median(np.abs(oth - ref) / ref)), 3)}
+    return {
+        "spearman": round(float(spearmanr(ref, oth).statistic), 3),
+        "median_rel_error": round(float(np.median(np.abs(oth - ref) / ref)), 3),
+    }
 
 
 def main() -> int:
@@ -61,8 +75,9 @@ def main() -> int:
         folder = Path(tmp)
         study = _sweep(folder, args.trials)
         trials = [t for t in study.trials if t.state.name == "COMPLETE"]
-        models = {t.number: (folder / "outputs" / "digits" / "trials" / f"trial-{t.number}.onnx").read_bytes()
-                  for t in trials}
+        models = {
+            t.number: (folder / "outputs" / "digits" / "trials" / f"trial-{t.number}.onnx").read_bytes() for t in trials
+        }
         in_sweep = [t.user_attrs["metrics"]["latency_p50_ms"] for t in trials]
 
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[-1:])  # the core a station would keep

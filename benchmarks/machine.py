@@ -38,11 +38,15 @@ def section() -> str:
     """The machine as a markdown section."""
     model, flags = cpu_info()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    rows = [("CPU", model), ("cores usable", str(usable)), ("cores in the machine", str(os.cpu_count())),
-            ("memory", _memory()),
-            ("system", f"{platform.system()} {platform.release()}, Python {platform.python_version()}"),
-            ("load average (1, 5, 15 min) as the report ended", _load()),
-            ("int8-relevant flags", ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in INT8_FLAGS))]
+    rows = [
+        ("CPU", model),
+        ("cores usable", str(usable)),
+        ("cores in the machine", str(os.cpu_count())),
+        ("memory", _memory()),
+        ("system", f"{platform.system()} {platform.release()}, Python {platform.python_version()}"),
+        ("load average (1, 5, 15 min) as the report ended", _load()),
+        ("int8-relevant flags", ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in INT8_FLAGS)),
+    ]
     rows += [(name, version(name)) for name in LIBRARIES]
     lines = ["## The machine", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
     return "\n".join(lines) + "\n"

@@ -36,18 +36,24 @@ def section(out_dir: Path, quick: bool, *, work: Path, env: dict[str, str]) -> s
     m, t = card["measured"], card["teacher"]
     models = [(run.folder / "teacher.onnx").read_bytes(), (run.folder / "deployable.onnx").read_bytes()]
     sp = side_by_side(models, ["teacher fp32", "pick"])[1]
-    verdict = (f"the interval is clear of 1.0: the pick is {'faster' if sp.ci_low > 1 else 'slower'} beyond the noise"
-               if sp.clear_of_one else "**the interval includes 1.0: on this machine the pick is not measurably "
-               "faster than the teacher**")
-    lines += [f"* {sweeps.summary_line(run)}; {run.seconds:.0f} s in all, teacher training included.",
-              f"* Pick: `{card['plan_summary']}`, {m['accuracy']:.2f}% against the teacher's {t['accuracy']:.2f}% "
-              f"({-m['accuracy_drop']:+.2f} pt), {m['size_mb']:.3f} MB against {t['size_mb']:.3f} MB.",
-              f"* Latency: teacher {t['latency_p50_ms_verified']:.4f} ms, pick "
-              f"{m['latency_p50_ms_verified']:.4f} ms (verified side by side at the bench station at the end of the sweep); "
-              f"side by side ({sp.method}): speed-up {sp.text()}.", "",
-              f"> Quickstart: the pick `{card['plan_summary']}` ({-m['accuracy_drop']:+.2f} pt against the teacher) "
-              f"runs {sp.text()} "
-              f"as fast as the fp32 teacher side by side; {verdict}.", ""]
+    verdict = (
+        f"the interval is clear of 1.0: the pick is {'faster' if sp.ci_low > 1 else 'slower'} beyond the noise"
+        if sp.clear_of_one
+        else "**the interval includes 1.0: on this machine the pick is not measurably faster than the teacher**"
+    )
+    lines += [
+        f"* {sweeps.summary_line(run)}; {run.seconds:.0f} s in all, teacher training included.",
+        f"* Pick: `{card['plan_summary']}`, {m['accuracy']:.2f}% against the teacher's {t['accuracy']:.2f}% "
+        f"({-m['accuracy_drop']:+.2f} pt), {m['size_mb']:.3f} MB against {t['size_mb']:.3f} MB.",
+        f"* Latency: teacher {t['latency_p50_ms_verified']:.4f} ms, pick "
+        f"{m['latency_p50_ms_verified']:.4f} ms (verified side by side at the bench station at the end of the sweep); "
+        f"side by side ({sp.method}): speed-up {sp.text()}.",
+        "",
+        f"> Quickstart: the pick `{card['plan_summary']}` ({-m['accuracy_drop']:+.2f} pt against the teacher) "
+        f"runs {sp.text()} "
+        f"as fast as the fp32 teacher side by side; {verdict}.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -60,9 +66,20 @@ def main() -> int:
         if not args.keep_cache:
             env["SLIMSWEEP_CACHE"] = str(Path(tmp) / "cache")
         start = time.perf_counter()
-        proc = subprocess.run([str(Path(sys.executable).parent / "slimsweep"), "run",
-                               str(ROOT / "experiments" / "digits.yaml"), "--output-dir", "outputs", "--quiet"],
-                              cwd=tmp, env=env, capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "slimsweep"),
+                "run",
+                str(ROOT / "experiments" / "digits.yaml"),
+                "--output-dir",
+                "outputs",
+                "--quiet",
+            ],
+            cwd=tmp,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         seconds = time.perf_counter() - start
         if proc.returncode != 0:
             print(proc.stdout[-4000:], proc.stderr[-4000:], sep="\n")
@@ -74,10 +91,14 @@ def main() -> int:
         "wall_seconds": round(seconds, 1),
         "summary_line": next((line for line in proc.stdout.splitlines() if "trials finished" in line), ""),
         "picked": card["plan_summary"],
-        "accuracy": m["accuracy"], "teacher_accuracy": t["accuracy"], "accuracy_drop": m["accuracy_drop"],
-        "p50_ms_verified": m["latency_p50_ms_verified"], "teacher_p50_ms_verified": t["latency_p50_ms_verified"],
+        "accuracy": m["accuracy"],
+        "teacher_accuracy": t["accuracy"],
+        "accuracy_drop": m["accuracy_drop"],
+        "p50_ms_verified": m["latency_p50_ms_verified"],
+        "teacher_p50_ms_verified": t["latency_p50_ms_verified"],
         "speedup": round(card["speedup_vs_teacher"], 2),
-        "size_mb": m["size_mb"], "teacher_size_mb": t["size_mb"],
+        "size_mb": m["size_mb"],
+        "teacher_size_mb": t["size_mb"],
         "size_ratio": round(card["size_ratio_vs_teacher"], 2),
     }
     print(json.dumps(report, indent=2))

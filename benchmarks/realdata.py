@@ -47,8 +47,16 @@ class Scale:
 
 FULL = Scale(trials=24, seeds=(0, 1, 2))
 # The subset: one seed, a 2,000-image stratified sample of the 10,000, fewer epochs. Same searches, same budget each.
-QUICK = Scale(trials=5, seeds=(0,), overrides={"task.limit": 2000, "task.teacher.epochs": 3,
-                                                "space.students.cnn.epochs": 2, "space.pruning.recover_epochs": 1})
+QUICK = Scale(
+    trials=5,
+    seeds=(0,),
+    overrides={
+        "task.limit": 2000,
+        "task.teacher.epochs": 3,
+        "space.students.cnn.epochs": 2,
+        "space.pruning.recover_epochs": 1,
+    },
+)
 
 
 @dataclass
@@ -82,9 +90,17 @@ def _trial_rows(study, teacher: dict[str, float]) -> tuple[list[dict[str, Any]],
     front = []
     for t in study.best_trials:  # feasible and non-dominated, as Optuna judges them
         m = t.user_attrs["metrics"]
-        front.append({"trial": t.number, "plan": t.user_attrs.get("describe", ""), "accuracy": m["accuracy"],
-                      "accuracy_drop": m["accuracy_drop"], "p50_ms": m["latency_p50_ms"], "size_mb": m["size_mb"],
-                      "p50_ratio": m["latency_p50_ms"] / teacher["latency_p50_ms"]})
+        front.append(
+            {
+                "trial": t.number,
+                "plan": t.user_attrs.get("describe", ""),
+                "accuracy": m["accuracy"],
+                "accuracy_drop": m["accuracy_drop"],
+                "p50_ms": m["latency_p50_ms"],
+                "size_mb": m["size_mb"],
+                "p50_ratio": m["latency_p50_ms"] / teacher["latency_p50_ms"],
+            }
+        )
     return sorted(front, key=lambda r: r["p50_ms"]), duplicates, finished, failed
 
 
@@ -97,13 +113,18 @@ def _result(search: str, seed: int, run: sweeps.SweepRun) -> SearchResult:
         return SearchResult(search, seed, run, [], 0.0, 0, 0, 0, None)
     teacher = study.user_attrs["teacher"]
     front, duplicates, finished, failed = _trial_rows(study, teacher)
-    hv = hypervolume([Point(r["accuracy_drop"], r["p50_ms"], r["size_mb"], teacher["latency_p50_ms"],
-                            teacher["size_mb"]) for r in front])
+    hv = hypervolume(
+        [
+            Point(r["accuracy_drop"], r["p50_ms"], r["size_mb"], teacher["latency_p50_ms"], teacher["size_mb"])
+            for r in front
+        ]
+    )
     card = run.card()
     pick = card if card and card["measured"]["accuracy_drop"] <= MAX_DROP else None
     accuracies = [t.user_attrs["metrics"]["accuracy"] for t in study.trials if "metrics" in t.user_attrs]
-    return SearchResult(search, seed, run, front, hv, finished, failed, duplicates, pick,
-                        max(accuracies) if accuracies else None)
+    return SearchResult(
+        search, seed, run, front, hv, finished, failed, duplicates, pick, max(accuracies) if accuracies else None
+    )
 
 
 def _design_start(experiment: Path, outputs: Path) -> None:
@@ -127,8 +148,13 @@ def run_all(work: Path, scale: Scale, env: dict[str, str]) -> list[SearchResult]
             if search == "joint-design":
                 overrides["name"] = "bench-joint-design"
                 before = _design_start
-            run = sweeps.run(root / FILES.get(search, f"{search}.yaml"), work / "realdata" / search / f"seed{seed}",
-                             overrides, env, before)
+            run = sweeps.run(
+                root / FILES.get(search, f"{search}.yaml"),
+                work / "realdata" / search / f"seed{seed}",
+                overrides,
+                env,
+                before,
+            )
             results.append(_result(search, seed, run))
     return results
 
@@ -137,8 +163,14 @@ def time_picks(results: list[SearchResult]) -> None:
     """Per seed: the fp32 teacher and every search's pick, timed interleaved in one process."""
     for seed in sorted({r.seed for r in results}):
         group = [r for r in results if r.seed == seed and r.pick is not None]
-        teacher = next((r.run.folder / "teacher.onnx" for r in results if r.seed == seed
-                        and (r.run.folder / "teacher.onnx").is_file()), None)
+        teacher = next(
+            (
+                r.run.folder / "teacher.onnx"
+                for r in results
+                if r.seed == seed and (r.run.folder / "teacher.onnx").is_file()
+            ),
+            None,
+        )
         if not group or teacher is None:
             continue
         models = [teacher.read_bytes()] + [(r.run.folder / "deployable.onnx").read_bytes() for r in group]
@@ -167,8 +199,10 @@ def summarize(results: list[SearchResult]) -> dict[str, dict[str, Any]]:
         out[search] = {
             "hv": _median([r.hypervolume for r in mine]),
             "speedup": _median([r.speedup.speedup for r in mine if r.speedup]),
-            "picks": sum(r.pick is not None for r in mine), "seeds": len(mine),
-            "duplicates": sum(r.duplicates for r in mine), "finished": sum(r.finished for r in mine),
+            "picks": sum(r.pick is not None for r in mine),
+            "seeds": len(mine),
+            "duplicates": sum(r.duplicates for r in mine),
+            "finished": sum(r.finished for r in mine),
             "failed": sum(r.failed for r in mine),
             "best_accuracy": _median([r.best_accuracy for r in mine if r.best_accuracy is not None]),
         }
@@ -179,20 +213,29 @@ def goals(summary: dict[str, dict[str, Any]], key: str = "joint") -> list[str]:
     """The two goals the report is read against, met or not, with the figures, for one joint search."""
     joint = summary[key]
     singles = {k: summary[k] for k in SINGLE_KNOB}
-    best = max(((k, v["speedup"]) for k, v in singles.items() if v["speedup"] is not None),
-               key=lambda kv: kv[1], default=(None, None))
+    best = max(
+        ((k, v["speedup"]) for k, v in singles.items() if v["speedup"] is not None),
+        key=lambda kv: kv[1],
+        default=(None, None),
+    )
     lines = []
     if joint["speedup"] is None or best[1] is None:
-        lines.append(f"> MNIST, {key}: pick >= 1.5x faster than the best single-knob pick: **not measurable** "
-                     "(a search had no pick within 1 point).")
+        lines.append(
+            f"> MNIST, {key}: pick >= 1.5x faster than the best single-knob pick: **not measurable** "
+            "(a search had no pick within 1 point)."
+        )
     else:
         ratio = joint["speedup"] / best[1]
-        lines.append(f"> MNIST, {key}: pick >= 1.5x faster than the best single-knob pick ({best[0]}, {best[1]:.2f}x): "
-                     f"{key} {joint['speedup']:.2f}x, ratio {ratio:.2f}: **{'met' if ratio >= 1.5 else 'not met'}**.")
+        lines.append(
+            f"> MNIST, {key}: pick >= 1.5x faster than the best single-knob pick ({best[0]}, {best[1]:.2f}x): "
+            f"{key} {joint['speedup']:.2f}x, ratio {ratio:.2f}: **{'met' if ratio >= 1.5 else 'not met'}**."
+        )
     beaten = [k for k, v in singles.items() if (v["hv"] or 0.0) > (joint["hv"] or 0.0)]
-    lines.append(f"> MNIST, {key}: hypervolume >= every single-knob one: {_fmt(joint['hv'], '.4f')} against "
-                 + ", ".join(f"{k} {_fmt(v['hv'], '.4f')}" for k, v in singles.items())
-                 + f": **{'met' if not beaten else 'not met (' + ', '.join(beaten) + ' higher)'}**.")
+    lines.append(
+        f"> MNIST, {key}: hypervolume >= every single-knob one: {_fmt(joint['hv'], '.4f')} against "
+        + ", ".join(f"{k} {_fmt(v['hv'], '.4f')}" for k, v in singles.items())
+        + f": **{'met' if not beaten else 'not met (' + ', '.join(beaten) + ' higher)'}**."
+    )
     return lines
 
 
@@ -207,8 +250,13 @@ def plot(results: list[SearchResult], path: Path) -> None:
     for i, search in enumerate(SEARCHES):
         rows = [row for r in results if r.search == search for row in r.front]
         if rows:
-            ax.scatter([row["p50_ratio"] for row in rows], [row["accuracy"] for row in rows], label=search,
-                       marker="os^vDP"[i % 6], alpha=0.75)
+            ax.scatter(
+                [row["p50_ratio"] for row in rows],
+                [row["accuracy"] for row in rows],
+                label=search,
+                marker="os^vDP"[i % 6],
+                alpha=0.75,
+            )
     ax.axvline(1.0, color="grey", lw=0.8, ls="--")
     ax.set_xscale("log")
     ax.set_xlabel("p50 latency / fp32 teacher's p50 (log)")
@@ -225,49 +273,84 @@ def markdown(results: list[SearchResult], scale: Scale, png: str) -> str:
     """The section's text: setup, summary table, goals, fronts, picks."""
     summary = summarize(results)
     teacher = next((r.run.study().user_attrs["teacher"] for r in results if r.finished), None)
-    lines = ["## What the search finds on real data (MNIST)", "",
-             "Commands (one per search and seed, through the real `slimsweep run`): "
-             + "; ".join(f"`slimsweep run experiments/bench/{FILES.get(s, s + '.yaml')}`"
-                         + (" (named bench-joint-design, its study given search/startup.py's design first)"
-                            if s == "joint-design" else "") for s in SEARCHES)
-             + f", each with `search.seed` set per seed. Scale: {scale.describe()}.", ""]
+    lines = [
+        "## What the search finds on real data (MNIST)",
+        "",
+        "Commands (one per search and seed, through the real `slimsweep run`): "
+        + "; ".join(
+            f"`slimsweep run experiments/bench/{FILES.get(s, s + '.yaml')}`"
+            + (
+                " (named bench-joint-design, its study given search/startup.py's design first)"
+                if s == "joint-design"
+                else ""
+            )
+            for s in SEARCHES
+        )
+        + f", each with `search.seed` set per seed. Scale: {scale.describe()}.",
+        "",
+    ]
     if teacher:
-        lines += [f"fp32 teacher (width 1.5, depth 2): {teacher['accuracy']:.2f}% on the validation split, "
-                  f"{teacher['latency_p50_ms']:.3f} ms p50 at the bench station, {teacher['size_mb']:.3f} MB.", ""]
-    lines += [f"Hypervolume: Optuna's `compute_hypervolume` over each front; {REFERENCE_TEXT}.",
-              "Speed-up: each search's pick (fastest within 1.0 point of the teacher, re-timed at the end of its "
-              "sweep), then timed side by side with the fp32 teacher and the other picks of the same seed "
-              f"({(results[0].speedup.method if results and results[0].speedup else 'interleaved')}); "
-              "median per-round ratio and its 95% interval.", "",
-              "| search | trials finished (failed) | exact repeats | best accuracy of any trial (median) | "
-              "median hypervolume | picks within 1 pt | median speed-up of the pick |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"fp32 teacher (width 1.5, depth 2): {teacher['accuracy']:.2f}% on the validation split, "
+            f"{teacher['latency_p50_ms']:.3f} ms p50 at the bench station, {teacher['size_mb']:.3f} MB.",
+            "",
+        ]
+    lines += [
+        f"Hypervolume: Optuna's `compute_hypervolume` over each front; {REFERENCE_TEXT}.",
+        "Speed-up: each search's pick (fastest within 1.0 point of the teacher, re-timed at the end of its "
+        "sweep), then timed side by side with the fp32 teacher and the other picks of the same seed "
+        f"({(results[0].speedup.method if results and results[0].speedup else 'interleaved')}); "
+        "median per-round ratio and its 95% interval.",
+        "",
+        "| search | trials finished (failed) | exact repeats | best accuracy of any trial (median) | "
+        "median hypervolume | picks within 1 pt | median speed-up of the pick |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for search, label in SEARCHES.items():
         s = summary[search]
-        lines.append(f"| {label} | {s['finished']} ({s['failed']}) | {s['duplicates']} | "
-                     f"{_fmt(s['best_accuracy'])}% | {_fmt(s['hv'], '.4f')} | "
-                     f"{s['picks']}/{s['seeds']} | {_fmt(s['speedup'])}x |")
+        lines.append(
+            f"| {label} | {s['finished']} ({s['failed']}) | {s['duplicates']} | "
+            f"{_fmt(s['best_accuracy'])}% | {_fmt(s['hv'], '.4f')} | "
+            f"{s['picks']}/{s['seeds']} | {_fmt(s['speedup'])}x |"
+        )
     lines += ["", "Goals:", ""] + [x for k in JOINT for g in goals(summary, k) for x in (g, "")]
-    lines += [f"![fronts]({png})", "", "### Picks, per seed", "",
-              "| seed | search | pick | accuracy (vs teacher) | p50 in sweep | side-by-side speed-up [95% CI] |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        f"![fronts]({png})",
+        "",
+        "### Picks, per seed",
+        "",
+        "| seed | search | pick | accuracy (vs teacher) | p50 in sweep | side-by-side speed-up [95% CI] |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in results:
         if not r.finished:
-            lines.append(f"| {r.seed} | {r.search} | the sweep failed (exit {r.run.returncode}): "
-                         f"{_cell((r.run.stderr.strip().splitlines() or [''])[-1][:150])} | | | |")
+            lines.append(
+                f"| {r.seed} | {r.search} | the sweep failed (exit {r.run.returncode}): "
+                f"{_cell((r.run.stderr.strip().splitlines() or [''])[-1][:150])} | | | |"
+            )
             continue
         if r.pick is None:
             lines.append(f"| {r.seed} | {r.search} | no model within 1 point of the teacher | | | |")
             continue
         m = r.pick["measured"]
-        lines.append(f"| {r.seed} | {r.search} | {_cell(r.pick['plan_summary'])} | {m['accuracy']:.2f} "
-                     f"({-m['accuracy_drop']:+.2f} pt) | {m['latency_p50_ms']:.3f} ms | "
-                     f"{r.speedup.text() if r.speedup else '-'} |")
-    lines += ["", "### Fronts, per search and seed", "",
-              "| search | seed | trial | plan | accuracy | p50 ms | size MB |", "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {r.seed} | {r.search} | {_cell(r.pick['plan_summary'])} | {m['accuracy']:.2f} "
+            f"({-m['accuracy_drop']:+.2f} pt) | {m['latency_p50_ms']:.3f} ms | "
+            f"{r.speedup.text() if r.speedup else '-'} |"
+        )
+    lines += [
+        "",
+        "### Fronts, per search and seed",
+        "",
+        "| search | seed | trial | plan | accuracy | p50 ms | size MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         for row in r.front:
-            lines.append(f"| {r.search} | {r.seed} | {row['trial']} | {_cell(row['plan'])} | {row['accuracy']:.2f} | "
-                         f"{row['p50_ms']:.3f} | {row['size_mb']:.3f} |")
+            lines.append(
+                f"| {r.search} | {r.seed} | {row['trial']} | {_cell(row['plan'])} | {row['accuracy']:.2f} | "
+                f"{row['p50_ms']:.3f} | {row['size_mb']:.3f} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -60,12 +60,14 @@ def _own(module: str) -> Callable[..., str]:
         mod = importlib.import_module(f"benchmarks.{module}")
         kwargs = {"work": work, "env": env} if "env" in mod.section.__code__.co_varnames else {"work": work}
         return mod.section(png_dir, quick, **kwargs)
+
     return call
 
 
 def _theirs(module: str) -> Callable[..., str]:
     def call(png_dir: Path, quick: bool, work: Path, env: dict[str, str]) -> str:
         return importlib.import_module(f"benchmarks.{module}").section(png_dir, quick)
+
     return call
 
 
@@ -106,22 +108,34 @@ def reused_note(work: Path) -> str:
     """What a --reuse report read back: how many sweeps, and the driver time they took when they ran."""
     runs = [r for r in (sweeps.load_run(p.parent) for p in sorted(work.rglob("run.json"))) if r is not None]
     minutes = sum(r.seconds for r in runs) / 60
-    return (f"The {len(runs)} sweeps were read back from their earlier run in the same folder (`--reuse`); they took "
-            f"{minutes:.1f} minutes of driver wall clock when they ran, from {min(r.started for r in runs):%H:%M} "
-            f"to {max(r.ended for r in runs):%H:%M} UTC. Timings taken side by side were taken again.")
+    return (
+        f"The {len(runs)} sweeps were read back from their earlier run in the same folder (`--reuse`); they took "
+        f"{minutes:.1f} minutes of driver wall clock when they ran, from {min(r.started for r in runs):%H:%M} "
+        f"to {max(r.ended for r in runs):%H:%M} UTC. Timings taken side by side were taken again."
+    )
 
 
-def document(outcomes: list[Outcome], quick: bool, total: float, command: str, when: datetime,
-             reused: str = "") -> str:
+def document(outcomes: list[Outcome], quick: bool, total: float, command: str, when: datetime, reused: str = "") -> str:
     """The whole BENCHMARKS.md."""
-    scope = ("**This is the quick subset** (`make bench-quick`): fewer trials, one seed, smaller training; "
-             "`make bench` runs the full report." if quick else "This is the full report (`make bench`).")
-    lines = ["# Benchmarks", "",
-             f"Written by `{command}` on {when:%Y-%m-%d %H:%M} UTC, in {total / 60:.1f} minutes on the machine "
-             f"below. Nothing here is typed by hand: every figure, table and plot comes from that run. {scope}"
-             + (f" {reused}" if reused else ""), "",
-             "## Headline", "", *(headline(outcomes) or ["* (no section produced a headline)"]), "",
-             machine.section()]
+    scope = (
+        "**This is the quick subset** (`make bench-quick`): fewer trials, one seed, smaller training; "
+        "`make bench` runs the full report."
+        if quick
+        else "This is the full report (`make bench`)."
+    )
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `{command}` on {when:%Y-%m-%d %H:%M} UTC, in {total / 60:.1f} minutes on the machine "
+        f"below. Nothing here is typed by hand: every figure, table and plot comes from that run. {scope}"
+        + (f" {reused}" if reused else ""),
+        "",
+        "## Headline",
+        "",
+        *(headline(outcomes) or ["* (no section produced a headline)"]),
+        "",
+        machine.section(),
+    ]
     lines += [o.text for o in outcomes]
     lines += ["## How long each section took", "", "| section | minutes |", "|---|---|"]
     lines += [f"| {o.title} | {o.seconds / 60:.1f} |" for o in outcomes]
@@ -145,8 +159,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="the documented subset (at most ~15 minutes on 2 cores)")
     parser.add_argument("--work", type=Path, help="folder for the sweeps' outputs (default: a new temporary folder)")
     parser.add_argument("--keep-cache", action="store_true", help="reuse $SLIMSWEEP_CACHE instead of a fresh one")
-    parser.add_argument("--reuse", action="store_true",
-                        help="read back sweeps that already finished in --work instead of running them again")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="read back sweeps that already finished in --work instead of running them again",
+    )
     parser.add_argument("--only", nargs="*", help="run only these sections (module names); the report says so")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="slimsweep-bench-"))
@@ -169,10 +186,18 @@ def main() -> int:
         print(f"[report] {s.module} done in {outcomes[-1].seconds:.0f} s", flush=True)
     total = time.perf_counter() - start
     DOC.write_text(document(outcomes, args.quick, total, command, when, reused_note(work) if args.reuse else ""))
-    readme = update_readme([*headline(outcomes), "", f"Full figures, the machine and the commands: "
-                            f"[docs/BENCHMARKS.md](docs/BENCHMARKS.md) (written by `{command}`)."])
-    print(f"[report] wrote {DOC} in {total / 60:.1f} min; sweeps in {work}; README headline "
-          f"{'updated' if readme else 'not updated (no markers)'}")
+    readme = update_readme(
+        [
+            *headline(outcomes),
+            "",
+            f"Full figures, the machine and the commands: "
+            f"[docs/BENCHMARKS.md](docs/BENCHMARKS.md) (written by `{command}`).",
+        ]
+    )
+    print(
+        f"[report] wrote {DOC} in {total / 60:.1f} min; sweeps in {work}; README headline "
+        f"{'updated' if readme else 'not updated (no markers)'}"
+    )
     return 0
 
 

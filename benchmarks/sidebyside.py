@@ -32,5 +32,7 @@ class Speedup:
 def side_by_side(models: Sequence[bytes], names: Sequence[str], *, max_seconds: float = 20.0) -> list[Speedup]:
     """Each model's speed-up over models[0], timed interleaved round after round in this process."""
     result = compare(list(models), CompareSettings(max_seconds=max_seconds), names=list(names))
-    return [Speedup(name=m.name, p50_ms=m.p50_ms, speedup=m.speedup, ci_low=m.speedup_ci_low,
-                    ci_high=m.speedup_ci_high) for m in result.models]
+    return [
+        Speedup(name=m.name, p50_ms=m.p50_ms, speedup=m.speedup, ci_low=m.speedup_ci_low, ci_high=m.speedup_ci_high)
+        for m in result.models
+    ]

@@ -23,9 +23,15 @@ from optuna.trial import FrozenTrial
 from benchmarks import sweeps
 
 STAGES = ("distill", "prune", "export", "quantize", "latency", "accuracy", "latency_first")
-LABELS = {"distill": "training (distillation)", "prune": "pruning and recovery", "export": "export to ONNX",
-          "quantize": "quantization", "latency": "latency, incl. station queueing", "accuracy": "accuracy",
-          "latency_first": "latency first (untrained structure)"}
+LABELS = {
+    "distill": "training (distillation)",
+    "prune": "pruning and recovery",
+    "export": "export to ONNX",
+    "quantize": "quantization",
+    "latency": "latency, incl. station queueing",
+    "accuracy": "accuracy",
+    "latency_first": "latency first (untrained structure)",
+}
 
 
 @dataclass(frozen=True)
@@ -75,48 +81,89 @@ def breakdown(trials: Sequence[FrozenTrial], started: datetime, ended: datetime)
             overlap |= gap < 0
             between += max(0.0, gap)
     first, last = (_utc(done[0].datetime_start), _utc(done[-1].datetime_complete)) if done else (started, started)
-    first_other = max(0.0, (done[0].datetime_complete - done[0].datetime_start).total_seconds()
-                      - sum(done[0].user_attrs.get("stages", {}).values())) if done else 0.0
-    return Breakdown(stages=stages, in_trial_other=in_trial_other, first_trial_other=first_other,
-                     between_trials=between,
-                     before_first=(first - started).total_seconds(), after_last=(ended - last).total_seconds(),
-                     span=(last - first).total_seconds(), driver=(ended - started).total_seconds(),
-                     trials=len(done), parallel_ok=not overlap)
+    first_other = (
+        max(
+            0.0,
+            (done[0].datetime_complete - done[0].datetime_start).total_seconds()
+            - sum(done[0].user_attrs.get("stages", {}).values()),
+        )
+        if done
+        else 0.0
+    )
+    return Breakdown(
+        stages=stages,
+        in_trial_other=in_trial_other,
+        first_trial_other=first_other,
+        between_trials=between,
+        before_first=(first - started).total_seconds(),
+        after_last=(ended - last).total_seconds(),
+        span=(last - first).total_seconds(),
+        driver=(ended - started).total_seconds(),
+        trials=len(done),
+        parallel_ok=not overlap,
+    )
 
 
 def _table(name: str, run: sweeps.SweepRun, b: Breakdown) -> list[str]:
     def row(label: str, seconds: float, whose: str) -> str:
         return f"| {label} | {seconds:.1f} | {100 * seconds / b.driver:.1f}% | {whose} |"
 
-    lines = [f"### {name}", "", f"Command: `{run.command}`; {b.trials} trials; driver wall clock {b.driver:.0f} s.", "",
-             "| part | seconds | share of the run | kind |", "|---|---|---|---|"]
-    lines.append(row("before the first trial: task, teacher (train or cache), Ray start, teacher timed", b.before_first,
-                     "setup"))
-    lines.append(row("first trial, outside its stages: a Ray worker starts (imports torch), as above",
-                     b.first_trial_other, "setup"))
+    lines = [
+        f"### {name}",
+        "",
+        f"Command: `{run.command}`; {b.trials} trials; driver wall clock {b.driver:.0f} s.",
+        "",
+        "| part | seconds | share of the run | kind |",
+        "|---|---|---|---|",
+    ]
+    lines.append(
+        row("before the first trial: task, teacher (train or cache), Ray start, teacher timed", b.before_first, "setup")
+    )
+    lines.append(
+        row(
+            "first trial, outside its stages: a Ray worker starts (imports torch), as above",
+            b.first_trial_other,
+            "setup",
+        )
+    )
     for k in STAGES:
         if b.stages.get(k):
             lines.append(row(LABELS[k], b.stages[k], "training and measuring"))
-    lines.append(row("every later trial, outside its stages: Optuna sampling, Ray dispatch, teacher copy, tell",
-                     b.in_trial_other, "overhead"))
+    lines.append(
+        row(
+            "every later trial, outside its stages: Optuna sampling, Ray dispatch, teacher copy, tell",
+            b.in_trial_other,
+            "overhead",
+        )
+    )
     lines.append(row("between trials: MLflow mirror, progress", b.between_trials, "overhead"))
     lines.append(row("after the last trial: front re-timed, pick, registry, model card", b.after_last, "delivery"))
     verdict = "met" if b.overhead_share <= 0.03 else "not met"
     note = "" if b.parallel_ok else " (trials overlapped, so gaps between them are not the driver's alone)"
-    lines += ["", f"> {name}: overhead while trials run: {b.overhead:.1f} s of a {b.span:.0f} s span = "
-                  f"**{100 * b.overhead_share:.1f}%** (goal <= 3%: **{verdict}**){note}; "
-                  f"{b.overhead / max(1, b.trials - 1):.2f} s per trial after the first.", ""]
+    lines += [
+        "",
+        f"> {name}: overhead while trials run: {b.overhead:.1f} s of a {b.span:.0f} s span = "
+        f"**{100 * b.overhead_share:.1f}%** (goal <= 3%: **{verdict}**){note}; "
+        f"{b.overhead / max(1, b.trials - 1):.2f} s per trial after the first.",
+        "",
+    ]
     return lines
 
 
 def section(out_dir: Path, quick: bool, *, work: Path) -> str:
     """The breakdown for the quickstart and the MNIST joint sweep that the other sections ran in `work`."""
-    lines = ["## Where a trial's time goes", "",
-             "From each sweep's stored record: worker stages (`stages` on each trial), Optuna's ask and tell stamps, "
-             "and the driver's wall clock. Station queueing is inside the latency stage; Optuna, Ray and MLflow are "
-             "not stamped apart, so they appear as the two overhead rows.", ""]
-    sweeps_here = (("Quickstart (experiments/digits.yaml)", work / "quickstart"),
-                   ("MNIST joint sweep (experiments/bench/joint.yaml, seed 0)", work / "realdata" / "joint" / "seed0"))
+    lines = [
+        "## Where a trial's time goes",
+        "",
+        "From each sweep's stored record: worker stages (`stages` on each trial), Optuna's ask and tell stamps, "
+        "and the driver's wall clock. Station queueing is inside the latency stage; Optuna, Ray and MLflow are "
+        "not stamped apart, so they appear as the two overhead rows.",
+        "",
+    ]
+    sweeps_here = (
+        ("Quickstart (experiments/digits.yaml)", work / "quickstart"),
+        ("MNIST joint sweep (experiments/bench/joint.yaml, seed 0)", work / "realdata" / "joint" / "seed0"),
+    )
     for name, folder in sweeps_here:
         run = sweeps.load_run(folder)
         if run is None or run.returncode != 0:

@@ -45,9 +45,16 @@ class SweepRun:
 
     def save(self) -> None:
         """Keep the driver's clock and output beside the sweep, for sections that read it later (stages.py)."""
-        meta = {"name": self.name, "folder": str(self.folder), "command": self.command, "returncode": self.returncode,
-                "started": self.started.isoformat(), "ended": self.ended.isoformat(), "stdout": self.stdout[-20000:],
-                "stderr": self.stderr[-20000:]}
+        meta = {
+            "name": self.name,
+            "folder": str(self.folder),
+            "command": self.command,
+            "returncode": self.returncode,
+            "started": self.started.isoformat(),
+            "ended": self.ended.isoformat(),
+            "stdout": self.stdout[-20000:],
+            "stderr": self.stderr[-20000:],
+        }
         (self.folder.parent.parent / "run.json").write_text(json.dumps(meta, indent=1))
 
     def card(self) -> dict[str, Any] | None:
@@ -68,8 +75,13 @@ def set_dotted(doc: dict[str, Any], dotted: str, value: Any) -> bool:
     return True
 
 
-def run(experiment: Path, folder: Path, overrides: dict[str, Any], env: dict[str, str],
-        before: Callable[[Path, Path], None] | None = None) -> SweepRun:
+def run(
+    experiment: Path,
+    folder: Path,
+    overrides: dict[str, Any],
+    env: dict[str, str],
+    before: Callable[[Path, Path], None] | None = None,
+) -> SweepRun:
     """Write the experiment with the overrides into `folder`, run it there, and return what happened; `before` gets
     the written file and the output folder first (to prepare the study, e.g. a start-up design)."""
     done = load_run(folder) if REUSE["finished"] else None
@@ -79,10 +91,17 @@ def run(experiment: Path, folder: Path, overrides: dict[str, Any], env: dict[str
     overrides = {k: v for k, v in overrides.items() if set_dotted(doc, k, v)}
     folder.mkdir(parents=True, exist_ok=True)
     derived = folder / "experiment.yaml"
-    derived.write_text(f"# {experiment.relative_to(ROOT)} with {json.dumps(overrides)}\n"
-                       + yaml.safe_dump(doc, sort_keys=False))
-    argv = [str(Path(sys.executable).parent / "slimsweep"), "run", str(derived), "--output-dir",
-            str(folder / "outputs"), "--quiet"]
+    derived.write_text(
+        f"# {experiment.relative_to(ROOT)} with {json.dumps(overrides)}\n" + yaml.safe_dump(doc, sort_keys=False)
+    )
+    argv = [
+        str(Path(sys.executable).parent / "slimsweep"),
+        "run",
+        str(derived),
+        "--output-dir",
+        str(folder / "outputs"),
+        "--quiet",
+    ]
     if before is not None:
         before(derived, folder / "outputs")
     started = datetime.now(timezone.utc)
@@ -91,8 +110,16 @@ def run(experiment: Path, folder: Path, overrides: dict[str, Any], env: dict[str
     ended = started.fromtimestamp(started.timestamp() + time.perf_counter() - t0, timezone.utc)
     shown = " ".join(f"{k}={v}" for k, v in overrides.items())
     command = f"slimsweep run {experiment.relative_to(ROOT)}" + (f"  (overrides: {shown})" if shown else "")
-    result = SweepRun(name=doc["name"], folder=folder / "outputs" / doc["name"], command=command,
-                    started=started, ended=ended, returncode=proc.returncode, stdout=proc.stdout, stderr=proc.stderr)
+    result = SweepRun(
+        name=doc["name"],
+        folder=folder / "outputs" / doc["name"],
+        command=command,
+        started=started,
+        ended=ended,
+        returncode=proc.returncode,
+        stdout=proc.stdout,
+        stderr=proc.stderr,
+    )
     result.save()
     return result
 
@@ -103,9 +130,16 @@ def load_run(folder: Path) -> SweepRun | None:
     if not path.is_file():
         return None
     m = json.loads(path.read_text())
-    return SweepRun(name=m["name"], folder=Path(m["folder"]), command=m["command"],
-                    started=datetime.fromisoformat(m["started"]), ended=datetime.fromisoformat(m["ended"]),
-                    returncode=m["returncode"], stdout=m["stdout"], stderr=m["stderr"])
+    return SweepRun(
+        name=m["name"],
+        folder=Path(m["folder"]),
+        command=m["command"],
+        started=datetime.fromisoformat(m["started"]),
+        ended=datetime.fromisoformat(m["ended"]),
+        returncode=m["returncode"],
+        stdout=m["stdout"],
+        stderr=m["stderr"],
+    )
 
 
 def summary_line(run: SweepRun) -> str:

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from a checkout: import the project beside it
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.tabular_grid import (
+from benchmarks.tabular_grid import (  # noqa: E402 - after the path set-up above
     TABLE,
     build,
     enumerate_space,
@@ -45,7 +45,7 @@ from benchmarks.tabular_grid import (
     plan_key,
     read_rows,
 )
-from spaces.plan import CompressionPlan, Space, sample
+from spaces.plan import CompressionPlan, Space, sample  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------------- replay
 
@@ -94,14 +94,17 @@ class Normalisation:
     def of(table: Table) -> Normalisation:
         ok = [v for v in table.rows.values() if v is not None]
         t = table.teacher
-        return Normalisation(best=(max(v[0] for v in ok), min(v[1] for v in ok), min(v[2] for v in ok)),
-                             ref=(t[0] - ACCURACY_FLOOR_PT, t[1], t[2]))
+        return Normalisation(
+            best=(max(v[0] for v in ok), min(v[1] for v in ok), min(v[2] for v in ok)),
+            ref=(t[0] - ACCURACY_FLOOR_PT, t[1], t[2]),
+        )
 
     def __call__(self, values: tuple[float, float, float]) -> np.ndarray:
         (ba, bl, bs), (ra, rl, rs) = self.best, self.ref
         acc, lat, size = values
-        return np.array([(ba - acc) / (ba - ra), np.log(lat / bl) / np.log(rl / bl),
-                         np.log(size / bs) / np.log(rs / bs)])
+        return np.array(
+            [(ba - acc) / (ba - ra), np.log(lat / bl) / np.log(rl / bl), np.log(size / bs) / np.log(rs / bs)]
+        )
 
 
 def hypervolume(losses: Iterable[np.ndarray], ref: np.ndarray) -> float:
@@ -144,8 +147,17 @@ def _sampler(name: str, seed: int) -> Any:
     return variants[name]() if name in variants else make_sampler(name, seed, SWEEP_TRIALS)
 
 
-def replay(name: str, seed: int, table: Table, norm: Normalisation, *, stop_at: float, min_trials: int,
-           max_asks: int | None = None, space: Space | None = None) -> Run:
+def replay(
+    name: str,
+    seed: int,
+    table: Table,
+    norm: Normalisation,
+    *,
+    stop_at: float,
+    min_trials: int,
+    max_asks: int | None = None,
+    space: Space | None = None,
+) -> Run:
     """Run one sampler over the table until it reaches `stop_at` hypervolume (and min_trials distinct plans), has
     seen every plan, or made max_asks asks; a repeated plan is told its earlier result and trains nothing.
 
@@ -159,8 +171,10 @@ def replay(name: str, seed: int, table: Table, norm: Normalisation, *, stop_at: 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     space = space or grid_space()
     fresh, uniform = name.endswith("+fresh"), name == "uniform"
-    study = optuna.create_study(directions=["maximize", "minimize", "minimize"],
-                                sampler=_sampler("random" if uniform else name.removesuffix("+fresh"), seed))
+    study = optuna.create_study(
+        directions=["maximize", "minimize", "minimize"],
+        sampler=_sampler("random" if uniform else name.removesuffix("+fresh"), seed),
+    )
     grid = enumerate_space(space)
     rng = random.Random(seed)
     seen: dict[str, tuple[float, float, float] | None] = {}
@@ -185,8 +199,11 @@ def replay(name: str, seed: int, table: Table, norm: Normalisation, *, stop_at: 
             run.asks.append(asks)
             run.keys.append(key)
         values = seen[key]
-        study.tell(trial, list(values) if values else None,
-                   state=optuna.trial.TrialState.COMPLETE if values else optuna.trial.TrialState.FAIL)
+        study.tell(
+            trial,
+            list(values) if values else None,
+            state=optuna.trial.TrialState.COMPLETE if values else optuna.trial.TrialState.FAIL,
+        )
         if run.curve[-1] >= stop_at and len(run.curve) >= min_trials:
             break
     return run
@@ -196,10 +213,10 @@ def replay(name: str, seed: int, table: Table, norm: Normalisation, *, stop_at: 
 
 SAMPLERS = {  # name -> how it is configured, for the report
     "tpe": f"slimsweep's default: TPESampler(n_startup_trials=10, multivariate=True, group=True), as "
-           f"search.samplers.make_sampler for {SWEEP_TRIALS} trials",
+    f"search.samplers.make_sampler for {SWEEP_TRIALS} trials",
     "nsgaii": f"NSGAIISampler(population_size=33), as search.samplers.make_sampler for {SWEEP_TRIALS} trials",
     "gp": f"GPSampler() (Optuna's defaults: 10 start-up trials); stops at the target or {SWEEP_TRIALS} asks, as its "
-          "asks cost seconds each here",
+    "asks cost seconds each here",
     "random": "RandomSampler() over the space: each knob drawn uniformly",
     "uniform": "random search over the grid: an unseen plan drawn uniformly at every ask",
 }
@@ -243,8 +260,13 @@ def _plot(curves: dict[str, list[Run]], true_hv: float, path: Path) -> None:
         (line,) = ax.plot(x, med, label=f"{name} (median of {len(runs)} seeds)")
         ax.fill_between(x, q1, q3, color=line.get_color(), alpha=0.2)
     ax.axhline(TARGET_SHARE, color="grey", linestyle="--", linewidth=1, label=f"{TARGET_SHARE:.0%} of the grid's front")
-    ax.set(xlabel="distinct plans trained (repeats answered free)", ylabel="hypervolume / grid's true hypervolume",
-           ylim=(0.5, 1.01), xlim=(1, SWEEP_TRIALS), title="Samplers replayed over the digits grid (band: quartiles)")
+    ax.set(
+        xlabel="distinct plans trained (repeats answered free)",
+        ylabel="hypervolume / grid's true hypervolume",
+        ylim=(0.5, 1.01),
+        xlim=(1, SWEEP_TRIALS),
+        title="Samplers replayed over the digits grid (band: quartiles)",
+    )
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -275,12 +297,20 @@ def _replay_job(job: tuple[str, int, float]) -> Run:
     # GP stops at the target or a sweep's worth of asks: they cost seconds each here (a GP fit and an acquisition
     # search per ask); the others go on to the plot's full axis.
     gp = name.startswith("gp")
-    return replay(name, seed, table, Normalisation.of(table), stop_at=target, min_trials=0 if gp else SWEEP_TRIALS,
-                  max_asks=SWEEP_TRIALS if gp else MAX_ASKS)
+    return replay(
+        name,
+        seed,
+        table,
+        Normalisation.of(table),
+        stop_at=target,
+        min_trials=0 if gp else SWEEP_TRIALS,
+        max_asks=SWEEP_TRIALS if gp else MAX_ASKS,
+    )
 
 
-def _replay_all(names: list[str], seeds: int, target: float, workers: int | None, log: Path,
-                replay_missing: bool = True) -> dict[str, list[Run]]:
+def _replay_all(
+    names: list[str], seeds: int, target: float, workers: int | None, log: Path, replay_missing: bool = True
+) -> dict[str, list[Run]]:
     """Each (sampler, seed) replayed once: runs already in the log (for this table) are reused, the others are
     replayed and appended to it as each finishes, so an interrupted replay resumes where it stopped."""
     digest = hashlib.sha256(TABLE.read_bytes()).hexdigest()[:16]
@@ -293,20 +323,25 @@ def _replay_all(names: list[str], seeds: int, target: float, workers: int | None
     jobs = [(n, s, target) for n in names for s in range(seeds) if (n, s) not in done]
     jobs.sort(key=lambda j: j[0] == "gp")  # the cheap samplers first, the GP's seconds-long asks last
     if replay_missing and jobs:
-        with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, initializer=_one_thread) as pool, \
-                log.open("a") as f:
+        with (
+            ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, initializer=_one_thread) as pool,
+            log.open("a") as f,
+        ):
             futures = {pool.submit(_replay_job, job): job for job in jobs}
             for future in as_completed(futures):
                 name, seed, _ = futures[future]
                 run = done[(name, seed)] = future.result()
-                f.write(json.dumps({"table": digest, "name": name, "seed": seed, "curve": run.curve,
-                                    "asks": run.asks}) + "\n")
+                f.write(
+                    json.dumps({"table": digest, "name": name, "seed": seed, "curve": run.curve, "asks": run.asks})
+                    + "\n"
+                )
                 f.flush()
     return {n: [done[(n, s)] for s in range(seeds) if (n, s) in done] for n in names}
 
 
-def section(out_dir: Path, quick: bool, workers: int | None = None, seeds: int | None = None,
-            replay_missing: bool = True) -> str:
+def section(
+    out_dir: Path, quick: bool, workers: int | None = None, seeds: int | None = None, replay_missing: bool = True
+) -> str:
     """The report's section on how fast each sampler reaches the grid's front; writes its PNG into out_dir.
 
     Runs are kept in out_dir/tabular-runs.jsonl and reused; replay_missing=False renders from those alone.
@@ -319,8 +354,9 @@ def section(out_dir: Path, quick: bool, workers: int | None = None, seeds: int |
     out_dir.mkdir(parents=True, exist_ok=True)
     # --quick leaves out the variants and GP (whose asks cost seconds each): minutes instead of tens of minutes.
     names = [n for n in SAMPLERS if n != "gp"] if quick else list(SAMPLERS) + list(VARIANTS)
-    runs = _replay_all(names, seeds or (3 if quick else 10), target, workers, out_dir / "tabular-runs.jsonl",
-                       replay_missing)
+    runs = _replay_all(
+        names, seeds or (3 if quick else 10), target, workers, out_dir / "tabular-runs.jsonl", replay_missing
+    )
     names = [n for n in names if runs[n]]
     runs = {n: runs[n] for n in names}
     elapsed = time.perf_counter() - start
@@ -334,8 +370,10 @@ def section(out_dir: Path, quick: bool, workers: int | None = None, seeds: int |
     provenance = {h.split(":", 1)[0]: h.split(":", 1)[1].strip() for h in header if ":" in h}
     ok = {k: v for k, v in table.rows.items() if v is not None}
     front = _front(ok, norm)
-    labels = {r["key"]: r["label"] + (f" | T={float(r['temperature']):g}" if r["temperature"] else "")
-              for r in read_rows(TABLE)}
+    labels = {
+        r["key"]: r["label"] + (f" | T={float(r['temperature']):g}" if r["temperature"] else "")
+        for r in read_rows(TABLE)
+    }
     t = table.teacher
     lines = [
         "## How fast the search gets there: samplers replayed over a tabular benchmark",
@@ -347,8 +385,9 @@ def section(out_dir: Path, quick: bool, workers: int | None = None, seeds: int |
         f"{provenance.get('machine', '?')} ({provenance.get('date', '?')}). Latencies come from one interleaved pass "
         f"over all plans; {sum(v is None for v in table.rows.values())} plans failed.",
         "",
-        f"**Hypervolume.** Accuracy (max), p50 latency and size (min), each mapped so the grid's best value is 0 and the "
-        f"reference point is 1: accuracy linearly, latency and size on a log scale. Reference point: the fp32 teacher's "
+        "**Hypervolume.** Accuracy (max), p50 latency and size (min), each mapped so the grid's best value is 0 and "
+        "the reference point is 1: accuracy linearly, latency and size on a log scale. Reference point: the fp32 "
+        "teacher's "
         f"p50 ({t[1]:.4f} ms) and size ({t[2]:.4f} MB), and its accuracy minus {ACCURACY_FLOOR_PT:g} points "
         f"({t[0] - ACCURACY_FLOOR_PT:.2f}%); plans outside it count nothing. Computed by Optuna's "
         f"`optuna._hypervolume.compute_hypervolume`. The grid's true front has {len(front)} plans and hypervolume "
@@ -357,12 +396,13 @@ def section(out_dir: Path, quick: bool, workers: int | None = None, seeds: int |
         "**Repeats.** A sampler that proposes a plan it already tried gets the earlier result back (as the sweep's "
         "driver answers duplicates), so a repeat trains nothing: trials count distinct plans trained; asks count "
         f"every proposal. A replay stops once it has passed the target and {SWEEP_TRIALS} distinct plans (GP: once "
-        f"it has passed the target, or after {SWEEP_TRIALS} asks), has seen every plan, or made {MAX_ASKS} asks. Each curve is drawn as far as "
-        "all its seeds go.",
+        f"it has passed the target, or after {SWEEP_TRIALS} asks), has seen every plan, or made {MAX_ASKS} asks. "
+        "Each curve is drawn as far as all its seeds go.",
         "",
-        f"| sampler | settings | distinct plans to {TARGET_SHARE:.0%} (median [quartiles]) | asks to {TARGET_SHARE:.0%} "
-        f"(median) | seeds reaching | share of random's / uniform's plans | distinct plans to 90% (median) | hypervolume share at 25 / 50 / {SWEEP_TRIALS} plans "
-        "(median) |",
+        f"| sampler | settings | distinct plans to {TARGET_SHARE:.0%} (median [quartiles]) | "
+        f"asks to {TARGET_SHARE:.0%} (median) | seeds reaching | share of random's / uniform's plans | "
+        "distinct plans to 90% (median) | "
+        f"hypervolume share at 25 / 50 / {SWEEP_TRIALS} plans (median) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     reached = {n: _reached(r, target) for n, r in runs.items()}
@@ -377,14 +417,21 @@ def section(out_dir: Path, quick: bool, workers: int | None = None, seeds: int |
         share = None if med is None or random_median is None else med / random_median
         verdicts[n] = share
         versus_uniform[n] = None if med is None or uniform_median is None else med / uniform_median
-        at = [statistics.median(r.curve[k - 1] / true_hv for r in runs[n]) if all(len(r.curve) >= k for r in runs[n])
-              else None for k in (25, 50, SWEEP_TRIALS)]
+        at = [
+            statistics.median(r.curve[k - 1] / true_hv for r in runs[n])
+            if all(len(r.curve) >= k for r in runs[n])
+            else None
+            for k in (25, 50, SWEEP_TRIALS)
+        ]
         to90 = median_or_none([trials_to_reach(r.curve, 0.9 * true_hv) for r in runs[n]])
-        lines.append(f"| {n} | {(SAMPLERS | VARIANTS)[n]} | {_fmt(med)}{spread} | {_fmt(median_or_none(asks))} | "
-                     f"{len(got)}/{len(trials)} | {_pct(share)} / {_pct(versus_uniform[n])} | {_fmt(to90)} | "
-                     f"{' / '.join('–' if a is None else f'{a:.2f}' for a in at)} |")
-    best = [n for n, s in verdicts.items() if n not in ("random", "uniform") and s is not None
-            and s <= GOAL_SHARE_OF_RANDOM]
+        lines.append(
+            f"| {n} | {(SAMPLERS | VARIANTS)[n]} | {_fmt(med)}{spread} | {_fmt(median_or_none(asks))} | "
+            f"{len(got)}/{len(trials)} | {_pct(share)} / {_pct(versus_uniform[n])} | {_fmt(to90)} | "
+            f"{' / '.join('–' if a is None else f'{a:.2f}' for a in at)} |"
+        )
+    best = [
+        n for n, s in verdicts.items() if n not in ("random", "uniform") and s is not None and s <= GOAL_SHARE_OF_RANDOM
+    ]
     tpe, tpe_u = verdicts["tpe"], versus_uniform["tpe"]
     lines += [
         "",
@@ -400,8 +447,10 @@ def section(out_dir: Path, quick: bool, workers: int | None = None, seeds: int |
         "",
         "| plan | accuracy % | p50 ms | size MB |",
         "|---|---|---|---|",
-        *[f"| {labels[k]} | {ok[k][0]:.2f} | {ok[k][1]:.4f} | {ok[k][2]:.4f} |"
-          for k in sorted(front, key=lambda k: (-ok[k][0], ok[k][1]))],
+        *[
+            f"| {labels[k]} | {ok[k][0]:.2f} | {ok[k][1]:.4f} | {ok[k][2]:.4f} |"
+            for k in sorted(front, key=lambda k: (-ok[k][0], ok[k][1]))
+        ],
         "",
         f"Command: `python benchmarks/tabular.py replay{' --quick' if quick else ''}` ({seeds} seeds per sampler"
         + ("; GP and the variants left out" if quick else "")
@@ -429,8 +478,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", type=Path, default=ROOT / "docs")
     r.add_argument("--quick", action="store_true", help="3 seeds per sampler instead of 10, no GP, no variants")
     r.add_argument("--workers", type=int, default=None, help="processes replaying at once (default: one per core)")
-    r.add_argument("--no-replay", action="store_true",
-                   help="render from the runs kept in --out/tabular-runs.jsonl, replaying none that are missing")
+    r.add_argument(
+        "--no-replay",
+        action="store_true",
+        help="render from the runs kept in --out/tabular-runs.jsonl, replaying none that are missing",
+    )
     args = parser.parse_args(argv)
     if args.cmd == "build":
         command = "python benchmarks/tabular.py build" + ("" if args.rounds == 9 else f" --rounds {args.rounds}")

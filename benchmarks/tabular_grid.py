@@ -26,16 +26,42 @@ TABLE = ROOT / "benchmarks" / "data" / "tabular-digits.csv"
 # The grid: the quickstart's knobs (experiments/digits.yaml) with every range made a short list of choices, and
 # the fp16 and QOperator schemes and reduce_range added, so every plan of the space can be trained once.
 GRID: dict[str, Any] = {
-    "students": {"teacher": True,
-                 "cnn": {"width": [0.25, 0.5, 0.75], "depth": [1, 2], "temperature": [2.0, 6.0], "alpha": 0.7,
-                         "epochs": 12, "lr": 0.003}},
+    "students": {
+        "teacher": True,
+        "cnn": {
+            "width": [0.25, 0.5, 0.75],
+            "depth": [1, 2],
+            "temperature": [2.0, 6.0],
+            "alpha": 0.7,
+            "epochs": 12,
+            "lr": 0.003,
+        },
+    },
     "pruning": {"ratio": [0.0, 0.25, 0.5], "recover_epochs": 4, "round_to": 8},
-    "quantization": {"schemes": ["fp32", "fp16", "int8_dynamic", "int8_static_qdq", "int8_static_qoperator"],
-                     "static": {"reduce_range": [True, False]}},
+    "quantization": {
+        "schemes": ["fp32", "fp16", "int8_dynamic", "int8_static_qdq", "int8_static_qoperator"],
+        "static": {"reduce_range": [True, False]},
+    },
 }
 TEACHER = {"width": 1.0, "depth": 2, "epochs": 30, "lr": 0.003}  # the quickstart's teacher
-COLUMNS = ["key", "label", "student", "width", "depth", "temperature", "pruning_ratio", "scheme", "reduce_range",
-           "accuracy", "latency_p50_ms", "latency_iqr_rel", "size_mb", "params", "train_s", "error"]
+COLUMNS = [
+    "key",
+    "label",
+    "student",
+    "width",
+    "depth",
+    "temperature",
+    "pruning_ratio",
+    "scheme",
+    "reduce_range",
+    "accuracy",
+    "latency_p50_ms",
+    "latency_iqr_rel",
+    "size_mb",
+    "params",
+    "train_s",
+    "error",
+]
 
 
 def grid_space() -> Space:
@@ -102,8 +128,10 @@ def machine() -> str:
     except OSError:
         pass
     isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags] or ["none listed"]
-    return (f"{model}, {os.cpu_count()} cores, {', '.join(isa)}; Python {platform.python_version()}, "
-            f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}, optuna {optuna.__version__}")
+    return (
+        f"{model}, {os.cpu_count()} cores, {', '.join(isa)}; Python {platform.python_version()}, "
+        f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}, optuna {optuna.__version__}"
+    )
 
 
 def _groups(plans: list[CompressionPlan]) -> dict[str, list[CompressionPlan]]:
@@ -116,10 +144,17 @@ def _groups(plans: list[CompressionPlan]) -> dict[str, list[CompressionPlan]]:
 
 def _row(plan: CompressionPlan) -> dict[str, Any]:
     s, q = plan.student, plan.quantization
-    return {"key": plan_key(plan), "label": plan.describe(), "student": s.kind,
-            "width": s.width if s.kind == "cnn" else "", "depth": s.depth if s.kind == "cnn" else "",
-            "temperature": s.temperature if s.kind == "cnn" else "", "pruning_ratio": plan.pruning.ratio,
-            "scheme": q.scheme, "reduce_range": q.reduce_range if q.is_static else ""}
+    return {
+        "key": plan_key(plan),
+        "label": plan.describe(),
+        "student": s.kind,
+        "width": s.width if s.kind == "cnn" else "",
+        "depth": s.depth if s.kind == "cnn" else "",
+        "temperature": s.temperature if s.kind == "cnn" else "",
+        "pruning_ratio": plan.pruning.ratio,
+        "scheme": q.scheme,
+        "reduce_range": q.reduce_range if q.is_static else "",
+    }
 
 
 def _train_grid(work: Path) -> None:
@@ -137,8 +172,7 @@ def _train_grid(work: Path) -> None:
     models.mkdir(parents=True, exist_ok=True)
     done = {r["key"] for r in read_rows(rows_path)} if rows_path.exists() else set()
     task = load_task({"name": "digits", "seed": 0, "teacher": TEACHER})
-    ctx = TrialContext(data=task.data, teacher_blob=teacher_to_bytes(resolve_teacher(task)[0]),
-                       timing=TimingSettings())
+    ctx = TrialContext(data=task.data, teacher_blob=teacher_to_bytes(resolve_teacher(task)[0]), timing=TimingSettings())
     quick = TimingSettings(warmup=5, min_repeats=20, max_seconds=0.05)  # a first look; the final pass re-times
     groups = _groups(enumerate_plans(grid_space()))
     with rows_path.open("a", newline="") as f:
@@ -158,18 +192,25 @@ def _train_grid(work: Path) -> None:
                 row = {**_row(plan), "train_s": train_s, "error": result.error or ""}
                 if result.ok:
                     try:
-                        deployed = quantize(result.onnx, plan.quantization, ctx.data.x_calib,
-                                            cache_dir=_sensitivity_cache())
+                        deployed = quantize(
+                            result.onnx, plan.quantization, ctx.data.x_calib, cache_dir=_sensitivity_cache()
+                        )
                         (models / _model_file(plan)).write_bytes(deployed)
-                        row.update(accuracy=accuracy(deployed, ctx.data.x_val, ctx.data.y_val),
-                                   size_mb=size_mb(deployed), params=result.metrics["params"],
-                                   latency_p50_ms=measure(deployed, quick).p50_ms)
+                        row.update(
+                            accuracy=accuracy(deployed, ctx.data.x_val, ctx.data.y_val),
+                            size_mb=size_mb(deployed),
+                            params=result.metrics["params"],
+                            latency_p50_ms=measure(deployed, quick).p50_ms,
+                        )
                     except Exception as exc:
                         row["error"] = f"{type(exc).__name__}: {exc}"
                 writer.writerow(row)
                 f.flush()
-            print(f"[{number + 1}/{len(groups)}] {todo[0].student.describe()} | {todo[0].pruning.describe()}: "
-                  f"{len(todo)} plans, {train_s} s", flush=True)
+            print(
+                f"[{number + 1}/{len(groups)}] {todo[0].student.describe()} | {todo[0].pruning.describe()}: "
+                f"{len(todo)} plans, {train_s} s",
+                flush=True,
+            )
 
 
 def _model_file(plan: CompressionPlan) -> str:
@@ -220,9 +261,11 @@ def build(work: Path, rounds: int, command: str) -> Path:
     TABLE.parent.mkdir(parents=True, exist_ok=True)
     with TABLE.open("w", newline="") as f:
         date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        f.write(f"# made by: {command}\n# machine: {machine()}\n# date: {date}\n"
-                f"# latency_p50_ms: median over {rounds} interleaved rounds of evaluators.latency.measure's p50 "
-                f"(1 thread, batch 1); latency_iqr_rel: interquartile range of the rounds / median\n")
+        f.write(
+            f"# made by: {command}\n# machine: {machine()}\n# date: {date}\n"
+            f"# latency_p50_ms: median over {rounds} interleaved rounds of evaluators.latency.measure's p50 "
+            f"(1 thread, batch 1); latency_iqr_rel: interquartile range of the rounds / median\n"
+        )
         writer = csv.DictWriter(f, COLUMNS)
         writer.writeheader()
         for r in sorted(rows, key=lambda r: r["key"]):

@@ -1,8 +1,9 @@
 """What a candidate measures: accuracy, size, and latency on ONNX Runtime.
 
 Names load on first use, so importing a light module of the package (`evaluators.errors`, which every layer's
-schema uses) does not load ONNX Runtime: an experiment file validates before anything heavy starts. The functions named like their modules (`accuracy`,
-`compare`) are imported from those modules: `from evaluators.accuracy import accuracy`.
+schema uses) does not load ONNX Runtime: an experiment file validates before anything heavy starts.
+The functions named like their modules (`accuracy`, `compare`) are imported from those modules:
+`from evaluators.accuracy import accuracy`.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ def predict(
     batch = fixed or batch_size
     outputs = []
     for start in range(0, len(x), batch):
-        chunk = x[start:start + batch]
+        chunk = x[start : start + batch]
         n = len(chunk)
         if n < batch and fixed:
             # A fixed-batch model only accepts full batches: pad with zeros and drop their outputs.

@@ -76,17 +76,25 @@ class AgentConfig:
 
     def __post_init__(self) -> None:
         if len(self.token.encode("utf-8")) < MIN_TOKEN_BYTES:
-            raise ConfigError(f"the agent's token is {len(self.token.encode('utf-8'))} bytes long; it must be at "
-                              f"least {MIN_TOKEN_BYTES} (e.g. `openssl rand -hex 32 > FILE`)")
-        for name, minimum in {"max_model_bytes": 1, "queue_size": 1, "measure_timeout": 1,
-                              "max_memory_mb": 256}.items():
+            raise ConfigError(
+                f"the agent's token is {len(self.token.encode('utf-8'))} bytes long; it must be at "
+                f"least {MIN_TOKEN_BYTES} (e.g. `openssl rand -hex 32 > FILE`)"
+            )
+        for name, minimum in {
+            "max_model_bytes": 1,
+            "queue_size": 1,
+            "measure_timeout": 1,
+            "max_memory_mb": 256,
+        }.items():
             if getattr(self, name) < minimum:
                 raise ConfigError(f"AgentConfig.{name} = {getattr(self, name)!r}; it must be >= {minimum}")
         available = ort.get_available_providers()
         unknown = [p for p in self.providers if p not in available]
         if not self.providers or unknown:
-            raise ConfigError(f"AgentConfig.providers = {list(self.providers)!r}: {unknown or 'none given'} "
-                              f"not available here; ONNX Runtime offers {available}")
+            raise ConfigError(
+                f"AgentConfig.providers = {list(self.providers)!r}: {unknown or 'none given'} "
+                f"not available here; ONNX Runtime offers {available}"
+            )
 
 
 def read_token(path: str | os.PathLike) -> str:
@@ -96,11 +104,15 @@ def read_token(path: str | os.PathLike) -> str:
         mode = file.stat().st_mode
         token = file.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"token file {os.fspath(path)!r} cannot be read ({exc}); "
-                          "write the agent's token into it (e.g. `openssl rand -hex 32 > FILE`)") from None
+        raise ConfigError(
+            f"token file {os.fspath(path)!r} cannot be read ({exc}); "
+            "write the agent's token into it (e.g. `openssl rand -hex 32 > FILE`)"
+        ) from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"token file {os.fspath(path)!r} has mode {stat.filemode(mode)}: others may read the "
-                          f"secret; run `chmod 600 {os.fspath(path)}`")
+        raise ConfigError(
+            f"token file {os.fspath(path)!r} has mode {stat.filemode(mode)}: others may read the "
+            f"secret; run `chmod 600 {os.fspath(path)}`"
+        )
     if not token:
         raise ConfigError(f"token file {os.fspath(path)!r} is empty; write the agent's token into it")
     return token
@@ -135,8 +147,9 @@ def create_app(config: AgentConfig) -> fastapi.FastAPI:
         worker.stop()
 
     # No docs or schema endpoints: nothing answers without the token except errors.
-    app = fastapi.FastAPI(title="slimsweep device agent", lifespan=lifespan, docs_url=None, redoc_url=None,
-                          openapi_url=None)
+    app = fastapi.FastAPI(
+        title="slimsweep device agent", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
 
     @app.exception_handler(_Refusal)
     async def refused(_: Request, exc: _Refusal) -> JSONResponse:
@@ -147,10 +160,17 @@ def create_app(config: AgentConfig) -> fastapi.FastAPI:
         _authorize(request, config.token)
         return {
             "device": device,
-            "runtimes": {"onnxruntime": ort.__version__, "onnx": onnx.__version__,
-                         "providers": ort.get_available_providers()},
-            "limits": {"max_model_bytes": config.max_model_bytes, "queue_size": config.queue_size,
-                       "max_memory_mb": config.max_memory_mb, "timing": TIMING_LIMITS},
+            "runtimes": {
+                "onnxruntime": ort.__version__,
+                "onnx": onnx.__version__,
+                "providers": ort.get_available_providers(),
+            },
+            "limits": {
+                "max_model_bytes": config.max_model_bytes,
+                "queue_size": config.queue_size,
+                "max_memory_mb": config.max_memory_mb,
+                "timing": TIMING_LIMITS,
+            },
             "queue": {"in_flight": gate.in_flight},
             "agent": {"protocol": PROTOCOL, "providers": list(config.providers)},
         }
@@ -165,8 +185,11 @@ def create_app(config: AgentConfig) -> fastapi.FastAPI:
         settings = _timing_settings(request.query_params)
         job = Job(settings, config.measure_timeout)
         if not gate.try_enter(job):
-            raise _Refusal(503, f"the agent is busy: {config.queue_size} measurement(s) already accepted; retry later",
-                           {"Retry-After": str(gate.retry_after())})
+            raise _Refusal(
+                503,
+                f"the agent is busy: {config.queue_size} measurement(s) already accepted; retry later",
+                {"Retry-After": str(gate.retry_after())},
+            )
         try:
             body = await _read_body(request, config.max_model_bytes)
             future = runner.submit(worker.run, job, body, config.providers)
@@ -203,12 +226,22 @@ async def _outcome(request: Request, job: "Job", future: concurrent.futures.Futu
     except concurrent.futures.CancelledError:
         return {"error": "the measurement was cancelled", "status": 503}
     except Exception as exc:  # noqa: BLE001 - the agent's own failure: the worker was replaced, nothing stale kept
-        return {"error": f"the agent failed while waiting for the measurement ({type(exc).__name__}); it was "
-                         "discarded and the worker restarted; retry", "status": 500}
+        return {
+            "error": f"the agent failed while waiting for the measurement ({type(exc).__name__}); it was "
+            "discarded and the worker restarted; retry",
+            "status": 500,
+        }
 
 
-def serve(*, port: int, token_file: str, host: str = "127.0.0.1", tls_cert: str | None = None,
-          tls_key: str | None = None, **config_overrides: Any) -> None:
+def serve(
+    *,
+    port: int,
+    token_file: str,
+    host: str = "127.0.0.1",
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    **config_overrides: Any,
+) -> None:
     """Run the agent until stopped (blocking), with the token read from token_file; HTTPS when given a cert and key."""
     import uvicorn
 
@@ -228,15 +261,21 @@ def _timing_settings(query: Mapping[str, str] | Any) -> TimingSettings:
     values: dict[str, Any] = {}
     for name in set(query.keys()):
         if name not in _TIMING_FIELDS:
-            raise _Refusal(400, f"unknown query parameter {_cut(name)!r}{did_you_mean(name, _TIMING_FIELDS)}; "
-                                f"the parameters are {list(_TIMING_FIELDS)}")
+            raise _Refusal(
+                400,
+                f"unknown query parameter {_cut(name)!r}{did_you_mean(name, _TIMING_FIELDS)}; "
+                f"the parameters are {list(_TIMING_FIELDS)}",
+            )
         given = query.getlist(name) if hasattr(query, "getlist") else [query[name]]
         if len(given) != 1:
             raise _Refusal(400, f"query parameter {name!r} is given {len(given)} times; give it once")
         values[name] = _number(name, given[0], _TIMING_FIELDS[name])
         if values[name] > TIMING_LIMITS[name]:
-            raise _Refusal(400, f"query parameter {name!r} = {given[0][:40]!r} is over this agent's limit "
-                                f"{TIMING_LIMITS[name]!r}; the limits are in /v1/info")
+            raise _Refusal(
+                400,
+                f"query parameter {name!r} = {given[0][:40]!r} is over this agent's limit "
+                f"{TIMING_LIMITS[name]!r}; the limits are in /v1/info",
+            )
     try:
         return TimingSettings(**values)
     except ConfigError as exc:
@@ -277,8 +316,11 @@ def _authorize(request: Request, token: str) -> None:
     # compare_digest even for a wrong scheme, so the answer takes the same time whatever was wrong.
     matches = hmac.compare_digest(sent, expected)
     if scheme.lower() != "bearer" or not matches:
-        raise _Refusal(401, "missing or wrong token: send `Authorization: Bearer <token>`",
-                       {"WWW-Authenticate": 'Bearer realm="slimsweep-agent"'})
+        raise _Refusal(
+            401,
+            "missing or wrong token: send `Authorization: Bearer <token>`",
+            {"WWW-Authenticate": 'Bearer realm="slimsweep-agent"'},
+        )
 
 
 def _declared_length(request: Request) -> int | None:
@@ -288,8 +330,9 @@ def _declared_length(request: Request) -> int | None:
 
 
 def _too_large(limit: int, what: str) -> _Refusal:
-    return _Refusal(413, f"the model is too large: {what}, and this agent accepts at most {limit} bytes",
-                    {"Connection": "close"})
+    return _Refusal(
+        413, f"the model is too large: {what}, and this agent accepts at most {limit} bytes", {"Connection": "close"}
+    )
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

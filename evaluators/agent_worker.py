@@ -81,8 +81,12 @@ class Worker:
         # spawn: a fresh interpreter, not a fork of a process that runs an event loop and threads.
         context = multiprocessing.get_context("spawn")
         ours, theirs = context.Pipe()
-        process = context.Process(target=_worker_main, args=(theirs, self.max_memory_mb, os.getpid()),
-                                  name="slimsweep-agent-worker", daemon=True)
+        process = context.Process(
+            target=_worker_main,
+            args=(theirs, self.max_memory_mb, os.getpid()),
+            name="slimsweep-agent-worker",
+            daemon=True,
+        )
         process.start()
         theirs.close()
         self._process, self._conn = process, ours
@@ -123,8 +127,11 @@ class Worker:
                 reply_id, kind, payload = self._conn.recv()
                 if reply_id != job.id:
                     self.stop()
-                    return {"error": f"the worker answered request {reply_id} to request {job.id}; the answer was "
-                                     "discarded and the worker restarted", "status": 500}
+                    return {
+                        "error": f"the worker answered request {reply_id} to request {job.id}; the answer was "
+                        "discarded and the worker restarted",
+                        "status": 500,
+                    }
                 if kind == "loaded":
                     job.loaded, job.load_took = time.monotonic(), min(float(payload), job.load_seconds)
                     continue
@@ -134,8 +141,10 @@ class Worker:
                 self._process.join(timeout=5)
             code = self._process.exitcode if self._process is not None else None
             self.stop()
-            return {"error": f"ONNX Runtime crashed on this model (worker exit code {code}); needing more than the "
-                             f"agent's {self.max_memory_mb} MB of memory is one cause; the agent restarted it"}
+            return {
+                "error": f"ONNX Runtime crashed on this model (worker exit code {code}); needing more than the "
+                f"agent's {self.max_memory_mb} MB of memory is one cause; the agent restarted it"
+            }
         except BaseException:
             self.stop()
             raise
@@ -143,10 +152,12 @@ class Worker:
 
 def _overtime(job: Job) -> str:
     if job.loaded is None:
-        return (f"the model did not load within {job.load_seconds:.0f} s and was stopped; send a smaller model")
-    return (f"the measurement did not finish within {job.timing_seconds:.0f} s of loading (warm-up, the repeat loop "
-            "and its retry get max_seconds each) and was stopped; lower warmup or max_seconds, or send a smaller "
-            "model")
+        return f"the model did not load within {job.load_seconds:.0f} s and was stopped; send a smaller model"
+    return (
+        f"the measurement did not finish within {job.timing_seconds:.0f} s of loading (warm-up, the repeat loop "
+        "and its retry get max_seconds each) and was stopped; lower warmup or max_seconds, or send a smaller "
+        "model"
+    )
 
 
 def _worker_main(conn: multiprocessing.connection.Connection, max_memory_mb: int, parent: int) -> None:
@@ -195,8 +206,9 @@ def _limit_memory(max_memory_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _measure_untrusted(model: bytes, settings: TimingSettings, providers: tuple[str, ...],
-                       loaded: Any = lambda seconds: None) -> dict:
+def _measure_untrusted(
+    model: bytes, settings: TimingSettings, providers: tuple[str, ...], loaded: Any = lambda seconds: None
+) -> dict:
     """Check that model is a self-contained ONNX model, then time it; any failure is the model's, told back as text."""
     try:
         start = time.monotonic()
@@ -207,14 +219,18 @@ def _measure_untrusted(model: bytes, settings: TimingSettings, providers: tuple[
         loaded(time.monotonic() - start)
         if used[:1] != [providers[0]]:
             # ONNX Runtime falls back to the CPU with only a log line; a CPU timing must not pass for the device's.
-            return {"error": f"ONNX Runtime fell back to {used} for this model instead of {providers[0]}, "
-                             "so it was not timed"}
+            return {
+                "error": f"ONNX Runtime fell back to {used} for this model instead of {providers[0]}, "
+                "so it was not timed"
+            }
         stats = dataclasses.asdict(measure(model, settings, providers=providers))
     except _BadModel as exc:
         return {"error": str(exc)}
     except MemoryError:
-        return {"error": "the model or batch needs more memory than this agent allows its worker (max_memory_mb in "
-                         "/v1/info); lower batch_size or send a smaller model"}
+        return {
+            "error": "the model or batch needs more memory than this agent allows its worker (max_memory_mb in "
+            "/v1/info); lower batch_size or send a smaller model"
+        }
     except SlimsweepError as exc:
         return {"error": f"the model cannot be timed: {exc}"}
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises many types; each is this model's failure, reported
@@ -241,8 +257,10 @@ def _check_model(model: bytes) -> None:
         raise _BadModel(f"the body is not an ONNX model: {exc}") from None
     external = [t.name for t in _tensors(proto) if t.data_location == onnx.TensorProto.EXTERNAL or t.external_data]
     if external:
-        raise _BadModel(f"the model refers to external data files for tensors {external[:5]}; the agent reads no "
-                        "files, so send a self-contained model (onnx.save(..., save_as_external_data=False))")
+        raise _BadModel(
+            f"the model refers to external data files for tensors {external[:5]}; the agent reads no "
+            "files, so send a self-contained model (onnx.save(..., save_as_external_data=False))"
+        )
     try:
         onnx.checker.check_model(proto)
     except Exception as exc:  # noqa: BLE001 - ValidationError, or a C++ error the checker passes on

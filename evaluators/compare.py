@@ -43,9 +43,19 @@ class CompareSettings:
     seed: int = 0  # the order of the models within each round is shuffled by this seed
 
     def __post_init__(self) -> None:
-        minimums = {"threads": 1, "batch_size": 1, "warmup": 0, "burst_seconds": 0, "burst_min_runs": 1,
-                    "burst_warmup": 0, "min_rounds": 1, "max_rounds": 1, "max_seconds": 0, "target_rel_ci": 0,
-                    "seed": 0}
+        minimums = {
+            "threads": 1,
+            "batch_size": 1,
+            "warmup": 0,
+            "burst_seconds": 0,
+            "burst_min_runs": 1,
+            "burst_warmup": 0,
+            "min_rounds": 1,
+            "max_rounds": 1,
+            "max_seconds": 0,
+            "target_rel_ci": 0,
+            "seed": 0,
+        }
         for field in fields(self):
             value = getattr(self, field.name)
             if value < minimums[field.name]:
@@ -122,8 +132,16 @@ def compare(
 ) -> Comparison:
     """Time the models interleaved on ONNX Runtime; speed-ups are over the first model."""
     labels = _names(models, names)
-    prepared = [prepare(m, threads=settings.threads, batch_size=settings.batch_size, providers=providers,
-                        require_provider=require_provider) for m in models]
+    prepared = [
+        prepare(
+            m,
+            threads=settings.threads,
+            batch_size=settings.batch_size,
+            providers=providers,
+            require_provider=require_provider,
+        )
+        for m in models
+    ]
     return compare_prepared(prepared, labels, settings)
 
 
@@ -137,8 +155,9 @@ def compare_prepared(prepared: Sequence[Prepared], names: Sequence[str], setting
 def interleave(bursts: Sequence[Burst], names: Sequence[str], settings: CompareSettings) -> Comparison:
     """Run one burst of every model per round, in a shuffled order, until every speed-up is tight or a cap."""
     if len(bursts) < 2 or len(bursts) != len(names):
-        raise ConfigError(f"a comparison needs at least two models and one name each; got {len(bursts)} models "
-                          f"and {len(names)} names")
+        raise ConfigError(
+            f"a comparison needs at least two models and one name each; got {len(bursts)} models and {len(names)} names"
+        )
     rng = np.random.default_rng(settings.seed)
     rounds: list[list[float]] = []
     runs = [0] * len(bursts)
@@ -154,12 +173,25 @@ def interleave(bursts: Sequence[Burst], names: Sequence[str], settings: CompareS
             break
         if time.perf_counter() - start >= settings.max_seconds:
             break
-    return summarize(np.asarray(rounds), names, runs=runs, seconds=time.perf_counter() - start,
-                     min_rounds=settings.min_rounds, target_rel_ci=settings.target_rel_ci)
+    return summarize(
+        np.asarray(rounds),
+        names,
+        runs=runs,
+        seconds=time.perf_counter() - start,
+        min_rounds=settings.min_rounds,
+        target_rel_ci=settings.target_rel_ci,
+    )
 
 
-def summarize(round_p50_ms: np.ndarray, names: Sequence[str], *, runs: Sequence[int], seconds: float,
-              min_rounds: int, target_rel_ci: float) -> Comparison:
+def summarize(
+    round_p50_ms: np.ndarray,
+    names: Sequence[str],
+    *,
+    runs: Sequence[int],
+    seconds: float,
+    min_rounds: int,
+    target_rel_ci: float,
+) -> Comparison:
     """Figures from a rounds x models array of per-round p50s (column 0 is the baseline)."""
     base = round_p50_ms[:, 0]
     models = []
@@ -168,12 +200,21 @@ def summarize(round_p50_ms: np.ndarray, names: Sequence[str], *, runs: Sequence[
         ratios = base / column
         low, high = median_ci(ratios)
         p50_low, p50_high = median_ci(column)
-        models.append(ModelTiming(
-            name=name, p50_ms=float(np.median(column)), p50_ci_low_ms=p50_low, p50_ci_high_ms=p50_high,
-            round_cv=float(column.std() / column.mean()), runs=int(runs[i]), speedup=float(np.median(ratios)),
-            speedup_ci_low=low, speedup_ci_high=high, clear_of_one=low > 1.0 or high < 1.0,
-            round_p50_ms=tuple(float(v) for v in column),
-        ))
+        models.append(
+            ModelTiming(
+                name=name,
+                p50_ms=float(np.median(column)),
+                p50_ci_low_ms=p50_low,
+                p50_ci_high_ms=p50_high,
+                round_cv=float(column.std() / column.mean()),
+                runs=int(runs[i]),
+                speedup=float(np.median(ratios)),
+                speedup_ci_low=low,
+                speedup_ci_high=high,
+                clear_of_one=low > 1.0 or high < 1.0,
+                round_p50_ms=tuple(float(v) for v in column),
+            )
+        )
     rounds = len(round_p50_ms)
     tight = rounds >= min_rounds and _widest(round_p50_ms) <= target_rel_ci
     return Comparison(tuple(models), rounds, float(seconds), bool(tight), target_rel_ci)
@@ -192,8 +233,9 @@ def _widest(round_p50_ms: np.ndarray) -> float:
 def _session_burst(prepared: Prepared, settings: CompareSettings) -> Burst:
     def burst() -> tuple[float, int]:
         prepared.warm_up(settings.burst_warmup)
-        times = timed_runs(prepared, max_runs=1_000_000, seconds=settings.burst_seconds,
-                           at_least=settings.burst_min_runs)
+        times = timed_runs(
+            prepared, max_runs=1_000_000, seconds=settings.burst_seconds, at_least=settings.burst_min_runs
+        )
         return float(np.median(times)), len(times)
 
     return burst

@@ -30,7 +30,11 @@ _STRUCTURAL_DTYPES = {onnx.TensorProto.INT64}
 
 
 def graph_key(model: bytes, *parts: Any) -> str:
-    """sha256 of the ONNX graph's structure (ops, attributes, input/output and initializer names, shapes and dtypes, opset) and the given parts (target description, timing settings) — NOT the initializer values: latency depends on shapes and the scheme, not on trained weights."""
+    """sha256 of the ONNX graph's structure and the given parts (target description, timing settings).
+
+    The structure is ops, attributes, input/output and initializer names, shapes and dtypes, and the opset; not the
+    initializer values: latency depends on shapes and the scheme, not on trained weights.
+    """
     proto = onnx.ModelProto()
     try:
         proto.ParseFromString(model)

@@ -45,8 +45,16 @@ class TimingSettings:
     max_cv: float = 0.35  # a measurement above this CV is retried once, and flagged unstable if still above
 
     def __post_init__(self) -> None:
-        minimums = {"threads": 1, "batch_size": 1, "warmup": 0, "min_repeats": 1, "max_repeats": 1,
-                    "max_seconds": 0, "target_rel_ci": 0, "max_cv": 0}
+        minimums = {
+            "threads": 1,
+            "batch_size": 1,
+            "warmup": 0,
+            "min_repeats": 1,
+            "max_repeats": 1,
+            "max_seconds": 0,
+            "target_rel_ci": 0,
+            "max_cv": 0,
+        }
         for field in fields(self):
             value = getattr(self, field.name)
             if value < minimums[field.name]:
@@ -108,8 +116,13 @@ def measure(
     require_provider: str | None = None,
 ) -> LatencyStats:
     """Time one model on ONNX Runtime with the project's timing method."""
-    prepared = prepare(model, threads=settings.threads, batch_size=settings.batch_size, providers=providers,
-                       require_provider=require_provider)
+    prepared = prepare(
+        model,
+        threads=settings.threads,
+        batch_size=settings.batch_size,
+        providers=providers,
+        require_provider=require_provider,
+    )
     prepared.warm_up(settings.warmup)
     stats = _summarize(_time_runs(prepared, settings), settings, retried=False)
     if stats.cv > settings.max_cv:
@@ -172,7 +185,7 @@ def timed_runs(
     at_least: int = 1,
     enough: Callable[[list[int]], bool] | None = None,
 ) -> np.ndarray:
-    """Per-run times in milliseconds of back-to-back runs, until max_runs, `seconds` (once `at_least` ran), or `enough`."""
+    """Per-run times (ms) of back-to-back runs, until max_runs, `seconds` (once `at_least` ran), or `enough`."""
     times_ns: list[int] = []
     deadline = _clock() + int(seconds * 1e9)
     gc_was_enabled = gc.isenabled()

@@ -37,8 +37,10 @@ def load_extensions() -> None:
         try:
             importlib.import_module(name)
         except ImportError as exc:
-            raise ConfigError(f"{EXTENSIONS_VARIABLE}: cannot import extension module {name!r}: {exc}; "
-                              f"put its folder on PYTHONPATH or remove it from {EXTENSIONS_VARIABLE}") from exc
+            raise ConfigError(
+                f"{EXTENSIONS_VARIABLE}: cannot import extension module {name!r}: {exc}; "
+                f"put its folder on PYTHONPATH or remove it from {EXTENSIONS_VARIABLE}"
+            ) from exc
     for point in entry_points(group=EXTENSIONS_GROUP):
         point.load()
 

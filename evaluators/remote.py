@@ -35,9 +35,9 @@ class AgentClient:
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"CA file {ca_file!r} for the device agent cannot be read: {exc}") from None
         # Straight to the device: a proxy from the environment would see the token and add its own latency and errors.
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
-                                                   urllib.request.HTTPSHandler(context=context),
-                                                   _SameOriginRedirects())
+        self._opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context), _SameOriginRedirects()
+        )
 
     def info(self) -> dict:
         """What the device is, its runtimes and the agent's limits."""
@@ -63,17 +63,23 @@ class AgentClient:
         except urllib.error.HTTPError as exc:
             raise self._refused(exc.code, _message(exc), exc.headers.get("Retry-After")) from None
         except _Redirected as exc:
-            raise SlimsweepError(f"device agent at {self.url} redirected to {exc.location!r}, another origin; the "
-                                 "token is never sent there: give the agent's own url") from None
+            raise SlimsweepError(
+                f"device agent at {self.url} redirected to {exc.location!r}, another origin; the "
+                "token is never sent there: give the agent's own url"
+            ) from None
         except urllib.error.URLError as exc:
             reason = exc.reason
             if isinstance(reason, ssl.SSLCertVerificationError):
-                raise SlimsweepError(f"device agent at {self.url}: its TLS certificate is not trusted "
-                                     f"({reason.verify_message}); for a self-signed agent pass its certificate as "
-                                     "the CA file (ca_file, or SSL_CERT_FILE)") from None
+                raise SlimsweepError(
+                    f"device agent at {self.url}: its TLS certificate is not trusted "
+                    f"({reason.verify_message}); for a self-signed agent pass its certificate as "
+                    "the CA file (ca_file, or SSL_CERT_FILE)"
+                ) from None
             if isinstance(reason, ConnectionRefusedError):
-                raise SlimsweepError(f"device agent is not reachable at {self.url} (connection refused); "
-                                     "is `slimsweep agent` running there, on that port?") from None
+                raise SlimsweepError(
+                    f"device agent is not reachable at {self.url} (connection refused); "
+                    "is `slimsweep agent` running there, on that port?"
+                ) from None
             if isinstance(reason, ConnectionError):  # reset or broken pipe while the body was still being sent
                 raise _dropped(self.url, reason) from None
             raise SlimsweepError(f"device agent is not reachable at {self.url}: {reason}") from None
@@ -84,8 +90,9 @@ class AgentClient:
         try:
             return json.loads(raw)
         except ValueError:
-            raise SlimsweepError(f"device agent at {self.url} answered something that is not JSON: {raw[:200]!r}") \
-                from None
+            raise SlimsweepError(
+                f"device agent at {self.url} answered something that is not JSON: {raw[:200]!r}"
+            ) from None
 
     def _refused(self, status: int, message: str, retry_after: str | None) -> SlimsweepError:
         if status == 401:
@@ -120,8 +127,10 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 
 
 def _dropped(url: str, exc: BaseException) -> SlimsweepError:
-    return SlimsweepError(f"device agent at {url} dropped the connection ({exc!r}); a model far over its size "
-                          "limit is one cause: see limits in its /v1/info")
+    return SlimsweepError(
+        f"device agent at {url} dropped the connection ({exc!r}); a model far over its size "
+        "limit is one cause: see limits in its /v1/info"
+    )
 
 
 def _message(error: urllib.error.HTTPError) -> str:

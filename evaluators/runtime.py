@@ -30,7 +30,7 @@ def make_session(
     providers: Sequence[Provider] = ("CPUExecutionProvider",),
     profile_prefix: str | None = None,
 ) -> ort.InferenceSession:
-    """Open an ONNX Runtime session with fixed threads (intra_op=threads, inter_op=1, sequential execution, all graph optimizations)."""
+    """An ONNX Runtime session with fixed threads (intra_op=threads, inter_op=1, sequential, all optimizations)."""
     options = ort.SessionOptions()
     if profile_prefix is not None:
         # ONNX Runtime's own trace of every run: an independent clock to check the timing method against.
@@ -52,7 +52,8 @@ def fixed_batch(session: ort.InferenceSession) -> int | None:
 
 
 def input_shape(session: ort.InferenceSession, batch_size: int) -> tuple[int, ...]:
-    """The session's first input shape with every symbolic/unknown dimension set to batch_size for dim 0 (raise SlimsweepError naming the input if any other dim is symbolic)."""
+    """The session's first input shape with a symbolic dim 0 set to batch_size; SlimsweepError naming the input if
+    any other dimension is symbolic."""
     first = session.get_inputs()[0]
     batch, *rest = first.shape
     symbolic = [i + 1 for i, dim in enumerate(rest) if not _is_fixed(dim)]

@@ -18,8 +18,8 @@ import onnx
 import onnxruntime as ort
 
 from evaluators.errors import ConfigError, SlimsweepError, not_allowed
-from evaluators.registry import Registry
 from evaluators.latency import LatencyStats, TimingSettings, measure
+from evaluators.registry import Registry
 from evaluators.runtime import make_session
 
 # An entry of ONNX Runtime's `providers` list: a name, or a name with its provider options.
@@ -95,7 +95,7 @@ def make_target(spec: TargetSpec) -> Target:
 
 
 def settings_for(spec: TargetSpec, **overrides: Any) -> TimingSettings:
-    """Timing settings with the spec's threads and batch size; overrides set the other fields (warm-up, repeats, caps)."""
+    """Timing settings with the spec's threads and batch size; overrides set the rest (warm-up, repeats, caps)."""
     valid = {f.name for f in fields(TimingSettings)} - {"threads", "batch_size"}
     for name in overrides:
         if name in ("threads", "batch_size"):
@@ -180,7 +180,8 @@ class CudaTarget(_OnnxRuntimeTarget):
     kind = "cuda"
     provider = "CUDAExecutionProvider"
     install_hint = (
-        "install onnxruntime-gpu on a machine with an NVIDIA GPU (and its CUDA/cuDNN libraries), or use target kind 'cpu'"
+        "install onnxruntime-gpu on a machine with an NVIDIA GPU (and its CUDA/cuDNN libraries), "
+        "or use target kind 'cpu'"
     )
 
     def providers(self) -> list[Provider]:

@@ -52,13 +52,17 @@ def read_idx(path: str | Path) -> np.ndarray:
     dtype, ndim = np.dtype(IDX_TYPES[magic[2]]), magic[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise DataError(f"{path}: truncated: the header of a {ndim}-dimensional IDX file needs {header} bytes, "
-                        f"the file has {len(raw)}")
+        raise DataError(
+            f"{path}: truncated: the header of a {ndim}-dimensional IDX file needs {header} bytes, "
+            f"the file has {len(raw)}"
+        )
     dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
     expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     if len(raw) - header != expected:
-        raise DataError(f"{path}: truncated or corrupt: its header declares shape {dims} ({expected} bytes of data), "
-                        f"the file holds {len(raw) - header} bytes after the header")
+        raise DataError(
+            f"{path}: truncated or corrupt: its header declares shape {dims} ({expected} bytes of data), "
+            f"the file holds {len(raw) - header} bytes after the header"
+        )
     return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
 
@@ -68,11 +72,15 @@ def idx_sets(folder: Path) -> dict[str, tuple[Path, Path]]:
     labels = {p.name.split("-labels-idx1-ubyte")[0]: p for p in sorted(folder.glob("*-labels-idx1-ubyte*"))}
     unpaired = sorted(set(images) ^ set(labels))
     if unpaired:
-        raise DataError(f"{folder}: {', '.join(unpaired)}: an images file without its labels file or the reverse; "
-                        "each set needs PREFIX-images-idx3-ubyte[.gz] and PREFIX-labels-idx1-ubyte[.gz]")
+        raise DataError(
+            f"{folder}: {', '.join(unpaired)}: an images file without its labels file or the reverse; "
+            "each set needs PREFIX-images-idx3-ubyte[.gz] and PREFIX-labels-idx1-ubyte[.gz]"
+        )
     if not images:
-        raise DataError(f"{folder}: no IDX files; expected PREFIX-images-idx3-ubyte[.gz] and "
-                        "PREFIX-labels-idx1-ubyte[.gz] (e.g. t10k-images-idx3-ubyte.gz)")
+        raise DataError(
+            f"{folder}: no IDX files; expected PREFIX-images-idx3-ubyte[.gz] and "
+            "PREFIX-labels-idx1-ubyte[.gz] (e.g. t10k-images-idx3-ubyte.gz)"
+        )
     return {prefix: (images[prefix], labels[prefix]) for prefix in images}
 
 
@@ -82,8 +90,10 @@ def read_idx_set(images_path: Path, labels_path: Path) -> Images:
     if images.ndim != 3 or images.dtype != np.uint8:
         raise DataError(f"{images_path}: expected (N, H, W) unsigned bytes, got {images.dtype} of shape {images.shape}")
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"{labels_path}: expected one integer label per image (1 dimension), "
-                        f"got {labels.dtype} of shape {labels.shape}")
+        raise DataError(
+            f"{labels_path}: expected one integer label per image (1 dimension), "
+            f"got {labels.dtype} of shape {labels.shape}"
+        )
     if len(images) != len(labels):
         raise DataError(f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels")
     return Images((images.astype(np.float32) / 255.0)[:, None, :, :], labels.astype(np.int64))
@@ -96,8 +106,10 @@ def read_cifar10(root: Path, *, train: bool, download: bool) -> Images:
     try:
         ds = CIFAR10(str(root), train=train, download=download)
     except RuntimeError as exc:  # torchvision's "Dataset not found or corrupted"
-        raise DataError(f"{root}: CIFAR-10 not found or corrupted under {root / CIFAR10.base_folder} ({exc}); "
-                        "set download: true to fetch it there") from None
+        raise DataError(
+            f"{root}: CIFAR-10 not found or corrupted under {root / CIFAR10.base_folder} ({exc}); "
+            "set download: true to fetch it there"
+        ) from None
     x = np.ascontiguousarray(np.asarray(ds.data).transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
     return Images(x, np.asarray(ds.targets, dtype=np.int64), tuple(ds.classes))
 
@@ -134,8 +146,10 @@ def read_npz(path: Path, required: tuple[str, ...], optional: tuple[str, ...]) -
             present = set(npz.files)
             missing = [k for k in required if k not in present]
             if missing:
-                raise DataError(f"{path}: missing array(s) {', '.join(missing)}; it holds {', '.join(sorted(present))} "
-                                f"and needs {', '.join(required)} (optional: {', '.join(optional)})")
+                raise DataError(
+                    f"{path}: missing array(s) {', '.join(missing)}; it holds {', '.join(sorted(present))} "
+                    f"and needs {', '.join(required)} (optional: {', '.join(optional)})"
+                )
             return {k: npz[k] for k in (*required, *optional) if k in present}
     except (ValueError, OSError, zlib.error, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a readable .npz file of plain arrays: {exc}") from None

@@ -77,8 +77,10 @@ def _mnist_idx(c: MnistIdxTask) -> Task:
         train, test = readers.read_idx_set(*sets["train"]), readers.read_idx_set(*sets[test_prefix])
         data = _official("mnist-idx", train, test, limit=c.limit, seed=c.seed)
     else:
-        raise DataError(f"{c.folder}: found the IDX sets {', '.join(sorted(sets))}; expected one set (split three "
-                        "ways) or 'train' plus one test set such as 't10k'")
+        raise DataError(
+            f"{c.folder}: found the IDX sets {', '.join(sorted(sets))}; expected one set (split three "
+            "ways) or 'train' plus one test set such as 't10k'"
+        )
     return _with_teacher(data, c.teacher, c.seed)
 
 
@@ -133,8 +135,10 @@ def _plugin(c: PluginTask) -> Task:
     elif isinstance(out, dict):
         task = _task_from_dict(out, c)
     else:
-        raise DataError(f"task.entry: {c.entry} returned {type(out).__name__}; it must return an "
-                        f"experiments.tasks.Task or a dict with keys from: {', '.join(PLUGIN_KEYS)}")
+        raise DataError(
+            f"task.entry: {c.entry} returned {type(out).__name__}; it must return an "
+            f"experiments.tasks.Task or a dict with keys from: {', '.join(PLUGIN_KEYS)}"
+        )
     if task.teacher is not None:
         from experiments.teacher import check_teacher
 
@@ -145,8 +149,12 @@ def _plugin(c: PluginTask) -> Task:
 
 
 _LOADERS: dict[str, Callable[[Any], Task]] = {
-    "digits": _digits, "mnist-idx": _mnist_idx, "cifar10": _cifar10, "imagefolder": _imagefolder,
-    "plugin": _plugin, "onnx": _onnx,
+    "digits": _digits,
+    "mnist-idx": _mnist_idx,
+    "cifar10": _cifar10,
+    "imagefolder": _imagefolder,
+    "plugin": _plugin,
+    "onnx": _onnx,
 }
 
 # What a plugin's dict may hold: the data (a TaskData, or the six arrays), a teacher or an ONNX model, and the
@@ -159,28 +167,42 @@ def _task_from_dict(out: dict[str, Any], c: PluginTask) -> Task:
     source = c.entry
     unknown = sorted(set(out) - set(PLUGIN_KEYS))
     if unknown:
-        raise DataError(f"task.entry: {source} returned unknown key(s) {', '.join(unknown)}; "
-                        f"allowed: {', '.join(PLUGIN_KEYS)}")
+        raise DataError(
+            f"task.entry: {source} returned unknown key(s) {', '.join(unknown)}; allowed: {', '.join(PLUGIN_KEYS)}"
+        )
     shape = tuple(int(d) for d in out["input_shape"]) if out.get("input_shape") is not None else None
     if "data" in out:
         data = out["data"]
         if not isinstance(data, TaskData) or any(k in out for k in ARRAYS):
-            raise DataError(f"task.entry: {source} returned 'data' ({type(data).__name__}); give either data: a "
-                            f"TaskData, or the arrays {', '.join(ARRAYS)}, not both")
+            raise DataError(
+                f"task.entry: {source} returned 'data' ({type(data).__name__}); give either data: a "
+                f"TaskData, or the arrays {', '.join(ARRAYS)}, not both"
+            )
     else:
         missing = [k for k in ARRAYS if k not in out]
         if missing:
-            raise DataError(f"task.entry: {source} returned no {', '.join(missing)}; a dict needs data (a TaskData) "
-                            f"or all of {', '.join(ARRAYS)}")
+            raise DataError(
+                f"task.entry: {source} returned no {', '.join(missing)}; a dict needs data (a TaskData) "
+                f"or all of {', '.join(ARRAYS)}"
+            )
         xs = {k: _inputs(out[k], shape, f"{source}: {k}") for k in ARRAYS[0::2]}
         ys = {k: _labels(out[k], len(xs["x" + k[1:]]), f"{source}: {k}") for k in ARRAYS[1::2]}
         num_classes = int(out.get("num_classes") or max(int(y.max()) for y in ys.values()) + 1)
-        data = TaskData(str(out.get("name", "plugin")), xs["x_train"], ys["y_train"], xs["x_calib"], ys["y_calib"],
-                        xs["x_val"], ys["y_val"], num_classes)
+        data = TaskData(
+            str(out.get("name", "plugin")),
+            xs["x_train"],
+            ys["y_train"],
+            xs["x_calib"],
+            ys["y_calib"],
+            xs["x_val"],
+            ys["y_val"],
+            num_classes,
+        )
     _check_data(data, source)
     if shape is not None and data.input_shape != shape:
-        raise DataError(f"task.entry: {source} returned input_shape {shape}, but its inputs have shape "
-                        f"{data.input_shape}")
+        raise DataError(
+            f"task.entry: {source} returned input_shape {shape}, but its inputs have shape {data.input_shape}"
+        )
     teacher, onnx_model = out.get("teacher"), out.get("onnx_model")
     if teacher is not None and onnx_model is not None:
         raise DataError(f"task.entry: {source} returned both a teacher and an ONNX model; return one")
@@ -188,8 +210,9 @@ def _task_from_dict(out: dict[str, Any], c: PluginTask) -> Task:
         from torch import nn
 
         if not isinstance(teacher, nn.Module):
-            raise DataError(f"task.entry: {source} returned teacher of type {type(teacher).__name__}; "
-                            "expected a torch.nn.Module")
+            raise DataError(
+                f"task.entry: {source} returned teacher of type {type(teacher).__name__}; expected a torch.nn.Module"
+            )
     if onnx_model is not None:
         raw = onnx_model if isinstance(onnx_model, bytes) else Path(onnx_model).read_bytes()
         onnx_model = _onnx_model(raw, source)
@@ -203,16 +226,20 @@ def _entry_point(entry: str) -> Callable[..., Any]:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
-            raise ConfigError(f"task.entry: no module named {module_name!r} (from {entry!r}); install it or put "
-                              "its folder on PYTHONPATH") from None
+            raise ConfigError(
+                f"task.entry: no module named {module_name!r} (from {entry!r}); install it or put "
+                "its folder on PYTHONPATH"
+            ) from None
         raise DataError(f"task.entry: importing {module_name!r} failed: {exc}") from exc
     fn = getattr(module, name, None)
     if fn is None:
         public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
         hint = difflib.get_close_matches(name, public, n=1)
         near = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise ConfigError(f"task.entry: module {module_name!r} has no function {name!r}{near}; "
-                          f"its functions: {', '.join(public) or 'none'}")
+        raise ConfigError(
+            f"task.entry: module {module_name!r} has no function {name!r}{near}; "
+            f"its functions: {', '.join(public) or 'none'}"
+        )
     if not callable(fn):
         raise ConfigError(f"task.entry: {entry!r} is a {type(fn).__name__}, not a function")
     return fn
@@ -245,8 +272,9 @@ def _subsample(y: np.ndarray, limit: int | None, seed: int, name: str) -> np.nda
     try:
         keep, _ = train_test_split(index, train_size=limit, random_state=seed, stratify=y)
     except ValueError as exc:
-        raise DataError(f"{name}: task.limit {limit} is too small for a stratified sample of {len(np.unique(y))} "
-                        f"classes: {exc}") from None
+        raise DataError(
+            f"{name}: task.limit {limit} is too small for a stratified sample of {len(np.unique(y))} classes: {exc}"
+        ) from None
     return np.sort(keep)
 
 
@@ -260,8 +288,10 @@ def _three_way(name: str, images: readers.Images, *, limit: int | None, seed: in
     try:
         data = split(name, x, y, val=val, calib=calib, seed=seed)
     except ValueError as exc:
-        raise DataError(f"{name}: {n} samples of {k} classes are too few for a stratified train / calibration / "
-                        f"validation split ({val} validation, {calib} calibration): {exc}") from None
+        raise DataError(
+            f"{name}: {n} samples of {k} classes are too few for a stratified train / calibration / "
+            f"validation split ({val} validation, {calib} calibration): {exc}"
+        ) from None
     return dataclasses.replace(data, num_classes=max(len(images.classes), data.num_classes))
 
 
@@ -269,16 +299,21 @@ def _official(name: str, train: readers.Images, test: readers.Images, *, limit: 
     """A train set and a test set: calibration comes out of the train set, the test set validates."""
     if limit is not None and limit < len(train.y) + len(test.y):
         n_train = round(limit * len(train.y) / (len(train.y) + len(test.y)))
-        train, test = _take(train, _subsample(train.y, n_train, seed, name)), _take(
-            test, _subsample(test.y, limit - n_train, seed, name))
+        train, test = (
+            _take(train, _subsample(train.y, n_train, seed, name)),
+            _take(test, _subsample(test.y, limit - n_train, seed, name)),
+        )
     k = len(np.unique(train.y))
     calib = max(k, min(CALIB_MAX, round(len(train.y) * CALIB_SHARE)))
     try:
-        x_train, x_calib, y_train, y_calib = train_test_split(train.x, train.y, test_size=calib, random_state=seed,
-                                                              stratify=train.y)
+        x_train, x_calib, y_train, y_calib = train_test_split(
+            train.x, train.y, test_size=calib, random_state=seed, stratify=train.y
+        )
     except ValueError as exc:
-        raise DataError(f"{name}: {len(train.y)} training samples of {k} classes are too few to hold out "
-                        f"{calib} for calibration (stratified): {exc}") from None
+        raise DataError(
+            f"{name}: {len(train.y)} training samples of {k} classes are too few to hold out "
+            f"{calib} for calibration (stratified): {exc}"
+        ) from None
     num_classes = max(len(test.classes), int(max(train.y.max(), test.y.max())) + 1)
     return TaskData(name, x_train, y_train, x_calib, y_calib, test.x, test.y, num_classes)
 
@@ -318,18 +353,22 @@ def _check_data(data: TaskData, source: str) -> None:
         raise DataError(f"task.entry: {source} returned data of type {type(data).__name__}; expected a TaskData")
     shapes = {x.shape[1:] for x in (data.x_train, data.x_calib, data.x_val)}
     if len(shapes) != 1:
-        raise DataError(f"task.entry: {source}: train, calibration and validation inputs differ in shape: "
-                        f"{sorted(shapes)}")
+        raise DataError(
+            f"task.entry: {source}: train, calibration and validation inputs differ in shape: {sorted(shapes)}"
+        )
     for part in ("train", "calib", "val"):
         x, y = getattr(data, f"x_{part}"), getattr(data, f"y_{part}")
         if len(x) == 0 or len(x) != len(y):
-            raise DataError(f"task.entry: {source}: x_{part} has {len(x)} samples and y_{part} {len(y)}; "
-                            "they must match and not be empty")
+            raise DataError(
+                f"task.entry: {source}: x_{part} has {len(x)} samples and y_{part} {len(y)}; "
+                "they must match and not be empty"
+            )
         if x.dtype != np.float32:
             raise DataError(f"task.entry: {source}: x_{part} is {x.dtype}; inputs must be float32")
         if y.max() >= data.num_classes:
-            raise DataError(f"task.entry: {source}: y_{part} holds label {y.max()} but num_classes is "
-                            f"{data.num_classes}")
+            raise DataError(
+                f"task.entry: {source}: y_{part} holds label {y.max()} but num_classes is {data.num_classes}"
+            )
 
 
 def _onnx_model(raw: bytes, source: str) -> bytes:
@@ -350,8 +389,10 @@ def _onnx_classes(model: bytes, x_val: np.ndarray, model_path: str, data_path: s
     try:
         logits = predict(model, x_val[:2])
     except Exception as exc:  # noqa: BLE001 - onnxruntime's errors for a wrong input shape or type
-        raise DataError(f"{model_path} does not run on x_val of {data_path} (samples of shape {x_val.shape[1:]}): "
-                        f"{type(exc).__name__}: {exc}") from None
+        raise DataError(
+            f"{model_path} does not run on x_val of {data_path} (samples of shape {x_val.shape[1:]}): "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
     if logits.ndim != 2:
         raise DataError(f"{model_path}: expected class scores of shape (batch, classes), got {logits.shape}")
     return int(logits.shape[1])

@@ -31,13 +31,16 @@ def cache_dir() -> Path:
 
 def teacher_key(task: str, seed: int, width: float, depth: int, epochs: int, lr: float) -> str:
     """A stable key for one teacher: the task, its split seed and every training setting."""
-    blob = json.dumps({"task": task, "seed": seed, "width": width, "depth": depth, "epochs": epochs, "lr": lr,
-                       "family": "cnn-v1"}, sort_keys=True)
+    blob = json.dumps(
+        {"task": task, "seed": seed, "width": width, "depth": depth, "epochs": epochs, "lr": lr, "family": "cnn-v1"},
+        sort_keys=True,
+    )
     return f"{task}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
-def get_teacher(data: TaskData, *, seed: int, width: float, depth: int, epochs: int, lr: float,
-                key: str | None = None) -> tuple[nn.Module, bool]:
+def get_teacher(
+    data: TaskData, *, seed: int, width: float, depth: int, epochs: int, lr: float, key: str | None = None
+) -> tuple[nn.Module, bool]:
     """The trained teacher and whether it came from the cache (keyed by `key`, default the data's name)."""
     torch.manual_seed(seed)
     model = CNN(data.input_shape[0], data.num_classes, width=width, depth=depth)
@@ -106,19 +109,27 @@ def load_checkpoint(spec: TeacherSpec, num_classes: int) -> nn.Module:
         except Exception:  # noqa: BLE001 - a pickled model (refused by weights_only), or not a torch file at all
             state = None
         if isinstance(state, dict):
-            raise ConfigError(f"{where}: holds a state dict, not a model; give arch: the torchvision architecture "
-                              "it was saved from (format: state_dict)")
-        raise ConfigError(f"{where}: neither TorchScript nor a state dict, and format auto never runs code from a "
-                          "file; if it is a whole model saved with torch.save(model) by someone you trust, set "
-                          "format: pickle (loading it runs the code the file names)")
+            raise ConfigError(
+                f"{where}: holds a state dict, not a model; give arch: the torchvision architecture "
+                "it was saved from (format: state_dict)"
+            )
+        raise ConfigError(
+            f"{where}: neither TorchScript nor a state dict, and format auto never runs code from a "
+            "file; if it is a whole model saved with torch.save(model) by someone you trust, set "
+            "format: pickle (loading it runs the code the file names)"
+        )
     try:
         model = torch.load(path, map_location="cpu", weights_only=False)  # runs the file's code: asked for by name
     except Exception as exc:  # noqa: BLE001 - unpickling raises anything the file's classes raise
-        raise DataError(f"{where}: cannot be loaded as a saved model: {type(exc).__name__}: {_first_line(exc)} "
-                        "(a model class must be importable here, under the module it was saved from)") from None
+        raise DataError(
+            f"{where}: cannot be loaded as a saved model: {type(exc).__name__}: {_first_line(exc)} "
+            "(a model class must be importable here, under the module it was saved from)"
+        ) from None
     if not isinstance(model, nn.Module):
-        raise DataError(f"{where}: holds a {type(model).__name__}, not a torch.nn.Module; for a state dict give "
-                        "arch: the torchvision architecture (format: state_dict)")
+        raise DataError(
+            f"{where}: holds a {type(model).__name__}, not a torch.nn.Module; for a state dict give "
+            "arch: the torchvision architecture (format: state_dict)"
+        )
     return model.eval()
 
 
@@ -137,8 +148,9 @@ def _from_state_dict(path: Path, arch: str, num_classes: int, where: str) -> nn.
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a pickled model, or not a torch file at all
-        raise DataError(f"{where}: not a state dict (torch.save(model.state_dict())): "
-                        f"{type(exc).__name__}: {_first_line(exc)}") from None
+        raise DataError(
+            f"{where}: not a state dict (torch.save(model.state_dict())): {type(exc).__name__}: {_first_line(exc)}"
+        ) from None
     if isinstance(state, dict):
         # Training scripts often wrap the weights ({"state_dict": ...}) or save them from DataParallel ("module.").
         for wrapper in ("state_dict", "model_state_dict", "model"):
@@ -156,8 +168,10 @@ def _from_state_dict(path: Path, arch: str, num_classes: int, where: str) -> nn.
     except RuntimeError as exc:  # tensors of other shapes
         raise DataError(f"{fit}: {' '.join(str(exc).split())[:600]}") from None
     if result.missing_keys or result.unexpected_keys:
-        raise DataError(f"{fit}: {len(result.missing_keys)} missing key(s) {result.missing_keys[:3]}, "
-                        f"{len(result.unexpected_keys)} unexpected key(s) {result.unexpected_keys[:3]}")
+        raise DataError(
+            f"{fit}: {len(result.missing_keys)} missing key(s) {result.missing_keys[:3]}, "
+            f"{len(result.unexpected_keys)} unexpected key(s) {result.unexpected_keys[:3]}"
+        )
     return model.eval()
 
 
@@ -168,12 +182,15 @@ def check_teacher(model: nn.Module, data: TaskData, source: str) -> None:
         with torch.no_grad():
             out = model(torch.from_numpy(data.x_val[:2]))
     except Exception as exc:  # noqa: BLE001 - any layer may refuse the shape
-        raise DataError(f"{source}: the teacher does not run on the task's inputs (shape {data.input_shape}): "
-                        f"{type(exc).__name__}: {_first_line(exc)}") from None
+        raise DataError(
+            f"{source}: the teacher does not run on the task's inputs (shape {data.input_shape}): "
+            f"{type(exc).__name__}: {_first_line(exc)}"
+        ) from None
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(data.x_val[:2]), data.num_classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise DataError(f"{source}: the teacher outputs {shape}; this task needs (batch, {data.num_classes}) "
-                        "class scores")
+        raise DataError(
+            f"{source}: the teacher outputs {shape}; this task needs (batch, {data.num_classes}) class scores"
+        )
 
 
 def is_torchscript(path: str | Path | IO[bytes]) -> bool:

@@ -12,8 +12,11 @@ from importlib.metadata import PackageNotFoundError, version
 BUILDS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino")
 # The build each target needs (any build runs the CPU provider).
 NEEDS = {"cuda": "onnxruntime-gpu", "tensorrt": "onnxruntime-gpu", "openvino": "onnxruntime-openvino"}
-ROUTE = {"onnxruntime-gpu": "make install-gpu", "onnxruntime-openvino": "make install-openvino",
-         "onnxruntime": "make install"}
+ROUTE = {
+    "onnxruntime-gpu": "make install-gpu",
+    "onnxruntime-openvino": "make install-openvino",
+    "onnxruntime": "make install",
+}
 
 
 def installed_builds() -> dict[str, str]:
@@ -32,12 +35,15 @@ def build_problem(kind: str, builds: dict[str, str] | None = None) -> str | None
     builds = installed_builds() if builds is None else builds
     if len(builds) > 1:
         keep = NEEDS.get(kind, next(iter(b for b in builds if b != "onnxruntime"), "onnxruntime"))
-        return (f"two or more ONNX Runtime builds are installed in one environment ({', '.join(builds)}); they "
-                f"install the same `onnxruntime` module and overwrite each other. Keep one: `{ROUTE[keep]}` "
-                f"leaves only {keep}")
+        return (
+            f"two or more ONNX Runtime builds are installed in one environment ({', '.join(builds)}); they "
+            f"install the same `onnxruntime` module and overwrite each other. Keep one: `{ROUTE[keep]}` "
+            f"leaves only {keep}"
+        )
     needed = NEEDS.get(kind)
     if needed and builds and needed not in builds:
         have = next(iter(builds))
-        return (f"target {kind!r} needs the {needed} build, but this environment has {have}; "
-                f"`{ROUTE[needed]}` replaces it")
+        return (
+            f"target {kind!r} needs the {needed} build, but this environment has {have}; `{ROUTE[needed]}` replaces it"
+        )
     return None

@@ -34,8 +34,11 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("experiment", help="experiment file (YAML)")
         p.add_argument("--storage", help="Optuna storage URL (overrides search.storage)")
         p.add_argument("--tracking-uri", help="MLflow tracking URI (overrides tracking.uri)")
-        p.add_argument("--output-dir", help="folder for outputs (overrides output_dir; relative to the current "
-                                            "folder; default: output_dir relative to the experiment file's folder)")
+        p.add_argument(
+            "--output-dir",
+            help="folder for outputs (overrides output_dir; relative to the current "
+            "folder; default: output_dir relative to the experiment file's folder)",
+        )
         p.add_argument("--verbose", action="store_true", help="show Ray's and MLflow's own log lines")
 
     run = sub.add_parser("run", help="run or resume a sweep, then pick and register the deployable model")
@@ -44,15 +47,27 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--parallel", type=int, help="trials in flight at once (overrides search.parallel)")
     run.add_argument("--ray-address", help="Ray cluster address, e.g. 'auto' (default: start a local Ray)")
     run.add_argument("--quiet", action="store_true", help="print only the summary")
-    run.add_argument("--dry-run", action="store_true", help="print the resolved experiment, the space's size and "
-                                                            "the checked target; start and write nothing")
-    run.add_argument("--fresh", action="store_true", help="start over: delete this experiment's study, MLflow "
-                                                          "runs and outputs first (instead of resuming)")
-    run.add_argument("--no-tracking", action="store_true",
-                     help="run without MLflow (the study keeps everything; `slimsweep sync` back-fills MLflow later)")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved experiment, the space's size and the checked target; start and write nothing",
+    )
+    run.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start over: delete this experiment's study, MLflow runs and outputs first (instead of resuming)",
+    )
+    run.add_argument(
+        "--no-tracking",
+        action="store_true",
+        help="run without MLflow (the study keeps everything; `slimsweep sync` back-fills MLflow later)",
+    )
 
-    sync = sub.add_parser("sync", help="back-fill MLflow from the study (runs, tags, artifacts, front, pick); "
-                                       "running it again adds nothing twice")
+    sync = sub.add_parser(
+        "sync",
+        help="back-fill MLflow from the study (runs, tags, artifacts, front, pick); "
+        "running it again adds nothing twice",
+    )
     common(sync)
 
     front = sub.add_parser("front", help="print the Pareto front of a sweep")
@@ -80,8 +95,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--max-seconds", type=float, default=3.0, help="time cap of the repeat loop")
     bench.add_argument("--json", action="store_true", help="print the figures as JSON")
 
-    compare = sub.add_parser("compare", help="time ONNX models side by side (interleaved, round after round) and "
-                                             "give each one's speed-up over a baseline with a 95%% interval")
+    compare = sub.add_parser(
+        "compare",
+        help="time ONNX models side by side (interleaved, round after round) and "
+        "give each one's speed-up over a baseline with a 95%% interval",
+    )
     compare.add_argument("models", nargs="+", help="ONNX files")
     compare.add_argument("--baseline", help="the model speed-ups are taken against (default: the first)")
     compare.add_argument("--threads", type=int, default=1)
@@ -91,23 +109,37 @@ def _parser() -> argparse.ArgumentParser:
 
     agent = sub.add_parser("agent", help="serve this device as a remote target: time ONNX models sent over HTTP")
     agent.add_argument("--port", type=int, default=8470)
-    agent.add_argument("--host", default="127.0.0.1",
-                       help="interface to listen on (default: loopback only; 0.0.0.0 opens it to the network)")
-    agent.add_argument("--token-file", required=True,
-                       help="file holding the bearer token clients must send (>= 16 bytes, mode 600)")
+    agent.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to listen on (default: loopback only; 0.0.0.0 opens it to the network)",
+    )
+    agent.add_argument(
+        "--token-file", required=True, help="file holding the bearer token clients must send (>= 16 bytes, mode 600)"
+    )
     agent.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (with --tls-key)")
     agent.add_argument("--tls-key", help="PEM private key of --tls-cert")
     agent.add_argument("--max-model-mb", type=float, default=64.0, help="largest model accepted (MB)")
-    agent.add_argument("--max-memory-mb", type=int, default=4096,
-                       help="memory the measuring worker may use (MB); a model or batch that needs more gets 400")
+    agent.add_argument(
+        "--max-memory-mb",
+        type=int,
+        default=4096,
+        help="memory the measuring worker may use (MB); a model or batch that needs more gets 400",
+    )
     agent.add_argument("--queue", type=int, default=4, help="measurements accepted at once; more get 503")
     return parser
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = {"storage": "search.storage", "tracking_uri": "tracking.uri", "output_dir": "output_dir",
-             "trials": "search.trials", "parallel": "search.parallel", "max_accuracy_drop": "pick.max_accuracy_drop",
-             "max_latency_ms": "pick.max_latency_ms"}
+    names = {
+        "storage": "search.storage",
+        "tracking_uri": "tracking.uri",
+        "output_dir": "output_dir",
+        "trials": "search.trials",
+        "parallel": "search.parallel",
+        "max_accuracy_drop": "pick.max_accuracy_drop",
+        "max_latency_ms": "pick.max_latency_ms",
+    }
     return {dotted: getattr(args, attr) for attr, dotted in names.items() if getattr(args, attr, None) is not None}
 
 
@@ -118,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in {"bench", "agent", "compare"}:
             return {"bench": _bench, "agent": _agent, "compare": _compare}[args.command](args)
         exp = _outputs_beside_file(load(args.experiment, _overrides(args)), args)  # validated before anything
-        _quiet_libraries(args.verbose)                                             # is started or written
+        _quiet_libraries(args.verbose)  # is started or written
         return {"run": _run, "front": _front, "pick": _pick, "status": _status, "sync": _sync}[args.command](exp, args)
     except SlimsweepError as exc:
         from search.config import cut_message
@@ -209,38 +241,57 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
         # The task and teacher; their errors exit 2 before the study or MLflow is written.
         ctx = prepare(exp, say=None if args.quiet else console.print)
         resources = exp.search.resources
-        executor = RayExecutor(address=args.ray_address, num_cpus=resources.num_cpus, num_gpus=resources.num_gpus,
-                               trial_timeout_s=exp.search.trial_timeout_s)
+        executor = RayExecutor(
+            address=args.ray_address,
+            num_cpus=resources.num_cpus,
+            num_gpus=resources.num_gpus,
+            trial_timeout_s=exp.search.trial_timeout_s,
+        )
         executor.open_station(spec, reserve_cores=exp.target.reserve_cores)
         summary = run_sweep(exp, executor, ctx, quiet=args.quiet, offline=args.no_tracking)
     except KeyboardInterrupt:  # before the loop began: nothing to keep
         console.print("stopped before any trial ran")
         return EXIT_INTERRUPTED
     if summary.requeued:
-        console.print(f"resumed: trials {summary.requeued} were left unfinished by an earlier run and were queued again")
+        console.print(
+            f"resumed: trials {summary.requeued} were left unfinished by an earlier run and were queued again"
+        )
     if summary.interrupted:
-        console.print(f"stopped: {summary.finished} finished trials are kept in {exp.storage_url}; "
-                      f"run the same command to resume")
+        console.print(
+            f"stopped: {summary.finished} finished trials are kept in {exp.storage_url}; run the same command to resume"
+        )
         return EXIT_INTERRUPTED
-    console.print(f"{summary.finished} trials finished ({summary.failed} failed, {summary.reused} answered from an "
-                  f"earlier identical plan), {summary.ran_now} run now "
-                  f"({summary.parallel} at a time), in {summary.seconds:.0f} s; latency cache: {summary.cache.get('latency_cache_hits', 0)} hits, "
-                  f"{summary.cache.get('latency_cache_misses', 0)} timed")
+    console.print(
+        f"{summary.finished} trials finished ({summary.failed} failed, {summary.reused} answered from an "
+        f"earlier identical plan), {summary.ran_now} run now "
+        f"({summary.parallel} at a time), in {summary.seconds:.0f} s; "
+        f"latency cache: {summary.cache.get('latency_cache_hits', 0)} hits, "
+        f"{summary.cache.get('latency_cache_misses', 0)} timed"
+    )
     if summary.failed or summary.retried:
         kinds = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(summary.failed_kinds.items()))
-        console.print(f"failures: {kinds or 'none'}; {summary.retried} attempts run again after a machinery "
-                      f"failure (search.max_retries = {exp.search.max_retries})", soft_wrap=True)
+        console.print(
+            f"failures: {kinds or 'none'}; {summary.retried} attempts run again after a machinery "
+            f"failure (search.max_retries = {exp.search.max_retries})",
+            soft_wrap=True,
+        )
     if summary.tracking_down:
-        console.print(f"MLflow at {exp.tracking_uri} became unreachable ({summary.tracking_down[:200]}); the sweep "
-                      f"went on and the study holds every trial: run `slimsweep sync {args.experiment}` once it is "
-                      f"back", soft_wrap=True)
+        console.print(
+            f"MLflow at {exp.tracking_uri} became unreachable ({summary.tracking_down[:200]}); the sweep "
+            f"went on and the study holds every trial: run `slimsweep sync {args.experiment}` once it is "
+            f"back",
+            soft_wrap=True,
+        )
     if exp.constraints.max_latency_ms is not None:
-        console.print(f"latency first: {summary.skipped_training} trials broke the "
-                      f"{exp.constraints.max_latency_ms:g} ms budget untrained and were not trained "
-                      f"(about {summary.seconds_saved:.0f} s of training saved)")
+        console.print(
+            f"latency first: {summary.skipped_training} trials broke the "
+            f"{exp.constraints.max_latency_ms:g} ms budget untrained and were not trained "
+            f"(about {summary.seconds_saved:.0f} s of training saved)"
+        )
     study = open_study(exp)
-    tracker = Tracker(exp.tracking_uri, exp.name, exp.out / "mlartifacts",
-                      offline=args.no_tracking or bool(summary.tracking_down))
+    tracker = Tracker(
+        exp.tracking_uri, exp.name, exp.out / "mlartifacts", offline=args.no_tracking or bool(summary.tracking_down)
+    )
 
     def retime(models: list[bytes], names: list[str], settings) -> Any:
         import ray  # the station times the teacher and the front side by side, on its reserved cores
@@ -266,8 +317,11 @@ def _dry_run(exp: Experiment, args: argparse.Namespace) -> int:
     """Print what `run` would do; start nothing and write nothing."""
     from search.dryrun import as_text, report
 
-    checked = (f"{exp.target.kind}: checked here, it runs" if not args.ray_address
-               else f"{exp.target.kind}: checked where the bench station lands on the cluster (not here)")
+    checked = (
+        f"{exp.target.kind}: checked here, it runs"
+        if not args.ray_address
+        else f"{exp.target.kind}: checked where the bench station lands on the cluster (not here)"
+    )
     rep = report(exp, checked)
     print(json.dumps(rep, indent=2) if getattr(args, "json", False) else as_text(rep))
     return 0
@@ -303,16 +357,26 @@ def _deliver(exp: Experiment, study: Any, tracker: Any, policy: Any, *, retime: 
     except BaseException:
         tracker.end("FAILED")
         raise
-    console.print(table(delivery.front, dict(teacher(study), latency_p50_ms_verified=teacher_latency(study)),
-                        pick=delivery.choice.candidate.trial, accuracy_threshold=accuracy_threshold(study, policy)))
+    console.print(
+        table(
+            delivery.front,
+            dict(teacher(study), latency_p50_ms_verified=teacher_latency(study)),
+            pick=delivery.choice.candidate.trial,
+            accuracy_threshold=accuracy_threshold(study, policy),
+        )
+    )
     console.print(f"picked trial {delivery.choice.candidate.trial}: {delivery.choice.why}")
     console.print(_speedup_line(json.loads(delivery.card_path.read_text())))
-    registered = (f"registered models:/{exp.name}@deployable (version {delivery.registered_version})"
-                  if delivery.registered_version else "not registered: MLflow is unreachable; `slimsweep sync` "
-                                                      "registers it")
+    registered = (
+        f"registered models:/{exp.name}@deployable (version {delivery.registered_version})"
+        if delivery.registered_version
+        else "not registered: MLflow is unreachable; `slimsweep sync` registers it"
+    )
     console.print(f"wrote {delivery.onnx_path} and {delivery.card_path}; {registered}")
-    console.print(f"review: mlflow ui --backend-store-uri {exp.tracking_uri}, then open "
-                  f"http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning")
+    console.print(
+        f"review: mlflow ui --backend-store-uri {exp.tracking_uri}, then open "
+        f"http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning"
+    )
     tracker.end("FINISHED")
     return 0
 
@@ -322,8 +386,10 @@ def _speedup_line(card: dict[str, Any]) -> str:
     speed = card["speedup_vs_teacher"]
     if card.get("speedup_ci_low") is None:
         return f"speed-up over the fp32 teacher: {speed:.2f}x ({card['speedup_method']})"
-    line = (f"speed-up over the fp32 teacher, timed side by side: {speed:.2f}x "
-            f"(95% interval {card['speedup_ci_low']:.2f}-{card['speedup_ci_high']:.2f})")
+    line = (
+        f"speed-up over the fp32 teacher, timed side by side: {speed:.2f}x "
+        f"(95% interval {card['speedup_ci_low']:.2f}-{card['speedup_ci_high']:.2f})"
+    )
     if not card["speedup_clear_of_one"]:
         line += "; the interval includes 1.0: on this machine the pick is not measurably faster than the teacher"
     return line
@@ -341,12 +407,28 @@ def _front(exp: Experiment, args: argparse.Namespace) -> int:
     threshold = accuracy_threshold(study, make_policy(exp.pick))
     pick = _picked(exp)
     if args.json:
-        print(json.dumps({"experiment": exp.name, "teacher": teacher, "accuracy_threshold": threshold,
-                          "pick": None if pick is None else pick["trial"],
-                          "front": [_row(c) for c in members]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "experiment": exp.name,
+                    "teacher": teacher,
+                    "accuracy_threshold": threshold,
+                    "pick": None if pick is None else pick["trial"],
+                    "front": [_row(c) for c in members],
+                },
+                indent=2,
+            )
+        )
         return 0
-    _console().print(table(members, teacher, title=f"Pareto front of {exp.name}",
-                           pick=None if pick is None else pick["trial"], accuracy_threshold=threshold))
+    _console().print(
+        table(
+            members,
+            teacher,
+            title=f"Pareto front of {exp.name}",
+            pick=None if pick is None else pick["trial"],
+            accuracy_threshold=threshold,
+        )
+    )
     return 0
 
 
@@ -395,8 +477,14 @@ def _bench(args: argparse.Namespace) -> int:
     if not model.is_file():
         raise ConfigError(f"{model}: no such ONNX file")
     batch, note = _batch_for([model], args.batch_size)
-    fields = {"kind": args.target, "threads": args.threads, "batch_size": batch,
-              "device_id": args.device_id, "url": args.url, "token_file": args.token_file}
+    fields = {
+        "kind": args.target,
+        "threads": args.threads,
+        "batch_size": batch,
+        "device_id": args.device_id,
+        "url": args.url,
+        "token_file": args.token_file,
+    }
     target = _validated(Target, {k: v for k, v in fields.items() if v is not None}, "--target flags")
     from evaluators.latency import TRIAL_TIMING
     from evaluators.targets import make_target, settings_for
@@ -408,8 +496,19 @@ def _bench(args: argparse.Namespace) -> int:
     if args.json:
         from dataclasses import asdict
 
-        print(json.dumps({"model": str(model), "target": target.kind, "threads": spec.threads,
-                          "batch_size": spec.batch_size, "batch_note": note, **asdict(stats)}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "model": str(model),
+                    "target": target.kind,
+                    "threads": spec.threads,
+                    "batch_size": spec.batch_size,
+                    "batch_note": note,
+                    **asdict(stats),
+                },
+                indent=2,
+            )
+        )
         return 0
     from rich.table import Table
 
@@ -439,8 +538,10 @@ def _batch_for(models: list[Path], given: int | None) -> tuple[int | None, str |
     if given is not None:
         clash = {name: b for name, b in fixed.items() if b is not None and b != given}
         if clash:
-            raise ConfigError(f"--batch-size: {given} is not allowed for a model that fixes its batch ({clash}); "
-                              "drop the flag or give that batch")
+            raise ConfigError(
+                f"--batch-size: {given} is not allowed for a model that fixes its batch ({clash}); "
+                "drop the flag or give that batch"
+            )
         return given, None
     if len(batches) > 1:
         raise ConfigError(f"--batch-size: the models fix different batch sizes ({fixed}); time models of one batch")
@@ -472,26 +573,44 @@ def _compare(args: argparse.Namespace) -> int:
     settings = CompareSettings(threads=target.threads, batch_size=target.batch_size, max_seconds=args.max_seconds)
     result = compare(paths, settings, names=_short_names(paths))
     if args.json:
-        print(json.dumps({**result.to_dict(), "threads": settings.threads, "batch_size": settings.batch_size,
-                          "batch_note": note}, indent=2))
+        print(
+            json.dumps(
+                {
+                    **result.to_dict(),
+                    "threads": settings.threads,
+                    "batch_size": settings.batch_size,
+                    "batch_note": note,
+                },
+                indent=2,
+            )
+        )
         return 0
     from rich.table import Table
 
-    table = Table(title=f"side by side on cpu (threads {settings.threads}, batch {settings.batch_size}): speed-up = "
-                        f"median of per-round {result.baseline.name} p50 / model p50")
+    table = Table(
+        title=f"side by side on cpu (threads {settings.threads}, batch {settings.batch_size}): speed-up = "
+        f"median of per-round {result.baseline.name} p50 / model p50"
+    )
     for column in ("model", "p50 ms", "speed-up", "95% CI", "vs baseline"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for m in result.models:
-        table.add_row(m.name, f"{m.p50_ms:.4f}", f"{m.speedup:.3f}x",
-                      f"{m.speedup_ci_low:.3f} - {m.speedup_ci_high:.3f}",
-                      "baseline" if m is result.baseline else m.verdict())
+        table.add_row(
+            m.name,
+            f"{m.p50_ms:.4f}",
+            f"{m.speedup:.3f}x",
+            f"{m.speedup_ci_low:.3f} - {m.speedup_ci_high:.3f}",
+            "baseline" if m is result.baseline else m.verdict(),
+        )
     console = _console()
     if note:
         console.print(note)
     console.print(table)
-    tight = (f"every interval within ±{settings.target_rel_ci:.0%}" if result.tight else
-             f"NOT every interval reached ±{settings.target_rel_ci:.0%} (time cap): re-run with a larger "
-             "--max-seconds or on a quieter machine")
+    tight = (
+        f"every interval within ±{settings.target_rel_ci:.0%}"
+        if result.tight
+        else f"NOT every interval reached ±{settings.target_rel_ci:.0%} (time cap): re-run with a larger "
+        "--max-seconds or on a quieter machine"
+    )
     console.print(f"{result.rounds} rounds in {result.seconds:.1f} s; {tight}")
     return 0
 
@@ -507,15 +626,24 @@ def _agent(args: argparse.Namespace) -> int:
 
     if not Path(args.token_file).is_file():
         raise ConfigError(f"--token-file: {args.token_file!r} does not exist")
-    serve(port=args.port, host=args.host, token_file=args.token_file, tls_cert=args.tls_cert, tls_key=args.tls_key,
-          max_model_bytes=int(args.max_model_mb * 1e6), queue_size=args.queue, max_memory_mb=args.max_memory_mb)
+    serve(
+        port=args.port,
+        host=args.host,
+        token_file=args.token_file,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        max_model_bytes=int(args.max_model_mb * 1e6),
+        queue_size=args.queue,
+        max_memory_mb=args.max_memory_mb,
+    )
     return 0
 
 
 def _validated(model: Any, data: dict[str, Any], source: str) -> Any:
     """Validate flags with the same schema (and the same messages) as the experiment file."""
-    from search.config import format_errors
     from pydantic import ValidationError
+
+    from search.config import format_errors
 
     try:
         return model.model_validate(data)

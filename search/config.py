@@ -44,8 +44,6 @@ _VALUE_REPR.maxdict = _VALUE_REPR.maxlist = _VALUE_REPR.maxtuple = _VALUE_REPR.m
 _MESSAGE_BYTES = 3500
 
 
-
-
 class Constraints(Strict):
     """Feasibility limits handed to Optuna; infeasible trials stay out of the front."""
 
@@ -86,8 +84,14 @@ class Target(Strict):
         """The target as the evaluators know it: the one place the schema's target becomes a TargetSpec."""
         from evaluators.targets import TargetSpec  # ONNX Runtime loads only when a target is used, not to validate
 
-        return TargetSpec(kind=self.kind, threads=self.threads, batch_size=self.batch_size, device_id=self.device_id,
-                          url=self.url, token=self.token())
+        return TargetSpec(
+            kind=self.kind,
+            threads=self.threads,
+            batch_size=self.batch_size,
+            device_id=self.device_id,
+            url=self.url,
+            token=self.token(),
+        )
 
 
 # Upper bounds on what one trial may ask of a node: far above any node Ray runs on today, low enough that a typo
@@ -128,9 +132,11 @@ def check_database_url(v: str | None, what: str) -> str | None:
         return v
     scheme = v.split("://", 1)[0]
     if scheme not in POSTGRES_DRIVERS or "://" not in v:
-        raise ValueError(f"a PostgreSQL {what} URL starts with one of "
-                         f"{', '.join(s + '://' for s in POSTGRES_DRIVERS)} (e.g. postgresql://USER@HOST:5432/DB), "
-                         f"got {v!r}")
+        raise ValueError(
+            f"a PostgreSQL {what} URL starts with one of "
+            f"{', '.join(s + '://' for s in POSTGRES_DRIVERS)} (e.g. postgresql://USER@HOST:5432/DB), "
+            f"got {v!r}"
+        )
     module = POSTGRES_DRIVERS[scheme] or _default_postgres_driver()
     if importlib.util.find_spec(module) is None:
         package = "psycopg2-binary" if module == "psycopg2" else "psycopg[binary]"
@@ -369,8 +375,13 @@ def _relevant(errors: list[dict[str, Any]], data: Any) -> list[dict[str, Any]]:
         head = tuple(_user_loc(err["loc"][: err["loc"].index(branch)] if branch else err["loc"]))
         written = _value_at(data, list(head))
         wanted = "FloatRange" if isinstance(written, dict) else "list" if isinstance(written, list) else "scalar"
-        got = None if branch is None else "FloatRange" if "FloatRange" in branch else (
-            "list" if branch.startswith("list[") else "scalar")
+        got = (
+            None
+            if branch is None
+            else "FloatRange"
+            if "FloatRange" in branch
+            else ("list" if branch.startswith("list[") else "scalar")
+        )
         if head not in chosen or got == wanted:
             chosen[head] = err
     return list(chosen.values())
@@ -398,8 +409,11 @@ def _format(error: dict[str, Any]) -> str:
     message = error["msg"].removeprefix("Value error, ")
     branch = _branch(error["loc"])
     if branch and kind.endswith(("_type", "_parsing")):
-        message = "expected an integer or a list of integers to choose from" if branch in {"int", "list[int]"} \
+        message = (
+            "expected an integer or a list of integers to choose from"
+            if branch in {"int", "list[int]"}
             else f"expected {_KNOB_FORMS}"
+        )
     return f"{field}: {message}" + ("" if "got" in message or "is not allowed" in message else f" (got {short(value)})")
 
 
@@ -451,8 +465,10 @@ def _check_size(data: Any, path: Path) -> None:
         node = stack.pop()
         seen += 1
         if seen > _MAX_VALUES:
-            raise ConfigError(f"{path}: expands to more than {_MAX_VALUES} values (YAML anchors and aliases that "
-                              "repeat each other?); an experiment file is far smaller")
+            raise ConfigError(
+                f"{path}: expands to more than {_MAX_VALUES} values (YAML anchors and aliases that "
+                "repeat each other?); an experiment file is far smaller"
+            )
         if isinstance(node, dict):
             stack.extend(node.keys())
             stack.extend(node.values())

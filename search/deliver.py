@@ -37,7 +37,9 @@ class Delivery:
 Retime = Callable[[list[bytes], list[str], CompareSettings], Comparison]
 
 
-def verify(exp: Experiment, study: optuna.Study, members: list[Candidate], retime: Retime) -> tuple[list[Candidate], float]:
+def verify(
+    exp: Experiment, study: optuna.Study, members: list[Candidate], retime: Retime
+) -> tuple[list[Candidate], float]:
     """Time the fp32 teacher and the front members side by side, nothing else running; store each one's p50 and
     its speed-up over the teacher (median of per-round ratios, with its 95% CI)."""
     settings = CompareSettings(threads=exp.target.threads, batch_size=exp.target.batch_size, **VERIFY_COMPARE)
@@ -48,8 +50,14 @@ def verify(exp: Experiment, study: optuna.Study, members: list[Candidate], retim
     for m in result.models:
         figures[m.name] = m.p50_ms
         if m.name != "teacher":
-            speedups[m.name] = {"speedup": m.speedup, "ci_low": m.speedup_ci_low, "ci_high": m.speedup_ci_high,
-                                "clear_of_one": m.clear_of_one, "rounds": result.rounds, "tight": result.tight}
+            speedups[m.name] = {
+                "speedup": m.speedup,
+                "ci_low": m.speedup_ci_low,
+                "ci_high": m.speedup_ci_high,
+                "clear_of_one": m.clear_of_one,
+                "rounds": result.rounds,
+                "tight": result.tight,
+            }
     set_verified(study, figures, speedups)
     return with_verified(study, members), figures["teacher"]
 
@@ -81,8 +89,15 @@ def accuracy_threshold(study: optuna.Study, policy: PickPolicy) -> float | None:
     return None if drop is None else teacher(study)["accuracy"] - drop
 
 
-def publish_front(exp: Experiment, study: optuna.Study, tracker: Tracker, members: list[Candidate], *,
-                  pick: int | None = None, policy: PickPolicy | None = None) -> None:
+def publish_front(
+    exp: Experiment,
+    study: optuna.Study,
+    tracker: Tracker,
+    members: list[Candidate],
+    *,
+    pick: int | None = None,
+    policy: PickPolicy | None = None,
+) -> None:
     """Tag front runs, log verified latencies, and attach pareto.csv / .png / .html to the parent run, the pick
     and the policy's accuracy threshold marked."""
     numbers = {c.trial for c in members}
@@ -105,8 +120,16 @@ def publish_front(exp: Experiment, study: optuna.Study, tracker: Tracker, member
     tracker.log_parent(files={"": page})
 
 
-def deliver(exp: Experiment, study: optuna.Study, tracker: Tracker, policy: PickPolicy, *, retime: Retime | None,
-            output_dir: Path | None = None, say: Callable[[str], None] = lambda line: None) -> Delivery:
+def deliver(
+    exp: Experiment,
+    study: optuna.Study,
+    tracker: Tracker,
+    policy: PickPolicy,
+    *,
+    retime: Retime | None,
+    output_dir: Path | None = None,
+    say: Callable[[str], None] = lambda line: None,
+) -> Delivery:
     """Choose by policy (re-timing the front first when `retime` is given), then hand the model over as one step:
     registered from its trial's run (alias 'deployable'), deployable.onnx and model_card.json."""
     folder = output_dir or exp.out
@@ -116,16 +139,22 @@ def deliver(exp: Experiment, study: optuna.Study, tracker: Tracker, policy: Pick
     members = front(study)
     teacher_ms = teacher_latency(study)
     if retime is not None and members:
-        say(f"verifying: timing the teacher and {len(members)} front members side by side (up to "
-            f"{VERIFY_COMPARE['max_seconds']:.0f} s)")
+        say(
+            f"verifying: timing the teacher and {len(members)} front members side by side (up to "
+            f"{VERIFY_COMPARE['max_seconds']:.0f} s)"
+        )
         members, teacher_ms = verify(exp, study, members, retime)
     else:
         members = with_verified(study, members)
     choice = choose(members, policy, teacher_ms)
     c = choice.candidate
     card = model_card(exp, study, choice, policy, teacher_ms)
-    card["registry"] = {"name": exp.name, "alias": "deployable", "uri": f"models:/{exp.name}@deployable",
-                        "tracking_uri": exp.tracking_uri}
+    card["registry"] = {
+        "name": exp.name,
+        "alias": "deployable",
+        "uri": f"models:/{exp.name}@deployable",
+        "tracking_uri": exp.tracking_uri,
+    }
     runs = tracker.trial_runs()
     source = trial_path(exp, c.trial)
     example = input_example(exp)
@@ -137,21 +166,32 @@ def deliver(exp: Experiment, study: optuna.Study, tracker: Tracker, policy: Pick
         if found is not None:
             return found  # the same trial and bytes: re-picking an unchanged choice registers nothing new
         say(f"registering trial {c.trial} as {exp.name} in the MLflow Model Registry")
-        return tracker.register(runs[c.trial], source, input_example=example, tags=version_tags(card, sha),
-                                description=version_description(card), model_description=model_description(card),
-                                metadata={"slimsweep": {"plan": card["plan"], "why": card["why"],
-                                                        "io": card["io"]}})
+        return tracker.register(
+            runs[c.trial],
+            source,
+            input_example=example,
+            tags=version_tags(card, sha),
+            description=version_description(card),
+            model_description=model_description(card),
+            metadata={"slimsweep": {"plan": card["plan"], "why": card["why"], "io": card["io"]}},
+        )
 
-    version = hand_over(folder, c.trial, source.read_bytes(), card, register, tracker.move_alias,
-                        tracker.alias_version())
+    version = hand_over(
+        folder, c.trial, source.read_bytes(), card, register, tracker.move_alias, tracker.alias_version()
+    )
     # After the hand-over, so the front's files never mark a pick that a crash left uncommitted.
     publish_front(exp, study, tracker, members, pick=c.trial, policy=policy)
     card_path = folder / "model_card.json"
     speedup = {k: card[k] for k in _SPEEDUP_METRICS.values() if card[k] is not None}
-    tracker.log_parent(files={"": card_path}, metrics={"pick_trial": c.trial, **speedup},
-                       tags={"slimsweep.pick": str(c.trial),
-                             NOTE: f"Picked trial {c.trial} ({c.plan}), registered as models:/{exp.name}@deployable "
-                                   f"version {version}. Why: {choice.why}"})
+    tracker.log_parent(
+        files={"": card_path},
+        metrics={"pick_trial": c.trial, **speedup},
+        tags={
+            "slimsweep.pick": str(c.trial),
+            NOTE: f"Picked trial {c.trial} ({c.plan}), registered as models:/{exp.name}@deployable "
+            f"version {version}. Why: {choice.why}",
+        },
+    )
     tracker.mark_pick(c.trial)
     return Delivery(choice, folder / "deployable.onnx", card_path, version, members)
 
@@ -174,12 +214,21 @@ def io_description(exp: Experiment, input_shape: list[int]) -> dict[str, Any]:
     """What the deployed model takes and returns, in the task's own terms."""
     name = exp.task.name
     return {
-        "input": {"name": "input", "shape": ["batch", *input_shape], "dtype": "float32",
-                  "preprocessing": PREPROCESSING.get(name, "the task's own inputs as its data provides them "
-                                                           "(slimsweep applies no scaling)")},
-        "output": {"name": "logits", "shape": ["batch", "classes"], "dtype": "float32",
-                   "meaning": "one unnormalised score per class (logits); the predicted label is the argmax over "
-                              "axis 1, probabilities are its softmax"},
+        "input": {
+            "name": "input",
+            "shape": ["batch", *input_shape],
+            "dtype": "float32",
+            "preprocessing": PREPROCESSING.get(
+                name, "the task's own inputs as its data provides them (slimsweep applies no scaling)"
+            ),
+        },
+        "output": {
+            "name": "logits",
+            "shape": ["batch", "classes"],
+            "dtype": "float32",
+            "meaning": "one unnormalised score per class (logits); the predicted label is the argmax over "
+            "axis 1, probabilities are its softmax",
+        },
         "class_names": CLASS_NAMES.get(name),
     }
 
@@ -194,33 +243,45 @@ def input_example(exp: Experiment, n: int = 2) -> Any:
 def version_tags(card: dict[str, Any], sha: str) -> dict[str, str]:
     """Registry version tags: where the model came from and what it measured."""
     m = card["measured"]
-    tags = {"slimsweep.trial": str(card["trial"]), "slimsweep.sha256": sha, "plan": card["plan_summary"],
-            "accuracy": f"{m['accuracy']:.2f}", "accuracy_drop": f"{m['accuracy_drop']:.2f}",
-            "latency_p50_ms_verified": "" if m.get("latency_p50_ms_verified") is None
-            else f"{m['latency_p50_ms_verified']:.4f}",
-            "speedup_vs_teacher": f"{card['speedup_vs_teacher']:.2f}", "policy": card["policy"],
-            "task": card["task"]}
+    tags = {
+        "slimsweep.trial": str(card["trial"]),
+        "slimsweep.sha256": sha,
+        "plan": card["plan_summary"],
+        "accuracy": f"{m['accuracy']:.2f}",
+        "accuracy_drop": f"{m['accuracy_drop']:.2f}",
+        "latency_p50_ms_verified": ""
+        if m.get("latency_p50_ms_verified") is None
+        else f"{m['latency_p50_ms_verified']:.4f}",
+        "speedup_vs_teacher": f"{card['speedup_vs_teacher']:.2f}",
+        "policy": card["policy"],
+        "task": card["task"],
+    }
     return {k: v[:5000] for k, v in tags.items()}
 
 
 def version_description(card: dict[str, Any]) -> str:
     """A registry version's description: the pick, why, and how to feed it."""
-    return (f"Trial {card['trial']}: {card['plan_summary']}. {card['why']}\n\n"
-            f"Input: {card['io']['input']['preprocessing']}, shape {card['io']['input']['shape']}. "
-            f"Output: {card['io']['output']['meaning']}.")
+    return (
+        f"Trial {card['trial']}: {card['plan_summary']}. {card['why']}\n\n"
+        f"Input: {card['io']['input']['preprocessing']}, shape {card['io']['input']['shape']}. "
+        f"Output: {card['io']['output']['meaning']}."
+    )
 
 
 def model_description(card: dict[str, Any]) -> str:
     """The registered model's description: what it is for and how to call it."""
     names = card["io"]["class_names"]
     classes = f" Classes (by output index): {', '.join(names)}." if names else ""
-    return (f"The deployable model of the slimsweep experiment {card['experiment']!r} (task {card['task']}). "
-            f"Input: float32 {card['io']['input']['shape']}, {card['io']['input']['preprocessing']}. "
-            f"Output: {card['io']['output']['meaning']}.{classes}")
+    return (
+        f"The deployable model of the slimsweep experiment {card['experiment']!r} (task {card['task']}). "
+        f"Input: float32 {card['io']['input']['shape']}, {card['io']['input']['preprocessing']}. "
+        f"Output: {card['io']['output']['meaning']}.{classes}"
+    )
 
 
-def model_card(exp: Experiment, study: optuna.Study, choice: Choice, policy: PickPolicy,
-               teacher_ms: float) -> dict[str, Any]:
+def model_card(
+    exp: Experiment, study: optuna.Study, choice: Choice, policy: PickPolicy, teacher_ms: float
+) -> dict[str, Any]:
     """What was done to the model, its measured figures, the teacher's, and why it was chosen."""
     c = choice.candidate
     rec = read(study.get_trials(deepcopy=False)[c.trial])
@@ -256,10 +317,18 @@ def _speedup_fields(study: optuna.Study, c: Candidate, teacher_ms: float) -> dic
     """The pick's speed-up over the teacher for the model card: side by side when verified, else said to be not."""
     s = verified_speedup(study, c.trial)
     if s is None:
-        return {"speedup_vs_teacher": teacher_ms / c.latency, "speedup_ci_low": None, "speedup_ci_high": None,
-                "speedup_clear_of_one": None,
-                "speedup_method": "ratio of two medians taken apart (not verified side by side: no interval)"}
-    return {"speedup_vs_teacher": s["speedup"], "speedup_ci_low": s["ci_low"], "speedup_ci_high": s["ci_high"],
-            "speedup_clear_of_one": s["clear_of_one"],
-            "speedup_method": f"side by side: median of {s['rounds']} per-round ratios teacher p50 / model p50, "
-                              "with the 95% interval of that median"}
+        return {
+            "speedup_vs_teacher": teacher_ms / c.latency,
+            "speedup_ci_low": None,
+            "speedup_ci_high": None,
+            "speedup_clear_of_one": None,
+            "speedup_method": "ratio of two medians taken apart (not verified side by side: no interval)",
+        }
+    return {
+        "speedup_vs_teacher": s["speedup"],
+        "speedup_ci_low": s["ci_low"],
+        "speedup_ci_high": s["ci_high"],
+        "speedup_clear_of_one": s["clear_of_one"],
+        "speedup_method": f"side by side: median of {s['rounds']} per-round ratios teacher p50 / model p50, "
+        "with the 95% interval of that median",
+    }

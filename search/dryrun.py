@@ -22,8 +22,10 @@ class SpaceSize:
         """The size in words."""
         if not self.continuous:
             return f"{self.discrete_plans} distinct plans"
-        return (f"{self.discrete_plans} discrete combinations, with continuous knobs where they are sampled "
-                f"({', '.join(self.continuous)})")
+        return (
+            f"{self.discrete_plans} discrete combinations, with continuous knobs where they are sampled "
+            f"({', '.join(self.continuous)})"
+        )
 
 
 class _Walker:
@@ -72,21 +74,28 @@ def report(exp: Experiment, target_checked: str) -> dict[str, Any]:
     size = space_size(exp)
     return {
         "experiment": exp.model_dump(mode="json"),
-        "space": {"discrete_plans": size.discrete_plans, "continuous_knobs": size.continuous,
-                  "described": size.describe()},
+        "space": {
+            "discrete_plans": size.discrete_plans,
+            "continuous_knobs": size.continuous,
+            "described": size.describe(),
+        },
         "target": target_checked,
-        "outputs": str(exp.out.resolve()), "storage": exp.storage_url, "tracking_uri": exp.tracking_uri,
+        "outputs": str(exp.out.resolve()),
+        "storage": exp.storage_url,
+        "tracking_uri": exp.tracking_uri,
         "budget": exp.search.trials,
     }
 
 
 def as_text(rep: dict[str, Any]) -> str:
     """The dry-run report for a terminal."""
-    return "\n".join([
-        "# the experiment as resolved (file, defaults and flags)",
-        yaml.safe_dump(rep["experiment"], sort_keys=False).rstrip(),
-        f"# space: {rep['space']['described']}; budget {rep['budget']} trials",
-        f"# target: {rep['target']}",
-        f"# outputs: {rep['outputs']} (study {rep['storage']}, MLflow {rep['tracking_uri']})",
-        "# dry run: nothing was started or written",
-    ])
+    return "\n".join(
+        [
+            "# the experiment as resolved (file, defaults and flags)",
+            yaml.safe_dump(rep["experiment"], sort_keys=False).rstrip(),
+            f"# space: {rep['space']['described']}; budget {rep['budget']} trials",
+            f"# target: {rep['target']}",
+            f"# outputs: {rep['outputs']} (study {rep['storage']}, MLflow {rep['tracking_uri']})",
+            "# dry run: nothing was started or written",
+        ]
+    )

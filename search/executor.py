@@ -23,8 +23,9 @@ from search.station import free_cores, start_station
 from search.trial import TrialContext, TrialResult, run_trial
 
 
-def _run_on_node(number: int, plan: Any, ctx: TrialContext, station: Any, where: tuple[str, list[int]],
-                 threads: int = 1) -> TrialResult:
+def _run_on_node(
+    number: int, plan: Any, ctx: TrialContext, station: Any, where: tuple[str, list[int]], threads: int = 1
+) -> TrialResult:
     """run_trial on a worker: off the station's cores, training on the CPUs it asked for, timing through the
     station, noting the node."""
     free_cores(*where)
@@ -88,16 +89,26 @@ def machinery_kind(exc: BaseException) -> str | None:
             return "out_of_memory"
         if isinstance(cause, errors.NodeDiedError):
             return "node_died"
-        if isinstance(cause, (errors.WorkerCrashedError, errors.LocalRayletDiedError, errors.ObjectLostError,
-                              errors.OwnerDiedError, errors.ActorDiedError, errors.ActorUnavailableError)):
+        if isinstance(
+            cause,
+            (
+                errors.WorkerCrashedError,
+                errors.LocalRayletDiedError,
+                errors.ObjectLostError,
+                errors.OwnerDiedError,
+                errors.ActorDiedError,
+                errors.ActorUnavailableError,
+            ),
+        ):
             return "worker_died"
     return "worker_died" if isinstance(exc, errors.RayError) else None
 
 
 def timed_out(number: int, limit_s: float) -> TrialResult:
     """A failed result for an attempt the driver stopped at the experiment's time limit."""
-    return TrialResult(number=number, error=f"timed out: ran past search.trial_timeout_s = {limit_s:g} s",
-                       info={MACHINERY: "timeout"})
+    return TrialResult(
+        number=number, error=f"timed out: ran past search.trial_timeout_s = {limit_s:g} s", info={MACHINERY: "timeout"}
+    )
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours its messages for a terminal
@@ -146,8 +157,15 @@ class RayExecutor:
     """Submits trials as Ray tasks, each asking for the CPUs and GPUs the experiment names, and hands back results
     as they finish."""
 
-    def __init__(self, *, address: str | None, num_cpus: int = 1, num_gpus: float = 0.0,
-                 trial_timeout_s: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        address: str | None,
+        num_cpus: int = 1,
+        num_gpus: float = 0.0,
+        trial_timeout_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.trial_timeout_s, self.clock = trial_timeout_s, clock
         if not ray.is_initialized():
             try:
@@ -157,15 +175,22 @@ class RayExecutor:
                     # A local Ray needs no network interface: keep it on loopback. address="local": without it,
                     # ray.init attaches to any cluster `ray start` left recorded on this machine (another user's,
                     # or a dead one), and a local sweep then fails or runs elsewhere depending on what ran before.
-                    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
-                             logging_level=logging.WARNING, log_to_driver=False, _node_ip_address="127.0.0.1")
+                    ray.init(
+                        address="local",
+                        num_cpus=os.cpu_count(),
+                        include_dashboard=False,
+                        logging_level=logging.WARNING,
+                        log_to_driver=False,
+                        _node_ip_address="127.0.0.1",
+                    )
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise ConfigError(f"--ray-address {address!r}: cannot connect to a Ray cluster there: {exc}") from None
         # A node that dies takes its tasks with it; Ray runs them again elsewhere (max_retries), which is safe
         # because a trial holds no state outside its result.
         self.num_cpus, self.num_gpus = num_cpus, num_gpus
-        self._task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=2,
-                                retry_exceptions=False)(_run_on_node)
+        self._task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=2, retry_exceptions=False)(
+            _run_on_node
+        )
         self.station_share: dict[str, float] = {}
         self.where: tuple[str, list[int]] = ("", [])  # the station's node and cores, once it runs
 
@@ -186,7 +211,9 @@ class RayExecutor:
             cause = exc.__cause__ or exc
             raise ConfigError(f"target {spec.kind!r}: {str(cause).strip().splitlines()[-1]}") from None
 
-    def time_model(self, model: bytes, settings: TimingSettings, *, use_cache: bool = True) -> tuple[LatencyStats, bool]:
+    def time_model(
+        self, model: bytes, settings: TimingSettings, *, use_cache: bool = True
+    ) -> tuple[LatencyStats, bool]:
         """Time one model at the station (used by the driver for the teacher and for verification)."""
         return _at_station(lambda: self.station.measure.remote(model, settings, use_cache))
 
@@ -243,8 +270,9 @@ class RayExecutor:
     def submit(self, number: int, plan: Any, context_ref: Any) -> Running:
         """Start one trial; `context_ref` is the object-store reference, so the teacher and data travel to each
         node once, not once per trial."""
-        return Running(number, self._task.remote(number, plan, context_ref, self.station, self.where, self.num_cpus),
-                       self.clock())
+        return Running(
+            number, self._task.remote(number, plan, context_ref, self.station, self.where, self.num_cpus), self.clock()
+        )
 
     def wait(self, running: list[Running], timeout: float) -> list[tuple[Running, TrialResult]]:
         """Results of the trials that finished within `timeout`; a task Ray could not run becomes a failed result,

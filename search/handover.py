@@ -75,8 +75,15 @@ def recover(folder: Path, alias_version: str | None) -> str:
     return f"discarded an unfinished hand-over of trial {rec.trial} (the alias had not moved); it is redone"
 
 
-def hand_over(folder: Path, trial: int, onnx: bytes, card: dict[str, Any],
-              register: Callable[[str], str], move_alias: Callable[[str], None], current: str | None) -> str:
+def hand_over(
+    folder: Path,
+    trial: int,
+    onnx: bytes,
+    card: dict[str, Any],
+    register: Callable[[str], str],
+    move_alias: Callable[[str], None],
+    current: str | None,
+) -> str:
     """Write deployable.onnx and model_card.json and move the alias as one step; return the registry version.
 
     `register(sha)` returns the version for these bytes (an existing one if already registered); `move_alias`

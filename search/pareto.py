@@ -14,8 +14,17 @@ from optuna.trial import FrozenTrial
 
 from search.study import finished, read
 
-COLUMNS = ("trial", "plan", "accuracy", "accuracy_drop", "latency_p50_ms", "latency_p95_ms", "size_mb", "params",
-           "latency_p50_ms_verified")
+COLUMNS = (
+    "trial",
+    "plan",
+    "accuracy",
+    "accuracy_drop",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "size_mb",
+    "params",
+    "latency_p50_ms_verified",
+)
 
 
 @dataclass(frozen=True)
@@ -44,9 +53,15 @@ def candidate(trial: FrozenTrial) -> Candidate:
     rec = read(trial)
     m = rec.metrics
     return Candidate(
-        trial=trial.number, plan=rec.describe, accuracy=m["accuracy"],
-        accuracy_drop=m["accuracy_drop"], latency_p50_ms=m["latency_p50_ms"], latency_p95_ms=m["latency_p95_ms"],
-        size_mb=m["size_mb"], params=m["params"], params_dict=tuple(sorted(rec.plan.items())),
+        trial=trial.number,
+        plan=rec.describe,
+        accuracy=m["accuracy"],
+        accuracy_drop=m["accuracy_drop"],
+        latency_p50_ms=m["latency_p50_ms"],
+        latency_p95_ms=m["latency_p95_ms"],
+        size_mb=m["size_mb"],
+        params=m["params"],
+        params_dict=tuple(sorted(rec.plan.items())),
     )
 
 
@@ -75,8 +90,9 @@ def knobs(c: Candidate, names: list[str]) -> str:
     return " ".join(f"{k}={_cell(plan[k])}" for k in names if k in plan)
 
 
-def write_csv(rows: list[Candidate], path: Path, *, pick: int | None = None,
-              accuracy_threshold: float | None = None) -> Path:
+def write_csv(
+    rows: list[Candidate], path: Path, *, pick: int | None = None, accuracy_threshold: float | None = None
+) -> Path:
     """The front as pareto.csv: the columns, every knob that differs between rows, and which row is the pick."""
     names = distinguishing(rows)
     with path.open("w", newline="") as f:
@@ -85,13 +101,21 @@ def write_csv(rows: list[Candidate], path: Path, *, pick: int | None = None,
         for c in rows:
             d, plan = asdict(c), dict(c.params_dict)
             meets = "" if accuracy_threshold is None else str(c.accuracy >= accuracy_threshold).lower()
-            writer.writerow(["" if d[k] is None else d[k] for k in COLUMNS] + [plan.get(k, "") for k in names]
-                            + [str(c.trial == pick).lower(), meets])
+            writer.writerow(
+                ["" if d[k] is None else d[k] for k in COLUMNS]
+                + [plan.get(k, "") for k in names]
+                + [str(c.trial == pick).lower(), meets]
+            )
     return path
 
 
-def _figure(front_rows: list[Candidate], others: list[Candidate], teacher: dict[str, float],
-            pick: int | None = None, accuracy_threshold: float | None = None):
+def _figure(
+    front_rows: list[Candidate],
+    others: list[Candidate],
+    teacher: dict[str, float],
+    pick: int | None = None,
+    accuracy_threshold: float | None = None,
+):
     import matplotlib
 
     matplotlib.use("Agg")  # no screen on servers and CI
@@ -103,22 +127,53 @@ def _figure(front_rows: list[Candidate], others: list[Candidate], teacher: dict[
     def area(size_mb: float) -> float:
         return 30 + 400 * size_mb / biggest
 
-    ax.scatter([c.latency for c in others], [c.accuracy for c in others], s=[area(c.size_mb) for c in others],
-               c="lightgrey", edgecolors="grey", label="other trials")
-    ax.scatter([c.latency for c in front_rows], [c.accuracy for c in front_rows],
-               s=[area(c.size_mb) for c in front_rows], c="tab:blue", edgecolors="navy", alpha=0.8,
-               label="Pareto front")
+    ax.scatter(
+        [c.latency for c in others],
+        [c.accuracy for c in others],
+        s=[area(c.size_mb) for c in others],
+        c="lightgrey",
+        edgecolors="grey",
+        label="other trials",
+    )
+    ax.scatter(
+        [c.latency for c in front_rows],
+        [c.accuracy for c in front_rows],
+        s=[area(c.size_mb) for c in front_rows],
+        c="tab:blue",
+        edgecolors="navy",
+        alpha=0.8,
+        label="Pareto front",
+    )
     for c in front_rows:
         ax.annotate(f"#{c.trial}", (c.latency, c.accuracy), textcoords="offset points", xytext=(6, 4), fontsize=8)
-    ax.scatter([teacher.get("latency_p50_ms_verified", teacher["latency_p50_ms"])], [teacher["accuracy"]], marker="*", s=350, c="tab:red",
-               edgecolors="darkred", label="teacher (fp32)")
+    ax.scatter(
+        [teacher.get("latency_p50_ms_verified", teacher["latency_p50_ms"])],
+        [teacher["accuracy"]],
+        marker="*",
+        s=350,
+        c="tab:red",
+        edgecolors="darkred",
+        label="teacher (fp32)",
+    )
     picked = [c for c in front_rows if c.trial == pick]
     if picked:
-        ax.scatter([picked[0].latency], [picked[0].accuracy], s=area(picked[0].size_mb) * 2.5, facecolors="none",
-                   edgecolors="tab:green", linewidths=2.5, label=f"pick (trial {pick})")
+        ax.scatter(
+            [picked[0].latency],
+            [picked[0].accuracy],
+            s=area(picked[0].size_mb) * 2.5,
+            facecolors="none",
+            edgecolors="tab:green",
+            linewidths=2.5,
+            label=f"pick (trial {pick})",
+        )
     if accuracy_threshold is not None:
-        ax.axhline(accuracy_threshold, color="tab:orange", linestyle="--", linewidth=1.2,
-                   label=f"accuracy threshold ({accuracy_threshold:.2f}%)")
+        ax.axhline(
+            accuracy_threshold,
+            color="tab:orange",
+            linestyle="--",
+            linewidth=1.2,
+            label=f"accuracy threshold ({accuracy_threshold:.2f}%)",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("latency p50 on the target (ms, log scale; verified where re-timed)")
     ax.set_ylabel("accuracy on the validation split (%)")
@@ -129,8 +184,15 @@ def _figure(front_rows: list[Candidate], others: list[Candidate], teacher: dict[
     return fig
 
 
-def write_charts(front_rows: list[Candidate], others: list[Candidate], teacher: dict[str, float],
-                 folder: Path, *, pick: int | None = None, accuracy_threshold: float | None = None) -> tuple[Path, Path]:
+def write_charts(
+    front_rows: list[Candidate],
+    others: list[Candidate],
+    teacher: dict[str, float],
+    folder: Path,
+    *,
+    pick: int | None = None,
+    accuracy_threshold: float | None = None,
+) -> tuple[Path, Path]:
     """pareto.png and pareto.html (the same chart as inline SVG, and the front as a table), the pick and the
     accuracy threshold marked."""
     import matplotlib.pyplot as plt
@@ -144,7 +206,8 @@ def write_charts(front_rows: list[Candidate], others: list[Candidate], teacher: 
     names = distinguishing(front_rows)
     head = "".join(f"<th>{html.escape(k)}</th>" for k in (*COLUMNS, "knobs", "picked"))
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_cell(getattr(c, k)))}</td>" for k in COLUMNS)
+        "<tr>"
+        + "".join(f"<td>{html.escape(_cell(getattr(c, k)))}</td>" for k in COLUMNS)
         + f"<td>{html.escape(knobs(c, names))}</td><td>{'pick' if c.trial == pick else ''}</td></tr>"
         for c in front_rows
     )
@@ -169,8 +232,14 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def table(rows: list[Candidate], teacher: dict[str, float] | None = None, title: str = "Pareto front", *,
-          pick: int | None = None, accuracy_threshold: float | None = None):
+def table(
+    rows: list[Candidate],
+    teacher: dict[str, float] | None = None,
+    title: str = "Pareto front",
+    *,
+    pick: int | None = None,
+    accuracy_threshold: float | None = None,
+):
     """A rich table of the front for the terminal: the pick marked, the knobs that tell rows apart, and whether
     each row meets the accuracy threshold."""
     from rich.table import Table
@@ -182,19 +251,48 @@ def table(rows: list[Candidate], teacher: dict[str, float] | None = None, title:
     if pick is not None:
         caption.append(f"* = the pick (trial {pick})")
     t = Table(title=title, caption="; ".join(caption) or None)
-    for name in ("", "trial", "plan", "knobs", "accuracy %", "drop pt", "p50 ms", "p95 ms", "verified p50 ms",
-                 "size MB"):
+    for name in (
+        "",
+        "trial",
+        "plan",
+        "knobs",
+        "accuracy %",
+        "drop pt",
+        "p50 ms",
+        "p95 ms",
+        "verified p50 ms",
+        "size MB",
+    ):
         t.add_column(name, justify="left" if name in {"plan", "knobs", ""} else "right")
     if teacher:
         verified = teacher.get("latency_p50_ms_verified")
-        t.add_row("", "teacher", "fp32 teacher", "", f"{teacher['accuracy']:.2f}", "0.00",
-                  f"{teacher['latency_p50_ms']:.4f}", f"{teacher['latency_p95_ms']:.4f}",
-                  "" if verified is None else f"{verified:.4f}", f"{teacher['size_mb']:.3f}", style="dim")
+        t.add_row(
+            "",
+            "teacher",
+            "fp32 teacher",
+            "",
+            f"{teacher['accuracy']:.2f}",
+            "0.00",
+            f"{teacher['latency_p50_ms']:.4f}",
+            f"{teacher['latency_p95_ms']:.4f}",
+            "" if verified is None else f"{verified:.4f}",
+            f"{teacher['size_mb']:.3f}",
+            style="dim",
+        )
     for c in rows:
         verified = "" if c.latency_p50_ms_verified is None else f"{c.latency_p50_ms_verified:.4f}"
         below = accuracy_threshold is not None and c.accuracy < accuracy_threshold
-        t.add_row("*" if c.trial == pick else "", str(c.trial), c.plan, knobs(c, names),
-                  f"{c.accuracy:.2f}" + (" below" if below else ""), f"{c.accuracy_drop:.2f}",
-                  f"{c.latency_p50_ms:.4f}", f"{c.latency_p95_ms:.4f}", verified, f"{c.size_mb:.3f}",
-                  style="bold green" if c.trial == pick else None)
+        t.add_row(
+            "*" if c.trial == pick else "",
+            str(c.trial),
+            c.plan,
+            knobs(c, names),
+            f"{c.accuracy:.2f}" + (" below" if below else ""),
+            f"{c.accuracy_drop:.2f}",
+            f"{c.latency_p50_ms:.4f}",
+            f"{c.latency_p95_ms:.4f}",
+            verified,
+            f"{c.size_mb:.3f}",
+            style="bold green" if c.trial == pick else None,
+        )
     return t

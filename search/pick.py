@@ -54,8 +54,10 @@ def make_policy(pick: Any) -> PickPolicy:
 def choose(front: list[Candidate], policy: PickPolicy, teacher_latency_ms: float) -> Choice:
     """Apply the policy to the front; an empty front has nothing to pick."""
     if not front:
-        raise SlimsweepError("the front is empty: no trial finished successfully within the constraints, so there "
-                             "is nothing to pick; widen the constraints or run more trials")
+        raise SlimsweepError(
+            "the front is empty: no trial finished successfully within the constraints, so there "
+            "is nothing to pick; widen the constraints or run more trials"
+        )
     return policy.choose(front, teacher_latency_ms)
 
 
@@ -81,21 +83,29 @@ class FastestWithin:
 
     def choose(self, front: list[Candidate], teacher_latency_ms: float) -> Choice:
         """The fastest qualifying member, or the most accurate one when none qualifies."""
-        eligible = [c for c in front if c.accuracy_drop <= self.max_accuracy_drop
-                    and (self.max_latency_ms is None or c.latency <= self.max_latency_ms)]
+        eligible = [
+            c
+            for c in front
+            if c.accuracy_drop <= self.max_accuracy_drop
+            and (self.max_latency_ms is None or c.latency <= self.max_latency_ms)
+        ]
         if eligible:
             best = min(eligible, key=lambda c: (c.latency, -c.accuracy))
             speed = teacher_latency_ms / best.latency
-            why = (f"{self.describe()}: trial {best.trial} ({best.plan}) at {best.latency:.4f} ms p50, "
-                   f"{best.accuracy_drop:+.2f} pt from the teacher, {speed:.2f}x the teacher's speed; "
-                   f"{len(eligible)} of {len(front)} front members qualified")
+            why = (
+                f"{self.describe()}: trial {best.trial} ({best.plan}) at {best.latency:.4f} ms p50, "
+                f"{best.accuracy_drop:+.2f} pt from the teacher, {speed:.2f}x the teacher's speed; "
+                f"{len(eligible)} of {len(front)} front members qualified"
+            )
             if best.latency >= teacher_latency_ms:
                 # Never sell a slower model as the faster choice: int8 can be slower than fp32 on a CPU.
                 why += "; note: it is not faster than the fp32 teacher on this target"
             return Choice(best, why, True)
         best = max(front, key=lambda c: (c.accuracy, -c.latency))
-        why = (f"no front member meets the policy ({self.describe()}); picked the most accurate instead: trial "
-               f"{best.trial} ({best.plan}), {best.accuracy_drop:+.2f} pt from the teacher, {best.latency:.4f} ms p50")
+        why = (
+            f"no front member meets the policy ({self.describe()}); picked the most accurate instead: trial "
+            f"{best.trial} ({best.plan}), {best.accuracy_drop:+.2f} pt from the teacher, {best.latency:.4f} ms p50"
+        )
         return Choice(best, why, False)
 
 

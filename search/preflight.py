@@ -63,9 +63,11 @@ def _check_driver(setting: str, url: str) -> None:
     try:
         sqlalchemy.engine.make_url(url).get_dialect().import_dbapi()
     except (ImportError, sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as exc:
-        raise ConfigError(f"{setting}: {url!r} needs a database driver that cannot be loaded here "
-                          f"({type(exc).__name__}: {exc}); install it (e.g. `pip install psycopg` for "
-                          "postgresql://, `pip install pymysql` with mysql+pymysql://)") from None
+        raise ConfigError(
+            f"{setting}: {url!r} needs a database driver that cannot be loaded here "
+            f"({type(exc).__name__}: {exc}); install it (e.g. `pip install psycopg` for "
+            "postgresql://, `pip install pymysql` with mysql+pymysql://)"
+        ) from None
 
 
 def _check_reachable(setting: str, url: str, host: str | None, port: int | None) -> None:
@@ -75,9 +77,16 @@ def _check_reachable(setting: str, url: str, host: str | None, port: int | None)
         with socket.create_connection((host, port), timeout=CONNECT_SECONDS):
             pass
     except OSError as exc:
-        reason = f"no answer within {CONNECT_SECONDS:g} s" if isinstance(exc, TimeoutError) else \
-            (exc.strerror or type(exc).__name__).lower()
-        hint = (", or pass --no-tracking to sweep without it and `slimsweep sync` later"
-                if setting == "tracking.uri" else "")
-        raise ConfigError(f"{setting}: {url!r} is not reachable ({host}:{port}: {reason}); start that server or "
-                          f"fix the setting{hint}") from None
+        reason = (
+            f"no answer within {CONNECT_SECONDS:g} s"
+            if isinstance(exc, TimeoutError)
+            else (exc.strerror or type(exc).__name__).lower()
+        )
+        hint = (
+            ", or pass --no-tracking to sweep without it and `slimsweep sync` later"
+            if setting == "tracking.uri"
+            else ""
+        )
+        raise ConfigError(
+            f"{setting}: {url!r} is not reachable ({host}:{port}: {reason}); start that server or fix the setting{hint}"
+        ) from None

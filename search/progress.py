@@ -18,10 +18,16 @@ class SweepProgress:
         self._done = 0
         self.failed = self.running = self.front = 0
         self._bar = Progress(
-            TextColumn("trials"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("failed {task.fields[failed]} · running {task.fields[running]} · front {task.fields[front]} "
-                       "· ETA {task.fields[eta]}"),
-            TimeElapsedColumn(), console=self.console, disable=quiet or not self.console.is_terminal,
+            TextColumn("trials"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(
+                "failed {task.fields[failed]} · running {task.fields[running]} · front {task.fields[front]} "
+                "· ETA {task.fields[eta]}"
+            ),
+            TimeElapsedColumn(),
+            console=self.console,
+            disable=quiet or not self.console.is_terminal,
         )
         self._task = self._bar.add_task("sweep", total=budget, failed=0, running=0, front=0, eta="?")
 
@@ -48,24 +54,39 @@ class SweepProgress:
         self.failed, self.running, self.front = failed, running, front
         self._bar.update(self._task, completed=done, failed=failed, running=running, front=front, eta=self.eta())
 
-    def trial_done(self, number: int, describe: str, metrics: dict[str, float], error: str | None,
-                   skipped: bool = False, reused_from: int | None = None) -> None:
+    def trial_done(
+        self,
+        number: int,
+        describe: str,
+        metrics: dict[str, float],
+        error: str | None,
+        skipped: bool = False,
+        reused_from: int | None = None,
+    ) -> None:
         """One line for a finished trial."""
         if self.quiet:
             return
-        counts = (f"[{self._done}/{self.budget} done, {self.failed} failed, {self.running} running, "
-                  f"front {self.front}, ETA {self.eta()}]")
+        counts = (
+            f"[{self._done}/{self.budget} done, {self.failed} failed, {self.running} running, "
+            f"front {self.front}, ETA {self.eta()}]"
+        )
         if reused_from is not None:
-            line = (f"trial {number:>3} reused trial {reused_from}'s result (the same plan, not run again): {describe}: "
-                    f"p50 {metrics['latency_p50_ms']:.4f} ms")
+            line = (
+                f"trial {number:>3} reused trial {reused_from}'s result (the same plan, not run again): {describe}: "
+                f"p50 {metrics['latency_p50_ms']:.4f} ms"
+            )
         elif error:
             line = f"trial {number:>3} failed {describe}: {error.splitlines()[0][:160]}"
         elif skipped:
-            line = (f"trial {number:>3} over the latency budget untrained, not trained: {describe}: "
-                    f"p50 {metrics['latency_p50_ms']:.4f} ms")
+            line = (
+                f"trial {number:>3} over the latency budget untrained, not trained: {describe}: "
+                f"p50 {metrics['latency_p50_ms']:.4f} ms"
+            )
         else:
-            line = (f"trial {number:>3} done   {describe}: accuracy {metrics['accuracy']:.2f}% "
-                    f"(drop {metrics['accuracy_drop']:+.2f} pt), p50 {metrics['latency_p50_ms']:.4f} ms, "
-                    f"{metrics['size_mb']:.3f} MB")
+            line = (
+                f"trial {number:>3} done   {describe}: accuracy {metrics['accuracy']:.2f}% "
+                f"(drop {metrics['accuracy_drop']:+.2f} pt), p50 {metrics['latency_p50_ms']:.4f} ms, "
+                f"{metrics['size_mb']:.3f} MB"
+            )
         self.console.print(f"{line} {counts}", highlight=False, markup=False)
         self.console.file.flush()  # a pipe (a log, a supervisor) sees each trial as it ends, not at exit

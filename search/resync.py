@@ -10,8 +10,8 @@ import yaml
 
 from search.config import Experiment
 from search.deliver import deliver, publish_front, with_verified
-from search.pick import make_policy
 from search.pareto import front
+from search.pick import make_policy
 from search.study import live_drivers, needs_sync, set_needs_sync, teacher
 from search.sweep import _sweep_params, sync_tracking
 from search.tracking import Tracker

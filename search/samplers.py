@@ -52,8 +52,9 @@ class TPE:
         # plans than independent TPE and with a quarter fewer proposals (repeats); docs/BENCHMARKS.md.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(4, min(10, trials // 3)),
-                                              multivariate=True, group=True)
+            return optuna.samplers.TPESampler(
+                seed=seed, n_startup_trials=max(4, min(10, trials // 3)), multivariate=True, group=True
+            )
 
 
 @register_sampler

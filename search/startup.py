@@ -60,7 +60,7 @@ def enqueue_design(study: optuna.Study, space: Space, seed: int = 0, budget: int
         return 0  # a resumed study already has its start-up
     plans = design(space, seed)
     if budget is not None:
-        plans = plans[:max(1, budget // 3)]
+        plans = plans[: max(1, budget // 3)]
     for params in plans:
         study.enqueue_trial(params, skip_if_exists=True)
     return len(plans)

@@ -27,7 +27,7 @@ class BenchStation:
         self.cores: list[int] = []
         if reserve_cores and self.target.local_cpu():
             # The last `threads` cores time models; trials on this node keep off them (see free_cores).
-            self.cores = sorted(os.sched_getaffinity(0))[-spec.threads:]
+            self.cores = sorted(os.sched_getaffinity(0))[-spec.threads :]
             os.sched_setaffinity(0, self.cores)
         self.node = ray.get_runtime_context().get_node_id()
         self.cache: dict[str, LatencyStats] = {}
@@ -74,20 +74,27 @@ class BenchStation:
         """Time models side by side on the target (interleaved, round after round); speed-ups are over models[0]."""
         for name in ("threads", "batch_size"):
             if getattr(settings, name) != getattr(self.target.spec, name):
-                raise ConfigError(f"CompareSettings.{name} = {getattr(settings, name)} but the target has "
-                                  f"{name} = {getattr(self.target.spec, name)}")
+                raise ConfigError(
+                    f"CompareSettings.{name} = {getattr(settings, name)} but the target has "
+                    f"{name} = {getattr(self.target.spec, name)}"
+                )
         providers = getattr(self.target, "providers", None)
         if providers is not None:  # an ONNX Runtime provider on this host: sessions stay open across rounds
-            return compare(models, settings, names=names, providers=providers(),
-                           require_provider=self.target.provider)
+            return compare(models, settings, names=names, providers=providers(), require_provider=self.target.provider)
         # A device agent opens a session per request: each burst is one short measurement there, warm-up included.
-        burst = TimingSettings(threads=settings.threads, batch_size=settings.batch_size, warmup=settings.warmup,
-                               min_repeats=settings.burst_min_runs, max_seconds=settings.burst_seconds)
+        burst = TimingSettings(
+            threads=settings.threads,
+            batch_size=settings.batch_size,
+            warmup=settings.warmup,
+            min_repeats=settings.burst_min_runs,
+            max_seconds=settings.burst_seconds,
+        )
 
         def turn(model: bytes):
             def run() -> tuple[float, int]:
                 stats = self.target.measure(model, burst)
                 return stats.p50_ms, stats.repeats
+
             return run
 
         return interleave([turn(m) for m in models], names, settings)
@@ -101,8 +108,11 @@ def start_station(spec: TargetSpec, *, reserve_cores: bool) -> ray.actor.ActorHa
     """Start the target's station, holding the Ray resources timing needs so trials cannot take them."""
     local_cpu = make_target(spec).local_cpu()
     # max_restarts: a model that crashes the runtime takes the actor down; the next trial gets a fresh one.
-    options = {"num_cpus": spec.threads if (reserve_cores and local_cpu) else 0, "max_concurrency": 1,
-               "max_restarts": -1}
+    options = {
+        "num_cpus": spec.threads if (reserve_cores and local_cpu) else 0,
+        "max_concurrency": 1,
+        "max_restarts": -1,
+    }
     if spec.kind in {"cuda", "tensorrt"}:
         options["num_gpus"] = 1
     return ray.remote(BenchStation).options(**options).remote(spec, reserve_cores)

@@ -36,10 +36,15 @@ def sweep_status(exp: Experiment) -> dict[str, Any]:
         "queued": len(waiting),
         "finished_budget": len(done) >= exp.search.trials,
         "front": front,
-        "pick": None if card is None else {
-            "trial": card["trial"], "plan": card["plan_summary"], "why": card["why"],
+        "pick": None
+        if card is None
+        else {
+            "trial": card["trial"],
+            "plan": card["plan_summary"],
+            "why": card["why"],
             "registry_version": card.get("registry", {}).get("version"),
-            "uri": card.get("registry", {}).get("uri"), "onnx": str(exp.out / "deployable.onnx"),
+            "uri": card.get("registry", {}).get("uri"),
+            "onnx": str(exp.out / "deployable.onnx"),
         },
         "handover_pending": None if left is None else {"trial": left.trial, "version": left.version},
         "storage": exp.storage_url,
@@ -58,11 +63,14 @@ def as_text(state: dict[str, Any]) -> str:
     if pick is None:
         lines.append("pick: none yet (`slimsweep run` picks at the end; `slimsweep pick` re-runs the choice)")
     else:
-        lines.append(f"pick: trial {pick['trial']} ({pick['plan']}), {pick['uri']} version "
-                     f"{pick['registry_version']}, {pick['onnx']}")
+        lines.append(
+            f"pick: trial {pick['trial']} ({pick['plan']}), {pick['uri']} version "
+            f"{pick['registry_version']}, {pick['onnx']}"
+        )
     if state["handover_pending"]:
-        lines.append(f"hand-over of trial {state['handover_pending']['trial']} was interrupted: `slimsweep pick` "
-                     "completes it")
+        lines.append(
+            f"hand-over of trial {state['handover_pending']['trial']} was interrupted: `slimsweep pick` completes it"
+        )
     if not state["finished_budget"]:
         lines.append("the budget is not finished: run the same `slimsweep run` command to resume")
     return "\n".join(lines)

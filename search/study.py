@@ -32,9 +32,17 @@ from search.samplers import make_sampler
 RECORD_VERSION = 1
 VERSION = "slimsweep.record_version"
 # Keys of the record on a trial (the layout of version 1; unchanged from studies written before the stamp).
-_KEYS = {"plan": "plan", "describe": "describe", "stages": "stages", "info": "info", "metrics": "metrics",
-         "feasible": "feasible", "failure": "slimsweep.failure", "traceback": "slimsweep.traceback",
-         "reuse_of": "slimsweep.reuse_of"}
+_KEYS = {
+    "plan": "plan",
+    "describe": "describe",
+    "stages": "stages",
+    "info": "info",
+    "metrics": "metrics",
+    "feasible": "feasible",
+    "failure": "slimsweep.failure",
+    "traceback": "slimsweep.traceback",
+    "reuse_of": "slimsweep.reuse_of",
+}
 _LEGACY_INTERRUPTED = "slimsweep.interrupted"  # how releases before Optuna's retry convention marked a left trial
 _LEGACY_RETRY_OF = "slimsweep.retry_of"
 TRACEBACK_CHARS = 8000  # kept on the trial (its end, where the raise is); MLflow keeps the whole text
@@ -95,7 +103,7 @@ def _check_version(version: Any, what: str) -> None:
 
 
 def open_study(exp: Experiment) -> optuna.Study:
-    """Create the experiment's study, or load it to resume; refuse a resume whose objectives or record version differ."""
+    """Create the experiment's study, or load it to resume; refuse a resume with other objectives or record version."""
     optuna.logging.set_verbosity(logging.WARNING)
     directions = [METRIC_DIRECTIONS[o] for o in exp.objectives]
     exp.out.mkdir(parents=True, exist_ok=True)
@@ -124,7 +132,10 @@ def _create_or_load(exp: Experiment, directions: list[str], attempts: int = 10) 
     for attempt in range(attempts):
         try:
             return optuna.create_study(
-                study_name=exp.name, storage=exp.storage_url, directions=directions, load_if_exists=True,
+                study_name=exp.name,
+                storage=exp.storage_url,
+                directions=directions,
+                load_if_exists=True,
                 sampler=make_sampler(exp.search.sampler, exp.search.seed, exp.search.trials),
             )
         except (SQLAlchemyError, optuna.exceptions.DuplicatedStudyError, KeyError):
@@ -158,8 +169,11 @@ def baseline(study: optuna.Study) -> Baseline | None:
     attrs = study.user_attrs
     if "teacher" not in attrs:
         return None
-    return Baseline(teacher=dict(attrs["teacher"]), input_shape=list(attrs.get("input_shape", [])),
-                    station=dict(attrs.get("station", {})))
+    return Baseline(
+        teacher=dict(attrs["teacher"]),
+        input_shape=list(attrs.get("input_shape", [])),
+        station=dict(attrs.get("station", {})),
+    )
 
 
 def teacher(study: optuna.Study) -> dict[str, float]:
@@ -178,8 +192,9 @@ def verified_speedups(study: optuna.Study) -> dict[str, dict[str, Any]]:
     return dict(study.user_attrs.get("verified_speedup", {}))
 
 
-def set_verified(study: optuna.Study, figures: dict[str, float],
-                 speedups: dict[str, dict[str, Any]] | None = None) -> None:
+def set_verified(
+    study: optuna.Study, figures: dict[str, float], speedups: dict[str, dict[str, Any]] | None = None
+) -> None:
     """Store the re-timed latencies (and the side-by-side speed-ups, when the verification measured them)."""
     study.set_user_attr("verified", figures)
     if speedups is not None:
@@ -206,16 +221,22 @@ def interrupted(study: optuna.Study) -> set[int]:
     """Trials left unfinished by a stopped or dead driver, failed and run again under a new number."""
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in retry_history(t)}
-    marked = {t.number for t in trials if t.user_attrs.get(_LEGACY_INTERRUPTED) or
-              (t.state == TrialState.FAIL and t.system_attrs.get(_REQUEUED))}
+    marked = {
+        t.number
+        for t in trials
+        if t.user_attrs.get(_LEGACY_INTERRUPTED) or (t.state == TrialState.FAIL and t.system_attrs.get(_REQUEUED))
+    }
     return retried | marked
 
 
 def finished(study: optuna.Study) -> list[FrozenTrial]:
     """Trials that ran to an end (complete or failed on their own); these count toward the budget."""
     left = interrupted(study)
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
-            if t.number not in left]
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+        if t.number not in left
+    ]
 
 
 def requeue(study: optuna.Study, numbers: list[int] | None = None) -> list[int]:
@@ -224,7 +245,7 @@ def requeue(study: optuna.Study, numbers: list[int] | None = None) -> list[int]:
     another driver finished or requeued first is left alone. Returns the trials this call requeued."""
     by_number = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     chosen = []
-    for number in (list(by_number) if numbers is None else numbers):
+    for number in list(by_number) if numbers is None else numbers:
         if number not in by_number:
             continue
         trial_id = by_number[number]._trial_id
@@ -244,8 +265,11 @@ def repair(study: optuna.Study) -> list[int]:
     """Queue again the plans of trials failed for requeueing whose retry was never enqueued (a crash in between)."""
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in retry_history(t)}
-    lost = [t.number for t in trials
-            if t.state == TrialState.FAIL and t.system_attrs.get(_REQUEUED) and t.number not in retried]
+    lost = [
+        t.number
+        for t in trials
+        if t.state == TrialState.FAIL and t.system_attrs.get(_REQUEUED) and t.number not in retried
+    ]
     for number in lost:
         _enqueue_retry(study, number)
     return lost
@@ -288,8 +312,11 @@ def live_drivers(study: optuna.Study, heartbeat_s: float, now: float | None = No
     """Drivers whose last heartbeat is recent."""
     now = time.time() if now is None else now
     attrs = study._storage.get_study_system_attrs(study._study_id)
-    return {k[len(_BEAT):] for k, v in attrs.items()
-            if k.startswith(_BEAT) and isinstance(v, (int, float)) and now - v <= STALE_BEATS * heartbeat_s}
+    return {
+        k[len(_BEAT) :]
+        for k, v in attrs.items()
+        if k.startswith(_BEAT) and isinstance(v, (int, float)) and now - v <= STALE_BEATS * heartbeat_s
+    }
 
 
 def own(study: optuna.Study, trial: optuna.Trial, driver: str) -> None:
@@ -348,7 +375,7 @@ def needs_sync(study: optuna.Study) -> bool:
 def latency_cache(study: optuna.Study) -> dict[str, dict[str, Any]]:
     """Latency measurements kept with the study: graph key -> the LatencyStats fields."""
     attrs = study._storage.get_study_system_attrs(study._study_id)
-    return {k[len(_LATENCY):]: v for k, v in attrs.items() if k.startswith(_LATENCY)}
+    return {k[len(_LATENCY) :]: v for k, v in attrs.items() if k.startswith(_LATENCY)}
 
 
 def keep_latency(study: optuna.Study, entries: dict[str, dict[str, Any]]) -> None:
@@ -367,8 +394,14 @@ def reusable(study: optuna.Study, plan: dict[str, Any]) -> FrozenTrial | None:
     return None
 
 
-def record(study: optuna.Study, trial: optuna.Trial, rec: TrialRecord, *, values: list[float] | None = None,
-           constraints: dict[str, float] | None = None) -> None:
+def record(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    rec: TrialRecord,
+    *,
+    values: list[float] | None = None,
+    constraints: dict[str, float] | None = None,
+) -> None:
     """Tell Optuna a trial's outcome with its record: values and constraints (<= 0 is feasible), or FAIL."""
     for key, value in rec.attrs().items():
         trial.set_user_attr(key, value)

@@ -54,6 +54,7 @@ from spaces.students import suits
 
 log = logging.getLogger("slimsweep.sweep")
 
+
 @dataclass
 class SweepSummary:
     """What a sweep did in this run and in total."""
@@ -105,8 +106,14 @@ def prepare(exp: Experiment, say: Callable[[str], None] | None = None) -> TrialC
         teacher, cached = resolve_teacher(task)
         say(f"teacher: {'loaded from the cache' if cached else 'ready'} in {time.perf_counter() - start:.0f} s")
         blob = teacher_to_bytes(teacher)
-    return TrialContext(data=task.data, teacher_blob=blob, onnx_model=task.onnx_model, timing=timing(exp),
-                        seed=exp.search.seed, max_latency_ms=exp.constraints.max_latency_ms)
+    return TrialContext(
+        data=task.data,
+        teacher_blob=blob,
+        onnx_model=task.onnx_model,
+        timing=timing(exp),
+        seed=exp.search.seed,
+        max_latency_ms=exp.constraints.max_latency_ms,
+    )
 
 
 def sync_tracking(exp: Experiment, study: optuna.Study, tracker: Tracker, live: set[str]) -> int:
@@ -127,8 +134,10 @@ def log_trial(exp: Experiment, tracker: Tracker, t: FrozenTrial, *, full_traceba
     rec = read(t)
     path = trial_path(exp, t.number)
     stage_metrics = {f"stage_{k}_s": v for k, v in rec.stages.items()}
-    tags = {"slimsweep.feasible": str(rec.feasible).lower(),
-            "slimsweep.skipped_training": str(rec.skipped_training).lower()}
+    tags = {
+        "slimsweep.feasible": str(rec.feasible).lower(),
+        "slimsweep.skipped_training": str(rec.skipped_training).lower(),
+    }
     if "latency_cache" in rec.info:
         tags["slimsweep.latency_cache"] = rec.info["latency_cache"]
     if rec.reuse_of is not None:
@@ -136,11 +145,15 @@ def log_trial(exp: Experiment, tracker: Tracker, t: FrozenTrial, *, full_traceba
     failed = t.state == TrialState.FAIL
     tracker.log_trial(
         # Optuna's own parameter names first (what optuna-dashboard shows), then every knob of the plan.
-        t.number, {**t.params, **rec.plan}, {**rec.metrics, **stage_metrics},
+        t.number,
+        {**t.params, **rec.plan},
+        {**rec.metrics, **stage_metrics},
         onnx=path.read_bytes() if rec.metrics and path.is_file() else None,
         failed_reason=(rec.failure or "unknown error") if failed else None,
         traceback=(full_traceback or rec.traceback) if failed else None,
-        tags=tags, start_ms=_ms(t.datetime_start), end_ms=_ms(t.datetime_complete),
+        tags=tags,
+        start_ms=_ms(t.datetime_start),
+        end_ms=_ms(t.datetime_complete),
         description=_trial_note(t.number, rec, failed),
     )
 
@@ -156,10 +169,12 @@ def _trial_note(number: int, rec: TrialRecord, failed: bool) -> str:
         return f"Trial {number}: {rec.describe}. Failed: {(rec.failure or 'unknown error').splitlines()[0][:300]}"
     m = rec.metrics
     reused = f" Answered from trial {rec.reuse_of} (the same plan)." if rec.reuse_of is not None else ""
-    return (f"Trial {number}: {rec.describe}. Accuracy {m.get('accuracy', float('nan')):.2f}% "
-            f"({m.get('accuracy_drop', float('nan')):.2f} pt below the teacher), p50 "
-            f"{m.get('latency_p50_ms', float('nan')):.4f} ms, {m.get('size_mb', float('nan')):.3f} MB; "
-            f"{'feasible' if rec.feasible else 'infeasible (breaks a constraint)'}.{reused}")
+    return (
+        f"Trial {number}: {rec.describe}. Accuracy {m.get('accuracy', float('nan')):.2f}% "
+        f"({m.get('accuracy_drop', float('nan')):.2f} pt below the teacher), p50 "
+        f"{m.get('latency_p50_ms', float('nan')):.4f} ms, {m.get('size_mb', float('nan')):.3f} MB; "
+        f"{'feasible' if rec.feasible else 'infeasible (breaks a constraint)'}.{reused}"
+    )
 
 
 class Heartbeat:
@@ -191,8 +206,9 @@ class Heartbeat:
                 log.warning("heartbeat not recorded: %s", err)
 
 
-def run_sweep(exp: Experiment, executor: RayExecutor, ctx: TrialContext, *, quiet: bool = False,
-              offline: bool = False) -> SweepSummary:
+def run_sweep(
+    exp: Experiment, executor: RayExecutor, ctx: TrialContext, *, quiet: bool = False, offline: bool = False
+) -> SweepSummary:
     """Run (or resume) the experiment's sweep until the study's budget of finished trials is reached."""
     start = time.perf_counter()
     study = open_study(exp)
@@ -204,8 +220,16 @@ def run_sweep(exp: Experiment, executor: RayExecutor, ctx: TrialContext, *, quie
         try:
             sync_tracking(exp, study, tracker, live_drivers(study, exp.search.heartbeat_s))
             executor.seed_latencies(latency_cache(study))  # structures timed by an earlier run are not timed again
-            sweep = _Sweep(exp, executor, study, tracker, summary, driver=driver,
-                           teacher=_time_baseline(exp, executor, ctx, study, tracker), ctx_ref=executor.put(ctx))
+            sweep = _Sweep(
+                exp,
+                executor,
+                study,
+                tracker,
+                summary,
+                driver=driver,
+                teacher=_time_baseline(exp, executor, ctx, study, tracker),
+                ctx_ref=executor.put(ctx),
+            )
             _keep_latencies(sweep)
             _ask_and_tell(sweep, quiet)
             _count(sweep, start)
@@ -238,16 +262,21 @@ def _keep_latencies(sweep: _Sweep) -> None:
     keep_latency(sweep.study, sweep.executor.new_latencies())
 
 
-def _time_baseline(exp: Experiment, executor: RayExecutor, ctx: TrialContext, study: optuna.Study,
-                   tracker: Tracker) -> dict[str, float]:
+def _time_baseline(
+    exp: Experiment, executor: RayExecutor, ctx: TrialContext, study: optuna.Study, tracker: Tracker
+) -> dict[str, float]:
     """Time the fp32 teacher at the station like every candidate, before any trial trains; store and log it."""
     teacher_onnx, teacher = teacher_figures(ctx, lambda m: executor.time_model(m, ctx.timing, use_cache=False))
     (exp.out / "teacher.onnx").write_bytes(teacher_onnx)
     station = {"node": executor.where[0], "cores": executor.where[1]}
     set_baseline(study, Baseline(teacher=teacher, input_shape=list(ctx.data.input_shape), station=station))
-    tracker.log_parent(metrics={f"teacher_{k}": v for k, v in teacher.items()},
-                       tags={"slimsweep.target": json.dumps(executor.describe_target(), default=str)[:5000],
-                             "slimsweep.station": json.dumps(station)})
+    tracker.log_parent(
+        metrics={f"teacher_{k}": v for k, v in teacher.items()},
+        tags={
+            "slimsweep.target": json.dumps(executor.describe_target(), default=str)[:5000],
+            "slimsweep.station": json.dumps(station),
+        },
+    )
     return teacher
 
 
@@ -288,8 +317,7 @@ def _ask_and_tell(sweep: _Sweep, quiet: bool) -> None:
                     sweep.summary.requeued += requeue(sweep.study, stale(sweep.study, heartbeat_s))
                     next_check = time.monotonic() + heartbeat_s
                 parallel = slots()
-                while (len(sweep.running) < parallel
-                       and len(finished(sweep.study)) + len(running(sweep.study)) < budget):
+                while len(sweep.running) < parallel and len(finished(sweep.study)) + len(running(sweep.study)) < budget:
                     _ask(sweep, progress)
                 _refresh(progress, sweep)
                 if not sweep.running:
@@ -303,8 +331,9 @@ def _ask_and_tell(sweep: _Sweep, quiet: bool) -> None:
                         continue
                     describe, metrics = _tell(sweep, item.number, result)
                     _refresh(progress, sweep)
-                    progress.trial_done(item.number, describe, metrics, result.error,
-                                        skipped=bool(result.info.get("skipped_training")))
+                    progress.trial_done(
+                        item.number, describe, metrics, result.error, skipped=bool(result.info.get("skipped_training"))
+                    )
     except KeyboardInterrupt:
         _stop_in_flight(sweep)
         sweep.summary.interrupted = True
@@ -332,8 +361,13 @@ def _run_again(sweep: _Sweep, number: int, result: TrialResult) -> bool:
     if len(attempts) > sweep.exp.search.max_retries:
         result.error = f"{kind}: failed {len(attempts)} attempts, the last: {result.error}"
         return False
-    log.warning("trial %d: %s; running the same plan again (attempt %d of %d)", number, result.error,
-                len(attempts) + 1, sweep.exp.search.max_retries + 1)
+    log.warning(
+        "trial %d: %s; running the same plan again (attempt %d of %d)",
+        number,
+        result.error,
+        len(attempts) + 1,
+        sweep.exp.search.max_retries + 1,
+    )
     sweep.summary.retried += 1
     _, plan, _, _ = sweep.asked[number]
     sweep.running.append(sweep.executor.submit(number, plan, sweep.ctx_ref))
@@ -349,8 +383,9 @@ def _ask(sweep: _Sweep, progress: SweepProgress) -> None:
     if earlier is not None:
         rec = _reuse(sweep, trial, plan.params(), plan.describe(), earlier)
         _refresh(progress, sweep)
-        progress.trial_done(trial.number, rec.describe, rec.metrics, None, skipped=rec.skipped_training,
-                            reused_from=rec.reuse_of)
+        progress.trial_done(
+            trial.number, rec.describe, rec.metrics, None, skipped=rec.skipped_training, reused_from=rec.reuse_of
+        )
         return
     sweep.asked[trial.number] = (trial, plan, plan.params(), plan.describe())
     sweep.running.append(sweep.executor.submit(trial.number, plan, sweep.ctx_ref))
@@ -424,8 +459,13 @@ def _count(sweep: _Sweep, start: float) -> None:
     summary.reused = sum(r.reuse_of is not None for r in records.values())
     summary.seconds = time.perf_counter() - start
     skipped = [n for n, r in records.items() if r.skipped_training and r.reuse_of is None]
-    trained = [r for t in done if t.state == TrialState.COMPLETE
-               for r in [records[t.number]] if not r.skipped_training and r.reuse_of is None]
+    trained = [
+        r
+        for t in done
+        if t.state == TrialState.COMPLETE
+        for r in [records[t.number]]
+        if not r.skipped_training and r.reuse_of is None
+    ]
     train_s = [sum(r.stages.get(k, 0.0) for k in ("distill", "prune")) for r in trained]
     summary.skipped_training = len(skipped)
     summary.seconds_saved = len(skipped) * (sum(train_s) / len(train_s) if train_s else 0.0)
@@ -434,23 +474,39 @@ def _count(sweep: _Sweep, start: float) -> None:
 
 def _log_statistics(tracker: Tracker, summary: SweepSummary) -> None:
     """The totals on the MLflow parent run."""
-    tracker.log_parent(metrics={"trials_finished": summary.finished, "trials_failed": summary.failed,
-                                "trials_reused": summary.reused, "trials_skipped_training": summary.skipped_training,
-                                "training_seconds_saved_estimate": summary.seconds_saved, **summary.cache,
-                                **{f"trials_failed_{k}": v for k, v in summary.failed_kinds.items()}})
+    tracker.log_parent(
+        metrics={
+            "trials_finished": summary.finished,
+            "trials_failed": summary.failed,
+            "trials_reused": summary.reused,
+            "trials_skipped_training": summary.skipped_training,
+            "training_seconds_saved_estimate": summary.seconds_saved,
+            **summary.cache,
+            **{f"trials_failed_{k}": v for k, v in summary.failed_kinds.items()},
+        }
+    )
 
 
 def _refresh(progress: SweepProgress, sweep: _Sweep) -> None:
     done = finished(sweep.study)
-    progress.update(done=len(done), failed=sum(t.state == TrialState.FAIL for t in done), running=len(sweep.running),
-                    front=len(sweep.study.best_trials) if done else 0)
+    progress.update(
+        done=len(done),
+        failed=sum(t.state == TrialState.FAIL for t in done),
+        running=len(sweep.running),
+        front=len(sweep.study.best_trials) if done else 0,
+    )
 
 
 def _sweep_params(exp: Experiment) -> dict[str, str]:
     return {
-        "task": exp.task.name, "objectives": ",".join(exp.objectives), "sampler": exp.search.sampler,
-        "trials": str(exp.search.trials), "parallel": str(exp.search.parallel), "seed": str(exp.search.seed),
+        "task": exp.task.name,
+        "objectives": ",".join(exp.objectives),
+        "sampler": exp.search.sampler,
+        "trials": str(exp.search.trials),
+        "parallel": str(exp.search.parallel),
+        "seed": str(exp.search.seed),
         "target": f"{exp.target.kind} threads={exp.target.threads} batch={exp.target.batch_size}",
-        "max_accuracy_drop": str(exp.constraints.max_accuracy_drop), "storage": exp.storage_url,
+        "max_accuracy_drop": str(exp.constraints.max_accuracy_drop),
+        "storage": exp.storage_url,
         "pick_policy": exp.pick.policy,
     }

@@ -23,8 +23,11 @@ ROLE, STUDY, NUMBER, DRIVER = "slimsweep.role", "slimsweep.study", "optuna.trial
 ALIAS = "deployable"
 log = logging.getLogger("slimsweep.tracking")
 # MLflow's HTTP client retries with backoff for minutes by default; a sweep would stall that long on an outage.
-_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
 _T = TypeVar("_T")
 
 
@@ -42,6 +45,7 @@ def unreachable(uri: str, timeout_s: float = 5.0) -> str | None:
 def _tolerant(default: Any = None) -> Callable[[Callable[..., _T]], Callable[..., _T]]:
     """Run a Tracker call; on a lost tracking server, warn once and from then on skip every call (the study keeps
     the record; `slimsweep sync` back-fills MLflow)."""
+
     def wrap(method: Callable[..., _T]) -> Callable[..., _T]:
         @functools.wraps(method)
         def call(self: Tracker, *args: Any, **kwargs: Any) -> _T:
@@ -54,8 +58,12 @@ def _tolerant(default: Any = None) -> Callable[[Callable[..., _T]], Callable[...
                     raise  # a real error from a reachable store, not an outage
                 self.went_down(exc)
                 return default() if callable(default) else default
+
         return call
+
     return wrap
+
+
 NOTE = "mlflow.note.content"  # the run / experiment description MLflow's UI shows
 # MLflow 3's UI opens an experiment on its GenAI overview unless this tag says it is for model training.
 KIND = {"mlflow.experimentKind": "custom_model_development"}
@@ -64,8 +72,9 @@ KIND = {"mlflow.experimentKind": "custom_model_development"}
 class Tracker:
     """Writes a sweep to MLflow through explicit run ids, so only the driver ever logs and nothing is global."""
 
-    def __init__(self, uri: str, experiment: str, artifact_root: Path, *, driver: str = "",
-                 offline: bool = False) -> None:
+    def __init__(
+        self, uri: str, experiment: str, artifact_root: Path, *, driver: str = "", offline: bool = False
+    ) -> None:
         logging.getLogger("alembic").setLevel(logging.WARNING)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         for key, value in _HTTP_DEFAULTS.items():
@@ -81,8 +90,12 @@ class Tracker:
     def went_down(self, exc: BaseException) -> None:
         """Stop talking to a lost tracking server, with one warning."""
         self.down, self.down_reason = True, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        log.warning("MLflow at %s is unreachable (%s); the sweep goes on, recorded in the study; run "
-                    "`slimsweep sync` once it is back", self.uri, self.down_reason[:300])
+        log.warning(
+            "MLflow at %s is unreachable (%s); the sweep goes on, recorded in the study; run "
+            "`slimsweep sync` once it is back",
+            self.uri,
+            self.down_reason[:300],
+        )
 
     @_tolerant()
     def _open_experiment(self, artifact_root: Path, attempts: int = 10) -> None:
@@ -97,7 +110,8 @@ class Tracker:
         if found is None:
             try:
                 self.experiment_id = self.client.create_experiment(
-                    self.name, artifact_location=artifact_root.resolve().as_uri(), tags=KIND)
+                    self.name, artifact_location=artifact_root.resolve().as_uri(), tags=KIND
+                )
             except mlflow.exceptions.MlflowException:  # another driver created it at the same instant
                 self.experiment_id = self.client.get_experiment_by_name(self.name).experiment_id
         else:
@@ -107,8 +121,12 @@ class Tracker:
                     self.client.set_experiment_tag(self.experiment_id, key, value)
 
     def _parents(self) -> list:
-        runs = self.client.search_runs([self.experiment_id], f"tags.`{ROLE}` = 'sweep' and tags.`{STUDY}` = '{self.name}'",
-                                       max_results=100, order_by=["attributes.start_time ASC"])
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.`{ROLE}` = 'sweep' and tags.`{STUDY}` = '{self.name}'",
+            max_results=100,
+            order_by=["attributes.start_time ASC"],
+        )
         return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
 
     @_tolerant(False)
@@ -124,8 +142,9 @@ class Tracker:
     def start_sweep(self, config_text: str, params: dict[str, Any]) -> str:
         """Resume this study's parent run, or create it with the experiment file attached."""
         if not self.resume_sweep():
-            run = self.client.create_run(self.experiment_id, run_name=f"{self.name}-sweep",
-                                         tags={ROLE: "sweep", STUDY: self.name})
+            run = self.client.create_run(
+                self.experiment_id, run_name=f"{self.name}-sweep", tags={ROLE: "sweep", STUDY: self.name}
+            )
             self.parent_id = run.info.run_id
             self.client.log_batch(self.parent_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
             # Two drivers starting together may both create one; the earliest is the sweep's, the other goes.
@@ -152,19 +171,36 @@ class Tracker:
         return logged
 
     def _trial_run_list(self) -> list:
-        runs = self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent_id}'",
-                                       max_results=50000)
+        runs = self.client.search_runs(
+            [self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent_id}'", max_results=50000
+        )
         return [r for r in runs if NUMBER in r.data.tags and r.data.tags.get(ROLE) == "trial"]
 
     @_tolerant("")
-    def log_trial(self, number: int, params: dict[str, Any], metrics: dict[str, float], *, onnx: bytes | None,
-                  failed_reason: str | None = None, traceback: str | None = None,
-                  tags: dict[str, str] | None = None, start_ms: int | None = None, end_ms: int | None = None,
-                  description: str | None = None) -> str:
+    def log_trial(
+        self,
+        number: int,
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        *,
+        onnx: bytes | None,
+        failed_reason: str | None = None,
+        traceback: str | None = None,
+        tags: dict[str, str] | None = None,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        description: str | None = None,
+    ) -> str:
         """One nested run for one finished trial: the plan as params, metrics, its ONNX file, or its failure reason
         (a tag) and traceback (the artifact traceback.txt); its start and end are the trial's own when given."""
-        all_tags = {ROLE: "trial", NUMBER: str(number), STUDY: self.name, "mlflow.parentRunId": self.parent_id,
-                    DRIVER: self.driver, **(tags or {})}
+        all_tags = {
+            ROLE: "trial",
+            NUMBER: str(number),
+            STUDY: self.name,
+            "mlflow.parentRunId": self.parent_id,
+            DRIVER: self.driver,
+            **(tags or {}),
+        }
         if failed_reason is not None:
             all_tags["slimsweep.failure"] = failed_reason[:4000]
         if description:
@@ -204,12 +240,20 @@ class Tracker:
             self.client.set_tag(run_id, "slimsweep.pick", "true" if number == trial else "false")
 
     @_tolerant()
-    def log_parent(self, *, metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None,
-                   files: dict[str, Path] | None = None) -> None:
+    def log_parent(
+        self,
+        *,
+        metrics: dict[str, float] | None = None,
+        tags: dict[str, str] | None = None,
+        files: dict[str, Path] | None = None,
+    ) -> None:
         """Metrics, tags and files (artifact name -> local path) on the sweep's parent run."""
         now = int(time.time() * 1000)
-        self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
-                              tags=[RunTag(k, v) for k, v in (tags or {}).items()])
+        self.client.log_batch(
+            self.parent_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+            tags=[RunTag(k, v) for k, v in (tags or {}).items()],
+        )
         for name, path in (files or {}).items():
             self.client.log_artifact(self.parent_id, str(path), artifact_path=name or None)
 
@@ -238,8 +282,17 @@ class Tracker:
         return None
 
     @_tolerant("")
-    def register(self, run_id: str, onnx_path: Path, *, input_example: Any, tags: dict[str, str], description: str,
-                 model_description: str, metadata: dict[str, Any]) -> str:
+    def register(
+        self,
+        run_id: str,
+        onnx_path: Path,
+        *,
+        input_example: Any,
+        tags: dict[str, str],
+        description: str,
+        model_description: str,
+        metadata: dict[str, Any],
+    ) -> str:
         """Log the model in the trial's own run (signature and input example included) and register it from there
         under the experiment's name, with version tags and description; return the version. The alias is not moved."""
         import onnx
@@ -251,11 +304,21 @@ class Tracker:
         output = session.run(None, {session.get_inputs()[0].name: input_example})[0]
         signature = infer_signature(input_example, output)
         run = self.client.get_run(run_id)
-        quiet = contextlib.redirect_stderr(io.StringIO()) if not os.environ.get("SLIMSWEEP_VERBOSE") else contextlib.nullcontext()
+        quiet = (
+            contextlib.redirect_stderr(io.StringIO())
+            if not os.environ.get("SLIMSWEEP_VERBOSE")
+            else contextlib.nullcontext()
+        )
         with mlflow.start_run(run_id=run_id), quiet:  # MLflow prints "Successfully registered model" itself
-            info = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name="deployable", registered_model_name=self.name,
-                                         signature=signature, input_example=input_example,
-                                         onnx_execution_providers=["CPUExecutionProvider"], metadata=metadata)
+            info = mlflow.onnx.log_model(
+                onnx.load(str(onnx_path)),
+                name="deployable",
+                registered_model_name=self.name,
+                signature=signature,
+                input_example=input_example,
+                onnx_execution_providers=["CPUExecutionProvider"],
+                metadata=metadata,
+            )
         # start_run(run_id=...) reopened the finished trial run and ended it now: give it back its own end.
         self.client.set_terminated(run_id, run.info.status, end_time=run.info.end_time)
         version = str(info.registered_model_version)

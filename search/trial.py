@@ -25,6 +25,7 @@ from spaces.pruning import channel_count, prune, sparsity
 from spaces.quantization import quantize
 from spaces.students import Distillation, build, parameter_count, train
 
+
 def _sensitivity_cache() -> Path:
     """Where per-layer quantization sensitivity rankings are kept, so a model is ranked once across trials."""
     return cache_dir() / "quant-sensitivity"
@@ -97,8 +98,9 @@ def run_trial(number: int, plan: CompressionPlan, ctx: TrialContext, time_model:
     return result
 
 
-def _structure(plan: CompressionPlan, ctx: TrialContext, teacher: torch.nn.Module,
-               example: torch.Tensor) -> tuple[bytes, int]:
+def _structure(
+    plan: CompressionPlan, ctx: TrialContext, teacher: torch.nn.Module, example: torch.Tensor
+) -> tuple[bytes, int]:
     """The plan's deployable graph before any training (same shapes and scheme, so the same latency), and its size."""
     data = ctx.data
     model = build(plan.student, teacher, data.input_shape[0], data.num_classes, tuple(data.input_shape[1:]))
@@ -162,8 +164,9 @@ def _run(plan: CompressionPlan, ctx: TrialContext, result: TrialResult, time_mod
     result.info["channels_before_pruning"] = channel_count(student)
     if plan.pruning.ratio > 0:
         with _stage(stages, "prune"):
-            temperature, alpha, lr = (s.temperature, s.alpha, s.lr) if s.distilled else (
-                RECOVERY_TEMPERATURE, RECOVERY_ALPHA, RECOVERY_LR)
+            temperature, alpha, lr = (
+                (s.temperature, s.alpha, s.lr) if s.distilled else (RECOVERY_TEMPERATURE, RECOVERY_ALPHA, RECOVERY_LR)
+            )
 
             def recover(model: torch.nn.Module, epochs: int) -> None:
                 # Recovery is distillation from the teacher; prune() calls it between iterative steps.

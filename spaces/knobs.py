@@ -74,7 +74,6 @@ def check_positive(v: Any, what: str, upper: float | None = None) -> None:
             raise ValueError(f"{what} must be <= {upper:g}, got {x}")
 
 
-
 def knob(trial: TrialLike, name: str, knob: Any) -> Any:
     """A fixed value stays fixed; a list is a categorical choice; a range is sampled (log if asked)."""
     if isinstance(knob, FloatRange):

@@ -43,5 +43,8 @@ class CompressionPlan:
 
 def sample(trial: TrialLike, space: Space) -> CompressionPlan:
     """Sample one plan; a parameter is asked for only where it means something (conditional space)."""
-    return CompressionPlan(student=sample_student(trial, space.students), pruning=sample_pruning(trial, space.pruning),
-                           quantization=sample_quantization(trial, space.quantization))
+    return CompressionPlan(
+        student=sample_student(trial, space.students),
+        pruning=sample_pruning(trial, space.pruning),
+        quantization=sample_quantization(trial, space.quantization),
+    )

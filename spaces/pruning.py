@@ -97,8 +97,14 @@ def _out_width(m: nn.Module) -> int:
     return m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features
 
 
-def structured(model: nn.Module, example_input: torch.Tensor, choice: PruningChoice, protected: list[nn.Module],
-               recover: Recover | None, batch: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+def structured(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    choice: PruningChoice,
+    protected: list[nn.Module],
+    recover: Recover | None,
+    batch: tuple[torch.Tensor, torch.Tensor] | None,
+) -> None:
     """Remove channels with Torch-Pruning in `choice.steps` steps, recovering between them."""
     importance = IMPORTANCES.get(choice.importance)
     if importance.needs_gradients and batch is None:
@@ -136,8 +142,7 @@ def _gradients(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> No
         F.cross_entropy(model(inputs), labels.long()).backward()
 
 
-def unstructured(model: nn.Module, choice: PruningChoice, protected: list[nn.Module],
-                 recover: Recover | None) -> None:
+def unstructured(model: nn.Module, choice: PruningChoice, protected: list[nn.Module], recover: Recover | None) -> None:
     """Zero the smallest |w| over all unprotected layers together; shapes stay as they were."""
     targets = [(m, "weight") for m in model.modules() if isinstance(m, PRUNABLE) and m not in protected]
     if not targets:

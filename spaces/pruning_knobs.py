@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, field_validator
 
-from spaces.knobs import MAX_EPOCHS, MAX_STEPS, FloatKnob, IntKnob, Strict, TrialLike, check_positive, knob, values
 from evaluators.registry import Registry
+from spaces.knobs import MAX_EPOCHS, MAX_STEPS, FloatKnob, IntKnob, Strict, TrialLike, check_positive, knob, values
 
 if TYPE_CHECKING:
     import torch
@@ -57,9 +57,15 @@ class PruningMethod(ABC):
 
     @classmethod
     @abstractmethod
-    def apply(cls, model: "nn.Module", example_input: "torch.Tensor", choice: "PruningChoice",
-              protected: list["nn.Module"], recover: Recover | None,
-              batch: tuple["torch.Tensor", "torch.Tensor"] | None) -> None:
+    def apply(
+        cls,
+        model: "nn.Module",
+        example_input: "torch.Tensor",
+        choice: "PruningChoice",
+        protected: list["nn.Module"],
+        recover: Recover | None,
+        batch: tuple["torch.Tensor", "torch.Tensor"] | None,
+    ) -> None:
         """Prune in place, sparing `protected` layers; recover with `recover` as spaces.pruning.prune() says."""
 
 
@@ -183,11 +189,13 @@ class PruningChoice:
         """Dotted parameters; only those that applied (nothing but the ratio when nothing was pruned)."""
         out: dict[str, Any] = {"pruning.ratio": self.ratio}
         if self.ratio > 0:
-            out.update({
-                "pruning.method": self.method,
-                "pruning.recover_epochs": self.recover_epochs,
-                "pruning.protect_first_last": self.protect_first_last,
-            })
+            out.update(
+                {
+                    "pruning.method": self.method,
+                    "pruning.recover_epochs": self.recover_epochs,
+                    "pruning.protect_first_last": self.protect_first_last,
+                }
+            )
             out.update({f"pruning.{k}": v for k, v in PRUNING_METHODS.get(self.method).params(self).items()})
         return out
 
@@ -213,9 +221,13 @@ def sample_pruning(trial: TrialLike, space: PruningSpace) -> PruningChoice:
         return PruningChoice(ratio=0.0, protect_first_last=space.protect_first_last)
     method = str(knob(trial, "pruning.method", space.method))
     recover = int(knob(trial, "pruning.recover_epochs", space.recover_epochs))
-    return PruningChoice(ratio=ratio, recover_epochs=recover, method=method,
-                         protect_first_last=space.protect_first_last,
-                         **PRUNING_METHODS.get(method).sample(trial, space))
+    return PruningChoice(
+        ratio=ratio,
+        recover_epochs=recover,
+        method=method,
+        protect_first_last=space.protect_first_last,
+        **PRUNING_METHODS.get(method).sample(trial, space),
+    )
 
 
 # The built-in methods and importances register themselves on import; last, because they subclass the bases above.

@@ -32,10 +32,12 @@ class Structured(PruningMethod):
 
     @classmethod
     def sample(cls, trial: TrialLike, space: PruningSpace) -> dict[str, Any]:
-        return dict(importance=str(knob(trial, "pruning.importance", space.importance)),
-                    scope=str(knob(trial, "pruning.scope", space.scope)),
-                    steps=int(knob(trial, "pruning.steps", space.steps)),
-                    round_to=int(knob(trial, "pruning.round_to", space.round_to)))
+        return dict(
+            importance=str(knob(trial, "pruning.importance", space.importance)),
+            scope=str(knob(trial, "pruning.scope", space.scope)),
+            steps=int(knob(trial, "pruning.steps", space.steps)),
+            round_to=int(knob(trial, "pruning.round_to", space.round_to)),
+        )
 
     @classmethod
     def params(cls, choice: PruningChoice) -> dict[str, Any]:
@@ -43,18 +45,30 @@ class Structured(PruningMethod):
 
     @classmethod
     def describe(cls, choice: PruningChoice) -> list[str]:
-        return [word for word, shown in ((choice.importance, choice.importance != "l2"),
-                                         (choice.scope, choice.scope != "uniform"),
-                                         (f"{choice.steps} steps", choice.steps > 1)) if shown]
+        return [
+            word
+            for word, shown in (
+                (choice.importance, choice.importance != "l2"),
+                (choice.scope, choice.scope != "uniform"),
+                (f"{choice.steps} steps", choice.steps > 1),
+            )
+            if shown
+        ]
 
     @classmethod
     def weights_decide_structure(cls, choice: PruningChoice) -> bool:
         return choice.scope == "global"  # per-layer widths follow the trained weights' magnitudes
 
     @classmethod
-    def apply(cls, model: "nn.Module", example_input: "torch.Tensor", choice: PruningChoice,
-              protected: list["nn.Module"], recover: Recover | None,
-              batch: tuple["torch.Tensor", "torch.Tensor"] | None) -> None:
+    def apply(
+        cls,
+        model: "nn.Module",
+        example_input: "torch.Tensor",
+        choice: PruningChoice,
+        protected: list["nn.Module"],
+        recover: Recover | None,
+        batch: tuple["torch.Tensor", "torch.Tensor"] | None,
+    ) -> None:
         from spaces.pruning import structured
 
         structured(model, example_input, choice, protected, recover, batch)
@@ -67,9 +81,15 @@ class Unstructured(PruningMethod):
     name: ClassVar[str] = "unstructured"
 
     @classmethod
-    def apply(cls, model: "nn.Module", example_input: "torch.Tensor", choice: PruningChoice,
-              protected: list["nn.Module"], recover: Recover | None,
-              batch: tuple["torch.Tensor", "torch.Tensor"] | None) -> None:
+    def apply(
+        cls,
+        model: "nn.Module",
+        example_input: "torch.Tensor",
+        choice: PruningChoice,
+        protected: list["nn.Module"],
+        recover: Recover | None,
+        batch: tuple["torch.Tensor", "torch.Tensor"] | None,
+    ) -> None:
         from spaces.pruning import unstructured
 
         unstructured(model, choice, protected, recover)

@@ -45,13 +45,17 @@ CALIBRATION_BATCH = 32  # samples per calibration run when the batch axis is dyn
 # (on the digits CNN, 2 cores: 256 bins ~1.5 s, 512 ~4 s, 1024 ~9 s).
 ENTROPY_BINS = 256
 _CALIBRATED_OPS = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))  # what quantize_static itself calibrates
-_CALIBRATION = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                "percentile": CalibrationMethod.Percentile}
+_CALIBRATION = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+}
 _SENSITIVITY: dict[str, list[tuple[str, float]]] = {}  # the in-process cache when no cache_dir is given
 
 
-def quantize(model: bytes, choice: QuantizationChoice | str, calibration: np.ndarray, *,
-             cache_dir: Path | None = None) -> bytes:
+def quantize(
+    model: bytes, choice: QuantizationChoice | str, calibration: np.ndarray, *, cache_dir: Path | None = None
+) -> bytes:
     """Apply a registered scheme with its options (a name alone takes the default options)."""
     if isinstance(choice, str):
         choice = QuantizationChoice(scheme=choice)
@@ -80,8 +84,9 @@ def int8_dynamic(model: bytes) -> bytes:
         return dst.read_bytes()
 
 
-def int8_static(model: bytes, choice: QuantizationChoice, calibration: np.ndarray, cache_dir: Path | None, *,
-                qdq: bool) -> bytes:
+def int8_static(
+    model: bytes, choice: QuantizationChoice, calibration: np.ndarray, cache_dir: Path | None, *, qdq: bool
+) -> bytes:
     """int8 weights and calibrated activations, as QDQ pairs or quantized operators; float_layers stay float."""
     fmt = QuantFormat.QDQ if qdq else QuantFormat.QOperator
     with tempfile.TemporaryDirectory(prefix="slimsweep-quant-") as tmp:
@@ -104,8 +109,10 @@ def int4_weight_only(model: bytes) -> bytes:
     proto = onnx.load_from_string(model)
     if not _int4_matmuls(proto):
         ops = sorted({node.op_type for node in proto.graph.node})
-        raise TrialFailure(f"int4_weight_only found no MatMul or Gemm with a constant 2-D weight to quantize "
-                           f"(the model has: {', '.join(ops)}); use another scheme for this model")
+        raise TrialFailure(
+            f"int4_weight_only found no MatMul or Gemm with a constant 2-D weight to quantize "
+            f"(the model has: {', '.join(ops)}); use another scheme for this model"
+        )
     return proto.SerializeToString()
 
 
@@ -114,9 +121,14 @@ def quantizable_layers(model: onnx.ModelProto) -> list[str]:
     return [node.name for node in model.graph.node if node.op_type in LAYER_OPS]
 
 
-def layer_sensitivity(model: bytes, choice: QuantizationChoice, calibration: np.ndarray, *,
-                      cache_dir: Path | None = None,
-                      prepared: tuple[Path, Path] | None = None) -> list[tuple[str, float]]:
+def layer_sensitivity(
+    model: bytes,
+    choice: QuantizationChoice,
+    calibration: np.ndarray,
+    *,
+    cache_dir: Path | None = None,
+    prepared: tuple[Path, Path] | None = None,
+) -> list[tuple[str, float]]:
     """Layers ranked by the logits' MSE when only that layer is quantized, most sensitive first (cached).
 
     `prepared` is the pre-processed model file and its activation ranges when the caller has them already.
@@ -137,16 +149,29 @@ def _calibrated(src: Path, choice: QuantizationChoice, calibration: np.ndarray, 
     """Measure the activation ranges on the choice's calibration samples; return the file quantize_static reads."""
     samples = calibration[: choice.calibration_samples] if choice.calibration_samples else calibration
     options = {"num_bins": ENTROPY_BINS, "num_quantized_bins": 128} if choice.calibration == "entropy" else {}
-    calibrator = create_calibrator(src, _CALIBRATED_OPS, augmented_model_path=str(folder / "augmented.onnx"),
-                                   calibrate_method=_CALIBRATION[choice.calibration], extra_options=options)
+    calibrator = create_calibrator(
+        src,
+        _CALIBRATED_OPS,
+        augmented_model_path=str(folder / "augmented.onnx"),
+        calibrate_method=_CALIBRATION[choice.calibration],
+        extra_options=options,
+    )
     calibrator.collect_data(_ArrayReader(onnx.load(src), samples))
     ranges = folder / "ranges.json"
     save_tensors_data(calibrator.compute_data(), ranges)
     return ranges
 
 
-def _static(src: Path, dst: Path, fmt: QuantFormat, choice: QuantizationChoice, ranges: Path, *,
-            only: list[str] | None = None, exclude: list[str] | None = None) -> None:
+def _static(
+    src: Path,
+    dst: Path,
+    fmt: QuantFormat,
+    choice: QuantizationChoice,
+    ranges: Path,
+    *,
+    only: list[str] | None = None,
+    exclude: list[str] | None = None,
+) -> None:
     """ONNX Runtime's static quantization with the choice's options, from measured activation ranges."""
     symmetric = choice.activations == "int8_sym"
     quantize_static(
@@ -166,8 +191,9 @@ def _static(src: Path, dst: Path, fmt: QuantFormat, choice: QuantizationChoice, 
     )
 
 
-def _rank_layers(src: Path, choice: QuantizationChoice, ranges: Path, calibration: np.ndarray,
-                 folder: Path) -> list[tuple[str, float]]:
+def _rank_layers(
+    src: Path, choice: QuantizationChoice, ranges: Path, calibration: np.ndarray, folder: Path
+) -> list[tuple[str, float]]:
     """Quantize one layer at a time (with the full model's ranges); rank the layers by how far the logits move."""
     data = calibration[:SENSITIVITY_SAMPLES]
     # Rank in the format the model will be quantized in (the scheme says which).
@@ -190,8 +216,15 @@ def _logits(model: bytes, data: np.ndarray) -> np.ndarray:
 
 def _sensitivity_key(model: bytes, choice: QuantizationChoice, calibration: np.ndarray) -> str:
     """The model, the options that change a layer's quantization error, and the data it is measured on."""
-    options = [choice.scheme, choice.per_channel, choice.activations, choice.calibration,
-               choice.calibration_samples, choice.reduce_range, SENSITIVITY_SAMPLES]
+    options = [
+        choice.scheme,
+        choice.per_channel,
+        choice.activations,
+        choice.calibration,
+        choice.calibration_samples,
+        choice.reduce_range,
+        SENSITIVITY_SAMPLES,
+    ]
     digest = hashlib.sha256(model)
     digest.update(json.dumps(options).encode())
     digest.update(np.ascontiguousarray(calibration, dtype=np.float32).tobytes())
@@ -212,8 +245,7 @@ def _cached_ranking(key: str, cache_dir: Path | None) -> list[tuple[str, float]]
     return [(name, float(mse)) for name, mse in json.loads(path.read_text())["layers"]]
 
 
-def _store_ranking(key: str, cache_dir: Path | None,
-                   ranking: list[tuple[str, float]]) -> list[tuple[str, float]]:
+def _store_ranking(key: str, cache_dir: Path | None, ranking: list[tuple[str, float]]) -> list[tuple[str, float]]:
     if cache_dir is None:
         _SENSITIVITY[key] = ranking
         return ranking
@@ -273,8 +305,19 @@ def _int4_layer(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto]) -> l
     for init in (numpy_helper.from_array(packed, f"{stem}_weight"), numpy_helper.from_array(scales, f"{stem}_scales")):
         weights[init.name] = init
     out = f"{stem}_out" if bias else node.output[0]
-    nodes = [onnx.helper.make_node("MatMulNBits", [node.input[0], f"{stem}_weight", f"{stem}_scales"], [out],
-                                   name=stem, domain="com.microsoft", K=k, N=n, bits=4, block_size=INT4_BLOCK_SIZE)]
+    nodes = [
+        onnx.helper.make_node(
+            "MatMulNBits",
+            [node.input[0], f"{stem}_weight", f"{stem}_scales"],
+            [out],
+            name=stem,
+            domain="com.microsoft",
+            K=k,
+            N=n,
+            bits=4,
+            block_size=INT4_BLOCK_SIZE,
+        )
+    ]
     if bias:
         beta = attrs.get("beta", 1.0)
         if beta != 1.0:

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Union
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
 from evaluators.errors import not_allowed
-from spaces.knobs import IntKnob, Strict, TrialLike, knob
 from evaluators.registry import Registry
+from spaces.knobs import IntKnob, Strict, TrialLike, knob
 
 if TYPE_CHECKING:
     import numpy as np
@@ -50,8 +50,9 @@ class QuantizationScheme(ABC):
 
     @classmethod
     @abstractmethod
-    def apply(cls, model: bytes, choice: "QuantizationChoice", calibration: "np.ndarray",
-              cache_dir: Path | None) -> bytes:
+    def apply(
+        cls, model: bytes, choice: "QuantizationChoice", calibration: "np.ndarray", cache_dir: Path | None
+    ) -> bytes:
         """Return the quantized ONNX model (import the heavy tools inside)."""
 
 
@@ -115,8 +116,12 @@ class StaticSpace(Strict):
     @field_validator("calibration_samples", mode="before")
     @classmethod
     def _samples(cls, v: Any) -> Any:
-        return _knob_values(v, "calibration_samples", lambda x: x == "all" or _positive_int(x),
-                            "expected a number of samples >= 1 or 'all', or a list of them")
+        return _knob_values(
+            v,
+            "calibration_samples",
+            lambda x: x == "all" or _positive_int(x),
+            "expected a number of samples >= 1 or 'all', or a list of them",
+        )
 
     @field_validator("sensitive_layers", mode="before")
     @classmethod
@@ -127,8 +132,10 @@ class StaticSpace(Strict):
     def _sensitive_only_where_it_applies(self) -> "StaticSpace":
         chosen = self.float_layers if isinstance(self.float_layers, list) else [self.float_layers]
         if "sensitive_layers" in self.model_fields_set and "sensitive" not in chosen:
-            raise ValueError(f"sensitive_layers applies only when float_layers includes 'sensitive' "
-                             f"(got float_layers {self.float_layers!r}): add it or remove sensitive_layers")
+            raise ValueError(
+                f"sensitive_layers applies only when float_layers includes 'sensitive' "
+                f"(got float_layers {self.float_layers!r}): add it or remove sensitive_layers"
+            )
         return self
 
 
@@ -154,8 +161,10 @@ class QuantizationSpace(Strict):
         # Options that no trial would ever use are a mistake in the file, not something to ignore quietly.
         static = static_schemes()
         if "static" in self.model_fields_set and not set(self.schemes) & set(static):
-            raise ValueError(f"static options apply only to {' and '.join(static)}, but schemes got "
-                             f"{self.schemes}: add a static scheme or remove the static section")
+            raise ValueError(
+                f"static options apply only to {' and '.join(static)}, but schemes got "
+                f"{self.schemes}: add a static scheme or remove the static section"
+            )
         return self
 
 
@@ -210,7 +219,8 @@ class QuantizationChoice:
             f"{self.calibration_samples} samples" if self.calibration_samples else "",
             "full range" if not self.reduce_range else "",
             {"none": "", "first_last": "float first+last", "sensitive": f"float top-{self.sensitive_layers}"}[
-                self.float_layers],
+                self.float_layers
+            ],
         ]
         parts = [p for p in parts if p]
         return f"{self.scheme} ({', '.join(parts)})" if parts else self.scheme
@@ -233,7 +243,8 @@ def sample_quantization(trial: TrialLike, space: QuantizationSpace) -> Quantizat
         reduce_range=bool(knob(trial, "quantization.reduce_range", s.reduce_range)),
         float_layers=float_layers,
         sensitive_layers=int(knob(trial, "quantization.sensitive_layers", s.sensitive_layers))
-        if float_layers == "sensitive" else 1,
+        if float_layers == "sensitive"
+        else 1,
     )
 
 

@@ -23,8 +23,9 @@ class Float32(QuantizationScheme):
     in_default_space: ClassVar[bool] = True
 
     @classmethod
-    def apply(cls, model: bytes, choice: QuantizationChoice, calibration: "np.ndarray",
-              cache_dir: Path | None) -> bytes:
+    def apply(
+        cls, model: bytes, choice: QuantizationChoice, calibration: "np.ndarray", cache_dir: Path | None
+    ) -> bytes:
         return model
 
 
@@ -36,8 +37,9 @@ class Int8Dynamic(QuantizationScheme):
     in_default_space: ClassVar[bool] = True
 
     @classmethod
-    def apply(cls, model: bytes, choice: QuantizationChoice, calibration: "np.ndarray",
-              cache_dir: Path | None) -> bytes:
+    def apply(
+        cls, model: bytes, choice: QuantizationChoice, calibration: "np.ndarray", cache_dir: Path | None
+    ) -> bytes:
         from spaces.quantization import int8_dynamic
 
         return int8_dynamic(model)
@@ -58,8 +60,9 @@ class _Int8Static(QuantizationScheme):
         return choice.float_layers == "sensitive"  # a sensitivity ranking of the trained layers picks them
 
     @classmethod
-    def apply(cls, model: bytes, choice: QuantizationChoice, calibration: "np.ndarray",
-              cache_dir: Path | None) -> bytes:
+    def apply(
+        cls, model: bytes, choice: QuantizationChoice, calibration: "np.ndarray", cache_dir: Path | None
+    ) -> bytes:
         from spaces.quantization import int8_static
 
         return int8_static(model, choice, calibration, cache_dir, qdq=cls.qdq)
@@ -81,8 +84,9 @@ class Float16(QuantizationScheme):
     name: ClassVar[str] = "fp16"
 
     @classmethod
-    def apply(cls, model: bytes, choice: QuantizationChoice, calibration: "np.ndarray",
-              cache_dir: Path | None) -> bytes:
+    def apply(
+        cls, model: bytes, choice: QuantizationChoice, calibration: "np.ndarray", cache_dir: Path | None
+    ) -> bytes:
         from spaces.quantization import fp16
 
         return fp16(model)
@@ -103,8 +107,9 @@ class Int4WeightOnly(QuantizationScheme):
     name: ClassVar[str] = "int4_weight_only"
 
     @classmethod
-    def apply(cls, model: bytes, choice: QuantizationChoice, calibration: "np.ndarray",
-              cache_dir: Path | None) -> bytes:
+    def apply(
+        cls, model: bytes, choice: QuantizationChoice, calibration: "np.ndarray", cache_dir: Path | None
+    ) -> bytes:
         from spaces.quantization import int4_weight_only
 
         return int4_weight_only(model)

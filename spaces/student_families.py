@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import field_validator, model_validator
 
 from evaluators.errors import not_allowed
-
 from spaces.knobs import (
     MAX_BASE_WIDTH,
     MAX_DEPTH,
@@ -37,8 +36,10 @@ CNN_STAGES = 3
 RESNET_MAX_STAGES = 4
 # A downsampling layer keeps its stride 2 only if its map keeps at least this many pixels (spaces/students.py).
 MIN_FEATURE_MAP = 4
-_NO_ROOM = (f"a smaller input leaves no room to downsample while keeping maps of at least "
-            f"{MIN_FEATURE_MAP}x{MIN_FEATURE_MAP}; use the cnn family")
+_NO_ROOM = (
+    f"a smaller input leaves no room to downsample while keeping maps of at least "
+    f"{MIN_FEATURE_MAP}x{MIN_FEATURE_MAP}; use the cnn family"
+)
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,15 @@ MOBILENETV2_SETTINGS: dict[str, InvertedResidualTable] = {
     ),
     # torchvision's own table (MobileNetV2 paper, Table 2): 17 inverted-residual blocks, 1280 features.
     "standard": InvertedResidualTable(
-        rows=((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
-              (6, 320, 1, 1)),
+        rows=(
+            (1, 16, 1, 1),
+            (6, 24, 2, 2),
+            (6, 32, 3, 2),
+            (6, 64, 4, 2),
+            (6, 96, 3, 1),
+            (6, 160, 3, 2),
+            (6, 320, 1, 1),
+        ),
         last_channel=1280,
     ),
 }
@@ -70,8 +78,10 @@ StageList = list[list[int]]
 def _nested(v: Any, what: str) -> Any:
     """Refuse a flat list such as [1, 2, 2]: a choice list of per-stage lists is always nested."""
     if isinstance(v, list) and v and not any(isinstance(x, list) for x in v):
-        raise ValueError(f"{what} is a list of choices, each a list of per-stage counts: write [{v}] for one fixed "
-                         f"choice or e.g. [[1, 1, 1], [2, 2, 2]] for several, got {v}")
+        raise ValueError(
+            f"{what} is a list of choices, each a list of per-stage counts: write [{v}] for one fixed "
+            f"choice or e.g. [[1, 1, 1], [2, 2, 2]] for several, got {v}"
+        )
     return v
 
 
@@ -151,8 +161,10 @@ class CNNStudents(StudentFamily):
     @model_validator(mode="after")
     def _one_depth(self) -> "CNNStudents":
         if self.stage_depths is not None and "depth" in self.model_fields_set:
-            raise ValueError(f"give depth (blocks in every stage) or stage_depths (blocks per stage), not both: "
-                             f"got depth={self.depth} and stage_depths={self.stage_depths}")
+            raise ValueError(
+                f"give depth (blocks in every stage) or stage_depths (blocks per stage), not both: "
+                f"got depth={self.depth} and stage_depths={self.stage_depths}"
+            )
         return self
 
     def sample(self, trial: TrialLike) -> dict[str, Any]:
@@ -177,12 +189,19 @@ class CNNStudents(StudentFamily):
         return f"cnn w{choice.width:g} d{depth}{kernel}"
 
     @classmethod
-    def build(cls, choice: StudentChoice, in_channels: int, num_classes: int,
-              input_hw: tuple[int, int] | None) -> "nn.Module":
+    def build(
+        cls, choice: StudentChoice, in_channels: int, num_classes: int, input_hw: tuple[int, int] | None
+    ) -> "nn.Module":
         from spaces.students import CNN
 
-        return CNN(in_channels, num_classes, width=choice.width, depth=choice.depth, kernel_size=choice.kernel_size,
-                   stage_depths=choice.stage_depths)
+        return CNN(
+            in_channels,
+            num_classes,
+            width=choice.width,
+            depth=choice.depth,
+            kernel_size=choice.kernel_size,
+            stage_depths=choice.stage_depths,
+        )
 
 
 @register_family
@@ -218,20 +237,24 @@ class MobileNetV2Students(StudentFamily):
         return v
 
     def sample(self, trial: TrialLike) -> dict[str, Any]:
-        return dict(width=float(knob(trial, "mobilenetv2.width", self.width)),
-                    settings=str(knob(trial, "mobilenetv2.settings", self.settings)))
+        return dict(
+            width=float(knob(trial, "mobilenetv2.width", self.width)),
+            settings=str(knob(trial, "mobilenetv2.settings", self.settings)),
+        )
 
     @classmethod
     def describe(cls, choice: StudentChoice) -> str:
         return f"mobilenetv2 w{choice.width:g} {choice.settings}"
 
     @classmethod
-    def build(cls, choice: StudentChoice, in_channels: int, num_classes: int,
-              input_hw: tuple[int, int] | None) -> "nn.Module":
+    def build(
+        cls, choice: StudentChoice, in_channels: int, num_classes: int, input_hw: tuple[int, int] | None
+    ) -> "nn.Module":
         from spaces.students import mobilenet_v2
 
-        return mobilenet_v2(in_channels, num_classes, _needs_hw(cls, input_hw), width=choice.width,
-                            settings=choice.settings)
+        return mobilenet_v2(
+            in_channels, num_classes, _needs_hw(cls, input_hw), width=choice.width, settings=choice.settings
+        )
 
 
 @register_family
@@ -267,20 +290,24 @@ class ResNetStudents(StudentFamily):
         return v
 
     def sample(self, trial: TrialLike) -> dict[str, Any]:
-        return dict(blocks=_stages(trial, "resnet.blocks", self.blocks),
-                    base_width=int(knob(trial, "resnet.base_width", self.base_width)))
+        return dict(
+            blocks=_stages(trial, "resnet.blocks", self.blocks),
+            base_width=int(knob(trial, "resnet.base_width", self.base_width)),
+        )
 
     @classmethod
     def describe(cls, choice: StudentChoice) -> str:
         return f"resnet b{stages_label(choice.blocks)} w{choice.base_width}"
 
     @classmethod
-    def build(cls, choice: StudentChoice, in_channels: int, num_classes: int,
-              input_hw: tuple[int, int] | None) -> "nn.Module":
+    def build(
+        cls, choice: StudentChoice, in_channels: int, num_classes: int, input_hw: tuple[int, int] | None
+    ) -> "nn.Module":
         from spaces.students import ResNet
 
-        return ResNet(in_channels, num_classes, _needs_hw(cls, input_hw), blocks=choice.blocks,
-                      base_width=choice.base_width)
+        return ResNet(
+            in_channels, num_classes, _needs_hw(cls, input_hw), blocks=choice.blocks, base_width=choice.base_width
+        )
 
 
 def _needs_hw(family: type[StudentFamily], input_hw: tuple[int, int] | None) -> tuple[int, int]:

@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from pydantic_core import PydanticCustomError
 
 from evaluators.errors import ConfigError, not_allowed
-from spaces.knobs import MAX_EPOCHS, FloatKnob, FloatRange, IntKnob, Strict, TrialLike, check_positive, knob, values
 from evaluators.registry import Registry
+from spaces.knobs import MAX_EPOCHS, FloatKnob, FloatRange, IntKnob, Strict, TrialLike, check_positive, knob, values
 
 if TYPE_CHECKING:  # the heavy half: only a family's build() imports torch
     from torch import nn
@@ -79,10 +79,12 @@ class StudentFamily(Strict):
 
     def sample_distillation(self, trial: TrialLike) -> dict[str, Any]:
         """The shared distillation knobs for one trial."""
-        return dict(temperature=float(knob(trial, f"{self.name}.temperature", self.temperature)),
-                    alpha=float(knob(trial, f"{self.name}.alpha", self.alpha)),
-                    epochs=int(knob(trial, f"{self.name}.epochs", self.epochs)),
-                    lr=float(knob(trial, f"{self.name}.lr", self.lr)))
+        return dict(
+            temperature=float(knob(trial, f"{self.name}.temperature", self.temperature)),
+            alpha=float(knob(trial, f"{self.name}.alpha", self.alpha)),
+            epochs=int(knob(trial, f"{self.name}.epochs", self.epochs)),
+            lr=float(knob(trial, f"{self.name}.lr", self.lr)),
+        )
 
     # --- describing a choice ---
 
@@ -122,8 +124,9 @@ class StudentFamily(Strict):
 
     @classmethod
     @abstractmethod
-    def build(cls, choice: "StudentChoice", in_channels: int, num_classes: int,
-              input_hw: tuple[int, int] | None) -> "nn.Module":
+    def build(
+        cls, choice: "StudentChoice", in_channels: int, num_classes: int, input_hw: tuple[int, int] | None
+    ) -> "nn.Module":
         """A fresh, untrained student for this choice (import torch and friends inside)."""
 
     @classmethod
@@ -163,8 +166,11 @@ def _keys_at(family: type[StudentFamily], loc: tuple[Any, ...]) -> list[str]:
         field = current.model_fields.get(part) if isinstance(part, str) else None
         if field is None:
             continue  # a union member's name pydantic put in the location, not a key
-        models = [a for a in (field.annotation, *getattr(field.annotation, "__args__", ()))
-                  if isinstance(a, type) and issubclass(a, BaseModel)]
+        models = [
+            a
+            for a in (field.annotation, *getattr(field.annotation, "__args__", ()))
+            if isinstance(a, type) and issubclass(a, BaseModel)
+        ]
         if not models:
             break
         current = models[0]
@@ -211,8 +217,10 @@ class StudentSpace(Strict):
             space.__pydantic_extra__[family.name] = sections.get(family.name, default)
         if not space.kinds():
             names = STUDENT_FAMILIES.names()
-            raise ValueError(f"no student left to search: set teacher: true or give a {names[0]} family"
-                             + (f" (or {' or '.join(names[1:])})" if names[1:] else ""))
+            raise ValueError(
+                f"no student left to search: set teacher: true or give a {names[0]} family"
+                + (f" (or {' or '.join(names[1:])})" if names[1:] else "")
+            )
         return space
 
     def family(self, kind: str) -> StudentFamily | None:
@@ -236,15 +244,31 @@ class StudentChoice:
     lr: float
     knobs: tuple[tuple[str, Any], ...]  # in the family's choice_defaults order, so equal choices compare equal
 
-    def __init__(self, kind: str = TEACHER, *, temperature: float = 4.0, alpha: float = 0.7, epochs: int = 0,
-                 lr: float = 0.003, **knobs: Any) -> None:
+    def __init__(
+        self,
+        kind: str = TEACHER,
+        *,
+        temperature: float = 4.0,
+        alpha: float = 0.7,
+        epochs: int = 0,
+        lr: float = 0.003,
+        **knobs: Any,
+    ) -> None:
         defaults = {} if kind == TEACHER else STUDENT_FAMILIES.get(kind).choice_defaults
         unknown = sorted(set(knobs) - set(defaults))
         if unknown:
-            raise ConfigError(f"a {kind} student has no knob {unknown[0]!r}; its knobs: "
-                              f"{', '.join([*defaults, *DISTILL_KNOBS]) or 'none'}")
-        for name, value in (("kind", kind), ("temperature", temperature), ("alpha", alpha), ("epochs", epochs),
-                            ("lr", lr), ("knobs", tuple((k, knobs.get(k, v)) for k, v in defaults.items()))):
+            raise ConfigError(
+                f"a {kind} student has no knob {unknown[0]!r}; its knobs: "
+                f"{', '.join([*defaults, *DISTILL_KNOBS]) or 'none'}"
+            )
+        for name, value in (
+            ("kind", kind),
+            ("temperature", temperature),
+            ("alpha", alpha),
+            ("epochs", epochs),
+            ("lr", lr),
+            ("knobs", tuple((k, knobs.get(k, v)) for k, v in defaults.items())),
+        ):
             object.__setattr__(self, name, value)
 
     def __getattr__(self, name: str) -> Any:

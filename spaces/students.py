@@ -55,8 +55,16 @@ def _round8(channels: float) -> int:
 class CNN(nn.Module):
     """The parametric CNN family: three stages of conv-BN-ReLU blocks, max-pooled between, then a linear head."""
 
-    def __init__(self, in_channels: int, num_classes: int, *, width: float = 1.0, depth: int = 2,
-                 kernel_size: int = 3, stage_depths: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        *,
+        width: float = 1.0,
+        depth: int = 2,
+        kernel_size: int = 3,
+        stage_depths: Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
         depths = tuple(stage_depths) if stage_depths is not None else (depth,) * len(BASE_CHANNELS)
         if len(depths) != len(BASE_CHANNELS):
@@ -66,8 +74,11 @@ class CNN(nn.Module):
         for stage, (base, blocks) in enumerate(zip(BASE_CHANNELS, depths, strict=True)):
             out = _round8(base * width)
             for _ in range(blocks):
-                layers += [nn.Conv2d(channels, out, kernel_size, padding=kernel_size // 2, bias=False),
-                           nn.BatchNorm2d(out), nn.ReLU()]
+                layers += [
+                    nn.Conv2d(channels, out, kernel_size, padding=kernel_size // 2, bias=False),
+                    nn.BatchNorm2d(out),
+                    nn.ReLU(),
+                ]
                 channels = out
             if stage < len(BASE_CHANNELS) - 1:
                 layers.append(nn.MaxPool2d(2))
@@ -94,8 +105,9 @@ def _init_like_torchvision(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def mobilenet_v2(in_channels: int, num_classes: int, input_hw: tuple[int, int], *, width: float = 1.0,
-                 settings: str = "compact") -> MobileNetV2:
+def mobilenet_v2(
+    in_channels: int, num_classes: int, input_hw: tuple[int, int], *, width: float = 1.0, settings: str = "compact"
+) -> MobileNetV2:
     """torchvision's MobileNetV2 with a named inverted-residual table, its stem and strides fitted to the input."""
     table = MOBILENETV2_SETTINGS[settings]
     strides = downsampling(input_hw, [2] + [s for *_, s in table.rows])  # torchvision: a stride-2 stem, then the table
@@ -103,11 +115,13 @@ def mobilenet_v2(in_channels: int, num_classes: int, input_hw: tuple[int, int], 
     model = MobileNetV2(num_classes=num_classes, width_mult=width, inverted_residual_setting=rows)
     stem, head = model.features[0], model.features[-1]
     # torchvision hard-codes a 3-channel stride-2 stem and a 1280-wide head; the task and the table set them here.
-    model.features[0] = Conv2dNormActivation(in_channels, stem[0].out_channels, stride=strides[0],
-                                             norm_layer=nn.BatchNorm2d, activation_layer=nn.ReLU6)
+    model.features[0] = Conv2dNormActivation(
+        in_channels, stem[0].out_channels, stride=strides[0], norm_layer=nn.BatchNorm2d, activation_layer=nn.ReLU6
+    )
     last = _make_divisible(table.last_channel * max(1.0, width), 8)  # torchvision's rule for its head
-    model.features[-1] = Conv2dNormActivation(head[0].in_channels, last, kernel_size=1, norm_layer=nn.BatchNorm2d,
-                                              activation_layer=nn.ReLU6)
+    model.features[-1] = Conv2dNormActivation(
+        head[0].in_channels, last, kernel_size=1, norm_layer=nn.BatchNorm2d, activation_layer=nn.ReLU6
+    )
     model.classifier[-1] = nn.Linear(last, num_classes)
     model.last_channel = last
     for replaced in (model.features[0], model.features[-1], model.classifier):
@@ -118,13 +132,23 @@ def mobilenet_v2(in_channels: int, num_classes: int, input_hw: tuple[int, int], 
 class ResNet(nn.Module):
     """A CIFAR-style ResNet of torchvision BasicBlocks: 3x3 stem, stages of base_width x 2^i channels, pooled head."""
 
-    def __init__(self, in_channels: int, num_classes: int, input_hw: tuple[int, int], *,
-                 blocks: Sequence[int] = (1, 1, 1), base_width: int = 16) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        input_hw: tuple[int, int],
+        *,
+        blocks: Sequence[int] = (1, 1, 1),
+        base_width: int = 16,
+    ) -> None:
         super().__init__()
         # He et al. 2016 (section 4.2) for small images: a stride-1 stem and first stage, then each stage halves.
         strides = downsampling(input_hw, [1, 1] + [2] * (len(blocks) - 1))
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, base_width, 3, stride=strides[0], padding=1, bias=False),
-                                  nn.BatchNorm2d(base_width), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, base_width, 3, stride=strides[0], padding=1, bias=False),
+            nn.BatchNorm2d(base_width),
+            nn.ReLU(inplace=True),
+        )
         stages: list[nn.Module] = []
         inplanes = base_width
         for i, (count, stride) in enumerate(zip(blocks, strides[1:], strict=True)):
@@ -150,8 +174,13 @@ def _stage(inplanes: int, planes: int, count: int, stride: int) -> nn.Sequential
     return nn.Sequential(*layers)
 
 
-def build(choice: StudentChoice, teacher: nn.Module, in_channels: int, num_classes: int,
-          input_hw: tuple[int, int] | None = None) -> nn.Module:
+def build(
+    choice: StudentChoice,
+    teacher: nn.Module,
+    in_channels: int,
+    num_classes: int,
+    input_hw: tuple[int, int] | None = None,
+) -> nn.Module:
     """A fresh student for a choice, built by its registered family; 'teacher' is a copy of the trained teacher.
 
     Whether the family suits the input was asked before the first trial (`suits`); it is not asked again here.
@@ -185,8 +214,9 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor | None, labels: to
     if teacher is None or d.alpha == 0:
         return hard
     t = d.temperature
-    soft = F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), reduction="batchmean",
-                    log_target=True)
+    soft = F.kl_div(
+        F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), reduction="batchmean", log_target=True
+    )
     return d.alpha * t * t * soft + (1 - d.alpha) * hard
 
 

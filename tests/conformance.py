@@ -71,8 +71,13 @@ def example() -> torch.Tensor:
 def check_student_family(name: str) -> None:
     """A registered family: reachable, sampled, round-tripped, built, exported, run."""
     family = STUDENT_FAMILIES.get(name)
-    space = space_naming({"students": {**NO_STUDENT, name: {"epochs": 1}}, "pruning": {"ratio": 0.0},
-                          "quantization": {"schemes": ["fp32"]}})
+    space = space_naming(
+        {
+            "students": {**NO_STUDENT, name: {"epochs": 1}},
+            "pruning": {"ratio": 0.0},
+            "quantization": {"schemes": ["fp32"]},
+        }
+    )
     assert space.students.kinds() == [name]
     plans = sample_and_round_trip(space)
     assert {p.student.kind for p in plans} == {name}
@@ -86,8 +91,7 @@ def check_student_family(name: str) -> None:
 
 def check_pruning(method: str, importance: str) -> None:
     """A registered pruning method with a registered importance: reachable, sampled, round-tripped, applied, run."""
-    space = space_naming({"pruning": {"ratio": [0.5], "method": method, "importance": importance,
-                                      "recover_epochs": 0}})
+    space = space_naming({"pruning": {"ratio": [0.5], "method": method, "importance": importance, "recover_epochs": 0}})
     plans = sample_and_round_trip(space, trials=2)
     choice = plans[0].pruning
     assert (choice.method, choice.ratio) == (method, 0.5)

@@ -43,8 +43,10 @@ def small_experiment(folder: Path, name: str = "tiny", **changes: Any) -> Path:
         "name": name,
         "task": {"name": "digits", "seed": 0, "teacher": {"epochs": 10}},
         "space": {
-            "students": {"teacher": True, "cnn": {"width": [0.25, 0.5], "depth": [1], "epochs": 3,
-                                                  "temperature": 4.0, "alpha": 0.7}},
+            "students": {
+                "teacher": True,
+                "cnn": {"width": [0.25, 0.5], "depth": [1], "epochs": 3, "temperature": 4.0, "alpha": 0.7},
+            },
             "pruning": {"ratio": [0.0, 0.5], "recover_epochs": 1},
             "quantization": {"schemes": ["fp32", "int8_static_qdq"]},
         },
@@ -66,8 +68,14 @@ def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.Completed
 
 def start_cli(*args: str, cwd: Path) -> subprocess.Popen:
     """Start the console script in its own process group, so the test can stop it like a user would."""
-    return subprocess.Popen([str(BIN / "slimsweep"), *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [str(BIN / "slimsweep"), *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def wait_for(predicate, timeout: float = 300, every: float = 0.5) -> None:
@@ -105,8 +113,10 @@ def postgres_server() -> str:
     base URL (no database). Skips, saying why, where no server can be had."""
     folder = _postgres_bin()
     if folder is None:
-        pytest.skip("no PostgreSQL server here (initdb and pg_ctl not found): `make test` installs Debian's "
-                    "postgresql when run as root with apt-get; or apt-get install -y postgresql")
+        pytest.skip(
+            "no PostgreSQL server here (initdb and pg_ctl not found): `make test` installs Debian's "
+            "postgresql when run as root with apt-get; or apt-get install -y postgresql"
+        )
     try:
         import psycopg  # noqa: F401  (SQLAlchemy's driver for postgresql:// URLs)
     except ImportError:
@@ -122,12 +132,42 @@ def postgres_server() -> str:
         as_user = ["runuser", "-u", "postgres", "--"]
     data, port = root / "data", free_port()
     ctl = [*as_user, str(folder / "pg_ctl"), "-D", str(data)]
-    init = subprocess.run([*as_user, str(folder / "initdb"), "-D", str(data), "-U", "slimsweep", "-A", "trust",
-                           "-E", "UTF8", "--no-sync"], capture_output=True, text=True)
-    started = init.returncode == 0 and subprocess.run(
-        [*ctl, "-l", str(root / "server.log"), "-w", "-t", "60", "-o",
-         f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200", "start"],
-        capture_output=True, text=True).returncode == 0
+    init = subprocess.run(
+        [
+            *as_user,
+            str(folder / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "slimsweep",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    started = (
+        init.returncode == 0
+        and subprocess.run(
+            [
+                *ctl,
+                "-l",
+                str(root / "server.log"),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+                "start",
+            ],
+            capture_output=True,
+            text=True,
+        ).returncode
+        == 0
+    )
     try:
         if not started:
             log = (root / "server.log").read_text()[-1500:] if (root / "server.log").is_file() else init.stderr[-1500:]

@@ -28,8 +28,15 @@ def classifier() -> torch.nn.Module:
 def export(model: torch.nn.Module, batch: int = 1, dynamic: bool = True) -> bytes:
     dynamic_axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None
     f = io.BytesIO()
-    torch.onnx.export(model, (torch.zeros(batch, 1, 8, 8),), f, dynamo=False,
-                      input_names=["input"], output_names=["logits"], dynamic_axes=dynamic_axes)
+    torch.onnx.export(
+        model,
+        (torch.zeros(batch, 1, 8, 8),),
+        f,
+        dynamo=False,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes=dynamic_axes,
+    )
     return f.getvalue()
 
 

@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+import conformance
 import onnx
 import optuna
 import pytest
 import torch
 
-import conformance
 from evaluators.errors import ConfigError
 from evaluators.latency import TimingSettings, measure
 from experiments.tasks import digits
@@ -153,8 +153,11 @@ def test_unregistered_the_family_is_an_unknown_key_again(tmp_path: Path) -> None
     STUDENT_FAMILIES.unregister("mlp")
     path = tmp_path / "gone.yaml"
     path.write_text(EXPERIMENT)
-    with pytest.raises(ConfigError, match=r"space.students.mlp: unknown key; 'mlp' is not allowed; choose one of: "
-                                          r"teacher, cnn, mobilenetv2, resnet"):
+    with pytest.raises(
+        ConfigError,
+        match=r"space.students.mlp: unknown key; 'mlp' is not allowed; choose one of: "
+        r"teacher, cnn, mobilenetv2, resnet",
+    ):
         load(path)
 
 
@@ -188,10 +191,14 @@ VALIDATE = "from search.config import load; print(load('wide.yaml').space.studen
 
 
 def _python(tmp_path: Path, extensions: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SLIMSWEEP_EXTENSIONS": extensions,
-           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-c", VALIDATE], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    env = {
+        **os.environ,
+        "SLIMSWEEP_EXTENSIONS": extensions,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.run(
+        [sys.executable, "-c", VALIDATE], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_a_module_named_in_slimsweep_extensions_registers_before_the_file_is_validated(tmp_path: Path) -> None:

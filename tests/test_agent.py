@@ -23,8 +23,7 @@ import uvicorn
 from conftest import BIN, wait_for
 from onnx import TensorProto, helper
 
-from evaluators import ConfigError, SlimsweepError, TimingSettings, measure
-from evaluators import agent, agent_worker
+from evaluators import ConfigError, SlimsweepError, TimingSettings, agent, agent_worker, measure
 from evaluators.agent import AgentConfig, create_app, read_token
 from evaluators.remote import AgentClient
 
@@ -40,16 +39,27 @@ MEMORY_MB = 1024  # the fixture agent's worker limit
 def conv_net(channels: int) -> torch.nn.Module:
     torch.manual_seed(0)
     return torch.nn.Sequential(
-        torch.nn.Conv2d(1, channels, 3, padding=1), torch.nn.ReLU(),
-        torch.nn.Conv2d(channels, channels, 3, padding=1), torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(channels, 10),
+        torch.nn.Conv2d(1, channels, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(channels, channels, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(channels, 10),
     ).eval()
 
 
 def export(model: torch.nn.Module) -> bytes:
     f = io.BytesIO()
-    torch.onnx.export(model, (torch.zeros(1, 1, 8, 8),), f, dynamo=False, input_names=["input"],
-                      output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 1, 8, 8),),
+        f,
+        dynamo=False,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+    )
     return f.getvalue()
 
 
@@ -84,8 +94,14 @@ def port() -> int:
     assert not thread.is_alive()
 
 
-def call(port: int, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
-         token: str | None = TOKEN) -> tuple[int, http.client.HTTPMessage, dict]:
+def call(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    token: str | None = TOKEN,
+) -> tuple[int, http.client.HTTPMessage, dict]:
     """One request with exactly the headers given (plus Content-Length and the token unless told otherwise)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
@@ -142,8 +158,12 @@ def test_info_reports_the_device_runtimes_and_limits(port):
     assert set(info["device"]) == {"hostname", "machine", "processor", "system", "cpu_count", "python"}
     assert "CPUExecutionProvider" in info["runtimes"]["providers"]
     assert info["runtimes"]["onnxruntime"]
-    assert info["limits"] == {"max_model_bytes": LIMIT, "queue_size": 1, "max_memory_mb": MEMORY_MB,
-                              "timing": agent.TIMING_LIMITS}
+    assert info["limits"] == {
+        "max_model_bytes": LIMIT,
+        "queue_size": 1,
+        "max_memory_mb": MEMORY_MB,
+        "timing": agent.TIMING_LIMITS,
+    }
     assert info["agent"]["protocol"] == 1
     assert info["queue"] == {"in_flight": 0}
     assert AgentClient(f"http://127.0.0.1:{port}/", TOKEN).info() == info
@@ -157,8 +177,13 @@ def test_a_model_over_the_limit_is_refused_with_413(port, wide, small):
     assert status == 413
     # No Content-Length (chunked upload): refused once the bytes read pass the limit.
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    conn.request("POST", "/v1/measure", body=iter([wide[:8000], wide[8000:]]), encode_chunked=True,
-                 headers={"Authorization": f"Bearer {TOKEN}", "Transfer-Encoding": "chunked"})
+    conn.request(
+        "POST",
+        "/v1/measure",
+        body=iter([wide[:8000], wide[8000:]]),
+        encode_chunked=True,
+        headers={"Authorization": f"Bearer {TOKEN}", "Transfer-Encoding": "chunked"},
+    )
     assert conn.getresponse().status == 413
     conn.close()
     with pytest.raises(SlimsweepError, match=r"too large \(413\)"):
@@ -177,43 +202,64 @@ def _reads_a_file() -> bytes:
     weight.ClearField("float_data")
     weight.data_location = TensorProto.EXTERNAL
     weight.external_data.add(key="location", value="/etc/hostname")
-    graph = helper.make_graph([helper.make_node("Add", ["input", "w"], ["logits"])], "g",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])], [weight])
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["input", "w"], ["logits"])],
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+        [weight],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
 def _custom_op() -> bytes:
     """Passes the ONNX checker (unknown domains are not checked) but needs a custom-op library to run."""
-    graph = helper.make_graph([helper.make_node("Boom", ["input"], ["logits"], domain="com.example")], "g",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])])
+    graph = helper.make_graph(
+        [helper.make_node("Boom", ["input"], ["logits"], domain="com.example")],
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
     onnx.checker.check_model(model)
     return model.SerializeToString()
 
 
-@pytest.mark.parametrize("make, says", [
-    (lambda small: b"", "empty"),
-    (lambda small: random.Random(0).randbytes(3000), "not an ONNX model"),
-    (lambda small: small[: len(small) // 2], "not"),
-    (lambda small: _not_a_model(), "not a valid ONNX model"),
-    (lambda small: _reads_a_file(), "external data"),
-    (lambda small: _custom_op(), "ONNX Runtime cannot load"),
-], ids=["empty", "garbage", "truncated", "protobuf-not-model", "external-data", "custom-op"])
+@pytest.mark.parametrize(
+    "make, says",
+    [
+        (lambda small: b"", "empty"),
+        (lambda small: random.Random(0).randbytes(3000), "not an ONNX model"),
+        (lambda small: small[: len(small) // 2], "not"),
+        (lambda small: _not_a_model(), "not a valid ONNX model"),
+        (lambda small: _reads_a_file(), "external data"),
+        (lambda small: _custom_op(), "ONNX Runtime cannot load"),
+    ],
+    ids=["empty", "garbage", "truncated", "protobuf-not-model", "external-data", "custom-op"],
+)
 def test_a_body_that_is_not_a_runnable_model_gets_400_with_a_message(port, small, make, says):
-    status, _, body = call(port, "POST", f"/v1/measure?{QUICK_QUERY}", make(small),
-                           {"Content-Type": "application/octet-stream"})
+    status, _, body = call(
+        port, "POST", f"/v1/measure?{QUICK_QUERY}", make(small), {"Content-Type": "application/octet-stream"}
+    )
     assert status == 400
     assert says in body["error"]
     assert in_flight(port) == 0
 
 
-@pytest.mark.parametrize("query, names", [
-    ("threads=0", "threads"), ("threads=abc", "threads"), ("batch_size=1.5", "batch_size"),
-    ("max_seconds=nan", "max_seconds"), ("max_seconds=inf", "max_seconds"), ("warmup=-1", "warmup"),
-    ("thread=2", "threads"), ("warmup=1&warmup=2", "warmup"), ("min_repeats=10&max_repeats=5", "min_repeats"),
-])
+@pytest.mark.parametrize(
+    "query, names",
+    [
+        ("threads=0", "threads"),
+        ("threads=abc", "threads"),
+        ("batch_size=1.5", "batch_size"),
+        ("max_seconds=nan", "max_seconds"),
+        ("max_seconds=inf", "max_seconds"),
+        ("warmup=-1", "warmup"),
+        ("thread=2", "threads"),
+        ("warmup=1&warmup=2", "warmup"),
+        ("min_repeats=10&max_repeats=5", "min_repeats"),
+    ],
+)
 def test_a_bad_query_parameter_gets_400_naming_it(port, small, query, names):
     status, _, body = call(port, "POST", f"/v1/measure?{query}", small)
     assert status == 400
@@ -256,8 +302,10 @@ def test_a_measurement_on_the_agent_agrees_with_a_local_one(port, small):
 
 def _fuzz_case(rng: random.Random, small: bytes) -> tuple[str, bytes, set[int | None]]:
     """One random request as raw bytes, with the answers it may get (None: closed without an answer)."""
-    def request(body: bytes, headers: list[tuple[str, str]], path: str = f"/v1/measure?{QUICK_QUERY}",
-                method: str = "POST") -> bytes:
+
+    def request(
+        body: bytes, headers: list[tuple[str, str]], path: str = f"/v1/measure?{QUICK_QUERY}", method: str = "POST"
+    ) -> bytes:
         head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode("latin-1")
         head += b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in headers)
         return head + b"\r\n" + body
@@ -276,9 +324,20 @@ def _fuzz_case(rng: random.Random, small: bytes) -> tuple[str, bytes, set[int | 
             body[rng.randrange(len(body))] = rng.randrange(256)
         return kind, request(bytes(body), [auth, ("Content-Length", str(len(body)))]), {200, 400}
     if kind == "auth":
-        value = rng.choice(["", "Bearer", "Bearer ", "Basic dXNlcjpwYXNz", f"Basic {TOKEN}", f"Bearer {TOKEN[::-1]}",
-                            f"Bearer  {TOKEN}x", "Bearer " + "A" * 4000, "Bearer " + rng.randbytes(40).hex(),
-                            "Bearer " + "".join(chr(rng.randint(0x80, 0xFF)) for _ in range(20))])
+        value = rng.choice(
+            [
+                "",
+                "Bearer",
+                "Bearer ",
+                "Basic dXNlcjpwYXNz",
+                f"Basic {TOKEN}",
+                f"Bearer {TOKEN[::-1]}",
+                f"Bearer  {TOKEN}x",
+                "Bearer " + "A" * 4000,
+                "Bearer " + rng.randbytes(40).hex(),
+                "Bearer " + "".join(chr(rng.randint(0x80, 0xFF)) for _ in range(20)),
+            ]
+        )
         return kind, request(small, [("Authorization", value), ("Content-Length", str(len(small)))]), {401}
     if kind == "length":
         value = rng.choice(["-1", "abc", "1e3", "0x10", "", " ", "99999999999999999999999", "10, 20", "+5"])
@@ -286,19 +345,43 @@ def _fuzz_case(rng: random.Random, small: bytes) -> tuple[str, bytes, set[int | 
     if kind == "query":
         keys = ["threads", "batch_size", "min_repeats", "target_rel_ci", "max_cv", "thread", "", "%00", "a[]", "é"]
         values = ["1", "2", "3", "0", "-1", "", "nan", "inf", "1e999", "0x10", "abc", "\u0663", "1.5", "%ff", "1_0"]
-        extra = "&".join(f"{rng.choice(keys)}={urllib.parse.quote(rng.choice(values))}"
-                         for _ in range(rng.randint(1, 3)))
-        return kind, request(small, [auth, ("Content-Length", str(len(small)))],
-                             path=f"/v1/measure?{QUICK_QUERY}&{extra}"), {200, 400}
+        extra = "&".join(
+            f"{rng.choice(keys)}={urllib.parse.quote(rng.choice(values))}" for _ in range(rng.randint(1, 3))
+        )
+        return (
+            kind,
+            request(small, [auth, ("Content-Length", str(len(small)))], path=f"/v1/measure?{QUICK_QUERY}&{extra}"),
+            {200, 400},
+        )
     if kind == "route":
         method = rng.choice(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"])
-        path = rng.choice(["/v1/info", "/v1/measure", "/", "/v1", "/v1/../v1/info", "//v1/info", "/docs",
-                           "/openapi.json", "/v1/info?x=1", "/%00", "/v1/measure/../../etc/passwd"])
+        path = rng.choice(
+            [
+                "/v1/info",
+                "/v1/measure",
+                "/",
+                "/v1",
+                "/v1/../v1/info",
+                "//v1/info",
+                "/docs",
+                "/openapi.json",
+                "/v1/info?x=1",
+                "/%00",
+                "/v1/measure/../../etc/passwd",
+            ]
+        )
         return kind, request(b"", [auth, ("Content-Length", "0")], path, method), {200, 400, 401, 404, 405}
     if kind == "raw":
-        data = rng.choice([rng.randbytes(rng.randint(1, 500)) + b"\r\n\r\n", b"GET /\r\n\r\n",
-                           b"POST /v1/measure HTTP/1.1\r\n" + b"X: " + b"y" * 70_000 + b"\r\n\r\n",
-                           b"GET /v1/info HTTP/9.9\r\n\r\n", b"\r\n\r\n", b"POST /v1/measure HTTP/1.1\r\nHost\r\n\r\n"])
+        data = rng.choice(
+            [
+                rng.randbytes(rng.randint(1, 500)) + b"\r\n\r\n",
+                b"GET /\r\n\r\n",
+                b"POST /v1/measure HTTP/1.1\r\n" + b"X: " + b"y" * 70_000 + b"\r\n\r\n",
+                b"GET /v1/info HTTP/9.9\r\n\r\n",
+                b"\r\n\r\n",
+                b"POST /v1/measure HTTP/1.1\r\nHost\r\n\r\n",
+            ]
+        )
         return kind, data, {400, 401, 404, 405, 413, 431, 505, None}
     chunk = rng.choice([b"zz\r\nabc\r\n0\r\n\r\n", b"5\r\nab\r\n0\r\n\r\n", b"-1\r\n\r\n", b"1\r\n\x08\r\n0\r\n\r\n"])
     return kind, request(chunk, [auth, ("Transfer-Encoding", "chunked")]), {400, None}
@@ -334,8 +417,11 @@ def free_port() -> int:
 def start_agent(folder, port: int, **options) -> subprocess.Popen:
     """`serve` in its own process, as `slimsweep agent` runs it."""
     args = ", ".join(f"{k}={v!r}" for k, v in {"port": port, "token_file": str(token_file(folder)), **options}.items())
-    return subprocess.Popen([sys.executable, "-c", f"from evaluators.agent import serve; serve({args})"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", f"from evaluators.agent import serve; serve({args})"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def wait_up(process: subprocess.Popen, client: AgentClient) -> None:
@@ -345,6 +431,7 @@ def wait_up(process: subprocess.Popen, client: AgentClient) -> None:
             return client.info()["agent"]["protocol"] == 1
         except SlimsweepError:
             return False
+
     wait_for(up, timeout=60, every=0.1)
 
 
@@ -370,9 +457,12 @@ def gone(pid: int) -> bool:
 
 def square(size: int) -> bytes:
     """X @ X on a (batch, size, size) input, no weights: milliseconds per run, a few hundred bytes of model."""
-    graph = helper.make_graph([helper.make_node("MatMul", ["input", "input"], ["logits"])], "g",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", size, size])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", size, size])])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "input"], ["logits"])],
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", size, size])],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
@@ -433,13 +523,21 @@ def test_token_and_config_are_checked_before_serving(tmp_path):
         AgentConfig(token=TOKEN, providers=("NoSuchExecutionProvider",))
 
 
-@pytest.mark.parametrize("token, mode, says", [
-    (TOKEN, 0o644, "others may read"), ("short-token", 0o600, "at least 16"),
-])
+@pytest.mark.parametrize(
+    "token, mode, says",
+    [
+        (TOKEN, 0o644, "others may read"),
+        ("short-token", 0o600, "at least 16"),
+    ],
+)
 def test_slimsweep_agent_refuses_to_start_on_a_weak_token_file(tmp_path, token, mode, says):
     path = token_file(tmp_path, token, mode)
-    done = subprocess.run([str(BIN / "slimsweep"), "agent", "--port", str(free_port()), "--token-file", str(path)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(BIN / "slimsweep"), "agent", "--port", str(free_port()), "--token-file", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert says in done.stderr and "Traceback" not in done.stderr
 
@@ -448,8 +546,22 @@ def _bad_values(name: str, kind: type) -> list[str]:
     """Values every timing parameter must refuse: over its limit, huge, negative, NaN/inf, non-ASCII digits, and
     for an integer one a float."""
     limit = agent.TIMING_LIMITS[name]
-    values = [str(limit * 2 if kind is int else limit * 1.5), "1" + "0" * 30, "1e308", "-1", "-1e9", "nan", "NaN",
-              "inf", "-inf", "1e999", "\u0663", "\uff11", "1\u00a0", "ｉｎｆ"]
+    values = [
+        str(limit * 2 if kind is int else limit * 1.5),
+        "1" + "0" * 30,
+        "1e308",
+        "-1",
+        "-1e9",
+        "nan",
+        "NaN",
+        "inf",
+        "-inf",
+        "1e999",
+        "\u0663",
+        "\uff11",
+        "1\u00a0",
+        "ｉｎｆ",
+    ]
     if kind is int:
         values += ["1.5", "2.0", "1e3", "0x10"]
     return values
@@ -500,11 +612,16 @@ def test_a_failure_while_waiting_for_the_worker_never_hands_its_answer_to_the_ne
 def _constant(elements: int) -> bytes:
     """A model of about 200 bytes whose output is a float tensor of `elements` zeros."""
     shape = helper.make_tensor("shape", TensorProto.INT64, [2], [1, elements])
-    graph = helper.make_graph([helper.make_node("ConstantOfShape", ["shape"], ["big"]),
-                               helper.make_node("Add", ["input", "big"], ["logits"])], "g",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", elements])],
-                              [shape])
+    graph = helper.make_graph(
+        [
+            helper.make_node("ConstantOfShape", ["shape"], ["big"]),
+            helper.make_node("Add", ["input", "big"], ["logits"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", elements])],
+        [shape],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
@@ -521,18 +638,24 @@ def test_a_model_or_batch_over_the_workers_memory_limit_gets_400(port, small):
 
 
 def square_input(rows: int, cols: int) -> bytes:
-    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["logits"])], "g",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", rows, cols])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", rows, cols])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["input"], ["logits"])],
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", rows, cols])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", rows, cols])],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
 def test_a_client_that_goes_away_cancels_its_measurement(port, small):
     # A minute-long measurement; the client hangs up as soon as it is accepted.
-    query = urllib.parse.urlencode({"warmup": 0, "min_repeats": 10**5, "max_repeats": 10**5, "max_seconds": 60,
-                                    "max_cv": 100})
-    head = (f"POST /v1/measure?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
-            f"Content-Length: {len(small)}\r\n\r\n").encode()
+    query = urllib.parse.urlencode(
+        {"warmup": 0, "min_repeats": 10**5, "max_repeats": 10**5, "max_seconds": 60, "max_cv": 100}
+    )
+    head = (
+        f"POST /v1/measure?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Length: {len(small)}\r\n\r\n"
+    ).encode()
     with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
         sock.sendall(head + small)
         wait_for(lambda: in_flight(port) == 1, timeout=10, every=0.02)
@@ -599,16 +722,23 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "slimsweep test agent")])
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
     cert_path, key_path = folder / "agent.crt", folder / "agent.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     key_path.chmod(0o600)
     return cert_path, key_path
 

@@ -30,8 +30,11 @@ def experiment(**changes) -> dict:
     data = {
         "name": "bad",
         "task": {"name": "digits", "seed": 0, "teacher": {"epochs": 2}},
-        "space": {"students": {"teacher": True, "cnn": None}, "pruning": {"ratio": 0.0},
-                  "quantization": {"schemes": ["fp32"]}},
+        "space": {
+            "students": {"teacher": True, "cnn": None},
+            "pruning": {"ratio": 0.0},
+            "quantization": {"schemes": ["fp32"]},
+        },
         "search": {"sampler": "random", "trials": 2, "parallel": 1},
     }
     data.update(changes)
@@ -83,64 +86,99 @@ Case = tuple[Callable[[Path], dict[str, str | bytes]], str]
 CASES: dict[str, Case] = {
     "alias bomb under a top-level key": (lambda m: {"bad.yaml": _alias_bomb("name: *g")}, "YAML anchors"),
     "alias bomb in a knob": (
-        lambda m: {"bad.yaml": _alias_bomb("space: {students: {cnn: {width: *g}}}")}, "YAML anchors"),
+        lambda m: {"bad.yaml": _alias_bomb("space: {students: {cnn: {width: *g}}}")},
+        "YAML anchors",
+    ),
     "aliases echoed in an error": (
-        lambda m: {"bad.yaml": "a: &a [" + ", ".join(['"' + "x" * 200 + '"'] * 9) + "]\n"
-                               "b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nname: bad\nsearch: {sampler: *b}\n"},
-        "search.sampler"),
+        lambda m: {
+            "bad.yaml": "a: &a [" + ", ".join(['"' + "x" * 200 + '"'] * 9) + "]\n"
+            "b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nname: bad\nsearch: {sampler: *b}\n"
+        },
+        "search.sampler",
+    ),
     "a 2 MB value": (lambda m: {"bad.yaml": "name: " + "x" * 2_000_000 + "\n"}, "name:"),
     "NaN temperature range": (
-        lambda m: {"bad.yaml": _yaml(nested(experiment(), "space.students.cnn",
-                                            {"temperature": {"low": float("nan"), "high": 4.0}}))},
-        "space.students.cnn.temperature"),
+        lambda m: {
+            "bad.yaml": _yaml(
+                nested(experiment(), "space.students.cnn", {"temperature": {"low": float("nan"), "high": 4.0}})
+            )
+        },
+        "space.students.cnn.temperature",
+    ),
     "infinite lr": (
         lambda m: {"bad.yaml": _yaml(nested(experiment(), "space.students.cnn", {"lr": float("inf")}))},
-        "space.students.cnn.lr"),
-    "NaN constraint": (lambda m: {"bad.yaml": _yaml(experiment(constraints={"max_accuracy_drop": float("nan")}))},
-                       "constraints.max_accuracy_drop"),
+        "space.students.cnn.lr",
+    ),
+    "NaN constraint": (
+        lambda m: {"bad.yaml": _yaml(experiment(constraints={"max_accuracy_drop": float("nan")}))},
+        "constraints.max_accuracy_drop",
+    ),
     "infinite teacher lr": (
-        lambda m: {"bad.yaml": _yaml(nested(experiment(), "task.teacher.lr", float("-inf")))}, "task.teacher.lr"),
+        lambda m: {"bad.yaml": _yaml(nested(experiment(), "task.teacher.lr", float("-inf")))},
+        "task.teacher.lr",
+    ),
     "a trillion trials": (lambda m: {"bad.yaml": _yaml(experiment(search={"trials": 10**12}))}, "search.trials"),
-    "a billion in parallel": (lambda m: {"bad.yaml": _yaml(experiment(search={"parallel": 10**9}))},
-                              "search.parallel"),
+    "a billion in parallel": (lambda m: {"bad.yaml": _yaml(experiment(search={"parallel": 10**9}))}, "search.parallel"),
     "batch of 1e8": (lambda m: {"bad.yaml": _yaml(experiment(target={"batch_size": 10**8}))}, "target.batch_size"),
     "threads as a float 1e8": (lambda m: {"bad.yaml": "name: bad\ntarget: {threads: 1.0e+8}\n"}, "target.threads"),
     "epochs of 10**12": (
         lambda m: {"bad.yaml": _yaml(nested(experiment(), "space.students.cnn", {"epochs": 10**12}))},
-        "space.students.cnn.epochs"),
+        "space.students.cnn.epochs",
+    ),
     "a seed past 2**32": (lambda m: {"bad.yaml": _yaml(experiment(search={"seed": 2**70}))}, "search.seed"),
-    "output_dir is a file": (lambda m: {"bad.yaml": _yaml(experiment(output_dir="taken")), "taken": "a file\n"},
-                             "output_dir"),
+    "output_dir is a file": (
+        lambda m: {"bad.yaml": _yaml(experiment(output_dir="taken")), "taken": "a file\n"},
+        "output_dir",
+    ),
     "output_dir under a file": (
-        lambda m: {"bad.yaml": _yaml(experiment(output_dir="taken/out")), "taken": "a file\n"}, "output_dir"),
+        lambda m: {"bad.yaml": _yaml(experiment(output_dir="taken/out")), "taken": "a file\n"},
+        "output_dir",
+    ),
     "unreachable tracking URI": (
         lambda m: {"bad.yaml": _yaml(experiment(tracking={"uri": f"http://127.0.0.1:{closed_port()}"}))},
-        "tracking.uri"),
+        "tracking.uri",
+    ),
     "postgres storage with no driver or server here": (
         lambda m: {"bad.yaml": _yaml(experiment(search={"storage": f"postgresql://u:p@127.0.0.1:{closed_port()}/db"}))},
-        "search.storage"),
+        "search.storage",
+    ),
     "SQLite storage under a file": (
         lambda m: {"bad.yaml": _yaml(experiment(search={"storage": "sqlite:///taken/study.db"})), "taken": "x\n"},
-        "search.storage"),
+        "search.storage",
+    ),
     "tracking store under a file": (
         lambda m: {"bad.yaml": _yaml(experiment(tracking={"uri": "sqlite:///taken/mlflow.db"})), "taken": "x\n"},
-        "tracking.uri"),
+        "tracking.uri",
+    ),
     "60 unknown keys of 1,000 characters": (
         lambda m: {"bad.yaml": "name: bad\n" + "".join(f"k{i:02d}{'k' * 997}: 1\n" for i in range(60))},
-        "more error(s)"),
+        "more error(s)",
+    ),
     "pickled checkpoint under auto": (
-        lambda m: {"bad.yaml": _yaml(nested(experiment(), "task.teacher", {"checkpoint": "evil.pt"})),
-                   "evil.pt": _pickle_that_writes(m)},
-        "format: pickle"),
+        lambda m: {
+            "bad.yaml": _yaml(nested(experiment(), "task.teacher", {"checkpoint": "evil.pt"})),
+            "evil.pt": _pickle_that_writes(m),
+        },
+        "format: pickle",
+    ),
     "damaged checkpoint, and a ray.py in the working folder": (
-        lambda m: {"bad.yaml": _yaml(nested(experiment(), "task.teacher",
-                                            {"checkpoint": "broken.pt", "format": "torchscript"})),
-                   "broken.pt": b"PK\x03\x04 not really a zip", "ray.py": _ray_py(m)},
-        "task.teacher.checkpoint 'broken.pt': not a TorchScript file"),
+        lambda m: {
+            "bad.yaml": _yaml(
+                nested(experiment(), "task.teacher", {"checkpoint": "broken.pt", "format": "torchscript"})
+            ),
+            "broken.pt": b"PK\x03\x04 not really a zip",
+            "ray.py": _ray_py(m),
+        },
+        "task.teacher.checkpoint 'broken.pt': not a TorchScript file",
+    ),
     "plugin task from the working folder, and a ray.py there": (
-        lambda m: {"bad.yaml": _yaml(experiment(task={"name": "plugin", "entry": "mytask:make"})),
-                   "mytask.py": "def make():\n    return 42\n", "ray.py": _ray_py(m)},
-        "task.entry: mytask:make returned int"),
+        lambda m: {
+            "bad.yaml": _yaml(experiment(task={"name": "plugin", "entry": "mytask:make"})),
+            "mytask.py": "def make():\n    return 42\n",
+            "ray.py": _ray_py(m),
+        },
+        "task.entry: mytask:make returned int",
+    ),
 }
 
 
@@ -166,8 +204,15 @@ def test_a_bad_experiment_file_exits_2_cleanly_and_changes_nothing(tmp_path, nam
     before = tree(work)
     # No .pyc files: a plugin module imported from the folder would otherwise (rightly) leave its bytecode there.
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    process = subprocess.Popen([str(BIN / "slimsweep"), "run", "bad.yaml"], cwd=work, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    process = subprocess.Popen(
+        [str(BIN / "slimsweep"), "run", "bad.yaml"],
+        cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     try:
         _, stderr = process.communicate(timeout=240)
     except subprocess.TimeoutExpired:  # it started a sweep: stop it and what it started, then fail

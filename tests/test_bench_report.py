@@ -32,8 +32,9 @@ def _by_cells(losses: list[tuple[float, ...]], ref: tuple[float, ...]) -> float:
 
 
 def _point(drop: float, p50_ratio: float, size_ratio: float) -> Point:
-    return Point(accuracy_drop=drop, p50_ms=p50_ratio * 2.0, size_mb=size_ratio * 4.0, teacher_p50_ms=2.0,
-                 teacher_size_mb=4.0)
+    return Point(
+        accuracy_drop=drop, p50_ms=p50_ratio * 2.0, size_mb=size_ratio * 4.0, teacher_p50_ms=2.0, teacher_size_mb=4.0
+    )
 
 
 def test_hypervolume_matches_a_hand_computation_in_3d():
@@ -63,16 +64,28 @@ def test_cpu_model_and_int8_flags_come_from_cpuinfo():
 
 
 def _trial(number: int, start: datetime, wall: float, spent: dict[str, float]) -> FrozenTrial:
-    return FrozenTrial(number=number, state=TrialState.COMPLETE, value=None, values=[1.0],
-                       datetime_start=start, datetime_complete=start + timedelta(seconds=wall),
-                       params={"x": 0}, distributions={"x": CategoricalDistribution([0])},
-                       user_attrs={"stages": spent}, system_attrs={}, intermediate_values={}, trial_id=number)
+    return FrozenTrial(
+        number=number,
+        state=TrialState.COMPLETE,
+        value=None,
+        values=[1.0],
+        datetime_start=start,
+        datetime_complete=start + timedelta(seconds=wall),
+        params={"x": 0},
+        distributions={"x": CategoricalDistribution([0])},
+        user_attrs={"stages": spent},
+        system_attrs={},
+        intermediate_values={},
+        trial_id=number,
+    )
 
 
 def test_breakdown_splits_a_sweep_into_stages_overhead_setup_and_delivery():
     t0 = datetime(2026, 1, 1, 12, 0, 0).astimezone()  # Optuna stamps local time
-    trials = [_trial(0, t0 + timedelta(seconds=10), 20.0, {"distill": 15.0, "latency": 4.0}),
-              _trial(1, t0 + timedelta(seconds=31), 10.0, {"distill": 9.5})]
+    trials = [
+        _trial(0, t0 + timedelta(seconds=10), 20.0, {"distill": 15.0, "latency": 4.0}),
+        _trial(1, t0 + timedelta(seconds=31), 10.0, {"distill": 9.5}),
+    ]
     b = stages.breakdown(trials, started=t0, ended=t0 + timedelta(seconds=50))
     assert b.stages["distill"] == 24.5 and b.stages["latency"] == 4.0
     assert b.first_trial_other == pytest.approx(1.0)  # 20 - 19: the first trial also starts a worker (setup)
@@ -83,9 +96,13 @@ def test_breakdown_splits_a_sweep_into_stages_overhead_setup_and_delivery():
 
 
 def test_goals_compare_the_joint_pick_with_the_best_single_knob():
-    summary = {"joint": {"speedup": 6.0, "hv": 0.30}, "quantization": {"speedup": 1.8, "hv": 0.10},
-               "pruning": {"speedup": 3.0, "hv": 0.20}, "distillation": {"speedup": 3.5, "hv": 0.35},
-               "random": {"speedup": 2.0, "hv": 0.2}}
+    summary = {
+        "joint": {"speedup": 6.0, "hv": 0.30},
+        "quantization": {"speedup": 1.8, "hv": 0.10},
+        "pruning": {"speedup": 3.0, "hv": 0.20},
+        "distillation": {"speedup": 3.5, "hv": 0.35},
+        "random": {"speedup": 2.0, "hv": 0.2},
+    }
     speed, volume = goals(summary)
     assert "distillation, 3.50x" in speed and "ratio 1.71" in speed and "**met**" in speed
     assert "not met (distillation higher)" in volume

@@ -26,17 +26,22 @@ def _write(path, data):
 
 
 def test_a_plugin_task_with_residual_concat_and_depthwise_layers_sweeps_end_to_end(tmp_path):
-    path = _write(tmp_path / "plugin.yaml", {
-        "name": "plugin",
-        "task": {"name": "plugin", "entry": "experiments.plugins.tinynet:make_task", "options": {"epochs": 4}},
-        "space": {"students": {"teacher": True, "cnn": None},
-                  "pruning": {"ratio": [0.5], "importance": ["l2", "taylor"], "recover_epochs": 1},
-                  "quantization": {"schemes": ["fp32", "int8_static_qdq"]}},
-        "constraints": {"max_accuracy_drop": 50.0},
-        "search": {"sampler": "random", "trials": 3, "parallel": 2, "seed": 0},
-        "pick": {"max_accuracy_drop": 50.0},
-        "output_dir": str(tmp_path / "outputs"),
-    })
+    path = _write(
+        tmp_path / "plugin.yaml",
+        {
+            "name": "plugin",
+            "task": {"name": "plugin", "entry": "experiments.plugins.tinynet:make_task", "options": {"epochs": 4}},
+            "space": {
+                "students": {"teacher": True, "cnn": None},
+                "pruning": {"ratio": [0.5], "importance": ["l2", "taylor"], "recover_epochs": 1},
+                "quantization": {"schemes": ["fp32", "int8_static_qdq"]},
+            },
+            "constraints": {"max_accuracy_drop": 50.0},
+            "search": {"sampler": "random", "trials": 3, "parallel": 2, "seed": 0},
+            "pick": {"max_accuracy_drop": 50.0},
+            "output_dir": str(tmp_path / "outputs"),
+        },
+    )
     assert main(["run", str(path), "--quiet"]) == 0
     exp = load(path)
     done = finished(_study(exp))
@@ -58,16 +63,22 @@ def test_an_onnx_only_task_searches_the_quantization_knobs(tmp_path):
     train(model, data.x_train, data.y_train, Distillation(epochs=4, alpha=0.0))
     (tmp_path / "model.onnx").write_bytes(to_onnx(model.eval(), torch.from_numpy(data.x_val[:1])))
     np.savez(tmp_path / "data.npz", x_calib=data.x_calib, x_val=data.x_val, y_val=data.y_val)
-    path = _write(tmp_path / "onnx.yaml", {
-        "name": "onnx-only",
-        "task": {"name": "onnx", "model": str(tmp_path / "model.onnx"), "data": str(tmp_path / "data.npz")},
-        "space": {"students": {"teacher": True, "cnn": None}, "pruning": {"ratio": [0.0]},
-                  "quantization": {"schemes": ["fp32", "int8_static_qdq", "int8_dynamic"]}},
-        "constraints": {"max_accuracy_drop": 5.0},
-        "search": {"sampler": "random", "trials": 3, "parallel": 2, "seed": 1},
-        "pick": {"max_accuracy_drop": 5.0},
-        "output_dir": str(tmp_path / "outputs"),
-    })
+    path = _write(
+        tmp_path / "onnx.yaml",
+        {
+            "name": "onnx-only",
+            "task": {"name": "onnx", "model": str(tmp_path / "model.onnx"), "data": str(tmp_path / "data.npz")},
+            "space": {
+                "students": {"teacher": True, "cnn": None},
+                "pruning": {"ratio": [0.0]},
+                "quantization": {"schemes": ["fp32", "int8_static_qdq", "int8_dynamic"]},
+            },
+            "constraints": {"max_accuracy_drop": 5.0},
+            "search": {"sampler": "random", "trials": 3, "parallel": 2, "seed": 1},
+            "pick": {"max_accuracy_drop": 5.0},
+            "output_dir": str(tmp_path / "outputs"),
+        },
+    )
     assert main(["run", str(path), "--quiet"]) == 0
     exp = load(path)
     study = _study(exp)
@@ -83,25 +94,35 @@ def test_an_onnx_only_task_searches_the_quantization_knobs(tmp_path):
 
 
 def test_an_onnx_only_task_refuses_other_knobs(tmp_path, capsys):
-    path = _write(tmp_path / "bad.yaml", {
-        "name": "bad", "task": {"name": "onnx", "model": __file__, "data": __file__},
-        "space": {"pruning": {"ratio": [0.0, 0.5]}},
-    })
+    path = _write(
+        tmp_path / "bad.yaml",
+        {
+            "name": "bad",
+            "task": {"name": "onnx", "model": __file__, "data": __file__},
+            "space": {"pruning": {"ratio": [0.0, 0.5]}},
+        },
+    )
     assert main(["run", str(path)]) == 2
     assert "quantization only" in capsys.readouterr().err
 
 
 def test_the_shipped_mnist_files_sweep(tmp_path):
-    path = _write(tmp_path / "mnist.yaml", {
-        "name": "mnist-small",
-        "task": {"name": "mnist-idx", "limit": 1500, "teacher": {"epochs": 3}},
-        "space": {"students": {"teacher": True, "cnn": {"width": [0.25], "depth": [1], "epochs": 4}},
-                  "pruning": {"ratio": [0.0]}, "quantization": {"schemes": ["fp32"]}},
-        "constraints": {"max_accuracy_drop": 100.0},
-        "search": {"sampler": "random", "trials": 2, "parallel": 2, "seed": 0},
-        "pick": {"max_accuracy_drop": 100.0},
-        "output_dir": str(tmp_path / "outputs"),
-    })
+    path = _write(
+        tmp_path / "mnist.yaml",
+        {
+            "name": "mnist-small",
+            "task": {"name": "mnist-idx", "limit": 1500, "teacher": {"epochs": 3}},
+            "space": {
+                "students": {"teacher": True, "cnn": {"width": [0.25], "depth": [1], "epochs": 4}},
+                "pruning": {"ratio": [0.0]},
+                "quantization": {"schemes": ["fp32"]},
+            },
+            "constraints": {"max_accuracy_drop": 100.0},
+            "search": {"sampler": "random", "trials": 2, "parallel": 2, "seed": 0},
+            "pick": {"max_accuracy_drop": 100.0},
+            "output_dir": str(tmp_path / "outputs"),
+        },
+    )
     assert main(["run", str(path), "--quiet"]) == 0
     exp = load(path)
     study = _study(exp)

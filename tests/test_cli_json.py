@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli, small_experiment
 from ux_sweep import finished_sweep
 
@@ -20,8 +19,11 @@ def swept(tmp_path_factory):
 
 def _tree(folder: Path) -> dict[str, str]:
     """Every file under a folder with the hash of its bytes."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_version(tmp_path):
@@ -87,8 +89,8 @@ def test_fresh_deletes_the_study_runs_and_outputs_of_that_experiment_only(swept,
     import shutil
 
     from search.cli import _outputs_beside_file
-    from search.fresh import start_over
     from search.config import load
+    from search.fresh import start_over
 
     shutil.copytree(swept.folder / "experiments", tmp_path / "experiments")
     path = tmp_path / "experiments" / "digits.yaml"

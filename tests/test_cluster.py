@@ -10,15 +10,14 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
 import optuna
 import pytest
+from conftest import BIN, small_experiment, start_cli, wait_for
 from optuna.trial import TrialState
 
-from conftest import BIN, small_experiment, start_cli, wait_for
 from evaluators.errors import ConfigError
 from search.config import load
 from search.study import finished
@@ -38,7 +37,7 @@ def _processes() -> list[tuple[int, int, int, str]]:
             continue
         try:
             stat = (entry / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state, ppid, pgrp, ...
+            fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state, ppid, pgrp, ...
             if fields[0] != "Z":
                 cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
                 found.append((int(entry.name), int(fields[1]), int(fields[2]), cmd))
@@ -52,11 +51,26 @@ class Node:
 
     def __init__(self, args: list[str], temp: Path, name: str, env: dict[str, str]) -> None:
         self.log = temp / f"{name}.log"
-        common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--block",
-                  "--dashboard-agent-listen-port", str(_free_port()), "--metrics-export-port", str(_free_port())]
+        common = [
+            "--num-cpus",
+            "1",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--disable-usage-stats",
+            "--block",
+            "--dashboard-agent-listen-port",
+            str(_free_port()),
+            "--metrics-export-port",
+            str(_free_port()),
+        ]
         with open(self.log, "w") as out:
-            self.proc = subprocess.Popen([str(BIN / "ray"), "start", *args, *common], env=env, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [str(BIN / "ray"), "start", *args, *common],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         wait_for(self._started, timeout=180)
 
     def _started(self) -> bool:
@@ -65,7 +79,7 @@ class Node:
         return "Ray runtime started" in self.log.read_text()
 
     def processes(self) -> list[tuple[int, str]]:
-        """The node's processes: its own group (raylet, agents) and the raylet's workers (each in a group of its own)."""
+        """The node's processes: its own group (raylet, agents) and the raylet's workers (each in its own group)."""
         every = _processes()
         own = {pid for pid, _, group, _ in every if group == self.proc.pid}
         return [(pid, cmd) for pid, parent, group, cmd in every if pid in own or parent in own]
@@ -89,8 +103,11 @@ def cluster():
     port = _free_port()
     nodes: list[Node] = []
     try:
-        nodes.append(Node(["--head", "--port", str(port), "--include-dashboard=false", "--temp-dir", str(temp)],
-                          temp, "head", env))
+        nodes.append(
+            Node(
+                ["--head", "--port", str(port), "--include-dashboard=false", "--temp-dir", str(temp)], temp, "head", env
+            )
+        )
         nodes.append(Node(["--address", f"127.0.0.1:{port}"], temp, "worker", env))
         yield f"127.0.0.1:{port}", nodes[0], nodes[1]
     finally:
@@ -110,9 +127,12 @@ def _running_trial(node: Node) -> bool:
 def test_a_sweep_survives_the_death_of_the_worker_node_running_a_trial(cluster, tmp_path):
     address, head, worker = cluster
     # The station shares cores here (reserve_cores: false) so that each one-CPU node can take a trial.
-    path = small_experiment(tmp_path, name="cluster", target={"kind": "cpu", "reserve_cores": False},
-                            search={"sampler": "random", "trials": 3, "parallel": 2, "seed": 0,
-                                    "resources": {"num_cpus": 1}})
+    path = small_experiment(
+        tmp_path,
+        name="cluster",
+        target={"kind": "cpu", "reserve_cores": False},
+        search={"sampler": "random", "trials": 3, "parallel": 2, "seed": 0, "resources": {"num_cpus": 1}},
+    )
     driver = start_cli("run", str(path), "--ray-address", address, cwd=tmp_path)
     try:
         wait_for(lambda: _running_trial(worker) or driver.poll() is not None or _gone(head, worker), timeout=600)
@@ -139,7 +159,8 @@ def test_a_sweep_survives_the_death_of_the_worker_node_running_a_trial(cluster, 
 
     runs = mlflow.tracking.MlflowClient(exp.tracking_uri).search_runs(
         [mlflow.tracking.MlflowClient(exp.tracking_uri).get_experiment_by_name(exp.name).experiment_id],
-        "tags.`slimsweep.role` = 'trial'")
+        "tags.`slimsweep.role` = 'trial'",
+    )
     per_trial = Counter(int(r.data.tags["optuna.trial_number"]) for r in runs)
     assert per_trial == Counter(t.number for t in done)  # one MLflow run per finished trial, none doubled
 
@@ -169,12 +190,14 @@ def test_each_trial_asks_for_the_resources_the_experiment_names(tmp_path):
 
 def _relu_model() -> bytes:
     """A one-node ONNX model (Relu on a 1x8 input): enough to be timed."""
-    import onnx
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
@@ -197,13 +220,16 @@ def test_a_bench_station_that_dies_comes_back_and_times_the_next_model(tmp_path)
     assert again.p50_ms > 0 and first.p50_ms > 0 and not cached  # a fresh station: its cache went with it
 
 
-@pytest.mark.parametrize("resources, message", [
-    ({"num_cpus": 0}, "search.resources.num_cpus: Input should be greater than or equal to 1"),
-    ({"num_cpus": 400}, "search.resources.num_cpus: Input should be less than or equal to 256"),
-    ({"num_gpus": 1.5}, "search.resources.num_gpus: a fraction of a GPU must be below 1"),
-    ({"num_gpus": 64}, "search.resources.num_gpus: Input should be less than or equal to 16"),
-    ({"gpus": 1}, "search.resources.gpus: unknown key; 'gpus' is not allowed; choose one of: num_cpus, num_gpus"),
-])
+@pytest.mark.parametrize(
+    "resources, message",
+    [
+        ({"num_cpus": 0}, "search.resources.num_cpus: Input should be greater than or equal to 1"),
+        ({"num_cpus": 400}, "search.resources.num_cpus: Input should be less than or equal to 256"),
+        ({"num_gpus": 1.5}, "search.resources.num_gpus: a fraction of a GPU must be below 1"),
+        ({"num_gpus": 64}, "search.resources.num_gpus: Input should be less than or equal to 16"),
+        ({"gpus": 1}, "search.resources.gpus: unknown key; 'gpus' is not allowed; choose one of: num_cpus, num_gpus"),
+    ],
+)
 def test_resources_out_of_bounds_are_refused_naming_the_field(tmp_path, resources, message):
     path = small_experiment(tmp_path, search={"trials": 2, "resources": resources})
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("'", "'")):

@@ -7,9 +7,9 @@ import math
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import run_cli
 from evaluators import latency
 from evaluators.compare import CompareSettings, compare, compare_prepared, interleave, summarize
 from evaluators.errors import ConfigError
@@ -18,8 +18,9 @@ QUICK = CompareSettings(warmup=3, burst_seconds=0.005, min_rounds=15, max_rounds
 
 
 def _model(nodes, inputs, outputs, inits) -> bytes:
-    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, inits),
-                              opset_imports=[helper.make_opsetid("", 13)])
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", inputs, outputs, inits), opset_imports=[helper.make_opsetid("", 13)]
+    )
     model.ir_version = 8
     return model.SerializeToString()
 
@@ -39,8 +40,9 @@ def conv_stack(layers: int = 3, channels: int = 32, hw: int = 32) -> bytes:
     rng = np.random.default_rng(0)
     nodes, inits, prev = [], [], "x"
     for i in range(layers):
-        inits.append(numpy_helper.from_array(0.1 * rng.standard_normal((channels, channels, 3, 3)).astype(np.float32),
-                                             f"w{i}"))
+        inits.append(
+            numpy_helper.from_array(0.1 * rng.standard_normal((channels, channels, 3, 3)).astype(np.float32), f"w{i}")
+        )
         out = "y" if i == layers - 1 else f"h{i}"
         nodes.append(helper.make_node("Conv", [prev, f"w{i}"], [out], pads=[1, 1, 1, 1]))
         prev = out
@@ -48,6 +50,7 @@ def conv_stack(layers: int = 3, channels: int = 32, hw: int = 32) -> bytes:
 
 
 # --- real ONNX Runtime sessions --------------------------------------------------------------------------------
+
 
 def test_models_of_very_different_cost_are_ordered_correctly_both_ways():
     big, small = conv_stack(), tiny_matmul()
@@ -100,6 +103,7 @@ def test_bad_settings_and_inputs_name_the_field():
 
 
 # --- a fake clock at the timing seam: exact checks of the statistics -------------------------------------------
+
 
 class FakeClock:
     """Nanoseconds that move only when a fake model runs."""
@@ -197,6 +201,7 @@ def test_the_order_within_a_round_is_shuffled():
         def run():
             order.append(name)
             return 1.0, 1
+
         return run
 
     interleave([burst("a"), burst("b"), burst("c")], ["a", "b", "c"], CompareSettings(min_rounds=10, max_rounds=10))
@@ -206,11 +211,22 @@ def test_the_order_within_a_round_is_shuffled():
 
 # --- the command ------------------------------------------------------------------------------------------------
 
+
 def test_compare_command_prints_json_that_parses(tmp_path):
     (tmp_path / "big.onnx").write_bytes(conv_stack())
     (tmp_path / "small.onnx").write_bytes(tiny_matmul())
-    proc = run_cli("compare", "small.onnx", "big.onnx", "--baseline", "big.onnx", "--max-seconds", "3", "--json",
-                   cwd=tmp_path, timeout=120)
+    proc = run_cli(
+        "compare",
+        "small.onnx",
+        "big.onnx",
+        "--baseline",
+        "big.onnx",
+        "--max-seconds",
+        "3",
+        "--json",
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["baseline"] == "big.onnx"
@@ -250,6 +266,7 @@ def test_bench_json_on_a_symbolic_batch_model_uses_batch_one(tmp_path):
 
 
 # --- the bench station ------------------------------------------------------------------------------------------
+
 
 def test_the_station_compares_on_its_target_and_through_measurements_where_no_session_stays_open():
     from evaluators.latency import measure

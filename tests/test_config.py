@@ -123,8 +123,11 @@ CASES = {
     "unknown quantization scheme": (
         "name: x\nspace: {quantization: {schemes: [fp32, int8_dynamc]}}\n",
         "space.quantization.schemes.1",
-        ["'int8_dynamc' is not allowed", "choose one of: fp32, int8_dynamic, int8_static_qdq",
-         "(did you mean 'int8_dynamic'?)"],
+        [
+            "'int8_dynamc' is not allowed",
+            "choose one of: fp32, int8_dynamic, int8_static_qdq",
+            "(did you mean 'int8_dynamic'?)",
+        ],
     ),
     "bad name": (
         "name: my sweep/1\n",
@@ -195,8 +198,10 @@ def test_console_script_refuses_a_bad_file_before_importing_anything_heavy(tmp_p
     assert done.returncode == 2
     lines = done.stderr.splitlines()
     message = [line for line in lines if not line.startswith("import time:")]
-    assert message == ["error: bad.yaml: search.sampler: 'tpee' is not allowed; choose one of: tpe, nsgaii, random "
-                       "(did you mean 'tpe'?)"]
+    assert message == [
+        "error: bad.yaml: search.sampler: 'tpee' is not allowed; choose one of: tpe, nsgaii, random "
+        "(did you mean 'tpe'?)"
+    ]
     imported = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in lines if line.startswith("import time:")}
     assert "search" in imported  # the profile is real
     assert not imported & HEAVY

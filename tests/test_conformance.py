@@ -6,11 +6,11 @@ here without a new test.
 
 from __future__ import annotations
 
+import conformance
 import numpy as np
 import pytest
 import torch
 
-import conformance
 from evaluators.errors import ConfigError
 from experiments.tasks import digits
 from spaces.pruning_knobs import IMPORTANCES, PRUNING_METHODS
@@ -56,12 +56,18 @@ def test_every_quantization_scheme_conforms(scheme: str, calibration: np.ndarray
     conformance.check_quantization(scheme, calibration, float_model)
 
 
-@pytest.mark.parametrize("registry, name", [(STUDENT_FAMILIES, "cnnn"), (PRUNING_METHODS, "sparse"),
-                                            (IMPORTANCES, "l3"), (SCHEMES, "int9")],
-                         ids=["student family", "pruning method", "importance", "quantization scheme"])
+@pytest.mark.parametrize(
+    "registry, name",
+    [(STUDENT_FAMILIES, "cnnn"), (PRUNING_METHODS, "sparse"), (IMPORTANCES, "l3"), (SCHEMES, "int9")],
+    ids=["student family", "pruning method", "importance", "quantization scheme"],
+)
 def test_an_unknown_name_is_refused_at_the_edge_naming_every_registered_one(registry, name: str) -> None:
-    section = {STUDENT_FAMILIES: {"students": {name: {}}}, PRUNING_METHODS: {"pruning": {"method": name}},
-               IMPORTANCES: {"pruning": {"importance": name}}, SCHEMES: {"quantization": {"schemes": [name]}}}
+    section = {
+        STUDENT_FAMILIES: {"students": {name: {}}},
+        PRUNING_METHODS: {"pruning": {"method": name}},
+        IMPORTANCES: {"pruning": {"importance": name}},
+        SCHEMES: {"quantization": {"schemes": [name]}},
+    }
     with pytest.raises(ConfigError) as caught:
         conformance.space_naming(section[registry])
     assert f"{name!r} is not allowed; choose one of: " in str(caught.value)

@@ -72,8 +72,11 @@ def test_a_crash_between_fail_and_enqueue_loses_no_plan(study):
 
 def test_two_drivers_started_together_share_the_budget(tmp_path):
     budget = 4
-    path = small_experiment(tmp_path, name="pair", search={"sampler": "random", "trials": budget, "parallel": 1,
-                                                          "seed": 0, "heartbeat_s": HEARTBEAT})
+    path = small_experiment(
+        tmp_path,
+        name="pair",
+        search={"sampler": "random", "trials": budget, "parallel": 1, "seed": 0, "heartbeat_s": HEARTBEAT},
+    )
     exp = load(path)
     procs = [start_cli("run", str(path), cwd=tmp_path) for _ in range(2)]  # a fresh storage: the schema race
     outputs = []
@@ -108,9 +111,15 @@ def test_resync_marks_a_gone_drivers_unfinished_run_and_leaves_a_live_drivers_al
     client = tracker.client
 
     def half_logged(number: int, driver: str) -> str:  # a run a driver began and had not finished writing
-        return client.create_run(tracker.experiment_id, tags={"slimsweep.role": "trial", "slimsweep.driver": driver,
-                                                              "optuna.trial_number": str(number),
-                                                              "mlflow.parentRunId": tracker.parent_id}).info.run_id
+        return client.create_run(
+            tracker.experiment_id,
+            tags={
+                "slimsweep.role": "trial",
+                "slimsweep.driver": driver,
+                "optuna.trial_number": str(number),
+                "mlflow.parentRunId": tracker.parent_id,
+            },
+        ).info.run_id
 
     gone, live = half_logged(0, "gone"), half_logged(1, "alive")
     done = tracker.log_trial(2, {"x": 1}, {"accuracy": 0.9}, onnx=None)

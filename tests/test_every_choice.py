@@ -31,8 +31,14 @@ def test_the_full_space_file_reaches_every_choice():
             seen.setdefault(key, set()).add(str(value))
         study.tell(trial, 0.0)
     assert seen["student.kind"] == {"teacher", "cnn", "mobilenetv2", "resnet"}
-    assert seen["quantization.scheme"] == {"fp32", "fp16", "int8_dynamic", "int8_static_qdq",
-                                           "int8_static_qoperator", "int4_weight_only"}
+    assert seen["quantization.scheme"] == {
+        "fp32",
+        "fp16",
+        "int8_dynamic",
+        "int8_static_qdq",
+        "int8_static_qoperator",
+        "int4_weight_only",
+    }
     assert seen["pruning.method"] == {"structured", "unstructured"}
     assert seen["pruning.importance"] == {"l1", "l2", "taylor", "bn_scale", "random"}
     assert seen["pruning.scope"] == {"uniform", "global"}
@@ -59,25 +65,37 @@ def _time(timing: TimingSettings):
 CNN = StudentChoice(kind="cnn", width=0.25, depth=1, epochs=1)
 PLANS = {
     "cnn stage depths, kernel 5": CompressionPlan(
-        student=StudentChoice(kind="cnn", width=0.25, stage_depths=(1, 1, 2), kernel_size=5, epochs=1)),
-    "mobilenetv2": CompressionPlan(student=StudentChoice(kind="mobilenetv2", width=0.35, settings="compact",
-                                                          epochs=1)),
+        student=StudentChoice(kind="cnn", width=0.25, stage_depths=(1, 1, 2), kernel_size=5, epochs=1)
+    ),
+    "mobilenetv2": CompressionPlan(student=StudentChoice(kind="mobilenetv2", width=0.35, settings="compact", epochs=1)),
     "resnet": CompressionPlan(student=StudentChoice(kind="resnet", blocks=(1, 1, 1), base_width=16, epochs=1)),
-    **{f"prune {imp}": CompressionPlan(student=CNN, pruning=PruningChoice(ratio=0.5, recover_epochs=1, importance=imp))
-       for imp in ("l1", "l2", "taylor", "bn_scale", "random")},
+    **{
+        f"prune {imp}": CompressionPlan(student=CNN, pruning=PruningChoice(ratio=0.5, recover_epochs=1, importance=imp))
+        for imp in ("l1", "l2", "taylor", "bn_scale", "random")
+    },
     "prune global in 3 steps": CompressionPlan(
-        student=CNN, pruning=PruningChoice(ratio=0.5, recover_epochs=1, scope="global", steps=3)),
+        student=CNN, pruning=PruningChoice(ratio=0.5, recover_epochs=1, scope="global", steps=3)
+    ),
     "prune unstructured": CompressionPlan(
-        student=CNN, pruning=PruningChoice(ratio=0.5, recover_epochs=1, method="unstructured")),
-    **{scheme: CompressionPlan(student=CNN, quantization=QuantizationChoice(scheme=scheme))
-       for scheme in ("fp16", "int8_dynamic", "int8_static_qdq", "int8_static_qoperator", "int4_weight_only")},
-    **{name: CompressionPlan(student=CNN, quantization=QuantizationChoice(scheme="int8_static_qdq", **options))
-       for name, options in {
-           "per-tensor": {"per_channel": False}, "int8 symmetric": {"activations": "int8_sym"},
-           "entropy": {"calibration": "entropy"}, "percentile": {"calibration": "percentile"},
-           "64 samples": {"calibration_samples": 64}, "full range": {"reduce_range": False},
-           "first/last float": {"float_layers": "first_last"},
-           "most sensitive float": {"float_layers": "sensitive", "sensitive_layers": 1}}.items()},
+        student=CNN, pruning=PruningChoice(ratio=0.5, recover_epochs=1, method="unstructured")
+    ),
+    **{
+        scheme: CompressionPlan(student=CNN, quantization=QuantizationChoice(scheme=scheme))
+        for scheme in ("fp16", "int8_dynamic", "int8_static_qdq", "int8_static_qoperator", "int4_weight_only")
+    },
+    **{
+        name: CompressionPlan(student=CNN, quantization=QuantizationChoice(scheme="int8_static_qdq", **options))
+        for name, options in {
+            "per-tensor": {"per_channel": False},
+            "int8 symmetric": {"activations": "int8_sym"},
+            "entropy": {"calibration": "entropy"},
+            "percentile": {"calibration": "percentile"},
+            "64 samples": {"calibration_samples": 64},
+            "full range": {"reduce_range": False},
+            "first/last float": {"float_layers": "first_last"},
+            "most sensitive float": {"float_layers": "sensitive", "sensitive_layers": 1},
+        }.items()
+    },
 }
 
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import BIN, wait_for
 from mlflow.tracking import MlflowClient
 from sklearn.datasets import load_digits
+from ux_sweep import finished_sweep
 
-from conftest import BIN, wait_for
 from search import handover
 from search.cli import main
-from ux_sweep import finished_sweep
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -51,8 +51,14 @@ def _labels(text: str) -> list[int]:
 
 @pytest.mark.parametrize("tag", ["deploy-mlflow", "deploy-onnxruntime"])
 def test_readme_python_snippets_give_labels_from_a_fresh_process(swept, tag):
-    proc = subprocess.run([sys.executable, "-c", readme_block(tag)], cwd=swept.folder, env=_env(),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", readme_block(tag)],
+        cwd=swept.folder,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _labels(proc.stdout) == list(load_digits().target[:5])  # [0 1 2 3 4], as the README says
     assert not (swept.folder / "mlflow.db").exists()  # no stray empty store in the folder it ran from
@@ -62,10 +68,18 @@ def test_readme_serve_snippet_answers_with_scores_whose_argmax_is_the_label(swep
     with socket.socket() as s:
         if s.connect_ex(("127.0.0.1", 5001)) == 0:
             pytest.skip("port 5001, which the README's serve snippet uses, is taken on this machine")
-    server = subprocess.Popen(["bash", "-c", readme_block("deploy-serve")], cwd=swept.folder, env=_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    server = subprocess.Popen(
+        ["bash", "-c", readme_block("deploy-serve")],
+        cwd=swept.folder,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     call = readme_block("deploy-serve-call").splitlines()[0]
     try:
+
         def answered() -> bool:
             if server.poll() is not None:
                 raise AssertionError(server.stdout.read()[-3000:])
@@ -76,8 +90,9 @@ def test_readme_serve_snippet_answers_with_scores_whose_argmax_is_the_label(swep
                 return False
 
         wait_for(answered, timeout=240, every=1.0)
-        proc = subprocess.run(["bash", "-c", call], cwd=swept.folder, env=_env(), capture_output=True, text=True,
-                              timeout=60)
+        proc = subprocess.run(
+            ["bash", "-c", call], cwd=swept.folder, env=_env(), capture_output=True, text=True, timeout=60
+        )
         predictions = json.loads(proc.stdout)["predictions"]
         scores = predictions["logits"] if isinstance(predictions, dict) else predictions
         assert np.asarray(scores).shape == (1, 10) and int(np.argmax(scores)) == 0
@@ -116,7 +131,9 @@ def test_the_version_comes_from_the_picked_trials_run_with_its_metrics_tags_and_
     from mlflow.models import Model
 
     mlflow.set_tracking_uri(exp.tracking_uri)
-    local = mlflow.artifacts.download_artifacts(f"models:/{exp.name}/{version.version}", dst_path=str(swept.folder / "dl"))
+    local = mlflow.artifacts.download_artifacts(
+        f"models:/{exp.name}/{version.version}", dst_path=str(swept.folder / "dl")
+    )
     logged = Model.load(local)
     assert logged.signature is not None
     example = np.asarray(logged.load_input_example(local))
@@ -165,8 +182,9 @@ def test_a_crash_after_the_alias_moved_is_completed_by_the_next_pick(swept, monk
     with pytest.raises(Crash):
         main(["pick", str(swept.path), *other])
     assert handover.pending(exp.out) is not None
-    status = subprocess.run([str(BIN / "slimsweep"), "status", str(swept.path), "--json"], capture_output=True,
-                            text=True, cwd=swept.folder)
+    status = subprocess.run(
+        [str(BIN / "slimsweep"), "status", str(swept.path), "--json"], capture_output=True, text=True, cwd=swept.folder
+    )
     assert json.loads(status.stdout)["handover_pending"] is not None
     monkeypatch.setattr(handover.os, "replace", real)
     assert main(["pick", str(swept.path), *other]) == 0

@@ -9,9 +9,9 @@ import subprocess
 import optuna
 import pytest
 import torch
+from conftest import BIN, run_cli, small_experiment, wait_for
 from mlflow.tracking import MlflowClient
 
-from conftest import BIN, run_cli, small_experiment, wait_for
 from search.cli import main
 from search.config import load
 from search.study import baseline, finished, read
@@ -21,8 +21,11 @@ from spaces.students import CNN
 # Budgets no measured latency can fall on the wrong side of, on any machine: far below a microsecond-scale model
 # (every structure is over it untrained) and far above one (every structure is within it).
 FAR_BELOW_MS, FAR_ABOVE_MS = 1e-6, 1e4
-SPACE = {"students": {"teacher": True, "cnn": {"width": [0.25], "depth": [1], "epochs": 2}},
-         "pruning": {"ratio": [0.0]}, "quantization": {"schemes": ["fp32"]}}
+SPACE = {
+    "students": {"teacher": True, "cnn": {"width": [0.25], "depth": [1], "epochs": 2}},
+    "pruning": {"ratio": [0.0]},
+    "quantization": {"schemes": ["fp32"]},
+}
 
 
 def _trial_runs(exp):
@@ -32,9 +35,13 @@ def _trial_runs(exp):
 
 
 def _latency_first(tmp_path, name: str, budget_ms: float, capsys) -> tuple[int, object, optuna.Study]:
-    path = small_experiment(tmp_path, name=name, space=SPACE,
-                            constraints={"max_accuracy_drop": 50.0, "max_latency_ms": budget_ms},
-                            pick={"max_accuracy_drop": 50.0})
+    path = small_experiment(
+        tmp_path,
+        name=name,
+        space=SPACE,
+        constraints={"max_accuracy_drop": 50.0, "max_latency_ms": budget_ms},
+        pick={"max_accuracy_drop": 50.0},
+    )
     code = main(["run", str(path), "--trials", "3", "--quiet"])
     exp = load(path)
     study = optuna.load_study(study_name=exp.name, storage=exp.storage_url)
@@ -124,8 +131,11 @@ def agent(tmp_path):
     token_file.write_text("s3cret-token-of-32-bytes-or-more\n")
     token_file.chmod(0o600)  # the agent refuses a token file others can read
     port = _free_port()
-    proc = subprocess.Popen([str(BIN / "slimsweep"), "agent", "--host", "127.0.0.1", "--port", str(port),
-                             "--token-file", str(token_file)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [str(BIN / "slimsweep"), "agent", "--host", "127.0.0.1", "--port", str(port), "--token-file", str(token_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
     def up() -> bool:
         try:
@@ -145,12 +155,28 @@ def agent(tmp_path):
 
 def test_a_sweep_whose_target_is_a_device_agent(agent, tmp_path, model_file, capsys):
     url, token_file = agent
-    assert main(["bench", str(model_file), "--target", "remote", "--url", url, "--token-file", str(token_file),
-                 "--max-seconds", "0.5"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                str(model_file),
+                "--target",
+                "remote",
+                "--url",
+                url,
+                "--token-file",
+                str(token_file),
+                "--max-seconds",
+                "0.5",
+            ]
+        )
+        == 0
+    )
     assert "latency_p50_ms" in capsys.readouterr().out
 
-    path = small_experiment(tmp_path, name="remote",
-                            target={"kind": "remote", "url": url, "token_file": str(token_file)})
+    path = small_experiment(
+        tmp_path, name="remote", target={"kind": "remote", "url": url, "token_file": str(token_file)}
+    )
     result = run_cli("run", str(path), "--trials", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     exp = load(path)

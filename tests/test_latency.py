@@ -39,8 +39,15 @@ def export(model: torch.nn.Module, batch: int = 1, dynamic_axes: dict | None = N
     if dynamic_axes is None:
         dynamic_axes = {"input": {0: "batch"}, "logits": {0: "batch"}}
     f = io.BytesIO()
-    torch.onnx.export(model, (torch.zeros(batch, 1, 8, 8),), f, dynamo=False,
-                      input_names=["input"], output_names=["logits"], dynamic_axes=dynamic_axes)
+    torch.onnx.export(
+        model,
+        (torch.zeros(batch, 1, 8, 8),),
+        f,
+        dynamo=False,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes=dynamic_axes,
+    )
     return f.getvalue()
 
 
@@ -56,8 +63,14 @@ def test_measure_reports_ordered_percentiles_within_repeat_bounds(small):
     assert QUICK.min_repeats <= result.repeats <= QUICK.max_repeats
     assert result.throughput == pytest.approx(1 / (result.mean_ms / 1e3))
     assert set(result.metrics()) == {
-        "latency_p50_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms",
-        "latency_mean_ms", "latency_cv", "latency_ci_rel", "throughput",
+        "latency_p50_ms",
+        "latency_p90_ms",
+        "latency_p95_ms",
+        "latency_p99_ms",
+        "latency_mean_ms",
+        "latency_cv",
+        "latency_ci_rel",
+        "throughput",
     }
     assert all(np.isfinite(v) for v in result.metrics().values())
 

@@ -15,14 +15,20 @@ from search.study import finished, read
 def test_a_trial_past_its_time_limit_is_run_again_then_fails_as_a_timeout(tmp_path):
     # Hundreds of distillation epochs take minutes; the limit is 1 s: no attempt can finish within it.
     path = small_experiment(
-        tmp_path, name="limits",
-        space={"students": {"teacher": False, "cnn": {"width": [0.5], "depth": [1], "epochs": 400}},
-               "pruning": {"ratio": [0.0]}, "quantization": {"schemes": ["fp32"]}},
-        search={"sampler": "random", "trials": 1, "parallel": 1, "seed": 0, "trial_timeout_s": 1, "max_retries": 1})
+        tmp_path,
+        name="limits",
+        space={
+            "students": {"teacher": False, "cnn": {"width": [0.5], "depth": [1], "epochs": 400}},
+            "pruning": {"ratio": [0.0]},
+            "quantization": {"schemes": ["fp32"]},
+        },
+        search={"sampler": "random", "trials": 1, "parallel": 1, "seed": 0, "trial_timeout_s": 1, "max_retries": 1},
+    )
     exp = load(path)
     result = run_cli("run", str(path), cwd=tmp_path)
     assert "failures: 1 timeout; 1 attempts run again after a machinery failure" in result.stdout, (
-        result.stdout[-3000:] + result.stderr[-3000:])
+        result.stdout[-3000:] + result.stderr[-3000:]
+    )
     study = optuna.load_study(study_name=exp.name, storage=exp.storage_url)
     (trial,) = finished(study)
     rec = read(trial)

@@ -13,14 +13,15 @@ import subprocess
 import urllib.request
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import BIN, wait_for
+from mlflow.tracking import MlflowClient
 from ux_sweep import finished_sweep
 
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(BROWSER is None, reason="no Chromium here: `apt-get install -y chromium "
-                                                        "chromium-driver` (Debian) to run the browser check")
+pytestmark = pytest.mark.skipif(
+    BROWSER is None,
+    reason="no Chromium here: `apt-get install -y chromium chromium-driver` (Debian) to run the browser check",
+)
 
 
 def _free_port() -> int:
@@ -34,9 +35,23 @@ def ui(tmp_path_factory):
     """`mlflow server` on the finished sweep's store, on a free loopback port."""
     swept = finished_sweep(tmp_path_factory)
     port = _free_port()
-    server = subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", swept.exp.tracking_uri,
-                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            swept.exp.tracking_uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
     def up() -> bool:
         assert server.poll() is None, "mlflow server exited"
@@ -55,9 +70,21 @@ def ui(tmp_path_factory):
 
 def page_text(url: str, folder) -> str:
     """The page's visible text after its scripts ran (Chromium headless, a virtual-time budget for the app)."""
-    proc = subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={folder}",
-                           "--virtual-time-budget=30000", "--dump-dom", url],
-                          capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [
+            BROWSER,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--user-data-dir={folder}",
+            "--virtual-time-budget=30000",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     html = re.sub(r"<script.*?</script>|<style.*?</style>", " ", proc.stdout, flags=re.S)
     return " ".join(re.sub(r"<[^>]+>", " ", html).split())
 
@@ -78,6 +105,13 @@ def test_the_experiment_opens_on_its_runs_and_the_pick_shows_metrics_and_tag(ui,
     version = client.get_model_version_by_alias(exp.name, "deployable")
     run = page_text(f"{base}/#/experiments/{experiment.experiment_id}/runs/{version.run_id}", tmp_path / "b")
     assert f"trial-{card['trial']}" in run, run[:2000]
-    for shown in ("accuracy", "latency_p50_ms", "size_mb", "slimsweep.pick : true", "Parent run",
-                  f"{exp.name}-sweep", f"Registered models {exp.name} v{version.version}"):
+    for shown in (
+        "accuracy",
+        "latency_p50_ms",
+        "size_mb",
+        "slimsweep.pick : true",
+        "Parent run",
+        f"{exp.name}-sweep",
+        f"Registered models {exp.name} v{version.version}",
+    ):
         assert shown in run, (shown, run[:3000])

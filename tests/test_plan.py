@@ -41,12 +41,19 @@ def test_teacher_trials_have_no_cnn_params_and_cnn_trials_have_them():
     for trial, plan in cnns:
         assert trial.params["student"] == "cnn"
         # epochs and lr are fixed in the default space, so they are not Optuna params.
-        assert {k for k in trial.params if k.startswith("cnn.")} == {"cnn.width", "cnn.depth", "cnn.temperature",
-                                                                      "cnn.alpha"}
+        assert {k for k in trial.params if k.startswith("cnn.")} == {
+            "cnn.width",
+            "cnn.depth",
+            "cnn.temperature",
+            "cnn.alpha",
+        }
         s = plan.student
         assert (s.width, s.depth, s.temperature, s.alpha) == (
-            trial.params["cnn.width"], trial.params["cnn.depth"], trial.params["cnn.temperature"],
-            trial.params["cnn.alpha"])
+            trial.params["cnn.width"],
+            trial.params["cnn.depth"],
+            trial.params["cnn.temperature"],
+            trial.params["cnn.alpha"],
+        )
         assert plan.params()["student.width"] == trial.params["cnn.width"]
 
 
@@ -70,8 +77,12 @@ def test_recover_epochs_is_sampled_only_when_something_is_pruned():
 
 
 def test_fixed_knobs_are_not_optuna_params_but_are_in_the_plan():
-    space = space_of({"students": {"teacher": False, "cnn": {"epochs": 5, "lr": 0.01}},
-                      "pruning": {"ratio": [0.25, 0.5], "recover_epochs": 2, "round_to": 16}})
+    space = space_of(
+        {
+            "students": {"teacher": False, "cnn": {"epochs": 5, "lr": 0.01}},
+            "pruning": {"ratio": [0.25, 0.5], "recover_epochs": 2, "round_to": 16},
+        }
+    )
     for trial, plan in ask(space, 10):
         assert not {"cnn.epochs", "cnn.lr", "pruning.recover_epochs", "student"} & set(trial.params)
         params = plan.params()
@@ -80,11 +91,13 @@ def test_fixed_knobs_are_not_optuna_params_but_are_in_the_plan():
 
 
 def test_single_choice_lists_and_empty_ranges_are_not_sampled():
-    space = space_of({
-        "students": {"teacher": False, "cnn": {"width": [0.5], "depth": [2], "alpha": {"low": 0.6, "high": 0.6}}},
-        "pruning": {"ratio": [0.25]},
-        "quantization": {"schemes": ["int8_dynamic"]},
-    })
+    space = space_of(
+        {
+            "students": {"teacher": False, "cnn": {"width": [0.5], "depth": [2], "alpha": {"low": 0.6, "high": 0.6}}},
+            "pruning": {"ratio": [0.25]},
+            "quantization": {"schemes": ["int8_dynamic"]},
+        }
+    )
     for trial, plan in ask(space, 5):
         assert set(trial.params) == {"cnn.temperature"}  # the only knob left with a choice
         assert (plan.student.width, plan.student.depth, plan.student.alpha) == (0.5, 2, 0.6)
@@ -93,10 +106,17 @@ def test_single_choice_lists_and_empty_ranges_are_not_sampled():
 
 
 def test_ranges_respect_bounds_and_log_scale():
-    space = space_of({"students": {"teacher": False, "cnn": {
-        "temperature": {"low": 2.0, "high": 6.0},
-        "lr": {"low": 1e-4, "high": 1e-1, "log": True},
-    }}})
+    space = space_of(
+        {
+            "students": {
+                "teacher": False,
+                "cnn": {
+                    "temperature": {"low": 2.0, "high": 6.0},
+                    "lr": {"low": 1e-4, "high": 1e-1, "log": True},
+                },
+            }
+        }
+    )
     pairs = ask(space, 300)
     trial = pairs[0][0]
     assert trial.distributions["cnn.lr"] == optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)
@@ -128,13 +148,24 @@ def test_params_are_dotted_names_of_the_three_knobs():
         assert params["pruning.ratio"] == plan.pruning.ratio
 
 
-@pytest.mark.parametrize("plan, label", [
-    (CompressionPlan(), "teacher | no prune | fp32"),
-    (CompressionPlan(StudentChoice("cnn", width=0.5, depth=1), PruningChoice(0.25, 4),
-                     QuantizationChoice("int8_static_qdq")), "cnn w0.5 d1 | prune 0.25 | int8_static_qdq"),
-    (CompressionPlan(StudentChoice("cnn", width=0.75, depth=2), PruningChoice(0.0), QuantizationChoice("int8_dynamic")),
-     "cnn w0.75 d2 | no prune | int8_dynamic"),
-])
+@pytest.mark.parametrize(
+    "plan, label",
+    [
+        (CompressionPlan(), "teacher | no prune | fp32"),
+        (
+            CompressionPlan(
+                StudentChoice("cnn", width=0.5, depth=1), PruningChoice(0.25, 4), QuantizationChoice("int8_static_qdq")
+            ),
+            "cnn w0.5 d1 | prune 0.25 | int8_static_qdq",
+        ),
+        (
+            CompressionPlan(
+                StudentChoice("cnn", width=0.75, depth=2), PruningChoice(0.0), QuantizationChoice("int8_dynamic")
+            ),
+            "cnn w0.75 d2 | no prune | int8_dynamic",
+        ),
+    ],
+)
 def test_describe_is_a_short_readable_label(plan, label):
     assert plan.describe() == label
 

@@ -10,10 +10,10 @@ from collections import Counter
 
 import optuna
 import pytest
+from conftest import free_port, run_cli, small_experiment, start_cli, wait_for
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from conftest import free_port, run_cli, small_experiment, start_cli, wait_for
 from evaluators.errors import ConfigError
 from search.config import load
 from search.study import finished, retry_of
@@ -36,9 +36,12 @@ def _killed_mid_trial(exp) -> bool:
 
 def test_a_sweep_on_postgresql_killed_mid_trial_resumes_with_nothing_lost_or_repeated(tmp_path, postgres_db):
     storage, tracking = postgres_db("study"), postgres_db("mlflow")
-    path = small_experiment(tmp_path, name="pg", search={"sampler": "random", "trials": BUDGET, "parallel": 1,
-                                                         "seed": 0, "storage": storage},
-                            tracking={"uri": tracking})
+    path = small_experiment(
+        tmp_path,
+        name="pg",
+        search={"sampler": "random", "trials": BUDGET, "parallel": 1, "seed": 0, "storage": storage},
+        tracking={"uri": tracking},
+    )
     exp = load(path)
     proc = start_cli("run", str(path), cwd=tmp_path)
     try:
@@ -77,18 +80,22 @@ def test_a_sweep_on_postgresql_killed_mid_trial_resumes_with_nothing_lost_or_rep
     assert (exp.out / "deployable.onnx").is_file() and int(version.version) >= 1
 
 
-@pytest.mark.parametrize("field, url, message", [
-    ("search.storage", "postgresql+pg8000://u@h/db", "a PostgreSQL storage URL starts with one of"),
-    ("tracking.uri", "postgres://u@h/db", "a PostgreSQL MLflow backend store URL starts with one of"),
-])
+@pytest.mark.parametrize(
+    "field, url, message",
+    [
+        ("search.storage", "postgresql+pg8000://u@h/db", "a PostgreSQL storage URL starts with one of"),
+        ("tracking.uri", "postgres://u@h/db", "a PostgreSQL MLflow backend store URL starts with one of"),
+    ],
+)
 def test_a_postgresql_url_without_a_known_driver_is_refused_naming_the_field(tmp_path, field, url, message):
     path = small_experiment(tmp_path)
     with pytest.raises(ConfigError, match=re.escape(f"{field}: {message}") + ".*" + re.escape(f"got '{url}'")):
         load(path, {field: url})
 
 
-def test_a_postgresql_server_that_cannot_be_reached_is_a_clear_error_before_anything_is_written(tmp_path,
-                                                                                                 postgres_server):
+def test_a_postgresql_server_that_cannot_be_reached_is_a_clear_error_before_anything_is_written(
+    tmp_path, postgres_server
+):
     path = small_experiment(tmp_path)
     down = f"postgresql://slimsweep:secret@127.0.0.1:{free_port()}/study"  # a port nobody listens on
     missing = f"{postgres_server}/no_such_database"  # a live server without that database

@@ -141,9 +141,7 @@ def test_ratio_zero_leaves_the_model_untouched(model: ResidualCNN, example: torc
     assert all(torch.equal(tensor, state[name]) for name, tensor in model.state_dict().items())
 
 
-def test_unknown_importance_is_a_config_error_listing_the_valid_ones(
-    model: ResidualCNN, example: torch.Tensor
-) -> None:
+def test_unknown_importance_is_a_config_error_listing_the_valid_ones(model: ResidualCNN, example: torch.Tensor) -> None:
     # The schema refuses it in an experiment file; a choice built by hand fails at the registry, never falls back.
     with pytest.raises(ConfigError, match="'l3'") as caught:
         prune_channels(model, example, 0.5, importance="l3")
@@ -465,24 +463,39 @@ def test_sparsity_counts_zero_conv_and_linear_weights() -> None:
 
 
 def test_every_pruning_knob_is_reachable_from_an_experiment_file() -> None:
-    space = parse({"name": "x", "space": {"pruning": {
-        "ratio": [0.0, 0.5], "method": ["structured", "unstructured"], "recover_epochs": [1, 2],
-        "importance": ["l1", "taylor"], "scope": "global", "steps": [1, 3], "round_to": 16,
-        "protect_first_last": False,
-    }}}).space.pruning
+    space = parse(
+        {
+            "name": "x",
+            "space": {
+                "pruning": {
+                    "ratio": [0.0, 0.5],
+                    "method": ["structured", "unstructured"],
+                    "recover_epochs": [1, 2],
+                    "importance": ["l1", "taylor"],
+                    "scope": "global",
+                    "steps": [1, 3],
+                    "round_to": 16,
+                    "protect_first_last": False,
+                }
+            },
+        }
+    ).space.pruning
     assert space.method == ["structured", "unstructured"] and space.importance == ["l1", "taylor"]
     assert (space.scope, space.steps, space.round_to, space.protect_first_last) == (["global"], [1, 3], 16, False)
 
 
-@pytest.mark.parametrize("pruning, field, words", [
-    ({"importance": "l3"}, "space.pruning.importance", "l1, l2, taylor, bn_scale, random"),
-    ({"scope": ["uniform", "globl"]}, "space.pruning.scope", "did you mean 'global'"),
-    ({"method": "sparse"}, "space.pruning.method", "structured, unstructured"),
-    ({"steps": 0}, "space.pruning.steps", "1 = one shot"),
-    ({"round_to": [8, 0]}, "space.pruning.round_to", "must be > 0"),
-    ({"ratio": [0.5, 1.0]}, "space.pruning.ratio", "[0, 1)"),
-    ({"importance": []}, "space.pruning.importance", "at least one"),
-])
+@pytest.mark.parametrize(
+    "pruning, field, words",
+    [
+        ({"importance": "l3"}, "space.pruning.importance", "l1, l2, taylor, bn_scale, random"),
+        ({"scope": ["uniform", "globl"]}, "space.pruning.scope", "did you mean 'global'"),
+        ({"method": "sparse"}, "space.pruning.method", "structured, unstructured"),
+        ({"steps": 0}, "space.pruning.steps", "1 = one shot"),
+        ({"round_to": [8, 0]}, "space.pruning.round_to", "must be > 0"),
+        ({"ratio": [0.5, 1.0]}, "space.pruning.ratio", "[0, 1)"),
+        ({"importance": []}, "space.pruning.importance", "at least one"),
+    ],
+)
 def test_a_bad_pruning_knob_is_refused_naming_the_field_and_what_is_allowed(
     pruning: dict, field: str, words: str
 ) -> None:
@@ -502,8 +515,14 @@ def _sample(space: PruningSpace, n: int) -> list[tuple[optuna.trial.Trial, Pruni
 
 
 def test_sampling_asks_for_a_knob_only_where_it_means_something() -> None:
-    space = PruningSpace(ratio=[0.0, 0.5], method=["structured", "unstructured"], recover_epochs=[1, 2],
-                         importance=["l1", "taylor"], scope=["uniform", "global"], steps=[1, 3])
+    space = PruningSpace(
+        ratio=[0.0, 0.5],
+        method=["structured", "unstructured"],
+        recover_epochs=[1, 2],
+        importance=["l1", "taylor"],
+        scope=["uniform", "global"],
+        steps=[1, 3],
+    )
     pairs = _sample(space, 80)
     kinds = {"none": 0, "structured": 0, "unstructured": 0}
     for trial, choice in pairs:
@@ -535,16 +554,25 @@ def test_default_space_keeps_todays_behaviour() -> None:
     for trial, choice in _sample(space, 20):
         assert set(trial.params) == {"pruning.ratio"}  # the only knob with a choice by default
         if choice.ratio:
-            assert (choice.method, choice.importance, choice.scope, choice.steps, choice.round_to,
-                    choice.recover_epochs) == ("structured", "l2", "uniform", 1, 8, 4)
+            assert (
+                choice.method,
+                choice.importance,
+                choice.scope,
+                choice.steps,
+                choice.round_to,
+                choice.recover_epochs,
+            ) == ("structured", "l2", "uniform", 1, 8, 4)
             assert choice.describe() == f"prune {choice.ratio:g}"
 
 
-@pytest.mark.parametrize("choice, label", [
-    (PruningChoice(0.25, 4), "prune 0.25"),
-    (PruningChoice(0.5, 2, importance="taylor", scope="global", steps=3), "prune 0.5 taylor global 3 steps"),
-    (PruningChoice(0.5, 2, method="unstructured", protect_first_last=False), "prune 0.5 unstructured all layers"),
-    (PruningChoice(0.0), "no prune"),
-])
+@pytest.mark.parametrize(
+    "choice, label",
+    [
+        (PruningChoice(0.25, 4), "prune 0.25"),
+        (PruningChoice(0.5, 2, importance="taylor", scope="global", steps=3), "prune 0.5 taylor global 3 steps"),
+        (PruningChoice(0.5, 2, method="unstructured", protect_first_last=False), "prune 0.5 unstructured all layers"),
+        (PruningChoice(0.0), "no prune"),
+    ],
+)
 def test_describe_names_what_differs_from_the_defaults(choice: PruningChoice, label: str) -> None:
     assert choice.describe() == label

@@ -64,8 +64,9 @@ class PlainCNN(nn.Module):
 
 def _mlp() -> nn.Module:
     """Mostly Gemm weights (~85k), so int4 weight-only visibly shrinks the file."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
-                         nn.Linear(256, 10))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
+    )
 
 
 def _trained(model: nn.Module, digits: dict[str, np.ndarray]) -> bytes:
@@ -86,8 +87,13 @@ def digits() -> dict[str, np.ndarray]:
     images = (data.images / 16.0).astype(np.float32)[:, None]  # (N, 1, 8, 8)
     order = np.random.default_rng(0).permutation(len(images))
     train, val = order[:1400], order[1400:]
-    return {"x_train": images[train], "y_train": data.target[train], "x_val": images[val], "y_val": data.target[val],
-            "x_calib": images[train][:200]}
+    return {
+        "x_train": images[train],
+        "y_train": data.target[train],
+        "x_val": images[val],
+        "y_val": data.target[val],
+        "x_calib": images[train][:200],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +119,9 @@ def quantized(fp32_model: bytes, digits: dict[str, np.ndarray], cache_dir: Path)
     """Every scheme by name (default options, as existing callers pass it) and every static option."""
     calibration = digits["x_calib"]
     out = {name: quantize(fp32_model, name, calibration) for name in SCHEMES.names()}
-    out.update({name: quantize(fp32_model, choice, calibration, cache_dir=cache_dir)
-                for name, choice in VARIANTS.items()})
+    out.update(
+        {name: quantize(fp32_model, choice, calibration, cache_dir=cache_dir) for name, choice in VARIANTS.items()}
+    )
     return out
 
 
@@ -147,8 +154,13 @@ def _layers(model: bytes) -> list[str]:
 def _float_layers(model: bytes) -> set[str]:
     """Layers that still compute with a float weight initializer (not quantized)."""
     inits = _initializers(model)
-    return {node.name for node in _graph(model).node if node.op_type in ("Conv", "Gemm", "MatMul")
-            and node.input[1] in inits and inits[node.input[1]].dtype == np.float32}
+    return {
+        node.name
+        for node in _graph(model).node
+        if node.op_type in ("Conv", "Gemm", "MatMul")
+        and node.input[1] in inits
+        and inits[node.input[1]].dtype == np.float32
+    }
 
 
 def _quantized_layers(model: bytes) -> set[str]:
@@ -164,8 +176,11 @@ def _weight_scales(model: bytes) -> dict[str, tuple[int, ...]]:
     """Shape of the scale of each conv's weight in a QDQ graph."""
     graph, inits = _graph(model), _initializers(model)
     dq = {node.output[0]: node for node in graph.node if node.op_type == "DequantizeLinear"}
-    return {node.name: inits[dq[node.input[1]].input[1]].shape for node in graph.node
-            if node.op_type == "Conv" and node.input[1] in dq}
+    return {
+        node.name: inits[dq[node.input[1]].input[1]].shape
+        for node in graph.node
+        if node.op_type == "Conv" and node.input[1] in dq
+    }
 
 
 def _activation_zero_points(model: bytes) -> list[np.ndarray]:
@@ -247,15 +262,15 @@ def test_int8_dynamic_graph_quantizes_at_run_time(quantized: dict[str, bytes]) -
 def test_per_channel_has_one_weight_scale_per_output_channel_and_per_tensor_one(
     quantized: dict[str, bytes], fp32_model: bytes
 ) -> None:
-    out_channels = {n: _initializers(fp32_model)[w].shape[0] for n, w in
-                    ((node.name, node.input[1]) for node in _graph(fp32_model).node if node.op_type == "Conv")}
+    out_channels = {
+        n: _initializers(fp32_model)[w].shape[0]
+        for n, w in ((node.name, node.input[1]) for node in _graph(fp32_model).node if node.op_type == "Conv")
+    }
     assert _weight_scales(quantized[QDQ]) == {name: (c,) for name, c in out_channels.items()}
     assert _weight_scales(quantized["qdq per-tensor"]) == {name: () for name in out_channels}
 
 
-def test_int8_sym_activations_have_int8_zero_points_at_zero_and_uint8_asym_uint8(
-    quantized: dict[str, bytes]
-) -> None:
+def test_int8_sym_activations_have_int8_zero_points_at_zero_and_uint8_asym_uint8(quantized: dict[str, bytes]) -> None:
     for name in ("qdq int8_sym", "qoperator int8_sym"):
         zero_points = _activation_zero_points(quantized[name])
         assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
@@ -293,8 +308,11 @@ def test_calibration_samples_is_how_many_samples_the_calibrator_reads(
 def test_reduce_range_quantizes_weights_to_7_bits_and_full_range_to_8(quantized: dict[str, bytes]) -> None:
     def largest_weight(model: bytes) -> int:
         inits = _initializers(model)
-        return max(int(np.abs(inits[n.input[0]].astype(np.int32)).max()) for n in _graph(model).node
-                   if n.op_type == "DequantizeLinear" and inits.get(n.input[0], np.zeros(0)).dtype == np.int8)
+        return max(
+            int(np.abs(inits[n.input[0]].astype(np.int32)).max())
+            for n in _graph(model).node
+            if n.op_type == "DequantizeLinear" and inits.get(n.input[0], np.zeros(0)).dtype == np.int8
+        )
 
     assert largest_weight(quantized[QDQ]) <= 64  # reduce_range (the default)
     assert largest_weight(quantized["qdq full range"]) == 127
@@ -315,7 +333,12 @@ def test_first_last_keeps_the_first_and_last_layer_float_and_quantizes_the_rest(
 
 @pytest.mark.parametrize("name, scheme, n", [("qdq sensitive 1", QDQ, 1), ("qoperator sensitive 2", QOP, 2)])
 def test_sensitive_keeps_the_n_top_ranked_layers_float(
-    name: str, scheme: str, n: int, quantized: dict[str, bytes], fp32_model: bytes, digits: dict[str, np.ndarray],
+    name: str,
+    scheme: str,
+    n: int,
+    quantized: dict[str, bytes],
+    fp32_model: bytes,
+    digits: dict[str, np.ndarray],
     cache_dir: Path,
 ) -> None:
     ranking = layer_sensitivity(fp32_model, VARIANTS[name], digits["x_calib"], cache_dir=cache_dir)
@@ -344,12 +367,17 @@ def test_sensitivity_ranking_is_cached_per_model_and_options(
     assert len(list(tmp_path.glob("quant-sensitivity-*.json"))) == 1  # the same model and options: no new entry
     # Another model, or other static options, is another entry.
     quantize(mlp_model, choice, digits["x_calib"], cache_dir=tmp_path)
-    quantize(fp32_model, QuantizationChoice(QDQ, float_layers="sensitive", reduce_range=False), digits["x_calib"],
-             cache_dir=tmp_path)
+    quantize(
+        fp32_model,
+        QuantizationChoice(QDQ, float_layers="sensitive", reduce_range=False),
+        digits["x_calib"],
+        cache_dir=tmp_path,
+    )
     assert len(list(tmp_path.glob("quant-sensitivity-*.json"))) == 3
     # Without a cache folder the ranking is kept in the process: the second call returns the very same list.
     assert layer_sensitivity(fp32_model, choice, digits["x_calib"]) is layer_sensitivity(
-        fp32_model, choice, digits["x_calib"])
+        fp32_model, choice, digits["x_calib"]
+    )
 
 
 def test_int4_weight_only_turns_gemms_into_matmulnbits_shrinks_and_keeps_accuracy(
@@ -369,9 +397,7 @@ def test_int4_weight_only_turns_gemms_into_matmulnbits_shrinks_and_keeps_accurac
     assert {"MatMulNBits", "Conv"} <= cnn and "Gemm" not in cnn
 
 
-def test_int4_on_a_model_without_matmul_or_gemm_is_a_trial_failure_that_says_so(
-    digits: dict[str, np.ndarray]
-) -> None:
+def test_int4_on_a_model_without_matmul_or_gemm_is_a_trial_failure_that_says_so(digits: dict[str, np.ndarray]) -> None:
     convs_only = to_onnx(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten()), torch.zeros(1, 1, 8, 8))
     with pytest.raises(TrialFailure, match="no MatMul or Gemm"):
         quantize(convs_only, "int4_weight_only", digits["x_calib"])
@@ -385,14 +411,25 @@ def test_unknown_scheme_is_a_config_error_listing_the_valid_names(fp32_model: by
 
 
 # Sampling: a real in-memory Optuna study; a parameter is asked for only where it means something.
-STATIC_PARAMS = {"quantization.per_channel", "quantization.activations", "quantization.calibration",
-                 "quantization.calibration_samples", "quantization.reduce_range", "quantization.float_layers"}
+STATIC_PARAMS = {
+    "quantization.per_channel",
+    "quantization.activations",
+    "quantization.calibration",
+    "quantization.calibration_samples",
+    "quantization.reduce_range",
+    "quantization.float_layers",
+}
 SEARCH_ALL = {
     "schemes": SCHEMES.names(),
-    "static": {"per_channel": [True, False], "activations": ["uint8_asym", "int8_sym"],
-               "calibration": ["minmax", "entropy", "percentile"], "calibration_samples": [16, "all"],
-               "reduce_range": [True, False], "float_layers": ["none", "first_last", "sensitive"],
-               "sensitive_layers": [1, 2]},
+    "static": {
+        "per_channel": [True, False],
+        "activations": ["uint8_asym", "int8_sym"],
+        "calibration": ["minmax", "entropy", "percentile"],
+        "calibration_samples": [16, "all"],
+        "reduce_range": [True, False],
+        "float_layers": ["none", "first_last", "sensitive"],
+        "sensitive_layers": [1, 2],
+    },
 }
 
 
@@ -430,42 +467,76 @@ def test_default_space_samples_only_the_scheme_and_keeps_todays_static_options()
         assert choice == QuantizationChoice(choice.scheme)
         assert choice.describe() == choice.scheme
     static = QuantizationChoice("int8_static_qdq")
-    assert (static.per_channel, static.activations, static.calibration, static.calibration_samples,
-            static.reduce_range, static.float_layers) == (True, "uint8_asym", "minmax", None, True, "none")
+    assert (
+        static.per_channel,
+        static.activations,
+        static.calibration,
+        static.calibration_samples,
+        static.reduce_range,
+        static.float_layers,
+    ) == (True, "uint8_asym", "minmax", None, True, "none")
 
 
 def test_fixed_static_options_are_not_optuna_params_but_are_in_the_choice() -> None:
-    space = QuantizationSpace.model_validate({"schemes": [QOP], "static": {
-        "per_channel": False, "calibration": "entropy", "calibration_samples": 32, "float_layers": ["sensitive"],
-        "sensitive_layers": 2}})
+    space = QuantizationSpace.model_validate(
+        {
+            "schemes": [QOP],
+            "static": {
+                "per_channel": False,
+                "calibration": "entropy",
+                "calibration_samples": 32,
+                "float_layers": ["sensitive"],
+                "sensitive_layers": 2,
+            },
+        }
+    )
     for trial, choice in _ask(space, 5):
         assert trial.params == {}
-        assert choice == QuantizationChoice(QOP, per_channel=False, calibration="entropy", calibration_samples=32,
-                                            float_layers="sensitive", sensitive_layers=2)
+        assert choice == QuantizationChoice(
+            QOP,
+            per_channel=False,
+            calibration="entropy",
+            calibration_samples=32,
+            float_layers="sensitive",
+            sensitive_layers=2,
+        )
         assert choice.params()["quantization.sensitive_layers"] == 2
         assert choice.describe() == "int8_static_qoperator (per-tensor, entropy, 32 samples, float top-2)"
 
 
-@pytest.mark.parametrize("section, value", [
-    ({"schemes": ["int4"]}, "'int4'"),
-    ({"schemes": []}, "give at least one scheme"),
-    ({"schemes": [QDQ], "static": {"activations": "uint8"}},
-     "'uint8' is not allowed; choose one of: uint8_asym, int8_sym (did you mean 'uint8_asym'?)"),
-    ({"schemes": [QDQ], "static": {"calibration": ["minmax", "kl"]}},
-     "'kl' is not allowed; choose one of: minmax, entropy, percentile"),
-    ({"schemes": [QDQ], "static": {"float_layers": "first"}},
-     "'first' is not allowed; choose one of: none, first_last, sensitive"),
-    ({"schemes": [QDQ], "static": {"per_channel": "yes"}}, "per_channel got 'yes'; expected true, false"),
-    ({"schemes": [QDQ], "static": {"reduce_range": []}}, "give at least one choice"),
-    ({"schemes": [QDQ], "static": {"calibration_samples": [64, 0]}}, "calibration_samples got 0"),
-    ({"schemes": [QDQ], "static": {"calibration_samples": "most"}}, "calibration_samples got 'most'"),
-    ({"schemes": [QDQ], "static": {"float_layers": "sensitive", "sensitive_layers": [1, -2]}},
-     "sensitive_layers got -2"),
-    ({"schemes": [QDQ], "static": {"float_layers": "first_last", "sensitive_layers": 2}},
-     "sensitive_layers applies only when float_layers includes 'sensitive'"),
-    ({"schemes": ["fp32", "fp16"], "static": {"per_channel": False}}, "static options apply only to"),
-    ({"schemes": [QDQ], "static": {"per_chanel": False}}, "per_chanel"),
-])
+@pytest.mark.parametrize(
+    "section, value",
+    [
+        ({"schemes": ["int4"]}, "'int4'"),
+        ({"schemes": []}, "give at least one scheme"),
+        (
+            {"schemes": [QDQ], "static": {"activations": "uint8"}},
+            "'uint8' is not allowed; choose one of: uint8_asym, int8_sym (did you mean 'uint8_asym'?)",
+        ),
+        (
+            {"schemes": [QDQ], "static": {"calibration": ["minmax", "kl"]}},
+            "'kl' is not allowed; choose one of: minmax, entropy, percentile",
+        ),
+        (
+            {"schemes": [QDQ], "static": {"float_layers": "first"}},
+            "'first' is not allowed; choose one of: none, first_last, sensitive",
+        ),
+        ({"schemes": [QDQ], "static": {"per_channel": "yes"}}, "per_channel got 'yes'; expected true, false"),
+        ({"schemes": [QDQ], "static": {"reduce_range": []}}, "give at least one choice"),
+        ({"schemes": [QDQ], "static": {"calibration_samples": [64, 0]}}, "calibration_samples got 0"),
+        ({"schemes": [QDQ], "static": {"calibration_samples": "most"}}, "calibration_samples got 'most'"),
+        (
+            {"schemes": [QDQ], "static": {"float_layers": "sensitive", "sensitive_layers": [1, -2]}},
+            "sensitive_layers got -2",
+        ),
+        (
+            {"schemes": [QDQ], "static": {"float_layers": "first_last", "sensitive_layers": 2}},
+            "sensitive_layers applies only when float_layers includes 'sensitive'",
+        ),
+        ({"schemes": ["fp32", "fp16"], "static": {"per_channel": False}}, "static options apply only to"),
+        ({"schemes": [QDQ], "static": {"per_chanel": False}}, "per_chanel"),
+    ],
+)
 def test_bad_values_are_refused_naming_the_value_and_what_is_allowed(section: dict, value: str) -> None:
     with pytest.raises(ValidationError) as caught:
         QuantizationSpace.model_validate(section)

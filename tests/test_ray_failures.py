@@ -37,7 +37,7 @@ def local_ray():
 
 
 def _result(executor, ref):
-    (item, result), = executor.wait([Running(7, ref)], timeout=300)
+    ((item, result),) = executor.wait([Running(7, ref)], timeout=300)
     assert item.number == 7 and not result.ok
     return result
 
@@ -79,7 +79,7 @@ def test_an_attempt_past_the_time_limit_is_stopped_and_counts_as_a_timeout(local
     item = Running(3, ray.remote(max_retries=0)(_hangs).remote(), clock[0])
     assert executor.wait([item], timeout=0.1) == []  # within its limit: still running
     clock[0] = 61.0
-    (done, result), = executor.wait([item], timeout=0.1)
+    ((done, result),) = executor.wait([item], timeout=0.1)
     assert done is item and result.info[MACHINERY] == "timeout"
     assert "search.trial_timeout_s = 60 s" in result.error
     with pytest.raises(ray.exceptions.RayError):  # the task itself was stopped, not left running

@@ -26,8 +26,14 @@ from search.study import (
     reusable,
 )
 
-METRICS = {"accuracy": 95.0, "accuracy_drop": 0.5, "latency_p50_ms": 0.1, "latency_p95_ms": 0.12, "size_mb": 0.01,
-           "params": 1000.0}
+METRICS = {
+    "accuracy": 95.0,
+    "accuracy_drop": 0.5,
+    "latency_p50_ms": 0.1,
+    "latency_p95_ms": 0.12,
+    "size_mb": 0.01,
+    "params": 1000.0,
+}
 
 
 @pytest.fixture
@@ -45,10 +51,21 @@ def _ask(study, x: float) -> optuna.Trial:
 
 def _tell_ok(study, x: float, metrics=METRICS) -> int:
     trial = _ask(study, x)
-    rec = TrialRecord(plan={"x": x}, describe=f"x={x}", stages={"distill": 1.5}, info={"latency_cache": "miss"},
-                      metrics=dict(metrics), feasible=True)
-    record(study, trial, rec, values=[metrics["accuracy"], metrics["latency_p50_ms"], metrics["size_mb"]],
-           constraints={"accuracy_drop": -1.0})
+    rec = TrialRecord(
+        plan={"x": x},
+        describe=f"x={x}",
+        stages={"distill": 1.5},
+        info={"latency_cache": "miss"},
+        metrics=dict(metrics),
+        feasible=True,
+    )
+    record(
+        study,
+        trial,
+        rec,
+        values=[metrics["accuracy"], metrics["latency_p50_ms"], metrics["size_mb"]],
+        constraints={"accuracy_drop": -1.0},
+    )
     return trial.number
 
 
@@ -57,8 +74,14 @@ def test_a_record_round_trips_through_sqlite_storage(exp):
     number = _tell_ok(study, 1.0)
     stored = optuna.load_study(study_name=exp.name, storage=exp.storage_url).trials[number]
     rec = read(stored)
-    assert rec == TrialRecord(plan={"x": 1.0}, describe="x=1.0", stages={"distill": 1.5},
-                              info={"latency_cache": "miss"}, metrics=METRICS, feasible=True)
+    assert rec == TrialRecord(
+        plan={"x": 1.0},
+        describe="x=1.0",
+        stages={"distill": 1.5},
+        info={"latency_cache": "miss"},
+        metrics=METRICS,
+        feasible=True,
+    )
     assert stored.user_attrs[VERSION] == RECORD_VERSION
     assert candidate(stored).accuracy == 95.0 and candidate(stored).plan == "x=1.0"
 
@@ -78,13 +101,20 @@ def test_a_failure_keeps_its_reason_and_the_end_of_its_traceback(exp):
 def test_a_study_written_before_the_version_stamp_still_loads(exp):
     # The layout a release before the typed record wrote: the same keys, no version, the private interrupted tag.
     exp.out.mkdir(parents=True)
-    study = optuna.create_study(study_name=exp.name, storage=exp.storage_url,
-                                directions=["maximize", "minimize", "minimize"])
+    study = optuna.create_study(
+        study_name=exp.name, storage=exp.storage_url, directions=["maximize", "minimize", "minimize"]
+    )
     study.set_user_attr("objectives", list(exp.objectives))
     study.set_user_attr("teacher", {"accuracy": 96.0, "latency_p50_ms": 0.2, "size_mb": 0.02})
     old = _ask(study, 1.0)
-    for key, value in {"plan": {"x": 1.0}, "describe": "x=1", "stages": {}, "info": {}, "metrics": METRICS,
-                       "feasible": True}.items():
+    for key, value in {
+        "plan": {"x": 1.0},
+        "describe": "x=1",
+        "stages": {},
+        "info": {},
+        "metrics": METRICS,
+        "feasible": True,
+    }.items():
         old.set_user_attr(key, value)
     study.tell(old, [95.0, 0.1, 0.01])
     left = study.ask()
@@ -129,8 +159,9 @@ def test_interrupted_trials_are_retried_by_optunas_convention(exp):
     assert again.params == left.params
     assert requeue(study, [again.number]) == [again.number]  # interrupted a second time
     second = study.get_trials(states=(TrialState.WAITING,))[0]
-    assert retry_history(second) == [left.number, again.number] == RetryHeartbeatStaleTrialCallback.retry_history(
-        second)
+    assert (
+        retry_history(second) == [left.number, again.number] == RetryHeartbeatStaleTrialCallback.retry_history(second)
+    )
     assert retry_of(second) == left.number
     assert [t.number for t in finished(study)] == [done]
 

@@ -31,8 +31,10 @@ def test_every_sampler_drives_a_multi_objective_study_over_the_real_space(name):
 def test_the_schema_allows_exactly_the_registered_samplers_and_policies():
     with pytest.raises(ConfigError) as caught:
         parse({"name": "x", "search": {"sampler": "tpee"}}, "x.yaml")
-    assert str(caught.value) == ("x.yaml: search.sampler: 'tpee' is not allowed; choose one of: "
-                                 f"{', '.join(SAMPLERS.names())} (did you mean 'tpe'?)")
+    assert str(caught.value) == (
+        "x.yaml: search.sampler: 'tpee' is not allowed; choose one of: "
+        f"{', '.join(SAMPLERS.names())} (did you mean 'tpe'?)"
+    )
     with pytest.raises(ConfigError, match="pick.policy: 'fastest' is not allowed.*fastest_within"):
         parse({"name": "x", "pick": {"policy": "fastest"}})
 
@@ -54,8 +56,16 @@ def test_a_sampler_registered_from_outside_search_is_reachable_from_an_experimen
 
 
 def _candidate(trial: int, accuracy_drop: float, latency: float, size_mb: float = 0.01) -> Candidate:
-    return Candidate(trial=trial, plan=f"plan {trial}", accuracy=99.0 - accuracy_drop, accuracy_drop=accuracy_drop,
-                     latency_p50_ms=latency, latency_p95_ms=latency, size_mb=size_mb, params=1.0)
+    return Candidate(
+        trial=trial,
+        plan=f"plan {trial}",
+        accuracy=99.0 - accuracy_drop,
+        accuracy_drop=accuracy_drop,
+        latency_p50_ms=latency,
+        latency_p95_ms=latency,
+        size_mb=size_mb,
+        params=1.0,
+    )
 
 
 @pytest.mark.parametrize("name", PICK_POLICIES.names())

@@ -38,7 +38,7 @@ def _stop_after_two(path, tmp_path, sig) -> tuple[dict[int, object], int]:
         # The driver prints a line per finished trial; stop it right after the second, as a user watching would.
         for line in proc.stdout:
             lines.append(line)
-            if sum(l.startswith("trial ") for l in lines) >= 2:
+            if sum(line.startswith("trial ") for line in lines) >= 2:
                 break
         assert proc.poll() is None, "".join(lines)[-3000:]
         if sig == signal.SIGINT:
@@ -72,8 +72,9 @@ def _check_resumed(exp, kept: dict[int, object]) -> None:
 
 
 def test_ctrl_c_stops_cleanly_then_the_same_command_resumes(tmp_path):
-    path = small_experiment(tmp_path, name="ctrlc", search={"sampler": "tpe", "trials": BUDGET, "parallel": 2,
-                                                            "heartbeat_s": 1.0})
+    path = small_experiment(
+        tmp_path, name="ctrlc", search={"sampler": "tpe", "trials": BUDGET, "parallel": 2, "heartbeat_s": 1.0}
+    )
     exp = load(path)
     kept, code, output = _stop_after_two(path, tmp_path, signal.SIGINT)
     assert code == 130, output[-3000:]
@@ -86,8 +87,9 @@ def test_ctrl_c_stops_cleanly_then_the_same_command_resumes(tmp_path):
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert sorted(t.system_attrs["failed_trial"] for t in waiting) == sorted(left)
     client = MlflowClient(exp.tracking_uri)
-    parent = client.search_runs([client.get_experiment_by_name(exp.name).experiment_id],
-                                "tags.`slimsweep.role` = 'sweep'")[0]
+    parent = client.search_runs(
+        [client.get_experiment_by_name(exp.name).experiment_id], "tags.`slimsweep.role` = 'sweep'"
+    )[0]
     assert parent.info.status == "KILLED"
 
     result = run_cli("run", str(path), cwd=tmp_path)
@@ -112,8 +114,9 @@ def _latency_cache_kept(exp) -> None:
 
 def test_a_crashed_driver_is_resumed_without_repeating_finished_trials(tmp_path):
     # heartbeat_s: the killed driver's trials are taken over after 4 missed beats (4 s here).
-    path = small_experiment(tmp_path, name="crash", search={"sampler": "tpe", "trials": BUDGET, "parallel": 2,
-                                                            "heartbeat_s": 1.0})
+    path = small_experiment(
+        tmp_path, name="crash", search={"sampler": "tpe", "trials": BUDGET, "parallel": 2, "heartbeat_s": 1.0}
+    )
     exp = load(path)
     kept, _, _ = _stop_after_two(path, tmp_path, signal.SIGKILL)
     study = optuna.load_study(study_name=exp.name, storage=exp.storage_url)
@@ -133,6 +136,7 @@ def test_a_crashed_driver_is_resumed_without_repeating_finished_trials(tmp_path)
 
 def _parent(exp) -> str:
     client = MlflowClient(exp.tracking_uri)
-    (run,) = client.search_runs([client.get_experiment_by_name(exp.name).experiment_id],
-                                "tags.`slimsweep.role` = 'sweep'")
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name(exp.name).experiment_id], "tags.`slimsweep.role` = 'sweep'"
+    )
     return run.info.run_id

@@ -127,8 +127,9 @@ def test_a_distilled_student_learns_from_the_teacher(teacher, data):
     torch.manual_seed(0)
     student = CNN(1, CLASSES, width=0.25, depth=1)
     chance = accuracy(student, data.x_val, data.y_val)
-    loss = train(student, data.x_train, data.y_train, Distillation(epochs=8, alpha=0.7, temperature=4.0, seed=0),
-                 teacher=teacher)
+    loss = train(
+        student, data.x_train, data.y_train, Distillation(epochs=8, alpha=0.7, temperature=4.0, seed=0), teacher=teacher
+    )
     assert loss == loss and loss > 0  # the last epoch's mean loss, finite and positive
     assert chance < 0.3
     assert accuracy(student, data.x_val, data.y_val) > 0.85
@@ -171,8 +172,9 @@ def test_the_teacher_is_trained_once_then_read_from_the_cache(data, tmp_path, mo
     assert len(list((tmp_path / "teachers").iterdir())) == 2
 
 
-@pytest.mark.parametrize("change", [dict(task="other"), dict(seed=1), dict(width=0.5), dict(depth=3),
-                                    dict(epochs=31), dict(lr=0.001)])
+@pytest.mark.parametrize(
+    "change", [dict(task="other"), dict(seed=1), dict(width=0.5), dict(depth=3), dict(epochs=31), dict(lr=0.001)]
+)
 def test_every_teacher_setting_changes_the_cache_key(change):
     base = dict(task="digits", seed=0, width=1.0, depth=2, epochs=30, lr=0.003)
     assert teacher_key(**dict(base, **change)) != teacher_key(**base)
@@ -188,8 +190,15 @@ FAMILIES = {
     "resnet": StudentChoice("resnet", blocks=(1, 2, 1), base_width=16),
 }
 # Inverted-residual tables as written in the MobileNetV2 paper (Table 2) and in the compact preset: (t, c, n, s).
-STANDARD_TABLE = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
-                  (6, 320, 1, 1)]
+STANDARD_TABLE = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
 COMPACT_TABLE = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2), (6, 64, 2, 2), (6, 96, 1, 1)]
 
 
@@ -211,9 +220,17 @@ def map_sizes(model: torch.nn.Module, hw: tuple[int, int]) -> list[tuple[int, in
 def test_the_default_cnn_keeps_the_cached_teachers_layout():
     # Teachers cached on disk were saved from this layout: 3 stages x 2 blocks of 3x3 conv-BN-ReLU, pools between.
     state = CNN(1, CLASSES, width=1.0, depth=2).state_dict()
-    conv_shapes = {f"features.{i}.weight": shape for i, shape in [
-        (0, (32, 1, 3, 3)), (3, (32, 32, 3, 3)), (7, (64, 32, 3, 3)), (10, (64, 64, 3, 3)),
-        (14, (128, 64, 3, 3)), (17, (128, 128, 3, 3))]}
+    conv_shapes = {
+        f"features.{i}.weight": shape
+        for i, shape in [
+            (0, (32, 1, 3, 3)),
+            (3, (32, 32, 3, 3)),
+            (7, (64, 32, 3, 3)),
+            (10, (64, 64, 3, 3)),
+            (14, (128, 64, 3, 3)),
+            (17, (128, 128, 3, 3)),
+        ]
+    }
     assert {k: tuple(v.shape) for k, v in state.items() if k.endswith(".weight") and v.dim() == 4} == conv_shapes
     assert tuple(state["classifier.weight"].shape) == (CLASSES, 128)
     assert len(state) == 6 * 6 + 2  # per block conv weight + BN weight, bias, mean, var, count; head weight, bias
@@ -238,12 +255,15 @@ def test_every_family_builds_for_the_input_and_runs_in_onnx_runtime(kind, hw):
         assert min(min(s) for s in map_sizes(model, hw)) >= 4
 
 
-@pytest.mark.parametrize("kind, hw, final", [
-    ("mobilenetv2", DIGITS_HW, (4, 4)),  # stem 8 -> 4, every later stride dropped
-    ("mobilenetv2", MNIST_HW, (4, 4)),  # 28 -> 14 -> 7 -> 4, then stride 1
-    ("resnet", DIGITS_HW, (4, 4)),  # stem and stage 1 at 8, stage 2 -> 4, stage 3 stays 4
-    ("resnet", MNIST_HW, (7, 7)),  # 28, 28, 14, 7
-])
+@pytest.mark.parametrize(
+    "kind, hw, final",
+    [
+        ("mobilenetv2", DIGITS_HW, (4, 4)),  # stem 8 -> 4, every later stride dropped
+        ("mobilenetv2", MNIST_HW, (4, 4)),  # 28 -> 14 -> 7 -> 4, then stride 1
+        ("resnet", DIGITS_HW, (4, 4)),  # stem and stage 1 at 8, stage 2 -> 4, stage 3 stays 4
+        ("resnet", MNIST_HW, (7, 7)),  # 28, 28, 14, 7
+    ],
+)
 def test_small_inputs_get_fewer_downsamplings_and_keep_maps_of_at_least_4(kind, hw, final):
     model = build(FAMILIES[kind], None, 1, CLASSES, hw)
     assert map_sizes(model, hw)[-1] == final
@@ -358,8 +378,10 @@ def test_suits_says_why_a_family_cannot_take_an_input_and_build_without_its_size
 def test_torchvision_students_distilled_from_a_small_teacher_classify_digits(kind, teacher, data):
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     torch.manual_seed(0)
-    choice = {"mobilenetv2": StudentChoice("mobilenetv2", width=0.35, settings="compact", epochs=4, lr=0.01),
-              "resnet": StudentChoice("resnet", blocks=(1, 1, 1), base_width=16, epochs=3, lr=0.01)}[kind]
+    choice = {
+        "mobilenetv2": StudentChoice("mobilenetv2", width=0.35, settings="compact", epochs=4, lr=0.01),
+        "resnet": StudentChoice("resnet", blocks=(1, 1, 1), base_width=16, epochs=3, lr=0.01),
+    }[kind]
     student = build(choice, teacher, 1, CLASSES, DIGITS_HW)
     chance = accuracy(student, data.x_val, data.y_val)
     d = Distillation(epochs=choice.epochs, lr=choice.lr, temperature=choice.temperature, alpha=choice.alpha, seed=0)
@@ -414,8 +436,9 @@ def test_each_trial_samples_and_records_only_its_familys_knobs():
 
 
 def test_cnn_stage_depths_and_kernel_size_are_sampled_in_place_of_depth():
-    space = StudentSpace.model_validate({"teacher": False, "cnn": {"stage_depths": [[1, 1, 1], [1, 2, 2]],
-                                                                   "kernel_size": [3, 5]}})
+    space = StudentSpace.model_validate(
+        {"teacher": False, "cnn": {"stage_depths": [[1, 1, 1], [1, 2, 2]], "kernel_size": [3, 5]}}
+    )
     pairs = ask(space, 30)
     for trial, choice in pairs:
         assert "cnn.depth" not in trial.params and "student.depth" not in choice.params()
@@ -437,42 +460,87 @@ def test_the_digits_experiment_keeps_its_meaning():
         assert set(trial.params) <= {"student", "cnn.width", "cnn.depth", "cnn.temperature", "cnn.alpha"}
 
 
-@pytest.mark.parametrize("choice, params, label", [
-    (StudentChoice("teacher"), {"student.kind": "teacher"}, "teacher"),
-    (StudentChoice("cnn", width=0.5, depth=1, epochs=12),
-     {"student.kind": "cnn", "student.width": 0.5, "student.depth": 1, "student.kernel_size": 3,
-      "student.temperature": 4.0, "student.alpha": 0.7, "student.epochs": 12, "student.lr": 0.003}, "cnn w0.5 d1"),
-    (StudentChoice("cnn", width=0.5, stage_depths=(1, 2, 2), kernel_size=5, epochs=12),
-     {"student.kind": "cnn", "student.width": 0.5, "student.stage_depths": "1-2-2", "student.kernel_size": 5,
-      "student.temperature": 4.0, "student.alpha": 0.7, "student.epochs": 12, "student.lr": 0.003},
-     "cnn w0.5 d1-2-2 k5"),
-    (StudentChoice("mobilenetv2", width=0.35, settings="standard", epochs=6),
-     {"student.kind": "mobilenetv2", "student.width": 0.35, "student.settings": "standard",
-      "student.temperature": 4.0, "student.alpha": 0.7, "student.epochs": 6, "student.lr": 0.003},
-     "mobilenetv2 w0.35 standard"),
-    (StudentChoice("resnet", blocks=(2, 2, 2), base_width=32, epochs=6),
-     {"student.kind": "resnet", "student.blocks": "2-2-2", "student.base_width": 32,
-      "student.temperature": 4.0, "student.alpha": 0.7, "student.epochs": 6, "student.lr": 0.003},
-     "resnet b2-2-2 w32"),
-])
+@pytest.mark.parametrize(
+    "choice, params, label",
+    [
+        (StudentChoice("teacher"), {"student.kind": "teacher"}, "teacher"),
+        (
+            StudentChoice("cnn", width=0.5, depth=1, epochs=12),
+            {
+                "student.kind": "cnn",
+                "student.width": 0.5,
+                "student.depth": 1,
+                "student.kernel_size": 3,
+                "student.temperature": 4.0,
+                "student.alpha": 0.7,
+                "student.epochs": 12,
+                "student.lr": 0.003,
+            },
+            "cnn w0.5 d1",
+        ),
+        (
+            StudentChoice("cnn", width=0.5, stage_depths=(1, 2, 2), kernel_size=5, epochs=12),
+            {
+                "student.kind": "cnn",
+                "student.width": 0.5,
+                "student.stage_depths": "1-2-2",
+                "student.kernel_size": 5,
+                "student.temperature": 4.0,
+                "student.alpha": 0.7,
+                "student.epochs": 12,
+                "student.lr": 0.003,
+            },
+            "cnn w0.5 d1-2-2 k5",
+        ),
+        (
+            StudentChoice("mobilenetv2", width=0.35, settings="standard", epochs=6),
+            {
+                "student.kind": "mobilenetv2",
+                "student.width": 0.35,
+                "student.settings": "standard",
+                "student.temperature": 4.0,
+                "student.alpha": 0.7,
+                "student.epochs": 6,
+                "student.lr": 0.003,
+            },
+            "mobilenetv2 w0.35 standard",
+        ),
+        (
+            StudentChoice("resnet", blocks=(2, 2, 2), base_width=32, epochs=6),
+            {
+                "student.kind": "resnet",
+                "student.blocks": "2-2-2",
+                "student.base_width": 32,
+                "student.temperature": 4.0,
+                "student.alpha": 0.7,
+                "student.epochs": 6,
+                "student.lr": 0.003,
+            },
+            "resnet b2-2-2 w32",
+        ),
+    ],
+)
 def test_params_and_describe_name_only_the_chosen_familys_knobs(choice, params, label):
     assert choice.params() == params
     assert choice.describe() == label
 
 
-@pytest.mark.parametrize("students, fragments", [
-    ({"mobilenetv2": {"settings": ["compakt"]}}, ["'compakt'", "compact, standard", "did you mean 'compact'"]),
-    ({"mobilenetv2": {"width": [0.5, -0.35]}}, ["width multiplier must be > 0", "-0.35"]),
-    ({"cnn": {"kernel_size": [3, 4]}}, ["kernel_size must be odd", "got 4"]),
-    ({"cnn": {"stage_depths": [[1, 2]]}}, ["3 stages", "[1, 2]"]),
-    ({"cnn": {"stage_depths": [1, 2, 2]}}, ["write [[1, 2, 2]]", "got [1, 2, 2]"]),
-    ({"cnn": {"depth": 2, "stage_depths": [[1, 2, 2]]}}, ["not both", "depth=2"]),
-    ({"resnet": {"blocks": [[1, 0, 1]]}}, [">= 1 in every stage", "[1, 0, 1]"]),
-    ({"resnet": {"blocks": [[1, 1, 1, 1, 1]]}}, ["1 to 4 stages", "[1, 1, 1, 1, 1]"]),
-    ({"resnet": {"base_width": [16, 0]}}, ["base_width must be > 0", "got 0"]),
-    ({"resnet": {"alpha": 1.5}}, ["alpha", "[0, 1]", "1.5"]),
-    ({"teacher": False, "cnn": None}, ["no student left"]),
-])
+@pytest.mark.parametrize(
+    "students, fragments",
+    [
+        ({"mobilenetv2": {"settings": ["compakt"]}}, ["'compakt'", "compact, standard", "did you mean 'compact'"]),
+        ({"mobilenetv2": {"width": [0.5, -0.35]}}, ["width multiplier must be > 0", "-0.35"]),
+        ({"cnn": {"kernel_size": [3, 4]}}, ["kernel_size must be odd", "got 4"]),
+        ({"cnn": {"stage_depths": [[1, 2]]}}, ["3 stages", "[1, 2]"]),
+        ({"cnn": {"stage_depths": [1, 2, 2]}}, ["write [[1, 2, 2]]", "got [1, 2, 2]"]),
+        ({"cnn": {"depth": 2, "stage_depths": [[1, 2, 2]]}}, ["not both", "depth=2"]),
+        ({"resnet": {"blocks": [[1, 0, 1]]}}, [">= 1 in every stage", "[1, 0, 1]"]),
+        ({"resnet": {"blocks": [[1, 1, 1, 1, 1]]}}, ["1 to 4 stages", "[1, 1, 1, 1, 1]"]),
+        ({"resnet": {"base_width": [16, 0]}}, ["base_width must be > 0", "got 0"]),
+        ({"resnet": {"alpha": 1.5}}, ["alpha", "[0, 1]", "1.5"]),
+        ({"teacher": False, "cnn": None}, ["no student left"]),
+    ],
+)
 def test_bad_student_values_are_refused_naming_the_value(students, fragments):
     with pytest.raises(ValidationError) as err:
         StudentSpace.model_validate(students)

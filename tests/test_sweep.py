@@ -12,9 +12,9 @@ import onnxruntime as ort
 import optuna
 import pytest
 import yaml
+from conftest import small_experiment
 from mlflow.tracking import MlflowClient
 
-from conftest import small_experiment
 from experiments.tasks import digits
 from search.cli import main
 from search.config import load
@@ -143,8 +143,11 @@ def test_front_and_pick_commands_reuse_the_sweep(swept, capsys):
 
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
     # A learning rate this large makes the distillation loss NaN: a real failure, caught by the trial itself.
-    space = {"students": {"teacher": True, "cnn": {"width": [0.25], "depth": [1], "epochs": 2, "lr": 1.0e30}},
-             "pruning": {"ratio": [0.0]}, "quantization": {"schemes": ["fp32"]}}
+    space = {
+        "students": {"teacher": True, "cnn": {"width": [0.25], "depth": [1], "epochs": 2, "lr": 1.0e30}},
+        "pruning": {"ratio": [0.0]},
+        "quantization": {"schemes": ["fp32"]},
+    }
     path = small_experiment(tmp_path, name="failing", space=space)
     assert main(["run", str(path), "--trials", "5", "--quiet"]) == 0
     exp = load(path)
@@ -176,11 +179,15 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
         assert read(t).reuse_of == first and t.params == study.trials[first].params
         assert t.values == study.trials[first].values
         assert not read(t).stages  # nothing ran
-    parent = client.search_runs([client.get_experiment_by_name(exp.name).experiment_id],
-                                "tags.`slimsweep.role` = 'sweep'")[0]
+    parent = client.search_runs(
+        [client.get_experiment_by_name(exp.name).experiment_id], "tags.`slimsweep.role` = 'sweep'"
+    )[0]
     assert parent.data.metrics["trials_reused"] == len(reused)
-    assert {r.data.tags.get("slimsweep.reuse_of") for r in children if int(r.data.tags["optuna.trial_number"])
-            in {t.number for t in reused}} <= {str(first)}
+    assert {
+        r.data.tags.get("slimsweep.reuse_of")
+        for r in children
+        if int(r.data.tags["optuna.trial_number"]) in {t.number for t in reused}
+    } <= {str(first)}
 
 
 def test_a_pick_policy_registered_by_a_test_module_is_reachable_from_the_experiment_file(swept, capsys):

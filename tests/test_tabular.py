@@ -43,11 +43,15 @@ def test_hypervolume_of_a_two_dimensional_front_is_its_area_by_hand():
 
 
 # A tiny space: the teacher itself, three pruning ratios, two schemes = 6 plans, with objectives made up by hand.
-TINY = Space.model_validate({"students": {"teacher": True, "cnn": None},
-                             "pruning": {"ratio": [0.0, 0.25, 0.5], "recover_epochs": 1},
-                             "quantization": {"schemes": ["fp32", "int8_dynamic"]}})
+TINY = Space.model_validate(
+    {
+        "students": {"teacher": True, "cnn": None},
+        "pruning": {"ratio": [0.0, 0.25, 0.5], "recover_epochs": 1},
+        "quantization": {"schemes": ["fp32", "int8_dynamic"]},
+    }
+)
 HAND = {  # (ratio, scheme) -> (accuracy %, p50 ms, size MB)
-    (0.0, "fp32"): (99.0, 1.0, 1.0),      # the teacher: the reference point's latency and size
+    (0.0, "fp32"): (99.0, 1.0, 1.0),  # the teacher: the reference point's latency and size
     (0.0, "int8_dynamic"): (98.5, 0.8, 0.3),
     (0.25, "fp32"): (98.0, 0.5, 0.6),
     (0.25, "int8_dynamic"): (90.0, 0.3, 0.2),  # 9 points lost: outside the reference point, counts nothing

@@ -51,9 +51,16 @@ def trained(model: torch.nn.Module, steps: int = 20) -> torch.nn.Module:
 
 def export(model: torch.nn.Module, opset: int | None = None) -> bytes:
     f = io.BytesIO()
-    torch.onnx.export(model, (torch.zeros(1, 1, 8, 8),), f, dynamo=False, opset_version=opset,
-                      input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 1, 8, 8),),
+        f,
+        dynamo=False,
+        opset_version=opset,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+    )
     return f.getvalue()
 
 
@@ -122,8 +129,9 @@ def test_settings_come_from_the_spec_and_other_values_are_refused(untrained):
         ("openvino", "OpenVINOExecutionProvider", "pip install slimsweep[openvino]"),
     ],
 )
-def test_accelerator_target_fails_at_check_naming_the_provider_and_the_fix(kind, provider, hint, untrained,
-                                                                           cpu_settings):
+def test_accelerator_target_fails_at_check_naming_the_provider_and_the_fix(
+    kind, provider, hint, untrained, cpu_settings
+):
     target = make_target(TargetSpec(kind))
     try:
         target.check()
@@ -141,8 +149,7 @@ def test_accelerator_target_fails_at_check_naming_the_provider_and_the_fix(kind,
 
 
 @pytest.mark.filterwarnings("ignore:Specified provider")
-def test_a_session_that_falls_back_to_the_cpu_is_refused_at_check_and_measure(monkeypatch, untrained,
-                                                                               cpu_settings):
+def test_a_session_that_falls_back_to_the_cpu_is_refused_at_check_and_measure(monkeypatch, untrained, cpu_settings):
     # As with onnxruntime-gpu on a host whose GPU does not start: the provider is listed, but ONNX Runtime gives
     # the real session to the CPU provider with only a warning.
     listed = [*ort.get_available_providers(), "CUDAExecutionProvider"]
@@ -304,7 +311,8 @@ def test_width_opset_and_timing_parts_change_the_key(untrained):
     assert key() == key()
     assert len({key(), key(batch_size=4), key(threads=2)}) == 3
     assert graph_key(untrained, settings_for(TargetSpec("cpu"), warmup=1)) != graph_key(
-        untrained, settings_for(TargetSpec("cpu"), warmup=2))
+        untrained, settings_for(TargetSpec("cpu"), warmup=2)
+    )
 
 
 def test_a_shape_constant_changes_the_key():
@@ -313,8 +321,9 @@ def test_a_shape_constant_changes_the_key():
         x = onnx.helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, [2, 6])
         y = onnx.helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, None)
         target = onnx.numpy_helper.from_array(np.array(shape, np.int64), "shape")
-        graph = onnx.helper.make_graph([onnx.helper.make_node("Reshape", ["X", "shape"], ["Y"])], "g", [x], [y],
-                                       initializer=[target])
+        graph = onnx.helper.make_graph(
+            [onnx.helper.make_node("Reshape", ["X", "shape"], ["Y"])], "g", [x], [y], initializer=[target]
+        )
         return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]).SerializeToString()
 
     assert graph_key(reshaped([3, 4])) != graph_key(reshaped([4, 3]))

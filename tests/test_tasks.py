@@ -103,11 +103,14 @@ def test_a_train_set_and_a_test_set_of_idx_files_keep_the_official_split(tmp_pat
     assert len(d.x_train) + len(d.x_calib) == 90 and len(d.x_calib) >= 3
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("truncated", "truncated or corrupt: its header declares shape (10000,)"),
-    ("bad magic", "not an IDX file: it starts with 0x504b0304"),
-    ("cut gzip", "a damaged or truncated gzip file"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("truncated", "truncated or corrupt: its header declares shape (10000,)"),
+        ("bad magic", "not an IDX file: it starts with 0x504b0304"),
+        ("cut gzip", "a damaged or truncated gzip file"),
+    ],
+)
 def test_a_damaged_idx_file_is_refused_naming_the_file(tmp_path, damage, message):
     (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes((SHIPPED_MNIST / "t10k-images-idx3-ubyte.gz").read_bytes())
     labels = gzip.decompress((SHIPPED_MNIST / "t10k-labels-idx1-ubyte.gz").read_bytes())
@@ -141,8 +144,25 @@ def _cifar_folder(root: Path, per_class_train: int = 1, test_per_class: int = 2)
             pickle.dump({"batch_label": name, "labels": labels, "data": data, "filenames": []}, f)
         written[name] = data
     with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                                     "ship", "truck"], "num_cases_per_batch": 10, "num_vis": 3072}, f)
+        pickle.dump(
+            {
+                "label_names": [
+                    "airplane",
+                    "automobile",
+                    "bird",
+                    "cat",
+                    "deer",
+                    "dog",
+                    "frog",
+                    "horse",
+                    "ship",
+                    "truck",
+                ],
+                "num_cases_per_batch": 10,
+                "num_vis": 3072,
+            },
+            f,
+        )
     return written
 
 
@@ -229,7 +249,7 @@ def test_imagefolder_limit_and_a_wrong_root(tmp_path):
 
 # ---------------------------------------------------------------- a plugin module:function
 
-PLUGIN = '''
+PLUGIN = """
 import numpy as np
 import torch
 from torch import nn
@@ -277,7 +297,7 @@ def wrong():
 
 def broken(**options):
     raise KeyError("no such table")
-'''
+"""
 
 
 @pytest.fixture
@@ -305,8 +325,9 @@ def test_plugin_returns_arrays_a_teacher_and_the_input_shape(plugin):
 def test_plugin_returns_a_task_or_data_only_with_the_configured_teacher(plugin):
     task = load_task({"name": "plugin", "entry": f"{plugin}:as_task"})
     assert isinstance(task, Task) and task.data.input_shape == (1, 4, 4) and task.teacher is not None
-    data_only = load_task({"name": "plugin", "entry": f"{plugin}:data_only",
-                           "teacher": {"width": 0.25, "depth": 1, "epochs": 1}})
+    data_only = load_task(
+        {"name": "plugin", "entry": f"{plugin}:data_only", "teacher": {"width": 0.25, "depth": 1, "epochs": 1}}
+    )
     assert data_only.teacher is None and data_only.teacher_spec.width == 0.25
 
 
@@ -382,8 +403,11 @@ def test_checkpoint_teachers_predict_like_the_model_they_were_saved_from(saved, 
 
 def test_checkpoint_mistakes_are_named(saved, pets, tmp_path):
     base = {"name": "imagefolder", "root": str(pets), "image_size": 32}
-    with pytest.raises(ConfigError, match=r"task\.teacher\.arch: 'mobilenet_v3_smal' is not a torchvision "
-                                          r"classification architecture; close names: mobilenet_v3_small"):
+    with pytest.raises(
+        ConfigError,
+        match=r"task\.teacher\.arch: 'mobilenet_v3_smal' is not a torchvision "
+        r"classification architecture; close names: mobilenet_v3_small",
+    ):
         load_task({**base, "teacher": {"checkpoint": str(saved["state_dict"]), "arch": "mobilenet_v3_smal"}})
     with pytest.raises(ConfigError, match="holds a state dict, not a model; give arch"):
         load_task({**base, "teacher": {"checkpoint": str(saved["state_dict"])}})
@@ -423,8 +447,12 @@ def onnx_files(tmp_path) -> tuple[Path, Path, nn.Module]:
     path.write_bytes(to_onnx(model, torch.zeros(1, 1, 8, 8)))
     rng = np.random.default_rng(0)
     data = tmp_path / "data.npz"
-    np.savez(data, x_calib=rng.random((16, 1, 8, 8), dtype=np.float32),
-             x_val=rng.random((20, 1, 8, 8), dtype=np.float32), y_val=np.arange(20) % 5)
+    np.savez(
+        data,
+        x_calib=rng.random((16, 1, 8, 8), dtype=np.float32),
+        x_val=rng.random((20, 1, 8, 8), dtype=np.float32),
+        y_val=np.arange(20) % 5,
+    )
     return path, data, model
 
 
@@ -453,8 +481,12 @@ def test_onnx_only_mistakes_are_named(onnx_files, tmp_path):
     with pytest.raises(DataError, match="missing array.s. y_val"):
         load_task({"name": "onnx", "model": str(model_path), "data": str(no_labels)})
     wrong_shape = tmp_path / "wrong_shape.npz"
-    np.savez(wrong_shape, x_calib=np.zeros((2, 3, 8, 8), np.float32), x_val=np.zeros((2, 3, 8, 8), np.float32),
-             y_val=np.zeros(2, np.int64))
+    np.savez(
+        wrong_shape,
+        x_calib=np.zeros((2, 3, 8, 8), np.float32),
+        x_val=np.zeros((2, 3, 8, 8), np.float32),
+        y_val=np.zeros(2, np.int64),
+    )
     with pytest.raises(DataError, match=r"does not run on x_val .*samples of shape \(3, 8, 8\)"):
         load_task({"name": "onnx", "model": str(model_path), "data": str(wrong_shape)})
 
@@ -471,18 +503,23 @@ def test_the_shipped_digits_experiment_task_still_parses_with_its_flat_teacher()
     assert nested == task and parse_task({}) == parse_task({"name": "digits"})
 
 
-@pytest.mark.parametrize("section, message", [
-    ({"name": "mnist-idx", "path": "/no/such/mnist"}, "task.path: no such folder (got '/no/such/mnist')"),
-    ({"name": "imagefolder", "root": "/no/pets", "image_size": 8}, "task.root: no such folder (got '/no/pets')"),
-    ({"name": "onnx", "model": "/no/m.onnx", "data": "/no/d.npz"}, "task.model: no such file (got '/no/m.onnx')"),
-    ({"name": "digits", "teacher": {"checkpoint": "/no/t.pt"}},
-     "task.teacher.checkpoint: no such file (got '/no/t.pt')"),
-    ({"name": "imagefolder", "root": "."}, "task.image_size: required but missing"),
-    ({"name": "mnist", "seed": 0}, "task.name: unknown task 'mnist'; choose one of: digits, mnist-idx, cifar10"),
-    ({"name": "mnist-idx", "limt": 5}, "task.limt: unknown key; choose one of: name, path, limit, seed, teacher"),
-    ({"teacher": {"epohcs": 3}}, "task.teacher.epohcs: unknown key; choose one of: width, depth, epochs, lr"),
-    ({"name": "mnist-idx", "limit": 5}, "task.limit: Input should be greater than or equal to 20"),
-])
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"name": "mnist-idx", "path": "/no/such/mnist"}, "task.path: no such folder (got '/no/such/mnist')"),
+        ({"name": "imagefolder", "root": "/no/pets", "image_size": 8}, "task.root: no such folder (got '/no/pets')"),
+        ({"name": "onnx", "model": "/no/m.onnx", "data": "/no/d.npz"}, "task.model: no such file (got '/no/m.onnx')"),
+        (
+            {"name": "digits", "teacher": {"checkpoint": "/no/t.pt"}},
+            "task.teacher.checkpoint: no such file (got '/no/t.pt')",
+        ),
+        ({"name": "imagefolder", "root": "."}, "task.image_size: required but missing"),
+        ({"name": "mnist", "seed": 0}, "task.name: unknown task 'mnist'; choose one of: digits, mnist-idx, cifar10"),
+        ({"name": "mnist-idx", "limt": 5}, "task.limt: unknown key; choose one of: name, path, limit, seed, teacher"),
+        ({"teacher": {"epohcs": 3}}, "task.teacher.epohcs: unknown key; choose one of: width, depth, epochs, lr"),
+        ({"name": "mnist-idx", "limit": 5}, "task.limit: Input should be greater than or equal to 20"),
+    ],
+)
 def test_schema_errors_name_the_field_and_the_value(section, message):
     with pytest.raises(ConfigError) as info:
         parse_task(section)
@@ -510,4 +547,3 @@ def test_the_schema_module_stays_light():
     code = f"import sys, experiments.schema; print(sorted({heavy} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
-

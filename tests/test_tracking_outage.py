@@ -26,10 +26,25 @@ def _free_port() -> int:
 
 def _server(db: Path, artifacts: Path, port: int) -> subprocess.Popen:
     """A real `mlflow server` on loopback, in its own process group so the test can stop all of it."""
-    proc = subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{db}",
-                             "--default-artifact-root", artifacts.as_uri(), "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{db}",
+            "--default-artifact-root",
+            artifacts.as_uri(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     wait_for(lambda: unreachable(f"http://127.0.0.1:{port}", timeout_s=2) is None or proc.poll() is not None, 180)
     assert proc.poll() is None, "mlflow server did not start"
     return proc
@@ -58,8 +73,12 @@ def test_an_outage_mid_sweep_is_survived_and_sync_backfills_mlflow_once(tmp_path
     port = _free_port()
     db, artifacts = tmp_path / "server.db", tmp_path / "server-artifacts"
     uri = f"http://127.0.0.1:{port}"
-    path = small_experiment(tmp_path, name="outage", tracking={"uri": uri},
-                            search={"sampler": "random", "trials": 4, "parallel": 1, "seed": 0})
+    path = small_experiment(
+        tmp_path,
+        name="outage",
+        tracking={"uri": uri},
+        search={"sampler": "random", "trials": 4, "parallel": 1, "seed": 0},
+    )
     exp = load(path)
     server = _server(db, artifacts, port)
     proc = start_cli("run", str(path), cwd=tmp_path)

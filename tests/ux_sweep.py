@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import run_cli, small_experiment
+
 from search.config import Experiment, load
 
 _CACHE: dict[str, "Swept"] = {}

@@ -16,11 +16,22 @@ class TinyNet(nn.Module):
     def __init__(self, classes: int = 10) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
-        self.res = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-                                 nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32))
+        self.res = nn.Sequential(
+            nn.Conv2d(32, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+        )
         self.left = nn.Sequential(nn.Conv2d(32, 32, 1), nn.BatchNorm2d(32), nn.ReLU())
-        self.right = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.BatchNorm2d(32), nn.ReLU(),
-                                   nn.Conv2d(32, 32, 1), nn.BatchNorm2d(32), nn.ReLU())
+        self.right = nn.Sequential(
+            nn.Conv2d(32, 32, 3, padding=1, groups=32),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+        )
         self.head = nn.Linear(64, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -39,8 +50,14 @@ def make_task(epochs: int = 6, seed: int = 0) -> dict:
     y = bunch.target.astype(np.int64)
     order = np.random.default_rng(seed).permutation(len(y))
     x, y = x[order], y[order]
-    split = {"x_train": x[:1200], "y_train": y[:1200], "x_calib": x[1200:1400], "y_calib": y[1200:1400],
-             "x_val": x[1400:], "y_val": y[1400:]}
+    split = {
+        "x_train": x[:1200],
+        "y_train": y[:1200],
+        "x_calib": x[1200:1400],
+        "y_calib": y[1200:1400],
+        "x_val": x[1400:],
+        "y_val": y[1400:],
+    }
     teacher = TinyNet()
     optimizer = torch.optim.Adam(teacher.parameters(), lr=0.003)
     xs, ys = torch.from_numpy(split["x_train"]), torch.from_numpy(split["y_train"])
