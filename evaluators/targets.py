@@ -221,8 +221,8 @@ class OpenVinoTarget(_OnnxRuntimeTarget):
     kind = "openvino"
     provider = "OpenVINOExecutionProvider"
     install_hint = (
-        "install the optional extra with `pip install slimsweep[openvino]` (onnxruntime-openvino, which replaces "
-        "the plain onnxruntime package), or use target kind 'cpu'"
+        "replace the plain onnxruntime package by onnxruntime-openvino (`make install-openvino`, or "
+        "`pip uninstall onnxruntime && pip install onnxruntime-openvino`), or use target kind 'cpu'"
     )
 
     def describe(self) -> dict[str, Any]:
