@@ -126,7 +126,7 @@ def test_settings_come_from_the_spec_and_other_values_are_refused(untrained):
     [
         ("cuda", "CUDAExecutionProvider", "install onnxruntime-gpu"),
         ("tensorrt", "TensorrtExecutionProvider", "TensorRT"),
-        ("openvino", "OpenVINOExecutionProvider", "pip install slimsweep[openvino]"),
+        ("openvino", "OpenVINOExecutionProvider", "make install-openvino"),
     ],
 )
 def test_accelerator_target_fails_at_check_naming_the_provider_and_the_fix(
