@@ -7,7 +7,6 @@ and onnx are imported only by the task that needs them.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 import inspect
 from collections.abc import Callable
@@ -18,7 +17,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from evaluators.errors import ConfigError, SlimsweepError
+from evaluators.errors import ConfigError, SlimsweepError, did_you_mean
 from experiments import readers
 from experiments.readers import DataError
 from experiments.schema import (
@@ -234,10 +233,8 @@ def _entry_point(entry: str) -> Callable[..., Any]:
     fn = getattr(module, name, None)
     if fn is None:
         public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
-        hint = difflib.get_close_matches(name, public, n=1)
-        near = f" (did you mean {hint[0]!r}?)" if hint else ""
         raise ConfigError(
-            f"task.entry: module {module_name!r} has no function {name!r}{near}; "
+            f"task.entry: module {module_name!r} has no function {name!r}{did_you_mean(name, public)}; "
             f"its functions: {', '.join(public) or 'none'}"
         )
     if not callable(fn):
