@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from evaluators.errors import ConfigError, SlimsweepError
-from search.config import Experiment, check_databases, load
+from search.config import Experiment, load
 
 EXIT_CONFIG, EXIT_INTERRUPTED = 2, 130
 
@@ -229,7 +229,6 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
     spec = exp.target.spec()
     if not args.ray_address:
         _check_target(spec)  # on a cluster the station checks it where it lands
-    check_databases(exp)  # a PostgreSQL study or MLflow store that is down: exit 2 before anything is written
     if args.dry_run:
         return _dry_run(exp, args)
     console = _console()

@@ -144,27 +144,6 @@ def check_database_url(v: str | None, what: str) -> str | None:
     return v
 
 
-def check_databases(exp: "Experiment") -> None:
-    """Fail at start, naming the field, when a PostgreSQL study or MLflow store cannot be reached (rather than
-    after the teacher trained, with a driver's traceback)."""
-    for field, url in (("search.storage", exp.search.storage), ("tracking.uri", exp.tracking.uri)):
-        if not url or not url.startswith("postgres"):
-            continue
-        import sqlalchemy  # only for a PostgreSQL URL: validating a file imports no database code
-
-        shown = sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-        try:
-            engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 10})
-            try:
-                with engine.connect():
-                    pass
-            finally:
-                engine.dispose()
-        except sqlalchemy.exc.SQLAlchemyError as exc:
-            reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
-            raise ConfigError(f"{field}: cannot reach the PostgreSQL database {shown}: {reason}") from None
-
-
 class Search(Strict):
     """The Optuna study, how many trials run at once and what each asks of a Ray node."""
 

@@ -176,9 +176,7 @@ def deliver(
             metadata={"slimsweep": {"plan": card["plan"], "why": card["why"], "io": card["io"]}},
         )
 
-    version = hand_over(
-        folder, c.trial, source.read_bytes(), card, register, tracker.move_alias, tracker.alias_version()
-    )
+    version = hand_over(folder, c.trial, source.read_bytes(), card, register, tracker.move_alias)
     # After the hand-over, so the front's files never mark a pick that a crash left uncommitted.
     publish_front(exp, study, tracker, members, pick=c.trial, policy=policy)
     card_path = folder / "model_card.json"

@@ -5,14 +5,18 @@ in the registry is the commit point; then both files are renamed into place (os.
 system) and the record removed. A crash at any step leaves either the old hand-over intact (alias not moved: the
 next `run` / `pick` discards the leftovers and redoes it) or a pending record whose alias already moved (the next
 command that reads the outputs completes the renames). Registration is idempotent: a version already registered
-for the same trial and the same ONNX bytes is reused, never duplicated.
+for the same trial and the same ONNX bytes is reused, never duplicated. Drivers sharing a study hand over one at a
+time (an exclusive lock on the folder), so the last one's files and alias agree.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -33,6 +37,17 @@ class Pending:
     trial: int
     sha256: str
     version: str | None = None
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold the folder's hand-over lock: another driver's hand-over waits, rather than renaming our files."""
+    with (folder / ".handover.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _tmp(path: Path) -> Path:
@@ -82,24 +97,25 @@ def hand_over(
     card: dict[str, Any],
     register: Callable[[str], str],
     move_alias: Callable[[str], None],
-    current: str | None,
 ) -> str:
     """Write deployable.onnx and model_card.json and move the alias as one step; return the registry version.
 
     `register(sha)` returns the version for these bytes (an existing one if already registered); `move_alias`
-    points the alias at it; `current` is the version the alias points at now.
+    points the alias at it (idempotent: the same version again changes nothing).
     """
     folder.mkdir(parents=True, exist_ok=True)
-    digest = sha256(onnx)
-    _write_atomic(folder / PENDING, json.dumps({"trial": trial, "sha256": digest}).encode())
-    _tmp(folder / ONNX).write_bytes(onnx)
-    version = register(digest)
-    card = dict(card, registry={**card.get("registry", {}), "version": version})
-    _tmp(folder / CARD).write_text(json.dumps(card, indent=2))
-    _write_atomic(folder / PENDING, json.dumps({"trial": trial, "sha256": digest, "version": version}).encode())
-    if version and version != current:  # "" when MLflow was unreachable: nothing registered to point at
-        move_alias(version)  # the commit point: from here on a crash is completed, not undone
-    os.replace(_tmp(folder / ONNX), folder / ONNX)
-    os.replace(_tmp(folder / CARD), folder / CARD)
-    (folder / PENDING).unlink()
+    with _locked(folder):
+        digest = sha256(onnx)
+        _write_atomic(folder / PENDING, json.dumps({"trial": trial, "sha256": digest}).encode())
+        _tmp(folder / ONNX).write_bytes(onnx)
+        version = register(digest)
+        card = dict(card, registry={**card.get("registry", {}), "version": version})
+        _tmp(folder / CARD).write_text(json.dumps(card, indent=2))
+        _write_atomic(folder / PENDING, json.dumps({"trial": trial, "sha256": digest, "version": version}).encode())
+        # Set even when it already names this version: another driver may have moved it meanwhile.
+        if version:  # "" when MLflow was unreachable: nothing registered to point at
+            move_alias(version)  # the commit point: from here on a crash is completed, not undone
+        os.replace(_tmp(folder / ONNX), folder / ONNX)
+        os.replace(_tmp(folder / CARD), folder / CARD)
+        (folder / PENDING).unlink()
     return version

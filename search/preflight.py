@@ -35,6 +35,8 @@ def _check_url(setting: str, url: str) -> None:
             _check_folder(setting, url, Path(path).expanduser().parent)
     elif scheme in {"", "file"}:  # MLflow's local file store: a path or file:///path
         _check_folder(setting, url, Path(parts.path if scheme else url).expanduser())
+    elif scheme in {"postgresql", "postgres"}:
+        _check_database(setting, url)
     elif scheme in _DEFAULT_PORTS:
         if scheme not in {"http", "https"}:
             _check_driver(setting, url)
@@ -90,3 +92,21 @@ def _check_reachable(setting: str, url: str, host: str | None, port: int | None)
         raise ConfigError(
             f"{setting}: {url!r} is not reachable ({host}:{port}: {reason}); start that server or fix the setting{hint}"
         ) from None
+
+
+def _check_database(setting: str, url: str) -> None:
+    """Connect to a PostgreSQL study or MLflow store for real (server, database and login), naming the field and
+    hiding the password, rather than fail after the teacher trained with a driver's traceback."""
+    import sqlalchemy  # only for a database URL: validating a file imports no database code
+
+    shown = sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": int(CONNECT_SECONDS) + 7})
+        try:
+            with engine.connect():
+                pass
+        finally:
+            engine.dispose()
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+        raise ConfigError(f"{setting}: cannot reach the PostgreSQL database {shown}: {reason}") from None

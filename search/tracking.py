@@ -69,6 +69,17 @@ NOTE = "mlflow.note.content"  # the run / experiment description MLflow's UI sho
 KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
+def _client(uri: str, attempts: int = 10) -> MlflowClient:
+    """An MlflowClient. A fresh database store creates and migrates its schema right here, and two drivers that
+    start together race on it (a table already exists, a migration finds its row gone): retry until one has won."""
+    for attempt in range(attempts - 1):
+        try:
+            return MlflowClient(uri)
+        except Exception:  # noqa: BLE001 - SQLAlchemy's and alembic's errors both; the last attempt raises them
+            time.sleep(0.5 * (attempt + 1))
+    return MlflowClient(uri)
+
+
 class Tracker:
     """Writes a sweep to MLflow through explicit run ids, so only the driver ever logs and nothing is global."""
 
@@ -84,7 +95,7 @@ class Tracker:
         self.down, self.down_reason = offline, "run without MLflow (--no-tracking)" if offline else ""
         self.parent_id, self.experiment_id = "", ""
         mlflow.set_tracking_uri(uri)
-        self.client = MlflowClient(uri)
+        self.client = _client(uri)
         self._open_experiment(artifact_root)
 
     def went_down(self, exc: BaseException) -> None:
