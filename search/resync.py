@@ -12,7 +12,7 @@ from search.config import Experiment
 from search.deliver import deliver, publish_front, with_verified
 from search.pareto import front
 from search.pick import make_policy
-from search.study import live_drivers, needs_sync, set_needs_sync, teacher
+from search.study import baseline, live_drivers, needs_sync, set_needs_sync, teacher
 from search.sweep import _sweep_params, sync_tracking
 from search.tracking import Tracker
 
@@ -47,11 +47,11 @@ def resync(exp: Experiment, study: optuna.Study) -> SyncReport:
     earlier = tracker._parents()
     status = earlier[0].info.status if earlier else None
     tracker.start_sweep(yaml.safe_dump(exp.model_dump(), sort_keys=False), _sweep_params(exp))
-    if status is None and "teacher" in study.user_attrs:  # MLflow was down from the start: the parent is new
+    if status is None and baseline(study) is not None:  # MLflow was down from the start: the parent is new
         tracker.log_parent(metrics={f"teacher_{k}": v for k, v in teacher(study).items()})
     report.present = len(tracker.trial_runs())
     report.logged = sync_tracking(exp, study, tracker, live)
-    if "teacher" in study.user_attrs:
+    if baseline(study) is not None:
         members = with_verified(study, front(study))
         numbers = ",".join(map(str, sorted(c.trial for c in members)))
         tags = tracker.client.get_run(tracker.parent_id).data.tags
