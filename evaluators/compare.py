@@ -12,14 +12,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from evaluators.errors import ConfigError
-from evaluators.latency import Prepared, median_ci, prepare, timed_runs
+from evaluators.latency import Prepared, check_settings, median_ci, prepare, timed_runs
 from evaluators.runtime import Provider
 
 # One model's turn in a round: returns the burst's p50 in ms and how many runs it timed.
@@ -56,15 +56,7 @@ class CompareSettings:
             "target_rel_ci": 0,
             "seed": 0,
         }
-        for field in fields(self):
-            value = getattr(self, field.name)
-            if value < minimums[field.name]:
-                raise ConfigError(f"CompareSettings.{field.name} = {value!r}; it must be >= {minimums[field.name]}")
-        if self.min_rounds > self.max_rounds:
-            raise ConfigError(
-                f"CompareSettings.min_rounds = {self.min_rounds} is above max_rounds = {self.max_rounds}; "
-                "min_rounds must be <= max_rounds"
-            )
+        check_settings(self, minimums, ("min_rounds", "max_rounds"))
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,21 @@ _clock = time.perf_counter_ns
 TRIAL_TIMING = {"warmup": 20, "min_repeats": 50, "max_seconds": 1.0}
 
 
+def check_settings(settings: object, minimums: dict[str, float], ordered: tuple[str, str]) -> None:
+    """Refuse a setting below its minimum, or the first of `ordered` above the second (ConfigError naming it)."""
+    name = type(settings).__name__
+    for field in fields(settings):
+        value = getattr(settings, field.name)
+        if value < minimums[field.name]:
+            raise ConfigError(f"{name}.{field.name} = {value!r}; it must be >= {minimums[field.name]}")
+    low, high = ordered
+    if getattr(settings, low) > getattr(settings, high):
+        raise ConfigError(
+            f"{name}.{low} = {getattr(settings, low)} is above {high} = {getattr(settings, high)}; "
+            f"{low} must be <= {high}"
+        )
+
+
 @dataclass(frozen=True)
 class TimingSettings:
     """How a model is timed: threads, batch, warm-up, and when the repeat loop stops."""
@@ -55,15 +70,7 @@ class TimingSettings:
             "target_rel_ci": 0,
             "max_cv": 0,
         }
-        for field in fields(self):
-            value = getattr(self, field.name)
-            if value < minimums[field.name]:
-                raise ConfigError(f"TimingSettings.{field.name} = {value!r}; it must be >= {minimums[field.name]}")
-        if self.min_repeats > self.max_repeats:
-            raise ConfigError(
-                f"TimingSettings.min_repeats = {self.min_repeats} is above max_repeats = {self.max_repeats}; "
-                "min_repeats must be <= max_repeats"
-            )
+        check_settings(self, minimums, ("min_repeats", "max_repeats"))
 
 
 @dataclass(frozen=True)
