@@ -223,7 +223,7 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
     from search.executor import RayExecutor
     from search.pick import make_policy
     from search.study import open_study
-    from search.sweep import prepare, run_sweep
+    from search.sweep import MAX_ASKS_PER_TRIAL, prepare, run_sweep
     from search.tracking import Tracker
 
     spec = exp.target.spec()
@@ -279,6 +279,18 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
             f"MLflow at {exp.tracking_uri} became unreachable ({summary.tracking_down[:200]}); the sweep "
             f"went on and the study holds every trial: run `slimsweep sync {args.experiment}` once it is "
             f"back",
+            soft_wrap=True,
+        )
+    if summary.dominated:
+        console.print(
+            f"latency first: {summary.dominated} plans were slower and larger untrained than a model already within "
+            f"the noise of the best accuracy, and were not trained (they cost no trial; search.skip_dominated)",
+            soft_wrap=True,
+        )
+    if summary.out_of_plans:
+        console.print(
+            f"stopped asking after {MAX_ASKS_PER_TRIAL}x the budget in proposals: the sampler kept proposing plans "
+            "that could not reach the front; the space may hold fewer such plans than search.trials",
             soft_wrap=True,
         )
     if exp.constraints.max_latency_ms is not None:

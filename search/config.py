@@ -160,6 +160,9 @@ class Search(Strict):
     max_retries: int = Field(2, ge=0, le=10)
     # How often a driver records that it is alive; its trials are taken over after 4 missed beats.
     heartbeat_s: float = Field(10.0, ge=0.5, le=300)
+    # Latency first against the front (search/gate.py): a plan whose untrained structure is slower and larger than
+    # a model already within the noise of the best accuracy is not trained, and costs no trial of the budget.
+    skip_dominated: bool = True
 
     @field_validator("sampler")
     @classmethod

@@ -19,12 +19,19 @@ import ray
 from evaluators.errors import ConfigError
 from evaluators.latency import LatencyStats, TimingSettings
 from evaluators.targets import TargetSpec, make_target
+from search.gate import Bar
 from search.station import free_cores, start_station
 from search.trial import TrialContext, TrialResult, run_trial
 
 
 def _run_on_node(
-    number: int, plan: Any, ctx: TrialContext, station: Any, where: tuple[str, list[int]], threads: int = 1
+    number: int,
+    plan: Any,
+    ctx: TrialContext,
+    station: Any,
+    where: tuple[str, list[int]],
+    threads: int = 1,
+    bar: Bar | None = None,
 ) -> TrialResult:
     """run_trial on a worker: off the station's cores, training on the CPUs it asked for, timing through the
     station, noting the node."""
@@ -35,7 +42,7 @@ def _run_on_node(
     def time_model(model: bytes):
         return _at_station(lambda: station.measure.remote(model, ctx.timing))
 
-    result = run_trial(number, plan, ctx, time_model)
+    result = run_trial(number, plan, ctx, time_model, bar)
     result.info["ray_node"] = ray.get_runtime_context().get_node_id()
     result.info["cores"] = sorted(os.sched_getaffinity(0))
     result.info["resources"] = ray.get_runtime_context().get_assigned_resources()  # what Ray reserved for it
@@ -267,12 +274,11 @@ class RayExecutor:
         """Place a shared object (the task data and teacher) in the object store once."""
         return ray.put(obj)
 
-    def submit(self, number: int, plan: Any, context_ref: Any) -> Running:
+    def submit(self, number: int, plan: Any, context_ref: Any, bar: Bar | None = None) -> Running:
         """Start one trial; `context_ref` is the object-store reference, so the teacher and data travel to each
-        node once, not once per trial."""
-        return Running(
-            number, self._task.remote(number, plan, context_ref, self.station, self.where, self.num_cpus), self.clock()
-        )
+        node once, not once per trial; `bar` stops a plan that cannot reach the front before training."""
+        task = self._task.remote(number, plan, context_ref, self.station, self.where, self.num_cpus, bar)
+        return Running(number, task, self.clock())
 
     def wait(self, running: list[Running], timeout: float) -> list[tuple[Running, TrialResult]]:
         """Results of the trials that finished within `timeout`; a task Ray could not run becomes a failed result,

@@ -62,6 +62,7 @@ class SweepProgress:
         error: str | None,
         skipped: bool = False,
         reused_from: int | None = None,
+        dominated_by: int | None = None,
     ) -> None:
         """One line for a finished trial."""
         if self.quiet:
@@ -70,7 +71,12 @@ class SweepProgress:
             f"[{self._done}/{self.budget} done, {self.failed} failed, {self.running} running, "
             f"front {self.front}, ETA {self.eta()}]"
         )
-        if reused_from is not None:
+        if dominated_by is not None:
+            line = (
+                f"trial {number:>3} not trained, slower and larger than trial {dominated_by} (off the front, costs "
+                f"no trial): {describe}: p50 {metrics['latency_p50_ms']:.4f} ms, {metrics['size_mb']:.3f} MB"
+            )
+        elif reused_from is not None:
             line = (
                 f"trial {number:>3} reused trial {reused_from}'s result (the same plan, not run again): {describe}: "
                 f"p50 {metrics['latency_p50_ms']:.4f} ms"

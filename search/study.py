@@ -68,6 +68,12 @@ class TrialRecord:
         """Whether latency first stopped this trial before training."""
         return bool(self.info.get("skipped_training"))
 
+    @property
+    def dominated_by(self) -> int | None:
+        """The trained trial whose model is faster and smaller than this plan's structure (search/gate.py): the
+        plan was not trained and is PRUNED."""
+        return self.info.get("dominated_by")
+
     def attrs(self) -> dict[str, Any]:
         """The record as Optuna user attributes (JSON values), with its version."""
         out: dict[str, Any] = {VERSION: RECORD_VERSION}
@@ -239,6 +245,13 @@ def finished(study: optuna.Study) -> list[FrozenTrial]:
     ]
 
 
+def dominated(study: optuna.Study) -> list[FrozenTrial]:
+    """Trials stopped before training because a trained one was faster and smaller (search/gate.py)."""
+    return [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)) if read(t).dominated_by is not None
+    ]
+
+
 def requeue(study: optuna.Study, numbers: list[int] | None = None) -> list[int]:
     """Fail the given trials left running and queue their plans again, the way Optuna's
     RetryHeartbeatStaleTrialCallback does (so Optuna's tools and optuna-dashboard see retries); a trial that
@@ -385,10 +398,11 @@ def keep_latency(study: optuna.Study, entries: dict[str, dict[str, Any]]) -> Non
 
 
 def reusable(study: optuna.Study, plan: dict[str, Any]) -> FrozenTrial | None:
-    """The earliest COMPLETE trial that ran exactly this plan, every knob compared, the fixed ones too (a resumed
-    study whose file changed a fixed setting must not be answered from the old result); failed ones never are."""
+    """The earliest COMPLETE trial that ran exactly this plan, or PRUNED one that found it dominated (a front
+    only improves), every knob compared, the fixed ones too (a resumed study whose file changed a fixed setting
+    must not be answered from the old result); failed ones never are."""
     wanted = json.loads(json.dumps(plan))  # as the storage gives it back: tuples become lists
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         if read(t).plan == wanted:
             return t
     return None
@@ -407,6 +421,9 @@ def record(
         trial.set_user_attr(key, value)
     if rec.failure is not None:
         study.tell(trial, state=TrialState.FAIL)
+        return
+    if rec.dominated_by is not None:
+        study.tell(trial, state=TrialState.PRUNED)  # no accuracy to tell; samplers read PRUNED as a poor region
         return
     for key, value in (constraints or {}).items():
         trial.set_constraint(key, value)

@@ -22,11 +22,13 @@ from experiments.tasks import load_task
 from experiments.teacher import resolve_teacher, teacher_to_bytes
 from search.config import Experiment
 from search.executor import MACHINERY, RayExecutor, Running
+from search.gate import Bar, Candidate, bar
 from search.progress import SweepProgress
 from search.study import (
     Baseline,
     TrialRecord,
     beat,
+    dominated,
     finished,
     keep_latency,
     latency_cache,
@@ -68,6 +70,8 @@ class SweepSummary:
     interrupted: bool = False
     seconds: float = 0.0
     skipped_training: int = 0  # trials stopped by latency first, before training
+    dominated: int = 0  # plans stopped before training as off the front (search/gate.py); they cost no trial
+    out_of_plans: bool = False  # the sweep stopped asking: the sampler kept proposing plans already answered
     seconds_saved: float = 0.0  # their estimated training time (mean of the trials that trained)
     cache: dict[str, int] = field(default_factory=dict)  # latency-cache hits / misses at the station
     parallel: int = 0  # trials in flight at once, after the station took its cores
@@ -142,6 +146,8 @@ def log_trial(exp: Experiment, tracker: Tracker, t: FrozenTrial, *, full_traceba
         tags["slimsweep.latency_cache"] = rec.info["latency_cache"]
     if rec.reuse_of is not None:
         tags["slimsweep.reuse_of"] = str(rec.reuse_of)
+    if rec.dominated_by is not None:
+        tags["slimsweep.dominated_by"] = str(rec.dominated_by)
     failed = t.state == TrialState.FAIL
     tracker.log_trial(
         # Optuna's own parameter names first (what optuna-dashboard shows), then every knob of the plan.
@@ -169,6 +175,12 @@ def _trial_note(number: int, rec: TrialRecord, failed: bool) -> str:
         return f"Trial {number}: {rec.describe}. Failed: {(rec.failure or 'unknown error').splitlines()[0][:300]}"
     m = rec.metrics
     reused = f" Answered from trial {rec.reuse_of} (the same plan)." if rec.reuse_of is not None else ""
+    if rec.dominated_by is not None:
+        return (
+            f"Trial {number}: {rec.describe}. Not trained: its structure runs at p50 "
+            f"{m.get('latency_p50_ms', float('nan')):.4f} ms in {m.get('size_mb', float('nan')):.3f} MB, slower and "
+            f"larger than trial {rec.dominated_by}, already within the noise of the best accuracy.{reused}"
+        )
     return (
         f"Trial {number}: {rec.describe}. Accuracy {m.get('accuracy', float('nan')):.2f}% "
         f"({m.get('accuracy_drop', float('nan')):.2f} pt below the teacher), p50 "
@@ -229,6 +241,7 @@ def run_sweep(
                 driver=driver,
                 teacher=_time_baseline(exp, executor, ctx, study, tracker),
                 ctx_ref=executor.put(ctx),
+                n_val=len(ctx.data.y_val),
             )
             _keep_latencies(sweep)
             _ask_and_tell(sweep, quiet)
@@ -291,6 +304,7 @@ class _Sweep:
     summary: SweepSummary
     teacher: dict[str, float]
     ctx_ref: Any
+    n_val: int = 0  # validation images: the accuracy's noise, for the gate
     driver: str = ""
     running: list[Running] = field(default_factory=list)
     asked: dict[int, tuple[optuna.Trial, Any, dict, str]] = field(default_factory=dict)  # -> trial, plan, params, words
@@ -317,11 +331,11 @@ def _ask_and_tell(sweep: _Sweep, quiet: bool) -> None:
                     sweep.summary.requeued += requeue(sweep.study, stale(sweep.study, heartbeat_s))
                     next_check = time.monotonic() + heartbeat_s
                 parallel = slots()
-                while len(sweep.running) < parallel and len(finished(sweep.study)) + len(running(sweep.study)) < budget:
+                while len(sweep.running) < parallel and _wanted(sweep) > 0:
                     _ask(sweep, progress)
                 _refresh(progress, sweep)
                 if not sweep.running:
-                    if len(finished(sweep.study)) >= budget:
+                    if len(finished(sweep.study)) >= budget or _out_of_plans(sweep):
                         break
                     time.sleep(1.0)  # the rest of the budget runs at another driver; wait for it, or for it to die
                     continue
@@ -332,7 +346,12 @@ def _ask_and_tell(sweep: _Sweep, quiet: bool) -> None:
                     describe, metrics = _tell(sweep, item.number, result)
                     _refresh(progress, sweep)
                     progress.trial_done(
-                        item.number, describe, metrics, result.error, skipped=bool(result.info.get("skipped_training"))
+                        item.number,
+                        describe,
+                        metrics,
+                        result.error,
+                        skipped=bool(result.info.get("skipped_training")),
+                        dominated_by=result.info.get("dominated_by"),
                     )
     except KeyboardInterrupt:
         _stop_in_flight(sweep)
@@ -341,6 +360,38 @@ def _ask_and_tell(sweep: _Sweep, quiet: bool) -> None:
     except BaseException:
         _stop_in_flight(sweep)  # the caller closes the parent run
         raise
+
+
+# Proposals that cost no trial (plans dominated before training, search/gate.py) may run to this many times the
+# budget; past it the sampler finds nothing left in the space that could reach the front.
+MAX_ASKS_PER_TRIAL = 10
+
+
+def _out_of_plans(sweep: _Sweep) -> bool:
+    """Whether the study has asked as many plans as a sweep of this budget may."""
+    out = len(sweep.study.get_trials(deepcopy=False)) >= MAX_ASKS_PER_TRIAL * sweep.exp.search.trials
+    sweep.summary.out_of_plans |= out
+    return out
+
+
+def _wanted(sweep: _Sweep) -> int:
+    """Trials still to start: the budget less those finished (by any driver) and those in flight."""
+    if _out_of_plans(sweep):
+        return 0
+    return sweep.exp.search.trials - len(finished(sweep.study)) - len(running(sweep.study))
+
+
+def _bar(sweep: _Sweep) -> Bar | None:
+    """What a new plan must not be slower and larger than (search/gate.py), from the trials trained so far."""
+    if not sweep.exp.search.skip_dominated:
+        return None
+    trained = []
+    for t in finished(sweep.study):
+        rec = read(t)
+        if t.state == TrialState.COMPLETE and not rec.skipped_training and rec.reuse_of is None:
+            m = rec.metrics
+            trained.append(Candidate(t.number, m["accuracy"], m["latency_p50_ms"], m["size_mb"]))
+    return bar(trained, sweep.teacher["accuracy"], sweep.n_val)
 
 
 def _stop_in_flight(sweep: _Sweep) -> None:
@@ -384,11 +435,17 @@ def _ask(sweep: _Sweep, progress: SweepProgress) -> None:
         rec = _reuse(sweep, trial, plan.params(), plan.describe(), earlier)
         _refresh(progress, sweep)
         progress.trial_done(
-            trial.number, rec.describe, rec.metrics, None, skipped=rec.skipped_training, reused_from=rec.reuse_of
+            trial.number,
+            rec.describe,
+            rec.metrics,
+            None,
+            skipped=rec.skipped_training,
+            reused_from=rec.reuse_of,
+            dominated_by=rec.dominated_by,
         )
         return
     sweep.asked[trial.number] = (trial, plan, plan.params(), plan.describe())
-    sweep.running.append(sweep.executor.submit(trial.number, plan, sweep.ctx_ref))
+    sweep.running.append(sweep.executor.submit(trial.number, plan, sweep.ctx_ref, _bar(sweep)))
 
 
 def _tell(sweep: _Sweep, number: int, result: TrialResult) -> tuple[str, dict[str, float]]:
@@ -405,6 +462,9 @@ def _tell(sweep: _Sweep, number: int, result: TrialResult) -> tuple[str, dict[st
     rec = TrialRecord(plan=params, describe=describe, stages=result.stages, info=info)
     if not result.ok:
         rec.failure, rec.traceback = result.error or "unknown error", result.traceback
+        record(sweep.study, trial, rec)
+    elif rec.dominated_by is not None:
+        rec.metrics = dict(result.metrics)  # the structure's latency and size; no accuracy, nothing to deploy
         record(sweep.study, trial, rec)
     else:
         rec.metrics = dict(result.metrics, accuracy_drop=sweep.teacher["accuracy"] - result.metrics["accuracy"])
@@ -424,8 +484,11 @@ def _reuse(sweep: _Sweep, trial: optuna.Trial, params: dict, describe: str, earl
     old = read(earlier)
     origin = old.reuse_of if old.reuse_of is not None else earlier.number
     rec = TrialRecord(plan=params, describe=describe, info=dict(old.info), metrics=dict(old.metrics), reuse_of=origin)
-    shutil.copyfile(trial_path(sweep.exp, earlier.number), trial_path(sweep.exp, trial.number))
-    _record_metrics(sweep, trial, rec)
+    if earlier.state == TrialState.PRUNED:
+        record(sweep.study, trial, rec)  # still dominated: the front only improves
+    else:
+        shutil.copyfile(trial_path(sweep.exp, earlier.number), trial_path(sweep.exp, trial.number))
+        _record_metrics(sweep, trial, rec)
     log_trial(sweep.exp, sweep.tracker, sweep.study.get_trials(deepcopy=False)[trial.number])
     _note_outage(sweep)
     sweep.summary.reused_now += 1
@@ -468,6 +531,7 @@ def _count(sweep: _Sweep, start: float) -> None:
     ]
     train_s = [sum(r.stages.get(k, 0.0) for k in ("distill", "prune")) for r in trained]
     summary.skipped_training = len(skipped)
+    summary.dominated = len(dominated(sweep.study))
     summary.seconds_saved = len(skipped) * (sum(train_s) / len(train_s) if train_s else 0.0)
     summary.cache = sweep.executor.station_counts()
 
@@ -480,6 +544,7 @@ def _log_statistics(tracker: Tracker, summary: SweepSummary) -> None:
             "trials_failed": summary.failed,
             "trials_reused": summary.reused,
             "trials_skipped_training": summary.skipped_training,
+            "trials_dominated": summary.dominated,
             "training_seconds_saved_estimate": summary.seconds_saved,
             **summary.cache,
             **{f"trials_failed_{k}": v for k, v in summary.failed_kinds.items()},

@@ -19,6 +19,7 @@ from evaluators.latency import LatencyStats, TimingSettings
 from evaluators.size import size_mb
 from experiments.tasks import TaskData
 from experiments.teacher import cache_dir, teacher_from_bytes
+from search.gate import Bar
 from spaces.export import to_onnx
 from spaces.plan import CompressionPlan
 from spaces.pruning import channel_count, prune, sparsity
@@ -85,13 +86,16 @@ def _stage(stages: dict[str, float], name: str) -> Iterator[None]:
 TimeModel = Callable[[bytes], tuple[LatencyStats, bool]]
 
 
-def run_trial(number: int, plan: CompressionPlan, ctx: TrialContext, time_model: TimeModel) -> TrialResult:
-    """Apply a plan to the teacher and measure the result; every exception becomes a failed result."""
+def run_trial(
+    number: int, plan: CompressionPlan, ctx: TrialContext, time_model: TimeModel, bar: Bar | None = None
+) -> TrialResult:
+    """Apply a plan to the teacher and measure the result; every exception becomes a failed result. With a `bar`,
+    a plan whose untrained structure is slower and larger than one of its members stops before training."""
     torch.set_num_threads(ctx.train_threads)  # one core per trial: parallel trials must not fight over cores
     torch.manual_seed(ctx.seed + number)
     result = TrialResult(number=number)
     try:
-        _run(plan, ctx, result, time_model)
+        _run(plan, ctx, result, time_model, bar or Bar())
     except Exception as exc:  # noqa: BLE001 - a failing trial is a result, not a crash of the sweep
         result.error = f"{type(exc).__name__}: {exc}"
         result.traceback = traceback.format_exc()
@@ -139,22 +143,31 @@ def onnx_parameter_count(model: bytes) -> int:
     return sum(int(np.prod(t.dims)) for t in onnx.load_model_from_string(model).graph.initializer)
 
 
-def _run(plan: CompressionPlan, ctx: TrialContext, result: TrialResult, time_model: TimeModel) -> None:
+def _run(plan: CompressionPlan, ctx: TrialContext, result: TrialResult, time_model: TimeModel, bar: Bar) -> None:
     if ctx.onnx_model is not None:
         return _run_onnx(plan, ctx, result, time_model)
     data, stages = ctx.data, result.stages
     teacher = ctx.teacher()
     example = torch.from_numpy(data.x_val[:1])
     s = plan.student
-    if ctx.max_latency_ms is not None and _probe_is_faithful(plan):
+    if (ctx.max_latency_ms is not None or bar) and _probe_is_faithful(plan):
         with _stage(stages, "latency_first"):
             probe, params = _structure(plan, ctx, teacher, example)
             latency, hit = time_model(probe)
-        if latency.p50_ms > ctx.max_latency_ms:
+        if ctx.max_latency_ms is not None and latency.p50_ms > ctx.max_latency_ms:
             # Already over budget untrained: training cannot make it faster, so stop here, infeasible.
             result.info.update(skipped_training=True, latency_cache="hit" if hit else "miss")
             result.onnx = probe
             result.metrics = _metrics(probe, latency, data, params)
+            return
+        dominator = bar.dominator(latency.p50_ms, size_mb(probe))
+        if dominator is not None:
+            # Slower and larger than a model already at the top of the accuracy range: off the front whatever
+            # training gives it. Its structure's figures are kept; it has no accuracy.
+            result.info.update(
+                skipped_training=True, dominated_by=dominator.number, latency_cache="hit" if hit else "miss"
+            )
+            result.metrics = {"size_mb": size_mb(probe), "params": float(params), **latency.metrics()}
             return
     with _stage(stages, "distill"):
         student = build(s, teacher, data.input_shape[0], data.num_classes, tuple(data.input_shape[1:]))
