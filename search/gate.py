@@ -15,6 +15,10 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+# How much faster or smaller a member must be than a structure to stop it: more than timing noise, so a structure
+# measured twice (or a sibling differing only in training settings) is never stopped by its own twin.
+CLEAR_MARGIN = 0.05
+
 
 def accuracy_noise_pt(accuracy_pct: float, n_val: int) -> float:
     """One standard error of an accuracy measured on `n_val` images, in points (binomial)."""
@@ -43,8 +47,16 @@ class Bar:
         return bool(self.members)
 
     def dominator(self, p50_ms: float, size_mb: float) -> Candidate | None:
-        """The fastest member at least as fast and as small as a structure with these figures, if any."""
-        over = [c for c in self.members if c.p50_ms <= p50_ms and c.size_mb <= size_mb]
+        """The fastest member at least as fast and as small as a structure with these figures, and clearly faster
+        or smaller: the same structure trained otherwise (at another temperature, say) is left to its training."""
+        clearly = 1.0 - CLEAR_MARGIN
+        over = [
+            c
+            for c in self.members
+            if c.p50_ms <= p50_ms
+            and c.size_mb <= size_mb
+            and (c.p50_ms < clearly * p50_ms or c.size_mb < clearly * size_mb)
+        ]
         return min(over, key=lambda c: c.p50_ms) if over else None
 
 

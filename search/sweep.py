@@ -146,8 +146,6 @@ def log_trial(exp: Experiment, tracker: Tracker, t: FrozenTrial, *, full_traceba
         tags["slimsweep.latency_cache"] = rec.info["latency_cache"]
     if rec.reuse_of is not None:
         tags["slimsweep.reuse_of"] = str(rec.reuse_of)
-    if rec.dominated_by is not None:
-        tags["slimsweep.dominated_by"] = str(rec.dominated_by)
     failed = t.state == TrialState.FAIL
     tracker.log_trial(
         # Optuna's own parameter names first (what optuna-dashboard shows), then every knob of the plan.
@@ -175,12 +173,6 @@ def _trial_note(number: int, rec: TrialRecord, failed: bool) -> str:
         return f"Trial {number}: {rec.describe}. Failed: {(rec.failure or 'unknown error').splitlines()[0][:300]}"
     m = rec.metrics
     reused = f" Answered from trial {rec.reuse_of} (the same plan)." if rec.reuse_of is not None else ""
-    if rec.dominated_by is not None:
-        return (
-            f"Trial {number}: {rec.describe}. Not trained: its structure runs at p50 "
-            f"{m.get('latency_p50_ms', float('nan')):.4f} ms in {m.get('size_mb', float('nan')):.3f} MB, slower and "
-            f"larger than trial {rec.dominated_by}, already within the noise of the best accuracy.{reused}"
-        )
     return (
         f"Trial {number}: {rec.describe}. Accuracy {m.get('accuracy', float('nan')):.2f}% "
         f"({m.get('accuracy_drop', float('nan')):.2f} pt below the teacher), p50 "
@@ -466,6 +458,10 @@ def _tell(sweep: _Sweep, number: int, result: TrialResult) -> tuple[str, dict[st
     elif rec.dominated_by is not None:
         rec.metrics = dict(result.metrics)  # the structure's latency and size; no accuracy, nothing to deploy
         record(sweep.study, trial, rec)
+        # Not an MLflow run: a sweep may stop many such plans, which would crowd the runs list; the parent counts
+        # them and the study keeps each with its reason.
+        _keep_latencies(sweep)
+        return describe, rec.metrics
     else:
         rec.metrics = dict(result.metrics, accuracy_drop=sweep.teacher["accuracy"] - result.metrics["accuracy"])
         path = trial_path(sweep.exp, number)
@@ -485,10 +481,10 @@ def _reuse(sweep: _Sweep, trial: optuna.Trial, params: dict, describe: str, earl
     origin = old.reuse_of if old.reuse_of is not None else earlier.number
     rec = TrialRecord(plan=params, describe=describe, info=dict(old.info), metrics=dict(old.metrics), reuse_of=origin)
     if earlier.state == TrialState.PRUNED:
-        record(sweep.study, trial, rec)  # still dominated: the front only improves
-    else:
-        shutil.copyfile(trial_path(sweep.exp, earlier.number), trial_path(sweep.exp, trial.number))
-        _record_metrics(sweep, trial, rec)
+        record(sweep.study, trial, rec)  # still dominated (a front only improves); not an MLflow run, as in _tell
+        return rec
+    shutil.copyfile(trial_path(sweep.exp, earlier.number), trial_path(sweep.exp, trial.number))
+    _record_metrics(sweep, trial, rec)
     log_trial(sweep.exp, sweep.tracker, sweep.study.get_trials(deepcopy=False)[trial.number])
     _note_outage(sweep)
     sweep.summary.reused_now += 1

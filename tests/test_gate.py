@@ -50,6 +50,8 @@ def test_a_plan_is_dominated_only_when_a_member_is_both_as_fast_and_as_small():
     assert b.dominator(0.6, 1.5).number == 1
     assert b.dominator(0.1, 5.0) is None  # faster than every member
     assert b.dominator(5.0, 0.5) is None  # smaller than every member
+    # The member's own structure (a twin within timing noise, the same size) is left to its training.
+    assert b.dominator(0.5 * 1.02, 1.0) is None and b.dominator(0.5 * 1.2, 1.0).number == 1
     assert not Bar()
 
 
@@ -126,7 +128,7 @@ def test_a_sweep_stops_dominated_plans_before_training_and_they_cost_no_trial(tm
     client = MlflowClient(exp.tracking_uri)
     experiment = client.get_experiment_by_name(exp.name)
     runs = client.search_runs([experiment.experiment_id], "tags.`slimsweep.role` = 'trial'", max_results=500)
-    tagged = {int(r.data.tags["optuna.trial_number"]) for r in runs if "slimsweep.dominated_by" in r.data.tags}
-    assert tagged == {t.number for t in pruned}
+    # One MLflow run per finished trial; the dominated ones are counted on the parent, not logged one by one.
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in runs) == sorted(t.number for t in finished(study))
     parent = client.search_runs([experiment.experiment_id], "tags.`slimsweep.role` = 'sweep'")[0]
     assert parent.data.metrics["trials_dominated"] == len(pruned)

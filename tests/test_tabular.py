@@ -122,3 +122,26 @@ def test_the_shipped_table_holds_exactly_one_row_per_plan_of_the_grid():
     table = load_table(TABLE)
     assert sorted(table.rows) == sorted(plan_key(p) for p in plans)
     assert all(v is None or (0 <= v[0] <= 100 and v[1] > 0 and v[2] > 0) for v in table.rows.values())
+
+
+def test_a_gated_replay_trains_no_plan_a_trained_one_already_dominates():
+    # The teacher's int8 copy within the noise of the best accuracy (400 validation images: 0.5 pt) and faster and
+    # smaller than the teacher: once it is trained, the fp32 teacher is stopped before training.
+    hand = {**HAND, (0.0, "int8_dynamic"): (98.8, 0.8, 0.3)}
+    plans = enumerate_plans(TINY)
+    table = Table({plan_key(p): hand[(p.pruning.ratio, p.quantization.scheme)] for p in plans}, hand[(0.0, "fp32")])
+    key = {(p.pruning.ratio, p.quantization.scheme): plan_key(p) for p in plans}
+    teacher, int8 = key[(0.0, "fp32")], key[(0.0, "int8_dynamic")]
+    norm = Normalisation.of(table)
+    gated_seeds = 0
+    for seed in range(8):
+        run = replay("random+gate", seed, table, norm, stop_at=float("inf"), min_trials=10**6, max_asks=200, space=TINY)
+        assert set(run.keys) >= set(table.rows) - {teacher}  # nothing else is dominated: everything else trains
+        if teacher in run.keys:
+            assert run.keys.index(teacher) < run.keys.index(int8)  # trained only while nothing dominated it
+        else:
+            gated_seeds += 1
+        for n in range(1, len(run.keys) + 1):  # the curve counts the trained plans only
+            inside = [p for p in (norm(table.rows[k]) for k in run.keys[:n]) if np.all(p < 1)]
+            assert run.curve[n - 1] == pytest.approx(box_volume(inside, np.ones(3)) if inside else 0.0, abs=1e-12)
+    assert 0 < gated_seeds < 8  # both orders occurred among the seeds
