@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks import sweeps
+from benchmarks import reach, sweeps
 from benchmarks.hypervolume import REFERENCE_TEXT, Point, hypervolume
 from benchmarks.sidebyside import Speedup, side_by_side
 
@@ -213,11 +213,7 @@ def goals(summary: dict[str, dict[str, Any]], key: str = "joint") -> list[str]:
     """The two goals the report is read against, met or not, with the figures, for one joint search."""
     joint = summary[key]
     singles = {k: summary[k] for k in SINGLE_KNOB}
-    best = max(
-        ((k, v["speedup"]) for k, v in singles.items() if v["speedup"] is not None),
-        key=lambda kv: kv[1],
-        default=(None, None),
-    )
+    best = best_single(summary) or (None, None)
     lines = []
     if joint["speedup"] is None or best[1] is None:
         lines.append(
@@ -269,8 +265,35 @@ def plot(results: list[SearchResult], path: Path) -> None:
     plt.close(fig)
 
 
-def markdown(results: list[SearchResult], scale: Scale, png: str) -> str:
-    """The section's text: setup, summary table, goals, fronts, picks."""
+def best_single(summary: dict[str, dict[str, Any]]) -> tuple[str, float] | None:
+    """The single-knob search whose pick ran fastest side by side (median over seeds), and that speed-up."""
+    speeds = [(k, summary[k]["speedup"]) for k in SINGLE_KNOB if summary[k]["speedup"] is not None]
+    return max(speeds, key=lambda kv: kv[1], default=None)
+
+
+def reach_lines(results: list[SearchResult], scale: Scale, env: dict[str, str]) -> list[str]:
+    """benchmarks/reach.py's subsection: what the joint space's structures can reach, against what was trained."""
+    studies = [(r.search, r.run.study()) for r in results if r.finished]
+    if not studies:
+        return []
+    teacher_accuracy = studies[0][1].user_attrs["teacher"]["accuracy"]
+    overrides = {"search.seed": scale.seeds[0], **scale.overrides}
+    teacher_p50, structures = reach.time_structures(
+        sweeps.ROOT / "experiments" / "bench" / "joint.yaml", overrides, env
+    )
+    return reach.markdown(
+        teacher_p50,
+        structures,
+        reach.measured_accuracy(studies),
+        teacher_accuracy,
+        best_single(summarize(results)),
+        MAX_DROP,
+        "benchmarks/reach.py, run by the report after the sweeps",
+    )
+
+
+def markdown(results: list[SearchResult], scale: Scale, png: str, reach_text: list[str] | None = None) -> str:
+    """The section's text: setup, summary table, goals, what the space can reach, fronts, picks."""
     summary = summarize(results)
     teacher = next((r.run.study().user_attrs["teacher"] for r in results if r.finished), None)
     lines = [
@@ -314,6 +337,7 @@ def markdown(results: list[SearchResult], scale: Scale, png: str) -> str:
             f"{s['picks']}/{s['seeds']} | {_fmt(s['speedup'])}x |"
         )
     lines += ["", "Goals:", ""] + [x for k in JOINT for g in goals(summary, k) for x in (g, "")]
+    lines += reach_text or []
     lines += [
         f"![fronts]({png})",
         "",
@@ -360,4 +384,4 @@ def section(out_dir: Path, quick: bool, *, work: Path, env: dict[str, str]) -> s
     results = run_all(work, scale, env)
     time_picks(results)
     plot(results, out_dir / "realdata-fronts.png")
-    return markdown(results, scale, "benchmarks/realdata-fronts.png")
+    return markdown(results, scale, "benchmarks/realdata-fronts.png", reach_lines(results, scale, env))

@@ -140,3 +140,16 @@ def test_a_failing_section_becomes_a_line_not_a_lost_report(tmp_path: Path):
 
     out = report.run_section(report.Section("quickstart", "Broken", broken), tmp_path, True, tmp_path, {})
     assert "This section failed: RuntimeError: boom" in out.text
+
+
+def test_what_the_space_can_reach_counts_the_structures_fast_enough_and_how_accurate_they_were_trained():
+    from benchmarks.reach import Structure, markdown
+
+    structures = [Structure("a", 0.1, 0.01), Structure("b", 0.2, 0.02), Structure("c", 0.5, 0.05)]
+    # Teacher 1.0 ms here, best single-knob pick 2.5x: a 1.5x faster pick must run at <= 1 / 3.75 = 0.267 ms.
+    text = "\n".join(
+        markdown(1.0, structures, {"b": (98.0, {"joint"}), "c": (99.5, {"pruning"})}, 99.0, ("pruning", 2.5), 1.0, "x")
+    )
+    assert "2 structures are that fast; the sweeps trained 1 of them, 1 within the point" in text
+    assert "| a | 0.1000 ms | 10.0x | 0.010 | not trained |" in text
+    assert "| b | 0.2000 ms | 5.0x | 0.020 | 98.00% (joint) |" in text
