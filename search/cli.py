@@ -215,9 +215,10 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
     # A process started with SIGINT ignored (a background job, a parent that ignored it) would not stop on
     # Ctrl-C / kill -INT; a sweep always stops cleanly on it.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    from search.preflight import check_stores
+    from search.preflight import check_ray_address, check_stores
 
     check_stores(exp, tracking=not args.no_tracking)  # before anything is written or started
+    check_ray_address(args.ray_address)  # before the teacher trains: a dead head fails in seconds
     _ray_auth_for(args.ray_address)  # before anything imports ray
     _importable_here(exp)
     from search.executor import RayExecutor

@@ -26,6 +26,21 @@ def check_stores(exp: Experiment, *, tracking: bool = True, storage: bool = True
         _check_url("search.storage", exp.storage_url)
 
 
+def check_ray_address(address: str | None) -> None:
+    """Raise ConfigError when a Ray cluster's head (`host:port` or `ray://host:port`) accepts no connection: ray.init
+    would otherwise wait on a dead head for minutes. `auto` (the cluster `ray start` recorded here) is Ray's to find."""
+    if not address or address in ("auto", "local"):
+        return
+    parts = urllib.parse.urlsplit(address if "://" in address else f"ray-gcs://{address}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is None:
+        raise ConfigError(f"--ray-address {address!r}: give the head node as host:port (its GCS port, 6379 by default)")
+    _check_reachable("--ray-address", address, parts.hostname, port)
+
+
 def _check_url(setting: str, url: str) -> None:
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.split("+")[0].lower()  # postgresql+psycopg2 -> postgresql
@@ -84,11 +99,10 @@ def _check_reachable(setting: str, url: str, host: str | None, port: int | None)
             if isinstance(exc, TimeoutError)
             else (exc.strerror or type(exc).__name__).lower()
         )
-        hint = (
-            ", or pass --no-tracking to sweep without it and `slimsweep sync` later"
-            if setting == "tracking.uri"
-            else ""
-        )
+        hint = {
+            "tracking.uri": ", or pass --no-tracking to sweep without it and `slimsweep sync` later",
+            "--ray-address": " (`ray start --head` there), or leave --ray-address out to run on this machine",
+        }.get(setting, "")
         raise ConfigError(
             f"{setting}: {url!r} is not reachable ({host}:{port}: {reason}); start that server or fix the setting{hint}"
         ) from None

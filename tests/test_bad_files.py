@@ -226,3 +226,19 @@ def test_a_bad_experiment_file_exits_2_cleanly_and_changes_nothing(tmp_path, nam
     assert done.stderr.startswith("error: ") and says in done.stderr, done.stderr[:1000]
     assert tree(work) == before
     assert not marker.exists(), "code the user did not ask to run was run"
+
+
+def test_a_ray_head_that_answers_nothing_is_refused_before_the_teacher_trains(tmp_path):
+    (tmp_path / "bad.yaml").write_text(_yaml(experiment()))
+    before = tree(tmp_path)
+    address = f"127.0.0.1:{closed_port()}"
+    done = subprocess.run(
+        [str(BIN / "slimsweep"), "run", "bad.yaml", "--ray-address", address],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.startswith(f"error: --ray-address: '{address}' is not reachable"), done.stderr[:1000]
+    assert "Traceback" not in done.stderr and tree(tmp_path) == before
