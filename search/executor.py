@@ -35,6 +35,12 @@ def _run_on_node(
 ) -> TrialResult:
     """run_trial on a worker: off the station's cores, training on the CPUs it asked for, timing through the
     station, noting the node."""
+    # Where the station is now: Ray restarts it on another node when its node dies, so the place the driver saw
+    # at the start may be stale.
+    try:
+        where = _at_station(lambda: station.where.remote())
+    except ray.exceptions.RayError:
+        pass  # the timing calls below meet the same trouble and report it; keep the driver's view meanwhile
     free_cores(*where)
     if threads != ctx.train_threads:
         ctx = dataclasses.replace(ctx, train_threads=threads)  # a shallow copy: the data stays the shared one
@@ -249,7 +255,17 @@ class RayExecutor:
     def trial_slots(self) -> int:
         """How many trials the cluster's live nodes hold at once, after the station's share: a node that joins
         adds its slots, a node that dies takes them away."""
+        self._refresh_where()
         return sum(self._slots(resources) for resources in _live_nodes(self.station_share, self.where[0] or None))
+
+    def _refresh_where(self) -> None:
+        """Follow the station when Ray restarts it on another node (its old node died)."""
+        if getattr(self, "station", None) is None:
+            return
+        try:
+            self.where = ray.get(self.station.where.remote(), timeout=1.0)
+        except ray.exceptions.RayError:  # GetTimeoutError included
+            pass  # down or restarting: the last known place stands until it answers
 
     def _slots(self, resources: dict[str, float]) -> int:
         # A trial runs on one node: count per node what it asks for, never the cluster's sum.
