@@ -18,17 +18,15 @@ from benchmarks.sidebyside import Speedup, side_by_side
 
 SEARCHES = {
     "joint": "joint search, TPE (all three knobs)",
-    "joint-design": "joint search, TPE after a covering start-up (search/startup.py)",
     "quantization": "quantization alone (schemes of the teacher)",
     "pruning": "pruning alone (teacher pruned, recovered by distillation)",
     "distillation": "distillation alone (students, fp32)",
     "random": "joint space, random sampler",
 }
 SINGLE_KNOB = ("quantization", "pruning", "distillation")
-JOINT = ("joint", "joint-design")
-# A search's experiment file, where it is not experiments/bench/<search>.yaml.
-FILES = {"joint-design": "joint.yaml"}
+JOINT = ("joint",)
 MAX_DROP = 1.0  # points: the pick's allowance, and the experiment files' constraint
+SEEDS: dict[str, tuple[int, ...]] = {}  # "override": seeds to run instead of the scale's (report.py --seeds)
 
 
 @dataclass(frozen=True)
@@ -73,6 +71,7 @@ class SearchResult:
     duplicates: int
     pick: dict[str, Any] | None  # the model card, when the pick is within MAX_DROP
     best_accuracy: float | None = None  # of any trial: says whether a search got near the teacher at all
+    dominated: int = 0  # plans stopped before training by latency first (search/gate.py): no trial of the budget
     speedup: Speedup | None = None
 
 
@@ -121,20 +120,14 @@ def _result(search: str, seed: int, run: sweeps.SweepRun) -> SearchResult:
     )
     card = run.card()
     pick = card if card and card["measured"]["accuracy_drop"] <= MAX_DROP else None
-    accuracies = [t.user_attrs["metrics"]["accuracy"] for t in study.trials if "metrics" in t.user_attrs]
-    return SearchResult(
-        search, seed, run, front, hv, finished, failed, duplicates, pick, max(accuracies) if accuracies else None
-    )
-
-
-def _design_start(experiment: Path, outputs: Path) -> None:
-    """Create the sweep's study and enqueue the covering start-up design as its first trials."""
-    from search.config import load
-    from search.startup import enqueue_design
-    from search.study import open_study
-
-    exp = load(experiment, {"output_dir": str(outputs)})
-    enqueue_design(open_study(exp), exp.space, seed=exp.search.seed, budget=exp.search.trials)
+    accuracies = [
+        t.user_attrs["metrics"]["accuracy"]
+        for t in study.trials
+        if t.state.name == "COMPLETE" and "accuracy" in t.user_attrs.get("metrics", {})
+    ]
+    dominated = sum(t.state.name == "PRUNED" for t in study.trials)
+    best = max(accuracies) if accuracies else None
+    return SearchResult(search, seed, run, front, hv, finished, failed, duplicates, pick, best, dominated)
 
 
 def run_all(work: Path, scale: Scale, env: dict[str, str]) -> list[SearchResult]:
@@ -144,17 +137,7 @@ def run_all(work: Path, scale: Scale, env: dict[str, str]) -> list[SearchResult]
     for seed in scale.seeds:
         for search in SEARCHES:
             overrides = {"search.trials": scale.trials, "search.seed": seed, **scale.overrides}
-            before = None
-            if search == "joint-design":
-                overrides["name"] = "bench-joint-design"
-                before = _design_start
-            run = sweeps.run(
-                root / FILES.get(search, f"{search}.yaml"),
-                work / "realdata" / search / f"seed{seed}",
-                overrides,
-                env,
-                before,
-            )
+            run = sweeps.run(root / f"{search}.yaml", work / "realdata" / search / f"seed{seed}", overrides, env)
             results.append(_result(search, seed, run))
     return results
 
@@ -204,6 +187,7 @@ def summarize(results: list[SearchResult]) -> dict[str, dict[str, Any]]:
             "duplicates": sum(r.duplicates for r in mine),
             "finished": sum(r.finished for r in mine),
             "failed": sum(r.failed for r in mine),
+            "dominated": sum(r.dominated for r in mine),
             "best_accuracy": _median([r.best_accuracy for r in mine if r.best_accuracy is not None]),
         }
     return out
@@ -300,15 +284,7 @@ def markdown(results: list[SearchResult], scale: Scale, png: str, reach_text: li
         "## What the search finds on real data (MNIST)",
         "",
         "Commands (one per search and seed, through the real `slimsweep run`): "
-        + "; ".join(
-            f"`slimsweep run experiments/bench/{FILES.get(s, s + '.yaml')}`"
-            + (
-                " (named bench-joint-design, its study given search/startup.py's design first)"
-                if s == "joint-design"
-                else ""
-            )
-            for s in SEARCHES
-        )
+        + "; ".join(f"`slimsweep run experiments/bench/{s}.yaml`" for s in SEARCHES)
         + f", each with `search.seed` set per seed. Scale: {scale.describe()}.",
         "",
     ]
@@ -325,14 +301,15 @@ def markdown(results: list[SearchResult], scale: Scale, png: str, reach_text: li
         f"({(results[0].speedup.method if results and results[0].speedup else 'interleaved')}); "
         "median per-round ratio and its 95% interval.",
         "",
-        "| search | trials finished (failed) | exact repeats | best accuracy of any trial (median) | "
+        "| search | trials finished (failed) | plans stopped untrained | exact repeats | "
+        "best accuracy of any trial (median) | "
         "median hypervolume | picks within 1 pt | median speed-up of the pick |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for search, label in SEARCHES.items():
         s = summary[search]
         lines.append(
-            f"| {label} | {s['finished']} ({s['failed']}) | {s['duplicates']} | "
+            f"| {label} | {s['finished']} ({s['failed']}) | {s['dominated']} | {s['duplicates']} | "
             f"{_fmt(s['best_accuracy'])}% | {_fmt(s['hv'], '.4f')} | "
             f"{s['picks']}/{s['seeds']} | {_fmt(s['speedup'])}x |"
         )
@@ -381,6 +358,8 @@ def markdown(results: list[SearchResult], scale: Scale, png: str, reach_text: li
 def section(out_dir: Path, quick: bool, *, work: Path, env: dict[str, str]) -> str:
     """Run the five searches, time their picks side by side, write the plot into out_dir; the markdown."""
     scale = QUICK if quick else FULL
+    if "override" in SEEDS:
+        scale = Scale(scale.trials, SEEDS["override"], scale.overrides)
     results = run_all(work, scale, env)
     time_picks(results)
     plot(results, out_dir / "realdata-fronts.png")

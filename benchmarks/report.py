@@ -165,6 +165,9 @@ def main() -> int:
         help="read back sweeps that already finished in --work instead of running them again",
     )
     parser.add_argument("--only", nargs="*", help="run only these sections (module names); the report says so")
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, help="the MNIST searches' seeds instead of the scale's (the report says so)"
+    )
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="slimsweep-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -176,6 +179,13 @@ def main() -> int:
     for old in PNG_DIR.glob("*.png"):
         old.unlink()  # from scratch: no plot of an earlier run survives
     command = "make bench-quick" if args.quick else "make bench"
+    if args.seeds:
+        from benchmarks import realdata
+
+        realdata.SEEDS["override"] = tuple(args.seeds)
+        command = (
+            f"python benchmarks/report.py{' --quick' if args.quick else ''} --seeds {' '.join(map(str, args.seeds))}"
+        )
     when, start, outcomes = datetime.now(timezone.utc), time.perf_counter(), []
     for s in SECTIONS:
         if args.only and s.module not in args.only:

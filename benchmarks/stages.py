@@ -46,8 +46,9 @@ class Breakdown:
     after_last: float  # verify, pick, register
     span: float  # first ask to last tell
     driver: float  # the whole `slimsweep run`
-    trials: int
+    trials: int  # finished (complete or failed)
     parallel_ok: bool  # trials ran one at a time, so gaps between them are the driver's alone
+    dominated: int = 0  # stopped before training by latency first (PRUNED): probed, then told, in the span too
 
     @property
     def overhead(self) -> float:
@@ -99,7 +100,8 @@ def breakdown(trials: Sequence[FrozenTrial], started: datetime, ended: datetime)
         after_last=(ended - last).total_seconds(),
         span=(last - first).total_seconds(),
         driver=(ended - started).total_seconds(),
-        trials=len(done),
+        trials=sum(t.state.name != "PRUNED" for t in done),
+        dominated=sum(t.state.name == "PRUNED" for t in done),
         parallel_ok=not overlap,
     )
 
@@ -111,7 +113,9 @@ def _table(name: str, run: sweeps.SweepRun, b: Breakdown) -> list[str]:
     lines = [
         f"### {name}",
         "",
-        f"Command: `{run.command}`; {b.trials} trials; driver wall clock {b.driver:.0f} s.",
+        f"Command: `{run.command}`; {b.trials} trials"
+        + (f" and {b.dominated} plans stopped before training (search/gate.py)" if b.dominated else "")
+        + f"; driver wall clock {b.driver:.0f} s.",
         "",
         "| part | seconds | share of the run | kind |",
         "|---|---|---|---|",
@@ -144,7 +148,7 @@ def _table(name: str, run: sweeps.SweepRun, b: Breakdown) -> list[str]:
         "",
         f"> {name}: overhead while trials run: {b.overhead:.1f} s of a {b.span:.0f} s span = "
         f"**{100 * b.overhead_share:.1f}%** (goal <= 3%: **{verdict}**){note}; "
-        f"{b.overhead / max(1, b.trials - 1):.2f} s per trial after the first.",
+        f"{b.overhead / max(1, b.trials + b.dominated - 1):.2f} s per trial or stopped plan after the first.",
         "",
     ]
     return lines
