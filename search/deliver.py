@@ -18,8 +18,9 @@ from search.study import read, set_verified, teacher, verified, verified_speedup
 from search.sweep import trial_path
 from search.tracking import NOTE, Tracker
 
-# Verification: a longer warm-up and time cap than a trial's timing, since the pick and its speed-up rest on it.
-VERIFY_COMPARE = dict(warmup=50, min_rounds=30, max_seconds=20.0, target_rel_ci=0.03)
+# Verification: a longer warm-up than a trial's timing, since the pick and its speed-up rest on it; its time cap is
+# the experiment's pick.verify_seconds.
+VERIFY_COMPARE = dict(warmup=50, min_rounds=30, target_rel_ci=0.03)
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,12 @@ def verify(
 ) -> tuple[list[Candidate], float]:
     """Time the fp32 teacher and the front members side by side, nothing else running; store each one's p50 and
     its speed-up over the teacher (median of per-round ratios, with its 95% CI)."""
-    settings = CompareSettings(threads=exp.target.threads, batch_size=exp.target.batch_size, **VERIFY_COMPARE)
+    settings = CompareSettings(
+        threads=exp.target.threads,
+        batch_size=exp.target.batch_size,
+        max_seconds=exp.pick.verify_seconds,
+        **VERIFY_COMPARE,
+    )
     names = ["teacher", *(str(c.trial) for c in members)]
     models = [(exp.out / "teacher.onnx").read_bytes(), *(trial_path(exp, c.trial).read_bytes() for c in members)]
     result = retime(models, names, settings)
@@ -141,7 +147,7 @@ def deliver(
     if retime is not None and members:
         say(
             f"verifying: timing the teacher and {len(members)} front members side by side (up to "
-            f"{VERIFY_COMPARE['max_seconds']:.0f} s)"
+            f"{exp.pick.verify_seconds:g} s)"
         )
         members, teacher_ms = verify(exp, study, members, retime)
     else:

@@ -103,7 +103,7 @@ def test_a_sweep_stops_dominated_plans_before_training_and_they_cost_no_trial(tm
         name="gated",
         space=TEACHER_ONLY,
         constraints={"max_accuracy_drop": 50.0},
-        pick={"max_accuracy_drop": 50.0},
+        pick={"max_accuracy_drop": 50.0, "verify_seconds": 2.0},
         search={"sampler": "random", "trials": 3, "parallel": 1, "seed": 0},
     )
     assert main(["run", str(path), "--quiet"]) == 0

@@ -40,7 +40,7 @@ def _latency_first(tmp_path, name: str, budget_ms: float, capsys) -> tuple[int, 
         name=name,
         space=SPACE,
         constraints={"max_accuracy_drop": 50.0, "max_latency_ms": budget_ms},
-        pick={"max_accuracy_drop": 50.0},
+        pick={"max_accuracy_drop": 50.0, "verify_seconds": 2.0},
     )
     code = main(["run", str(path), "--trials", "3", "--quiet"])
     exp = load(path)
