@@ -66,13 +66,15 @@ def candidate(trial: FrozenTrial) -> Candidate:
 
 
 def front(study: optuna.Study) -> list[Candidate]:
-    """Feasible, non-dominated trials (Optuna's best_trials honours the constraints), fastest first."""
-    return sorted((candidate(t) for t in study.best_trials), key=lambda c: c.latency)
+    """Feasible, non-dominated trials (Optuna's best_trials honours the constraints), fastest first; a plan answered
+    from an identical earlier trial is that trial's model, shown once (as the earlier one)."""
+    members = (candidate(t) for t in study.best_trials if read(t).reuse_of is None)
+    return sorted(members, key=lambda c: c.latency)
 
 
 def everything(study: optuna.Study) -> list[Candidate]:
-    """Every trial that produced a candidate."""
-    return [candidate(t) for t in finished(study) if read(t).metrics]
+    """Every trial that produced a candidate, each model once (repeats answered from an earlier trial left out)."""
+    return [candidate(t) for t in finished(study) if (rec := read(t)).metrics and rec.reuse_of is None]
 
 
 def distinguishing(rows: list[Candidate]) -> list[str]:
