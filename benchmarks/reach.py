@@ -54,6 +54,8 @@ def time_structures(experiment: Path, overrides: dict[str, Any], env: dict[str, 
     teacher_p50 = measure(to_onnx(teacher, example), settings).p50_ms
     out = []
     for plan in enumerate_plans(exp.space):
+        if plan.weights_decide_structure():
+            continue  # its untrained structure is not the trained model's (global pruning, a sensitivity ranking)
         model, _ = _structure(plan, ctx, teacher, example)
         out.append(Structure(plan.describe(), measure(model, settings).p50_ms, size_mb(model)))
     return teacher_p50, sorted(out, key=lambda s: s.p50_ms)

@@ -15,6 +15,7 @@ from typing import Any
 from benchmarks import reach, sweeps
 from benchmarks.hypervolume import REFERENCE_TEXT, Point, hypervolume
 from benchmarks.sidebyside import Speedup, side_by_side
+from search.study import dominated as study_dominated
 
 SEARCHES = {
     "joint": "joint search, TPE (all three knobs)",
@@ -125,7 +126,7 @@ def _result(search: str, seed: int, run: sweeps.SweepRun) -> SearchResult:
         for t in study.trials
         if t.state.name == "COMPLETE" and "accuracy" in t.user_attrs.get("metrics", {})
     ]
-    dominated = sum(t.state.name == "PRUNED" for t in study.trials)
+    dominated = len(study_dominated(study))
     best = max(accuracies) if accuracies else None
     return SearchResult(search, seed, run, front, hv, finished, failed, duplicates, pick, best, dominated)
 

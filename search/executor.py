@@ -35,13 +35,7 @@ def _run_on_node(
 ) -> TrialResult:
     """run_trial on a worker: off the station's cores, training on the CPUs it asked for, timing through the
     station, noting the node."""
-    # Where the station is now: Ray restarts it on another node when its node dies, so the place the driver saw
-    # at the start may be stale.
-    try:
-        where = _at_station(lambda: station.where.remote())
-    except ray.exceptions.RayError:
-        pass  # the timing calls below meet the same trouble and report it; keep the driver's view meanwhile
-    free_cores(*where)
+    free_cores(*where)  # the driver's latest view of the station's place (RayExecutor._refresh_where)
     if threads != ctx.train_threads:
         ctx = dataclasses.replace(ctx, train_threads=threads)  # a shallow copy: the data stays the shared one
 
@@ -58,6 +52,8 @@ def _run_on_node(
 # How long a trial waits for its bench station to come back when the station's node died: Ray notices a dead node
 # after some 15-30 s and restarts the station (max_restarts) on a live one. A station lost is not the plan's fault.
 STATION_GRACE_S = 180.0
+# How often the driver asks the station where it runs (it moves when Ray restarts it on another node).
+WHERE_EVERY_S = 10.0
 
 
 def _at_station(call: Callable[[], Any], grace_s: float = STATION_GRACE_S) -> Any:
@@ -206,6 +202,8 @@ class RayExecutor:
         )
         self.station_share: dict[str, float] = {}
         self.where: tuple[str, list[int]] = ("", [])  # the station's node and cores, once it runs
+        self._where_ref: Any = None  # a question to the station about its place, in flight
+        self._where_next = 0.0
 
     def open_station(self, spec: TargetSpec, *, reserve_cores: bool) -> None:
         """Start the target's bench station; fails now, not mid-sweep, when the target cannot run here."""
@@ -259,13 +257,18 @@ class RayExecutor:
         return sum(self._slots(resources) for resources in _live_nodes(self.station_share, self.where[0] or None))
 
     def _refresh_where(self) -> None:
-        """Follow the station when Ray restarts it on another node (its old node died)."""
+        """Follow the station when Ray restarts it on another node (its old node died), without waiting on it: a
+        question is sent every WHERE_EVERY_S and its answer read once the station, busy timing, gets to it."""
         if getattr(self, "station", None) is None:
             return
-        try:
-            self.where = ray.get(self.station.where.remote(), timeout=1.0)
-        except ray.exceptions.RayError:  # GetTimeoutError included
-            pass  # down or restarting: the last known place stands until it answers
+        if self._where_ref is not None and ray.wait([self._where_ref], timeout=0)[0]:
+            try:
+                self.where = ray.get(self._where_ref)
+            except ray.exceptions.RayError:
+                pass  # down or restarting: the last known place stands until it answers
+            self._where_ref = None
+        if self._where_ref is None and self.clock() >= self._where_next:
+            self._where_ref, self._where_next = self.station.where.remote(), self.clock() + WHERE_EVERY_S
 
     def _slots(self, resources: dict[str, float]) -> int:
         # A trial runs on one node: count per node what it asks for, never the cluster's sum.

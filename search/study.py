@@ -246,10 +246,10 @@ def finished(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def dominated(study: optuna.Study) -> list[FrozenTrial]:
-    """Trials stopped before training because a trained one was faster and smaller (search/gate.py)."""
-    return [
-        t for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)) if read(t).dominated_by is not None
-    ]
+    """Plans stopped before training because a trained one was faster and smaller (search/gate.py), each once:
+    a repeat proposal answered from an earlier stop is not counted again."""
+    pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+    return [t for t in pruned if (rec := read(t)).dominated_by is not None and rec.reuse_of is None]
 
 
 def requeue(study: optuna.Study, numbers: list[int] | None = None) -> list[int]:
@@ -398,13 +398,14 @@ def keep_latency(study: optuna.Study, entries: dict[str, dict[str, Any]]) -> Non
 
 
 def reusable(study: optuna.Study, plan: dict[str, Any]) -> FrozenTrial | None:
-    """The earliest COMPLETE trial that ran exactly this plan, or PRUNED one that found it dominated (a front
-    only improves), every knob compared, the fixed ones too (a resumed study whose file changed a fixed setting
-    must not be answered from the old result); failed ones never are."""
+    """The earliest COMPLETE trial that ran exactly this plan, else the earliest PRUNED one that stopped it (whose
+    verdict the driver checks again), every knob compared, the fixed ones too (a resumed study whose file changed
+    a fixed setting must not be answered from the old result); failed ones never are."""
     wanted = json.loads(json.dumps(plan))  # as the storage gives it back: tuples become lists
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-        if read(t).plan == wanted:
-            return t
+    for state in (TrialState.COMPLETE, TrialState.PRUNED):
+        for t in study.get_trials(deepcopy=False, states=(state,)):
+            if read(t).plan == wanted:
+                return t
     return None
 
 

@@ -297,6 +297,7 @@ class _Sweep:
     teacher: dict[str, float]
     ctx_ref: Any
     n_val: int = 0  # validation images: the accuracy's noise, for the gate
+    asks: int = 0  # plans this run asked Optuna for (the ask cap's count)
     driver: str = ""
     running: list[Running] = field(default_factory=list)
     asked: dict[int, tuple[optuna.Trial, Any, dict, str]] = field(default_factory=dict)  # -> trial, plan, params, words
@@ -337,6 +338,8 @@ def _ask_and_tell(sweep: _Sweep, quiet: bool) -> None:
                         continue
                     describe, metrics = _tell(sweep, item.number, result)
                     _refresh(progress, sweep)
+                    if not metrics and not result.error:
+                        continue  # taken over by another driver: its copy is the one that counts, and it says so
                     progress.trial_done(
                         item.number,
                         describe,
@@ -360,27 +363,33 @@ MAX_ASKS_PER_TRIAL = 10
 
 
 def _out_of_plans(sweep: _Sweep) -> bool:
-    """Whether the study has asked as many plans as a sweep of this budget may."""
-    out = len(sweep.study.get_trials(deepcopy=False)) >= MAX_ASKS_PER_TRIAL * sweep.exp.search.trials
+    """Whether this run has asked as many plans as a sweep of this budget may, with the budget still unmet."""
+    out = sweep.asks >= MAX_ASKS_PER_TRIAL * sweep.exp.search.trials
+    out = out and len(finished(sweep.study)) < sweep.exp.search.trials
     sweep.summary.out_of_plans |= out
     return out
 
 
 def _wanted(sweep: _Sweep) -> int:
     """Trials still to start: the budget less those finished (by any driver) and those in flight."""
-    if _out_of_plans(sweep):
-        return 0
-    return sweep.exp.search.trials - len(finished(sweep.study)) - len(running(sweep.study))
+    left = sweep.exp.search.trials - len(finished(sweep.study)) - len(running(sweep.study))
+    return 0 if left <= 0 or _out_of_plans(sweep) else left
+
+
+# The objectives the gate compares: a structure's p50 and size are known untrained; other latency percentiles and
+# parameter counts are not what it compares, so with those objectives every plan trains.
+GATED_OBJECTIVES = {"accuracy", "latency_p50_ms", "size_mb"}
 
 
 def _bar(sweep: _Sweep) -> Bar | None:
     """What a new plan must not be slower and larger than (search/gate.py), from the trials trained so far."""
-    if not sweep.exp.search.skip_dominated:
+    if not sweep.exp.search.skip_dominated or not set(sweep.exp.objectives) <= GATED_OBJECTIVES:
         return None
     trained = []
     for t in finished(sweep.study):
         rec = read(t)
-        if t.state == TrialState.COMPLETE and not rec.skipped_training and rec.reuse_of is None:
+        # Only a feasible model may stop others: one that breaks a constraint is no pick and no front member.
+        if t.state == TrialState.COMPLETE and rec.feasible and not rec.skipped_training and rec.reuse_of is None:
             m = rec.metrics
             trained.append(Candidate(t.number, m["accuracy"], m["latency_p50_ms"], m["size_mb"]))
     return bar(trained, sweep.teacher["accuracy"], sweep.n_val)
@@ -413,7 +422,7 @@ def _run_again(sweep: _Sweep, number: int, result: TrialResult) -> bool:
     )
     sweep.summary.retried += 1
     _, plan, _, _ = sweep.asked[number]
-    sweep.running.append(sweep.executor.submit(number, plan, sweep.ctx_ref))
+    sweep.running.append(sweep.executor.submit(number, plan, sweep.ctx_ref, _bar(sweep)))
     return True
 
 
@@ -421,10 +430,19 @@ def _ask(sweep: _Sweep, progress: SweepProgress) -> None:
     """Ask Optuna for a plan; answer a plan already run from its result, else start it as a Ray task."""
     trial = sweep.study.ask()
     own(sweep.study, trial, sweep.driver)
+    sweep.asks += 1
     plan = sample(trial, sweep.exp.space)
     earlier = reusable(sweep.study, plan.params())
+    bar_now, dominated_by = _bar(sweep), None
+    if earlier is not None and earlier.state == TrialState.PRUNED:
+        # Stopped before: still stopped only if the bar today still covers its structure (the floor moves as more
+        # accurate models arrive, and the gate may have been turned off since).
+        m = read(earlier).metrics
+        now = bar_now.dominator(m["latency_p50_ms"], m["size_mb"]) if bar_now else None
+        earlier = earlier if now is not None else None
+        dominated_by = now.number if now is not None else None
     if earlier is not None:
-        rec = _reuse(sweep, trial, plan.params(), plan.describe(), earlier)
+        rec = _reuse(sweep, trial, plan.params(), plan.describe(), earlier, dominated_by)
         _refresh(progress, sweep)
         progress.trial_done(
             trial.number,
@@ -437,7 +455,7 @@ def _ask(sweep: _Sweep, progress: SweepProgress) -> None:
         )
         return
     sweep.asked[trial.number] = (trial, plan, plan.params(), plan.describe())
-    sweep.running.append(sweep.executor.submit(trial.number, plan, sweep.ctx_ref, _bar(sweep)))
+    sweep.running.append(sweep.executor.submit(trial.number, plan, sweep.ctx_ref, bar_now))
 
 
 def _tell(sweep: _Sweep, number: int, result: TrialResult) -> tuple[str, dict[str, float]]:
@@ -475,13 +493,22 @@ def _tell(sweep: _Sweep, number: int, result: TrialResult) -> tuple[str, dict[st
     return describe, rec.metrics
 
 
-def _reuse(sweep: _Sweep, trial: optuna.Trial, params: dict, describe: str, earlier: FrozenTrial) -> TrialRecord:
-    """Tell an identical plan the values of the COMPLETE trial that ran it, without running it again."""
+def _reuse(
+    sweep: _Sweep,
+    trial: optuna.Trial,
+    params: dict,
+    describe: str,
+    earlier: FrozenTrial,
+    dominated_by: int | None = None,
+) -> TrialRecord:
+    """Tell an identical plan the values of the COMPLETE trial that ran it, without running it again; or, for a
+    plan stopped before (PRUNED) that the bar still covers, stop it again, naming today's dominator."""
     old = read(earlier)
     origin = old.reuse_of if old.reuse_of is not None else earlier.number
     rec = TrialRecord(plan=params, describe=describe, info=dict(old.info), metrics=dict(old.metrics), reuse_of=origin)
     if earlier.state == TrialState.PRUNED:
-        record(sweep.study, trial, rec)  # still dominated (a front only improves); not an MLflow run, as in _tell
+        rec.info["dominated_by"] = dominated_by
+        record(sweep.study, trial, rec)  # not an MLflow run, as in _tell
         return rec
     shutil.copyfile(trial_path(sweep.exp, earlier.number), trial_path(sweep.exp, trial.number))
     _record_metrics(sweep, trial, rec)
