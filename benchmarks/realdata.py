@@ -27,7 +27,8 @@ SEARCHES = {
 SINGLE_KNOB = ("quantization", "pruning", "distillation")
 JOINT = ("joint",)
 MAX_DROP = 1.0  # points: the pick's allowance, and the experiment files' constraint
-SEEDS: dict[str, tuple[int, ...]] = {}  # "override": seeds to run instead of the scale's (report.py --seeds)
+# report.py's choices: "scale" ("medium") instead of quick/full, "seeds" instead of the scale's own.
+OVERRIDE: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,13 @@ class Scale:
 
 
 FULL = Scale(trials=24, seeds=(0, 1, 2))
+# Between the two, for a session of about an hour on 2 cores: the whole 10,000 images at 5,000, half the student
+# and recovery epochs, 12 trials; the report names it.
+MEDIUM = Scale(
+    trials=12,
+    seeds=(0,),
+    overrides={"task.limit": 5000, "space.students.cnn.epochs": 4, "space.pruning.recover_epochs": 2},
+)
 # The subset: one seed, a 2,000-image stratified sample of the 10,000, fewer epochs. Same searches, same budget each.
 QUICK = Scale(
     trials=5,
@@ -358,9 +366,9 @@ def markdown(results: list[SearchResult], scale: Scale, png: str, reach_text: li
 
 def section(out_dir: Path, quick: bool, *, work: Path, env: dict[str, str]) -> str:
     """Run the five searches, time their picks side by side, write the plot into out_dir; the markdown."""
-    scale = QUICK if quick else FULL
-    if "override" in SEEDS:
-        scale = Scale(scale.trials, SEEDS["override"], scale.overrides)
+    scale = MEDIUM if OVERRIDE.get("scale") == "medium" else QUICK if quick else FULL
+    if "seeds" in OVERRIDE:
+        scale = Scale(scale.trials, OVERRIDE["seeds"], scale.overrides)
     results = run_all(work, scale, env)
     time_picks(results)
     plot(results, out_dir / "realdata-fronts.png")
