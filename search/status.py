@@ -10,7 +10,8 @@ from optuna.trial import TrialState
 
 from search.config import Experiment
 from search.handover import pending
-from search.study import finished, read
+from search.pareto import front as pareto_front
+from search.study import dominated, finished, read
 
 
 def sweep_status(exp: Experiment) -> dict[str, Any]:
@@ -20,7 +21,8 @@ def sweep_status(exp: Experiment) -> dict[str, Any]:
     failed = [t.number for t in done if t.state == TrialState.FAIL]
     running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
     waiting = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
-    front = sorted(t.number for t in study.best_trials) if any(t.state == TrialState.COMPLETE for t in done) else []
+    complete = any(t.state == TrialState.COMPLETE for t in done)
+    front = sorted(c.trial for c in pareto_front(study)) if complete else []
     card_path = exp.out / "model_card.json"
     card = json.loads(card_path.read_text()) if card_path.is_file() else None
     left = pending(exp.out)
@@ -34,6 +36,7 @@ def sweep_status(exp: Experiment) -> dict[str, Any]:
         "running": len(running),
         "running_trials": running,
         "queued": len(waiting),
+        "dominated": len(dominated(study)),  # plans stopped before training (search/gate.py): no trial of the budget
         "finished_budget": len(done) >= exp.search.trials,
         "front": front,
         "pick": None
@@ -56,7 +59,8 @@ def as_text(state: dict[str, Any]) -> str:
     """The status for a terminal."""
     lines = [
         f"{state['experiment']}: {state['done']} of {state['budget']} trials done ({state['complete']} complete, "
-        f"{state['failed']} failed), {state['running']} running, {state['queued']} queued",
+        f"{state['failed']} failed), {state['running']} running, {state['queued']} queued; "
+        f"{state['dominated']} plans stopped before training (they cost no trial)",
         f"front: {len(state['front'])} members (trials {', '.join(map(str, state['front'])) or '-'})",
     ]
     pick = state["pick"]

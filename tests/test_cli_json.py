@@ -7,9 +7,12 @@ import hashlib
 import json
 from pathlib import Path
 
+import optuna
 import pytest
 from conftest import run_cli, small_experiment
 from ux_sweep import finished_sweep
+
+from search.study import dominated
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +65,8 @@ def test_status_json_counts_the_sweep(swept, tmp_path):
     assert state["failed"] == 0 and state["finished_budget"] is True
     card = json.loads((swept.exp.out / "model_card.json").read_text())
     assert state["pick"]["trial"] == card["trial"] and state["front"]
+    study = optuna.load_study(study_name=swept.exp.name, storage=swept.exp.storage_url)
+    assert state["dominated"] == len(dominated(study))  # plans the gate stopped, which cost no trial
 
 
 def test_pick_json_prints_only_the_card_on_stdout(swept):
