@@ -70,13 +70,16 @@ def test_a_crash_between_fail_and_enqueue_loses_no_plan(study):
     assert trial.number in interrupted(study) and not finished(study)  # not counted as a failed plan
 
 
-def test_two_drivers_started_together_share_the_budget(tmp_path):
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_two_drivers_started_together_share_the_budget(tmp_path, request, store):
     budget = 4
-    path = small_experiment(
-        tmp_path,
-        name="pair",
-        search={"sampler": "random", "trials": budget, "parallel": 1, "seed": 0, "heartbeat_s": HEARTBEAT},
-    )
+    search = {"sampler": "random", "trials": budget, "parallel": 1, "seed": 0, "heartbeat_s": HEARTBEAT}
+    changes = {}
+    if store == "postgresql":  # the study and the MLflow store both on a real PostgreSQL server
+        create = request.getfixturevalue("postgres_db")
+        search["storage"] = create("pair_study")
+        changes["tracking"] = {"uri": create("pair_mlflow")}
+    path = small_experiment(tmp_path, name="pair", search=search, **changes)
     exp = load(path)
     procs = [start_cli("run", str(path), cwd=tmp_path) for _ in range(2)]  # a fresh storage: the schema race
     outputs = []
