@@ -38,7 +38,7 @@ def test_a_plugin_task_with_residual_concat_and_depthwise_layers_sweeps_end_to_e
             },
             "constraints": {"max_accuracy_drop": 50.0},
             "search": {"sampler": "random", "trials": 3, "parallel": 2, "seed": 0},
-            "pick": {"max_accuracy_drop": 50.0},
+            "pick": {"max_accuracy_drop": 50.0, "verify_seconds": 2.0},
             "output_dir": str(tmp_path / "outputs"),
         },
     )
@@ -75,7 +75,7 @@ def test_an_onnx_only_task_searches_the_quantization_knobs(tmp_path):
             },
             "constraints": {"max_accuracy_drop": 5.0},
             "search": {"sampler": "random", "trials": 3, "parallel": 2, "seed": 1},
-            "pick": {"max_accuracy_drop": 5.0},
+            "pick": {"max_accuracy_drop": 5.0, "verify_seconds": 2.0},
             "output_dir": str(tmp_path / "outputs"),
         },
     )
@@ -119,7 +119,7 @@ def test_the_shipped_mnist_files_sweep(tmp_path):
             },
             "constraints": {"max_accuracy_drop": 100.0},
             "search": {"sampler": "random", "trials": 2, "parallel": 2, "seed": 0},
-            "pick": {"max_accuracy_drop": 100.0},
+            "pick": {"max_accuracy_drop": 100.0, "verify_seconds": 2.0},
             "output_dir": str(tmp_path / "outputs"),
         },
     )
