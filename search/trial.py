@@ -160,14 +160,15 @@ def _run(plan: CompressionPlan, ctx: TrialContext, result: TrialResult, time_mod
             result.onnx = probe
             result.metrics = _metrics(probe, latency, data, params)
             return
-        dominator = bar.dominator(latency.p50_ms, size_mb(probe))
+        probe_mb = size_mb(probe)
+        dominator = bar.dominator(latency.p50_ms, probe_mb)
         if dominator is not None:
             # Slower and larger than a model already at the top of the accuracy range: off the front whatever
             # training gives it. Its structure's figures are kept; it has no accuracy.
             result.info.update(
                 skipped_training=True, dominated_by=dominator.number, latency_cache="hit" if hit else "miss"
             )
-            result.metrics = {"size_mb": size_mb(probe), "params": float(params), **latency.metrics()}
+            result.metrics = {"size_mb": probe_mb, "params": float(params), **latency.metrics()}
             return
     with _stage(stages, "distill"):
         student = build(s, teacher, data.input_shape[0], data.num_classes, tuple(data.input_shape[1:]))
