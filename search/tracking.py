@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import io
 import logging
@@ -11,7 +12,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -69,15 +70,41 @@ NOTE = "mlflow.note.content"  # the run / experiment description MLflow's UI sho
 KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
+@contextlib.contextmanager
+def _first_access(uri: str) -> Iterator[None]:
+    """Hold an advisory lock beside a SQLite store while it is first opened, so one process at a time migrates it."""
+    # MLflow creates and migrates a fresh store on first open, and SQLite's DDL is not transactional in alembic: two
+    # drivers migrating together leave a half-made `_alembic_tmp_*` table that every later attempt trips on.
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock = Path(uri.removeprefix("sqlite:///").split("?")[0] + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _open(uri: str) -> MlflowClient:
+    """An MlflowClient whose tracking and registry stores exist and are migrated."""
+    with _first_access(uri):
+        client = MlflowClient(uri)
+        if not uri.startswith(("http://", "https://")):
+            client.search_registered_models(max_results=1)  # opens (and migrates) the registry store now
+        return client
+
+
 def _client(uri: str, attempts: int = 10) -> MlflowClient:
-    """An MlflowClient. A fresh database store creates and migrates its schema right here, and two drivers that
-    start together race on it (a table already exists, a migration finds its row gone): retry until one has won."""
+    """`_open`, retried: a server-side database (PostgreSQL) rolls a racing migration back, so a later attempt wins."""
     for attempt in range(attempts - 1):
         try:
-            return MlflowClient(uri)
+            return _open(uri)
         except Exception:  # noqa: BLE001 - SQLAlchemy's and alembic's errors both; the last attempt raises them
             time.sleep(0.5 * (attempt + 1))
-    return MlflowClient(uri)
+    return _open(uri)
 
 
 class Tracker:

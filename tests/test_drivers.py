@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import time
 
 import optuna
 import pytest
@@ -27,7 +30,7 @@ from search.study import (
     retry_of,
     stale,
 )
-from search.tracking import Tracker
+from search.tracking import Tracker, _first_access
 
 HEARTBEAT = 5.0  # generous: a loaded machine may delay a beat; a live driver is never taken over
 
@@ -131,3 +134,19 @@ def test_resync_marks_a_gone_drivers_unfinished_run_and_leaves_a_live_drivers_al
     assert client.get_run(gone).data.tags["slimsweep.role"] == "abandoned"  # kept to see, not counted as the trial
     assert client.get_run(live).info.status == "RUNNING"  # another live driver's run is never touched
     assert client.get_run(done).info.status == "FINISHED"
+
+
+def test_a_fresh_sqlite_store_is_migrated_by_one_driver_at_a_time(tmp_path):
+    # Two drivers migrating a fresh SQLite MLflow store together leave a half-made table behind that breaks both.
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    opener = (
+        "import sys; from pathlib import Path; from search.tracking import Tracker; print('opening', flush=True); "
+        f"Tracker({uri!r}, 'pair', Path({str(tmp_path)!r}) / 'art'); print('opened', flush=True)"
+    )
+    with _first_access(uri):  # what another driver holds while it migrates
+        other = subprocess.Popen([sys.executable, "-c", opener], stdout=subprocess.PIPE, text=True)
+        assert other.stdout.readline().strip() == "opening"
+        time.sleep(2)  # long enough for an unserialised open to have created the store
+        assert other.poll() is None and not (tmp_path / "mlflow.db").exists()
+    assert other.stdout.readline().strip() == "opened" and other.wait(timeout=120) == 0
+    assert MlflowClient(uri).get_experiment_by_name("pair") is not None
