@@ -139,7 +139,7 @@ def deliver(
     """Choose by policy (re-timing the front first when `retime` is given), then hand the model over as one step:
     registered from its trial's run (alias 'deployable'), deployable.onnx and model_card.json."""
     folder = output_dir or exp.out
-    note = recover(folder, tracker.alias_version())
+    note = recover(folder, tracker.alias_version)
     if note:
         say(note)
     members = front(study)

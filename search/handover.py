@@ -72,22 +72,27 @@ def pending(folder: Path) -> Pending | None:
     return Pending(**json.loads(path.read_text()))
 
 
-def recover(folder: Path, alias_version: str | None) -> str:
+def recover(folder: Path, alias_version: Callable[[], str | None]) -> str:
     """Finish or undo a hand-over a crash interrupted; returns what was done ('' when nothing was pending)."""
-    rec = pending(folder)
-    if rec is None:
+    if pending(folder) is None:
         return ""
-    onnx_tmp, card_tmp = _tmp(folder / ONNX), _tmp(folder / CARD)
-    if rec.version is not None and rec.version == alias_version:
-        # The alias moved (the commit point): rename whichever file is still temporary.
-        for tmp, final in ((onnx_tmp, folder / ONNX), (card_tmp, folder / CARD)):
-            if tmp.is_file():
-                os.replace(tmp, final)
-        (folder / PENDING).unlink()
-        return f"completed the hand-over of trial {rec.trial} (registry version {rec.version}) a crash interrupted"
-    for leftover in (onnx_tmp, card_tmp, folder / PENDING):
-        leftover.unlink(missing_ok=True)
-    return f"discarded an unfinished hand-over of trial {rec.trial} (the alias had not moved); it is redone"
+    # Under the hand-over lock, and the alias read there: a pending record may be another live driver's hand-over
+    # in progress, whose files are not ours to rename.
+    with _locked(folder):
+        rec = pending(folder)
+        if rec is None:
+            return ""
+        onnx_tmp, card_tmp = _tmp(folder / ONNX), _tmp(folder / CARD)
+        if rec.version is not None and rec.version == alias_version():
+            # The alias moved (the commit point): rename whichever file is still temporary.
+            for tmp, final in ((onnx_tmp, folder / ONNX), (card_tmp, folder / CARD)):
+                if tmp.is_file():
+                    os.replace(tmp, final)
+            (folder / PENDING).unlink()
+            return f"completed the hand-over of trial {rec.trial} (registry version {rec.version}) a crash interrupted"
+        for leftover in (onnx_tmp, card_tmp, folder / PENDING):
+            leftover.unlink(missing_ok=True)
+        return f"discarded an unfinished hand-over of trial {rec.trial} (the alias had not moved); it is redone"
 
 
 def hand_over(

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -213,3 +214,22 @@ def test_a_crash_before_the_alias_moved_leaves_the_old_hand_over_whole(swept, mo
     assert main(["pick", str(swept.path)]) == 0  # discards the leftovers, hands over again
     assert handover.pending(exp.out) is None and not list(exp.out.glob("*.tmp"))
     _agree(exp)
+
+
+def test_a_live_drivers_hand_over_in_progress_is_not_completed_by_another(tmp_path):
+    # Two drivers finishing together: one is between its alias move and its renames when the other starts delivering.
+    folder = tmp_path
+    done = {}
+    with handover._locked(folder):  # the first driver's hand-over, under way
+        (folder / handover.PENDING).write_text(json.dumps({"trial": 3, "sha256": "ab", "version": "2"}))
+        (folder / (handover.ONNX + ".tmp")).write_bytes(b"model")
+        (folder / (handover.CARD + ".tmp")).write_text("{}")
+        other = threading.Thread(target=lambda: done.setdefault("note", handover.recover(folder, lambda: "2")))
+        other.start()
+        other.join(timeout=1.0)
+        assert other.is_alive() and (folder / (handover.ONNX + ".tmp")).is_file()  # it waits; our files stay ours
+        for name in (handover.ONNX, handover.CARD):
+            os.replace(folder / (name + ".tmp"), folder / name)
+        (folder / handover.PENDING).unlink()
+    other.join(timeout=30)
+    assert done["note"] == "" and (folder / handover.ONNX).read_bytes() == b"model"
