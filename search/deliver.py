@@ -108,6 +108,9 @@ def publish_front(
     and the policy's accuracy threshold marked."""
     numbers = {c.trial for c in members}
     tracker.mark_front(numbers)
+    every, apart = knobs(study)
+    tracker.even_params(every)
+    tracker.save_view(list(exp.objectives), apart)
     runs = tracker.trial_runs()
     for c in members:
         if c.latency_p50_ms_verified is not None and c.trial in runs:
@@ -124,6 +127,15 @@ def publish_front(
     tracker.log_parent(files={"": csv_path}, tags={"slimsweep.front": ",".join(map(str, sorted(numbers)))})
     tracker.log_parent(files={"": png})
     tracker.log_parent(files={"": page})
+
+
+def knobs(study: optuna.Study, most: int = 6) -> tuple[list[str], list[str]]:
+    """Every knob the finished plans name (in plan order), and up to `most` that tell them apart: those taking
+    more than one value, continuous ones (more than 8 values, such as a distillation temperature) left out."""
+    plans = [read(t).plan for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    every = list(dict.fromkeys(k for plan in plans for k in plan))
+    values = {k: {str(plan[k]) for plan in plans if k in plan} for k in every}
+    return every, [k for k in every if 1 < len(values[k]) <= 8][:most]
 
 
 def deliver(

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import functools
 import io
+import json
 import logging
 import os
 import tempfile
@@ -22,6 +23,8 @@ from mlflow.tracking import MlflowClient
 
 ROLE, STUDY, NUMBER, DRIVER = "slimsweep.role", "slimsweep.study", "optuna.trial_number", "slimsweep.driver"
 ALIAS = "deployable"
+VIEW = "slimsweep-front"  # the key of the saved view of the front in MLflow's UI
+UNUSED = "-"  # the value of a knob a plan does not use
 log = logging.getLogger("slimsweep.tracking")
 # MLflow's HTTP client retries with backoff for minutes by default; a sweep would stall that long on an outage.
 _HTTP_DEFAULTS = {
@@ -270,6 +273,62 @@ class Tracker:
         """Tag every trial run pareto=true or pareto=false."""
         for number, run_id in self.trial_runs().items():
             self.client.set_tag(run_id, "pareto", "true" if number in front else "false")
+
+    @_tolerant()
+    def even_params(self, knobs: list[str]) -> None:
+        """Log '-' for each knob a trial run lacks (a conditional knob its plan does not use), so MLflow's tables
+        and parallel-coordinates charts show 'not used' rather than an empty cell or 'unknown'."""
+        for run in self._trial_run_list():
+            missing = [Param(k, UNUSED) for k in knobs if k not in run.data.params]
+            if missing:
+                self.client.log_batch(run.info.run_id, params=missing)
+
+    @_tolerant()
+    def save_view(self, objectives: list[str], knobs: list[str]) -> None:
+        """MLflow's saved view VIEW (in the UI's Views menu): every run in one flat list, fastest first, with the
+        objectives, the front and the pick as columns, and a chart section of accuracy against latency and the knobs
+        that tell the trials apart (all runs shown)."""
+        latency = next((o for o in objectives if o.startswith("latency")), objectives[-1])
+        accuracy = "accuracy" if "accuracy" in objectives else objectives[0]
+        chart = {"runsCountToCompare": 1000, "metricSectionId": VIEW, "deleted": False, "isGenerated": False}
+        state = {
+            "orderByKey": f"metrics.`{latency}`",
+            "orderByAsc": True,
+            "selectedColumns": [
+                "attributes.`Models`",
+                "attributes.`Description`",
+                *(f"metrics.`{o}`" for o in objectives),
+                "tags.`pareto`",
+                "tags.`slimsweep.pick`",
+            ],
+            "runsHiddenMode": "SHOW_ALL",
+            "compareRunCharts": [
+                {
+                    **chart,
+                    "uuid": f"{VIEW}-front",
+                    "type": "SCATTER",
+                    "xaxis": {"key": latency, "type": "METRIC"},
+                    "yaxis": {"key": accuracy, "type": "METRIC"},
+                },
+                {
+                    **chart,
+                    "uuid": f"{VIEW}-knobs",
+                    "type": "PARALLEL",
+                    "selectedParams": knobs,
+                    "selectedMetrics": list(objectives),
+                },
+            ],
+            "compareRunSections": [{"uuid": VIEW, "name": "The front", "display": True, "isReordered": True}],
+            "isAccordionReordered": True,
+        }
+        now = int(time.time() * 1000)
+        # MLflow's saved-view envelope (an experiment tag per view); its UI accepts the state as plain JSON.
+        envelope = {"name": "slimsweep: the front", "createdAt": now, "updatedAt": now, "state": json.dumps(state)}
+        self.client.set_experiment_tag(self.experiment_id, f"mlflow.sharedViewState.{VIEW}", json.dumps(envelope))
+
+    def view_link(self, base: str = "http://127.0.0.1:5000") -> str:
+        """The address of the saved view in an MLflow UI served at `base`."""
+        return f"{base}/#/experiments/{self.experiment_id}/runs?viewStateShareKey={VIEW}&workflowType=machine_learning"
 
     @_tolerant()
     def mark_pick(self, trial: int) -> None:

@@ -78,6 +78,7 @@ def page_text(url: str, folder) -> str:
             "--disable-gpu",
             f"--user-data-dir={folder}",
             "--virtual-time-budget=30000",
+            "--window-size=2400,1200",  # the grid renders only the columns in view: a wide screen shows them all
             "--dump-dom",
             url,
         ],
@@ -96,12 +97,22 @@ def test_the_experiment_opens_on_its_runs_and_the_pick_shows_metrics_and_tag(ui,
     experiment = client.get_experiment_by_name(exp.name)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     # The link the run prints at its end.
-    link = re.search(r"then open\s+(http://\S+)", swept.stdout).group(1)
+    link = re.search(r"^(http://127\.0\.0\.1:5000/#\S+)$", swept.stdout, re.M).group(1)
     path = link.split("/#", 1)[1]
     runs = page_text(f"{base}/#{path}", tmp_path / "a")
     assert f"{exp.name}-sweep" in runs and "matching runs" in runs, runs[:2000]
     assert "Token Usage" not in runs  # not MLflow 3's GenAI overview
     card = json.loads((exp.out / "model_card.json").read_text())
+    # The saved view: the trials in one flat list (the pick's row without expanding the parent), with the
+    # objectives as columns; its charts open on a section of accuracy against latency.
+    assert "slimsweep: the front" in runs and f"trial-{card['trial']}" in runs, runs[:2000]
+    assert "latency_p50_ms" in runs and "size_mb" in runs, runs[:2000]
+    charts = page_text(f"{base}/#{path}&compareRunsMode=CHART", tmp_path / "c")
+    assert "The front" in charts, charts[:2000]
+    view = json.loads(json.loads(experiment.tags["mlflow.sharedViewState.slimsweep-front"])["state"])
+    (knobs,) = [chart["selectedParams"] for chart in view["compareRunCharts"] if chart["type"] == "PARALLEL"]
+    trials = client.search_runs([experiment.experiment_id], "tags.`slimsweep.role` = 'trial'")
+    assert knobs and all(set(knobs) <= set(t.data.params) for t in trials)  # no "unknown" axis
     version = client.get_model_version_by_alias(exp.name, "deployable")
     run = page_text(f"{base}/#/experiments/{experiment.experiment_id}/runs/{version.run_id}", tmp_path / "b")
     assert f"trial-{card['trial']}" in run, run[:2000]
