@@ -385,13 +385,16 @@ def _deliver(exp: Experiment, study: Any, tracker: Any, policy: Any, *, retime: 
         else "not registered: MLflow is unreachable; `slimsweep sync` registers it"
     )
     console.print(f"wrote {delivery.onnx_path} and {delivery.card_path}; {registered}")
-    serve = "" if tracker.remote else f"mlflow ui --backend-store-uri {exp.tracking_uri}, then "
-    link = tracker.view_link(exp.tracking_uri.rstrip("/") if tracker.remote else "http://127.0.0.1:5000")
-    console.print(
-        f"review: {serve}open MLflow's saved view 'slimsweep: the front' (every trial, fastest first, and a chart of "
-        "accuracy against latency):"
-    )
-    console.print(link, soft_wrap=True)  # one unbroken line, to copy
+    if tracker.down:
+        console.print("review: once MLflow is back, `slimsweep sync` writes the trials and the saved view of the front")
+    else:
+        serve = "" if tracker.remote else f"mlflow ui --backend-store-uri {exp.tracking_uri}, then "
+        link = tracker.view_link(exp.tracking_uri.rstrip("/") if tracker.remote else "http://127.0.0.1:5000")
+        console.print(
+            f"review: {serve}open MLflow's saved view 'slimsweep: the front' (every trial, fastest first, and a chart "
+            "of accuracy against latency):"
+        )
+        console.print(link, soft_wrap=True)  # one unbroken line, to copy
     tracker.end("FINISHED")
     return 0
 

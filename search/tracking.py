@@ -33,6 +33,7 @@ _HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
 }
 _T = TypeVar("_T")
+_DATABASES = ("sqlite:", "postgresql", "mysql", "mssql")  # stores MLflow creates and migrates on first open
 
 
 def unreachable(uri: str, timeout_s: float = 5.0) -> str | None:
@@ -95,7 +96,7 @@ def _open(uri: str) -> MlflowClient:
     """An MlflowClient whose tracking and registry stores exist and are migrated."""
     with _first_access(uri):
         client = MlflowClient(uri)
-        if not uri.startswith(("http://", "https://")):
+        if uri.startswith(_DATABASES):
             client.search_registered_models(max_results=1)  # opens (and migrates) the registry store now
         return client
 
@@ -279,6 +280,8 @@ class Tracker:
         """Log '-' for each knob a trial run lacks (a conditional knob its plan does not use), so MLflow's tables
         and parallel-coordinates charts show 'not used' rather than an empty cell or 'unknown'."""
         for run in self._trial_run_list():
+            if run.info.status not in ("FINISHED", "FAILED"):
+                continue  # still being written (its own params come after its tags): not ours to fill
             missing = [Param(k, UNUSED) for k in knobs if k not in run.data.params]
             if missing:
                 self.client.log_batch(run.info.run_id, params=missing)
@@ -310,21 +313,30 @@ class Tracker:
                     "xaxis": {"key": latency, "type": "METRIC"},
                     "yaxis": {"key": accuracy, "type": "METRIC"},
                 },
-                {
-                    **chart,
-                    "uuid": f"{VIEW}-knobs",
-                    "type": "PARALLEL",
-                    "selectedParams": knobs,
-                    "selectedMetrics": list(objectives),
-                },
+                *(
+                    [
+                        {
+                            **chart,
+                            "uuid": f"{VIEW}-knobs",
+                            "type": "PARALLEL",
+                            "selectedParams": knobs,
+                            "selectedMetrics": list(objectives),
+                        }
+                    ]
+                    if knobs
+                    else []
+                ),
             ],
             "compareRunSections": [{"uuid": VIEW, "name": "The front", "display": True, "isReordered": True}],
             "isAccordionReordered": True,
         }
-        now = int(time.time() * 1000)
-        # MLflow's saved-view envelope (an experiment tag per view); its UI accepts the state as plain JSON.
-        envelope = {"name": "slimsweep: the front", "createdAt": now, "updatedAt": now, "state": json.dumps(state)}
-        self.client.set_experiment_tag(self.experiment_id, f"mlflow.sharedViewState.{VIEW}", json.dumps(envelope))
+        # MLflow's saved-view envelope (an experiment tag per view); its UI accepts the state as plain JSON. Each
+        # publish rewrites it with the sweep's current knobs, keeping when it was first made.
+        key, now = f"mlflow.sharedViewState.{VIEW}", int(time.time() * 1000)
+        earlier = self.client.get_experiment(self.experiment_id).tags.get(key)
+        made = json.loads(earlier).get("createdAt", now) if earlier else now
+        envelope = {"name": "slimsweep: the front", "createdAt": made, "updatedAt": now, "state": json.dumps(state)}
+        self.client.set_experiment_tag(self.experiment_id, key, json.dumps(envelope))
 
     def view_link(self, base: str = "http://127.0.0.1:5000") -> str:
         """The address of the saved view in an MLflow UI served at `base`."""

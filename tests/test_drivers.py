@@ -11,7 +11,7 @@ import time
 
 import optuna
 import pytest
-from conftest import small_experiment, start_cli
+from conftest import small_experiment, start_cli, wait_for
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -139,14 +139,16 @@ def test_resync_marks_a_gone_drivers_unfinished_run_and_leaves_a_live_drivers_al
 def test_a_fresh_sqlite_store_is_migrated_by_one_driver_at_a_time(tmp_path):
     # Two drivers migrating a fresh SQLite MLflow store together leave a half-made table behind that breaks both.
     uri = f"sqlite:///{tmp_path}/mlflow.db"
+    started = tmp_path / "opening"
     opener = (
-        "import sys; from pathlib import Path; from search.tracking import Tracker; print('opening', flush=True); "
-        f"Tracker({uri!r}, 'pair', Path({str(tmp_path)!r}) / 'art'); print('opened', flush=True)"
+        f"from pathlib import Path; from search.tracking import Tracker; Path({str(started)!r}).touch(); "
+        f"Tracker({uri!r}, 'pair', Path({str(tmp_path)!r}) / 'art'); print('opened')"
     )
     with _first_access(uri):  # what another driver holds while it migrates
         other = subprocess.Popen([sys.executable, "-c", opener], stdout=subprocess.PIPE, text=True)
-        assert other.stdout.readline().strip() == "opening"
+        wait_for(lambda: started.exists() or other.poll() is not None, timeout=120, every=0.2)
         time.sleep(2)  # long enough for an unserialised open to have created the store
         assert other.poll() is None and not (tmp_path / "mlflow.db").exists()
-    assert other.stdout.readline().strip() == "opened" and other.wait(timeout=120) == 0
+    out, _ = other.communicate(timeout=120)
+    assert other.returncode == 0 and "opened" in out
     assert MlflowClient(uri).get_experiment_by_name("pair") is not None
