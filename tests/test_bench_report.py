@@ -153,3 +153,14 @@ def test_what_the_space_can_reach_counts_the_structures_fast_enough_and_how_accu
     assert "2 structures are that fast; the sweeps trained 1 of them, 1 within the point" in text
     assert "| a | 0.1000 ms | 10.0x | 0.010 | not trained |" in text
     assert "| b | 0.2000 ms | 5.0x | 0.020 | 98.00% (joint) |" in text
+
+
+def test_what_the_space_can_reach_says_how_the_fastest_untried_structures_trained_alone():
+    from benchmarks.reach import Structure, markdown, untrained_fastest
+
+    structures = [Structure("a", 0.1, 0.01), Structure("b", 0.2, 0.02), Structure("c", 0.5, 0.05)]
+    measured = {"b": (98.0, {"joint"})}
+    assert untrained_fastest(structures, measured, 0.267, 4) == ["a"]  # b was trained; c is too slow
+    text = "\n".join(markdown(1.0, structures, measured, 99.0, ("pruning", 2.5), 1.0, "x", {"a": 98.5}))
+    assert "the 1 fastest of those structures no sweep trained: 1 within the point (the most accurate reached" in text
+    assert "| a | 0.1000 ms | 10.0x | 0.010 | 98.50% (trained alone here) |" in text
