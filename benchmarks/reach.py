@@ -5,8 +5,9 @@ It answers why a joint pick is or is not much faster than the best single-knob p
 structure that is both fast enough and trainable to within a point of the teacher. The report also trains, alone,
 the fastest structures that no sweep trained, so the answer does not hang on what the sweeps happened to try.
 
-Usage: python benchmarks/reach.py [--scale quick|medium|full] [--under-ms MS] [--train K]
-       (times every structure; trains the K fastest at or under MS with the sweeps' own trial code)
+Usage: python benchmarks/reach.py [--scale quick|medium|full] [--under-ms MS] [--train K] [--plan LABEL ...]
+       (times every structure; trains the K fastest at or under MS, or the named plans, with the sweeps' own trial
+       code; a label as the table prints it, e.g. "cnn w0.25 d2 | prune 0.5 | fp32")
 """
 
 from __future__ import annotations
@@ -189,14 +190,19 @@ def main() -> int:
     parser.add_argument("--scale", choices=["quick", "medium", "full"], default="medium")
     parser.add_argument("--under-ms", type=float, default=0.05, help="train only structures at or under this p50")
     parser.add_argument("--train", type=int, default=4, help="how many of the fastest structures to train")
+    parser.add_argument("--plan", action="append", default=[], help="train this plan instead (repeatable)")
     args = parser.parse_args()
     scale = {"quick": realdata.QUICK, "medium": realdata.MEDIUM, "full": realdata.FULL}[args.scale]
     experiment, overrides = sweeps.ROOT / "experiments" / "bench" / "joint.yaml", {"search.seed": 0, **scale.overrides}
     teacher_p50, structures = time_structures(experiment, overrides, {})
-    labels = untrained_fastest(structures, {}, args.under_ms, args.train)
+    known = {s.plan for s in structures}
+    unknown = [label for label in args.plan if label not in known]
+    if unknown:
+        parser.error(f"--plan {unknown[0]!r} is not a plan of the space; the table below lists them")
+    labels = args.plan or untrained_fastest(structures, {}, args.under_ms, args.train)
     alone = train_alone(experiment, overrides, {}, labels)
     print(f"fp32 teacher: {teacher_p50:.4f} ms p50 here ({args.scale} scale: {overrides})")
-    for s in structures[: max(16, len(labels))]:
+    for s in [s for s in structures[:16] if s.plan not in alone] + [s for s in structures if s.plan in alone]:
         trained = f"{alone[s.plan]:.2f}%" if s.plan in alone else "-"
         print(f"{s.plan:55s} {s.p50_ms:.4f} ms {teacher_p50 / s.p50_ms:5.1f}x {s.size_mb:.3f} MB  accuracy {trained}")
     return 0
