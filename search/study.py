@@ -364,6 +364,23 @@ def still_ours(study: optuna.Study, trial: optuna.Trial) -> bool:
     return study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING
 
 
+_GAVE_WAY = "slimsweep.gave_way"
+
+
+def past_budget(study: optuna.Study, number: int, budget: int) -> bool:
+    """Whether trial `number`, just asked, takes the study past its budget: two drivers that both saw one trial left
+    both ask; the latest-numbered asks past the budget are the ones that give way."""
+    flying = sorted(t.number for t in running(study))
+    over = len(finished(study)) + len(flying) - budget
+    return over > 0 and number in flying[-over:]
+
+
+def give_way(study: optuna.Study, trial: optuna.Trial) -> None:
+    """End a trial asked past the budget before it runs: PRUNED with no plan, so it counts nowhere and answers none."""
+    study._storage.set_trial_system_attr(trial._trial_id, _GAVE_WAY, True)
+    study.tell(trial, state=TrialState.PRUNED)
+
+
 def running(study: optuna.Study) -> list[FrozenTrial]:
     """Trials in flight in the whole study, whichever driver runs them."""
     return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))

@@ -30,6 +30,7 @@ from search.study import (
     beat,
     dominated,
     finished,
+    give_way,
     keep_latency,
     latency_cache,
     live_drivers,
@@ -37,6 +38,7 @@ from search.study import (
     open_study,
     own,
     owner,
+    past_budget,
     read,
     record,
     repair,
@@ -430,6 +432,9 @@ def _ask(sweep: _Sweep, progress: SweepProgress) -> None:
     """Ask Optuna for a plan; answer a plan already run from its result, else start it as a Ray task."""
     trial = sweep.study.ask()
     own(sweep.study, trial, sweep.driver)
+    if past_budget(sweep.study, trial.number, sweep.exp.search.trials):
+        give_way(sweep.study, trial)  # another driver asked for the last trial at the same moment
+        return
     sweep.asks += 1
     plan = sample(trial, sweep.exp.space)
     earlier = reusable(sweep.study, plan.params())

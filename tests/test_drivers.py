@@ -19,11 +19,15 @@ from search.config import load
 from search.study import (
     STALE_BEATS,
     beat,
+    dominated,
     finished,
+    give_way,
     interrupted,
     live_drivers,
     open_study,
     own,
+    past_budget,
+    read,
     repair,
     requeue,
     retire,
@@ -71,6 +75,20 @@ def test_a_crash_between_fail_and_enqueue_loses_no_plan(study):
     (waiting,) = study.get_trials(states=(TrialState.WAITING,))
     assert waiting.params == trial.params and retry_of(waiting) == trial.number
     assert trial.number in interrupted(study) and not finished(study)  # not counted as a failed plan
+
+
+def test_of_two_drivers_asking_for_the_last_trial_at_once_the_later_ask_gives_way(study):
+    # Budget 3, one trial finished, one in flight: both drivers saw one trial left and both asked.
+    x = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    done, _in_flight = study.ask(x), study.ask(x)
+    study.tell(done, [90.0, 1.0, 1.0])
+    first, second = study.ask(x), study.ask(x)
+    assert not past_budget(study, first.number, 3) and past_budget(study, second.number, 3)
+    give_way(study, second)
+    assert len(finished(study)) == 1 and not past_budget(study, first.number, 3)
+    gone = study.trials[second.number]
+    assert gone.state == TrialState.PRUNED and not read(gone).plan  # no plan: it answers no later proposal
+    assert not dominated(study)  # and it is not counted as a plan stopped before training
 
 
 @pytest.mark.parametrize("store", ["sqlite", "postgresql"])
