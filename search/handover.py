@@ -12,7 +12,6 @@ time (an exclusive lock on the folder), so the last one's files and alias agree.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -20,6 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+from search.filelock import held
 
 PENDING = ".handover-pending.json"
 ONNX, CARD = "deployable.onnx", "model_card.json"
@@ -42,12 +43,8 @@ class Pending:
 @contextlib.contextmanager
 def _locked(folder: Path) -> Iterator[None]:
     """Hold the folder's hand-over lock: another driver's hand-over waits, rather than renaming our files."""
-    with (folder / ".handover.lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with held(folder / ".handover.lock"):
+        yield
 
 
 def _tmp(path: Path) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import io
 import json
@@ -20,6 +19,8 @@ from typing import Any, TypeVar
 import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
+
+from search.filelock import held
 
 ROLE, STUDY, NUMBER, DRIVER = "slimsweep.role", "slimsweep.study", "optuna.trial_number", "slimsweep.driver"
 ALIAS = "deployable"
@@ -84,12 +85,8 @@ def _first_access(uri: str) -> Iterator[None]:
         return
     lock = Path(uri.removeprefix("sqlite:///").split("?")[0] + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
-    with lock.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with held(lock):
+        yield
 
 
 def _open(uri: str) -> MlflowClient:
