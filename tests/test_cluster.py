@@ -1,5 +1,5 @@
-"""The same experiment file on a real Ray cluster: a head and a worker node started with `ray start` on this
-machine's loopback; the worker node is killed while a trial runs on it, and the sweep still ends with exactly its
+"""The same experiment file on a real Ray cluster: a head node and two worker nodes started with `ray start` on this
+machine's loopback; a worker node is killed while a trial runs on it, and the sweep still ends with exactly its
 budget of finished trials and one MLflow run per trial. Each trial asks for the resources the file names."""
 
 from __future__ import annotations
@@ -52,8 +52,6 @@ class Node:
     def __init__(self, args: list[str], temp: Path, name: str, env: dict[str, str]) -> None:
         self.log = temp / f"{name}.log"
         common = [
-            "--num-cpus",
-            "1",
             "--node-ip-address",
             "127.0.0.1",
             "--disable-usage-stats",
@@ -84,32 +82,38 @@ class Node:
         own = {pid for pid, _, group, _ in every if group == self.proc.pid}
         return [(pid, cmd) for pid, parent, group, cmd in every if pid in own or parent in own]
 
-    def kill(self) -> None:
-        """SIGKILL every process of the node at once, workers included, the way a machine that loses power goes."""
-        victims = [pid for pid, _ in self.processes()]
-        for pid in victims:
+    def signal(self, sig: signal.Signals) -> None:
+        """Send `sig` to every process of the node at once, workers included."""
+        for pid, _ in self.processes():
             try:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, sig)
             except ProcessLookupError:
                 pass
+
+    def running_trial(self) -> bool:
+        """A worker of this node is running a trial (Ray titles a busy worker after its task)."""
+        return any(cmd.startswith("ray::_run_on_node") for _, cmd in self.processes())
+
+    def kill(self) -> None:
+        """SIGKILL every process of the node at once, workers included, the way a machine that loses power goes."""
+        self.signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
 
 
 @pytest.fixture
 def cluster():
-    """A two-node Ray cluster (one CPU each) on loopback, in its own temp folder; the test kills its own nodes."""
+    """A head node with no CPU for trials and two one-CPU worker nodes, on loopback, in its own temp folder: every
+    trial runs on a worker, so one can be killed mid-trial while another lives on; the test kills its own nodes."""
     temp = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))  # short: Ray's socket paths have a length limit
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
     port = _free_port()
     nodes: list[Node] = []
     try:
-        nodes.append(
-            Node(
-                ["--head", "--port", str(port), "--include-dashboard=false", "--temp-dir", str(temp)], temp, "head", env
-            )
-        )
-        nodes.append(Node(["--address", f"127.0.0.1:{port}"], temp, "worker", env))
-        yield f"127.0.0.1:{port}", nodes[0], nodes[1]
+        head = ["--head", "--port", str(port), "--include-dashboard=false", "--temp-dir", str(temp)]
+        nodes.append(Node([*head, "--num-cpus", "0"], temp, "head", env))
+        for name in ("worker1", "worker2"):
+            nodes.append(Node(["--address", f"127.0.0.1:{port}", "--num-cpus", "1"], temp, name, env))
+        yield f"127.0.0.1:{port}", nodes[0], nodes[1:]
     finally:
         for node in reversed(nodes):
             node.kill()
@@ -120,12 +124,26 @@ def _gone(*nodes: Node) -> bool:
     return any(node.proc.poll() is not None for node in nodes)
 
 
-def _running_trial(node: Node) -> bool:
-    return any(cmd.startswith("ray::_run_on_node") for _, cmd in node.processes())
+def _in_flight(study_of) -> list[int]:
+    study = study_of()
+    return [t.number for t in study.get_trials(states=(TrialState.RUNNING,))] if study else []
+
+
+def _frozen_mid_trial(workers: list[Node], study_of, caught: dict) -> bool:
+    """Freeze a worker node seen running a trial, and keep it frozen only if the trial is still on it: a trial
+    here can take under a second, so one seen running may have finished before a kill lands."""
+    for node in workers:
+        if node.running_trial():
+            node.signal(signal.SIGSTOP)
+            if node.running_trial():
+                caught.update(node=node, numbers=_in_flight(study_of))
+                return True
+            node.signal(signal.SIGCONT)
+    return False
 
 
 def test_a_sweep_survives_the_death_of_the_worker_node_running_a_trial(cluster, tmp_path):
-    address, head, worker = cluster
+    address, head, workers = cluster
     # The station shares cores here (reserve_cores: false) so that each one-CPU node can take a trial.
     path = small_experiment(
         tmp_path,
@@ -133,12 +151,26 @@ def test_a_sweep_survives_the_death_of_the_worker_node_running_a_trial(cluster, 
         target={"kind": "cpu", "reserve_cores": False},
         search={"sampler": "random", "trials": 3, "parallel": 2, "seed": 0, "resources": {"num_cpus": 1}},
     )
+    exp = load(path)
+
+    def study_of() -> optuna.Study | None:
+        try:
+            return optuna.load_study(study_name=exp.name, storage=exp.storage_url)
+        except KeyError:  # the driver has not made it yet
+            return None
+
+    caught: dict = {}
     driver = start_cli("run", str(path), "--ray-address", address, cwd=tmp_path)
     try:
-        wait_for(lambda: _running_trial(worker) or driver.poll() is not None or _gone(head, worker), timeout=600)
-        assert not _gone(head, worker), "a node of the test's cluster died early: did something run `ray stop`?"
+        # A trial can be short: look often (a look reads /proc, a few ms).
+        wait_for(
+            lambda: driver.poll() is not None or _gone(head, *workers) or _frozen_mid_trial(workers, study_of, caught),
+            timeout=600,
+            every=0.05,
+        )
+        assert not _gone(head, *workers), "a node of the test's cluster died early: did something run `ray stop`?"
         assert driver.poll() is None, driver.stdout.read()[-3000:]
-        worker.kill()
+        caught["node"].kill()
         out, _ = driver.communicate(timeout=600)
     finally:
         if driver.poll() is None:
@@ -146,12 +178,12 @@ def test_a_sweep_survives_the_death_of_the_worker_node_running_a_trial(cluster, 
             driver.wait()
     assert driver.returncode == 0, out[-3000:]
 
-    exp = load(path)
     study = optuna.load_study(study_name=exp.name, storage=exp.storage_url)
     done = finished(study)
     assert len(done) == 3  # exactly the budget: the trial lost with the node ran again, it did not add one
+    assert caught["numbers"] and set(caught["numbers"]) <= {t.number for t in done}  # under its own number
     # Losing a node is not a plan's failure: its trial ran again, and a bench station that lived there came back
-    # on the head node for the trials waiting on it.
+    # on a live node for the trials waiting on it.
     assert [t.number for t in done if t.state != TrialState.COMPLETE] == []
     # Each trial ran with the one CPU the file asked for, reserved by Ray.
     assert all(t.user_attrs["info"]["resources"].get("CPU") == 1 for t in done if "info" in t.user_attrs)
