@@ -18,29 +18,6 @@ import yaml
 
 BIN = Path(sys.executable).parent
 
-# The files that run whole sweeps, slowest first (a minute or more each on 2 cores, measured with --durations=0).
-# They start first: pytest-xdist hands whole files to two workers in collection order (--no-loadscope-reorder in
-# setup.cfg), and a long file handed out last keeps one worker busy while the other idles.
-SLOW_FIRST = (
-    "test_resume",
-    "test_cli_json",
-    "test_byo",
-    "test_drivers",
-    "test_postgres",
-    "test_sweep",
-    "test_hardware",
-    "test_cluster",
-    "test_tracking_outage",
-    "test_every_choice",
-    "test_mlflow_ui",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Collect the slow files first (the order of everything else is kept)."""
-    rank = {stem: i for i, stem in enumerate(SLOW_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.stem, len(SLOW_FIRST)))
-
 
 @pytest.fixture(scope="session", autouse=True)
 def teacher_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
