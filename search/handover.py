@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -40,11 +39,9 @@ class Pending:
     version: str | None = None
 
 
-@contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
+def _locked(folder: Path) -> contextlib.AbstractContextManager[None]:
     """Hold the folder's hand-over lock: another driver's hand-over waits, rather than renaming our files."""
-    with held(folder / ".handover.lock"):
-        yield
+    return held(folder / ".handover.lock")
 
 
 def _tmp(path: Path) -> Path:

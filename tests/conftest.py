@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 import yaml
 
@@ -60,6 +61,14 @@ def small_experiment(folder: Path, name: str = "tiny", **changes: Any) -> Path:
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def study_if_made(exp: Any) -> optuna.Study | None:
+    """The experiment's Optuna study, or None while its driver has not made it yet."""
+    try:
+        return optuna.load_study(study_name=exp.name, storage=exp.storage_url)
+    except KeyError:
+        return None
 
 
 def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import BIN, small_experiment, start_cli, wait_for
+from conftest import BIN, small_experiment, start_cli, study_if_made, wait_for
 from optuna.trial import TrialState
 
 from evaluators.errors import ConfigError
 from search.config import load
-from search.study import finished
+from search.study import finished, running
 
 
 def _free_port() -> int:
@@ -124,19 +124,15 @@ def _gone(*nodes: Node) -> bool:
     return any(node.proc.poll() is not None for node in nodes)
 
 
-def _in_flight(study_of) -> list[int]:
-    study = study_of()
-    return [t.number for t in study.get_trials(states=(TrialState.RUNNING,))] if study else []
-
-
-def _frozen_mid_trial(workers: list[Node], study_of, caught: dict) -> bool:
+def _frozen_mid_trial(workers: list[Node], exp, caught: dict) -> bool:
     """Freeze a worker node seen running a trial, and keep it frozen only if the trial is still on it: a trial
     here can take under a second, so one seen running may have finished before a kill lands."""
     for node in workers:
         if node.running_trial():
             node.signal(signal.SIGSTOP)
             if node.running_trial():
-                caught.update(node=node, numbers=_in_flight(study_of))
+                study = study_if_made(exp)
+                caught.update(node=node, numbers=[t.number for t in running(study)] if study else [])
                 return True
             node.signal(signal.SIGCONT)
     return False
@@ -152,19 +148,12 @@ def test_a_sweep_survives_the_death_of_the_worker_node_running_a_trial(cluster, 
         search={"sampler": "random", "trials": 3, "parallel": 2, "seed": 0, "resources": {"num_cpus": 1}},
     )
     exp = load(path)
-
-    def study_of() -> optuna.Study | None:
-        try:
-            return optuna.load_study(study_name=exp.name, storage=exp.storage_url)
-        except KeyError:  # the driver has not made it yet
-            return None
-
     caught: dict = {}
     driver = start_cli("run", str(path), "--ray-address", address, cwd=tmp_path)
     try:
         # A trial can be short: look often (a look reads /proc, a few ms).
         wait_for(
-            lambda: driver.poll() is not None or _gone(head, *workers) or _frozen_mid_trial(workers, study_of, caught),
+            lambda: driver.poll() is not None or _gone(head, *workers) or _frozen_mid_trial(workers, exp, caught),
             timeout=600,
             every=0.05,
         )

@@ -8,9 +8,8 @@ import re
 import signal
 from collections import Counter
 
-import optuna
 import pytest
-from conftest import free_port, run_cli, small_experiment, start_cli, wait_for
+from conftest import free_port, run_cli, small_experiment, start_cli, study_if_made, wait_for
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -21,16 +20,9 @@ from search.study import finished, retry_of
 BUDGET = 3
 
 
-def _study(exp) -> optuna.Study | None:
-    try:
-        return optuna.load_study(study_name=exp.name, storage=exp.storage_url)
-    except KeyError:  # the driver has not created it yet
-        return None
-
-
 def _mid_trial(exp) -> bool:
     """A trial has finished and another is in flight: the moment to pull the plug on the driver."""
-    study = _study(exp)
+    study = study_if_made(exp)
     return study is not None and len(finished(study)) >= 1 and bool(study.get_trials(states=(TrialState.RUNNING,)))
 
 
@@ -65,15 +57,15 @@ def test_a_sweep_on_postgresql_killed_mid_trial_resumes_with_nothing_lost_or_rep
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    kept = {t.number: (t.datetime_complete, t.values) for t in finished(_study(exp))}
-    left = [t.number for t in _study(exp).get_trials(states=(TrialState.RUNNING,))]
+    kept = {t.number: (t.datetime_complete, t.values) for t in finished(study_if_made(exp))}
+    left = [t.number for t in study_if_made(exp).get_trials(states=(TrialState.RUNNING,))]
     assert kept and left
 
     result = run_cli("run", str(path), cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"trials {left} were left unfinished" in result.stdout
 
-    study = _study(exp)
+    study = study_if_made(exp)
     done = {t.number: (t.datetime_complete, t.values) for t in finished(study)}
     assert len(done) == BUDGET  # exactly the budget
     for number, figures in kept.items():
