@@ -48,6 +48,22 @@ def unreachable(uri: str, timeout_s: float = 5.0) -> str | None:
         return str(getattr(exc, "reason", exc))
 
 
+def _requirements() -> list[str]:
+    """The pip requirements of a logged ONNX model: the installed distributions that load and run it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import onnxruntime
+
+    pins = [f"mlflow=={mlflow.__version__}", f"numpy=={version('numpy')}", f"onnx=={version('onnx')}"]
+    # onnxruntime's module may come from another build's distribution: name the one installed.
+    for name in ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml"):
+        try:
+            return [*pins, f"{name}=={version(name)}"]
+        except PackageNotFoundError:
+            continue
+    return [*pins, f"onnxruntime=={onnxruntime.__version__}"]
+
+
 def _tolerant(default: Any = None) -> Callable[[Callable[..., _T]], Callable[..., _T]]:
     """Run a Tracker call; on a lost tracking server, warn once and from then on skip every call (the study keeps
     the record; `slimsweep sync` back-fills MLflow)."""
@@ -424,6 +440,8 @@ class Tracker:
                 input_example=input_example,
                 onnx_execution_providers=["CPUExecutionProvider"],
                 metadata=metadata,
+                # What MLflow would infer, stated: its inference imports the model in a subprocess (about 4 s).
+                pip_requirements=_requirements(),
             )
         # start_run(run_id=...) reopened the finished trial run and ended it now: give it back its own end.
         self.client.set_terminated(run_id, run.info.status, end_time=run.info.end_time)
