@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -157,6 +159,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"error: {cut_message(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG if isinstance(exc, ConfigError) or _is_data_error(exc) else 1
+
+
+def entry() -> None:
+    """The console script: run main(), then leave without the interpreter's teardown of torch, Ray and MLflow, which
+    takes seconds after a sweep and does nothing a user needs."""
+    code = main()
+    for thread in threading.enumerate():  # what a normal exit waits for
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()  # Ray's shutdown, MLflow's active run, logging: everything registered for the exit
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _is_data_error(exc: SlimsweepError) -> bool:
