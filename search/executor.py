@@ -49,6 +49,10 @@ def _run_on_node(
     return result
 
 
+def _warm() -> None:
+    """Nothing: a worker that runs it has imported this module (torch, the trial code) and stays in Ray's pool."""
+
+
 # How long a trial waits for its bench station to come back when the station's node died: Ray notices a dead node
 # after some 15-30 s and restarts the station (max_restarts) on a live one. A station lost is not the plan's fault.
 STATION_GRACE_S = 180.0
@@ -204,6 +208,7 @@ class RayExecutor:
         self.where: tuple[str, list[int]] = ("", [])  # the station's node and cores, once it runs
         self._where_ref: Any = None  # a question to the station about its place, in flight
         self._where_next = 0.0
+        self._warming: list[Any] = []  # warm-up tasks in flight (kept: their results are never needed)
 
     def open_station(self, spec: TargetSpec, *, reserve_cores: bool) -> None:
         """Start the target's bench station; fails now, not mid-sweep, when the target cannot run here."""
@@ -287,6 +292,12 @@ class RayExecutor:
                 f"node of the Ray cluster has that much free for trials (after the bench station's share: {have}); "
                 f"ask for less, or add a node that has it"
             )
+
+    def warm(self, workers: int) -> None:
+        """Start `workers` trial workers now, so that their imports overlap the driver's setup instead of delaying
+        the first trials (seconds per worker: a worker imports torch)."""
+        task = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus)(_warm)
+        self._warming = [task.remote() for _ in range(workers)]
 
     @staticmethod
     def put(obj: Any) -> Any:

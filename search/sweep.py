@@ -217,6 +217,7 @@ def run_sweep(
 ) -> SweepSummary:
     """Run (or resume) the experiment's sweep until the study's budget of finished trials is reached."""
     start = time.perf_counter()
+    executor.warm(exp.search.parallel)  # workers import torch while the study, MLflow and the teacher's timing open
     study = open_study(exp)
     driver = new_driver_id()
     with Heartbeat(study, driver, exp.search.heartbeat_s):
