@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from evaluators.errors import ConfigError, SlimsweepError, did_you_mean
 from experiments import readers
@@ -35,6 +33,8 @@ from experiments.task_types import Task, TaskData
 
 def split(name: str, x: np.ndarray, y: np.ndarray, *, val: int, calib: int, seed: int) -> TaskData:
     """A fixed, seeded, stratified three-way split."""
+    from sklearn.model_selection import train_test_split  # on the driver only: Ray workers never split
+
     x_rest, x_val, y_rest, y_val = train_test_split(x, y, test_size=val, random_state=seed, stratify=y)
     x_train, x_calib, y_train, y_calib = train_test_split(
         x_rest, y_rest, test_size=calib, random_state=seed, stratify=y_rest
@@ -44,6 +44,8 @@ def split(name: str, x: np.ndarray, y: np.ndarray, *, val: int, calib: int, seed
 
 def digits(seed: int = 0) -> TaskData:
     """scikit-learn's bundled 8x8 digits (1,797 images): 1,197 train, 200 calibration, 400 validation."""
+    from sklearn.datasets import load_digits
+
     bunch = load_digits()
     x = (bunch.images / 16.0).astype(np.float32)[:, None, :, :]
     return split("digits", x, bunch.target.astype(np.int64), val=400, calib=200, seed=seed)
@@ -263,6 +265,8 @@ def _with_teacher(data: TaskData, spec: TeacherSpec, seed: int, key: str | None 
 
 def _subsample(y: np.ndarray, limit: int | None, seed: int, name: str) -> np.ndarray:
     """Indices of a stratified, seeded subsample of `limit` samples (all of them without a limit)."""
+    from sklearn.model_selection import train_test_split
+
     index = np.arange(len(y))
     if limit is None or limit >= len(y):
         return index
@@ -294,6 +298,8 @@ def _three_way(name: str, images: readers.Images, *, limit: int | None, seed: in
 
 def _official(name: str, train: readers.Images, test: readers.Images, *, limit: int | None, seed: int) -> TaskData:
     """A train set and a test set: calibration comes out of the train set, the test set validates."""
+    from sklearn.model_selection import train_test_split
+
     if limit is not None and limit < len(train.y) + len(test.y):
         n_train = round(limit * len(train.y) / (len(train.y) + len(test.y)))
         train, test = (

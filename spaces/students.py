@@ -16,10 +16,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import MobileNetV2
-from torchvision.models._utils import _make_divisible
-from torchvision.models.resnet import BasicBlock, conv1x1
-from torchvision.ops.misc import Conv2dNormActivation
 
 from evaluators.errors import TrialFailure
 from spaces.student_families import MIN_FEATURE_MAP, MOBILENETV2_SETTINGS
@@ -107,8 +103,13 @@ def _init_like_torchvision(module: nn.Module) -> None:
 
 def mobilenet_v2(
     in_channels: int, num_classes: int, input_hw: tuple[int, int], *, width: float = 1.0, settings: str = "compact"
-) -> MobileNetV2:
+) -> nn.Module:
     """torchvision's MobileNetV2 with a named inverted-residual table, its stem and strides fitted to the input."""
+    # torchvision on first use: importing it costs every process (the driver, each Ray worker) a second or more.
+    from torchvision.models import MobileNetV2
+    from torchvision.models._utils import _make_divisible
+    from torchvision.ops.misc import Conv2dNormActivation
+
     table = MOBILENETV2_SETTINGS[settings]
     strides = downsampling(input_hw, [2] + [s for *_, s in table.rows])  # torchvision: a stride-2 stem, then the table
     rows = [[t, c, n, s] for (t, c, n, _), s in zip(table.rows, strides[1:], strict=True)]
@@ -166,6 +167,8 @@ class ResNet(nn.Module):
 
 def _stage(inplanes: int, planes: int, count: int, stride: int) -> nn.Sequential:
     # As torchvision's ResNet._make_layer: the first block changes shape, through a 1x1 projection when it must.
+    from torchvision.models.resnet import BasicBlock, conv1x1
+
     downsample = None
     if stride != 1 or inplanes != planes:
         downsample = nn.Sequential(conv1x1(inplanes, planes, stride), nn.BatchNorm2d(planes))
