@@ -71,6 +71,12 @@ def study_if_made(exp: Any) -> optuna.Study | None:
         return None
 
 
+def kept_its_plan(retry: optuna.trial.FrozenTrial, original: optuna.trial.FrozenTrial) -> bool:
+    """A trial run again after an interruption ran the same plan: every knob the original had drawn, the same. A driver
+    killed while still drawing a plan leaves it partly drawn; its retry draws the rest."""
+    return all(retry.params.get(name) == value for name, value in original.params.items())
+
+
 def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the real console script in a fresh process."""
     return subprocess.run([str(BIN / "slimsweep"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
