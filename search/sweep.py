@@ -302,6 +302,7 @@ class _Sweep:
     n_val: int = 0  # validation images: the accuracy's noise, for the gate
     asks: int = 0  # plans this run asked Optuna for (the ask cap's count)
     driver: str = ""
+    refreshed: float = 0.0  # when the progress line last re-read the study (time.monotonic)
     running: list[Running] = field(default_factory=list)
     asked: dict[int, tuple[optuna.Trial, Any, dict, str]] = field(default_factory=dict)  # -> trial, plan, params, words
     attempts: dict[int, list[str]] = field(default_factory=dict)  # number -> machinery failures of earlier attempts
@@ -327,9 +328,11 @@ def _ask_and_tell(sweep: _Sweep, quiet: bool) -> None:
                     sweep.summary.requeued += requeue(sweep.study, stale(sweep.study, heartbeat_s))
                     next_check = time.monotonic() + heartbeat_s
                 parallel = slots()
+                asked = sweep.asks
                 while len(sweep.running) < parallel and _wanted(sweep) > 0:
                     _ask(sweep, progress)
-                _refresh(progress, sweep)
+                if sweep.asks > asked or time.monotonic() - sweep.refreshed >= IDLE_REFRESH_S:
+                    _refresh(progress, sweep)
                 if not sweep.running:
                     if len(finished(sweep.study)) >= budget or _out_of_plans(sweep):
                         break
@@ -581,7 +584,13 @@ def _log_statistics(tracker: Tracker, summary: SweepSummary) -> None:
     )
 
 
+# While its trials run, the driver re-reads the study this often for the progress line (other drivers' trials):
+# every second, the reads took CPU from the trial training beside it.
+IDLE_REFRESH_S = 5.0
+
+
 def _refresh(progress: SweepProgress, sweep: _Sweep) -> None:
+    sweep.refreshed = time.monotonic()
     done = finished(sweep.study)
     progress.update(
         done=len(done),
