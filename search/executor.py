@@ -35,6 +35,7 @@ def _run_on_node(
 ) -> TrialResult:
     """run_trial on a worker: off the station's cores, training on the CPUs it asked for, timing through the
     station, noting the node."""
+    began = time.time()
     free_cores(*where)  # the driver's latest view of the station's place (RayExecutor._refresh_where)
     if threads != ctx.train_threads:
         ctx = dataclasses.replace(ctx, train_threads=threads)  # a shallow copy: the data stays the shared one
@@ -43,6 +44,7 @@ def _run_on_node(
         return _at_station(lambda: station.measure.remote(model, ctx.timing))
 
     result = run_trial(number, plan, ctx, time_model, bar)
+    result.info["clock"] = {"worker_began": began, "worker_ended": time.time()}  # benchmarks/stages.py
     result.info["ray_node"] = ray.get_runtime_context().get_node_id()
     result.info["cores"] = sorted(os.sched_getaffinity(0))
     result.info["resources"] = ray.get_runtime_context().get_assigned_resources()  # what Ray reserved for it
@@ -164,6 +166,7 @@ class Running:
     number: int
     ref: Any  # ray.ObjectRef
     started: float = field(default=0.0)  # on the executor's clock, for the time limit
+    submitted: float = field(default_factory=time.time)  # wall clock, for where a trial's time goes
 
 
 class RayExecutor:

@@ -342,6 +342,9 @@ def _ask_and_tell(sweep: _Sweep, quiet: bool) -> None:
                     sweep.running.remove(item)
                     if _run_again(sweep, item.number, result):
                         continue
+                    # When the driver let it go and got it back, beside the worker's own stamps (benchmarks/stages.py)
+                    clock = result.info.setdefault("clock", {})
+                    clock.update(submitted=item.submitted, received=time.time())
                     describe, metrics = _tell(sweep, item.number, result)
                     _refresh(progress, sweep)
                     if not metrics and not result.error:
@@ -514,7 +517,8 @@ def _reuse(
     plan stopped before (PRUNED) that the bar still covers, stop it again, naming today's dominator."""
     old = read(earlier)
     origin = old.reuse_of if old.reuse_of is not None else earlier.number
-    rec = TrialRecord(plan=params, describe=describe, info=dict(old.info), metrics=dict(old.metrics), reuse_of=origin)
+    info = {k: v for k, v in old.info.items() if k != "clock"}  # the earlier trial's stamps are not this one's
+    rec = TrialRecord(plan=params, describe=describe, info=info, metrics=dict(old.metrics), reuse_of=origin)
     if earlier.state == TrialState.PRUNED:
         rec.info["dominated_by"] = dominated_by
         record(sweep.study, trial, rec)  # not an MLflow run, as in _tell

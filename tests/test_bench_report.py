@@ -63,7 +63,9 @@ def test_cpu_model_and_int8_flags_come_from_cpuinfo():
     assert {"avx2", "avx512_vnni"} <= flags and "amx_int8" not in flags
 
 
-def _trial(number: int, start: datetime, wall: float, spent: dict[str, float]) -> FrozenTrial:
+def _trial(
+    number: int, start: datetime, wall: float, spent: dict[str, float], clock: dict | None = None
+) -> FrozenTrial:
     return FrozenTrial(
         number=number,
         state=TrialState.COMPLETE,
@@ -73,7 +75,7 @@ def _trial(number: int, start: datetime, wall: float, spent: dict[str, float]) -
         datetime_complete=start + timedelta(seconds=wall),
         params={"x": 0},
         distributions={"x": CategoricalDistribution([0])},
-        user_attrs={"stages": spent},
+        user_attrs={"stages": spent, "info": {"clock": clock or {}}},
         system_attrs={},
         intermediate_values={},
         trial_id=number,
@@ -93,6 +95,25 @@ def test_breakdown_splits_a_sweep_into_stages_overhead_setup_and_delivery():
     assert b.between_trials == pytest.approx(1.0)  # tell at 30 s, next ask at 31 s
     assert (b.before_first, b.after_last, b.span, b.driver) == pytest.approx((10.0, 9.0, 31.0, 50.0))
     assert b.overhead_share == pytest.approx(1.5 / 31.0) and b.parallel_ok
+
+
+def test_a_trials_clock_splits_its_time_outside_the_stages():
+    t0 = datetime(2026, 1, 1, 12, 0, 0).astimezone()
+    first, asked = t0 + timedelta(seconds=1), t0 + timedelta(seconds=10)
+    at = asked.timestamp()
+    # asked at 10 s, submitted 0.25 s later, on the worker from 0.375 s to 2.375 s (stages 1.875 s), received at
+    # 2.5 s, told at 3 s
+    clock = {"submitted": at + 0.25, "worker_began": at + 0.375, "worker_ended": at + 2.375, "received": at + 2.5}
+    trials = [
+        _trial(0, first, 5.0, {"distill": 4.0}),
+        _trial(1, asked, 3.0, {"distill": 1.875}, clock),
+        _trial(2, t0 + timedelta(seconds=14), 1.0, {"distill": 0.75}),  # no stamps: an older record
+    ]
+    b = stages.breakdown(trials, started=t0, ended=t0 + timedelta(seconds=20))
+    assert b.in_trial_parts == pytest.approx(
+        {"sampling": 0.25, "ray": 0.25, "worker": 0.125, "recording": 0.5, "unstamped": 0.25}
+    )
+    assert sum(b.in_trial_parts.values()) == pytest.approx(b.in_trial_other)  # the parts add up to the whole
 
 
 def test_goals_compare_the_joint_pick_with_the_best_single_knob():
