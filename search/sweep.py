@@ -318,7 +318,7 @@ def _ask_and_tell(sweep: _Sweep, quiet: bool) -> None:
     def slots() -> int:
         return max(1, min(sweep.exp.search.parallel, sweep.executor.trial_slots()))
 
-    parallel = sweep.summary.parallel = slots()
+    sweep.summary.parallel = slots()
     progress = SweepProgress(budget, quiet=quiet)
     next_check = time.monotonic() + heartbeat_s
     try:
@@ -327,10 +327,8 @@ def _ask_and_tell(sweep: _Sweep, quiet: bool) -> None:
                 if time.monotonic() >= next_check:  # a driver that died meanwhile: its trials run again here
                     sweep.summary.requeued += requeue(sweep.study, stale(sweep.study, heartbeat_s))
                     next_check = time.monotonic() + heartbeat_s
-                parallel = slots()
                 asked = sweep.asks
-                while len(sweep.running) < parallel and _wanted(sweep) > 0:
-                    _ask(sweep, progress)
+                _fill(sweep, progress, slots())
                 if sweep.asks > asked or time.monotonic() - sweep.refreshed >= IDLE_REFRESH_S:
                     _refresh(progress, sweep)
                 if not sweep.running:
@@ -338,6 +336,7 @@ def _ask_and_tell(sweep: _Sweep, quiet: bool) -> None:
                         break
                     time.sleep(1.0)  # the rest of the budget runs at another driver; wait for it, or for it to die
                     continue
+                told = []
                 for item, result in sweep.executor.wait(sweep.running, timeout=1.0):
                     sweep.running.remove(item)
                     if _run_again(sweep, item.number, result):
@@ -345,7 +344,8 @@ def _ask_and_tell(sweep: _Sweep, quiet: bool) -> None:
                     # When the driver let it go and got it back, beside the worker's own stamps (benchmarks/stages.py)
                     clock = result.info.setdefault("clock", {})
                     clock.update(submitted=item.submitted, received=time.time())
-                    describe, metrics = _tell(sweep, item.number, result)
+                    describe, metrics, owed = _tell(sweep, item.number, result)
+                    told.append((item.number, result, owed))
                     _refresh(progress, sweep)
                     if not metrics and not result.error:
                         continue  # taken over by another driver: its copy is the one that counts, and it says so
@@ -357,6 +357,10 @@ def _ask_and_tell(sweep: _Sweep, quiet: bool) -> None:
                         skipped=bool(result.info.get("skipped_training")),
                         dominated_by=result.info.get("dominated_by"),
                     )
+                if told:  # the next plans start first: the MLflow mirror is off the trials' path
+                    _fill(sweep, progress, slots())
+                for number, result, owed in told:
+                    _mirror(sweep, number, result, owed)
     except KeyboardInterrupt:
         _stop_in_flight(sweep)
         sweep.summary.interrupted = True
@@ -369,6 +373,12 @@ def _ask_and_tell(sweep: _Sweep, quiet: bool) -> None:
 # Proposals that cost no trial (plans dominated before training, search/gate.py) may run to this many times the
 # budget; past it the sampler finds nothing left in the space that could reach the front.
 MAX_ASKS_PER_TRIAL = 10
+
+
+def _fill(sweep: _Sweep, progress: SweepProgress, parallel: int) -> None:
+    """Ask for plans until `parallel` trials are in flight or the budget is spoken for."""
+    while len(sweep.running) < parallel and _wanted(sweep) > 0:
+        _ask(sweep, progress)
 
 
 def _out_of_plans(sweep: _Sweep) -> bool:
@@ -470,14 +480,15 @@ def _ask(sweep: _Sweep, progress: SweepProgress) -> None:
     sweep.running.append(sweep.executor.submit(trial.number, plan, sweep.ctx_ref, bar_now))
 
 
-def _tell(sweep: _Sweep, number: int, result: TrialResult) -> tuple[str, dict[str, float]]:
-    """Record one result: ONNX on disk first, then Optuna (the state of record), then its MLflow run."""
+def _tell(sweep: _Sweep, number: int, result: TrialResult) -> tuple[str, dict[str, float], bool]:
+    """Record one result: ONNX on disk first, then Optuna (the state of record). Returns its words, its metrics and
+    whether an MLflow run is owed for it (see `_mirror`)."""
     trial, _, params, describe = sweep.asked.pop(number)
     if not still_ours(sweep.study, trial):
         # Another driver thought this one gone (its heartbeat was late) and queued the plan again: that copy counts.
         log.warning("trial %d was taken over by another driver; its result here is dropped", number)
         sweep.attempts.pop(number, None)
-        return describe, {}
+        return describe, {}, False
     info = dict(result.info)
     if sweep.attempts.get(number):
         info["machinery_attempts"] = sweep.attempts.pop(number)  # earlier attempts the machinery lost
@@ -490,19 +501,25 @@ def _tell(sweep: _Sweep, number: int, result: TrialResult) -> tuple[str, dict[st
         record(sweep.study, trial, rec)
         # Not an MLflow run: a sweep may stop many such plans, which would crowd the runs list; the parent counts
         # them and the study keeps each with its reason.
-        _keep_latencies(sweep)
-        return describe, rec.metrics
+        return describe, rec.metrics, False
     else:
         rec.metrics = dict(result.metrics, accuracy_drop=sweep.teacher["accuracy"] - result.metrics["accuracy"])
         path = trial_path(sweep.exp, number)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(result.onnx or b"")
         _record_metrics(sweep, trial, rec)
-    _keep_latencies(sweep)
-    log_trial(sweep.exp, sweep.tracker, sweep.study.get_trials(deepcopy=False)[number], full_traceback=result.traceback)
-    _note_outage(sweep)
     sweep.summary.ran_now += 1
-    return describe, rec.metrics
+    return describe, rec.metrics, True
+
+
+def _mirror(sweep: _Sweep, number: int, result: TrialResult, owed: bool) -> None:
+    """After a told trial: keep the station's new timings with the study and, if owed, mirror the trial to its
+    MLflow run. A driver that dies before this leaves the run to the next start (sync_tracking)."""
+    _keep_latencies(sweep)
+    if owed:
+        trial = sweep.study.get_trials(deepcopy=False)[number]
+        log_trial(sweep.exp, sweep.tracker, trial, full_traceback=result.traceback)
+        _note_outage(sweep)
 
 
 def _reuse(
