@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -102,6 +103,36 @@ def wait_for(predicate, timeout: float = 300, every: float = 0.5) -> None:
             return
         time.sleep(every)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+# --- a real MLflow tracking server ----------------------------------------------------------------------------------
+
+
+def start_mlflow_server(backend_uri: str, port: int, artifacts: Path | None = None) -> subprocess.Popen:
+    """A real `mlflow server` on loopback, in its own process group (stop it with stop_group); returns once it
+    answers its health check."""
+    from search.tracking import unreachable
+
+    args = [str(BIN / "mlflow"), "server", "--backend-store-uri", backend_uri, "--host", "127.0.0.1"]
+    args += ["--port", str(port), "--workers", "1"]
+    if artifacts is not None:
+        args += ["--default-artifact-root", artifacts.as_uri()]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    up = f"http://127.0.0.1:{port}"
+    wait_for(lambda: proc.poll() is not None or unreachable(up, timeout_s=2) is None, timeout=300)
+    assert proc.poll() is None, "mlflow server did not start"
+    return proc
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """Stop a process started in its own group, and all of that group (SIGTERM, then SIGKILL); once is enough."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
 
 
 # --- a real PostgreSQL server, started by the tests from the system's package --------------------------------------

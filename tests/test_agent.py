@@ -20,7 +20,7 @@ import onnx
 import pytest
 import torch
 import uvicorn
-from conftest import BIN, wait_for
+from conftest import BIN, free_port, wait_for
 from onnx import TensorProto, helper
 
 from evaluators import ConfigError, SlimsweepError, TimingSettings, agent, agent_worker, measure
@@ -406,12 +406,6 @@ def token_file(folder, token: str = TOKEN, mode: int = 0o600):
     path.write_text(f"  {token}\n")
     path.chmod(mode)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as probe:  # a port that was free a moment ago
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_agent(folder, port: int, **options) -> subprocess.Popen:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 from collections import Counter
@@ -15,18 +14,12 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import BIN, small_experiment, start_cli, study_if_made, wait_for
+from conftest import BIN, free_port, small_experiment, start_cli, study_if_made, wait_for
 from optuna.trial import TrialState
 
 from evaluators.errors import ConfigError
 from search.config import load
 from search.study import finished, running
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _processes() -> list[tuple[int, int, int, str]]:
@@ -57,9 +50,9 @@ class Node:
             "--disable-usage-stats",
             "--block",
             "--dashboard-agent-listen-port",
-            str(_free_port()),
+            str(free_port()),
             "--metrics-export-port",
-            str(_free_port()),
+            str(free_port()),
         ]
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(
@@ -106,7 +99,7 @@ def cluster():
     trial runs on a worker, so one can be killed mid-trial while another lives on; the test kills its own nodes."""
     temp = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))  # short: Ray's socket paths have a length limit
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
-    port = _free_port()
+    port = free_port()
     nodes: list[Node] = []
     try:
         head = ["--head", "--port", str(port), "--include-dashboard=false", "--temp-dir", str(temp)]

@@ -9,7 +9,7 @@ import subprocess
 import optuna
 import pytest
 import torch
-from conftest import BIN, run_cli, small_experiment, wait_for
+from conftest import BIN, free_port, run_cli, small_experiment, wait_for
 from mlflow.tracking import MlflowClient
 
 from search.cli import main
@@ -118,19 +118,13 @@ def test_bench_prints_the_statistics_of_one_model(model_file, capsys):
     assert "TensorrtExecutionProvider" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def agent(tmp_path):
     """A real device agent, started by its own command, on loopback."""
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token-of-32-bytes-or-more\n")
     token_file.chmod(0o600)  # the agent refuses a token file others can read
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [str(BIN / "slimsweep"), "agent", "--host", "127.0.0.1", "--port", str(port), "--token-file", str(token_file)],
         stdout=subprocess.PIPE,

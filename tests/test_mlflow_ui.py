@@ -4,16 +4,12 @@ opens on its runs, and the picked trial's run shows its metrics and the pick's t
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import urllib.request
 
 import pytest
-from conftest import BIN, wait_for
+from conftest import free_port, start_mlflow_server, stop_group
 from mlflow.tracking import MlflowClient
 from ux_sweep import finished_sweep
 
@@ -24,48 +20,16 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory):
     """`mlflow server` on the finished sweep's store, on a free loopback port."""
     swept = finished_sweep(tmp_path_factory)
-    port = _free_port()
-    server = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            swept.exp.tracking_uri,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-    def up() -> bool:
-        assert server.poll() is None, "mlflow server exited"
-        try:
-            return urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200
-        except OSError:
-            return False
-
+    port = free_port()
+    server = start_mlflow_server(swept.exp.tracking_uri, port)
     try:
-        wait_for(up, timeout=300, every=1.0)
         yield swept, f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+        stop_group(server)
 
 
 def page_text(url: str, folder) -> str:

@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import wait_for
+from conftest import free_port, wait_for
 
 from evaluators import ConfigError, LatencyStats, SlimsweepError, TimingSettings
 from evaluators.graph_key import graph_key
@@ -81,12 +81,6 @@ def trained_model() -> bytes:
 @pytest.fixture(scope="module")
 def cpu_settings() -> TimingSettings:
     return settings_for(TargetSpec("cpu"), **QUICK)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- targets -------------------------------------------------------------------------------------------------------

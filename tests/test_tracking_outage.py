@@ -5,64 +5,18 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-from pathlib import Path
 
 import optuna
-from conftest import BIN, run_cli, small_experiment, start_cli, wait_for
+from conftest import free_port, run_cli, small_experiment, start_cli, start_mlflow_server, stop_group
 from mlflow.tracking import MlflowClient
 
 from search.config import load
 from search.study import finished, needs_sync
-from search.tracking import unreachable
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _server(db: Path, artifacts: Path, port: int) -> subprocess.Popen:
-    """A real `mlflow server` on loopback, in its own process group so the test can stop all of it."""
-    proc = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{db}",
-            "--default-artifact-root",
-            artifacts.as_uri(),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    wait_for(lambda: unreachable(f"http://127.0.0.1:{port}", timeout_s=2) is None or proc.poll() is not None, 180)
-    assert proc.poll() is None, "mlflow server did not start"
-    return proc
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
 
 
 def test_a_server_down_at_start_is_a_clear_error_before_anything_is_written(tmp_path):
     path = small_experiment(tmp_path, name="nosrv")
-    uri = f"http://127.0.0.1:{_free_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     result = run_cli("run", str(path), "--tracking-uri", uri, cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "tracking.uri" in result.stderr and "not reachable" in result.stderr and "--no-tracking" in result.stderr
@@ -70,7 +24,7 @@ def test_a_server_down_at_start_is_a_clear_error_before_anything_is_written(tmp_
 
 
 def test_an_outage_mid_sweep_is_survived_and_sync_backfills_mlflow_once(tmp_path):
-    port = _free_port()
+    port = free_port()
     db, artifacts = tmp_path / "server.db", tmp_path / "server-artifacts"
     uri = f"http://127.0.0.1:{port}"
     path = small_experiment(
@@ -80,7 +34,7 @@ def test_an_outage_mid_sweep_is_survived_and_sync_backfills_mlflow_once(tmp_path
         search={"sampler": "random", "trials": 4, "parallel": 1, "seed": 0},
     )
     exp = load(path)
-    server = _server(db, artifacts, port)
+    server = start_mlflow_server(f"sqlite:///{db}", port, artifacts)
     proc = start_cli("run", str(path), cwd=tmp_path)
     lines: list[str] = []
     try:
@@ -88,10 +42,10 @@ def test_an_outage_mid_sweep_is_survived_and_sync_backfills_mlflow_once(tmp_path
             lines.append(line)
             if line.startswith("trial "):  # the first trial is in MLflow; now the server goes away
                 break
-        _stop(server)
+        stop_group(server)
         output, _ = proc.communicate(timeout=600)
     finally:
-        _stop(server)
+        stop_group(server)
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     output = "".join(lines) + output
@@ -102,7 +56,7 @@ def test_an_outage_mid_sweep_is_survived_and_sync_backfills_mlflow_once(tmp_path
     assert len(done) == 4 and needs_sync(study)
     assert (exp.out / "deployable.onnx").is_file()
 
-    server = _server(db, artifacts, port)
+    server = start_mlflow_server(f"sqlite:///{db}", port, artifacts)
     try:
         first = run_cli("sync", str(path), cwd=tmp_path)
         second = run_cli("sync", str(path), cwd=tmp_path)
@@ -113,7 +67,7 @@ def test_an_outage_mid_sweep_is_survived_and_sync_backfills_mlflow_once(tmp_path
         version = client.get_model_version_by_alias(exp.name, "deployable").version
         versions = client.search_model_versions(f"name = '{exp.name}'")
     finally:
-        _stop(server)
+        stop_group(server)
     assert first.returncode == 0, first.stderr[-3000:]
     assert second.returncode == 0, second.stderr[-3000:]
     assert "0 trial runs logged, 4 already in MLflow" in second.stdout, second.stdout
