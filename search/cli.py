@@ -210,7 +210,8 @@ def _quiet_libraries(verbose: bool) -> None:
 
 def _ray_auth_for(address: str | None) -> None:
     """Present the cluster's token: Ray 2.60 clusters require one by default, and Ray reads the mode at import."""
-    has_token = os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file()
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token"
+    has_token = os.environ.get("RAY_AUTH_TOKEN") or Path(path).is_file()
     if address and has_token:
         os.environ.setdefault("RAY_AUTH_MODE", "token")
 

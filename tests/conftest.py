@@ -83,11 +83,12 @@ def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.Completed
     return subprocess.run([str(BIN / "slimsweep"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
-def start_cli(*args: str, cwd: Path) -> subprocess.Popen:
+def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start the console script in its own process group, so the test can stop it like a user would."""
     return subprocess.Popen(
         [str(BIN / "slimsweep"), *args],
         cwd=cwd,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

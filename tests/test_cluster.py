@@ -5,6 +5,7 @@ budget of finished trials and one MLflow run per trial. Each trial asks for the 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -98,7 +99,11 @@ def cluster():
     """A head node with no CPU for trials and two one-CPU worker nodes, on loopback, in its own temp folder: every
     trial runs on a worker, so one can be killed mid-trial while another lives on; the test kills its own nodes."""
     temp = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))  # short: Ray's socket paths have a length limit
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    # The cluster's own token, as the README's `ray get-auth-token --generate` makes one, but in the test's folder:
+    # the nodes and the driver read it from there, and the user's ~/.ray is neither needed nor touched.
+    token = temp / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "RAY_USAGE_STATS_ENABLED": "0"}
     port = free_port()
     nodes: list[Node] = []
     try:
@@ -106,7 +111,7 @@ def cluster():
         nodes.append(Node([*head, "--num-cpus", "0"], temp, "head", env))
         for name in ("worker1", "worker2"):
             nodes.append(Node(["--address", f"127.0.0.1:{port}", "--num-cpus", "1"], temp, name, env))
-        yield f"127.0.0.1:{port}", nodes[0], nodes[1:]
+        yield f"127.0.0.1:{port}", nodes[0], nodes[1:], env
     finally:
         for node in reversed(nodes):
             node.kill()
@@ -132,7 +137,7 @@ def _frozen_mid_trial(workers: list[Node], exp, caught: dict) -> bool:
 
 
 def test_a_sweep_survives_the_death_of_the_worker_node_running_a_trial(cluster, tmp_path):
-    address, head, workers = cluster
+    address, head, workers, env = cluster
     # The station shares cores here (reserve_cores: false) so that each one-CPU node can take a trial.
     path = small_experiment(
         tmp_path,
@@ -142,7 +147,7 @@ def test_a_sweep_survives_the_death_of_the_worker_node_running_a_trial(cluster, 
     )
     exp = load(path)
     caught: dict = {}
-    driver = start_cli("run", str(path), "--ray-address", address, cwd=tmp_path)
+    driver = start_cli("run", str(path), "--ray-address", address, cwd=tmp_path, env=env)
     try:
         # A trial can be short: look often (a look reads /proc, a few ms).
         wait_for(
