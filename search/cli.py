@@ -165,12 +165,13 @@ def entry() -> None:
     """The console script: run main(), then leave without the interpreter's teardown of torch, Ray and MLflow, which
     takes seconds after a sweep and does nothing a user needs."""
     code = main()
-    for thread in threading.enumerate():  # what a normal exit waits for
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
+    threading._shutdown()  # what a normal exit waits for: non-daemon threads, thread pools' exit hooks included
     atexit._run_exitfuncs()  # Ray's shutdown, MLflow's active run, logging: everything registered for the exit
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):  # a reader that left early (`| head`), a stream already closed
+            pass
     os._exit(code)
 
 
@@ -296,6 +297,13 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
             f"MLflow at {exp.tracking_uri} became unreachable ({summary.tracking_down[:200]}); the sweep "
             f"went on and the study holds every trial: run `slimsweep sync {args.experiment}` once it is "
             f"back",
+            soft_wrap=True,
+        )
+    if summary.unmirrored:
+        numbers = ", ".join(map(str, summary.unmirrored[:10]))
+        console.print(
+            f"MLflow refused the runs of {len(summary.unmirrored)} trials ({numbers}; the warnings above say why); "
+            f"the study holds them: run `slimsweep sync {args.experiment}`",
             soft_wrap=True,
         )
     if summary.dominated:
