@@ -23,6 +23,8 @@ from search.gate import Bar
 from search.station import free_cores, start_station
 from search.trial import TrialContext, TrialResult, run_trial
 
+log = logging.getLogger(__name__)
+
 
 def _run_on_node(
     number: int,
@@ -55,6 +57,8 @@ def _warm() -> None:
     """Nothing: a worker that runs it has imported this module (torch, the trial code) and stays in Ray's pool."""
 
 
+# How long the teacher's timing waits for the warm-up workers' imports (seconds each) before it times anyway.
+WARM_WAIT_S = 60.0
 # How long a trial waits for its bench station to come back when the station's node died: Ray notices a dead node
 # after some 15-30 s and restarts the station (max_restarts) on a live one. A station lost is not the plan's fault.
 STATION_GRACE_S = 180.0
@@ -300,7 +304,21 @@ class RayExecutor:
         """Start `workers` trial workers now, so that their imports overlap the driver's setup instead of delaying
         the first trials (seconds per worker: a worker imports torch)."""
         task = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus)(_warm)
-        self._warming = [task.remote() for _ in range(workers)]
+        # No more than fit now: one that waits in Ray's queue would only hold up warmed() for nothing.
+        self._warming = [task.remote() for _ in range(min(workers, self.trial_slots()))]
+
+    def warmed(self, timeout_s: float = WARM_WAIT_S) -> None:
+        """Wait for the warm-up workers to finish starting, so their imports do not share the station's cores
+        while it times a model; a worker that failed to start says why here (its trials would fail the same)."""
+        if not self._warming:
+            return
+        ready, _ = ray.wait(self._warming, num_returns=len(self._warming), timeout=timeout_s)
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except Exception as err:  # noqa: BLE001 - a warning: the trials themselves report their own failure
+                log.warning("a trial worker failed to start: %s", err)
+        self._warming = []
 
     @staticmethod
     def put(obj: Any) -> Any:

@@ -80,6 +80,7 @@ class SweepSummary:
     retried: int = 0  # attempts run again in this run after a machinery failure
     failed_kinds: dict[str, int] = field(default_factory=dict)  # failed trials by kind: plan, timeout, worker_died..
     tracking_down: str = ""  # why MLflow stopped being written during this run, if it did
+    unmirrored: list[int] = field(default_factory=list)  # trials whose MLflow run failed to write, MLflow being up
 
 
 def trial_path(exp: Experiment, number: int) -> Path:
@@ -274,6 +275,7 @@ def _time_baseline(
     exp: Experiment, executor: RayExecutor, ctx: TrialContext, study: optuna.Study, tracker: Tracker
 ) -> dict[str, float]:
     """Time the fp32 teacher at the station like every candidate, before any trial trains; store and log it."""
+    executor.warmed()  # workers importing torch beside the station would slow the teacher, and flatter every speed-up
     teacher_onnx, teacher = teacher_figures(ctx, lambda m: executor.time_model(m, ctx.timing, use_cache=False))
     (exp.out / "teacher.onnx").write_bytes(teacher_onnx)
     station = {"node": executor.where[0], "cores": executor.where[1]}
@@ -306,6 +308,7 @@ class _Sweep:
     running: list[Running] = field(default_factory=list)
     asked: dict[int, tuple[optuna.Trial, Any, dict, str]] = field(default_factory=dict)  # -> trial, plan, params, words
     attempts: dict[int, list[str]] = field(default_factory=dict)  # number -> machinery failures of earlier attempts
+    told: list[tuple[int, TrialResult, bool]] = field(default_factory=list)  # told, MLflow run not yet written
 
 
 def _ask_and_tell(sweep: _Sweep, quiet: bool) -> None:
@@ -336,7 +339,7 @@ def _ask_and_tell(sweep: _Sweep, quiet: bool) -> None:
                         break
                     time.sleep(1.0)  # the rest of the budget runs at another driver; wait for it, or for it to die
                     continue
-                told = []
+                told = sweep.told = []
                 for item, result in sweep.executor.wait(sweep.running, timeout=1.0):
                     sweep.running.remove(item)
                     if _run_again(sweep, item.number, result):
@@ -359,15 +362,28 @@ def _ask_and_tell(sweep: _Sweep, quiet: bool) -> None:
                     )
                 if told:  # the next plans start first: the MLflow mirror is off the trials' path
                     _fill(sweep, progress, slots())
-                for number, result, owed in told:
-                    _mirror(sweep, number, result, owed)
+                while told:
+                    _mirror(sweep, *told.pop(0))
     except KeyboardInterrupt:
+        _unmirrored(sweep)
         _stop_in_flight(sweep)
         sweep.summary.interrupted = True
         sweep.tracker.end("KILLED")
     except BaseException:
+        _unmirrored(sweep)
         _stop_in_flight(sweep)  # the caller closes the parent run
         raise
+
+
+def _unmirrored(sweep: _Sweep) -> None:
+    """A driver stopping between telling trials and writing their MLflow runs: the study says MLflow needs a sync
+    (the next start back-fills them too; `slimsweep status` shows it meanwhile)."""
+    if sweep.told:
+        sweep.summary.unmirrored.extend(number for number, _, _ in sweep.told)
+        try:
+            set_needs_sync(sweep.study, True)
+        except Exception as err:  # noqa: BLE001 - the storage may be what failed; the next start syncs anyway
+            log.warning("could not mark the study for a sync: %s", err)
 
 
 # Proposals that cost no trial (plans dominated before training, search/gate.py) may run to this many times the
@@ -515,11 +531,16 @@ def _tell(sweep: _Sweep, number: int, result: TrialResult) -> tuple[str, dict[st
 def _mirror(sweep: _Sweep, number: int, result: TrialResult, owed: bool) -> None:
     """After a told trial: keep the station's new timings with the study and, if owed, mirror the trial to its
     MLflow run. A driver that dies before this leaves the run to the next start (sync_tracking)."""
-    _keep_latencies(sweep)
-    if owed:
-        trial = sweep.study.get_trials(deepcopy=False)[number]
-        log_trial(sweep.exp, sweep.tracker, trial, full_traceback=result.traceback)
-        _note_outage(sweep)
+    try:
+        _keep_latencies(sweep)
+        if owed:
+            trial = sweep.study.get_trials(deepcopy=False)[number]
+            log_trial(sweep.exp, sweep.tracker, trial, full_traceback=result.traceback)
+            _note_outage(sweep)
+    except Exception as err:  # noqa: BLE001 - the study already holds the trial: a copy failing must not stop the sweep
+        log.warning("trial %d: its MLflow run or timings were not written (%s); `slimsweep sync` fills it", number, err)
+        sweep.summary.unmirrored.append(number)
+        set_needs_sync(sweep.study, True)
 
 
 def _reuse(
