@@ -241,6 +241,9 @@ def run_sweep(
             )
             _keep_latencies(sweep)
             _ask_and_tell(sweep, quiet)
+            # A driver that died during this sweep may have told trials it never mirrored; the pick and the registry
+            # need every finished trial's run, so they are filled now, not only at the next start.
+            sync_tracking(exp, study, tracker, live_drivers(study, exp.search.heartbeat_s))
             _count(sweep, start)
             _log_statistics(tracker, summary)
             _note_outage(sweep)

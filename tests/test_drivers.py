@@ -11,7 +11,7 @@ import time
 
 import optuna
 import pytest
-from conftest import small_experiment, start_cli, wait_for
+from conftest import run_cli, small_experiment, start_cli, wait_for
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -26,12 +26,14 @@ from search.study import (
     live_drivers,
     open_study,
     own,
+    owner,
     past_budget,
     read,
     repair,
     requeue,
     retire,
     retry_of,
+    running,
     stale,
 )
 from search.tracking import Tracker, _first_access
@@ -170,3 +172,43 @@ def test_a_fresh_sqlite_store_is_migrated_by_one_driver_at_a_time(tmp_path):
     out, _ = other.communicate(timeout=120)
     assert other.returncode == 0 and "opened" in out
     assert MlflowClient(uri).get_experiment_by_name("pair") is not None
+
+
+def test_a_driver_that_dies_mid_sweep_leaves_no_trial_without_its_run_at_the_survivors_end(tmp_path):
+    # A driver killed between telling Optuna and writing the MLflow run leaves a finished trial without its run.
+    # Made here exactly: a first sweep's trial whose run is then deleted, and whose driver looks alive (a fresh
+    # heartbeat) while a second driver starts, so that driver's start leaves it alone, then dies mid-sweep.
+    path = small_experiment(
+        tmp_path,
+        name="survivor",
+        search={"sampler": "random", "trials": 1, "parallel": 1, "seed": 0},
+        constraints={"max_accuracy_drop": 50.0},  # any first plan makes a front to pick from
+        pick={"max_accuracy_drop": 50.0, "verify_seconds": 2.0},
+    )
+    exp = load(path)
+    first = run_cli("run", str(path), "--quiet", cwd=tmp_path)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    study = optuna.load_study(study_name=exp.name, storage=exp.storage_url)
+    (told,) = finished(study)
+    client = MlflowClient(exp.tracking_uri)
+    experiment = client.get_experiment_by_name(exp.name)
+
+    def trial_runs() -> list[int]:
+        runs = client.search_runs([experiment.experiment_id], "tags.`slimsweep.role` = 'trial'")
+        return sorted(int(r.data.tags["optuna.trial_number"]) for r in runs)
+
+    for run in client.search_runs([experiment.experiment_id], "tags.`slimsweep.role` = 'trial'"):
+        client.delete_run(run.info.run_id)
+    beat(study, owner(told), time.time() + 3600)  # alive, as far as the next start can tell
+    driver = start_cli("run", str(path), "--trials", "3", cwd=tmp_path)
+    try:
+        wait_for(lambda: driver.poll() is not None or bool(running(study)), timeout=300, every=0.2)
+        assert told.number not in trial_runs()  # the start left the live driver's trial to it
+        retire(study, owner(told))  # the first driver dies mid-sweep, its trial still without a run
+        out, _ = driver.communicate(timeout=600)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    assert driver.returncode == 0, out[-3000:]
+    assert trial_runs() == sorted(t.number for t in finished(study))  # the dead driver's trial too, once each
