@@ -27,6 +27,7 @@ SEARCHES = {
 SINGLE_KNOB = ("quantization", "pruning", "distillation")
 JOINT = ("joint",)
 MAX_DROP = 1.0  # points: the pick's allowance, and the experiment files' constraint
+TEACHER_BAR_MS = 1.0  # the fp32 teacher's p50 the comparison asks for: below it, the picks differ by tens of µs
 REACH_TRAINED = 4  # the fastest structures no sweep trained that the report trains alone (benchmarks/reach.py)
 # report.py's choices: "scale" ("medium") instead of quick/full, "seeds" instead of the scale's own.
 OVERRIDE: dict[str, Any] = {}
@@ -291,6 +292,12 @@ def reach_lines(results: list[SearchResult], scale: Scale, env: dict[str, str]) 
     )
 
 
+def teacher_goal(p50_ms: float) -> str:
+    """The headline line on the teacher's size: is it a model worth compressing on this machine?"""
+    met = "**met**" if p50_ms >= TEACHER_BAR_MS else "**not met** (a faster CPU than the teacher was sized for)"
+    return f"MNIST: the fp32 teacher's p50 here is {p50_ms:.3f} ms (goal >= {TEACHER_BAR_MS:g} ms): {met}."
+
+
 def markdown(results: list[SearchResult], scale: Scale, png: str, reach_text: list[str] | None = None) -> str:
     """The section's text: setup, summary table, goals, what the space can reach, fronts, picks."""
     summary = summarize(results)
@@ -307,6 +314,8 @@ def markdown(results: list[SearchResult], scale: Scale, png: str, reach_text: li
         lines += [
             f"fp32 teacher (width 1.5, depth 2): {teacher['accuracy']:.2f}% on the validation split, "
             f"{teacher['latency_p50_ms']:.3f} ms p50 at the bench station, {teacher['size_mb']:.3f} MB.",
+            "",
+            f"> {teacher_goal(teacher['latency_p50_ms'])}",
             "",
         ]
     lines += [

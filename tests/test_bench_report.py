@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 from benchmarks import report, stages, sweeps
 from benchmarks.hypervolume import Point, hypervolume
 from benchmarks.machine import cpu_info
-from benchmarks.realdata import goals
+from benchmarks.realdata import goals, teacher_goal
 
 
 def _by_cells(losses: list[tuple[float, ...]], ref: tuple[float, ...]) -> float:
@@ -129,6 +129,11 @@ def test_goals_compare_the_joint_pick_with_the_best_single_knob():
     assert "not met (distillation higher)" in volume
     summary["joint"]["speedup"] = None
     assert "not measurable" in goals(summary)[0]
+
+
+def test_the_report_says_whether_the_teacher_is_slow_enough_to_be_worth_compressing_here():
+    assert "0.490 ms (goal >= 1 ms): **not met**" in teacher_goal(0.49)
+    assert teacher_goal(1.382).endswith("1.382 ms (goal >= 1 ms): **met**.")
 
 
 def test_overrides_never_add_a_knob_a_file_leaves_out():
