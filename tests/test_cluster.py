@@ -253,3 +253,22 @@ def test_resources_out_of_bounds_are_refused_naming_the_field(tmp_path, resource
     path = small_experiment(tmp_path, search={"trials": 2, "resources": resources})
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("'", "'")):
         load(path)
+
+
+def test_the_driver_presents_a_cluster_token_wherever_ray_would_find_it(tmp_path, monkeypatch):
+    from search.cli import _ray_auth_for
+
+    token = tmp_path / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.ray/auth_token
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("RAY_AUTH_MODE", "")  # recorded, so that what the driver sets is undone after the test
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "missing"))
+    _ray_auth_for("127.0.0.1:6379")
+    assert "RAY_AUTH_MODE" not in os.environ  # no token anywhere: a cluster without authentication
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    _ray_auth_for(None)
+    assert "RAY_AUTH_MODE" not in os.environ  # a local Ray decides for itself
+    _ray_auth_for("127.0.0.1:6379")
+    assert os.environ["RAY_AUTH_MODE"] == "token"
