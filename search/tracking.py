@@ -91,6 +91,17 @@ NOTE = "mlflow.note.content"  # the run / experiment description MLflow's UI sho
 KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
+def _again_if_raced(write: Callable[[], _T]) -> _T:
+    """An MLflow write that inserts a key (a tag, a param), run once more if it fails: MLflow's SQL store checks for
+    the key, then inserts, so two drivers writing the same key at the same instant make one fail on the unique key;
+    the second try finds the key and updates it. A real error fails the second try too."""
+    try:
+        return write()
+    except mlflow.exceptions.MlflowException:
+        time.sleep(0.2)
+        return write()
+
+
 @contextlib.contextmanager
 def _first_access(uri: str) -> Iterator[None]:
     """Hold an advisory lock beside a SQLite store while it is first opened, so one process at a time migrates it."""
@@ -173,7 +184,7 @@ class Tracker:
             self.experiment_id = found.experiment_id
             if found.tags.get("mlflow.experimentKind") != KIND["mlflow.experimentKind"]:
                 for key, value in KIND.items():
-                    self.client.set_experiment_tag(self.experiment_id, key, value)
+                    _again_if_raced(lambda k=key, v=value: self.client.set_experiment_tag(self.experiment_id, k, v))
 
     def _parents(self) -> list:
         runs = self.client.search_runs(
@@ -286,7 +297,8 @@ class Tracker:
     def mark_front(self, front: set[int]) -> None:
         """Tag every trial run pareto=true or pareto=false."""
         for number, run_id in self.trial_runs().items():
-            self.client.set_tag(run_id, "pareto", "true" if number in front else "false")
+            value = "true" if number in front else "false"
+            _again_if_raced(lambda r=run_id, v=value: self.client.set_tag(r, "pareto", v))
 
     @_tolerant()
     def even_params(self, knobs: list[str]) -> None:
@@ -297,7 +309,7 @@ class Tracker:
                 continue  # still being written (its own params come after its tags): not ours to fill
             missing = [Param(k, UNUSED) for k in knobs if k not in run.data.params]
             if missing:
-                self.client.log_batch(run.info.run_id, params=missing)
+                _again_if_raced(lambda r=run.info.run_id, m=missing: self.client.log_batch(r, params=m))
 
     @_tolerant()
     def save_view(self, objectives: list[str], knobs: list[str]) -> None:
@@ -349,7 +361,7 @@ class Tracker:
         earlier = self.client.get_experiment(self.experiment_id).tags.get(key)
         made = json.loads(earlier).get("createdAt", now) if earlier else now
         envelope = {"name": "slimsweep: the front", "createdAt": made, "updatedAt": now, "state": json.dumps(state)}
-        self.client.set_experiment_tag(self.experiment_id, key, json.dumps(envelope))
+        _again_if_raced(lambda: self.client.set_experiment_tag(self.experiment_id, key, json.dumps(envelope)))
 
     def view_link(self, base: str = "http://127.0.0.1:5000") -> str:
         """The address of the saved view in an MLflow UI served at `base`."""
@@ -359,7 +371,8 @@ class Tracker:
     def mark_pick(self, trial: int) -> None:
         """Tag the picked trial's run slimsweep.pick=true and every other trial run false."""
         for number, run_id in self.trial_runs().items():
-            self.client.set_tag(run_id, "slimsweep.pick", "true" if number == trial else "false")
+            value = "true" if number == trial else "false"
+            _again_if_raced(lambda r=run_id, v=value: self.client.set_tag(r, "slimsweep.pick", v))
 
     @_tolerant()
     def log_parent(
