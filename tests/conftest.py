@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,9 +85,11 @@ def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.Completed
     return subprocess.run([str(BIN / "slimsweep"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
-def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start the console script in its own process group, so the test can stop it like a user would."""
-    return subprocess.Popen(
+@contextlib.contextmanager
+def running_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """The console script started in its own process group, so the test can stop it like a user would; on the way
+    out, the group is killed if it still runs (a test that fails half-way leaves no driver or Ray of its own)."""
+    proc = subprocess.Popen(
         [str(BIN / "slimsweep"), *args],
         cwd=cwd,
         env=env,
@@ -94,6 +98,12 @@ def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subpr
         text=True,
         start_new_session=True,
     )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def wait_for(predicate, timeout: float = 300, every: float = 0.5) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import BIN, free_port, small_experiment, start_cli, study_if_made, wait_for
+from conftest import BIN, free_port, running_cli, small_experiment, study_if_made, wait_for
 from optuna.trial import TrialState
 
 from evaluators.errors import ConfigError
@@ -147,8 +147,7 @@ def test_a_sweep_survives_the_death_of_the_worker_node_running_a_trial(cluster, 
     )
     exp = load(path)
     caught: dict = {}
-    driver = start_cli("run", str(path), "--ray-address", address, cwd=tmp_path, env=env)
-    try:
+    with running_cli("run", str(path), "--ray-address", address, cwd=tmp_path, env=env) as driver:
         # A trial can be short: look often (a look reads /proc, a few ms).
         wait_for(
             lambda: driver.poll() is not None or _gone(head, *workers) or _frozen_mid_trial(workers, exp, caught),
@@ -159,10 +158,6 @@ def test_a_sweep_survives_the_death_of_the_worker_node_running_a_trial(cluster, 
         assert driver.poll() is None, driver.stdout.read()[-3000:]
         caught["node"].kill()
         out, _ = driver.communicate(timeout=600)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-            driver.wait()
     assert driver.returncode == 0, out[-3000:]
 
     study = optuna.load_study(study_name=exp.name, storage=exp.storage_url)

@@ -3,15 +3,13 @@ again, the budget is the study's, and MLflow gets one run per finished trial."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
 
 import optuna
 import pytest
-from conftest import run_cli, small_experiment, start_cli, wait_for
+from conftest import run_cli, running_cli, small_experiment, wait_for
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -104,16 +102,10 @@ def test_two_drivers_started_together_share_the_budget(tmp_path, request, store)
         changes["tracking"] = {"uri": create("pair_mlflow")}
     path = small_experiment(tmp_path, name="pair", search=search, **changes)
     exp = load(path)
-    procs = [start_cli("run", str(path), cwd=tmp_path) for _ in range(2)]  # a fresh storage: the schema race
-    outputs = []
-    try:
-        for proc in procs:
-            out, _ = proc.communicate(timeout=600)
-            outputs.append(out)
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+    # Both on a fresh storage: the schema race.
+    with running_cli("run", str(path), cwd=tmp_path) as first, running_cli("run", str(path), cwd=tmp_path) as second:
+        procs = [first, second]
+        outputs = [proc.communicate(timeout=600)[0] for proc in procs]
     for proc, out in zip(procs, outputs):
         assert proc.returncode == 0, out[-3000:]
         assert "Traceback" not in out, out[-3000:]
@@ -200,15 +192,10 @@ def test_a_driver_that_dies_mid_sweep_leaves_no_trial_without_its_run_at_the_sur
     for run in client.search_runs([experiment.experiment_id], "tags.`slimsweep.role` = 'trial'"):
         client.delete_run(run.info.run_id)
     beat(study, owner(told), time.time() + 3600)  # alive, as far as the next start can tell
-    driver = start_cli("run", str(path), "--trials", "3", cwd=tmp_path)
-    try:
+    with running_cli("run", str(path), "--trials", "3", cwd=tmp_path) as driver:
         wait_for(lambda: driver.poll() is not None or bool(running(study)), timeout=300, every=0.2)
         assert told.number not in trial_runs()  # the start left the live driver's trial to it
         retire(study, owner(told))  # the first driver dies mid-sweep, its trial still without a run
         out, _ = driver.communicate(timeout=600)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-            driver.wait()
     assert driver.returncode == 0, out[-3000:]
     assert trial_runs() == sorted(t.number for t in finished(study))  # the dead driver's trial too, once each

@@ -9,7 +9,7 @@ import signal
 from collections import Counter
 
 import pytest
-from conftest import free_port, kept_its_plan, run_cli, small_experiment, start_cli, study_if_made, wait_for
+from conftest import free_port, kept_its_plan, run_cli, running_cli, small_experiment, study_if_made, wait_for
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -52,16 +52,11 @@ def test_a_sweep_on_postgresql_killed_mid_trial_resumes_with_nothing_lost_or_rep
         tracking={"uri": tracking},
     )
     exp = load(path)
-    proc = start_cli("run", str(path), cwd=tmp_path)
-    try:
+    with running_cli("run", str(path), cwd=tmp_path) as proc:
         wait_for(lambda: proc.poll() is not None or _frozen_mid_trial(proc, exp), timeout=600, every=0.2)
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started die with no chance to clean up
         proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     kept = {t.number: (t.datetime_complete, t.values) for t in finished(study_if_made(exp))}
     left = [t.number for t in study_if_made(exp).get_trials(states=(TrialState.RUNNING,))]
     assert kept and left

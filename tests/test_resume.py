@@ -6,7 +6,7 @@ import os
 import signal
 
 import optuna
-from conftest import kept_its_plan, run_cli, small_experiment, start_cli
+from conftest import kept_its_plan, run_cli, running_cli, small_experiment
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from sqlalchemy.exc import OperationalError
@@ -32,9 +32,8 @@ def _finished_now(exp) -> dict[int, object]:
 
 def _stop_after_two(path, tmp_path, sig) -> tuple[dict[int, object], int]:
     exp = load(path)
-    proc = start_cli("run", str(path), cwd=tmp_path)
     lines = []
-    try:
+    with running_cli("run", str(path), cwd=tmp_path) as proc:
         # The driver prints a line per finished trial; stop it right after the second, as a user watching would.
         for line in proc.stdout:
             lines.append(line)
@@ -46,9 +45,6 @@ def _stop_after_two(path, tmp_path, sig) -> tuple[dict[int, object], int]:
         else:
             os.killpg(proc.pid, signal.SIGKILL)  # a crash: no chance to clean up
         output, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     return _finished_now(exp), proc.returncode, "".join(lines) + (output or "")
 
 

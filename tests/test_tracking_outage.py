@@ -3,11 +3,8 @@ goes down mid-sweep does not stop the sweep, and `slimsweep sync` back-fills it,
 
 from __future__ import annotations
 
-import os
-import signal
-
 import optuna
-from conftest import free_port, run_cli, small_experiment, start_cli, start_mlflow_server, stop_group
+from conftest import free_port, run_cli, running_cli, small_experiment, start_mlflow_server, stop_group
 from mlflow.tracking import MlflowClient
 
 from search.config import load
@@ -35,19 +32,17 @@ def test_an_outage_mid_sweep_is_survived_and_sync_backfills_mlflow_once(tmp_path
     )
     exp = load(path)
     server = start_mlflow_server(f"sqlite:///{db}", port, artifacts)
-    proc = start_cli("run", str(path), cwd=tmp_path)
     lines: list[str] = []
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("trial "):  # the first trial is in MLflow; now the server goes away
-                break
-        stop_group(server)
-        output, _ = proc.communicate(timeout=600)
-    finally:
-        stop_group(server)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    with running_cli("run", str(path), cwd=tmp_path) as proc:
+        try:
+            for line in proc.stdout:
+                lines.append(line)
+                if line.startswith("trial "):  # the first trial is in MLflow; now the server goes away
+                    break
+            stop_group(server)
+            output, _ = proc.communicate(timeout=600)
+        finally:
+            stop_group(server)
     output = "".join(lines) + output
     assert proc.returncode == 0, output[-3000:]
     assert "became unreachable" in output and f"slimsweep sync {path}" in output, output[-3000:]
