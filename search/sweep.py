@@ -342,7 +342,6 @@ def _ask_and_tell(sweep: _Sweep, quiet: bool) -> None:
                         break
                     time.sleep(1.0)  # the rest of the budget runs at another driver; wait for it, or for it to die
                     continue
-                told = sweep.told = []
                 for item, result in sweep.executor.wait(sweep.running, timeout=1.0):
                     sweep.running.remove(item)
                     if _run_again(sweep, item.number, result):
@@ -351,7 +350,7 @@ def _ask_and_tell(sweep: _Sweep, quiet: bool) -> None:
                     clock = result.info.setdefault("clock", {})
                     clock.update(submitted=item.submitted, received=time.time())
                     describe, metrics, owed = _tell(sweep, item.number, result)
-                    told.append((item.number, result, owed))
+                    sweep.told.append((item.number, result, owed))
                     _refresh(progress, sweep)
                     if not metrics and not result.error:
                         continue  # taken over by another driver: its copy is the one that counts, and it says so
@@ -363,26 +362,37 @@ def _ask_and_tell(sweep: _Sweep, quiet: bool) -> None:
                         skipped=bool(result.info.get("skipped_training")),
                         dominated_by=result.info.get("dominated_by"),
                     )
-                if told:  # the next plans start first: the MLflow mirror is off the trials' path
+                if sweep.told:  # the next plans start first: the MLflow mirror is off the trials' path
                     _fill(sweep, progress, slots())
-                while told:
-                    _mirror(sweep, *told.pop(0))
+                while sweep.told:
+                    _mirror(sweep, *sweep.told[0])
+                    sweep.told.pop(0)  # after: a driver stopped mid-mirror still owes this one (_leave)
     except KeyboardInterrupt:
-        _unmirrored(sweep)
+        _leave(sweep)
         _stop_in_flight(sweep)
         sweep.summary.interrupted = True
         sweep.tracker.end("KILLED")
     except BaseException:
-        _unmirrored(sweep)
+        _leave(sweep)
         _stop_in_flight(sweep)  # the caller closes the parent run
         raise
 
 
-def _unmirrored(sweep: _Sweep) -> None:
-    """A driver stopping between telling trials and writing their MLflow runs: the study says MLflow needs a sync
-    (the next start back-fills them too; `slimsweep status` shows it meanwhile)."""
-    if sweep.told:
-        sweep.summary.unmirrored.extend(number for number, _, _ in sweep.told)
+def _leave(sweep: _Sweep) -> None:
+    """A driver stopping: keep the station's newest timings with the study (a resumed sweep must not time those
+    structures again; the trials told but not yet mirrored had not kept theirs) and say which trials MLflow lacks."""
+    try:
+        _keep_latencies(sweep)
+    except Exception as err:  # noqa: BLE001 - Ray or the storage may be what failed; stopping goes on
+        log.warning("the latest timings were not kept with the study: %s", err)
+    _owe_sync(sweep, [number for number, _, _ in sweep.told])
+
+
+def _owe_sync(sweep: _Sweep, numbers: list[int]) -> None:
+    """Told trials whose MLflow run was not written (a failed write, or the driver stopping before it): the study
+    says MLflow needs a sync (the next start back-fills them too; `slimsweep status` shows it meanwhile)."""
+    if numbers:
+        sweep.summary.unmirrored.extend(numbers)
         try:
             set_needs_sync(sweep.study, True)
         except Exception as err:  # noqa: BLE001 - the storage may be what failed; the next start syncs anyway
@@ -542,8 +552,7 @@ def _mirror(sweep: _Sweep, number: int, result: TrialResult, owed: bool) -> None
             _note_outage(sweep)
     except Exception as err:  # noqa: BLE001 - the study already holds the trial: a copy failing must not stop the sweep
         log.warning("trial %d: its MLflow run or timings were not written (%s); `slimsweep sync` fills it", number, err)
-        sweep.summary.unmirrored.append(number)
-        set_needs_sync(sweep.study, True)
+        _owe_sync(sweep, [number])
 
 
 def _reuse(
