@@ -50,7 +50,7 @@ test: install system-deps
 	$(VENV)/bin/pytest
 
 # Benchmarks: docs/BENCHMARKS.md and docs/benchmarks/*.png, written from scratch (benchmarks/report.py).
-# bench: the full report (hours on 2 cores). bench-quick: the same sections, one seed, 5 trials per search, a
+# bench: the full report (docs/BENCHMARKS.md says how long it took; over an hour on 2 cores). bench-quick: the same sections, one seed, 5 trials per search, a
 # 2,000-image MNIST sample and fewer epochs (about 15 minutes on 2 otherwise idle cores).
 bench: install
 	$(VENV)/bin/python benchmarks/report.py

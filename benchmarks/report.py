@@ -171,11 +171,6 @@ def main() -> int:
     parser.add_argument(
         "--seeds", nargs="+", type=int, help="the MNIST searches' seeds instead of the scale's (the report says so)"
     )
-    parser.add_argument(
-        "--medium",
-        action="store_true",
-        help="the MNIST searches at benchmarks/realdata.py's MEDIUM scale (about an hour); the rest as in full",
-    )
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="slimsweep-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -187,17 +182,12 @@ def main() -> int:
     for old in PNG_DIR.glob("*.png"):
         old.unlink()  # from scratch: no plot of an earlier run survives
     command = "make bench-quick" if args.quick else "make bench"
-    if args.seeds or args.medium:
+    if args.seeds:
         from benchmarks import realdata
 
-        flags = [" --quick"] if args.quick else []
-        if args.medium:
-            realdata.OVERRIDE["scale"] = "medium"
-            flags.append(" --medium")
-        if args.seeds:
-            realdata.OVERRIDE["seeds"] = tuple(args.seeds)
-            flags.append(" --seeds " + " ".join(map(str, args.seeds)))
-        command = "python benchmarks/report.py" + "".join(flags)
+        realdata.OVERRIDE["seeds"] = tuple(args.seeds)
+        flags = (" --quick" if args.quick else "") + " --seeds " + " ".join(map(str, args.seeds))
+        command = "python benchmarks/report.py" + flags
     when, start, outcomes = datetime.now(timezone.utc), time.perf_counter(), []
     for s in SECTIONS:
         if args.only and s.module not in args.only:

@@ -184,9 +184,29 @@ def test_what_the_space_can_reach_counts_the_structures_fast_enough_and_how_accu
 def test_what_the_space_can_reach_says_how_the_fastest_untried_structures_trained_alone():
     from benchmarks.reach import Structure, markdown, untrained_fastest
 
-    structures = [Structure("a", 0.1, 0.01), Structure("b", 0.2, 0.02), Structure("c", 0.5, 0.05)]
-    measured = {"b": (98.0, {"joint"})}
-    assert untrained_fastest(structures, measured, 0.267, 4) == ["a"]  # b was trained; c is too slow
-    text = "\n".join(markdown(1.0, structures, measured, 99.0, ("pruning", 2.5), 1.0, "x", {"a": 98.5}))
-    assert "the 1 fastest of those structures no sweep trained: 1 within the point (the most accurate reached" in text
-    assert "| a | 0.1000 ms | 10.0x | 0.010 | 98.50% (trained alone here) |" in text
+    structures = [Structure("s1 | int8", 0.1, 0.01), Structure("s1 | fp32", 0.2, 0.02), Structure("s2", 0.5, 0.05)]
+    measured = {"s1 | fp32": (98.0, {"joint"})}
+    # "s1 | fp32" was trained; "s2" is too slow
+    assert untrained_fastest(structures, measured, 0.267, 4) == ["s1 | int8"]
+    text = "\n".join(markdown(1.0, structures, measured, 99.0, ("pruning", 2.5), 1.0, "x", {"s1 | int8": 98.5}))
+    assert "the 1 fastest of those structures that no sweep trained and whose student reached the point" in text
+    assert ": 1 within the point (the most accurate reached 98.50%)" in text
+    # 10x the teacher against the pruning pick's 2.5x
+    assert "The fastest of them, `s1 | int8`, runs 10.00x as fast as the teacher untrained here" in text
+    assert "a joint pick about 4.00x the best single-knob pick that the sweeps did not find" in text
+    assert "| s1 \\| int8 | 0.1000 ms | 10.0x | 0.010 | 98.50% (trained alone here) |" in text
+
+
+def test_the_space_reach_trains_alone_only_structures_whose_student_reached_the_point():
+    from benchmarks.reach import Structure, markdown, untrained_fastest
+
+    structures = [
+        Structure("small | no prune | fp32", 0.05, 0.01),  # its student never got within the point
+        Structure("mid | no prune | int8", 0.1, 0.01),
+        Structure("mid | no prune | fp32", 0.2, 0.02),
+    ]
+    measured = {"small | prune 0.5 | fp32": (90.0, {"joint"}), "mid | no prune | fp32": (98.5, {"distillation"})}
+    assert untrained_fastest(structures, measured, 0.267, 4, needed=98.0) == ["mid | no prune | int8"]
+    assert untrained_fastest(structures, measured, 0.267, 4) == ["small | no prune | fp32", "mid | no prune | int8"]
+    text = "\n".join(markdown(1.0, structures, measured, 99.0, ("pruning", 2.5), 1.0, "x", {}))
+    assert "none was trained alone" in text
