@@ -50,8 +50,9 @@ test: install system-deps
 	$(VENV)/bin/pytest
 
 # Benchmarks: docs/BENCHMARKS.md and docs/benchmarks/*.png, written from scratch (benchmarks/report.py).
-# bench: the full report (docs/BENCHMARKS.md says how long it took; over an hour on 2 cores). bench-quick: the same sections, one seed, 5 trials per search, a
-# 2,000-image MNIST sample and fewer epochs (about 15 minutes on 2 otherwise idle cores).
+# bench: the full report (over an hour on 2 cores; the report says how long its run took). bench-quick: the same
+# sections, one seed, 5 trials per search, a 2,000-image MNIST sample and fewer epochs (about 15 minutes on 2
+# otherwise idle cores).
 bench: install
 	$(VENV)/bin/python benchmarks/report.py
 
