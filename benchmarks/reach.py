@@ -176,7 +176,10 @@ def markdown(
             + (f" (the most accurate reached {top:.2f}%)." if top is not None else "."),
             "",
         ]
-        if alone == {}:
+        # Whether any structure qualified for training alone, from the same rule the caller chose them by: an empty
+        # `alone` may also mean every one of them failed to train.
+        candidates = untrained_fastest(structures, accuracy, bar, len(structures), needed)
+        if alone is not None and not candidates:
             lines += [
                 "No structure that fast and untried has a student that reached the point in some sweep (pruning and "
                 "int8 do not make a student more accurate): none was trained alone.",

@@ -208,5 +208,7 @@ def test_the_space_reach_trains_alone_only_structures_whose_student_reached_the_
     measured = {"small | prune 0.5 | fp32": (90.0, {"joint"}), "mid | no prune | fp32": (98.5, {"distillation"})}
     assert untrained_fastest(structures, measured, 0.267, 4, needed=98.0) == ["mid | no prune | int8"]
     assert untrained_fastest(structures, measured, 0.267, 4) == ["small | no prune | fp32", "mid | no prune | int8"]
+    # Once the promising one is trained by a sweep, no structure is left to train alone, and the report says so.
+    measured["mid | no prune | int8"] = (98.1, {"joint"})
     text = "\n".join(markdown(1.0, structures, measured, 99.0, ("pruning", 2.5), 1.0, "x", {}))
     assert "none was trained alone" in text
