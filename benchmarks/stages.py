@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial
 
 from benchmarks import sweeps
 
-STAGES = ("distill", "prune", "export", "quantize", "latency", "accuracy", "latency_first")
+STAGES = ("distill", "prune", "export", "quantize", "latency", "accuracy", "latency_first", "on_the_way")
 LABELS = {
     "distill": "training (distillation)",
     "prune": "pruning and recovery",
@@ -32,6 +32,7 @@ LABELS = {
     "latency": "latency, incl. station queueing",
     "accuracy": "accuracy",
     "latency_first": "latency first (untrained structure)",
+    "on_the_way": "measuring models made on the way (before pruning, before quantization)",
 }
 
 
@@ -97,9 +98,17 @@ def _parts(t: FrozenTrial, other: float) -> dict[str, float]:
     }
 
 
+def _made_on_the_way(t: FrozenTrial) -> bool:
+    return t.user_attrs.get("info", {}).get("made_by") is not None
+
+
 def breakdown(trials: Sequence[FrozenTrial], started: datetime, ended: datetime) -> Breakdown:
     """The parts of one sweep from its finished trials and the driver's start and end."""
-    done = sorted((t for t in trials if t.datetime_start and t.datetime_complete), key=lambda t: t.datetime_start)
+    # Models made on a trial's way are recorded by the driver after it; their measuring is the trial's own stage.
+    done = sorted(
+        (t for t in trials if t.datetime_start and t.datetime_complete and not _made_on_the_way(t)),
+        key=lambda t: t.datetime_start,
+    )
     stages = {k: 0.0 for k in STAGES}
     in_trial_other = between = 0.0
     parts = {k: 0.0 for k in PARTS}

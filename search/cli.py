@@ -278,9 +278,10 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
             f"stopped: {summary.finished} finished trials are kept in {exp.storage_url}; run the same command to resume"
         )
         return EXIT_INTERRUPTED
+    made = f" and {summary.on_the_way} models made on the trials' way" if summary.on_the_way else ""
     console.print(
         f"{summary.finished} trials finished ({summary.failed} failed, {summary.reused} answered from an "
-        f"earlier identical plan), {summary.ran_now} run now "
+        f"earlier identical plan){made}, {summary.ran_now} run now "
         f"({summary.parallel} at a time), in {summary.seconds:.0f} s; "
         f"latency cache: {summary.cache.get('latency_cache_hits', 0)} hits, "
         f"{summary.cache.get('latency_cache_misses', 0)} timed"

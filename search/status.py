@@ -11,13 +11,13 @@ from optuna.trial import TrialState
 from search.config import Experiment
 from search.handover import pending
 from search.pareto import front as pareto_front
-from search.study import dominated, finished, read
+from search.study import dominated, on_the_way, read, spent
 
 
 def sweep_status(exp: Experiment) -> dict[str, Any]:
     """The sweep's state as plain data; reads the study and the output folder, writes nothing."""
     study = optuna.load_study(study_name=exp.name, storage=exp.storage_url)
-    done = finished(study)
+    done = spent(study)
     failed = [t.number for t in done if t.state == TrialState.FAIL]
     running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
     waiting = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
@@ -36,6 +36,7 @@ def sweep_status(exp: Experiment) -> dict[str, Any]:
         "running": len(running),
         "running_trials": running,
         "queued": len(waiting),
+        "on_the_way": len(on_the_way(study)),  # models trials made on their way: no trial of the budget
         "dominated": len(dominated(study)),  # plans stopped before training (search/gate.py): no trial of the budget
         "finished_budget": len(done) >= exp.search.trials,
         "front": front,
@@ -60,7 +61,8 @@ def as_text(state: dict[str, Any]) -> str:
     lines = [
         f"{state['experiment']}: {state['done']} of {state['budget']} trials done ({state['complete']} complete, "
         f"{state['failed']} failed), {state['running']} running, {state['queued']} queued; "
-        f"{state['dominated']} plans stopped before training (they cost no trial)",
+        f"{state['on_the_way']} models made on the trials' way and {state['dominated']} plans stopped before "
+        f"training (neither costs a trial)",
         f"front: {len(state['front'])} members (trials {', '.join(map(str, state['front'])) or '-'})",
     ]
     pick = state["pick"]

@@ -69,6 +69,12 @@ class TrialRecord:
         return bool(self.info.get("skipped_training"))
 
     @property
+    def made_by(self) -> int | None:
+        """The trial that made this model on its way to its own plan (the trained student before pruning, the
+        pruned model before quantization): measured at no training cost, so it is no trial of the budget."""
+        return self.info.get("made_by")
+
+    @property
     def dominated_by(self) -> int | None:
         """The trained trial whose model is faster and smaller than this plan's structure (search/gate.py): the
         plan was not trained and is PRUNED."""
@@ -245,6 +251,16 @@ def finished(study: optuna.Study) -> list[FrozenTrial]:
     ]
 
 
+def spent(study: optuna.Study) -> list[FrozenTrial]:
+    """Finished trials that count toward the budget: all but the models a trial made on its way (`made_by`)."""
+    return [t for t in finished(study) if read(t).made_by is None]
+
+
+def on_the_way(study: optuna.Study) -> list[FrozenTrial]:
+    """Models a trial made on its way to its own plan, each recorded as a complete trial of its own."""
+    return [t for t in finished(study) if read(t).made_by is not None]
+
+
 def dominated(study: optuna.Study) -> list[FrozenTrial]:
     """Plans stopped before training because a trained one was faster and smaller (search/gate.py), each once:
     a repeat proposal answered from an earlier stop is not counted again."""
@@ -337,6 +353,15 @@ def own(study: optuna.Study, trial: optuna.Trial, driver: str) -> None:
     study._storage.set_trial_system_attr(trial._trial_id, _OWNER, driver)
 
 
+def open_fixed(study: optuna.Study, params: dict[str, Any], distributions: dict[str, Any], driver: str) -> optuna.Trial:
+    """A new RUNNING trial with the given params, not sampled: the way a model made on a trial's way enters the
+    study (Optuna's enqueue would hand it to whichever driver asks next)."""
+    template = optuna.trial.create_trial(state=TrialState.RUNNING, params=params, distributions=distributions)
+    trial = optuna.Trial(study, study._storage.create_new_trial(study._study_id, template_trial=template))
+    own(study, trial, driver)
+    return trial
+
+
 def owner(trial: FrozenTrial) -> str | None:
     """The driver that ran (or runs) a trial, if recorded."""
     return trial.system_attrs.get(_OWNER)
@@ -371,7 +396,7 @@ def past_budget(study: optuna.Study, number: int, budget: int) -> bool:
     """Whether trial `number`, just asked, takes the study past its budget: two drivers that both saw one trial left
     both ask; the latest-numbered asks past the budget are the ones that give way."""
     flying = sorted(t.number for t in running(study))
-    over = len(finished(study)) + len(flying) - budget
+    over = len(spent(study)) + len(flying) - budget
     return over > 0 and number in flying[-over:]
 
 

@@ -35,6 +35,8 @@ from search.study import (
     latency_cache,
     live_drivers,
     new_driver_id,
+    on_the_way,
+    open_fixed,
     open_study,
     own,
     owner,
@@ -48,12 +50,16 @@ from search.study import (
     running,
     set_baseline,
     set_needs_sync,
+    spent,
     stale,
     still_ours,
 )
 from search.tracking import Tracker
-from search.trial import TrialContext, TrialResult, teacher_figures
+from search.trial import MadeOnTheWay, TrialContext, TrialResult, teacher_figures
+from spaces.knobs import values
 from spaces.plan import sample
+from spaces.pruning_knobs import RATIO_KNOB
+from spaces.quantization_knobs import SCHEME_KNOB
 from spaces.students import suits
 
 log = logging.getLogger("slimsweep.sweep")
@@ -66,6 +72,7 @@ class SweepSummary:
     finished: int = 0
     failed: int = 0
     reused: int = 0  # trials answered from an earlier trial with the identical plan, not run again
+    on_the_way: int = 0  # models trials made on their way (before pruning, before quantization); no trial of budget
     ran_now: int = 0
     reused_now: int = 0
     requeued: list[int] = field(default_factory=list)
@@ -113,6 +120,7 @@ def prepare(exp: Experiment, say: Callable[[str], None] | None = None) -> TrialC
         teacher, cached = resolve_teacher(task)
         say(f"teacher: {'loaded from the cache' if cached else 'ready'} in {time.perf_counter() - start:.0f} s")
         blob = teacher_to_bytes(teacher)
+    ratios, schemes = set(values(exp.space.pruning.ratio)), set(exp.space.quantization.schemes)
     return TrialContext(
         data=task.data,
         teacher_blob=blob,
@@ -120,6 +128,8 @@ def prepare(exp: Experiment, say: Callable[[str], None] | None = None) -> TrialC
         timing=timing(exp),
         seed=exp.search.seed,
         max_latency_ms=exp.constraints.max_latency_ms,
+        measure_unpruned=0.0 in ratios and len(ratios) > 1,
+        measure_fp32="fp32" in schemes and len(schemes) > 1,
     )
 
 
@@ -338,7 +348,7 @@ def _ask_and_tell(sweep: _Sweep, quiet: bool) -> None:
                 if sweep.asks > asked or time.monotonic() - sweep.refreshed >= IDLE_REFRESH_S:
                     _refresh(progress, sweep)
                 if not sweep.running:
-                    if len(finished(sweep.study)) >= budget or _out_of_plans(sweep):
+                    if len(spent(sweep.study)) >= budget or _out_of_plans(sweep):
                         break
                     time.sleep(1.0)  # the rest of the budget runs at another driver; wait for it, or for it to die
                     continue
@@ -413,14 +423,14 @@ def _fill(sweep: _Sweep, progress: SweepProgress, parallel: int) -> None:
 def _out_of_plans(sweep: _Sweep) -> bool:
     """Whether this run has asked as many plans as a sweep of this budget may, with the budget still unmet."""
     out = sweep.asks >= MAX_ASKS_PER_TRIAL * sweep.exp.search.trials
-    out = out and len(finished(sweep.study)) < sweep.exp.search.trials
+    out = out and len(spent(sweep.study)) < sweep.exp.search.trials
     sweep.summary.out_of_plans |= out
     return out
 
 
 def _wanted(sweep: _Sweep) -> int:
     """Trials still to start: the budget less those finished (by any driver) and those in flight."""
-    left = sweep.exp.search.trials - len(finished(sweep.study)) - len(running(sweep.study))
+    left = sweep.exp.search.trials - len(spent(sweep.study)) - len(running(sweep.study))
     return 0 if left <= 0 or _out_of_plans(sweep) else left
 
 
@@ -537,8 +547,42 @@ def _tell(sweep: _Sweep, number: int, result: TrialResult) -> tuple[str, dict[st
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(result.onnx or b"")
         _record_metrics(sweep, trial, rec)
+        where = {k: info[k] for k in ("ray_node", "cores", "resources") if k in info}  # made where its trial ran
+        for made in result.on_the_way:
+            try:
+                _record_on_the_way(sweep, trial, made, where)
+            except Exception as err:  # noqa: BLE001 - an extra candidate lost must not stop the sweep
+                log.warning("trial %d: a model made on its way was not recorded (%s)", number, err)
     sweep.summary.ran_now += 1
     return describe, rec.metrics, True
+
+
+def _record_on_the_way(sweep: _Sweep, parent: optuna.Trial, made: MadeOnTheWay, where: dict[str, Any]) -> None:
+    """Record a model the trial made on its way as a complete trial of its own (made_by the parent, no trial of
+    the budget), when its plan is a plan of the space that no trial has answered yet."""
+    params, dists = dict(parent.params), parent.distributions
+    for key, value in ((RATIO_KNOB, made.ratio), (SCHEME_KNOB, made.scheme)):
+        if params.get(key) == value:
+            continue
+        d = dists.get(key)
+        if d is None or not d._contains(d.to_internal_repr(value)):
+            return  # a fixed knob, or a value the space does not offer: not a plan of this search
+        params[key] = value
+    fixed = optuna.trial.FixedTrial(params)
+    plan = sample(fixed, sweep.exp.space)
+    earlier = reusable(sweep.study, plan.params())
+    if earlier is not None and earlier.state == TrialState.COMPLETE:
+        return
+    trial = open_fixed(sweep.study, fixed.params, fixed.distributions, sweep.driver)
+    info = {**where, **made.info, "made_by": parent.number, "skipped_training": False}
+    accuracy_drop = sweep.teacher["accuracy"] - made.metrics["accuracy"]
+    rec = TrialRecord(plan=plan.params(), describe=plan.describe(), info=info)
+    rec.metrics = dict(made.metrics, accuracy_drop=accuracy_drop)
+    path = trial_path(sweep.exp, trial.number)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(made.onnx)
+    _record_metrics(sweep, trial, rec)
+    sweep.told.append((trial.number, TrialResult(number=trial.number), True))  # its MLflow run, off the path
 
 
 def _mirror(sweep: _Sweep, number: int, result: TrialResult, owed: bool) -> None:
@@ -595,9 +639,11 @@ def _record_metrics(sweep: _Sweep, trial: optuna.Trial, rec: TrialRecord) -> Non
 
 def _count(sweep: _Sweep, start: float) -> None:
     """The sweep's totals: finished, failed, reused, skipped by latency first and the training time that saved."""
-    summary, done = sweep.summary, finished(sweep.study)
+    summary, made = sweep.summary, on_the_way(sweep.study)
+    done = spent(sweep.study)
     records = {t.number: read(t) for t in done}
     summary.finished = len(done)
+    summary.on_the_way = len(made)
     summary.failed = sum(t.state == TrialState.FAIL for t in done)
     kinds: dict[str, int] = {}
     for t in done:
@@ -629,6 +675,7 @@ def _log_statistics(tracker: Tracker, summary: SweepSummary) -> None:
             "trials_finished": summary.finished,
             "trials_failed": summary.failed,
             "trials_reused": summary.reused,
+            "models_on_the_way": summary.on_the_way,
             "trials_skipped_training": summary.skipped_training,
             "trials_dominated": summary.dominated,
             "training_seconds_saved_estimate": summary.seconds_saved,
@@ -645,7 +692,7 @@ IDLE_REFRESH_S = 5.0
 
 def _refresh(progress: SweepProgress, sweep: _Sweep) -> None:
     sweep.refreshed = time.monotonic()
-    done = finished(sweep.study)
+    done = spent(sweep.study)
     progress.update(
         done=len(done),
         failed=sum(t.state == TrialState.FAIL for t in done),

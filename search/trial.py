@@ -47,12 +47,28 @@ class TrialContext:
     train_threads: int = 1
     max_latency_ms: float | None = None  # a latency budget: structures over it are not trained (latency first)
     onnx_model: bytes | None = None  # an ONNX-only task's model: trials only quantize it
+    # Measure the models a trial makes on its way when the space holds their plans too: the trained student before
+    # pruning (ratio 0 is a choice) and the pruned model before quantization (fp32 is a choice).
+    measure_unpruned: bool = False
+    measure_fp32: bool = False
 
     def teacher(self) -> torch.nn.Module:
         """A fresh copy of the teacher (any module: trained CNN, checkpoint, plugin's)."""
         if self.teacher_blob is None:
             raise TrialFailure("an ONNX-only task has no PyTorch teacher")
         return teacher_from_bytes(self.teacher_blob)
+
+
+@dataclass
+class MadeOnTheWay:
+    """A model a trial made on its way to its plan's own, measured as a candidate: the plan with `ratio` and
+    `scheme` changed (ratio 0: the trained student before pruning; fp32: the pruned model before quantization)."""
+
+    ratio: float
+    scheme: str
+    metrics: dict[str, float]
+    onnx: bytes
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -66,6 +82,7 @@ class TrialResult:
     error: str | None = None
     traceback: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    on_the_way: list[MadeOnTheWay] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -176,6 +193,11 @@ def _run(plan: CompressionPlan, ctx: TrialContext, result: TrialResult, time_mod
             d = Distillation(epochs=s.epochs, lr=s.lr, temperature=s.temperature, alpha=s.alpha, seed=ctx.seed)
             train(student, data.x_train, data.y_train, d, teacher=teacher)
     result.info["channels_before_pruning"] = channel_count(student)
+    if plan.pruning.ratio > 0 and s.distilled and ctx.measure_unpruned:
+        # The trained student before pruning is a plan of the space too, and costs only its measurement.
+        unpruned = to_onnx(student.eval(), example)
+        info = {"channels": channel_count(student), "sparsity": 0.0}
+        _on_the_way(result, 0.0, "fp32", unpruned, parameter_count(student), info, data, time_model)
     if plan.pruning.ratio > 0:
         with _stage(stages, "prune"):
             temperature, alpha, lr = (
@@ -200,6 +222,29 @@ def _run(plan: CompressionPlan, ctx: TrialContext, result: TrialResult, time_mod
     result.onnx = deployed
     with _stage(stages, "accuracy"):
         result.metrics = _metrics(deployed, latency, data, parameter_count(student))
+    changed = s.distilled or plan.pruning.ratio > 0  # else the fp32 model is the teacher itself, the baseline
+    if plan.quantization.scheme != "fp32" and changed and ctx.measure_fp32:
+        info = {k: result.info[k] for k in ("channels", "sparsity")}
+        _on_the_way(result, plan.pruning.ratio, "fp32", fp32, parameter_count(student), info, data, time_model)
+
+
+def _on_the_way(
+    result: TrialResult,
+    ratio: float,
+    scheme: str,
+    model: bytes,
+    params: int,
+    info: dict[str, Any],
+    data: TaskData,
+    time_model: TimeModel,
+) -> None:
+    """Measure a model made on the trial's way (accuracy, latency, size) and add it to the result."""
+    start = time.perf_counter()
+    latency, hit = time_model(model)
+    metrics = _metrics(model, latency, data, params)
+    info = {**info, "latency_cache": "hit" if hit else "miss"}
+    result.on_the_way.append(MadeOnTheWay(ratio, scheme, metrics, model, info))
+    result.stages["on_the_way"] = round(result.stages.get("on_the_way", 0.0) + time.perf_counter() - start, 4)
 
 
 def _metrics(model: bytes, latency: LatencyStats, data: TaskData, params: int) -> dict[str, float]:

@@ -102,6 +102,9 @@ ImportanceKnob = list[Annotated[str, AfterValidator(_importance)]]
 ScopeKnob = list[Scope]
 
 
+RATIO_KNOB = "pruning.ratio"  # the Optuna parameter of the pruning ratio
+
+
 class PruningSpace(Strict):
     """Pruning: structured channel removal (Torch-Pruning) or unstructured zeroing; ratio 0 means no pruning.
 
@@ -216,7 +219,7 @@ class PruningChoice:
 def sample_pruning(trial: TrialLike, space: PruningSpace) -> PruningChoice:
     """Sample a pruning choice; every knob but the ratio only where something is pruned, a method's own knobs
     only for that method (a conditional space)."""
-    ratio = float(knob(trial, "pruning.ratio", space.ratio))
+    ratio = float(knob(trial, RATIO_KNOB, space.ratio))
     if not ratio:
         return PruningChoice(ratio=0.0, protect_first_last=space.protect_first_last)
     method = str(knob(trial, "pruning.method", space.method))

@@ -139,6 +139,9 @@ class StaticSpace(Strict):
         return self
 
 
+SCHEME_KNOB = "quantization.scheme"  # the Optuna parameter of the scheme
+
+
 def _registered(name: str) -> str:
     return SCHEMES.check(name)
 
@@ -228,7 +231,7 @@ class QuantizationChoice:
 
 def sample_quantization(trial: TrialLike, space: QuantizationSpace) -> QuantizationChoice:
     """Sample a quantization choice; static options only for a static scheme, sensitive_layers only with 'sensitive'."""
-    scheme = knob(trial, "quantization.scheme", list(space.schemes))
+    scheme = knob(trial, SCHEME_KNOB, list(space.schemes))
     if not SCHEMES.get(scheme).calibrates:
         return QuantizationChoice(scheme=scheme)
     s = space.static

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from search.cli import main
 from search.config import load
-from search.study import baseline, finished, read
+from search.study import baseline, finished, read, spent
 from spaces.export import to_onnx
 from spaces.students import CNN
 
@@ -174,7 +174,7 @@ def test_a_sweep_whose_target_is_a_device_agent(agent, tmp_path, model_file, cap
     result = run_cli("run", str(path), "--trials", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     exp = load(path)
-    assert len(finished(optuna.load_study(study_name=exp.name, storage=exp.storage_url))) == 2
+    assert len(spent(optuna.load_study(study_name=exp.name, storage=exp.storage_url))) == 2
     client, experiment, _ = _trial_runs(exp)
     parent = client.search_runs([experiment.experiment_id], "tags.`slimsweep.role` = 'sweep'")[0]
     target = json.loads(parent.data.tags["slimsweep.target"])

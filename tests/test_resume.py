@@ -13,7 +13,7 @@ from sqlalchemy.exc import OperationalError
 
 from search.config import load
 from search.executor import RayExecutor
-from search.study import finished, interrupted, latency_cache, retry_of
+from search.study import finished, interrupted, latency_cache, retry_of, spent
 from search.sweep import timing, trial_path
 
 BUDGET = 6
@@ -51,7 +51,7 @@ def _stop_after_two(path, tmp_path, sig) -> tuple[dict[int, object], int]:
 def _check_resumed(exp, kept: dict[int, object]) -> None:
     study = optuna.load_study(study_name=exp.name, storage=exp.storage_url)
     done = {t.number: t.datetime_complete for t in finished(study)}
-    assert len(done) == BUDGET  # exactly the budget, not more
+    assert len(spent(study)) == BUDGET  # exactly the budget, not more
     for number, completed in kept.items():
         assert done[number] == completed  # the finished trial was kept, not run again
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))

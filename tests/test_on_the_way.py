@@ -1,0 +1,74 @@
+"""Models a trial makes on its way (the trained student before pruning, the pruned model before quantization) are
+measured and recorded as candidates of their own, at no trial of the budget; on real digits, Ray, Optuna, MLflow."""
+
+from __future__ import annotations
+
+import onnx
+import optuna
+from conftest import small_experiment
+from mlflow.tracking import MlflowClient
+
+from search.cli import main
+from search.config import load
+from search.study import on_the_way, open_study, read, spent
+
+PLAN = {"student": "cnn", "pruning.ratio": 0.5, "quantization.scheme": "int8_static_qdq"}
+
+
+def _sweep(tmp_path, ratios: list[float]):
+    space = {
+        "students": {"teacher": True, "cnn": {"width": [0.5], "depth": [1], "epochs": 2}},
+        "pruning": {"ratio": ratios, "recover_epochs": 1},
+        "quantization": {"schemes": ["fp32", "int8_static_qdq"]},
+    }
+    path = small_experiment(
+        tmp_path,
+        name="made",
+        space=space,
+        search={"sampler": "random", "trials": 1},
+        constraints={"max_accuracy_drop": 50.0},  # two epochs: what is measured here is which models, not how good
+        pick={"max_accuracy_drop": 50.0, "verify_seconds": 2.0},
+    )
+    exp = load(path)
+    open_study(exp).enqueue_trial(PLAN)  # the one trial of the budget prunes and quantizes a trained student
+    assert main(["run", str(path), "--quiet"]) == 0
+    return exp, optuna.load_study(study_name=exp.name, storage=exp.storage_url)
+
+
+def _conv_channels(path) -> int:
+    graph = onnx.load(str(path)).graph
+    weights = {t.name: t for t in graph.initializer}
+    convs = [n for n in graph.node if n.op_type in ("Conv", "QLinearConv")]
+    return sum(next(weights[i].dims[0] for i in n.input if i in weights and len(weights[i].dims) == 4) for n in convs)
+
+
+def test_a_trial_that_prunes_and_quantizes_records_the_models_it_made_on_its_way(tmp_path):
+    exp, study = _sweep(tmp_path, [0.0, 0.5])
+    (parent,) = spent(study)  # the budget was one trial, and one trial ran
+    assert read(parent).describe == "cnn w0.5 d1 | prune 0.5 | int8_static_qdq"
+    made = {read(t).describe: t for t in on_the_way(study)}
+    assert set(made) == {"cnn w0.5 d1 | no prune | fp32", "cnn w0.5 d1 | prune 0.5 | fp32"}
+    files = {d: exp.out / "trials" / f"trial-{t.number}.onnx" for d, t in made.items()}
+    unpruned, pruned_fp32 = files["cnn w0.5 d1 | no prune | fp32"], files["cnn w0.5 d1 | prune 0.5 | fp32"]
+    int8 = exp.out / "trials" / f"trial-{parent.number}.onnx"
+    for t in made.values():
+        rec = read(t)
+        assert t.state == optuna.trial.TrialState.COMPLETE and rec.made_by == parent.number
+        assert rec.metrics["accuracy"] > 50.0 and rec.metrics["latency_p50_ms"] > 0
+    # Before pruning the student has more channels; before quantization the same graph is larger on disk.
+    assert _conv_channels(unpruned) > _conv_channels(pruned_fp32)
+    assert pruned_fp32.stat().st_size > int8.stat().st_size
+    # Each is a run in MLflow, as any trial is.
+    client = MlflowClient(exp.tracking_uri)
+    runs = client.search_runs(
+        [client.get_experiment_by_name(exp.name).experiment_id], "tags.`slimsweep.role` = 'trial'"
+    )
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in runs) == sorted(
+        [parent.number, *(t.number for t in made.values())]
+    )
+
+
+def test_a_model_whose_plan_is_not_in_the_space_is_not_recorded(tmp_path):
+    _, study = _sweep(tmp_path, [0.25, 0.5])  # ratio 0 is no choice: the unpruned student is no plan of it
+    assert [read(t).describe for t in on_the_way(study)] == ["cnn w0.5 d1 | prune 0.5 | fp32"]
+    assert len(spent(study)) == 1
