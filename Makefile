@@ -50,7 +50,7 @@ test: install system-deps
 	$(VENV)/bin/pytest
 
 # Benchmarks: docs/BENCHMARKS.md and docs/benchmarks/*.png, written from scratch (benchmarks/report.py).
-# bench: the full report (95 minutes on a 2-core AVX-512 EPYC; the report says how long its run took). bench-quick:
+# bench: the full report (98 minutes on a 2-core AVX-512 EPYC; the report says how long its run took). bench-quick:
 # the same sections, one seed, 5 trials per search, a 3,000-image MNIST sample and fewer epochs (9 minutes there;
 # at most 15 on 2 otherwise idle cores).
 bench: install
