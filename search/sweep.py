@@ -611,7 +611,9 @@ def _reuse(
     plan stopped before (PRUNED) that the bar still covers, stop it again, naming today's dominator."""
     old = read(earlier)
     origin = old.reuse_of if old.reuse_of is not None else earlier.number
-    info = {k: v for k, v in old.info.items() if k != "clock"}  # the earlier trial's stamps are not this one's
+    # The earlier trial's stamps are not this one's, and a proposal answered from a model made on a trial's way is
+    # a repeat of the budget like any other, not a model made on the way itself.
+    info = {k: v for k, v in old.info.items() if k not in ("clock", "made_by")}
     rec = TrialRecord(plan=params, describe=describe, info=info, metrics=dict(old.metrics), reuse_of=origin)
     if earlier.state == TrialState.PRUNED:
         rec.info["dominated_by"] = dominated_by

@@ -32,7 +32,7 @@ def _sweep(tmp_path, ratios: list[float]):
     exp = load(path)
     open_study(exp).enqueue_trial(PLAN)  # the one trial of the budget prunes and quantizes a trained student
     assert main(["run", str(path), "--quiet"]) == 0
-    return exp, optuna.load_study(study_name=exp.name, storage=exp.storage_url)
+    return exp, optuna.load_study(study_name=exp.name, storage=exp.storage_url), path
 
 
 def _conv_channels(path) -> int:
@@ -43,7 +43,7 @@ def _conv_channels(path) -> int:
 
 
 def test_a_trial_that_prunes_and_quantizes_records_the_models_it_made_on_its_way(tmp_path):
-    exp, study = _sweep(tmp_path, [0.0, 0.5])
+    exp, study, _ = _sweep(tmp_path, [0.0, 0.5])
     (parent,) = spent(study)  # the budget was one trial, and one trial ran
     assert read(parent).describe == "cnn w0.5 d1 | prune 0.5 | int8_static_qdq"
     made = {read(t).describe: t for t in on_the_way(study)}
@@ -69,6 +69,17 @@ def test_a_trial_that_prunes_and_quantizes_records_the_models_it_made_on_its_way
 
 
 def test_a_model_whose_plan_is_not_in_the_space_is_not_recorded(tmp_path):
-    _, study = _sweep(tmp_path, [0.25, 0.5])  # ratio 0 is no choice: the unpruned student is no plan of it
+    _, study, _ = _sweep(tmp_path, [0.25, 0.5])  # ratio 0 is no choice: the unpruned student is no plan of it
     assert [read(t).describe for t in on_the_way(study)] == ["cnn w0.5 d1 | prune 0.5 | fp32"]
     assert len(spent(study)) == 1
+
+
+def test_a_plan_proposed_again_after_it_was_made_on_the_way_is_a_repeat_of_the_budget(tmp_path):
+    exp, study, path = _sweep(tmp_path, [0.0, 0.5])
+    made = next(t for t in on_the_way(study) if read(t).describe == "cnn w0.5 d1 | no prune | fp32")
+    study.enqueue_trial(made.params)  # the sampler proposes the unpruned student itself
+    assert main(["run", str(path), "--trials", "2", "--quiet"]) == 0
+    study = optuna.load_study(study_name=exp.name, storage=exp.storage_url)
+    again = spent(study)[-1]
+    assert read(again).reuse_of == made.number and read(again).made_by is None  # answered from it, not run
+    assert len(spent(study)) == 2 and len(on_the_way(study)) == 2
