@@ -17,6 +17,7 @@ from benchmarks.hypervolume import REFERENCE_TEXT, Point, hypervolume
 from benchmarks.sidebyside import Speedup, side_by_side
 from search.study import dominated as study_dominated
 from search.study import on_the_way as study_on_the_way
+from search.study import read
 
 SEARCHES = {
     "joint": "joint search, TPE (all three knobs)",
@@ -89,7 +90,7 @@ def _trial_rows(study, teacher: dict[str, float]) -> tuple[list[dict[str, Any]],
     for t in study.trials:
         if t.state.name not in ("COMPLETE", "FAIL"):
             continue
-        if t.user_attrs.get("info", {}).get("made_by") is not None:
+        if read(t).made_by is not None:
             seen.add(repr(sorted(t.params.items())))  # a model made on a trial's way: no trial of the budget
             continue
         finished += 1

@@ -22,6 +22,7 @@ from pathlib import Path
 from optuna.trial import FrozenTrial
 
 from benchmarks import sweeps
+from search.study import read
 
 STAGES = ("distill", "prune", "export", "quantize", "latency", "accuracy", "latency_first", "on_the_way")
 LABELS = {
@@ -98,15 +99,11 @@ def _parts(t: FrozenTrial, other: float) -> dict[str, float]:
     }
 
 
-def _made_on_the_way(t: FrozenTrial) -> bool:
-    return t.user_attrs.get("info", {}).get("made_by") is not None
-
-
 def breakdown(trials: Sequence[FrozenTrial], started: datetime, ended: datetime) -> Breakdown:
     """The parts of one sweep from its finished trials and the driver's start and end."""
     # Models made on a trial's way are recorded by the driver after it; their measuring is the trial's own stage.
     done = sorted(
-        (t for t in trials if t.datetime_start and t.datetime_complete and not _made_on_the_way(t)),
+        (t for t in trials if t.datetime_start and t.datetime_complete and read(t).made_by is None),
         key=lambda t: t.datetime_start,
     )
     stages = {k: 0.0 for k in STAGES}

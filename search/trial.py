@@ -96,7 +96,8 @@ def _stage(stages: dict[str, float], name: str) -> Iterator[None]:
     try:
         yield
     finally:
-        stages[name] = round(time.perf_counter() - start, 4)
+        # Summed: a stage entered more than once in a trial (a model made on its way each time) keeps its total.
+        stages[name] = round(stages.get(name, 0.0) + time.perf_counter() - start, 4)
 
 
 # Times one ONNX model on the sweep's target: (statistics, whether they came from the latency cache).
@@ -239,12 +240,11 @@ def _on_the_way(
     time_model: TimeModel,
 ) -> None:
     """Measure a model made on the trial's way (accuracy, latency, size) and add it to the result."""
-    start = time.perf_counter()
-    latency, hit = time_model(model)
-    metrics = _metrics(model, latency, data, params)
+    with _stage(result.stages, "on_the_way"):
+        latency, hit = time_model(model)
+        metrics = _metrics(model, latency, data, params)
     info = {**info, "latency_cache": "hit" if hit else "miss"}
     result.on_the_way.append(MadeOnTheWay(ratio, scheme, metrics, model, info))
-    result.stages["on_the_way"] = round(result.stages.get("on_the_way", 0.0) + time.perf_counter() - start, 4)
 
 
 def _metrics(model: bytes, latency: LatencyStats, data: TaskData, params: int) -> dict[str, float]:
