@@ -1,4 +1,5 @@
-"""Accuracy of an ONNX classifier, computed by the runtime that will serve it."""
+"""Accuracy of an ONNX classifier, computed by the runtime that will serve it, in a worker process with a memory cap
+and a deadline (evaluators/limits.py): a model beyond them is a LimitExceeded with the reason, not a lost process."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import numpy as np
 
 from evaluators.errors import SlimsweepError
+from evaluators.limits import Limits, run_limited
 from evaluators.runtime import fixed_batch, input_dtype, make_session
 
 
@@ -36,6 +38,11 @@ def predict(
     return np.concatenate(outputs).astype(np.float32)
 
 
+def accuracy_seconds(samples: int) -> float:
+    """The accuracy pass's default deadline: 10 minutes, or 0.1 s per sample when that is longer."""
+    return max(600.0, 0.1 * samples)
+
+
 def accuracy(
     model: bytes | str | os.PathLike,
     x: np.ndarray,
@@ -43,9 +50,20 @@ def accuracy(
     *,
     batch_size: int = 256,
     threads: int = 1,
+    limits: Limits | None = None,
 ) -> float:
-    """Top-1 accuracy in percent (0–100) of an ONNX classifier run by ONNX Runtime."""
+    """Top-1 accuracy in percent (0–100) of an ONNX classifier run by ONNX Runtime, in a worker process under limits
+    (default: a memory cap of half this machine's memory, at least 4 GiB, and accuracy_seconds(len(x)))."""
     if len(x) != len(y):
         raise SlimsweepError(f"accuracy() got {len(x)} inputs but {len(y)} labels; they must be the same length")
+    limits = limits or Limits(seconds=accuracy_seconds(len(x)))
+    what = f"the accuracy pass on this model ({len(x)} samples)"
+    return run_limited(_accuracy_here, model, x, y, batch_size, threads, limits=limits, what=what)
+
+
+def _accuracy_here(
+    model: bytes | str | os.PathLike, x: np.ndarray, y: np.ndarray, batch_size: int, threads: int
+) -> float:
+    """accuracy() in this process (the worker's side)."""
     logits = predict(model, x, batch_size=batch_size, threads=threads)
     return float(100.0 * np.mean(logits.argmax(axis=1) == np.asarray(y)))

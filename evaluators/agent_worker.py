@@ -1,6 +1,9 @@
 """The device agent's worker: the child process that checks and times what the agent receives, and the parent's
 handle on it. Every request carries an id that its replies repeat, and any failure while waiting kills the child,
-so no request can ever read another's answer. The child has a memory cap and ends when the agent ends."""
+so no request can ever read another's answer. The child has a memory cap and ends when the agent ends.
+
+The same child serves the local bench station and the accuracy pass (`Worker.call`, through evaluators/limits.py):
+one function call at a time, under the memory cap and a deadline, the child replaced after a kill."""
 
 from __future__ import annotations
 
@@ -8,15 +11,17 @@ import ctypes
 import dataclasses
 import itertools
 import math
-import multiprocessing
 import multiprocessing.connection
 import os
+import pickle
 import resource
 import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import onnx
 
@@ -26,6 +31,8 @@ from evaluators.runtime import make_session
 
 # How often the thread that waits for the worker looks at the request's deadline and whether it was cancelled.
 _POLL_SECONDS = 0.1
+# How long a call waits for a (re)started worker to take it up: the child's imports, on a busy machine.
+_START_SECONDS = 300.0
 
 
 class Job:
@@ -61,6 +68,10 @@ class Job:
         return self.deadline() - now
 
 
+class LimitExceeded(SlimsweepError):
+    """A model went over its memory cap or past its deadline (or crashed the worker); the worker was replaced."""
+
+
 def wait_for_reply(conn: multiprocessing.connection.Connection, seconds: float) -> bool:
     """Whether the worker has sent something within seconds (a seam: tests make it fail)."""
     return conn.poll(seconds)
@@ -69,34 +80,47 @@ def wait_for_reply(conn: multiprocessing.connection.Connection, seconds: float) 
 class Worker:
     """One child process that runs ONNX Runtime on what the agent receives, replaced whenever a wait goes wrong."""
 
-    def __init__(self, max_memory_mb: int = 4096) -> None:
-        self.max_memory_mb = max_memory_mb
-        self._process: multiprocessing.process.BaseProcess | None = None
+    def __init__(self, max_memory_mb: int | None = 4096) -> None:
+        self.max_memory_mb = max_memory_mb  # None: no cap (a GPU runtime reserves address space far beyond any cap)
+        self._process: subprocess.Popen | None = None
         self._conn: multiprocessing.connection.Connection | None = None
+        self._lock = threading.Lock()  # one request at a time on the one pipe
 
     def start(self) -> None:
-        if self._process is not None and self._process.is_alive():
+        if self._process is not None and self._process.poll() is None:
             return
         self.stop()
-        # spawn: a fresh interpreter, not a fork of a process that runs an event loop and threads.
-        context = multiprocessing.get_context("spawn")
-        ours, theirs = context.Pipe()
-        process = context.Process(
-            target=_worker_main,
-            args=(theirs, self.max_memory_mb, os.getpid()),
-            name="slimsweep-agent-worker",
-            daemon=True,
+        # A fresh interpreter (not a fork of a process that runs an event loop and threads), started with the
+        # caller's import path but without re-running its main module, as multiprocessing's spawn would: a user's
+        # script, a Ray worker's or pytest's, none of which expects to run twice.
+        ours, theirs = socket.socketpair()
+        code = (
+            f"import sys; sys.path[:] = {sys.path!r}; from evaluators.agent_worker import _child_main; "
+            f"_child_main({theirs.fileno()}, {self.max_memory_mb!r}, {os.getpid()})"
         )
-        process.start()
-        theirs.close()
-        self._process, self._conn = process, ours
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-c", code], pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True
+            )
+        finally:
+            theirs.close()
+        self._process, self._conn = process, multiprocessing.connection.Connection(ours.detach())
 
     def stop(self) -> None:
         if self._process is not None:
             self._process.kill()
-            self._process.join()
+            self._process.wait()
             self._conn.close()
         self._process = self._conn = None
+
+    def _exit_code(self) -> int | None:
+        """The worker's exit code once it has ended (a negative signal number when killed), waiting a little."""
+        if self._process is None:
+            return None
+        try:
+            return self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return None
 
     @property
     def pid(self) -> int | None:
@@ -113,7 +137,7 @@ class Worker:
             return {"error": "the measurement was cancelled", "status": 499}
         try:
             self.start()
-            self._conn.send((job.id, model, dataclasses.asdict(job.settings), providers))
+            self._conn.send((job.id, "measure", (model, dataclasses.asdict(job.settings), providers)))
             while True:
                 if job.cancelled.is_set():
                     self.stop()
@@ -137,9 +161,7 @@ class Worker:
                     continue
                 return payload
         except (EOFError, OSError):
-            if self._process is not None:
-                self._process.join(timeout=5)
-            code = self._process.exitcode if self._process is not None else None
+            code = self._exit_code()
             self.stop()
             return {
                 "error": f"ONNX Runtime crashed on this model (worker exit code {code}); needing more than the "
@@ -148,6 +170,49 @@ class Worker:
         except BaseException:
             self.stop()
             raise
+
+    def call(self, fn: Callable[..., Any], *args: Any, seconds: float, what: str, **kwargs: Any) -> Any:
+        """fn(*args, **kwargs) run in the worker (fn a module-level function), on this process's cores; its value, or
+        its exception raised here. LimitExceeded when it goes over the memory cap, runs past `seconds` (counted
+        from when the worker takes it up, not from its start-up) or crashes the worker, which is then replaced."""
+        with self._lock:
+            request = next(Job._ids)
+            try:
+                self.start()
+                self._conn.send((request, "call", (fn, args, kwargs, sorted(os.sched_getaffinity(0)))))
+                deadline, started = time.monotonic() + _START_SECONDS, False
+                while True:
+                    if time.monotonic() >= deadline:
+                        self.stop()
+                        if not started:
+                            raise SlimsweepError(f"the worker process for {what} did not start in {_START_SECONDS:g} s")
+                        raise LimitExceeded(f"{what} was stopped past the {seconds:g} s deadline")
+                    if not wait_for_reply(self._conn, min(deadline - time.monotonic(), _POLL_SECONDS)):
+                        continue
+                    reply_id, kind, payload = self._conn.recv()
+                    if reply_id != request:
+                        self.stop()
+                        raise SlimsweepError(f"the worker answered request {reply_id} to request {request}; retry")
+                    if kind == "started":
+                        deadline, started = time.monotonic() + seconds, True
+                        continue
+                    break
+            except (EOFError, OSError):
+                code = self._exit_code()
+                self.stop()
+                why = f"exit code {code}; going {self._over_cap()} is a cause"
+                raise LimitExceeded(f"{what} crashed the worker process ({why})") from None
+            except BaseException:
+                self.stop()
+                raise
+        if "value" in payload:
+            return payload["value"]
+        if "memory" in payload:
+            raise LimitExceeded(f"{what} went {self._over_cap()} ({payload['memory']})")
+        raise payload["raise"]
+
+    def _over_cap(self) -> str:
+        return "out of memory" if self.max_memory_mb is None else f"over the {self.max_memory_mb} MB memory cap"
 
 
 def _overtime(job: Job) -> str:
@@ -160,23 +225,53 @@ def _overtime(job: Job) -> str:
     )
 
 
-def _worker_main(conn: multiprocessing.connection.Connection, max_memory_mb: int, parent: int) -> None:
+def _child_main(fd: int, max_memory_mb: int | None, parent: int) -> None:
+    """The worker's entry point: its end of the socket pair the parent passed as fd."""
+    _worker_main(multiprocessing.connection.Connection(fd), max_memory_mb, parent)
+
+
+def _worker_main(conn: multiprocessing.connection.Connection, max_memory_mb: int | None, parent: int) -> None:
     """The child's loop: one model in, its id and outcome out, until the agent closes the pipe or dies."""
     _die_with(parent)
     _limit_memory(max_memory_mb)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C on the agent's terminal is the agent's to handle
     while True:
         try:
-            request_id, model, settings, providers = conn.recv()
+            request_id, kind, payload = conn.recv()
         except EOFError:
             return
+        if kind == "call":
+            conn.send((request_id, "started", None))
+            outcome = _call(*payload)
+        else:
+            model, settings, providers = payload
 
-        def loaded(seconds: float, request_id: int = request_id) -> None:
-            conn.send((request_id, "loaded", seconds))
+            def loaded(seconds: float, request_id: int = request_id) -> None:
+                conn.send((request_id, "loaded", seconds))
 
-        outcome = _measure_untrusted(model, TimingSettings(**settings), providers, loaded)
-        del model
+            outcome = _measure_untrusted(model, TimingSettings(**settings), providers, loaded)
+            del model
+        del payload
         conn.send((request_id, "done", outcome))
+
+
+def _call(fn: Callable[..., Any], args: tuple, kwargs: dict, cores: list[int]) -> dict:
+    """{"value"} of fn(*args, **kwargs), {"memory"} when it ran out of the cap, else {"raise": its exception}."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cores)  # the caller's cores now (a trial keeps off the station's)
+    try:
+        return {"value": fn(*args, **kwargs)}
+    except MemoryError as exc:
+        return {"memory": f"MemoryError: {str(exc)[:300]}"}
+    except Exception as exc:  # noqa: BLE001 - told back to the caller, which raises it
+        text = f"{type(exc).__name__}: {str(exc)[:2000]}"
+        if "alloc" in text.lower():  # ONNX Runtime: "Failed to allocate memory", std::bad_alloc
+            return {"memory": text[:300]}
+        try:
+            pickle.dumps(exc)
+        except Exception:  # noqa: BLE001 - an exception that cannot travel is told as its text
+            return {"raise": SlimsweepError(text)}
+        return {"raise": exc}
 
 
 def _die_with(parent: int) -> None:
@@ -195,8 +290,10 @@ def _die_with(parent: int) -> None:
     threading.Thread(target=watch, name="slimsweep-agent-parent-watch", daemon=True).start()
 
 
-def _limit_memory(max_memory_mb: int) -> None:
+def _limit_memory(max_memory_mb: int | None) -> None:
     """Cap the worker's address space, so a model or batch that needs more fails to allocate (a 400), not the device."""
+    if max_memory_mb is None:
+        return
     if sys.platform.startswith("linux"):
         try:  # glibc reserves an arena per thread (64 MB each); a few are plenty and keep the cap about real use
             ctypes.CDLL(None).mallopt(-8, 2)  # M_ARENA_MAX

@@ -1,4 +1,7 @@
-"""The bench station: one Ray actor per target that times one model at a time, on cores no trial trains on."""
+"""The bench station: one Ray actor per target that times one model at a time, on cores no trial trains on.
+
+A target timed on this host times in the station's worker process (evaluators/limits.py) under a memory cap and a
+deadline per model: a model beyond them fails its trial with the reason, and the station goes on."""
 
 from __future__ import annotations
 
@@ -12,9 +15,40 @@ from evaluators.compare import CompareSettings, Comparison, compare, interleave
 from evaluators.errors import ConfigError
 from evaluators.graph_key import graph_key
 from evaluators.latency import LatencyStats, TimingSettings
+from evaluators.limits import Limits, run_limited
 from evaluators.targets import TargetSpec, make_target
 
 log = logging.getLogger("slimsweep.station")
+
+# A model's time to load (a TensorRT engine build included) before its timing, in a station's deadline; timing then
+# gets what the agent gives it: warm-up, the repeat loop and its retry max_seconds each.
+LOAD_SECONDS = 300.0
+# Kinds whose runtime reserves address space beyond any cap (CUDA's unified addressing): a deadline only.
+_UNCAPPED = {"cuda", "tensorrt"}
+
+
+def measure_limits(spec: TargetSpec, settings: TimingSettings) -> Limits:
+    """A station measurement's limits: the default memory cap, and LOAD_SECONDS + 3 x max_seconds + 1 s."""
+    return Limits(seconds=LOAD_SECONDS + 3 * settings.max_seconds + 1.0, capped=spec.kind not in _UNCAPPED)
+
+
+def measure_here(spec: TargetSpec, model: bytes, settings: TimingSettings) -> LatencyStats:
+    """The target's measurement of model, in this process (the station worker's side)."""
+    return make_target(spec).measure(model, settings)
+
+
+def limited_measure(spec: TargetSpec, model: bytes, settings: TimingSettings) -> LatencyStats:
+    """The target's measurement of model in this process's worker, under measure_limits; a target timed elsewhere
+    (a device agent, which has limits of its own) is measured directly."""
+    if spec.kind == "remote":
+        return measure_here(spec, model, settings)
+    what = f"timing this model on the {spec.kind} target"
+    return run_limited(measure_here, spec, model, settings, limits=measure_limits(spec, settings), what=what)
+
+
+def _compare_here(models: list[bytes], names: list[str], settings: CompareSettings, spec: TargetSpec) -> Comparison:
+    target = make_target(spec)
+    return compare(models, settings, names=names, providers=target.providers(), require_provider=target.provider)
 
 
 class BenchStation:
@@ -49,7 +83,7 @@ class BenchStation:
             self.hits += 1
             log.info("latency cache hit %s", key[:12])
             return self.cache[key], True
-        stats = self.target.measure(model, settings)
+        stats = limited_measure(self.target.spec, model, settings)
         # Kept even when flagged unstable (the flag travels with it): a structure is timed once per sweep, and
         # the front is re-timed in isolation before the pick, where a noisy figure would matter.
         self.cache[key] = stats
@@ -80,7 +114,11 @@ class BenchStation:
                 )
         providers = getattr(self.target, "providers", None)
         if providers is not None:  # an ONNX Runtime provider on this host: sessions stay open across rounds
-            return compare(models, settings, names=names, providers=providers(), require_provider=self.target.provider)
+            # In the worker, under the cap; the deadline: each model's load, then all rounds within max_seconds.
+            seconds = LOAD_SECONDS * len(models) + 2 * settings.max_seconds + 1.0
+            limits = Limits(seconds=seconds, capped=self.target.spec.kind not in _UNCAPPED)
+            what = f"timing {len(models)} models side by side"
+            return run_limited(_compare_here, models, names, settings, self.target.spec, limits=limits, what=what)
         # A device agent opens a session per request: each burst is one short measurement there, warm-up included.
         burst = TimingSettings(
             threads=settings.threads,

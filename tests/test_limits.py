@@ -1,0 +1,129 @@
+"""The accuracy pass and the local bench station run a model under a memory cap and a deadline, as the device agent
+does: an endless Loop stops at the deadline, an output of many GiB stops at the cap, each with its reason; the
+process that asked survives, and the next (normal) model is still scored and timed."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+import search.station
+from evaluators.accuracy import accuracy
+from evaluators.latency import TimingSettings
+from evaluators.limits import LimitExceeded, Limits
+from evaluators.targets import TargetSpec
+from experiments.task_types import TaskData
+from search.station import limited_measure
+from search.trial import TrialContext, run_trial
+from spaces.plan import CompressionPlan
+
+QUICK = TimingSettings(warmup=2, min_repeats=5, max_repeats=50, max_seconds=0.2)
+CLASSES = 10
+
+
+def _model(nodes, initializers=(), width: int = CLASSES) -> bytes:
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+        list(initializers),
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def identity() -> bytes:
+    """A classifier whose logits are its input: its accuracy on one-hot inputs is computable by hand."""
+    return _model([helper.make_node("Identity", ["input"], ["logits"])])
+
+
+def endless_loop() -> bytes:
+    """A Loop whose condition stays true for 2**62 iterations: it never ends on its own."""
+    scalar = lambda name, kind: helper.make_tensor_value_info(name, kind, [])  # noqa: E731
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Identity", ["v_in"], ["v_out"])],
+        "body",
+        [
+            scalar("i", TensorProto.INT64),
+            scalar("cond_in", TensorProto.BOOL),
+            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None),
+        ],
+        [scalar("cond_out", TensorProto.BOOL), helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None)],
+    )
+    trip = helper.make_tensor("trip", TensorProto.INT64, [], [2**62])
+    cond = helper.make_tensor("cond", TensorProto.BOOL, [], [True])
+    return _model([helper.make_node("Loop", ["trip", "cond", "input"], ["logits"], body=body)], [trip, cond])
+
+
+def huge_output() -> bytes:
+    """Expand of a (batch, 1) input to (batch, 2**33): 32 GiB of floats per sample, from a model of 200 bytes."""
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [1, 2**33])
+    return _model([helper.make_node("Expand", ["input", "shape"], ["logits"])], [shape], width=1)
+
+
+def one_hot(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """n one-hot inputs and labels of which the identity classifier gets the first 70% right."""
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, CLASSES, n)
+    x = np.eye(CLASSES, dtype=np.float32)[truth]
+    y = truth.copy()
+    y[int(0.7 * n) :] = (y[int(0.7 * n) :] + 1) % CLASSES
+    return x, y
+
+
+def test_an_endless_loop_stops_the_accuracy_pass_at_its_deadline_and_the_next_model_is_scored():
+    x, y = one_hot(20)
+    began = time.monotonic()
+    with pytest.raises(LimitExceeded, match=r"accuracy pass .* past the 2 s deadline"):
+        accuracy(endless_loop(), x, y, limits=Limits(seconds=2))
+    assert time.monotonic() - began < 60  # stopped by the deadline, not left to run
+    assert accuracy(identity(), x, y) == pytest.approx(70.0)  # a fresh worker scores the next model
+
+
+def test_an_output_of_many_gib_stops_the_accuracy_pass_at_the_memory_cap_and_this_process_survives():
+    x, _ = one_hot(4)
+    with pytest.raises(LimitExceeded, match=r"over the 2048 MB memory cap"):
+        accuracy(huge_output(), x[:, :1], np.zeros(4, dtype=np.int64), limits=Limits(memory_mb=2048))
+    x, y = one_hot(50)
+    assert accuracy(identity(), x, y, limits=Limits(memory_mb=2048)) == pytest.approx(70.0)
+
+
+def test_a_model_beyond_the_limits_cannot_raise_them_past_their_bounds():
+    with pytest.raises(Exception, match="memory_mb"):
+        Limits(memory_mb=10)
+    with pytest.raises(Exception, match="seconds"):
+        Limits(seconds=0)
+
+
+def test_the_station_times_under_the_limits_and_goes_on_after_a_model_beyond_them(monkeypatch):
+    monkeypatch.setattr(search.station, "LOAD_SECONDS", 1.0)  # deadline: 1 + 3 x 0.2 + 1 s
+    cpu = TargetSpec(kind="cpu")
+    with pytest.raises(LimitExceeded, match=r"timing this model on the cpu target was stopped past the 2.6 s deadline"):
+        limited_measure(cpu, endless_loop(), QUICK)
+    with pytest.raises(LimitExceeded, match=r"over the \d+ MB memory cap"):
+        limited_measure(cpu, huge_output(), QUICK)
+    stats = limited_measure(cpu, identity(), QUICK)
+    assert stats.p50_ms > 0 and stats.repeats >= QUICK.min_repeats
+    assert os.getpid()  # still here
+
+
+def test_a_model_beyond_the_limits_is_a_failed_trial_with_its_reason(monkeypatch):
+    monkeypatch.setattr(search.station, "LOAD_SECONDS", 1.0)
+    x, y = one_hot(20)
+    data = TaskData("one-hot", x, y, x[:4], y[:4], x, y, CLASSES)
+    plan = CompressionPlan()  # fp32: an ONNX-only trial times and scores the user's model as it is
+
+    def time_model(model: bytes):
+        return limited_measure(TargetSpec(kind="cpu"), model, QUICK), False
+
+    ctx = TrialContext(data=data, teacher_blob=None, timing=QUICK, onnx_model=endless_loop())
+    failed = run_trial(0, plan, ctx, time_model)
+    assert not failed.ok and "past the 2.6 s deadline" in failed.error, failed.error
+    scored = run_trial(1, plan, dataclasses.replace(ctx, onnx_model=identity()), time_model)
+    assert scored.ok, scored.error
+    assert scored.metrics["accuracy"] == pytest.approx(70.0)
