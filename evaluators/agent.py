@@ -21,6 +21,7 @@ import math
 import os
 import platform
 import stat
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -38,6 +39,7 @@ from starlette.requests import Request
 from evaluators.agent_worker import Job, Worker
 from evaluators.errors import ConfigError, did_you_mean
 from evaluators.latency import TimingSettings
+from evaluators.remote import is_loopback
 
 PROTOCOL = 1
 # A body that has not arrived within this many seconds frees its queue slot (a stalled upload must not hold it).
@@ -116,6 +118,26 @@ def read_token(path: str | os.PathLike) -> str:
     if not token:
         raise ConfigError(f"token file {os.fspath(path)!r} is empty; write the agent's token into it")
     return token
+
+
+def check_key_file(path: str | os.PathLike) -> None:
+    """Refuse a TLS private key that group or others may read or write (as ssh refuses such a key)."""
+    mode = Path(path).expanduser().stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"--tls-key {os.fspath(path)!r} has mode {stat.filemode(mode)}: others may read the private key; "
+            f"run `chmod 600 {os.fspath(path)}`"
+        )
+
+
+def plain_http_warning(host: str, *, tls: bool) -> str | None:
+    """The line to warn with when the agent serves its token-guarded API without TLS beyond loopback, else None."""
+    if tls or is_loopback(host):
+        return None
+    return (
+        f"serving plain HTTP on {host}: the token and the models travel unencrypted and anyone on the network "
+        "path can read the token; give --tls-cert and --tls-key, or serve on 127.0.0.1 behind an SSH tunnel"
+    )
 
 
 def device_info() -> dict[str, Any]:
@@ -251,7 +273,12 @@ def serve(
     for flag, path in {"--tls-cert": tls_cert, "--tls-key": tls_key}.items():
         if path is not None and not Path(path).expanduser().is_file():
             raise ConfigError(f"{flag}: {path!r} is not a file")
+    if tls_key is not None:
+        check_key_file(tls_key)
     tls = {"ssl_certfile": tls_cert, "ssl_keyfile": tls_key} if tls_cert else {}
+    warning = plain_http_warning(host, tls=bool(tls))
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     # A short graceful shutdown: Ctrl-C should not wait for a measurement that may run for minutes.
     uvicorn.run(create_app(config), host=host, port=port, log_level="info", timeout_graceful_shutdown=5, **tls)
 

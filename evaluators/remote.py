@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import http.client
+import ipaddress
 import json
+import logging
 import ssl
 import urllib.error
 import urllib.parse
@@ -15,6 +17,11 @@ from evaluators.errors import ConfigError, SlimsweepError
 from evaluators.latency import LatencyStats, TimingSettings
 
 _STATS_FIELDS = {field.name for field in dataclasses.fields(LatencyStats)}
+# The most the client reads of one reply: an agent's answers are a few kB, so a larger one is not an agent's and is
+# refused rather than held in memory.
+MAX_REPLY_BYTES = 1_000_000
+log = logging.getLogger("slimsweep.remote")
+_warned: set[str] = set()  # origins already warned about a token sent over plain HTTP (once per process)
 
 
 class AgentClient:
@@ -57,9 +64,15 @@ class AgentClient:
         if body is not None:
             headers["Content-Type"] = "application/octet-stream"
         request = urllib.request.Request(self.url + path, data=body, headers=headers, method=method)
+        self._warn_plain_http()
         try:
             with self._opener.open(request, timeout=self._timeout) as response:
-                raw = response.read()
+                raw = response.read(MAX_REPLY_BYTES + 1)
+            if len(raw) > MAX_REPLY_BYTES:
+                raise SlimsweepError(
+                    f"device agent at {self.url} answered more than {MAX_REPLY_BYTES} bytes (the client's limit on "
+                    "a reply; an agent's answers are a few kB): is this url a slimsweep agent?"
+                )
         except urllib.error.HTTPError as exc:
             raise self._refused(exc.code, _message(exc), exc.headers.get("Retry-After")) from None
         except _Redirected as exc:
@@ -94,6 +107,18 @@ class AgentClient:
                 f"device agent at {self.url} answered something that is not JSON: {raw[:200]!r}"
             ) from None
 
+    def _warn_plain_http(self) -> None:
+        """Warn once per process and origin when the token goes over plain HTTP beyond this machine."""
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme != "http" or is_loopback(parts.hostname or "") or self.url in _warned:
+            return
+        _warned.add(self.url)
+        log.warning(
+            "sending the device agent's token over plain HTTP to %s: anyone on the network path can read it; "
+            "serve the agent with --tls-cert/--tls-key and use an https:// url",
+            self.url,
+        )
+
     def _refused(self, status: int, message: str, retry_after: str | None) -> SlimsweepError:
         if status == 401:
             return SlimsweepError(f"device agent at {self.url} refused the token (401): {message}")
@@ -103,6 +128,16 @@ class AgentClient:
             wait = f"; it asks to retry after {retry_after} s" if retry_after else ""
             return SlimsweepError(f"device agent at {self.url} is busy (503): {message}{wait}")
         return SlimsweepError(f"device agent at {self.url} answered {status}: {message}")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether host names this machine's loopback only (127.0.0.0/8, ::1, localhost); '' and 0.0.0.0 are not."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class _Redirected(urllib.error.URLError):
@@ -136,7 +171,7 @@ def _dropped(url: str, exc: BaseException) -> SlimsweepError:
 def _message(error: urllib.error.HTTPError) -> str:
     """The agent's {"error": ...} text, or what else the server said."""
     try:
-        raw = error.read()
+        raw = error.read(MAX_REPLY_BYTES)
     except (OSError, http.client.HTTPException):
         return error.reason or "no message"
     try:
