@@ -2,9 +2,10 @@
 
 The files are written under temporary names and a pending record names what is being handed over; the alias move
 in the registry is the commit point; then both files are renamed into place (os.replace, atomic on one file
-system) and the record removed. A crash at any step leaves either the old hand-over intact (alias not moved: the
-next `run` / `pick` discards the leftovers and redoes it) or a pending record whose alias already moved (the next
-command that reads the outputs completes the renames). Registration is idempotent: a version already registered
+system) and the record removed. A crash at any step leaves either the old hand-over intact (alias surely not moved:
+the next `run` / `pick` discards the leftovers and redoes it) or a pending record that may have committed (the
+alias moved, could not be read, or there was nothing to register): the next `pick` completes the renames; a
+hand-over that may have committed is never undone. Its lock is waited for at most filelock.TIMEOUT_S. Registration is idempotent: a version already registered
 for the same trial and the same ONNX bytes is reused, never duplicated. Drivers sharing a study hand over one at a
 time (an exclusive lock on the folder), so the last one's files and alias agree.
 """
@@ -67,7 +68,13 @@ def pending(folder: Path) -> Pending | None:
 
 
 def recover(folder: Path, alias_version: Callable[[], str | None]) -> str:
-    """Finish or undo a hand-over a crash interrupted; returns what was done ('' when nothing was pending)."""
+    """Finish or undo a hand-over a crash interrupted; returns what was done ('' when nothing was pending).
+
+    Undone only when it surely had not committed: stopped before its registration, or the alias is read and names
+    another version. Completed when the alias names its version, when it had nothing to register (MLflow was down:
+    the record of its version "" was its commit point), and when the alias cannot be read (None: MLflow unreachable,
+    or no alias yet): then it may have committed, and a committed hand-over is never undone.
+    """
     if pending(folder) is None:
         return ""
     # Under the hand-over lock, and the alias read there: a pending record may be another live driver's hand-over
@@ -76,17 +83,48 @@ def recover(folder: Path, alias_version: Callable[[], str | None]) -> str:
         rec = pending(folder)
         if rec is None:
             return ""
-        onnx_tmp, card_tmp = _tmp(folder / ONNX), _tmp(folder / CARD)
-        if rec.version is not None and rec.version == alias_version():
-            # The alias moved (the commit point): rename whichever file is still temporary.
-            for tmp, final in ((onnx_tmp, folder / ONNX), (card_tmp, folder / CARD)):
-                if tmp.is_file():
-                    os.replace(tmp, final)
-            (folder / PENDING).unlink()
+        if rec.version is None:
+            _discard(folder)
+            return (
+                f"discarded an unfinished hand-over of trial {rec.trial}: it stopped before its model was "
+                "registered, so the alias had not moved; it is redone"
+            )
+        if rec.version == "":
+            _complete(folder)
+            return (
+                f"completed the hand-over of trial {rec.trial} a crash interrupted; it was not registered (MLflow "
+                "was unreachable): `slimsweep sync` registers it"
+            )
+        current = alias_version()
+        if current == rec.version:
+            _complete(folder)
             return f"completed the hand-over of trial {rec.trial} (registry version {rec.version}) a crash interrupted"
-        for leftover in (onnx_tmp, card_tmp, folder / PENDING):
-            leftover.unlink(missing_ok=True)
-        return f"discarded an unfinished hand-over of trial {rec.trial} (the alias had not moved); it is redone"
+        if current is None:
+            _complete(folder)
+            return (
+                f"completed the files of the hand-over of trial {rec.trial} (registry version {rec.version}) a "
+                "crash interrupted; the alias could not be read (MLflow unreachable, or no alias), so whether it "
+                "had moved is unknown and nothing was undone"
+            )
+        _discard(folder)
+        return (
+            f"discarded an unfinished hand-over of trial {rec.trial} (registry version {rec.version}): the alias "
+            f"still names version {current}, so it had not moved; it is redone"
+        )
+
+
+def _complete(folder: Path) -> None:
+    """Rename whichever file is still temporary into place, then drop the record (under the lock)."""
+    for final in (folder / ONNX, folder / CARD):
+        if _tmp(final).is_file():
+            os.replace(_tmp(final), final)
+    (folder / PENDING).unlink()
+
+
+def _discard(folder: Path) -> None:
+    """Remove an uncommitted hand-over's temporary files and record (under the lock)."""
+    for leftover in (_tmp(folder / ONNX), _tmp(folder / CARD), folder / PENDING):
+        leftover.unlink(missing_ok=True)
 
 
 def hand_over(
