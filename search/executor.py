@@ -20,6 +20,7 @@ from evaluators.errors import ConfigError
 from evaluators.latency import LatencyStats, TimingSettings
 from evaluators.targets import TargetSpec, make_target
 from search.gate import Bar
+from search.raystart import start_ray
 from search.station import free_cores, start_station
 from search.trial import TrialContext, TrialResult, run_trial
 
@@ -189,20 +190,7 @@ class RayExecutor:
         self.trial_timeout_s, self.clock = trial_timeout_s, clock
         if not ray.is_initialized():
             try:
-                if address:
-                    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-                else:
-                    # A local Ray needs no network interface: keep it on loopback. address="local": without it,
-                    # ray.init attaches to any cluster `ray start` left recorded on this machine (another user's,
-                    # or a dead one), and a local sweep then fails or runs elsewhere depending on what ran before.
-                    ray.init(
-                        address="local",
-                        num_cpus=os.cpu_count(),
-                        include_dashboard=False,
-                        logging_level=logging.WARNING,
-                        log_to_driver=False,
-                        _node_ip_address="127.0.0.1",
-                    )
+                start_ray(address)  # workers in a folder of slimsweep's own; a local Ray on loopback only
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise ConfigError(f"--ray-address {address!r}: cannot connect to a Ray cluster there: {exc}") from None
         # A node that dies takes its tasks with it; Ray runs them again elsewhere (max_retries), which is safe
