@@ -5,18 +5,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import optuna
 from optuna.trial import TrialState
 
+from evaluators.secrets import mask_secrets
 from search.config import Experiment
 from search.handover import pending
 from search.pareto import front as pareto_front
+from search.stored import load_existing
 from search.study import dominated, on_the_way, read, spent
 
 
 def sweep_status(exp: Experiment) -> dict[str, Any]:
     """The sweep's state as plain data; reads the study and the output folder, writes nothing."""
-    study = optuna.load_study(study_name=exp.name, storage=exp.storage_url)
+    study = load_existing(exp)  # never creates a study for a misspelt name
     done = spent(study)
     failed = [t.number for t in done if t.state == TrialState.FAIL]
     running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
@@ -51,8 +52,8 @@ def sweep_status(exp: Experiment) -> dict[str, Any]:
             "onnx": str(exp.out / "deployable.onnx"),
         },
         "handover_pending": None if left is None else {"trial": left.trial, "version": left.version},
-        "storage": exp.storage_url,
-        "tracking_uri": exp.tracking_uri,
+        "storage": mask_secrets(exp.storage_url),
+        "tracking_uri": mask_secrets(exp.tracking_uri),
     }
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
@@ -24,7 +25,9 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
 from evaluators.errors import ConfigError, SlimsweepError
+from evaluators.secrets import mask_secrets
 from search.config import METRIC_DIRECTIONS, Experiment
+from search.fingerprint import changes, describe, fingerprint
 from search.samplers import make_sampler
 
 # The layout of what slimsweep stores on a study and its trials. Studies written before the version was stamped
@@ -120,7 +123,8 @@ def open_study(exp: Experiment) -> optuna.Study:
     directions = [METRIC_DIRECTIONS[o] for o in exp.objectives]
     exp.out.mkdir(parents=True, exist_ok=True)
     study = _create_or_load(exp, directions)
-    _check_version(study.user_attrs.get(VERSION, RECORD_VERSION), f"the stored study {exp.name!r} in {exp.storage_url}")
+    _check_version(study.user_attrs.get(VERSION, RECORD_VERSION), f"the stored study {exp.name!r} in {_shown(exp)}")
+    check_made_for(study, exp)
     if VERSION not in study.user_attrs:
         study.set_user_attr(VERSION, RECORD_VERSION)
     if study.metric_names != list(exp.objectives):
@@ -133,9 +137,36 @@ def open_study(exp: Experiment) -> optuna.Study:
     elif stored != list(exp.objectives):
         raise ConfigError(
             f"objectives: {list(exp.objectives)} differs from {stored}, which the stored study {exp.name!r} "
-            f"in {exp.storage_url} was created with; restore them, or give the experiment a new name"
+            f"in {_shown(exp)} was created with; restore them, or give the experiment a new name"
         )
     return study
+
+
+_MADE_FOR = "slimsweep.fingerprint"
+
+
+def check_made_for(study: optuna.Study, exp: Experiment, *, stamp: bool = True) -> None:
+    """Refuse a study made for another task, data, space, target, objectives or constraints (its trials would answer
+    this file's plans and compete in its front); stamp one made before fingerprints existed, or just created."""
+    current = fingerprint(exp)
+    stored = study.user_attrs.get(_MADE_FOR)
+    if stored is None:
+        if stamp:
+            study.set_user_attr(_MADE_FOR, current)
+        return
+    changed = changes(stored, current)
+    if changed:
+        raise ConfigError(
+            f"the stored study {exp.name!r} in {_shown(exp)} was made for another "
+            f"{' and '.join(changed)}; changed: {describe(changed)}. Its trials would answer this file's plans and "
+            "compete in its front. Changing search.trials, search.parallel or pick resumes a sweep; to change what it "
+            "is for, start over with `slimsweep run FILE --fresh`, or give the experiment a new name:"
+        )
+
+
+def _shown(exp: Experiment) -> str:
+    """The study's storage URL as messages show it (a password masked)."""
+    return mask_secrets(exp.storage_url)
 
 
 def _create_or_load(exp: Experiment, directions: list[str], attempts: int = 10) -> optuna.Study:
@@ -319,7 +350,10 @@ def _enqueue_retry(study: optuna.Study, number: int) -> None:
 _REQUEUED = "slimsweep.requeued"
 _OWNER = "slimsweep.driver"
 _BEAT = "slimsweep.driver_beat:"  # + driver id -> the driver's last heartbeat (Unix seconds; 0 once it retired)
-STALE_BEATS = 4  # a driver whose last beat is older than this many heartbeat intervals is gone
+# + driver id -> the seconds between that driver's beats. Kept apart from the beat, which stays a bare number, so a
+# release that predates it still reads every driver's beat.
+_EVERY = "slimsweep.driver_every:"
+STALE_BEATS = 4  # a driver whose last beat is older than this many of its own heartbeat intervals is gone
 
 
 def new_driver_id() -> str:
@@ -327,9 +361,32 @@ def new_driver_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def beat(study: optuna.Study, driver: str, now: float | None = None) -> None:
-    """Record that `driver` is alive (its trials are not to be taken over)."""
-    study._storage.set_study_system_attr(study._study_id, _BEAT + driver, time.time() if now is None else now)
+def clock(study: optuna.Study) -> float:
+    """Now, by the clock of the database that holds the study (Unix seconds): every driver of a PostgreSQL or MySQL
+    study writes and judges beats by the server's one clock, whatever its own machine's says. SQLite has no server:
+    its clock is this machine's."""
+    backend = getattr(study._storage, "_backend", study._storage)
+    engine = getattr(backend, "engine", None)
+    query = {
+        "postgresql": "SELECT EXTRACT(EPOCH FROM clock_timestamp())",
+        "mysql": "SELECT UNIX_TIMESTAMP(NOW(6))",
+    }.get(getattr(getattr(engine, "dialect", None), "name", ""))
+    if query is None:
+        return time.time()
+    try:
+        with engine.connect() as conn:
+            return float(conn.execute(sqlalchemy.text(query)).scalar_one())
+    except SQLAlchemyError:
+        return time.time()  # the beat or the check that follows fails on its own if the server is gone
+
+
+def beat(study: optuna.Study, driver: str, now: float | None = None, *, every_s: float | None = None) -> None:
+    """Record that `driver` is alive (its trials are not to be taken over); `every_s`, the interval at which it
+    beats, is recorded with its first beat, so other drivers judge it by its own interval, not theirs."""
+    storage, sid = study._storage, study._study_id
+    if every_s is not None:
+        storage.set_study_system_attr(sid, _EVERY + driver, float(every_s))
+    storage.set_study_system_attr(sid, _BEAT + driver, clock(study) if now is None else now)
 
 
 def retire(study: optuna.Study, driver: str) -> None:
@@ -338,14 +395,20 @@ def retire(study: optuna.Study, driver: str) -> None:
 
 
 def live_drivers(study: optuna.Study, heartbeat_s: float, now: float | None = None) -> set[str]:
-    """Drivers whose last heartbeat is recent."""
-    now = time.time() if now is None else now
+    """Drivers whose last heartbeat is recent by their own interval (`heartbeat_s`, the reader's, judges only the
+    beats of releases that did not record theirs), by the database's clock."""
+    now = clock(study) if now is None else now
     attrs = study._storage.get_study_system_attrs(study._study_id)
-    return {
-        k[len(_BEAT) :]
-        for k, v in attrs.items()
-        if k.startswith(_BEAT) and isinstance(v, (int, float)) and now - v <= STALE_BEATS * heartbeat_s
-    }
+    alive = set()
+    for key, at in attrs.items():
+        if not key.startswith(_BEAT) or not isinstance(at, (int, float)):
+            continue
+        driver = key[len(_BEAT) :]
+        every = attrs.get(_EVERY + driver)
+        every = float(every) if isinstance(every, (int, float)) and every > 0 else heartbeat_s
+        if now - at <= STALE_BEATS * every:
+            alive.add(driver)
+    return alive
 
 
 def own(study: optuna.Study, trial: optuna.Trial, driver: str) -> None:
@@ -370,7 +433,7 @@ def owner(trial: FrozenTrial) -> str | None:
 def stale(study: optuna.Study, heartbeat_s: float, now: float | None = None) -> list[int]:
     """RUNNING trials whose driver is gone: its heartbeat is stale, or (no owner recorded, as older releases left
     them) the trial started longer ago than a driver may go without a beat."""
-    now = time.time() if now is None else now
+    now = clock(study) if now is None else now
     alive = live_drivers(study, heartbeat_s, now)
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):

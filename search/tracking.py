@@ -44,6 +44,8 @@ def unreachable(uri: str, timeout_s: float = 5.0) -> str | None:
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
             return None if response.status == 200 else f"/health answered HTTP {response.status}"
+    except urllib.error.HTTPError as exc:  # the server is up but failing (5xx) or is not MLflow
+        return f"/health answered HTTP {exc.code} {exc.reason}"
     except (urllib.error.URLError, OSError) as exc:
         return str(getattr(exc, "reason", exc))
 
