@@ -21,6 +21,7 @@ from evaluators.errors import ConfigError, SlimsweepError, not_allowed
 from evaluators.latency import LatencyStats, TimingSettings, measure
 from evaluators.registry import Registry
 from evaluators.runtime import make_session
+from evaluators.secrets import MASK, mask_secrets
 
 # An entry of ONNX Runtime's `providers` list: a name, or a name with its provider options.
 Provider = str | tuple[str, dict[str, Any]]
@@ -36,6 +37,15 @@ class TargetSpec:
     device_id: int = 0  # cuda / tensorrt
     url: str | None = None  # remote
     token: str | None = None  # remote
+
+    def __repr__(self) -> str:
+        # A spec is logged and shown in tracebacks: the token never, a password in the URL masked.
+        token = None if self.token is None else MASK
+        url = None if self.url is None else mask_secrets(self.url)
+        return (
+            f"TargetSpec(kind={self.kind!r}, threads={self.threads!r}, batch_size={self.batch_size!r}, "
+            f"device_id={self.device_id!r}, url={url!r}, token={token!r})"
+        )
 
     def __post_init__(self) -> None:
         minimums = {"threads": 1, "batch_size": 1, "device_id": 0}
@@ -262,7 +272,7 @@ class RemoteTarget(Target):
         # The URL, the device and its runtime say where; the token is a secret and never leaves this object.
         return {
             **super().describe(),
-            "url": self.spec.url,
+            "url": mask_secrets(self.spec.url),
             "device": info.get("device"),
             "providers": agent.get("providers"),
             "onnxruntime": runtimes.get("onnxruntime"),

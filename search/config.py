@@ -6,6 +6,7 @@ import importlib.util
 import os
 import re
 import reprlib
+import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -13,6 +14,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from evaluators.errors import ConfigError, not_allowed
+from evaluators.secrets import mask_secrets, masked
 from experiments.schema import MAX_SEED, TASK_CONFIGS, DigitsTask, OnnxTask, TaskConfig, task_error
 from search.pick import check_pick_policy
 from search.samplers import check_sampler
@@ -44,6 +46,16 @@ _VALUE_REPR.maxdict = _VALUE_REPR.maxlist = _VALUE_REPR.maxtuple = _VALUE_REPR.m
 _MESSAGE_BYTES = 3500
 
 
+class _Masked(Strict):
+    """A section holding URLs: its repr and str (in logs, tracebacks, a test's failure) show no password."""
+
+    def __repr__(self) -> str:
+        return mask_secrets(super().__repr__())
+
+    def __str__(self) -> str:
+        return mask_secrets(super().__str__())
+
+
 class Constraints(Strict):
     """Feasibility limits handed to Optuna; infeasible trials stay out of the front."""
 
@@ -52,7 +64,7 @@ class Constraints(Strict):
     max_size_mb: float | None = Field(None, gt=0)
 
 
-class Target(Strict):
+class Target(_Masked):
     """Where latency is measured: a runtime on this machine or a device agent, with its threads and batch size."""
 
     kind: Literal["cpu", "cuda", "tensorrt", "openvino", "remote"] = "cpu"
@@ -127,24 +139,37 @@ def _default_postgres_driver() -> str:
 
 
 def check_database_url(v: str | None, what: str) -> str | None:
-    """A PostgreSQL URL must name a driver that is installed (SQLAlchemy's own error comes only mid-start)."""
-    if v is None or not v.startswith("postgres"):
+    """A server URL's port must be a number, and a PostgreSQL URL must name a driver that is installed (SQLAlchemy's
+    and MLflow's own errors come only mid-start, as tracebacks)."""
+    if v is None:
+        return v
+    if "://" in v and not v.startswith(("sqlite:", "file:")):
+        try:
+            urllib.parse.urlsplit(v).port
+        except ValueError:
+            raise ValueError(
+                f"the {what} URL's port is not a number from 0 to 65535: give HOST:PORT "
+                f"(e.g. postgresql://USER@HOST:5432/DB), got {mask_secrets(v)!r}"
+            ) from None
+    if not v.startswith("postgres"):
         return v
     scheme = v.split("://", 1)[0]
     if scheme not in POSTGRES_DRIVERS or "://" not in v:
         raise ValueError(
             f"a PostgreSQL {what} URL starts with one of "
             f"{', '.join(s + '://' for s in POSTGRES_DRIVERS)} (e.g. postgresql://USER@HOST:5432/DB), "
-            f"got {v!r}"
+            f"got {mask_secrets(v)!r}"
         )
     module = POSTGRES_DRIVERS[scheme] or _default_postgres_driver()
     if importlib.util.find_spec(module) is None:
         package = "psycopg2-binary" if module == "psycopg2" else "psycopg[binary]"
-        raise ValueError(f"the PostgreSQL driver {module!r} is not installed (pip install {package}), got {v!r}")
+        raise ValueError(
+            f"the PostgreSQL driver {module!r} is not installed (pip install {package}), got {mask_secrets(v)!r}"
+        )
     return v
 
 
-class Search(Strict):
+class Search(_Masked):
     """The Optuna study, how many trials run at once and what each asks of a Ray node."""
 
     sampler: str = "tpe"  # a name registered in search.samplers.SAMPLERS
@@ -173,11 +198,11 @@ class Search(Strict):
     @classmethod
     def _storage(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("sqlite:///", "postgresql", "mysql")):
-            raise ValueError(f"storage must be an SQLAlchemy URL such as sqlite:///study.db, got {v!r}")
+            raise ValueError(f"storage must be an SQLAlchemy URL such as sqlite:///study.db, got {mask_secrets(v)!r}")
         return check_database_url(v, "storage")
 
 
-class Tracking(Strict):
+class Tracking(_Masked):
     """Where MLflow records the sweep."""
 
     uri: str | None = None  # default: sqlite in the output folder; also http://SERVER:5000 or postgresql://...
@@ -204,7 +229,7 @@ class Pick(Strict):
         return check_pick_policy(v)
 
 
-class Experiment(Strict):
+class Experiment(_Masked):
     """One experiment file."""
 
     name: str
@@ -231,7 +256,8 @@ class Experiment(Strict):
     @field_validator("output_dir")
     @classmethod
     def _output_dir(cls, v: str) -> str:
-        problem = folder_problem(Path(v).expanduser())
+        v = os.path.expanduser(v)  # checked and used as the same folder: ~/x is the home's x, not a folder named ~
+        problem = folder_problem(Path(v))
         if problem:
             raise ValueError(f"{problem} (got {v!r})")
         return v
@@ -268,7 +294,7 @@ class Experiment(Strict):
     @property
     def out(self) -> Path:
         """This experiment's folder for outputs, caches and the default stores."""
-        return Path(self.output_dir) / self.name
+        return Path(self.output_dir).expanduser() / self.name
 
     @property
     def storage_url(self) -> str:
@@ -316,7 +342,8 @@ class _Quoted:
 
 
 def cut_message(text: str, limit: int = _MESSAGE_BYTES) -> str:
-    """text cut to at most limit bytes (UTF-8), saying so."""
+    """An error message as it is shown: passwords and tokens masked, cut to at most limit bytes (UTF-8), saying so."""
+    text = mask_secrets(text)  # every message a command prints on error passes here
     raw = text.encode("utf-8")
     if len(raw) <= limit:
         return text
@@ -376,7 +403,7 @@ def _format(error: dict[str, Any]) -> str:
     """One line naming the field, the bad value and what is allowed."""
     loc = _user_loc(error["loc"])
     field = ".".join(loc) or "(top level)"
-    kind, value = error["type"], error.get("input")
+    kind, value = error["type"], masked(error.get("input"))  # masked before it is cut: a cut URL keeps no '@'
     if loc[:1] == ["task"] and kind in {"union_tag_invalid", "union_tag_not_found"}:
         where, message = task_error(error)
         return f"{'.'.join(['task', *where])}: {message}"

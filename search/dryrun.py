@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 
+from evaluators.secrets import mask_secrets, masked
 from search.config import Experiment
 from spaces.plan import sample
 
@@ -70,10 +71,11 @@ def space_size(exp: Experiment, limit: int = 1_000_000) -> SpaceSize:
 
 
 def report(exp: Experiment, target_checked: str) -> dict[str, Any]:
-    """What `run --dry-run` prints: the experiment as resolved, the space's size, the target, where outputs go."""
+    """What `run --dry-run` prints: the experiment as resolved, the space's size, the target, where outputs go (any
+    password in a URL masked)."""
     size = space_size(exp)
     return {
-        "experiment": exp.model_dump(mode="json"),
+        "experiment": masked(exp.model_dump(mode="json")),
         "space": {
             "discrete_plans": size.discrete_plans,
             "continuous_knobs": size.continuous,
@@ -81,8 +83,8 @@ def report(exp: Experiment, target_checked: str) -> dict[str, Any]:
         },
         "target": target_checked,
         "outputs": str(exp.out.resolve()),
-        "storage": exp.storage_url,
-        "tracking_uri": exp.tracking_uri,
+        "storage": mask_secrets(exp.storage_url),
+        "tracking_uri": mask_secrets(exp.tracking_uri),
         "budget": exp.search.trials,
     }
 

@@ -8,6 +8,7 @@ import urllib.parse
 from pathlib import Path
 
 from evaluators.errors import ConfigError
+from evaluators.secrets import mask_secrets
 from search.config import Experiment, folder_problem
 
 # How long a server may take to accept a TCP connection before it counts as unreachable.
@@ -69,7 +70,15 @@ def _port(parts: urllib.parse.SplitResult, default: int) -> int | None:
 def _check_folder(setting: str, url: str, folder: Path) -> None:
     problem = folder_problem(folder)
     if problem:
-        raise ConfigError(f"{setting}: {url!r}: the folder {str(folder)!r} {problem}")
+        raise ConfigError(f"{setting}: {mask_secrets(url)!r}: the folder {str(folder)!r} {problem}")
+
+
+def _unreadable(setting: str, url: str, exc: ValueError) -> ConfigError:
+    """The error for a URL SQLAlchemy cannot parse (a port that is not a number), the password masked."""
+    return ConfigError(
+        f"{setting}: {mask_secrets(url)!r} is not a database URL SQLAlchemy can read ({mask_secrets(str(exc))}); "
+        "give HOST:PORT with a numeric port"
+    )
 
 
 def _check_driver(setting: str, url: str) -> None:
@@ -79,17 +88,19 @@ def _check_driver(setting: str, url: str) -> None:
 
     try:
         sqlalchemy.engine.make_url(url).get_dialect().import_dbapi()
+    except ValueError as exc:  # make_url's int() of a port that is not a number
+        raise _unreadable(setting, url, exc) from None
     except (ImportError, sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as exc:
         raise ConfigError(
-            f"{setting}: {url!r} needs a database driver that cannot be loaded here "
-            f"({type(exc).__name__}: {exc}); install it (e.g. `pip install psycopg` for "
+            f"{setting}: {mask_secrets(url)!r} needs a database driver that cannot be loaded here "
+            f"({type(exc).__name__}: {mask_secrets(str(exc))}); install it (e.g. `pip install psycopg` for "
             "postgresql://, `pip install pymysql` with mysql+pymysql://)"
         ) from None
 
 
 def _check_reachable(setting: str, url: str, host: str | None, port: int | None) -> None:
     if not host or port is None:
-        raise ConfigError(f"{setting}: {url!r} names no host and port to connect to")
+        raise ConfigError(f"{setting}: {mask_secrets(url)!r} names no host and port to connect to")
     try:
         with socket.create_connection((host, port), timeout=CONNECT_SECONDS):
             pass
@@ -104,7 +115,8 @@ def _check_reachable(setting: str, url: str, host: str | None, port: int | None)
             "--ray-address": " (`ray start --head` there), or leave --ray-address out to run on this machine",
         }.get(setting, "")
         raise ConfigError(
-            f"{setting}: {url!r} is not reachable ({host}:{port}: {reason}); start that server or fix the setting{hint}"
+            f"{setting}: {mask_secrets(url)!r} is not reachable ({host}:{port}: {reason}); start that server or "
+            f"fix the setting{hint}"
         ) from None
 
 
@@ -113,7 +125,10 @@ def _check_database(setting: str, url: str) -> None:
     hiding the password, rather than fail after the teacher trained with a driver's traceback."""
     import sqlalchemy  # only for a database URL: validating a file imports no database code
 
-    shown = sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    try:
+        shown = mask_secrets(sqlalchemy.engine.make_url(url).render_as_string(hide_password=True))
+    except ValueError as exc:  # a port that is not a number, given past the file's validation
+        raise _unreadable(setting, url, exc) from None
     try:
         engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": int(CONNECT_SECONDS) + 7})
         try:
@@ -122,5 +137,5 @@ def _check_database(setting: str, url: str) -> None:
         finally:
             engine.dispose()
     except sqlalchemy.exc.SQLAlchemyError as exc:
-        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+        reason = mask_secrets(" ".join(str(getattr(exc, "orig", None) or exc).split()))
         raise ConfigError(f"{setting}: cannot reach the PostgreSQL database {shown}: {reason}") from None
