@@ -115,7 +115,11 @@ def run_trial(
     try:
         _run(plan, ctx, result, time_model, bar or Bar())
     except Exception as exc:  # noqa: BLE001 - a failing trial is a result, not a crash of the sweep
-        result.error = f"{type(exc).__name__}: {exc}"
+        # The station's errors (a model over its memory cap or past its deadline) come back wrapped by Ray, whose
+        # text holds the station's whole traceback: the error names the station's own exception.
+        cause = getattr(exc, "cause", None)
+        shown = cause if isinstance(cause, Exception) else exc
+        result.error = f"{type(shown).__name__}: {shown}"
         result.traceback = traceback.format_exc()
     return result
 

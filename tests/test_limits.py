@@ -127,3 +127,28 @@ def test_a_model_beyond_the_limits_is_a_failed_trial_with_its_reason(monkeypatch
     scored = run_trial(1, plan, dataclasses.replace(ctx, onnx_model=identity()), time_model)
     assert scored.ok, scored.error
     assert scored.metrics["accuracy"] == pytest.approx(70.0)
+
+
+def test_the_stations_ray_actor_fails_the_trial_with_the_reason_and_times_the_next_model():
+    import ray
+
+    from search.executor import RayExecutor
+
+    x, y = one_hot(20)
+    ctx = TrialContext(data=TaskData("one-hot", x, y, x[:4], y[:4], x, y, CLASSES), teacher_blob=None, timing=QUICK)
+    executor = RayExecutor(address=None)
+    try:
+        executor.open_station(TargetSpec(kind="cpu"), reserve_cores=False)
+        pid = ray.get(executor.station.__ray_call__.remote(lambda self: os.getpid()))
+
+        def time_model(model: bytes):
+            return executor.time_model(model, QUICK)
+
+        failed = run_trial(0, CompressionPlan(), dataclasses.replace(ctx, onnx_model=huge_output()), time_model)
+        # The station's own error, not Ray's wrapper with the actor's traceback.
+        assert failed.error.startswith("LimitExceeded: timing this model on the cpu target went over the"), failed.error
+        scored = run_trial(1, CompressionPlan(), dataclasses.replace(ctx, onnx_model=identity()), time_model)
+        assert scored.ok and scored.metrics["accuracy"] == pytest.approx(70.0), scored.error
+        assert ray.get(executor.station.__ray_call__.remote(lambda self: os.getpid())) == pid  # never restarted
+    finally:
+        ray.shutdown()
