@@ -73,7 +73,7 @@ def changes(stored: dict[str, Any], current: dict[str, Any]) -> dict[str, list[s
         if name in before and before[name] != after[name]:
             old, new = stored.get("fields", {}), current["fields"]
             keys = sorted(k for k in {*old, *new} if _in(k, name) and old.get(k) != new.get(k))
-            out[name] = keys or [name]
+            out[name] = [k for k in keys if k != name] or [name]  # 'data' alone is an empty data section
     return out
 
 

@@ -160,7 +160,7 @@ def check_made_for(study: optuna.Study, exp: Experiment, *, stamp: bool = True) 
             f"the stored study {exp.name!r} in {_shown(exp)} was made for another "
             f"{' and '.join(changed)}; changed: {describe(changed)}. Its trials would answer this file's plans and "
             "compete in its front. Changing search.trials, search.parallel or pick resumes a sweep; to change what it "
-            "is for, start over with `slimsweep run FILE --fresh`, or give the experiment a new name:"
+            "is for, start over with `slimsweep run FILE --fresh`, or give the experiment a new `name:`"
         )
 
 
