@@ -15,9 +15,16 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-# How much faster or smaller a member must be than a structure to stop it: more than timing noise, so a structure
-# measured twice (or a sibling differing only in training settings) is never stopped by its own twin.
-CLEAR_MARGIN = 0.05
+from evaluators.compare import APART_DRIFT, clearly_below
+
+# How much faster a member must be than a structure to stop it: its median and the structure's are timed apart, so
+# "faster" needs a gap beyond the drift between processes that benchmarks/honesty.py measures (the same margin the
+# pick's tie rule gives medians taken apart); within it the two are a tie on speed, and the plan is left to its
+# training. A structure measured twice is never stopped by its own twin.
+CLEAR_MARGIN = APART_DRIFT
+# How much smaller, on size (not a timing: no drift, but a sibling differing only in training settings has the same
+# size, so it is never stopped by its own twin).
+SIZE_MARGIN = 0.05
 
 
 def accuracy_noise_pt(accuracy_pct: float, n_val: int) -> float:
@@ -48,14 +55,14 @@ class Bar:
 
     def dominator(self, p50_ms: float, size_mb: float) -> Candidate | None:
         """The fastest member at least as fast and as small as a structure with these figures, and clearly faster
-        or smaller: the same structure trained otherwise (at another temperature, say) is left to its training."""
-        clearly = 1.0 - CLEAR_MARGIN
+        (beyond the drift between processes) or clearly smaller: the same structure trained otherwise (at another
+        temperature, say) is left to its training."""
         over = [
             c
             for c in self.members
             if c.p50_ms <= p50_ms
             and c.size_mb <= size_mb
-            and (c.p50_ms < clearly * p50_ms or c.size_mb < clearly * size_mb)
+            and (clearly_below(c.p50_ms, p50_ms, CLEAR_MARGIN) or c.size_mb < (1.0 - SIZE_MARGIN) * size_mb)
         ]
         return min(over, key=lambda c: c.p50_ms) if over else None
 

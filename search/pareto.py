@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
+from evaluators.compare import SIDE_BY_SIDE_DRIFT
 from search.study import finished, read
 
 COLUMNS = (
@@ -41,6 +43,11 @@ class Candidate:
     params: float
     latency_p50_ms_verified: float | None = None
     params_dict: tuple[tuple[str, Any], ...] = ()
+    # Side by side with the teacher (search/deliver.verify): the median speed-up and its interval, which covers the
+    # drift between processes (evaluators/compare.INTERVAL_COVERS); None where not verified.
+    speedup: float | None = None
+    speedup_ci_low: float | None = None
+    speedup_ci_high: float | None = None
 
     @property
     def latency(self) -> float:
@@ -92,23 +99,48 @@ def knobs(c: Candidate, names: list[str]) -> str:
     return " ".join(f"{k}={_cell(plan[k])}" for k in names if k in plan)
 
 
+# The speed-up columns of pareto.csv, and what their interval covers.
+SPEEDUP_COLUMNS = ("speedup_vs_teacher", "speedup_ci_low", "speedup_ci_high", "speedup_interval")
+SIDE_BY_SIDE = f"side by side 95% widened by ±{SIDE_BY_SIDE_DRIFT:.0%} for drift between processes"
+NOT_VERIFIED = "none: not verified side by side"
+
+
 def write_csv(
-    rows: list[Candidate], path: Path, *, pick: int | None = None, accuracy_threshold: float | None = None
+    rows: list[Candidate],
+    path: Path,
+    *,
+    pick: int | None = None,
+    accuracy_threshold: float | None = None,
+    tied: Iterable[int] = (),
+    won_by: str = "",
 ) -> Path:
-    """The front as pareto.csv: the columns, every knob that differs between rows, and which row is the pick."""
-    names = distinguishing(rows)
+    """The front as pareto.csv: the columns, the speed-up over the teacher with its interval, every knob that
+    differs between rows, which row is the pick, which rows tied with it on speed, and what the pick won on."""
+    names, tied = distinguishing(rows), set(tied)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow([*COLUMNS, *names, "picked", "meets_accuracy_threshold"])
+        writer.writerow(
+            [*COLUMNS, *SPEEDUP_COLUMNS, *names, "picked", "tied_with_pick", "pick_won_on", "meets_accuracy_threshold"]
+        )
         for c in rows:
             d, plan = asdict(c), dict(c.params_dict)
             meets = "" if accuracy_threshold is None else str(c.accuracy >= accuracy_threshold).lower()
+            covers = NOT_VERIFIED if c.speedup is None else SIDE_BY_SIDE
+            speed = ["" if v is None else v for v in (c.speedup, c.speedup_ci_low, c.speedup_ci_high)]
             writer.writerow(
                 ["" if d[k] is None else d[k] for k in COLUMNS]
+                + [*speed, covers]
                 + [plan.get(k, "") for k in names]
-                + [str(c.trial == pick).lower(), meets]
+                + [str(c.trial == pick).lower(), str(c.trial in tied).lower(), won_by if c.trial == pick else "", meets]
             )
     return path
+
+
+def speed_cell(c: Candidate) -> str:
+    """A member's side-by-side speed-up over the teacher with its interval, or '' when not verified."""
+    if c.speedup is None or c.speedup_ci_low is None or c.speedup_ci_high is None:
+        return ""
+    return f"{c.speedup:.2f}x [{c.speedup_ci_low:.2f}, {c.speedup_ci_high:.2f}]"
 
 
 def _figure(
@@ -206,11 +238,12 @@ def write_charts(
     fig.savefig(svg, format="svg")
     plt.close(fig)
     names = distinguishing(front_rows)
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in (*COLUMNS, "knobs", "picked"))
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in (*COLUMNS, "speed-up [interval]", "knobs", "picked"))
     body = "".join(
         "<tr>"
         + "".join(f"<td>{html.escape(_cell(getattr(c, k)))}</td>" for k in COLUMNS)
-        + f"<td>{html.escape(knobs(c, names))}</td><td>{'pick' if c.trial == pick else ''}</td></tr>"
+        + f"<td>{html.escape(speed_cell(c))}</td><td>{html.escape(knobs(c, names))}</td>"
+        + f"<td>{'pick' if c.trial == pick else ''}</td></tr>"
         for c in front_rows
     )
     teacher_line = ", ".join(f"{k} {_cell(v)}" for k, v in teacher.items() if k in COLUMNS)
@@ -241,18 +274,25 @@ def table(
     *,
     pick: int | None = None,
     accuracy_threshold: float | None = None,
+    tied: Iterable[int] = (),
+    won_by: str = "",
 ):
-    """A rich table of the front for the terminal: the pick marked, the knobs that tell rows apart, and whether
+    """A rich table of the front for the terminal: the pick marked, the members tied with it on speed marked, each
+    member's side-by-side speed-up over the teacher with its interval, the knobs that tell rows apart, and whether
     each row meets the accuracy threshold."""
     from rich.table import Table
 
-    names = distinguishing(rows)
+    names, tied = distinguishing(rows), set(tied)
     caption = []
     if accuracy_threshold is not None:
         caption.append(f"accuracy threshold {accuracy_threshold:.2f}% (rows below it marked 'below')")
     if pick is not None:
-        caption.append(f"* = the pick (trial {pick})")
-    t = Table(title=title, caption="; ".join(caption) or None)
+        caption.append(f"* = the pick (trial {pick})" + (f", won on {won_by}" if won_by else ""))
+    if tied:
+        caption.append("= tied with the pick on speed (the speed-up intervals overlap: neither is measurably faster)")
+    if any(c.speedup is not None for c in rows):
+        caption.append(f"speed-up interval: {SIDE_BY_SIDE}")
+    t = Table(title=title, caption="\n".join(caption) or None)  # a line each: a note is never broken mid-way
     for name in (
         "",
         "trial",
@@ -263,6 +303,7 @@ def table(
         "p50 ms",
         "p95 ms",
         "verified p50 ms",
+        "speed-up [interval]",
         "size MB",
     ):
         t.add_column(name, justify="left" if name in {"plan", "knobs", ""} else "right")
@@ -278,6 +319,7 @@ def table(
             f"{teacher['latency_p50_ms']:.4f}",
             f"{teacher['latency_p95_ms']:.4f}",
             "" if verified is None else f"{verified:.4f}",
+            "1x",
             f"{teacher['size_mb']:.3f}",
             style="dim",
         )
@@ -285,7 +327,7 @@ def table(
         verified = "" if c.latency_p50_ms_verified is None else f"{c.latency_p50_ms_verified:.4f}"
         below = accuracy_threshold is not None and c.accuracy < accuracy_threshold
         t.add_row(
-            "*" if c.trial == pick else "",
+            "*" if c.trial == pick else "=" if c.trial in tied else "",
             str(c.trial),
             c.plan,
             knobs(c, names),
@@ -294,6 +336,7 @@ def table(
             f"{c.latency_p50_ms:.4f}",
             f"{c.latency_p95_ms:.4f}",
             verified,
+            speed_cell(c),
             f"{c.size_mb:.3f}",
             style="bold green" if c.trial == pick else None,
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from evaluators.compare import APART_COVERS, INTERVAL_COVERS, clearly_below, overlap
 from evaluators.errors import SlimsweepError
 from evaluators.registry import Registry
 
@@ -23,6 +24,8 @@ class Choice:
     candidate: Candidate
     why: str
     met_policy: bool
+    tied: tuple[int, ...] = ()  # qualifying members not measurably faster or slower than the pick (trial numbers)
+    won_by: str = ""  # what the pick won on: 'speed', or among ties 'accuracy' / 'size'; '' when a policy says not
 
 
 class PickPolicy(Protocol):
@@ -61,11 +64,67 @@ def choose(front: list[Candidate], policy: PickPolicy, teacher_latency_ms: float
     return policy.choose(front, teacher_latency_ms)
 
 
+def tied(a: Candidate, b: Candidate) -> bool:
+    """Whether neither member is measurably faster than the other: their side-by-side speed-up intervals overlap
+    (verified), or, where either is not verified, neither in-sweep median is below the other by more than the drift
+    between processes."""
+    if None not in (a.speedup_ci_low, a.speedup_ci_high, b.speedup_ci_low, b.speedup_ci_high):
+        return overlap((a.speedup_ci_low, a.speedup_ci_high), (b.speedup_ci_low, b.speedup_ci_high))
+    return not (clearly_below(a.latency, b.latency) or clearly_below(b.latency, a.latency))
+
+
+def evidence(members: list[Candidate]) -> str:
+    """What the speed comparison rests on, in words."""
+    if all(c.speedup_ci_low is not None for c in members):
+        return INTERVAL_COVERS
+    return APART_COVERS + ", since the front was not verified side by side"
+
+
+def settle(eligible: list[Candidate], teacher_latency_ms: float) -> tuple[Candidate, Candidate]:
+    """The fastest member by median, and the pick: the most accurate (then smallest) member tied with it, moved on
+    while a member tied with the pick is more accurate (or as accurate and smaller), until none is."""
+    fastest = max(eligible, key=lambda c: (_pace(c, teacher_latency_ms), c.accuracy, -c.size_mb))
+    pick = fastest
+    while True:
+        better = [c for c in eligible if tied(c, pick) and _better(c, pick)]
+        if not better:
+            return fastest, pick
+        # Each step raises (accuracy, -size) strictly, so this ends within len(eligible) steps.
+        pick = max(better, key=lambda c: (c.accuracy, -c.size_mb, _pace(c, teacher_latency_ms)))
+
+
+def won_on(pick: Candidate, ties: list[Candidate]) -> str:
+    """What the pick won on against the members tied with it on speed."""
+    if not ties:
+        return "speed"
+    if all(c.accuracy < pick.accuracy for c in ties):
+        return "accuracy"
+    if all(c.accuracy < pick.accuracy or c.size_mb > pick.size_mb for c in ties):
+        return "size"
+    return "median speed (the tied members are as accurate and as large)"
+
+
+def _better(c: Candidate, than: Candidate) -> bool:
+    return c.accuracy > than.accuracy or (c.accuracy == than.accuracy and c.size_mb < than.size_mb)
+
+
+def _pace(c: Candidate, teacher_latency_ms: float) -> float:
+    """The median speed-up over the teacher: side by side when verified, else the ratio of the in-sweep medians."""
+    return c.speedup if c.speedup is not None else teacher_latency_ms / c.latency
+
+
+def _speed(c: Candidate, teacher_latency_ms: float) -> str:
+    if c.speedup is not None and c.speedup_ci_low is not None and c.speedup_ci_high is not None:
+        return f"{c.speedup:.2f}x the teacher's speed [{c.speedup_ci_low:.2f}, {c.speedup_ci_high:.2f}]"
+    return f"{c.latency:.4f} ms p50, {teacher_latency_ms / c.latency:.2f}x the teacher's speed"
+
+
 @register_pick_policy
 @dataclass(frozen=True)
 class FastestWithin:
-    """'fastest_within': the lowest latency among members within max_accuracy_drop (and max_latency_ms, if set);
-    if none qualifies, the most accurate member, saying so."""
+    """'fastest_within': the fastest member within max_accuracy_drop (and max_latency_ms, if set), where "faster"
+    means measurably faster: members whose speed cannot be told apart are a tie, won by the more accurate, then the
+    smaller. If none qualifies, the most accurate member, saying so."""
 
     name: ClassVar[str] = "fastest_within"
     max_accuracy_drop: float = 1.0
@@ -79,10 +138,14 @@ class FastestWithin:
     def describe(self) -> str:
         """The policy in words."""
         limit = f" and p50 latency <= {self.max_latency_ms:g} ms" if self.max_latency_ms is not None else ""
-        return f"fastest front member with accuracy drop <= {self.max_accuracy_drop:g} pt{limit}"
+        return (
+            f"fastest front member with accuracy drop <= {self.max_accuracy_drop:g} pt{limit}; members not "
+            "measurably faster than one another are a tie, won by accuracy, then size"
+        )
 
     def choose(self, front: list[Candidate], teacher_latency_ms: float) -> Choice:
-        """The fastest qualifying member, or the most accurate one when none qualifies."""
+        """The measurably fastest qualifying member, ties won by accuracy then size; or the most accurate member
+        when none qualifies."""
         eligible = [
             c
             for c in front
@@ -90,23 +153,45 @@ class FastestWithin:
             and (self.max_latency_ms is None or c.latency <= self.max_latency_ms)
         ]
         if eligible:
-            best = min(eligible, key=lambda c: (c.latency, -c.accuracy))
-            speed = teacher_latency_ms / best.latency
-            why = (
-                f"{self.describe()}: trial {best.trial} ({best.plan}) at {best.latency:.4f} ms p50, "
-                f"{best.accuracy_drop:+.2f} pt from the teacher, {speed:.2f}x the teacher's speed; "
-                f"{len(eligible)} of {len(front)} front members qualified"
-            )
-            if best.latency >= teacher_latency_ms:
-                # Never sell a slower model as the faster choice: int8 can be slower than fp32 on a CPU.
-                why += "; note: it is not faster than the fp32 teacher on this target"
-            return Choice(best, why, True)
+            return self._among(eligible, len(front), teacher_latency_ms)
         best = max(front, key=lambda c: (c.accuracy, -c.latency))
         why = (
             f"no front member meets the policy ({self.describe()}); picked the most accurate instead: trial "
             f"{best.trial} ({best.plan}), {best.accuracy_drop:+.2f} pt from the teacher, {best.latency:.4f} ms p50"
         )
-        return Choice(best, why, False)
+        return Choice(best, why, False, won_by="accuracy (no member met the policy)")
+
+    def _among(self, eligible: list[Candidate], n_front: int, teacher_latency_ms: float) -> Choice:
+        fastest, best = settle(eligible, teacher_latency_ms)
+        ties = sorted((c for c in eligible if c is not best and tied(c, best)), key=lambda c: -c.accuracy)
+        won = won_on(best, ties)
+        why = (
+            f"{self.describe()}: trial {best.trial} ({best.plan}), {best.accuracy_drop:+.2f} pt from the teacher, "
+            f"{_speed(best, teacher_latency_ms)}; {len(eligible)} of {n_front} front members qualified"
+        )
+        if ties:
+            listed = ", ".join(f"trial {c.trial} ({c.accuracy:.2f}%, {_speed(c, teacher_latency_ms)})" for c in ties)
+            why += (
+                f"; tied on speed with {listed}: neither is measurably faster ({evidence(eligible)}), so the pick "
+                f"won on {won}"
+            )
+        else:
+            why += f"; measurably faster than every other qualifying member ({evidence(eligible)})"
+        if best is not fastest and not tied(best, fastest):
+            why += (
+                f"; trial {fastest.trial} has the highest median speed ({_speed(fastest, teacher_latency_ms)}) but "
+                f"is less accurate, and the pick is reached from it through members tied on speed"
+            )
+        if _not_faster_than_teacher(best, teacher_latency_ms):
+            # Never sell a slower model as the faster choice: int8 can be slower than fp32 on a CPU.
+            why += "; note: it is not measurably faster than the fp32 teacher on this target"
+        return Choice(best, why, True, tuple(c.trial for c in ties), won)
+
+
+def _not_faster_than_teacher(c: Candidate, teacher_latency_ms: float) -> bool:
+    if c.speedup_ci_low is not None:
+        return c.speedup_ci_low <= 1.0
+    return c.latency >= teacher_latency_ms
 
 
 Policy = FastestWithin  # the default policy's former name, kept for callers that build it by hand
