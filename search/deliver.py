@@ -8,14 +8,14 @@ from typing import Any, Callable
 
 import optuna
 
-from evaluators.compare import CompareSettings, Comparison
+from evaluators.compare import INTERVAL_COVERS, SIDE_BY_SIDE_DRIFT, CompareSettings, Comparison, widen
+from search.artifacts import trial_onnx, trial_onnx_path
 from search.config import Experiment
 from search.handover import hand_over, recover
 from search.pareto import Candidate, everything, front, write_charts, write_csv
 from search.pick import Choice, PickPolicy, choose
 from search.study import baseline as study_baseline
 from search.study import read, set_verified, teacher, verified, verified_speedups
-from search.sweep import trial_path
 from search.tracking import NOTE, Tracker
 
 # Verification: a longer warm-up than a trial's timing, since the pick and its speed-up rest on it; its time cap is
@@ -42,7 +42,8 @@ def verify(
     exp: Experiment, study: optuna.Study, members: list[Candidate], retime: Retime
 ) -> tuple[list[Candidate], float]:
     """Time the fp32 teacher and the front members side by side, nothing else running; store each one's p50 and
-    its speed-up over the teacher (median of per-round ratios, with its 95% CI)."""
+    its speed-up over the teacher (median of per-round ratios, with its 95% CI widened by the drift between
+    processes, and the round-to-round CI alone)."""
     settings = CompareSettings(
         threads=exp.target.threads,
         batch_size=exp.target.batch_size,
@@ -50,7 +51,7 @@ def verify(
         **VERIFY_COMPARE,
     )
     names = ["teacher", *(str(c.trial) for c in members)]
-    models = [(exp.out / "teacher.onnx").read_bytes(), *(trial_path(exp, c.trial).read_bytes() for c in members)]
+    models = [(exp.out / "teacher.onnx").read_bytes(), *(trial_onnx(exp, None, c.trial) for c in members)]
     result = retime(models, names, settings)
     figures, speedups = verified(study), verified_speedups(study)
     for m in result.models:
@@ -60,6 +61,9 @@ def verify(
                 "speedup": m.speedup,
                 "ci_low": m.speedup_ci_low,
                 "ci_high": m.speedup_ci_high,
+                "round_ci_low": m.round_ci_low,
+                "round_ci_high": m.round_ci_high,
+                "drift": result.drift,
                 "clear_of_one": m.clear_of_one,
                 "rounds": result.rounds,
                 "tight": result.tight,
@@ -69,17 +73,37 @@ def verify(
 
 
 def verified_speedup(study: optuna.Study, trial: int) -> dict[str, Any] | None:
-    """A member's side-by-side speed-up over the teacher from the last verification, if it was verified."""
-    return verified_speedups(study).get(str(trial))
+    """A member's side-by-side speed-up over the teacher from the last verification, if it was verified; its
+    interval covers the drift between processes (one stored before it did is widened here)."""
+    s = verified_speedups(study).get(str(trial))
+    if s is None or "drift" in s:
+        return s
+    low, high = widen(s["ci_low"], s["ci_high"], SIDE_BY_SIDE_DRIFT)
+    return {
+        **s,
+        "round_ci_low": s["ci_low"],
+        "round_ci_high": s["ci_high"],
+        "ci_low": low,
+        "ci_high": high,
+        "drift": SIDE_BY_SIDE_DRIFT,
+        "clear_of_one": low > 1.0 or high < 1.0,
+    }
 
 
 def with_verified(study: optuna.Study, members: list[Candidate]) -> list[Candidate]:
-    """Candidates carrying the stored verified latency, fastest first."""
+    """Candidates carrying the stored verified latency and speed-up over the teacher, fastest first."""
     figures = verified(study)
     if not all(str(c.trial) in figures for c in members):
         # Isolated and in-sweep timings are not comparable: rank all members on the in-sweep figures instead.
         return sorted(members, key=lambda c: c.latency)
     out = [replace(c, latency_p50_ms_verified=figures[str(c.trial)]) for c in members]
+    speedups = {c.trial: verified_speedup(study, c.trial) for c in members}
+    if all(speedups.values()):  # the tie rule compares intervals: all members' or none (then in-sweep medians)
+        out = [
+            replace(c, speedup=s["speedup"], speedup_ci_low=s["ci_low"], speedup_ci_high=s["ci_high"])
+            for c in out
+            if (s := speedups[c.trial]) is not None
+        ]
     return sorted(out, key=lambda c: c.latency)
 
 
@@ -103,9 +127,10 @@ def publish_front(
     *,
     pick: int | None = None,
     policy: PickPolicy | None = None,
+    choice: Choice | None = None,
 ) -> None:
-    """Tag front runs, log verified latencies, and attach pareto.csv / .png / .html to the parent run, the pick
-    and the policy's accuracy threshold marked."""
+    """Tag front runs, log verified latencies and speed-ups, and attach pareto.csv / .png / .html to the parent run,
+    the pick, the members tied with it on speed and the policy's accuracy threshold marked."""
     numbers = {c.trial for c in members}
     tracker.mark_front(numbers)
     every, apart = knobs(study)
@@ -119,10 +144,18 @@ def publish_front(
         if speedup is not None and c.trial in runs:
             for key, metric in _SPEEDUP_METRICS.items():
                 tracker.client.log_metric(runs[c.trial], metric, speedup[key])
+    tied = set(choice.tied) if choice is not None else set()
+    for c in members:
+        if c.trial in runs and choice is not None:
+            # Rewritten on every pick: a re-pick with another policy may tie other members.
+            tracker.client.set_tag(runs[c.trial], "slimsweep.tied_with_pick", str(c.trial in tied).lower())
     others = [c for c in everything(study) if c.trial not in numbers]
     baseline = dict(teacher(study), latency_p50_ms_verified=teacher_latency(study))
     threshold = None if policy is None else accuracy_threshold(study, policy)
-    csv_path = write_csv(members, exp.out / "pareto.csv", pick=pick, accuracy_threshold=threshold)
+    won_by = choice.won_by if choice is not None else ""
+    csv_path = write_csv(
+        members, exp.out / "pareto.csv", pick=pick, accuracy_threshold=threshold, tied=tied, won_by=won_by
+    )
     png, page = write_charts(members, others, baseline, exp.out, pick=pick, accuracy_threshold=threshold)
     tracker.log_parent(files={"": csv_path}, tags={"slimsweep.front": ",".join(map(str, sorted(numbers)))})
     tracker.log_parent(files={"": png})
@@ -166,7 +199,7 @@ def deliver(
         members = with_verified(study, members)
     choice = choose(members, policy, teacher_ms)
     c = choice.candidate
-    card = model_card(exp, study, choice, policy, teacher_ms)
+    card = model_card(exp, study, choice, policy, teacher_ms, members)
     card["registry"] = {
         "name": exp.name,
         "alias": "deployable",
@@ -174,7 +207,7 @@ def deliver(
         "tracking_uri": exp.tracking_uri,
     }
     runs = tracker.trial_runs()
-    source = trial_path(exp, c.trial)
+    source = trial_onnx_path(exp, tracker, c.trial)  # another driver's trial: fetched from its MLflow run
     example = input_example(exp)
 
     def register(sha: str) -> str:
@@ -182,7 +215,10 @@ def deliver(
             return ""  # MLflow is unreachable: the files are handed over now, `slimsweep sync` registers later
         found = tracker.version_for(c.trial, sha)
         if found is not None:
-            return found  # the same trial and bytes: re-picking an unchanged choice registers nothing new
+            # The same trial and bytes: registered once. A re-pick (another policy, a new verification) rewrites
+            # its tags and description, so the version says what the card says.
+            retag(tracker, found, card, sha)
+            return found
         say(f"registering trial {c.trial} as {exp.name} in the MLflow Model Registry")
         return tracker.register(
             runs[c.trial],
@@ -196,7 +232,7 @@ def deliver(
 
     version = hand_over(folder, c.trial, source.read_bytes(), card, register, tracker.move_alias)
     # After the hand-over, so the front's files never mark a pick that a crash left uncommitted.
-    publish_front(exp, study, tracker, members, pick=c.trial, policy=policy)
+    publish_front(exp, study, tracker, members, pick=c.trial, policy=policy, choice=choice)
     card_path = folder / "model_card.json"
     speedup = {k: card[k] for k in _SPEEDUP_METRICS.values() if card[k] is not None}
     tracker.log_parent(
@@ -204,6 +240,8 @@ def deliver(
         metrics={"pick_trial": c.trial, **speedup},
         tags={
             "slimsweep.pick": str(c.trial),
+            "slimsweep.pick_tied_with": ",".join(map(str, choice.tied)) or "none",
+            "slimsweep.pick_won_on": choice.won_by or "the policy's own rule",
             NOTE: f"Picked trial {c.trial} ({c.plan}), registered as models:/{exp.name}@deployable "
             f"version {version}. Why: {choice.why}",
         },
@@ -269,10 +307,22 @@ def version_tags(card: dict[str, Any], sha: str) -> dict[str, str]:
         if m.get("latency_p50_ms_verified") is None
         else f"{m['latency_p50_ms_verified']:.4f}",
         "speedup_vs_teacher": f"{card['speedup_vs_teacher']:.2f}",
+        "speedup_interval": ""
+        if card.get("speedup_ci_low") is None
+        else f"[{card['speedup_ci_low']:.2f}, {card['speedup_ci_high']:.2f}] ({card['speedup_interval_covers']})",
+        "tied_with": ",".join(str(t["trial"]) for t in card.get("tied_with", [])) or "none",
+        "won_on": card.get("won_by") or "the policy's own rule",
         "policy": card["policy"],
         "task": card["task"],
     }
     return {k: v[:5000] for k, v in tags.items()}
+
+
+def retag(tracker: Tracker, version: str, card: dict[str, Any], sha: str) -> None:
+    """Set a registered version's tags and description to this card's."""
+    for key, value in version_tags(card, sha).items():
+        tracker.client.set_model_version_tag(tracker.name, version, key, value)
+    tracker.client.update_model_version(tracker.name, version, description=version_description(card))
 
 
 def version_description(card: dict[str, Any]) -> str:
@@ -296,9 +346,15 @@ def model_description(card: dict[str, Any]) -> str:
 
 
 def model_card(
-    exp: Experiment, study: optuna.Study, choice: Choice, policy: PickPolicy, teacher_ms: float
+    exp: Experiment,
+    study: optuna.Study,
+    choice: Choice,
+    policy: PickPolicy,
+    teacher_ms: float,
+    members: list[Candidate] | None = None,
 ) -> dict[str, Any]:
-    """What was done to the model, its measured figures, the teacher's, and why it was chosen."""
+    """What was done to the model, its measured figures, the teacher's, why it was chosen, and which front members
+    (of `members`) tied with it on speed."""
     c = choice.candidate
     rec = read(study.get_trials(deepcopy=False)[c.trial])
     baseline = study_baseline(study)
@@ -320,6 +376,8 @@ def model_card(
         "policy_name": policy.name,
         "met_policy": choice.met_policy,
         "why": choice.why,
+        "won_by": choice.won_by,
+        "tied_with": [_tie(t) for t in members or [] if t.trial in choice.tied],
         "input": {"name": "input", "shape": ["batch", *baseline.input_shape], "dtype": "float32"},
         "io": io_description(exp, list(baseline.input_shape)),
     }
@@ -339,12 +397,31 @@ def _speedup_fields(study: optuna.Study, c: Candidate, teacher_ms: float) -> dic
             "speedup_ci_high": None,
             "speedup_clear_of_one": None,
             "speedup_method": "ratio of two medians taken apart (not verified side by side: no interval)",
+            "speedup_interval_covers": None,
         }
     return {
         "speedup_vs_teacher": s["speedup"],
         "speedup_ci_low": s["ci_low"],
         "speedup_ci_high": s["ci_high"],
         "speedup_clear_of_one": s["clear_of_one"],
+        "speedup_round_ci": [s["round_ci_low"], s["round_ci_high"]],
         "speedup_method": f"side by side: median of {s['rounds']} per-round ratios teacher p50 / model p50, "
-        "with the 95% interval of that median",
+        f"with the 95% interval of that median widened by ±{s['drift']:.0%} for the drift between processes "
+        "(speedup_round_ci: the round-to-round interval alone, within this one process)",
+        "speedup_interval_covers": INTERVAL_COVERS,
+    }
+
+
+def _tie(c: Candidate) -> dict[str, Any]:
+    """A member tied with the pick on speed, for the model card."""
+    return {
+        "trial": c.trial,
+        "plan": c.plan,
+        "accuracy": c.accuracy,
+        "accuracy_drop": c.accuracy_drop,
+        "size_mb": c.size_mb,
+        "latency_p50_ms": c.latency,
+        "speedup_vs_teacher": c.speedup,
+        "speedup_ci_low": c.speedup_ci_low,
+        "speedup_ci_high": c.speedup_ci_high,
     }
