@@ -43,7 +43,7 @@ def test_the_same_name_made_for_something_else_is_refused_naming_what_changed(tm
         open_study(changed)
     message = str(err.value)
     assert all(field in message for field in named), message
-    assert "--fresh" in message and "new name" in message
+    assert "--fresh" in message and "new `name:`" in message
     assert len(optuna.load_study(study_name="same", storage=changed.storage_url).trials) == 1  # nothing mixed in
 
 
