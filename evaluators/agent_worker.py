@@ -252,7 +252,10 @@ def _worker_main(conn: multiprocessing.connection.Connection, max_memory_mb: int
             outcome = _measure_untrusted(model, TimingSettings(**settings), providers, loaded)
             del model
         del payload
-        conn.send((request_id, "done", outcome))
+        try:
+            conn.send((request_id, "done", outcome))
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:  # a value that cannot travel back
+            conn.send((request_id, "done", {"raise": SlimsweepError(f"the worker's answer cannot be sent: {exc}")}))
 
 
 def _call(fn: Callable[..., Any], args: tuple, kwargs: dict, cores: list[int]) -> dict:
