@@ -5,9 +5,9 @@ in the registry is the commit point; then both files are renamed into place (os.
 system) and the record removed. A crash at any step leaves either the old hand-over intact (alias surely not moved:
 the next `run` / `pick` discards the leftovers and redoes it) or a pending record that may have committed (the
 alias moved, could not be read, or there was nothing to register): the next `pick` completes the renames; a
-hand-over that may have committed is never undone. Its lock is waited for at most filelock.TIMEOUT_S. Registration is idempotent: a version already registered
-for the same trial and the same ONNX bytes is reused, never duplicated. Drivers sharing a study hand over one at a
-time (an exclusive lock on the folder), so the last one's files and alias agree.
+hand-over that may have committed is never undone. Registration is idempotent: a version already registered for
+the same trial and the same ONNX bytes is reused, never duplicated. Drivers sharing a study hand over one at a time
+(an exclusive lock on the folder, waited for at most filelock.TIMEOUT_S), so the last one's files and alias agree.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from evaluators.errors import SlimsweepError
 from search.filelock import held
 
 PENDING = ".handover-pending.json"
@@ -127,6 +128,10 @@ def _discard(folder: Path) -> None:
         leftover.unlink(missing_ok=True)
 
 
+class AliasNotMoved(SlimsweepError):
+    """The model was registered, but the alias could not be confirmed to name it: nothing was handed over."""
+
+
 def hand_over(
     folder: Path,
     trial: int,
@@ -134,11 +139,15 @@ def hand_over(
     card: dict[str, Any],
     register: Callable[[str], str],
     move_alias: Callable[[str], None],
+    alias_version: Callable[[], str | None] | None = None,
 ) -> str:
     """Write deployable.onnx and model_card.json and move the alias as one step; return the registry version.
 
     `register(sha)` returns the version for these bytes (an existing one if already registered); `move_alias`
-    points the alias at it (idempotent: the same version again changes nothing).
+    points the alias at it (idempotent: the same version again changes nothing). With `alias_version` (what the
+    alias names now), the move is read back before the files are renamed: a tracking server lost between the
+    registration and the move (whose client skips the move without a word) leaves the earlier hand-over standing
+    and raises AliasNotMoved, rather than files that claim an alias the registry never got.
     """
     folder.mkdir(parents=True, exist_ok=True)
     with _locked(folder):
@@ -152,6 +161,13 @@ def hand_over(
         # Set even when it already names this version: another driver may have moved it meanwhile.
         if version:  # "" when MLflow was unreachable: nothing registered to point at
             move_alias(version)  # the commit point: from here on a crash is completed, not undone
+            if alias_version is not None and alias_version() != version:
+                # Left as a crash before the commit point leaves it: the next `pick` completes or redoes it.
+                raise AliasNotMoved(
+                    f"trial {trial} was registered as version {version}, but the alias could not be moved to it "
+                    "(MLflow became unreachable); nothing was handed over: the earlier deployable.onnx, "
+                    "model_card.json and alias stand. Run `slimsweep pick` once MLflow answers"
+                )
         os.replace(_tmp(folder / ONNX), folder / ONNX)
         os.replace(_tmp(folder / CARD), folder / CARD)
         (folder / PENDING).unlink()

@@ -106,3 +106,18 @@ def _catch(call):
     except Exception as exc:  # noqa: BLE001 - handed to the test thread to assert on
         return exc
     return None
+
+
+def test_an_alias_move_that_mlflow_lost_hands_nothing_over_and_says_so(tmp_path):
+    before = _old_hand_over(tmp_path)
+    alias = {"now": "4"}  # the registry's alias; the move below is lost, as a client that went down skips it
+    with pytest.raises(handover.AliasNotMoved, match=r"registered as version 5, but the alias could not be moved"):
+        handover.hand_over(tmp_path, 7, b"new model", CARD, lambda sha: "5", lambda v: None, lambda: alias["now"])
+    assert (tmp_path / handover.ONNX).read_bytes() == before[0]  # the earlier hand-over stands, files and alias
+    assert (tmp_path / handover.CARD).read_text() == before[1]
+    assert "still names version 4" in handover.recover(tmp_path, lambda: alias["now"])  # MLflow back: redone
+    assert _handed_over(tmp_path) == (before[0], json.loads(before[1]))
+    # The same with a move that lands: handed over as before.
+    moved = lambda v: alias.update(now=v)  # noqa: E731
+    assert handover.hand_over(tmp_path, 7, b"new model", CARD, lambda sha: "5", moved, lambda: alias["now"]) == "5"
+    assert _handed_over(tmp_path)[0] == b"new model"
