@@ -18,10 +18,19 @@ def predict(
     *,
     batch_size: int = 256,
     threads: int = 1,
+    limits: Limits | None = None,
 ) -> np.ndarray:
-    """Logits (float32, shape (n, classes)) of an ONNX classifier run by ONNX Runtime on x (N, C, H, W)."""
+    """Logits (float32, shape (n, classes)) of an ONNX classifier run by ONNX Runtime on x (N, C, H, W), in a worker
+    process under limits (default: as accuracy's)."""
     if len(x) == 0:
         raise SlimsweepError("predict() got no samples: x has length 0")
+    limits = limits or Limits(seconds=accuracy_seconds(len(x)))
+    what = f"running this model on {len(x)} samples"
+    return run_limited(_predict_here, model, x, batch_size, threads, limits=limits, what=what)
+
+
+def _predict_here(model: bytes | str | os.PathLike, x: np.ndarray, batch_size: int, threads: int) -> np.ndarray:
+    """predict() in this process (the worker's side)."""
     session = make_session(model, threads=threads)
     name = session.get_inputs()[0].name
     x = np.asarray(x, dtype=input_dtype(session))
@@ -56,6 +65,8 @@ def accuracy(
     (default: a memory cap of half this machine's memory, at least 4 GiB, and accuracy_seconds(len(x)))."""
     if len(x) != len(y):
         raise SlimsweepError(f"accuracy() got {len(x)} inputs but {len(y)} labels; they must be the same length")
+    if len(x) == 0:
+        raise SlimsweepError("accuracy() got no samples: x has length 0")
     limits = limits or Limits(seconds=accuracy_seconds(len(x)))
     what = f"the accuracy pass on this model ({len(x)} samples)"
     return run_limited(_accuracy_here, model, x, y, batch_size, threads, limits=limits, what=what)
@@ -65,5 +76,5 @@ def _accuracy_here(
     model: bytes | str | os.PathLike, x: np.ndarray, y: np.ndarray, batch_size: int, threads: int
 ) -> float:
     """accuracy() in this process (the worker's side)."""
-    logits = predict(model, x, batch_size=batch_size, threads=threads)
+    logits = _predict_here(model, x, batch_size, threads)
     return float(100.0 * np.mean(logits.argmax(axis=1) == np.asarray(y)))

@@ -27,12 +27,12 @@ QUICK = TimingSettings(warmup=2, min_repeats=5, max_repeats=50, max_seconds=0.2)
 CLASSES = 10
 
 
-def _model(nodes, initializers=(), width: int = CLASSES) -> bytes:
+def _model(nodes, initializers=(), width: int = CLASSES, out: int = CLASSES) -> bytes:
     graph = helper.make_graph(
         nodes,
         "g",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", out])],
         list(initializers),
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
@@ -64,7 +64,7 @@ def endless_loop() -> bytes:
 def huge_output() -> bytes:
     """Expand of a (batch, 1) input to (batch, 2**33): 32 GiB of floats per sample, from a model of 200 bytes."""
     shape = helper.make_tensor("shape", TensorProto.INT64, [2], [1, 2**33])
-    return _model([helper.make_node("Expand", ["input", "shape"], ["logits"])], [shape], width=1)
+    return _model([helper.make_node("Expand", ["input", "shape"], ["logits"])], [shape], width=1, out=2**33)
 
 
 def one_hot(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -153,3 +153,16 @@ def test_the_stations_ray_actor_fails_the_trial_with_the_reason_and_times_the_ne
         assert ray.get(executor.station.__ray_call__.remote(lambda self: os.getpid())) == pid  # never restarted
     finally:
         ray.shutdown()
+
+
+def test_a_bring_your_own_model_with_a_huge_output_is_a_data_error_when_the_task_loads(tmp_path):
+    from experiments.readers import DataError
+    from experiments.tasks import load_task
+
+    model, data = tmp_path / "bomb.onnx", tmp_path / "data.npz"
+    model.write_bytes(huge_output())
+    x = np.ones((4, 1), np.float32)
+    np.savez(data, x_calib=x, x_val=x, y_val=np.zeros(4, np.int64))
+    # The driver runs the model on two samples to count its classes: in the worker, so the driver survives it.
+    with pytest.raises(DataError, match=r"does not run on x_val .*LimitExceeded: .* over the \d+ MB memory cap"):
+        load_task({"name": "onnx", "model": str(model), "data": str(data)})
