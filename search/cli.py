@@ -10,10 +10,12 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from evaluators.errors import ConfigError, SlimsweepError
-from search.config import Experiment, load
+
+if TYPE_CHECKING:  # the schema imports the registries: loaded by main, after it decides about extensions
+    from search.config import Experiment
 
 EXIT_CONFIG, EXIT_INTERRUPTED = 2, 130
 
@@ -148,12 +150,21 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (2 for a bad experiment file or flag, 130 when stopped by Ctrl-C)."""
     args = _parser().parse_args(argv)
+    from evaluators.registry import ExtensionError, load_extensions, skip_extensions
+
     try:
         if args.command in {"bench", "agent", "compare"}:
+            skip_extensions()  # they read no experiment file: no extension's code runs in them
             return {"bench": _bench, "agent": _agent, "compare": _compare}[args.command](args)
+        load_extensions()  # before the file is read, whose names may be an extension's; a broken one stops here
+        from search.config import load
+
         exp = _outputs_beside_file(load(args.experiment, _overrides(args)), args)  # validated before anything
         _quiet_libraries(args.verbose)  # is started or written
         return {"run": _run, "front": _front, "pick": _pick, "status": _status, "sync": _sync}[args.command](exp, args)
+    except ExtensionError as exc:  # one line that names it; nothing that would look the registries up again
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except SlimsweepError as exc:
         from search.config import cut_message
 
@@ -219,13 +230,16 @@ def _ray_auth_for(address: str | None) -> None:
 
 def _importable_here(exp: Experiment) -> None:
     """Let a plugin task (`entry: module:function`) live in the current folder; only a plugin task, and after the
-    installed packages, so a file there (a `ray.py`) never shadows one. Ray adds the driver's folder to its workers'
-    path itself, once they have imported Ray."""
+    installed packages, so a file there (a `ray.py`) never shadows one. The Ray workers get the same, last on their
+    path (search/raystart.py); no other command or task puts this folder on any path."""
+    from evaluators.registry import LAUNCH_FOLDER_VARIABLE
     from experiments.schema import PluginTask
 
     cwd = os.getcwd()
-    if isinstance(exp.task, PluginTask) and cwd not in sys.path:
-        sys.path.append(cwd)
+    if isinstance(exp.task, PluginTask):
+        os.environ[LAUNCH_FOLDER_VARIABLE] = cwd  # read by the Ray workers' setup; never a place for extensions
+        if cwd not in sys.path:
+            sys.path.append(cwd)
 
 
 def _run(exp: Experiment, args: argparse.Namespace) -> int:
@@ -238,6 +252,7 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
     check_ray_address(args.ray_address)  # before the teacher trains: a dead head fails in seconds
     _ray_auth_for(args.ray_address)  # before anything imports ray
     _importable_here(exp)
+    from evaluators.secrets import mask_secrets
     from search.executor import RayExecutor
     from search.pick import make_policy
     from search.study import open_study
@@ -250,13 +265,17 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(exp, args)
     console = _console()
-    if args.fresh:
-        from search.fresh import start_over
+    from search.fresh import mark_output, start_over
 
+    if args.fresh:
         console.print(start_over(exp))
+    from search.stored import check_resume
+
+    check_resume(exp)  # a study made for another task, space or target exits 2 before the teacher trains
     try:
         # The task and teacher; their errors exit 2 before the study or MLflow is written.
         ctx = prepare(exp, say=None if args.quiet else console.print)
+        mark_output(exp.out, exp.name)  # a folder slimsweep makes carries its marker: --fresh deletes only such
         resources = exp.search.resources
         executor = RayExecutor(
             address=args.ray_address,
@@ -275,7 +294,8 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
         )
     if summary.interrupted:
         console.print(
-            f"stopped: {summary.finished} finished trials are kept in {exp.storage_url}; run the same command to resume"
+            f"stopped: {summary.finished} finished trials are kept in {mask_secrets(exp.storage_url)}; run the same "
+            "command to resume"
         )
         return EXIT_INTERRUPTED
     made = f" and {summary.on_the_way} models made on the trials' way" if summary.on_the_way else ""
@@ -295,7 +315,7 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
         )
     if summary.tracking_down:
         console.print(
-            f"MLflow at {exp.tracking_uri} became unreachable ({summary.tracking_down[:200]}); the sweep "
+            f"MLflow at {mask_secrets(exp.tracking_uri)} became unreachable ({summary.tracking_down[:200]}); the sweep "
             f"went on and the study holds every trial: run `slimsweep sync {args.experiment}` once it is "
             f"back",
             soft_wrap=True,
@@ -380,6 +400,7 @@ def _check_target(spec: Any) -> None:
 
 def _deliver(exp: Experiment, study: Any, tracker: Any, policy: Any, *, retime: Any, console: Any) -> int:
     """Verify (on `run`), pick, register and print; the parent run ends FINISHED, or FAILED with nothing to pick."""
+    from evaluators.secrets import mask_secrets
     from search.deliver import accuracy_threshold, deliver, teacher_latency
     from search.pareto import table
     from search.study import teacher
@@ -400,6 +421,8 @@ def _deliver(exp: Experiment, study: Any, tracker: Any, policy: Any, *, retime: 
             dict(teacher(study), latency_p50_ms_verified=teacher_latency(study)),
             pick=delivery.choice.candidate.trial,
             accuracy_threshold=accuracy_threshold(study, policy),
+            tied=delivery.choice.tied,
+            won_by=delivery.choice.won_by,
         )
     )
     console.print(f"picked trial {delivery.choice.candidate.trial}: {delivery.choice.why}")
@@ -413,8 +436,10 @@ def _deliver(exp: Experiment, study: Any, tracker: Any, policy: Any, *, retime: 
     if tracker.down:
         console.print("review: once MLflow is back, `slimsweep sync` writes the trials and the saved view of the front")
     else:
-        serve = "" if tracker.remote else f"mlflow ui --backend-store-uri {exp.tracking_uri}, then "
-        link = tracker.view_link(exp.tracking_uri.rstrip("/") if tracker.remote else "http://127.0.0.1:5000")
+        serve = "" if tracker.remote else f"mlflow ui --backend-store-uri {mask_secrets(exp.tracking_uri)}, then "
+        link = mask_secrets(
+            tracker.view_link(exp.tracking_uri.rstrip("/") if tracker.remote else "http://127.0.0.1:5000")
+        )
         console.print(
             f"review: {serve}open MLflow's saved view 'slimsweep: the front' (every trial, fastest first, and a chart "
             "of accuracy against latency):"
@@ -429,9 +454,10 @@ def _speedup_line(card: dict[str, Any]) -> str:
     speed = card["speedup_vs_teacher"]
     if card.get("speedup_ci_low") is None:
         return f"speed-up over the fp32 teacher: {speed:.2f}x ({card['speedup_method']})"
+    covers = card.get("speedup_interval_covers") or "95% interval of the median of per-round ratios"
     line = (
         f"speed-up over the fp32 teacher, timed side by side: {speed:.2f}x "
-        f"(95% interval {card['speedup_ci_low']:.2f}-{card['speedup_ci_high']:.2f})"
+        f"[{card['speedup_ci_low']:.2f}, {card['speedup_ci_high']:.2f}] ({covers})"
     )
     if not card["speedup_clear_of_one"]:
         line += "; the interval includes 1.0: on this machine the pick is not measurably faster than the teacher"
@@ -457,6 +483,8 @@ def _front(exp: Experiment, args: argparse.Namespace) -> int:
                     "teacher": teacher,
                     "accuracy_threshold": threshold,
                     "pick": None if pick is None else pick["trial"],
+                    "pick_tied_with": [] if pick is None else [t["trial"] for t in pick.get("tied_with", [])],
+                    "pick_won_by": None if pick is None else pick.get("won_by"),
                     "front": [_row(c) for c in members],
                 },
                 indent=2,
@@ -470,8 +498,12 @@ def _front(exp: Experiment, args: argparse.Namespace) -> int:
             title=f"Pareto front of {exp.name}",
             pick=None if pick is None else pick["trial"],
             accuracy_threshold=threshold,
+            tied=[] if pick is None else [t["trial"] for t in pick.get("tied_with", [])],
+            won_by="" if pick is None else pick.get("won_by", ""),
         )
     )
+    if pick is not None:
+        print(f"why trial {pick['trial']}: {pick['why']}")
     return 0
 
 
@@ -492,8 +524,7 @@ def _picked(exp: Experiment) -> dict[str, Any] | None:
 def _status(exp: Experiment, args: argparse.Namespace) -> int:
     from search.status import as_text, sweep_status
 
-    _require_study(exp)
-    state = sweep_status(exp)
+    state = sweep_status(exp)  # loads only: a misspelt name or an unreachable store is an error, not a new study
     print(json.dumps(state, indent=2) if args.json else as_text(state))
     return 0
 
@@ -507,10 +538,37 @@ def _pick(exp: Experiment, args: argparse.Namespace) -> int:
     study = _swept_study(exp, args)
     tracker = Tracker(exp.tracking_uri, exp.name, exp.out / "mlartifacts")
     console = _console(stderr=args.json)  # with --json, stdout holds only the JSON
+    _rebuild_view(exp, study, tracker, console, args)
     code = _deliver(exp, study, tracker, make_policy(exp.pick), retime=None, console=console)
     if args.json and code == 0:
         print(json.dumps(_picked(exp), indent=2))
     return code
+
+
+def _rebuild_view(exp: Experiment, study: Any, tracker: Any, console: Any, args: argparse.Namespace) -> None:
+    """MLflow is a view of the study: a store that lacks the sweep (another tracking server, a lost mlflow.db) gets
+    its parent run and trial runs back first, as `slimsweep sync` writes them, so the pick registers from its run."""
+    from mlflow.exceptions import MlflowException
+
+    from evaluators.secrets import mask_secrets
+    from search.resync import rebuild
+
+    if tracker.down:
+        return  # unreachable: the pick is handed over without the registry, and says to run `slimsweep sync`
+    try:
+        _, logged, parent = rebuild(exp, study, tracker)
+    except MlflowException as exc:
+        reason = mask_secrets((str(exc).strip() or type(exc).__name__).splitlines()[0])[:300]
+        raise SlimsweepError(
+            f"tracking.uri: MLflow refused the sweep's runs ({reason}); run `slimsweep sync {args.experiment}` once "
+            "it takes them, then pick again"
+        ) from None
+    if parent is None or logged:
+        console.print(
+            f"MLflow lacked {'this sweep' if parent is None else f'{logged} of its trial runs'}: "
+            f"{logged} trial runs written from the study first (as `slimsweep sync` does)",
+            soft_wrap=True,
+        )
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -706,9 +764,10 @@ def _swept_study(exp: Experiment, args: argparse.Namespace) -> Any:
 
 
 def _require_study(exp: Experiment) -> None:
-    url = exp.storage_url
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-        raise SlimsweepError(f"no sweep found for {exp.name!r} at {url}; run `slimsweep run` on it first")
+    """Refuse an experiment whose study does not exist (a misspelt name), before anything would create it."""
+    from search.stored import require
+
+    require(exp)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from typing import Any, Callable
 import optuna
 
 from evaluators.compare import INTERVAL_COVERS, SIDE_BY_SIDE_DRIFT, CompareSettings, Comparison, widen
+from evaluators.secrets import mask_secrets, masked
 from search.artifacts import trial_onnx, trial_onnx_path
 from search.config import Experiment
 from search.handover import hand_over, recover
@@ -204,7 +205,7 @@ def deliver(
         "name": exp.name,
         "alias": "deployable",
         "uri": f"models:/{exp.name}@deployable",
-        "tracking_uri": exp.tracking_uri,
+        "tracking_uri": mask_secrets(exp.tracking_uri),
     }
     runs = tracker.trial_runs()
     source = trial_onnx_path(exp, tracker, c.trial)  # another driver's trial: fetched from its MLflow run
@@ -230,7 +231,9 @@ def deliver(
             metadata={"slimsweep": {"plan": card["plan"], "why": card["why"], "io": card["io"]}},
         )
 
-    version = hand_over(folder, c.trial, source.read_bytes(), card, register, tracker.move_alias)
+    version = hand_over(
+        folder, c.trial, source.read_bytes(), card, register, tracker.move_alias, alias_version=tracker.alias_version
+    )
     # After the hand-over, so the front's files never mark a pick that a crash left uncommitted.
     publish_front(exp, study, tracker, members, pick=c.trial, policy=policy, choice=choice)
     card_path = folder / "model_card.json"
@@ -371,7 +374,7 @@ def model_card(
         "teacher": figures,
         **_speedup_fields(study, c, teacher_ms),
         "size_ratio_vs_teacher": figures["size_mb"] / c.size_mb,
-        "target": exp.target.model_dump(),
+        "target": masked(exp.target.model_dump()),
         "policy": policy.describe(),
         "policy_name": policy.name,
         "met_policy": choice.met_policy,

@@ -17,9 +17,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from evaluators.errors import ConfigError
 from evaluators.latency import TRIAL_TIMING, TimingSettings
+from evaluators.secrets import mask_secrets
 from evaluators.targets import settings_for
 from experiments.tasks import load_task
 from experiments.teacher import resolve_teacher, teacher_to_bytes
+from search.artifacts import trial_onnx_path
 from search.config import Experiment
 from search.executor import MACHINERY, RayExecutor, Running
 from search.gate import Bar, Candidate, bar
@@ -203,7 +205,7 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._run, name="slimsweep-heartbeat", daemon=True)
 
     def __enter__(self) -> Self:
-        beat(self.study, self.driver)  # alive before it owns any trial
+        beat(self.study, self.driver, every_s=self.every_s)  # alive before it owns any trial; judged by its interval
         self._thread.start()
         return self
 
@@ -268,7 +270,7 @@ def run_sweep(
 def _open_tracking(exp: Experiment, driver: str, offline: bool) -> Tracker:
     """The sweep's MLflow parent run, created or resumed, with the experiment file attached."""
     tracker = Tracker(exp.tracking_uri, exp.name, exp.out / "mlartifacts", driver=driver, offline=offline)
-    tracker.start_sweep(yaml.safe_dump(exp.model_dump(), sort_keys=False), _sweep_params(exp))
+    tracker.start_sweep(mask_secrets(yaml.safe_dump(exp.model_dump(), sort_keys=False)), _sweep_params(exp))
     return tracker
 
 
@@ -619,7 +621,7 @@ def _reuse(
         rec.info["dominated_by"] = dominated_by
         record(sweep.study, trial, rec)  # not an MLflow run, as in _tell
         return rec
-    shutil.copyfile(trial_path(sweep.exp, earlier.number), trial_path(sweep.exp, trial.number))
+    shutil.copyfile(trial_onnx_path(sweep.exp, sweep.tracker, earlier.number), trial_path(sweep.exp, trial.number))
     _record_metrics(sweep, trial, rec)
     log_trial(sweep.exp, sweep.tracker, sweep.study.get_trials(deepcopy=False)[trial.number])
     _note_outage(sweep)
@@ -713,6 +715,6 @@ def _sweep_params(exp: Experiment) -> dict[str, str]:
         "seed": str(exp.search.seed),
         "target": f"{exp.target.kind} threads={exp.target.threads} batch={exp.target.batch_size}",
         "max_accuracy_drop": str(exp.constraints.max_accuracy_drop),
-        "storage": exp.storage_url,
+        "storage": mask_secrets(exp.storage_url),
         "pick_policy": exp.pick.policy,
     }
