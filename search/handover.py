@@ -164,8 +164,9 @@ def hand_over(
             if alias_version is not None and alias_version() != version:
                 # Left as a crash before the commit point leaves it: the next `pick` completes or redoes it.
                 raise AliasNotMoved(
-                    f"trial {trial} was registered as version {version}, but the alias could not be moved to it "
-                    "(MLflow became unreachable); nothing was handed over: the earlier deployable.onnx, "
+                    f"trial {trial} was registered as version {version}, but the alias does not name it (MLflow "
+                    "became unreachable, or a driver with another output folder moved it at the same moment); "
+                    "nothing was handed over here: the earlier deployable.onnx, "
                     "model_card.json and alias stand. Run `slimsweep pick` once MLflow answers"
                 )
         os.replace(_tmp(folder / ONNX), folder / ONNX)

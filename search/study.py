@@ -90,10 +90,11 @@ class TrialRecord:
             value = getattr(self, f.name)
             if value is not None:
                 out[_KEYS[f.name]] = value
+        # A failure's text may quote a URL with its password (a device agent's address, a store's): never stored.
         if self.failure is not None:
-            out[_KEYS["failure"]] = self.failure[:FAILURE_CHARS]
+            out[_KEYS["failure"]] = mask_secrets(self.failure)[:FAILURE_CHARS]
         if self.traceback is not None:
-            out[_KEYS["traceback"]] = truncate(self.traceback)
+            out[_KEYS["traceback"]] = truncate(mask_secrets(self.traceback))
         return out
 
 

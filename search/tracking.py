@@ -20,6 +20,7 @@ import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
+from evaluators.secrets import mask_secrets
 from search.filelock import held
 
 ROLE, STUDY, NUMBER, DRIVER = "slimsweep.role", "slimsweep.study", "optuna.trial_number", "slimsweep.driver"
@@ -161,7 +162,7 @@ class Tracker:
         log.warning(
             "MLflow at %s is unreachable (%s); the sweep goes on, recorded in the study; run "
             "`slimsweep sync` once it is back",
-            self.uri,
+            mask_secrets(self.uri),
             self.down_reason[:300],
         )
 
@@ -177,9 +178,10 @@ class Tracker:
                 time.sleep(0.5 * (attempt + 1))
         if found is None:
             try:
-                self.experiment_id = self.client.create_experiment(
-                    self.name, artifact_location=artifact_root.resolve().as_uri(), tags=KIND
-                )
+                # A tracking server keeps artifacts in its own store, which every driver can read (drivers on
+                # several machines fetch each other's ONNX files there); a local path would be this machine's alone.
+                location = None if self.remote else artifact_root.resolve().as_uri()
+                self.experiment_id = self.client.create_experiment(self.name, artifact_location=location, tags=KIND)
             except mlflow.exceptions.MlflowException:  # another driver created it at the same instant
                 self.experiment_id = self.client.get_experiment_by_name(self.name).experiment_id
         else:
