@@ -44,7 +44,7 @@ def start_ray(address: str | None) -> None:
             return
         # address="local": without it, ray.init attaches to any cluster `ray start` left recorded on this machine
         # (another user's, or a dead one), and a local sweep then fails or runs elsewhere depending on what ran before.
-        with loopback_only():
+        with loopback_only(), token_notice_silenced():
             ray.init(
                 address="local",
                 num_cpus=os.cpu_count(),
@@ -80,6 +80,29 @@ def worker_setup() -> None:
     launch = os.environ.get(LAUNCH_FOLDER_VARIABLE)
     if launch and launch not in sys.path:
         sys.path.append(launch)
+
+
+# Ray's advice when ray.init starts a local Ray with token authentication on by default (Ray >= 2.60). slimsweep
+# starts that Ray itself, on loopback, for this sweep alone: the notice tells a user nothing to act on, and its advice
+# (RAY_AUTH_MODE=disabled) would weaken it. Auth stays on; a cluster joined with --ray-address keeps Ray's messages.
+_TOKEN_NOTICE = "Token authentication is enabled for this Ray cluster"
+_TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def _not_token_notice(record: logging.LogRecord) -> bool:
+    """Every log record but Ray's token-authentication notice."""
+    return not record.getMessage().startswith(_TOKEN_NOTICE)
+
+
+@contextlib.contextmanager
+def token_notice_silenced() -> Iterator[None]:
+    """While a local Ray starts: Ray's notice that token authentication is on is dropped, every other line kept."""
+    logger = logging.getLogger(_TOKEN_LOGGER)
+    logger.addFilter(_not_token_notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_not_token_notice)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,59 @@
+"""What a new user sees on every run: no advice from Ray they cannot act on, the same metric names everywhere."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from search.raystart import token_notice_silenced
+
+# A local Ray started the way `slimsweep run` starts it; the child reports the authentication mode Ray runs with.
+START_LOCAL_RAY = r"""
+import ray
+from ray._raylet import AuthenticationMode, get_authentication_mode
+
+from search.raystart import start_ray
+
+start_ray(None)
+print("AUTH", get_authentication_mode() == AuthenticationMode.TOKEN)
+ray.shutdown()
+"""
+
+
+def test_a_local_ray_starts_without_the_token_notice_and_with_token_auth_on(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}  # Ray's default: mode unset
+    env.update(HOME=str(tmp_path), RAY_USAGE_STATS_ENABLED="0")  # Ray makes its token in this home, not the user's
+    done = subprocess.run([sys.executable, "-c", START_LOCAL_RAY], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "AUTH True" in done.stdout  # authentication stays on
+    assert (tmp_path / ".ray" / "auth_token").is_file()  # the token Ray made for it
+    assert "Token authentication is enabled" not in done.stderr, done.stderr
+    assert "RAY_AUTH_MODE=disabled" not in done.stderr
+
+
+class _Kept(logging.Handler):
+    """The messages that reach a handler on the logger itself (Ray's loggers need not propagate to the root)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_only_the_token_notice_is_dropped_and_only_while_a_local_ray_starts() -> None:
+    logger, kept = logging.getLogger("ray._private.authentication.authentication_token_setup"), _Kept()
+    notice = "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out."
+    logger.addHandler(kept)
+    try:
+        with token_notice_silenced():
+            logger.warning(notice)
+            logger.warning("Token authentication is enabled but no authentication token was found")
+        logger.warning(notice)  # joining a cluster (--ray-address): Ray's own messages stay
+    finally:
+        logger.removeHandler(kept)
+    assert kept.messages == ["Token authentication is enabled but no authentication token was found", notice]
