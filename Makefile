@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PIP    := $(VENV)/bin/pip --disable-pip-version-check
 
-.PHONY: install install-gpu install-openvino system-deps run test bench bench-quick clean
+.PHONY: install install-gpu install-openvino system-deps run test test-fast bench bench-quick clean
 
 install: $(VENV)/.installed
 
@@ -44,10 +44,15 @@ system-deps:
 	{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1; } || \
 	echo "system-deps: could not install$$missing; the tests that need them will skip"
 
+# The suite in two tiers. test: lint, then every test (both tiers). test-fast: only the files marked `fast` (no Ray
+# cluster, no sweep, no server; see setup.cfg's `markers`), for the edit-and-check loop; no system packages, no lint.
 test: install system-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest
+
+test-fast: install
+	$(VENV)/bin/pytest -m fast
 
 # Benchmarks: docs/BENCHMARKS.md and docs/benchmarks/*.png, written from scratch (benchmarks/report.py).
 # bench: the full report (98 minutes on a 2-core AVX-512 EPYC; the report says how long its run took). bench-quick:
