@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import small_experiment
+
 from search.raystart import token_notice_silenced
 
 # A local Ray started the way `slimsweep run` starts it; the child reports the authentication mode Ray runs with.
@@ -57,3 +59,17 @@ def test_only_the_token_notice_is_dropped_and_only_while_a_local_ray_starts() ->
     finally:
         logger.removeHandler(kept)
     assert kept.messages == ["Token authentication is enabled but no authentication token was found", notice]
+
+
+def test_fewer_trials_at_once_than_search_parallel_says_why(tmp_path: Path) -> None:
+    from search.at_once import fewer_at_once
+    from search.config import load
+
+    exp = load(small_experiment(tmp_path), {"search.parallel": 2})
+    assert fewer_at_once(exp, 2, cluster=False, cpus=2) is None  # as asked: nothing to explain
+    why = fewer_at_once(exp, 1, cluster=False, cpus=2)  # `make run` on 2 cores: the station keeps one
+    assert why.startswith("1 at a time, not search.parallel's 2: this machine's 2 CPUs hold 1 of 1 CPU each")
+    assert "the bench station's 1 reserved core" in why and "target.reserve_cores: false" in why
+    shared = load(small_experiment(tmp_path), {"search.parallel": 4, "target.reserve_cores": False})
+    why = fewer_at_once(shared, 2, cluster=True)
+    assert "the Ray cluster's live nodes hold 2 of 1 CPU each" in why and "reserved" not in why
