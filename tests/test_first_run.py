@@ -73,3 +73,15 @@ def test_fewer_trials_at_once_than_search_parallel_says_why(tmp_path: Path) -> N
     shared = load(small_experiment(tmp_path), {"search.parallel": 4, "target.reserve_cores": False})
     why = fewer_at_once(shared, 2, cluster=True)
     assert "the Ray cluster's live nodes hold 2 of 1 CPU each" in why and "reserved" not in why
+
+
+def test_the_commands_slimsweep_prints_run_without_an_activated_environment(tmp_path: Path) -> None:
+    from search.commands import tool
+
+    beside = Path(sys.executable).parent / "mlflow"  # this installation's, as `run`'s review line names it
+    # A console script of this environment: its first line names this environment's python, so it runs as pasted
+    # without activating anything.
+    assert tool("mlflow", cwd=str(tmp_path)) == str(beside) and beside.is_file()
+    assert beside.read_text().splitlines()[0].startswith(f"#!{beside.parent}/python")
+    assert tool("mlflow", cwd=str(beside.parent.parent)) == f"{beside.parent.name}/mlflow"  # from the checkout
+    assert tool("no-such-tool") == "no-such-tool"
