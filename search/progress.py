@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -96,3 +97,52 @@ class SweepProgress:
             )
         self.console.print(f"{line} {counts}", highlight=False, markup=False)
         self.console.file.flush()  # a pipe (a log, a supervisor) sees each trial as it ends, not at exit
+
+
+# While its trials run, the driver refreshes the progress line this often (other drivers' trials): every second,
+# the reads took CPU from the trial training beside it.
+IDLE_REFRESH_S = 5.0
+
+
+class ProgressListener:
+    """Listener of the driver's loop (search/loop.py): the counts from its ledger, one line per trial told."""
+
+    def __init__(self, progress: SweepProgress) -> None:
+        self.progress = progress
+        self.refreshed = 0.0  # time.monotonic() of the last refresh
+
+    def refresh(self, loop: Any) -> None:
+        self.refreshed = time.monotonic()
+        ledger = loop.ledger
+        front = len(ledger.front) if ledger.spent else 0
+        self.progress.update(done=ledger.spent, failed=ledger.failed, running=len(loop.flights), front=front)
+
+    def tick(self, loop: Any, asked: bool) -> None:
+        if asked or time.monotonic() - self.refreshed >= IDLE_REFRESH_S:
+            self.refresh(loop)
+
+    def trial_reused(self, loop: Any, number: int, rec: Any) -> None:
+        self.refresh(loop)
+        self.progress.trial_done(
+            number,
+            rec.describe,
+            rec.metrics,
+            None,
+            skipped=rec.skipped_training,
+            reused_from=rec.reuse_of,
+            dominated_by=rec.dominated_by,
+        )
+
+    def trial_told(self, loop: Any, told: Any) -> None:
+        self.refresh(loop)
+        if told.taken_over and not told.result.error:
+            return  # another driver's copy is the one that counts, and it says so
+        info = told.result.info
+        self.progress.trial_done(
+            told.number,
+            told.describe,
+            told.metrics,
+            told.result.error,
+            skipped=bool(info.get("skipped_training")),
+            dominated_by=info.get("dominated_by"),
+        )

@@ -1,0 +1,312 @@
+"""The driver's loop: ask Optuna for a plan, run it on an executor, tell the result; resumable at any point.
+
+One trial's way through the loop, each step a method of `Loop`:
+  ask     -> `_ask`: a plan from Optuna, owned by this driver; one past the budget gives way.
+  reuse   -> `_ask`, with search/reuse.py: an identical plan already answered is told that answer, not run.
+  gate    -> `gate_bar`: the trained models a new plan's untrained structure must not be slower and larger than
+             (search/gate.py); the trial stops before training (PRUNED, no trial of the budget) if it is.
+  run     -> `executor.submit`; rung reports come back on the way (`_rungs`: a listener may stop the trial there).
+  retry   -> `_run_again`: a machinery failure runs the same plan again, up to search.max_retries.
+  tell    -> `_tell`: ONNX on disk, then Optuna (the state of record); models made on the way are recorded as
+             trials of their own (search/ontheway.py), outside the budget.
+The budget's counts live in one `Ledger` (search/ledger.py). What happens around the loop (the MLflow mirror,
+progress, the station's timings) listens to its events: trial_told, trial_reused, made_on_the_way, caught_up
+(the next plans are submitted), rung, stopping."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import optuna
+
+from search.config import Experiment
+from search.dispatch import MACHINERY, Executor, Report, Running
+from search.gate import Bar, bar
+from search.ledger import Ledger
+from search.ontheway import record_on_the_way
+from search.reuse import answer_from, still_answers
+from search.study import TrialRecord, give_way, keep_latency, own, record, requeue, stale, still_ours
+from search.telling import record_metrics, write_onnx
+from search.tracking import Tracker
+from search.trial import TrialResult
+from spaces.plan import sample
+
+log = logging.getLogger("slimsweep.sweep")
+
+# The objectives the gate compares: a structure's p50 and size are known untrained; other latency percentiles and
+# parameter counts are not what it compares, so with those objectives every plan trains.
+GATED_OBJECTIVES = {"accuracy", "latency_p50_ms", "size_mb"}
+
+
+@dataclass
+class SweepSummary:
+    """What a sweep did in this run and in total."""
+
+    finished: int = 0
+    failed: int = 0
+    reused: int = 0  # trials answered from an earlier trial with the identical plan, not run again
+    on_the_way: int = 0  # models trials made on their way (before pruning, before quantization); no trial of budget
+    ran_now: int = 0
+    reused_now: int = 0
+    requeued: list[int] = field(default_factory=list)
+    interrupted: bool = False
+    seconds: float = 0.0
+    skipped_training: int = 0  # trials stopped by latency first, before training
+    dominated: int = 0  # plans stopped before training as off the front (search/gate.py); they cost no trial
+    out_of_plans: bool = False  # the sweep stopped asking: the sampler kept proposing plans already answered
+    seconds_saved: float = 0.0  # their estimated training time (mean of the trials that trained)
+    cache: dict[str, int] = field(default_factory=dict)  # latency-cache hits / misses at the station
+    parallel: int = 0  # trials in flight at once, after the station took its cores
+    retried: int = 0  # attempts run again in this run after a machinery failure
+    failed_kinds: dict[str, int] = field(default_factory=dict)  # failed trials by kind: plan, timeout, worker_died..
+    tracking_down: str = ""  # why MLflow stopped being written during this run, if it did
+    unmirrored: list[int] = field(default_factory=list)  # trials whose MLflow run failed to write, MLflow being up
+
+
+@dataclass
+class InFlight:
+    """A trial this driver asked for and runs: its Optuna trial, its plan, and the attempts the machinery lost."""
+
+    trial: optuna.Trial
+    plan: Any  # spaces.plan.CompressionPlan
+    params: dict[str, Any]
+    describe: str
+    running: Running
+    attempts: list[str] = field(default_factory=list)  # machinery failures of earlier attempts
+
+    @property
+    def number(self) -> int:
+        return self.trial.number
+
+
+@dataclass(frozen=True)
+class Told:
+    """One result as the loop told it: its words, its metrics, and whether an MLflow run is owed for it."""
+
+    number: int
+    result: TrialResult
+    describe: str
+    metrics: dict[str, float]
+    owed: bool
+    taken_over: bool = False  # another driver queued the plan again; its copy counts and says so
+
+
+class Listener(Protocol):
+    """What listens to the loop; every method is optional (the loop calls those a listener has)."""
+
+    def trial_told(self, loop: Loop, told: Told) -> None: ...
+    def trial_reused(self, loop: Loop, number: int, rec: TrialRecord) -> None: ...
+    def made_on_the_way(self, loop: Loop, number: int) -> None: ...
+    def caught_up(self, loop: Loop) -> None: ...
+    def rung(self, loop: Loop, report: Report) -> bool: ...  # False: stop the trial at this rung
+    def tick(self, loop: Loop, asked: bool) -> None: ...
+    def stopping(self, loop: Loop, interrupted: bool) -> None: ...
+
+
+@dataclass
+class Loop:
+    """The ask/run/tell loop and its state."""
+
+    exp: Experiment
+    executor: Executor
+    study: optuna.Study
+    tracker: Tracker
+    summary: SweepSummary
+    teacher: dict[str, float]
+    ctx_ref: Any
+    driver: str
+    ledger: Ledger
+    n_val: int = 0  # validation images: the accuracy's noise, for the gate
+    listeners: list[Any] = field(default_factory=list)
+    flights: dict[int, InFlight] = field(default_factory=dict)  # this driver's trials in flight, by number
+
+    def emit(self, event: str, *args: Any) -> list[Any]:
+        """Call `event` on every listener that has it; their answers."""
+        return [getattr(lst, event)(self, *args) for lst in self.listeners if hasattr(lst, event)]
+
+    def slots(self) -> int:
+        """More trials in flight than the executor's slots would only queue there; nodes come and go mid-sweep."""
+        return max(1, min(self.exp.search.parallel, self.executor.trial_slots()))
+
+    def run(self) -> None:
+        """Keep `parallel` trials in flight until the study's budget is finished (counting every driver's trials);
+        Ctrl-C or any error queues the ones in flight again."""
+        heartbeat_s = self.exp.search.heartbeat_s
+        self.summary.parallel = self.slots()
+        next_check = time.monotonic() + heartbeat_s
+        try:
+            while True:
+                if time.monotonic() >= next_check:  # a driver that died meanwhile: its trials run again here
+                    self.summary.requeued += requeue(self.study, stale(self.study, heartbeat_s))
+                    next_check = time.monotonic() + heartbeat_s
+                asks = self.ledger.asks
+                self._fill()
+                self.emit("tick", self.ledger.asks > asks)
+                if not self.flights:
+                    self.ledger.sync(self.study)
+                    if self.ledger.done():
+                        break
+                    time.sleep(1.0)  # the rest of the budget runs at another driver; wait for it, or for it to die
+                    continue
+                results = self.executor.wait([f.running for f in self.flights.values()], timeout=1.0)
+                self._rungs()
+                told = False
+                for item, result in results:
+                    flight = self.flights.pop(item.number)
+                    if self._run_again(flight, result):
+                        continue
+                    # When the driver let it go and got it back, beside the worker's own stamps (benchmarks/stages.py)
+                    result.info.setdefault("clock", {}).update(submitted=item.submitted, received=time.time())
+                    self.emit("trial_told", self._tell(flight, result))
+                    told = True
+                if told:  # the next plans start first: what listens (the MLflow mirror) is off the trials' path
+                    self._fill()
+                    self._keep_timings()
+                    self.emit("caught_up")
+        except KeyboardInterrupt:
+            self._leave(interrupted=True)
+            self.summary.interrupted = True
+        except BaseException:
+            self._leave(interrupted=False)  # the caller closes the parent run
+            raise
+
+    # --- ask ----------------------------------------------------------------------------------------------------
+
+    def _fill(self) -> None:
+        """Ask for plans until `slots` trials are in flight or the budget is spoken for."""
+        parallel = self.slots()
+        self.ledger.sync(self.study)
+        while len(self.flights) < parallel and self.ledger.wanted() > 0:
+            self._ask()
+            self.ledger.sync(self.study)
+
+    def _ask(self) -> None:
+        """Ask Optuna for a plan; answer a plan already run from its result, else submit it."""
+        trial = self.study.ask()
+        own(self.study, trial, self.driver)
+        self.ledger.sync(self.study)
+        if self.ledger.past_budget(trial.number):
+            give_way(self.study, trial)  # another driver asked for the last trial at the same moment
+            return
+        self.ledger.asks += 1
+        plan = sample(trial, self.exp.space)
+        params, describe = plan.params(), plan.describe()
+        bar_now = self.gate_bar()
+        earlier, dominated_by = still_answers(self.ledger.reusable(self.study, params), bar_now)
+        if earlier is not None:
+            rec = answer_from(self.exp, self.study, self.tracker, trial, params, describe, earlier, dominated_by)
+            if rec.dominated_by is None:
+                self.summary.reused_now += 1
+            self.ledger.sync(self.study)
+            self.emit("trial_reused", trial.number, rec)
+            return
+        running = self.executor.submit(trial.number, plan, self.ctx_ref, bar_now)
+        self.flights[trial.number] = InFlight(trial, plan, params, describe, running)
+
+    def gate_bar(self) -> Bar | None:
+        """What a new plan must not be slower and larger than (search/gate.py), from the trials trained so far."""
+        if not self.exp.search.skip_dominated or not set(self.exp.objectives) <= GATED_OBJECTIVES:
+            return None
+        # Only a feasible model may stop others: one that breaks a constraint is no pick and no front member.
+        return bar(self.ledger.trained, self.teacher["accuracy"], self.n_val)
+
+    # --- run ----------------------------------------------------------------------------------------------------
+
+    def _rungs(self) -> None:
+        """Pass trials' rung reports to the listeners; a trial any of them would stop is told to stop there."""
+        for report in self.executor.reports():
+            if report.number in self.flights and False in self.emit("rung", report):
+                self.executor.stop(report.number)
+
+    def _run_again(self, flight: InFlight, result: TrialResult) -> bool:
+        """After a machinery failure, start the same plan again if retries are left; a plan's own error never is."""
+        kind = result.info.get(MACHINERY)
+        if kind is None:
+            return False
+        flight.attempts.append(f"{kind}: {result.error}")
+        retries = self.exp.search.max_retries
+        if len(flight.attempts) > retries:
+            result.error = f"{kind}: failed {len(flight.attempts)} attempts, the last: {result.error}"
+            return False
+        log.warning(
+            "trial %d: %s; running the same plan again (attempt %d of %d)",
+            flight.number,
+            result.error,
+            len(flight.attempts) + 1,
+            retries + 1,
+        )
+        self.summary.retried += 1
+        flight.running = self.executor.submit(flight.number, flight.plan, self.ctx_ref, self.gate_bar())
+        self.flights[flight.number] = flight
+        return True
+
+    # --- tell ---------------------------------------------------------------------------------------------------
+
+    def _tell(self, flight: InFlight, result: TrialResult) -> Told:
+        """Record one result: ONNX on disk first, then Optuna (the state of record)."""
+        number, trial = flight.number, flight.trial
+        if not still_ours(self.study, trial):
+            # Another driver thought this one gone (its heartbeat was late) and queued the plan again: that copy counts.
+            log.warning("trial %d was taken over by another driver; its result here is dropped", number)
+            return Told(number, result, flight.describe, {}, False, taken_over=True)
+        info = dict(result.info)
+        if flight.attempts:
+            info["machinery_attempts"] = flight.attempts  # earlier attempts the machinery lost
+        rec = TrialRecord(plan=flight.params, describe=flight.describe, stages=result.stages, info=info)
+        owed = True
+        if not result.ok:
+            rec.failure, rec.traceback = result.error or "unknown error", result.traceback
+            record(self.study, trial, rec)
+        elif rec.dominated_by is not None:
+            rec.metrics = dict(result.metrics)  # the structure's latency and size; no accuracy, nothing to deploy
+            record(self.study, trial, rec)
+            # Not an MLflow run: a sweep may stop many such plans, which would crowd the runs list; the parent counts
+            # them and the study keeps each with its reason.
+            owed = False
+        else:
+            rec.metrics = dict(result.metrics, accuracy_drop=self.teacher["accuracy"] - result.metrics["accuracy"])
+            write_onnx(self.exp, number, result.onnx or b"")
+            record_metrics(self.exp, self.study, trial, rec)
+            self._made_on_the_way(trial, result, info)
+        if owed:
+            self.summary.ran_now += 1
+        self.ledger.sync(self.study)
+        return Told(number, result, flight.describe, rec.metrics, owed)
+
+    def _made_on_the_way(self, parent: optuna.Trial, result: TrialResult, info: dict[str, Any]) -> None:
+        """Record the models the trial made on its way, each a trial outside the budget."""
+        where = {k: info[k] for k in ("ray_node", "cores", "resources") if k in info}  # made where its trial ran
+        for made in result.on_the_way:
+            try:
+                number = record_on_the_way(
+                    self.exp, self.study, self.ledger, self.driver, self.teacher["accuracy"], parent, made, where
+                )
+            except Exception as err:  # noqa: BLE001 - an extra candidate lost must not stop the sweep
+                log.warning("trial %d: a model made on its way was not recorded (%s)", parent.number, err)
+                continue
+            if number is not None:
+                self.emit("made_on_the_way", number)
+
+    def _keep_timings(self) -> None:
+        """Keep the station's new measurements with the study (a resumed sweep reuses them)."""
+        try:
+            keep_latency(self.study, self.executor.new_latencies())
+        except Exception as err:  # noqa: BLE001 - the executor or the storage may be what failed; the sweep goes on
+            log.warning("the latest timings were not kept with the study: %s", err)
+
+    # --- stop ---------------------------------------------------------------------------------------------------
+
+    def _leave(self, *, interrupted: bool) -> None:
+        """A driver stopping: keep the station's newest timings, tell the listeners (the mirror says which trials
+        MLflow lacks), cancel this driver's trials in flight and queue their plans again."""
+        self._keep_timings()
+        numbers = list(self.flights)
+        try:
+            self.executor.cancel([f.running for f in self.flights.values()])
+        finally:
+            self.flights.clear()
+            requeue(self.study, numbers)
+            self.emit("stopping", interrupted)

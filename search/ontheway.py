@@ -1,0 +1,59 @@
+"""Models made on the way: a model a trial measured on its way to its own plan (the trained student before pruning,
+the pruned model before quantization) becomes a complete trial of its own, made_by its parent, no trial of the
+budget, when its plan is a plan of the space that no trial has answered yet."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import TrialState
+
+from search.config import Experiment
+from search.ledger import Ledger
+from search.study import TrialRecord, open_fixed
+from search.telling import record_metrics, write_onnx
+from search.trial import MadeOnTheWay
+from spaces.plan import sample
+from spaces.pruning_knobs import RATIO_KNOB
+from spaces.quantization_knobs import SCHEME_KNOB
+
+
+def offers(d: BaseDistribution, value: Any) -> bool:
+    """Whether a distribution of the space offers this value (Optuna keeps the check private)."""
+    return d._contains(d.to_internal_repr(value))
+
+
+def record_on_the_way(
+    exp: Experiment,
+    study: optuna.Study,
+    ledger: Ledger,
+    driver: str,
+    teacher_accuracy: float,
+    parent: optuna.Trial,
+    made: MadeOnTheWay,
+    where: dict[str, Any],
+) -> int | None:
+    """Record one model made on `parent`'s way as a trial; its number, or None when it is no new plan of the space."""
+    params, dists = dict(parent.params), parent.distributions
+    for key, value in ((RATIO_KNOB, made.ratio), (SCHEME_KNOB, made.scheme)):
+        if params.get(key) == value:
+            continue
+        d = dists.get(key)
+        if d is None or not offers(d, value):
+            return None  # a fixed knob, or a value the space does not offer: not a plan of this search
+        params[key] = value
+    fixed = optuna.trial.FixedTrial(params)
+    plan = sample(fixed, exp.space)
+    ledger.sync(study)
+    earlier = ledger.reusable(study, plan.params())
+    if earlier is not None and earlier.state == TrialState.COMPLETE:
+        return None
+    trial = open_fixed(study, fixed.params, fixed.distributions, driver)
+    info = {**where, **made.info, "made_by": parent.number, "skipped_training": False}
+    rec = TrialRecord(plan=plan.params(), describe=plan.describe(), info=info)
+    rec.metrics = dict(made.metrics, accuracy_drop=teacher_accuracy - made.metrics["accuracy"])
+    write_onnx(exp, trial.number, made.onnx)
+    record_metrics(exp, study, trial, rec)
+    return trial.number
