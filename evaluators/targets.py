@@ -1,8 +1,13 @@
 """Named targets: where a candidate's latency is measured (ONNX Runtime's CPU, CUDA, TensorRT or OpenVINO provider
 on this host, or a device agent elsewhere), with the threads and batch size that are part of the target.
 
-Each kind is one small class registered by name in TARGETS; adding a target is one new class in this file.
-`check()` runs when an experiment starts, so a target that cannot run here fails at once, not mid-sweep.
+Each kind is one small class registered by name in TARGETS (register_target, from any module: an extension named in
+SLIMSWEEP_EXTENSIONS is reachable from an experiment file). Its capability flags (uses_gpu, times_on_local_cpu,
+runtime_build, takes_url) are what the schema, the build check, the executor and the bench station ask, never its
+kind's name. `check()` runs when an experiment starts, so a target that cannot run here fails at once, not mid-sweep.
+
+Light on import (no ONNX Runtime, no numpy): the schema validates a file's target kind against this registry before
+anything heavy loads; a target's methods import the runtime when it checks or measures.
 """
 
 from __future__ import annotations
@@ -12,16 +17,14 @@ import platform
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
 from functools import cache
-from typing import Any, ClassVar
-
-import onnx
-import onnxruntime as ort
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from evaluators.errors import ConfigError, SlimsweepError, not_allowed
-from evaluators.latency import LatencyStats, TimingSettings, measure
 from evaluators.registry import Registry
-from evaluators.runtime import make_session
 from evaluators.secrets import MASK, mask_secrets
+
+if TYPE_CHECKING:  # the heavy half: imported by the methods that check or measure
+    from evaluators.latency import LatencyStats, TimingSettings
 
 # An entry of ONNX Runtime's `providers` list: a name, or a name with its provider options.
 Provider = str | tuple[str, dict[str, Any]]
@@ -31,7 +34,7 @@ Provider = str | tuple[str, dict[str, Any]]
 class TargetSpec:
     """Where and how a model is timed: the target kind, threads, batch size, GPU, or device agent."""
 
-    kind: str  # "cpu" | "cuda" | "tensorrt" | "openvino" | "remote"
+    kind: str  # a kind registered in TARGETS: "cpu" | "cuda" | "tensorrt" | "openvino" | "remote" | an extension's
     threads: int = 1
     batch_size: int = 1
     device_id: int = 0  # cuda / tensorrt
@@ -53,18 +56,28 @@ class TargetSpec:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
                 raise ConfigError(f"TargetSpec.{name} = {value!r}; it must be an integer >= {minimum}")
-        if self.kind != "remote":
+        if self.kind in TARGETS and not TARGETS.get(self.kind).takes_url:  # an unknown kind fails in make_target
             for name in ("url", "token"):
                 if getattr(self, name) is not None:
                     raise ConfigError(
-                        f"TargetSpec.{name} is set for target kind {self.kind!r}; only kind 'remote' takes a {name}"
+                        f"TargetSpec.{name} is set for target kind {self.kind!r}; only kinds that take a URL "
+                        f"({', '.join(url_kinds())}) take a {name}"
                     )
 
 
 class Target(ABC):
-    """One place to time models; subclasses say whether it can run here and how it measures."""
+    """One place to time models; subclasses say whether it can run here and how it measures.
+
+    Subclass it (or OnnxRuntimeTarget), give it a `kind` and the capability flags that apply, and register it with
+    register_target: the kind is then allowed as `target.kind` in experiment files.
+    """
 
     kind: ClassVar[str]
+    # Capability flags, read by the schema, the build check, the executor and the bench station.
+    uses_gpu: ClassVar[bool] = False  # the bench station holds one GPU; no memory cap (CUDA reserves address space)
+    times_on_local_cpu: ClassVar[bool] = False  # timing runs on this host's cores, which trials then leave free
+    runtime_build: ClassVar[str | None] = None  # the ONNX Runtime package it needs (None: any build, or none here)
+    takes_url: ClassVar[bool] = False  # timed elsewhere, by a device agent at target.url with target.token_file
 
     def __init__(self, spec: TargetSpec) -> None:
         self.spec = spec
@@ -83,7 +96,7 @@ class Target(ABC):
 
     def local_cpu(self) -> bool:
         """True when timing runs on this host's CPU cores, which the caller then keeps free of other work."""
-        return False
+        return self.times_on_local_cpu
 
     def _require_own_settings(self, settings: TimingSettings) -> None:
         # Threads and batch are part of the target: a timing taken with other values would be filed under it wrongly.
@@ -96,7 +109,26 @@ class Target(ABC):
 
 
 TARGETS: Registry[type[Target]] = Registry("target.kind", key="kind")
-_register = TARGETS.register
+
+
+def register_target(target: type[Target]) -> type[Target]:
+    """Make a target kind usable as `target.kind` in every experiment file; usable as a class decorator."""
+    if not (isinstance(target, type) and issubclass(target, Target)):
+        raise TypeError(f"register_target takes a subclass of evaluators.targets.Target, got {target!r}")
+    return TARGETS.register(target)
+
+
+_register = register_target
+
+
+def target_class(kind: str) -> type[Target]:
+    """The registered class of a kind (unknown kind -> ConfigError listing the registered kinds)."""
+    return TARGETS.get(kind)
+
+
+def url_kinds() -> list[str]:
+    """The registered kinds timed by a device agent at a URL."""
+    return [t.kind for t in TARGETS if t.takes_url]
 
 
 def make_target(spec: TargetSpec) -> Target:
@@ -106,6 +138,8 @@ def make_target(spec: TargetSpec) -> Target:
 
 def settings_for(spec: TargetSpec, **overrides: Any) -> TimingSettings:
     """Timing settings with the spec's threads and batch size; overrides set the rest (warm-up, repeats, caps)."""
+    from evaluators.latency import TimingSettings
+
     valid = {f.name for f in fields(TimingSettings)} - {"threads", "batch_size"}
     for name in overrides:
         if name in ("threads", "batch_size"):
@@ -115,8 +149,9 @@ def settings_for(spec: TargetSpec, **overrides: Any) -> TimingSettings:
     return TimingSettings(threads=spec.threads, batch_size=spec.batch_size, **overrides)
 
 
-class _OnnxRuntimeTarget(Target):
-    """A target timed on this host by an ONNX Runtime execution provider."""
+class OnnxRuntimeTarget(Target):
+    """A target timed on this host by an ONNX Runtime execution provider (subclass it with `provider` and
+    `install_hint` for another provider)."""
 
     provider: ClassVar[str]  # the execution provider that must run the model
     install_hint: ClassVar[str]  # what to do when it is missing
@@ -132,12 +167,16 @@ class _OnnxRuntimeTarget(Target):
         self._require_provider(_tiny_model(), what="a one-node test model")
 
     def measure(self, model: bytes, settings: TimingSettings) -> LatencyStats:
+        from evaluators.latency import measure
+
         self._require_own_settings(settings)
         self._require_available()
         # Never report CPU timings as GPU timings: the session that times the model must have our provider.
         return measure(model, settings, providers=self.providers(), require_provider=self.provider)
 
     def describe(self) -> dict[str, Any]:
+        import onnxruntime as ort
+
         return {
             **super().describe(),
             "providers": [_provider_text(p) for p in self.providers()],
@@ -145,6 +184,8 @@ class _OnnxRuntimeTarget(Target):
         }
 
     def _require_available(self) -> None:
+        import onnxruntime as ort
+
         available = ort.get_available_providers()
         if self.provider not in available:
             raise SlimsweepError(
@@ -153,6 +194,8 @@ class _OnnxRuntimeTarget(Target):
             )
 
     def _require_provider(self, model: bytes, *, what: str, threads: int = 1) -> None:
+        from evaluators.runtime import make_session
+
         try:
             session = make_session(model, threads=threads, providers=self.providers())
         except Exception as exc:  # any failure to open is this target failing
@@ -168,26 +211,29 @@ class _OnnxRuntimeTarget(Target):
             )
 
 
+_OnnxRuntimeTarget = OnnxRuntimeTarget  # its former name
+
+
 @_register
-class CpuTarget(_OnnxRuntimeTarget):
+class CpuTarget(OnnxRuntimeTarget):
     """ONNX Runtime's default CPU provider with a fixed thread count."""
 
     kind = "cpu"
+    times_on_local_cpu = True
     provider = "CPUExecutionProvider"
     install_hint = "the standard onnxruntime package provides it"
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), **_cpu_info()}
 
-    def local_cpu(self) -> bool:
-        return True
-
 
 @_register
-class CudaTarget(_OnnxRuntimeTarget):
+class CudaTarget(OnnxRuntimeTarget):
     """ONNX Runtime's CUDA provider on one NVIDIA GPU."""
 
     kind = "cuda"
+    uses_gpu = True
+    runtime_build = "onnxruntime-gpu"
     provider = "CUDAExecutionProvider"
     install_hint = (
         "install onnxruntime-gpu on a machine with an NVIDIA GPU (and its CUDA/cuDNN libraries), "
@@ -202,10 +248,12 @@ class CudaTarget(_OnnxRuntimeTarget):
 
 
 @_register
-class TensorRTTarget(_OnnxRuntimeTarget):
+class TensorRTTarget(OnnxRuntimeTarget):
     """ONNX Runtime's TensorRT provider on one NVIDIA GPU, with CUDA for the nodes TensorRT does not take."""
 
     kind = "tensorrt"
+    uses_gpu = True
+    runtime_build = "onnxruntime-gpu"
     provider = "TensorrtExecutionProvider"
     install_hint = (
         "install onnxruntime-gpu and NVIDIA TensorRT (its libraries on the library path) on a machine with an "
@@ -225,10 +273,12 @@ class TensorRTTarget(_OnnxRuntimeTarget):
 
 
 @_register
-class OpenVinoTarget(_OnnxRuntimeTarget):
+class OpenVinoTarget(OnnxRuntimeTarget):
     """Intel's OpenVINO runtime through ONNX Runtime's OpenVINO provider, on this host's CPU."""
 
     kind = "openvino"
+    times_on_local_cpu = True
+    runtime_build = "onnxruntime-openvino"
     provider = "OpenVINOExecutionProvider"
     install_hint = (
         "replace the plain onnxruntime package by onnxruntime-openvino (`make install-openvino`, or "
@@ -238,15 +288,13 @@ class OpenVinoTarget(_OnnxRuntimeTarget):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), **_cpu_info()}
 
-    def local_cpu(self) -> bool:
-        return True
-
 
 @_register
 class RemoteTarget(Target):
     """A device agent elsewhere that times models with the same method and sends the figures back."""
 
     kind = "remote"
+    takes_url = True
 
     def __init__(self, spec: TargetSpec) -> None:
         for name in ("url", "token"):
@@ -313,6 +361,8 @@ def _provider_text(provider: Provider) -> str:
 @cache
 def _tiny_model() -> bytes:
     """A one-node float model (Y = X + X) that any provider can run: enough to see which provider a session gets."""
+    import onnx
+
     x = onnx.helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, [1, 4])
     y = onnx.helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, [1, 4])
     graph = onnx.helper.make_graph([onnx.helper.make_node("Add", ["X", "X"], ["Y"])], "slimsweep-check", [x], [y])

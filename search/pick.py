@@ -1,17 +1,21 @@
 """The pick: one front member chosen by a stated policy, with the reason written down.
 
 Policies are registered by name; `pick.policy` in an experiment file names one. Adding a policy is one class with
-`name`, `from_config`, `describe` and `choose`, registered with `register_pick_policy` (from any module).
+`name`, `from_config`, `describe` and `choose`, registered with `register_pick_policy` (from any module). A policy
+with settings of its own subclasses PolicyWithSettings: its pydantic fields are its section of the file,
+`pick.<name>`, validated with the rest of the file, and the validated section is the policy itself.
 """
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from evaluators.compare import APART_COVERS, INTERVAL_COVERS, clearly_below, overlap
 from evaluators.errors import SlimsweepError
 from evaluators.registry import Registry
+from spaces.knobs import Strict
 
 if TYPE_CHECKING:
     from search.pareto import Candidate
@@ -44,8 +48,39 @@ class PickPolicy(Protocol):
         """One member of a non-empty front (latencies verified where re-timed), and the reason."""
 
 
+class PolicyWithSettings(Strict):
+    """A pick policy with settings of its own: its pydantic fields are the section `pick.<name>` of the experiment
+    file (validated at the edge with the rest of it; defaults where the file gives none), and the validated section
+    is the policy. Subclass it with `name`, the fields, `describe` and `choose`; register it with
+    register_pick_policy."""
+
+    name: ClassVar[str]
+
+    @classmethod
+    def from_config(cls, pick: Any) -> PickPolicy:
+        """The validated section `pick.<name>` (the defaults when the file has none)."""
+        section = pick.section(cls.name) if hasattr(pick, "section") else None
+        return section if section is not None else cls()
+
+    @abstractmethod
+    def describe(self) -> str:
+        """The policy in words, with its settings."""
+
+    @abstractmethod
+    def choose(self, front: list[Candidate], teacher_latency_ms: float) -> Choice:
+        """One member of a non-empty front, and the reason."""
+
+
 PICK_POLICIES: Registry[type[PickPolicy]] = Registry("pick.policy")
-register_pick_policy = PICK_POLICIES.register  # usable as a class decorator
+
+
+def register_pick_policy(policy: type[PickPolicy]) -> type[PickPolicy]:
+    """Make a policy a choice of `pick.policy` in every experiment file; usable as a class decorator."""
+    if policy.name in ("policy", "max_accuracy_drop", "max_latency_ms", "verify_seconds"):
+        raise ValueError(f"{policy.name!r} is taken by the pick section itself; choose another policy name")
+    return PICK_POLICIES.register(policy)
+
+
 check_pick_policy = PICK_POLICIES.check  # for the schema: the name, or ValueError naming the allowed ones
 
 

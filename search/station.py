@@ -16,20 +16,24 @@ from evaluators.errors import ConfigError
 from evaluators.graph_key import graph_key
 from evaluators.latency import LatencyStats, TimingSettings
 from evaluators.limits import Limits, run_limited
-from evaluators.targets import TargetSpec, make_target
+from evaluators.targets import TargetSpec, make_target, target_class
 
 log = logging.getLogger("slimsweep.station")
 
 # A model's time to load (a TensorRT engine build included) before its timing, in a station's deadline; timing then
 # gets what the agent gives it: warm-up, the repeat loop and its retry max_seconds each.
 LOAD_SECONDS = 300.0
-# Kinds whose runtime reserves address space beyond any cap (CUDA's unified addressing): a deadline only.
-_UNCAPPED = {"cuda", "tensorrt"}
+
+
+def _capped(spec: TargetSpec) -> bool:
+    """Whether a memory cap applies: not for a GPU target, whose runtime reserves address space beyond any cap (CUDA's
+    unified addressing), which gets a deadline only."""
+    return not target_class(spec.kind).uses_gpu
 
 
 def measure_limits(spec: TargetSpec, settings: TimingSettings) -> Limits:
     """A station measurement's limits: the default memory cap, and LOAD_SECONDS + 3 x max_seconds + 1 s."""
-    return Limits(seconds=LOAD_SECONDS + 3 * settings.max_seconds + 1.0, capped=spec.kind not in _UNCAPPED)
+    return Limits(seconds=LOAD_SECONDS + 3 * settings.max_seconds + 1.0, capped=_capped(spec))
 
 
 def measure_here(spec: TargetSpec, model: bytes, settings: TimingSettings) -> LatencyStats:
@@ -40,7 +44,7 @@ def measure_here(spec: TargetSpec, model: bytes, settings: TimingSettings) -> La
 def limited_measure(spec: TargetSpec, model: bytes, settings: TimingSettings) -> LatencyStats:
     """The target's measurement of model in this process's worker, under measure_limits; a target timed elsewhere
     (a device agent, which has limits of its own) is measured directly."""
-    if spec.kind == "remote":
+    if target_class(spec.kind).takes_url:
         return measure_here(spec, model, settings)
     what = f"timing this model on the {spec.kind} target"
     return run_limited(measure_here, spec, model, settings, limits=measure_limits(spec, settings), what=what)
@@ -116,7 +120,7 @@ class BenchStation:
         if providers is not None:  # an ONNX Runtime provider on this host: sessions stay open across rounds
             # In the worker, under the cap; the deadline: each model's load, then all rounds within max_seconds.
             seconds = LOAD_SECONDS * len(models) + 2 * settings.max_seconds + 1.0
-            limits = Limits(seconds=seconds, capped=self.target.spec.kind not in _UNCAPPED)
+            limits = Limits(seconds=seconds, capped=_capped(self.target.spec))
             what = f"timing {len(models)} models side by side"
             return run_limited(_compare_here, models, names, settings, self.target.spec, limits=limits, what=what)
         # A device agent opens a session per request: each burst is one short measurement there, warm-up included.
@@ -151,7 +155,7 @@ def start_station(spec: TargetSpec, *, reserve_cores: bool) -> ray.actor.ActorHa
         "max_concurrency": 1,
         "max_restarts": -1,
     }
-    if spec.kind in {"cuda", "tensorrt"}:
+    if target_class(spec.kind).uses_gpu:
         options["num_gpus"] = 1
     return ray.remote(BenchStation).options(**options).remote(spec, reserve_cores)
 

@@ -37,7 +37,7 @@ from spaces.quantization_knobs import SCHEMES, QuantizationChoice
 
 LAYER_OPS = ("Conv", "Gemm", "MatMul")  # the layers "first_last" and "sensitive" choose among
 SENSITIVITY_SAMPLES = 64  # calibration samples the sensitivity pass compares logits on: keeps it quick
-INT4_BLOCK_SIZE = 32
+INT4_BLOCK_SIZE = 32  # weights per scale; MatMulNBits takes a power of two >= 16
 CALIBRATION_BATCH = 32  # samples per calibration run when the batch axis is dynamic
 # ONNX Runtime's entropy calibrator defaults to as many histogram bins as quantized bins (128): the only threshold
 # it can then try is the full range, and "entropy" gives exactly MinMax's ranges. With 256 bins it searches
@@ -104,10 +104,13 @@ def int8_static(
         return dst.read_bytes()
 
 
-def int4_weight_only(model: bytes) -> bytes:
-    """MatMul/Gemm weights in 4 bits as MatMulNBits; a model without any is a trial failure."""
+def int4_weight_only(model: bytes, block_size: int = INT4_BLOCK_SIZE) -> bytes:
+    """MatMul/Gemm weights in 4 bits as MatMulNBits, one scale per block_size weights; a model without any is a
+    trial failure."""
+    if block_size < 16 or block_size & (block_size - 1):
+        raise ConfigError(f"int4 block_size = {block_size!r}; MatMulNBits takes a power of two >= 16 (16, 32, 64, ...)")
     proto = onnx.load_from_string(model)
-    if not _int4_matmuls(proto):
+    if not _int4_matmuls(proto, block_size):
         ops = sorted({node.op_type for node in proto.graph.node})
         raise TrialFailure(
             f"int4_weight_only found no MatMul or Gemm with a constant 2-D weight to quantize "
@@ -259,13 +262,13 @@ def _store_ranking(key: str, cache_dir: Path | None, ranking: list[tuple[str, fl
     return ranking
 
 
-def _int4_matmuls(model: onnx.ModelProto) -> int:
+def _int4_matmuls(model: onnx.ModelProto, block_size: int = INT4_BLOCK_SIZE) -> int:
     """Replace each MatMul/Gemm with a constant 2-D weight by MatMulNBits (+ Add for a bias); return how many."""
     graph = model.graph
     weights = {init.name: init for init in graph.initializer}
     nodes, count = [], 0
     for node in graph.node:
-        replacement = _int4_layer(node, weights)
+        replacement = _int4_layer(node, weights, block_size)
         nodes.extend(replacement or [node])
         count += replacement is not None
     if not count:
@@ -281,7 +284,9 @@ def _int4_matmuls(model: onnx.ModelProto) -> int:
     return count
 
 
-def _int4_layer(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto]) -> list[onnx.NodeProto] | None:
+def _int4_layer(
+    node: onnx.NodeProto, weights: dict[str, onnx.TensorProto], block_size: int = INT4_BLOCK_SIZE
+) -> list[onnx.NodeProto] | None:
     """The MatMulNBits node(s) standing in for one MatMul/Gemm (new initializers go into `weights`), or None."""
     if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2 or node.input[1] not in weights:
         return None
@@ -293,14 +298,14 @@ def _int4_layer(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto]) -> l
     if node.op_type == "Gemm":
         w = (w.T if attrs.get("transB", 0) else w) * attrs.get("alpha", 1.0)
     k, n = w.shape
-    blocks = -(-k // INT4_BLOCK_SIZE)
-    padded = np.ascontiguousarray(np.pad(w, ((0, blocks * INT4_BLOCK_SIZE - k), (0, 0))))
-    packed = np.zeros((n, blocks, INT4_BLOCK_SIZE // 2), np.uint8)
+    blocks = -(-k // block_size)
+    padded = np.ascontiguousarray(np.pad(w, ((0, blocks * block_size - k), (0, 0))))
+    packed = np.zeros((n, blocks, block_size // 2), np.uint8)
     scales = np.zeros((n, blocks), np.float32)
     zero_points = np.zeros((n, (blocks + 1) // 2), np.uint8)  # unused when symmetric (zero point 8)
     # ONNX Runtime's own packing kernel, the one its MatMulNBitsQuantizer calls; that class itself needs the
     # onnx-ir package, which this environment does not have.
-    quantize_matmul_4bits(packed, padded, scales, zero_points, INT4_BLOCK_SIZE, n, k, True)
+    quantize_matmul_4bits(packed, padded, scales, zero_points, block_size, n, k, True)
     stem = (node.name or node.output[0]) + "_Q4"
     for init in (numpy_helper.from_array(packed, f"{stem}_weight"), numpy_helper.from_array(scales, f"{stem}_scales")):
         weights[init.name] = init
@@ -315,7 +320,7 @@ def _int4_layer(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto]) -> l
             K=k,
             N=n,
             bits=4,
-            block_size=INT4_BLOCK_SIZE,
+            block_size=block_size,
         )
     ]
     if bias:

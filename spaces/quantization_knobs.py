@@ -1,22 +1,25 @@
 """The quantization knob: the QuantizationScheme protocol, its registry, the schema section, the choice.
 
-A scheme is one class (spaces/quantization_schemes.py has the built-in ones): its name, whether it calibrates
-(the options under `static:` then apply), how it describes a choice, and `apply`, which imports ONNX Runtime's
-tools only when a trial quantizes. The section's allowed scheme names are the registry's.
+A scheme is one class (spaces/quantization_schemes.py has the built-in ones), shaped like a student family: its
+name, whether it calibrates (the options under `static:` then apply), its own options as pydantic fields (its section
+`space.quantization.<name>`, each a fixed value or a list of choices, sampled as `<name>.<option>` only in trials
+that chose it), how it describes a choice, and `apply`, which imports ONNX Runtime's tools only when a trial
+quantizes. The section's allowed scheme names are the registry's.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Union
 
-from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from evaluators.errors import not_allowed
 from evaluators.registry import Registry
 from spaces.knobs import IntKnob, Strict, TrialLike, knob
+from spaces.sections import misplaced, raise_if, split_sections
 
 if TYPE_CHECKING:
     import numpy as np
@@ -31,17 +34,26 @@ NameKnob = Union[str, list[str]]
 SamplesKnob = Union[int, str, list[Union[int, str]]]
 
 
-class QuantizationScheme(ABC):
-    """One way of turning a float ONNX model into a deployable one; register a subclass with register_scheme."""
+class QuantizationScheme(Strict):
+    """One way of turning a float ONNX model into a deployable one; register a subclass with register_scheme.
+
+    Its pydantic fields, if any, are its own options: the section `space.quantization.<name>` of the experiment
+    file (each a fixed value or a list of choices); a trial that chose it samples them (`sample`), and `apply` reads
+    them from the choice (`choice.<option>`).
+    """
 
     name: ClassVar[str]
     calibrates: ClassVar[bool] = False  # activations calibrated on data: the `static:` options apply
     in_default_space: ClassVar[bool] = False  # searched when the file names no schemes
 
+    def sample(self, trial: TrialLike) -> dict[str, Any]:
+        """The scheme's own options for one trial (by default each field, as written, as `<name>.<option>`)."""
+        return {option: knob(trial, f"{self.name}.{option}", getattr(self, option)) for option in self.model_fields}
+
     @classmethod
     def describe(cls, choice: "QuantizationChoice") -> str:
-        """A short label of a choice of this scheme."""
-        return cls.name
+        """A short label of a choice of this scheme (its options as option=value)."""
+        return " ".join([cls.name, *(f"{k}={v}" for k, v in choice.options)])
 
     @classmethod
     def weights_decide_structure(cls, choice: "QuantizationChoice") -> bool:
@@ -57,7 +69,14 @@ class QuantizationScheme(ABC):
 
 
 SCHEMES: Registry[type[QuantizationScheme]] = Registry("quantization scheme")
-register_scheme = SCHEMES.register
+
+
+def register_scheme(scheme: type[QuantizationScheme]) -> type[QuantizationScheme]:
+    """Make a scheme a choice of every experiment file (space.quantization.schemes, and its options section
+    space.quantization.<name>); usable as a class decorator."""
+    if scheme.name in ("schemes", "static"):
+        raise ValueError(f"{scheme.name!r} is taken by the quantization section itself; choose another scheme name")
+    return SCHEMES.register(scheme)
 
 
 def default_schemes() -> list[str]:
@@ -147,10 +166,34 @@ def _registered(name: str) -> str:
 
 
 class QuantizationSpace(Strict):
-    """Which registered quantization schemes the search may apply, and the options of the calibrating ones."""
+    """Which registered quantization schemes the search may apply, the options of the calibrating ones, and the
+    sections of schemes with options of their own (a key named after the scheme)."""
+
+    model_config = ConfigDict(extra="allow")  # the schemes' own sections, validated by _sections
 
     schemes: list[Annotated[str, AfterValidator(_registered)]] = Field(default_factory=default_schemes)
     static: StaticSpace = StaticSpace()
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _sections(cls, data: Any, handler: Any) -> "QuantizationSpace":
+        if not isinstance(data, dict):
+            return handler(data)
+        own, sections, errors = split_sections(data, list(cls.model_fields), SCHEMES)
+        raise_if(errors, cls.__name__)
+        space = handler(own)
+        for name in [name for name in sections if name not in space.schemes]:
+            message = f"options of a scheme that schemes {space.schemes} does not include: add it or remove this"
+            misplaced(name, message, data[name], cls.__name__)
+        for name in space.schemes:
+            scheme = SCHEMES.get(name)
+            if scheme.model_fields:  # the scheme's defaults where the file gives no section (or null)
+                space.__pydantic_extra__[name] = sections.get(name) or scheme()
+        return space
+
+    def section(self, scheme: str) -> QuantizationScheme | None:
+        """The options section of a scheme with options of its own (None for a scheme without)."""
+        return (self.__pydantic_extra__ or {}).get(scheme)
 
     @field_validator("schemes")
     @classmethod
@@ -183,6 +226,15 @@ class QuantizationChoice:
     reduce_range: bool = True
     float_layers: str = "none"
     sensitive_layers: int = 1  # how many layers "sensitive" keeps in float
+    options: tuple[tuple[str, Any], ...] = ()  # the scheme's own options, in its field order (also attributes)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not fields: the scheme's own options (choice.block_size).
+        if not name.startswith("_"):
+            for key, value in self.__dict__.get("options", ()):
+                if key == name:
+                    return value
+        raise AttributeError(f"{type(self).__name__} of scheme {self.__dict__.get('scheme')!r} has no {name!r}")
 
     @property
     def is_static(self) -> bool:
@@ -192,6 +244,7 @@ class QuantizationChoice:
     def params(self) -> dict[str, Any]:
         """Dotted parameters; static options only for a static scheme, sensitive_layers only where it applies."""
         out: dict[str, Any] = {"quantization.scheme": self.scheme}
+        out.update({f"quantization.{k}": v for k, v in self.options})
         if self.is_static:
             out.update({
                 "quantization.per_channel": self.per_channel,
@@ -232,8 +285,10 @@ class QuantizationChoice:
 def sample_quantization(trial: TrialLike, space: QuantizationSpace) -> QuantizationChoice:
     """Sample a quantization choice; static options only for a static scheme, sensitive_layers only with 'sensitive'."""
     scheme = knob(trial, SCHEME_KNOB, list(space.schemes))
+    section = space.section(scheme)
+    options = tuple(section.sample(trial).items()) if section is not None else ()
     if not SCHEMES.get(scheme).calibrates:
-        return QuantizationChoice(scheme=scheme)
+        return QuantizationChoice(scheme=scheme, options=options)
     s = space.static
     float_layers = knob(trial, "quantization.float_layers", s.float_layers)
     samples = knob(trial, "quantization.calibration_samples", s.calibration_samples)
@@ -248,6 +303,7 @@ def sample_quantization(trial: TrialLike, space: QuantizationSpace) -> Quantizat
         sensitive_layers=int(knob(trial, "quantization.sensitive_layers", s.sensitive_layers))
         if float_layers == "sensitive"
         else 1,
+        options=options,
     )
 
 

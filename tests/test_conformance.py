@@ -1,18 +1,23 @@
-"""Every entry of every registry keeps the same properties (tests/conformance.py says which).
+"""Every entry of every registry keeps the same properties (search/conformance.py, shipped in the package, says which).
 
-Parametrised over the registries themselves: a newly registered family, method, importance or scheme is checked
-here without a new test.
+Parametrised over the registries themselves: a newly registered family, method, importance, scheme, target or pick
+policy is checked here without a new test.
 """
 
 from __future__ import annotations
 
-import conformance
+import socket
+
 import numpy as np
 import pytest
 import torch
 
 from evaluators.errors import ConfigError
+from evaluators.targets import TARGETS
 from experiments.tasks import digits
+from search import conformance
+from search.config import parse
+from search.pick import PICK_POLICIES
 from spaces.pruning_knobs import IMPORTANCES, PRUNING_METHODS
 from spaces.quantization_knobs import SCHEMES
 from spaces.student_knobs import STUDENT_FAMILIES
@@ -56,20 +61,49 @@ def test_every_quantization_scheme_conforms(scheme: str, calibration: np.ndarray
     conformance.check_quantization(scheme, calibration, float_model)
 
 
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("kind", TARGETS.names())
+def test_every_target_conforms(kind: str, tmp_path) -> None:
+    fields = {}
+    if TARGETS.get(kind).takes_url:  # no agent listens there: its check must fail at once, naming the kind
+        (tmp_path / "token").write_text("a-token")
+        fields = {"url": f"http://127.0.0.1:{_closed_port()}", "token_file": str(tmp_path / "token")}
+    conformance.check_target(kind, **fields)
+
+
+@pytest.mark.parametrize("name", PICK_POLICIES.names())
+def test_every_pick_policy_conforms(name: str) -> None:
+    conformance.check_pick_policy(name)
+
+
 @pytest.mark.parametrize(
     "registry, name",
-    [(STUDENT_FAMILIES, "cnnn"), (PRUNING_METHODS, "sparse"), (IMPORTANCES, "l3"), (SCHEMES, "int9")],
-    ids=["student family", "pruning method", "importance", "quantization scheme"],
+    [
+        (STUDENT_FAMILIES, "cnnn"),
+        (PRUNING_METHODS, "sparse"),
+        (IMPORTANCES, "l3"),
+        (SCHEMES, "int9"),
+        (TARGETS, "cpus"),
+        (PICK_POLICIES, "fastest"),
+    ],
+    ids=["student family", "pruning method", "importance", "quantization scheme", "target", "pick policy"],
 )
 def test_an_unknown_name_is_refused_at_the_edge_naming_every_registered_one(registry, name: str) -> None:
     section = {
-        STUDENT_FAMILIES: {"students": {name: {}}},
-        PRUNING_METHODS: {"pruning": {"method": name}},
-        IMPORTANCES: {"pruning": {"importance": name}},
-        SCHEMES: {"quantization": {"schemes": [name]}},
+        STUDENT_FAMILIES: {"space": {"students": {name: {}}}},
+        PRUNING_METHODS: {"space": {"pruning": {"method": name}}},
+        IMPORTANCES: {"space": {"pruning": {"importance": name}}},
+        SCHEMES: {"space": {"quantization": {"schemes": [name]}}},
+        TARGETS: {"target": {"kind": name}},
+        PICK_POLICIES: {"pick": {"policy": name}},
     }
     with pytest.raises(ConfigError) as caught:
-        conformance.space_naming(section[registry])
+        parse({"name": "x", **section[registry]})
     assert f"{name!r} is not allowed; choose one of: " in str(caught.value)
     for registered in registry.names():
         assert registered in str(caught.value)
