@@ -9,6 +9,9 @@ setting has an upper bound (TIMING_LIMITS); each reply from the child carries it
 Protocol 1 (every endpoint wants `Authorization: Bearer <token>`):
   GET  /v1/info     what the device is, its runtimes, the agent's limits and how many measurements are in flight
   POST /v1/measure  body: the ONNX model (application/octet-stream); query: TimingSettings fields; answer: the stats
+  POST /v1/outputs  body: an npz of 'model' (the ONNX bytes, uint8) and 'inputs' (at most MAX_OUTPUT_ROWS rows);
+                    query: threads (and max_seconds: the run's deadline); answer: the first output, base64 with its
+                    dtype and shape. Size limit, token, queue and deadlines as for /v1/measure.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import onnxruntime as ort
 from fastapi.responses import JSONResponse
 from starlette.requests import Request
 
-from evaluators.agent_worker import Job, Worker
+from evaluators.agent_worker import MAX_OUTPUT_BYTES, MAX_OUTPUT_ROWS, Job, Worker
 from evaluators.errors import ConfigError, did_you_mean
 from evaluators.latency import TimingSettings
 from evaluators.remote import is_loopback
@@ -192,13 +195,14 @@ def create_app(config: AgentConfig) -> fastapi.FastAPI:
                 "queue_size": config.queue_size,
                 "max_memory_mb": config.max_memory_mb,
                 "timing": TIMING_LIMITS,
+                "outputs": {"max_rows": MAX_OUTPUT_ROWS, "max_bytes": MAX_OUTPUT_BYTES},
             },
             "queue": {"in_flight": gate.in_flight},
             "agent": {"protocol": PROTOCOL, "providers": list(config.providers)},
         }
 
-    @app.post("/v1/measure")
-    async def measure_model(request: Request) -> dict[str, Any]:
+    async def accepted(request: Request, kind: str) -> dict[str, Any]:
+        """Authorize, bound, queue and run one request in the worker; its outcome, or the refusal."""
         _authorize(request, config.token)
         declared = _declared_length(request)
         if declared is not None and declared > config.max_model_bytes:
@@ -214,7 +218,7 @@ def create_app(config: AgentConfig) -> fastapi.FastAPI:
             )
         try:
             body = await _read_body(request, config.max_model_bytes)
-            future = runner.submit(worker.run, job, body, config.providers)
+            future = runner.submit(worker.run, job, body, config.providers, kind)
         except BaseException:
             gate.leave(job)
             raise
@@ -223,7 +227,18 @@ def create_app(config: AgentConfig) -> fastapi.FastAPI:
         outcome = await _outcome(request, job, future)
         if "error" in outcome:
             raise _Refusal(outcome.get("status", 400), outcome["error"])
+        return outcome
+
+    @app.post("/v1/measure")
+    async def measure_model(request: Request) -> dict[str, Any]:
+        outcome = await accepted(request, "measure")
         return {"stats": outcome["stats"], "providers": outcome["providers"], "device": device}
+
+    @app.post("/v1/outputs")
+    async def outputs(request: Request) -> dict[str, Any]:
+        # The inputs only: the labels stay with the driver, which scores the outputs itself.
+        outcome = await accepted(request, "outputs")
+        return {"outputs": outcome["outputs"], "providers": outcome["providers"], "device": device}
 
     return app
 

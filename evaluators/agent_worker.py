@@ -7,8 +7,10 @@ one function call at a time, under the memory cap and a deadline, the child repl
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import dataclasses
+import io
 import itertools
 import math
 import multiprocessing.connection
@@ -23,6 +25,7 @@ import threading
 import time
 from typing import Any, Callable
 
+import numpy as np
 import onnx
 
 from evaluators.errors import SlimsweepError
@@ -126,8 +129,10 @@ class Worker:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
-    def run(self, job: Job, model: bytes, providers: tuple[str, ...]) -> dict:
-        """{"stats", "providers"} of one measurement, or {"error"} (and "status" when not 400) saying why not.
+    def run(self, job: Job, model: bytes, providers: tuple[str, ...], kind: str = "measure") -> dict:
+        """{"stats", "providers"} of one measurement (kind "measure"), or {"outputs", "providers"} of one batch of
+        inputs run (kind "outputs": body is an npz of the model and the inputs), or {"error"} (and "status" when not
+        400) saying why not.
 
         Any failure while waiting kills the worker, so an answer that arrives late can never be read by the next
         request; and an answer that names another request is refused.
@@ -137,7 +142,7 @@ class Worker:
             return {"error": "the measurement was cancelled", "status": 499}
         try:
             self.start()
-            self._conn.send((job.id, "measure", (model, dataclasses.asdict(job.settings), providers)))
+            self._conn.send((job.id, kind, (model, dataclasses.asdict(job.settings), providers)))
             while True:
                 if job.cancelled.is_set():
                     self.stop()
@@ -249,7 +254,8 @@ def _worker_main(conn: multiprocessing.connection.Connection, max_memory_mb: int
             def loaded(seconds: float, request_id: int = request_id) -> None:
                 conn.send((request_id, "loaded", seconds))
 
-            outcome = _measure_untrusted(model, TimingSettings(**settings), providers, loaded)
+            untrusted = _outputs_untrusted if kind == "outputs" else _measure_untrusted
+            outcome = untrusted(model, TimingSettings(**settings), providers, loaded)
             del model
         del payload
         try:
@@ -340,6 +346,72 @@ def _measure_untrusted(
     if not all(math.isfinite(v) for v in stats.values() if isinstance(v, float)):
         return {"error": f"the measurement gave non-finite figures {stats}; the model runs too fast to time"}
     return {"stats": stats, "providers": used}
+
+
+# The most one outputs request may ask: rows of input, and bytes of output sent back (the client reads at most
+# 1 MB of a reply, and base64 grows the bytes by a third).
+MAX_OUTPUT_ROWS = 4096
+MAX_OUTPUT_BYTES = 700_000
+
+
+def _outputs_untrusted(
+    body: bytes, settings: TimingSettings, providers: tuple[str, ...], loaded: Any = lambda seconds: None
+) -> dict:
+    """Run one bounded batch of inputs through the model sent with them; the first output, or why not, as text."""
+    try:
+        start = time.monotonic()
+        model, inputs = _read_batch(body)
+        _check_model(model)
+        session = make_session(model, threads=settings.threads, providers=providers)
+        used = session.get_providers()
+        loaded(time.monotonic() - start)
+        if used[:1] != [providers[0]]:
+            return {"error": f"ONNX Runtime fell back to {used} for this model instead of {providers[0]}; not run"}
+        first = session.get_inputs()[0]
+        outputs = np.ascontiguousarray(
+            session.run(None, {first.name: inputs.astype(_NUMPY.get(first.type, inputs.dtype))})[0]
+        )
+    except _BadModel as exc:
+        return {"error": str(exc)}
+    except MemoryError:
+        return {
+            "error": "the model or batch needs more memory than this agent allows its worker (max_memory_mb in "
+            "/v1/info); send fewer rows per request"
+        }
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises many types; each is this request's failure
+        return {"error": f"ONNX Runtime cannot run the model on these inputs: {type(exc).__name__}: {str(exc)[:2000]}"}
+    if outputs.nbytes > MAX_OUTPUT_BYTES:
+        return {
+            "error": f"the outputs of {len(inputs)} rows take {outputs.nbytes} bytes, over this agent's "
+            f"{MAX_OUTPUT_BYTES} per answer; send fewer rows per request"
+        }
+    data = base64.b64encode(outputs.tobytes()).decode("ascii")
+    return {"outputs": {"dtype": str(outputs.dtype), "shape": list(outputs.shape), "data": data}, "providers": used}
+
+
+# ONNX Runtime's input type names -> the numpy dtype fed to them (the client sends float32 or the task's own).
+_NUMPY = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
+
+
+def _read_batch(body: bytes) -> tuple[bytes, np.ndarray]:
+    """The model and the inputs of an outputs request: an npz holding 'model' (uint8) and 'inputs' (numbers)."""
+    try:
+        # allow_pickle=False: an npz of plain arrays only; nothing in it can run code here.
+        with np.load(io.BytesIO(body), allow_pickle=False) as archive:
+            if not {"model", "inputs"} <= set(archive.files):
+                raise _BadModel(f"the body's npz holds {archive.files[:5]}; it must hold 'model' and 'inputs'")
+            model, inputs = archive["model"], archive["inputs"]
+    except _BadModel:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a corrupt zip or array header, whatever numpy raises for it
+        raise _BadModel(f"the body is not an npz of 'model' and 'inputs': {type(exc).__name__}: {exc}") from None
+    if model.dtype != np.uint8 or model.ndim != 1:
+        raise _BadModel(f"'model' must be the ONNX file's bytes as a 1-D uint8 array, not {model.dtype} {model.shape}")
+    if inputs.dtype.kind not in "fiu" or inputs.ndim < 1:
+        raise _BadModel(f"'inputs' must be a numeric array with a batch axis, not {inputs.dtype} {inputs.shape}")
+    if not 1 <= len(inputs) <= MAX_OUTPUT_ROWS:
+        raise _BadModel(f"'inputs' holds {len(inputs)} rows; send 1 to {MAX_OUTPUT_ROWS} per request")
+    return model.tobytes(), inputs
 
 
 class _BadModel(Exception):

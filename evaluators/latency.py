@@ -90,6 +90,12 @@ class LatencyStats:
     repeats: int
     stable: bool  # ci_rel <= target, cv <= max_cv, and the time cap did not cut the loop below min_repeats
     retried: bool
+    batch_size: int = 1  # items per run; a figure from an agent of an earlier release lacks it (then 1)
+
+    @property
+    def throughput_per_s(self) -> float:
+        """Items per second at the target's batch, from the median run: batch_size / p50 seconds."""
+        return self.batch_size * 1000.0 / self.p50_ms
 
     def metrics(self) -> dict[str, float]:
         """The figures as metric names, for Optuna objectives and MLflow."""
@@ -101,7 +107,7 @@ class LatencyStats:
             "latency_mean_ms": self.mean_ms,
             "latency_cv": self.cv,
             "latency_ci_rel": self.ci_rel,
-            "throughput": self.throughput,
+            "throughput_per_s": self.throughput_per_s,
         }
 
 
@@ -248,4 +254,5 @@ def _summarize(times_ms: np.ndarray, settings: TimingSettings, *, retried: bool)
         repeats=repeats,
         stable=ci_rel <= settings.target_rel_ci and cv <= settings.max_cv and repeats >= settings.min_repeats,
         retried=retried,
+        batch_size=settings.batch_size,
     )

@@ -1,9 +1,12 @@
-"""The client side of the device agent (evaluators/agent.py): ask what a device is, and time a model on it."""
+"""The client side of the device agent (evaluators/agent.py): ask what a device is, time a model on it, and run
+inputs through a model there (its outputs come back; accuracy is scored by the caller, who keeps the labels)."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import http.client
+import io
 import ipaddress
 import json
 import logging
@@ -13,10 +16,14 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+import numpy as np
+
 from evaluators.errors import ConfigError, SlimsweepError
 from evaluators.latency import LatencyStats, TimingSettings
 
 _STATS_FIELDS = {field.name for field in dataclasses.fields(LatencyStats)}
+# Fields an agent of an earlier release does not send; their defaults stand.
+_STATS_OPTIONAL = {f.name for f in dataclasses.fields(LatencyStats) if f.default is not dataclasses.MISSING}
 # The most the client reads of one reply: an agent's answers are a few kB, so a larger one is not an agent's and is
 # refused rather than held in memory.
 MAX_REPLY_BYTES = 1_000_000
@@ -55,9 +62,38 @@ class AgentClient:
         query = urllib.parse.urlencode(dataclasses.asdict(settings))
         answer = self._call("POST", f"/v1/measure?{query}", body=model)
         stats = answer.get("stats") if isinstance(answer, dict) else None
-        if not isinstance(stats, dict) or not _STATS_FIELDS <= set(stats):
+        if not isinstance(stats, dict) or not _STATS_FIELDS - _STATS_OPTIONAL <= set(stats):
             raise SlimsweepError(f"device agent at {self.url} answered without the statistics: {str(answer)[:300]}")
-        return LatencyStats(**{name: stats[name] for name in _STATS_FIELDS})
+        return LatencyStats(**{name: stats[name] for name in _STATS_FIELDS if name in stats})
+
+    def outputs(self, model: bytes, inputs: np.ndarray, *, threads: int = 1, rows: int = 256) -> np.ndarray:
+        """The model's first output on inputs, run by the device's own runtime in batches of at most `rows` (only the
+        inputs travel; the caller keeps the labels and scores the outputs)."""
+        if len(inputs) == 0:
+            raise SlimsweepError("outputs() got no inputs")
+        weights = np.frombuffer(model, dtype=np.uint8)
+        parts = []
+        for start in range(0, len(inputs), rows):
+            buffer = io.BytesIO()
+            np.savez(buffer, model=weights, inputs=np.ascontiguousarray(inputs[start : start + rows]))
+            answer = self._call("POST", f"/v1/outputs?threads={threads}", body=buffer.getvalue())
+            parts.append(self._array(answer, start))
+        return np.concatenate(parts)
+
+    def _array(self, answer: Any, start: int) -> np.ndarray:
+        """The output array of one /v1/outputs answer."""
+        out = answer.get("outputs") if isinstance(answer, dict) else None
+        try:
+            dtype = np.dtype(out["dtype"])
+            if dtype.kind not in "fiu":
+                raise ValueError(f"dtype {dtype} is not numeric")
+            array = np.frombuffer(base64.b64decode(out["data"], validate=True), dtype=dtype)
+            return array.reshape([int(n) for n in out["shape"]])
+        except (TypeError, KeyError, ValueError) as exc:
+            raise SlimsweepError(
+                f"device agent at {self.url} answered the inputs from row {start} without a readable output "
+                f"({type(exc).__name__}: {str(exc)[:200]}): {str(answer)[:200]}"
+            ) from None
 
     def _call(self, method: str, path: str, body: bytes | None = None) -> Any:
         headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}

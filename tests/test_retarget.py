@@ -1,0 +1,177 @@
+"""`slimsweep retarget`: a finished sweep re-timed on another target (here a real device agent on loopback) with its
+accuracy scored from the agent's outputs; the target gets its own front, pick, alias and folder, and nothing is
+trained."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import onnxruntime as ort
+import pytest
+import uvicorn
+from conftest import small_experiment, wait_for
+from mlflow.tracking import MlflowClient
+from onnx import TensorProto, helper, numpy_helper
+
+from evaluators.accuracy import accuracy
+from evaluators.agent import AgentConfig, create_app
+from experiments.tasks import load_task
+from search.cli import main
+from search.config import load
+from search.retarget import alias, stored
+from search.study import Baseline, TrialRecord, open_study, record, set_baseline
+
+TOKEN = "retarget-token-of-32-bytes-or-more"
+
+
+def _dense(weights: np.ndarray) -> bytes:
+    """A real classifier of 8x8 digits as ONNX (flatten, one dense layer)."""
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["logits"])],
+        "student",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [numpy_helper.from_array(weights.astype(np.float32), "w")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+@pytest.fixture
+def finished(tmp_path: Path) -> tuple[Path, dict[int, float]]:
+    """A finished sweep as the study holds it: the teacher's ONNX file and figures, three trained trials with their
+    ONNX files and host accuracies."""
+    path = small_experiment(
+        tmp_path,
+        name="anywhere",
+        constraints={"max_accuracy_drop": 100.0},
+        pick={"max_accuracy_drop": 100.0, "verify_seconds": 1.0},
+    )
+    exp = load(path)
+    data = load_task(exp.task).data
+    x = data.x_train.reshape(len(data.x_train), -1)
+    # Least squares on one-hot labels: a teacher far better than chance, made in milliseconds.
+    w = np.linalg.lstsq(x, np.eye(10)[data.y_train], rcond=None)[0]
+    exp.out.mkdir(parents=True, exist_ok=True)
+    teacher = _dense(w)
+    (exp.out / "teacher.onnx").write_bytes(teacher)
+    teacher_acc = accuracy(teacher, data.x_val, data.y_val)
+    figures = {"latency_p50_ms": 0.5, "latency_p95_ms": 0.6, "size_mb": 0.01, "params": 640.0}
+    study = open_study(exp)
+    set_baseline(
+        study,
+        Baseline(teacher={"accuracy": teacher_acc, **figures}, input_shape=[1, 8, 8], station={"node": "here"}),
+    )
+    host: dict[int, float] = {}
+    for noise in (0.0, 0.05, 0.3):
+        trial = study.ask()
+        model = _dense(w + np.random.default_rng(trial.number).normal(scale=noise, size=w.shape))
+        (exp.out / "trials").mkdir(exist_ok=True)
+        (exp.out / "trials" / f"trial-{trial.number}.onnx").write_bytes(model)
+        host[trial.number] = accuracy(model, data.x_val, data.y_val)
+        latency = 0.05 * (trial.number + 1)  # the sweep's own target: distinct, so its front holds them all
+        metrics = {**figures, "accuracy": host[trial.number], "accuracy_drop": teacher_acc - host[trial.number]}
+        metrics.update(latency_p50_ms=latency, latency_p95_ms=latency)
+        rec = TrialRecord(plan={"noise": noise}, describe=f"dense noise {noise}", metrics=metrics, feasible=True)
+        record(study, trial, rec, values=[host[trial.number], latency, 0.01], constraints={"accuracy_drop": -1.0})
+    return path, host
+
+
+@pytest.fixture
+def swept(finished: tuple[Path, dict[int, float]]) -> tuple[Path, dict[int, float]]:
+    """The finished sweep with its own pick registered as 'deployable', as `slimsweep run` ends."""
+    assert main(["pick", str(finished[0])]) == 0
+    return finished
+
+
+@pytest.fixture
+def agent_url(tmp_path: Path):
+    """A real device agent (uvicorn in a thread) on a free loopback port; yields its URL and token file."""
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    token_file.chmod(0o600)
+    server = uvicorn.Server(uvicorn.Config(create_app(AgentConfig(token=TOKEN)), log_level="warning"))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, timeout=30, every=0.05)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}", token_file
+    server.should_exit = True
+    thread.join(timeout=30)
+    sock.close()
+
+
+def test_retarget_to_an_agent_scores_on_the_device_picks_there_and_trains_nothing(swept, agent_url, capsys):
+    path, host = swept
+    url, token_file = agent_url
+    exp = load(path)
+    client = MlflowClient(exp.tracking_uri)
+    sweep_version = client.get_model_version_by_alias("anywhere", "deployable").version
+    trials_before = len(open_study(exp).trials)
+    capsys.readouterr()
+
+    flags = ["--target", "remote", "--url", url, "--token-file", str(token_file), "--accuracy", "device"]
+    assert main(["retarget", str(path), *flags, "--seconds", "1", "--json"]) == 0, capsys.readouterr().err
+    card = json.loads(capsys.readouterr().out)
+
+    study = open_study(exp)
+    assert len(study.trials) == trials_before  # nothing trained, no trial of the budget taken
+    slug = card["target_name"]
+    assert slug == f"remote-127-0-0-1-{url.rsplit(':', 1)[1]}-t1-b1"
+    kept = stored(study, slug)
+    # The accuracy of each model was computed here from the outputs the agent's runtime sent back; for these fp32
+    # models the device's runtime is this host's, so it equals the host's accuracy.
+    assert set(kept["device_accuracy"]) == {"teacher", *map(str, host)}
+    for number, value in host.items():
+        assert kept["device_accuracy"][str(number)] == pytest.approx(value)
+    assert card["accuracy_scored_on"] == "device" and card["accuracy_device"] == pytest.approx(host[card["trial"]])
+
+    assert main(["front", str(path), "--target", slug, "--json"]) == 0
+    front = json.loads(capsys.readouterr().out)
+    assert front["accuracy_scored_on"] == "device" and front["pick"] == card["trial"]
+    for row in front["front"]:
+        assert row["accuracy"] == pytest.approx(host[row["trial"]]) == pytest.approx(row["accuracy_host"])
+        # Throughput at the target's batch (1 here), from the same median as the p50.
+        assert row["throughput_per_s"] == pytest.approx(1000.0 / row["latency_p50_ms"])
+
+    # The target's pick: its own alias, loadable; its folder; the sweep's 'deployable' untouched.
+    version = client.get_model_version_by_alias("anywhere", alias(slug))
+    assert version.tags["slimsweep.trial"] == str(card["trial"])
+    assert client.get_model_version_by_alias("anywhere", "deployable").version == sweep_version
+    mlflow.set_tracking_uri(exp.tracking_uri)
+    loaded = mlflow.onnx.load_model(f"models:/anywhere@{alias(slug)}")
+    x = load_task(exp.task).data.x_val[:16]
+    ours = ort.InferenceSession(str(exp.out / slug / "deployable.onnx")).run(None, {"input": x})[0]
+    theirs = ort.InferenceSession(loaded.SerializeToString()).run(None, {"input": x})[0]
+    assert np.array_equal(ours, theirs)  # the alias names the model handed over (MLflow rewrites the file's header)
+    assert json.loads((exp.out / slug / "model_card.json").read_text())["trial"] == card["trial"]
+    runs = client.search_runs(
+        [client.get_experiment_by_name("anywhere").experiment_id], "tags.`slimsweep.role` = 'retarget'"
+    )
+    assert [r.data.tags["slimsweep.target"] for r in runs] == [slug]
+
+    # Again: resumed from what the target measured, nothing timed twice, the same pick.
+    assert main(["retarget", str(path), *flags, "--seconds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to time" in out, out
+    assert stored(open_study(exp), slug)["models"] == kept["models"]
+    assert len(open_study(exp).trials) == trials_before
+
+
+def test_front_of_a_target_never_retargeted_names_the_ones_there_are(finished, capsys):
+    path, _ = finished
+    assert main(["front", str(path), "--target", "cuda-gpu0-t1-b1"]) == 2
+    err = capsys.readouterr().err
+    assert "'cuda-gpu0-t1-b1'" in err and "none yet" in err and "slimsweep retarget" in err, err
+
+
+def test_device_accuracy_needs_a_device_agent(tmp_path, capsys):
+    path = small_experiment(tmp_path, name="anywhere")
+    assert main(["retarget", str(path), "--target", "cpu", "--accuracy", "device"]) == 2
+    err = capsys.readouterr().err
+    assert "accuracy" in err and "'device'" in err and "remote" in err, err
