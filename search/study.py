@@ -1,7 +1,9 @@
 """The Optuna study: created or resumed on real storage, with a named sampler; the driver's record of every trial.
 
 This is the only module that reads or writes Optuna `user_attrs` (and the retry `system_attrs`): what a trial
-stores is one typed, versioned `TrialRecord`, and what the study stores is read through the functions below.
+stores is one typed, versioned `TrialRecord` (its layout in search/record.py, its `info` a typed `TrialInfo`), and
+what the study stores is read through the functions below. Optuna's private API is reached only through
+search/optuna_store.py.
 """
 
 from __future__ import annotations
@@ -13,109 +15,42 @@ import socket
 import time
 import uuid
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
 import sqlalchemy
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback
-from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
-from evaluators.errors import ConfigError, SlimsweepError
+from evaluators.errors import ConfigError
 from evaluators.secrets import mask_secrets
+from search import optuna_store
 from search.config import METRIC_DIRECTIONS, Experiment
 from search.fingerprint import changes, describe, fingerprint
+from search.record import (  # noqa: F401 - the record's layout, importable from here as before
+    FAILURE_CHARS,
+    KEYS,
+    RECORD_VERSION,
+    TRACEBACK_CHARS,
+    VERSION,
+    TrialInfo,
+    TrialRecord,
+    check_version,
+    truncate,
+)
 from search.samplers import make_sampler
 
-# The layout of what slimsweep stores on a study and its trials. Studies written before the version was stamped
-# have the same layout as version 1 and load as such; a study or trial stamped with a newer version is refused.
-RECORD_VERSION = 1
-VERSION = "slimsweep.record_version"
-# Keys of the record on a trial (the layout of version 1; unchanged from studies written before the stamp).
-_KEYS = {
-    "plan": "plan",
-    "describe": "describe",
-    "stages": "stages",
-    "info": "info",
-    "metrics": "metrics",
-    "feasible": "feasible",
-    "failure": "slimsweep.failure",
-    "traceback": "slimsweep.traceback",
-    "reuse_of": "slimsweep.reuse_of",
-}
+_KEYS = KEYS  # the name releases before search/record.py used
 _LEGACY_INTERRUPTED = "slimsweep.interrupted"  # how releases before Optuna's retry convention marked a left trial
 _LEGACY_RETRY_OF = "slimsweep.retry_of"
-TRACEBACK_CHARS = 8000  # kept on the trial (its end, where the raise is); MLflow keeps the whole text
-FAILURE_CHARS = 2000
-
-
-@dataclass
-class TrialRecord:
-    """What slimsweep stores on one trial: the plan, its figures, or why it failed."""
-
-    plan: dict[str, Any] = field(default_factory=dict)  # the plan's params, every knob (also the fixed ones)
-    describe: str = ""  # the plan in words
-    stages: dict[str, float] = field(default_factory=dict)  # seconds spent in each stage
-    info: dict[str, Any] = field(default_factory=dict)  # ray_node, cores, latency_cache, skipped_training, ...
-    metrics: dict[str, float] = field(default_factory=dict)  # empty for a failed trial
-    feasible: bool = False
-    failure: str | None = None  # one line: the reason it failed
-    traceback: str | None = None  # the failure's traceback, its last TRACEBACK_CHARS characters
-    reuse_of: int | None = None  # the trial whose result this identical plan was answered from
-
-    @property
-    def skipped_training(self) -> bool:
-        """Whether latency first stopped this trial before training."""
-        return bool(self.info.get("skipped_training"))
-
-    @property
-    def made_by(self) -> int | None:
-        """The trial that made this model on its way to its own plan (the trained student before pruning, the
-        pruned model before quantization): measured at no training cost, so it is no trial of the budget."""
-        return self.info.get("made_by")
-
-    @property
-    def dominated_by(self) -> int | None:
-        """The trained trial whose model is faster and smaller than this plan's structure (search/gate.py): the
-        plan was not trained and is PRUNED."""
-        return self.info.get("dominated_by")
-
-    def attrs(self) -> dict[str, Any]:
-        """The record as Optuna user attributes (JSON values), with its version."""
-        out: dict[str, Any] = {VERSION: RECORD_VERSION}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is not None:
-                out[_KEYS[f.name]] = value
-        # A failure's text may quote a URL with its password (a device agent's address, a store's): never stored.
-        if self.failure is not None:
-            out[_KEYS["failure"]] = mask_secrets(self.failure)[:FAILURE_CHARS]
-        if self.traceback is not None:
-            out[_KEYS["traceback"]] = truncate(mask_secrets(self.traceback))
-        return out
-
-
-def truncate(text: str, limit: int = TRACEBACK_CHARS) -> str:
-    """The end of a long text (a traceback's last frames and its error), marked as cut."""
-    return text if len(text) <= limit else "[... truncated ...]\n" + text[-limit:]
 
 
 def read(trial: FrozenTrial) -> TrialRecord:
-    """The record stored on a trial; refuse one written by a newer release."""
-    attrs = trial.user_attrs
-    _check_version(attrs.get(VERSION, RECORD_VERSION), f"trial {trial.number}")
-    return TrialRecord(**{name: attrs[key] for name, key in _KEYS.items() if key in attrs})
-
-
-def _check_version(version: Any, what: str) -> None:
-    if not isinstance(version, int) or version > RECORD_VERSION:
-        raise SlimsweepError(
-            f"{what} was written by a newer slimsweep (record version {version!r}); this release reads record "
-            f"versions up to {RECORD_VERSION}: upgrade slimsweep to read it"
-        )
+    """The record stored on a trial, its info typed (`TrialInfo`); refuse one written by a newer release."""
+    return TrialRecord.from_attrs(trial.user_attrs, f"trial {trial.number}")
 
 
 def open_study(exp: Experiment) -> optuna.Study:
@@ -124,7 +59,7 @@ def open_study(exp: Experiment) -> optuna.Study:
     directions = [METRIC_DIRECTIONS[o] for o in exp.objectives]
     exp.out.mkdir(parents=True, exist_ok=True)
     study = _create_or_load(exp, directions)
-    _check_version(study.user_attrs.get(VERSION, RECORD_VERSION), f"the stored study {exp.name!r} in {_shown(exp)}")
+    check_version(study.user_attrs.get(VERSION, RECORD_VERSION), f"the stored study {exp.name!r} in {_shown(exp)}")
     check_made_for(study, exp)
     if VERSION not in study.user_attrs:
         study.set_user_attr(VERSION, RECORD_VERSION)
@@ -250,13 +185,13 @@ def set_verified(
 
 def retry_of(trial: FrozenTrial) -> int | None:
     """The trial this one runs again after an interruption (Optuna's retry convention), if any."""
-    original = trial.system_attrs.get("failed_trial")
+    original = optuna_store.retried_from(trial)
     return original if original is not None else trial.user_attrs.get(_LEGACY_RETRY_OF)
 
 
 def retry_history(trial: FrozenTrial) -> list[int]:
     """Every interrupted trial this one runs again, oldest first (Optuna's `retry_history` system attribute)."""
-    history = list(trial.system_attrs.get("retry_history", []))
+    history = optuna_store.retry_history(trial)
     legacy = trial.user_attrs.get(_LEGACY_RETRY_OF)
     return history or ([legacy] if legacy is not None else [])
 
@@ -309,12 +244,12 @@ def requeue(study: optuna.Study, numbers: list[int] | None = None) -> list[int]:
     for number in list(by_number) if numbers is None else numbers:
         if number not in by_number:
             continue
-        trial_id = by_number[number]._trial_id
+        trial = by_number[number]
         try:
             # Marked first: a crash between the fail and the enqueue leaves a marked FAIL without a retry, which
             # the next driver's `repair` queues again, so the plan is never lost.
-            study._storage.set_trial_system_attr(trial_id, _REQUEUED, True)
-            study._storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            optuna_store.set_trial_system_attr(study, trial, _REQUEUED, True)
+            optuna_store.fail(study, trial)
         except (UpdateFinishedTrialError, SQLAlchemyError):
             continue  # it finished, or another driver won the race to requeue it
         _enqueue_retry(study, number)
@@ -366,8 +301,7 @@ def clock(study: optuna.Study) -> float:
     """Now, by the clock of the database that holds the study (Unix seconds): every driver of a PostgreSQL or MySQL
     study writes and judges beats by the server's one clock, whatever its own machine's says. SQLite has no server:
     its clock is this machine's."""
-    backend = getattr(study._storage, "_backend", study._storage)
-    engine = getattr(backend, "engine", None)
+    engine = optuna_store.engine(study)
     query = {
         "postgresql": "SELECT EXTRACT(EPOCH FROM clock_timestamp())",
         "mysql": "SELECT UNIX_TIMESTAMP(NOW(6))",
@@ -384,10 +318,9 @@ def clock(study: optuna.Study) -> float:
 def beat(study: optuna.Study, driver: str, now: float | None = None, *, every_s: float | None = None) -> None:
     """Record that `driver` is alive (its trials are not to be taken over); `every_s`, the interval at which it
     beats, is recorded with its first beat, so other drivers judge it by its own interval, not theirs."""
-    storage, sid = study._storage, study._study_id
     if every_s is not None:
-        storage.set_study_system_attr(sid, _EVERY + driver, float(every_s))
-    storage.set_study_system_attr(sid, _BEAT + driver, clock(study) if now is None else now)
+        optuna_store.set_study_system_attr(study, _EVERY + driver, float(every_s))
+    optuna_store.set_study_system_attr(study, _BEAT + driver, clock(study) if now is None else now)
 
 
 def retire(study: optuna.Study, driver: str) -> None:
@@ -399,7 +332,7 @@ def live_drivers(study: optuna.Study, heartbeat_s: float, now: float | None = No
     """Drivers whose last heartbeat is recent by their own interval (`heartbeat_s`, the reader's, judges only the
     beats of releases that did not record theirs), by the database's clock."""
     now = clock(study) if now is None else now
-    attrs = study._storage.get_study_system_attrs(study._study_id)
+    attrs = optuna_store.study_system_attrs(study)
     alive = set()
     for key, at in attrs.items():
         if not key.startswith(_BEAT) or not isinstance(at, (int, float)):
@@ -414,14 +347,13 @@ def live_drivers(study: optuna.Study, heartbeat_s: float, now: float | None = No
 
 def own(study: optuna.Study, trial: optuna.Trial, driver: str) -> None:
     """Mark a trial as run by `driver`."""
-    study._storage.set_trial_system_attr(trial._trial_id, _OWNER, driver)
+    optuna_store.set_trial_system_attr(study, trial, _OWNER, driver)
 
 
 def open_fixed(study: optuna.Study, params: dict[str, Any], distributions: dict[str, Any], driver: str) -> optuna.Trial:
     """A new RUNNING trial with the given params, not sampled: the way a model made on a trial's way enters the
     study (Optuna's enqueue would hand it to whichever driver asks next)."""
-    template = optuna.trial.create_trial(state=TrialState.RUNNING, params=params, distributions=distributions)
-    trial = optuna.Trial(study, study._storage.create_new_trial(study._study_id, template_trial=template))
+    trial = optuna_store.open_running(study, params, distributions)
     own(study, trial, driver)
     return trial
 
@@ -450,7 +382,7 @@ def stale(study: optuna.Study, heartbeat_s: float, now: float | None = None) -> 
 
 def still_ours(study: optuna.Study, trial: optuna.Trial) -> bool:
     """Whether a trial this driver runs is still RUNNING (not taken over by a driver that thought this one gone)."""
-    return study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING
+    return optuna_store.state(study, trial) == TrialState.RUNNING
 
 
 _GAVE_WAY = "slimsweep.gave_way"
@@ -466,7 +398,7 @@ def past_budget(study: optuna.Study, number: int, budget: int) -> bool:
 
 def give_way(study: optuna.Study, trial: optuna.Trial) -> None:
     """End a trial asked past the budget before it runs: PRUNED with no plan, so it counts nowhere and answers none."""
-    study._storage.set_trial_system_attr(trial._trial_id, _GAVE_WAY, True)
+    optuna_store.set_trial_system_attr(study, trial, _GAVE_WAY, True)
     study.tell(trial, state=TrialState.PRUNED)
 
 
@@ -483,24 +415,24 @@ _LATENCY = "slimsweep.latency:"  # + graph key -> the stored LatencyStats fields
 
 def set_needs_sync(study: optuna.Study, needed: bool) -> None:
     """Record whether MLflow lacks part of the sweep (it was unreachable) until `slimsweep sync` back-fills it."""
-    study._storage.set_study_system_attr(study._study_id, _NEEDS_SYNC, needed)
+    optuna_store.set_study_system_attr(study, _NEEDS_SYNC, needed)
 
 
 def needs_sync(study: optuna.Study) -> bool:
     """Whether MLflow was unreachable for part of the sweep and has not been synced since."""
-    return bool(study._storage.get_study_system_attrs(study._study_id).get(_NEEDS_SYNC))
+    return bool(optuna_store.study_system_attrs(study).get(_NEEDS_SYNC))
 
 
 def latency_cache(study: optuna.Study) -> dict[str, dict[str, Any]]:
     """Latency measurements kept with the study: graph key -> the LatencyStats fields."""
-    attrs = study._storage.get_study_system_attrs(study._study_id)
+    attrs = optuna_store.study_system_attrs(study)
     return {k[len(_LATENCY) :]: v for k, v in attrs.items() if k.startswith(_LATENCY)}
 
 
 def keep_latency(study: optuna.Study, entries: dict[str, dict[str, Any]]) -> None:
     """Keep new latency measurements with the study, so a resumed sweep does not time a structure again."""
     for key, stats in entries.items():
-        study._storage.set_study_system_attr(study._study_id, _LATENCY + key, stats)
+        optuna_store.set_study_system_attr(study, _LATENCY + key, stats)
 
 
 def reusable(study: optuna.Study, plan: dict[str, Any]) -> FrozenTrial | None:
@@ -536,5 +468,5 @@ def record(
         trial.set_constraint(key, value)
     if constraints:
         # optuna-dashboard (and samplers' older code path) read the list under the plain key, in a fixed order.
-        trial.storage.set_trial_system_attr(trial._trial_id, _CONSTRAINTS_KEY, [float(v) for v in constraints.values()])
+        optuna_store.set_constraints(study, trial, list(constraints.values()))
     study.tell(trial, values)

@@ -7,7 +7,7 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import onnx
@@ -20,6 +20,7 @@ from evaluators.size import size_mb
 from experiments.tasks import TaskData
 from experiments.teacher import cache_dir, teacher_from_bytes
 from search.gate import Bar
+from search.record import TrialInfo
 from spaces.export import to_onnx
 from spaces.plan import CompressionPlan
 from spaces.pruning import channel_count, prune, sparsity
@@ -68,7 +69,11 @@ class MadeOnTheWay:
     scheme: str
     metrics: dict[str, float]
     onnx: bytes
-    info: dict[str, Any] = field(default_factory=dict)
+    info: TrialInfo = field(default_factory=TrialInfo)  # a dict is accepted and converted
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.info, TrialInfo):
+            self.info = TrialInfo.from_dict(self.info)
 
 
 @dataclass
@@ -81,8 +86,12 @@ class TrialResult:
     stages: dict[str, float] = field(default_factory=dict)  # seconds spent in each stage
     error: str | None = None
     traceback: str | None = None
-    info: dict[str, Any] = field(default_factory=dict)
+    info: TrialInfo = field(default_factory=TrialInfo)  # how it ran; a dict is accepted and converted
     on_the_way: list[MadeOnTheWay] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.info, TrialInfo):
+            self.info = TrialInfo.from_dict(self.info)
 
     @property
     def ok(self) -> bool:
@@ -154,7 +163,7 @@ def _run_onnx(plan: CompressionPlan, ctx: TrialContext, result: TrialResult, tim
         deployed = quantize(ctx.onnx_model, plan.quantization, data.x_calib, cache_dir=_sensitivity_cache())
     with _stage(stages, "latency"):
         latency, hit = time_model(deployed)
-    result.info.update(skipped_training=False, latency_cache="hit" if hit else "miss")
+    result.info.skipped_training, result.info.latency_cache = False, _cache(hit)
     result.onnx = deployed
     with _stage(stages, "accuracy"):
         result.metrics = _metrics(deployed, latency, data, onnx_parameter_count(ctx.onnx_model))
@@ -178,7 +187,7 @@ def _run(plan: CompressionPlan, ctx: TrialContext, result: TrialResult, time_mod
             latency, hit = time_model(probe)
         if ctx.max_latency_ms is not None and latency.p50_ms > ctx.max_latency_ms:
             # Already over budget untrained: training cannot make it faster, so stop here, infeasible.
-            result.info.update(skipped_training=True, latency_cache="hit" if hit else "miss")
+            result.info.skipped_training, result.info.latency_cache = True, _cache(hit)
             result.onnx = probe
             result.metrics = _metrics(probe, latency, data, params)
             return
@@ -187,9 +196,8 @@ def _run(plan: CompressionPlan, ctx: TrialContext, result: TrialResult, time_mod
         if dominator is not None:
             # Slower and larger than a model already at the top of the accuracy range: off the front whatever
             # training gives it. Its structure's figures are kept; it has no accuracy.
-            result.info.update(
-                skipped_training=True, dominated_by=dominator.number, latency_cache="hit" if hit else "miss"
-            )
+            result.info.skipped_training, result.info.latency_cache = True, _cache(hit)
+            result.info.dominated_by = dominator.number
             result.metrics = {"size_mb": probe_mb, "params": float(params), **latency.metrics()}
             return
     with _stage(stages, "distill"):
@@ -197,11 +205,11 @@ def _run(plan: CompressionPlan, ctx: TrialContext, result: TrialResult, time_mod
         if s.distilled:
             d = Distillation(epochs=s.epochs, lr=s.lr, temperature=s.temperature, alpha=s.alpha, seed=ctx.seed)
             train(student, data.x_train, data.y_train, d, teacher=teacher)
-    result.info["channels_before_pruning"] = channel_count(student)
+    result.info.channels_before_pruning = channel_count(student)
     if plan.pruning.ratio > 0 and s.distilled and ctx.measure_unpruned:
         # The trained student before pruning is a plan of the space too, and costs only its measurement.
         unpruned = to_onnx(student.eval(), example)
-        info = {"channels": channel_count(student), "sparsity": 0.0}
+        info = TrialInfo(channels=channel_count(student), sparsity=0.0)
         _on_the_way(result, 0.0, "fp32", unpruned, parameter_count(student), info, data, time_model)
     if plan.pruning.ratio > 0:
         with _stage(stages, "prune"):
@@ -215,21 +223,21 @@ def _run(plan: CompressionPlan, ctx: TrialContext, result: TrialResult, time_mod
                 train(model, data.x_train, data.y_train, d, teacher=teacher)
 
             prune(student, example, plan.pruning, recover=recover, batch=_batch(data))
-    result.info["channels"] = channel_count(student)
-    result.info["sparsity"] = sparsity(student)
+    result.info.channels = channel_count(student)
+    result.info.sparsity = sparsity(student)
     with _stage(stages, "export"):
         fp32 = to_onnx(student.eval(), example)
     with _stage(stages, "quantize"):
         deployed = quantize(fp32, plan.quantization, data.x_calib, cache_dir=_sensitivity_cache())
     with _stage(stages, "latency"):
         latency, hit = time_model(deployed)
-    result.info.update(skipped_training=False, latency_cache="hit" if hit else "miss")
+    result.info.skipped_training, result.info.latency_cache = False, _cache(hit)
     result.onnx = deployed
     with _stage(stages, "accuracy"):
         result.metrics = _metrics(deployed, latency, data, parameter_count(student))
     changed = s.distilled or plan.pruning.ratio > 0  # else the fp32 model is the teacher itself, the baseline
     if plan.quantization.scheme != "fp32" and changed and ctx.measure_fp32:
-        info = {k: result.info[k] for k in ("channels", "sparsity")}
+        info = TrialInfo(channels=result.info.channels, sparsity=result.info.sparsity)
         _on_the_way(result, plan.pruning.ratio, "fp32", fp32, parameter_count(student), info, data, time_model)
 
 
@@ -239,7 +247,7 @@ def _on_the_way(
     scheme: str,
     model: bytes,
     params: int,
-    info: dict[str, Any],
+    info: TrialInfo,
     data: TaskData,
     time_model: TimeModel,
 ) -> None:
@@ -247,8 +255,13 @@ def _on_the_way(
     with _stage(result.stages, "on_the_way"):
         latency, hit = time_model(model)
         metrics = _metrics(model, latency, data, params)
-    info = {**info, "latency_cache": "hit" if hit else "miss"}
+    info.latency_cache = _cache(hit)
     result.on_the_way.append(MadeOnTheWay(ratio, scheme, metrics, model, info))
+
+
+def _cache(hit: bool) -> str:
+    """How a latency came: from the study's latency cache, or measured now."""
+    return "hit" if hit else "miss"
 
 
 def _metrics(model: bytes, latency: LatencyStats, data: TaskData, params: int) -> dict[str, float]:

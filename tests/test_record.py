@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import optuna
 import pytest
 from conftest import small_experiment
@@ -15,6 +17,7 @@ from search.study import (
     RECORD_VERSION,
     TRACEBACK_CHARS,
     VERSION,
+    TrialInfo,
     TrialRecord,
     finished,
     open_study,
@@ -25,6 +28,9 @@ from search.study import (
     retry_of,
     reusable,
 )
+from search.trial import MadeOnTheWay, TrialResult
+
+pytestmark = pytest.mark.fast
 
 METRICS = {
     "accuracy": 95.0,
@@ -175,3 +181,67 @@ def test_only_complete_trials_are_reused(exp):
     assert reusable(study, {"x": 5.0}) is None  # the failed plan
     assert reusable(study, {"x": 4.0}) is None
     assert reusable(study, {"x": 1.0, "epochs": 3}) is None  # a fixed setting differs: not the same plan
+
+
+# Every key a version-1 record's info held, as the worker, the executor and the driver wrote them, plus one this
+# release has no field for (an extension's, or a newer release's that kept the version).
+OLD_INFO = {
+    "ray_node": "f3a9",
+    "cores": [2, 3],
+    "resources": {"CPU": 1.0},
+    "clock": {"submitted": 1.0, "worker_began": 1.5, "worker_ended": 3.0, "received": 3.25},
+    "latency_cache": "hit",
+    "skipped_training": False,
+    "made_by": 4,
+    "channels_before_pruning": 96,
+    "channels": 48,
+    "sparsity": 0.5,
+    "machinery_failure": "worker_died",
+    "machinery_attempts": ["worker_died: the worker died"],
+    "rung": 2,
+}
+
+
+def test_an_older_studys_info_reads_as_typed_fields_and_is_stored_back_without_loss(exp):
+    study = open_study(exp)
+    old = _ask(study, 2.0)
+    # As a release before the typed info stored it: a plain dict under "info".
+    for key, value in {"plan": {"x": 2.0}, "describe": "x=2", "info": OLD_INFO, "metrics": METRICS}.items():
+        old.set_user_attr(key, value)
+    study.tell(old, [95.0, 0.1, 0.01])
+    info = read(study.trials[old.number]).info
+    assert isinstance(info, TrialInfo)
+    assert (info.ray_node, info.cores, info.resources) == ("f3a9", [2, 3], {"CPU": 1.0})
+    assert info.clock["received"] == 3.25 and info.latency_cache == "hit" and info.skipped_training is False
+    assert (info.made_by, info.channels_before_pruning, info.channels, info.sparsity) == (4, 96, 48, 0.5)
+    assert info.machinery_failure == "worker_died" and info.machinery_attempts == ["worker_died: the worker died"]
+    assert info.dominated_by is None and info.extra == {"rung": 2}
+    assert read(study.trials[old.number]).made_by == 4
+
+    again = _ask(study, 3.0)  # the same info recorded by this release: stored key for key, the unknown one too
+    record(study, again, TrialRecord(plan={"x": 3.0}, info=info, failure="boom"))
+    assert study.trials[again.number].user_attrs["info"] == OLD_INFO
+
+
+def test_info_is_typed_where_the_worker_and_the_driver_hand_it_on():
+    result = TrialResult(number=3, info={"machinery_failure": "timeout"})  # as the executor builds a timeout
+    assert result.info.machinery_failure == "timeout" and result.info.skipped_training is None
+    made = MadeOnTheWay(0.0, "fp32", {}, b"", {"channels": 8, "sparsity": 0.0})
+    assert made.info.channels == 8
+    # Ray hands a result back pickled: the typed info arrives whole.
+    result.info.clock = {"worker_began": 1.0}
+    back = pickle.loads(pickle.dumps(result))
+    assert back.info.clock == {"worker_began": 1.0} and back.info.machinery_failure == "timeout"
+
+
+def test_the_info_dict_callers_not_yet_moved_to_fields_still_read_and_write_the_fields():
+    info = TrialInfo(channels=48)
+    info["ray_node"] = "n1"  # as search/executor.py writes it
+    info.setdefault("clock", {}).update(submitted=1.0)  # as the driver stamps it
+    info["rung"] = 1  # a key with no field: kept aside
+    assert info.ray_node == "n1" and info.clock == {"submitted": 1.0} and info.extra == {"rung": 1}
+    assert info["channels"] == 48 and info.get("dominated_by") is None
+    assert "dominated_by" not in info and "channels" in info  # a key is present when its field is recorded
+    assert info == {"channels": 48, "ray_node": "n1", "clock": {"submitted": 1.0}, "rung": 1}
+    assert {**info, "made_by": 2}["made_by"] == 2  # spread into a dict, as a model made on the way is built
+    assert TrialRecord(info={"dominated_by": 3, "skipped_training": True}).dominated_by == 3
