@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from optuna._hypervolume import compute_hypervolume  # the helper Optuna's own hypervolume plots use
+
+from search import optuna_store  # Optuna's own hypervolume helper (what its hypervolume plots use)
 
 # Each candidate becomes (accuracy drop in points, p50 / teacher p50, size / teacher size), all minimized, so that
 # sweeps timed minutes apart compare through ratios to a baseline each timed in its own run. The reference point is
@@ -40,4 +41,4 @@ def hypervolume(points: Sequence[Point], reference: Sequence[float] = REFERENCE)
     inside = losses[np.all(losses < ref, axis=1)]  # a point on or past the reference adds nothing
     if len(inside) == 0:
         return 0.0
-    return float(compute_hypervolume(inside, ref))
+    return optuna_store.hypervolume(inside, ref)

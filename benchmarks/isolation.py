@@ -25,6 +25,7 @@ import optuna
 from scipy.stats import spearmanr
 
 from evaluators.latency import TimingSettings, measure
+from search.study import read
 
 ROOT = Path(__file__).resolve().parent.parent
 LOAD = """
@@ -78,7 +79,7 @@ def main() -> int:
         models = {
             t.number: (folder / "outputs" / "digits" / "trials" / f"trial-{t.number}.onnx").read_bytes() for t in trials
         }
-        in_sweep = [t.user_attrs["metrics"]["latency_p50_ms"] for t in trials]
+        in_sweep = [read(t).metrics["latency_p50_ms"] for t in trials]
 
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[-1:])  # the core a station would keep
         rounds, cvs = [], []

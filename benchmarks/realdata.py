@@ -15,9 +15,10 @@ from typing import Any
 from benchmarks import reach, sweeps
 from benchmarks.hypervolume import REFERENCE_TEXT, Point, hypervolume
 from benchmarks.sidebyside import Speedup, side_by_side
+from search.study import baseline, read
 from search.study import dominated as study_dominated
 from search.study import on_the_way as study_on_the_way
-from search.study import read
+from search.study import teacher as study_teacher
 
 SEARCHES = {
     "joint": "joint search, TPE (all three knobs)",
@@ -100,11 +101,12 @@ def _trial_rows(study, teacher: dict[str, float]) -> tuple[list[dict[str, Any]],
         seen.add(key)
     front = []
     for t in study.best_trials:  # feasible and non-dominated, as Optuna judges them
-        m = t.user_attrs["metrics"]
+        rec = read(t)
+        m = rec.metrics
         front.append(
             {
                 "trial": t.number,
-                "plan": t.user_attrs.get("describe", ""),
+                "plan": rec.describe,
                 "accuracy": m["accuracy"],
                 "accuracy_drop": m["accuracy_drop"],
                 "p50_ms": m["latency_p50_ms"],
@@ -120,9 +122,10 @@ def _result(search: str, seed: int, run: sweeps.SweepRun) -> SearchResult:
     if not (run.folder / "study.db").is_file():
         return SearchResult(search, seed, run, [], 0.0, 0, 0, 0, None)
     study = run.study()
-    if "teacher" not in study.user_attrs:
+    base = baseline(study)
+    if base is None:
         return SearchResult(search, seed, run, [], 0.0, 0, 0, 0, None)
-    teacher = study.user_attrs["teacher"]
+    teacher = base.teacher
     front, duplicates, finished, failed = _trial_rows(study, teacher)
     hv = hypervolume(
         [
@@ -133,9 +136,7 @@ def _result(search: str, seed: int, run: sweeps.SweepRun) -> SearchResult:
     card = run.card()
     pick = card if card and card["measured"]["accuracy_drop"] <= MAX_DROP else None
     accuracies = [
-        t.user_attrs["metrics"]["accuracy"]
-        for t in study.trials
-        if t.state.name == "COMPLETE" and "accuracy" in t.user_attrs.get("metrics", {})
+        m["accuracy"] for t in study.trials if t.state.name == "COMPLETE" and "accuracy" in (m := read(t).metrics)
     ]
     dominated = len(study_dominated(study))
     best = max(accuracies) if accuracies else None
@@ -276,7 +277,7 @@ def reach_lines(results: list[SearchResult], scale: Scale, env: dict[str, str]) 
     studies = [(r.search, r.run.study()) for r in results if r.finished]
     if not studies:
         return []
-    teacher_accuracy = studies[0][1].user_attrs["teacher"]["accuracy"]
+    teacher_accuracy = study_teacher(studies[0][1])["accuracy"]
     overrides = {"search.seed": scale.seeds[0], **scale.overrides}
     experiment = sweeps.ROOT / "experiments" / "bench" / "joint.yaml"
     teacher_p50, structures = reach.time_structures(experiment, overrides, env)
@@ -315,7 +316,7 @@ def teacher_goal(p50_ms: float) -> str:
 def markdown(results: list[SearchResult], scale: Scale, png: str, reach_text: list[str] | None = None) -> str:
     """The section's text: setup, summary table, goals, what the space can reach, fronts, picks."""
     summary = summarize(results)
-    teacher = next((r.run.study().user_attrs["teacher"] for r in results if r.finished), None)
+    teacher = next((study_teacher(r.run.study()) for r in results if r.finished), None)
     lines = [
         "## What the search finds on real data (MNIST)",
         "",

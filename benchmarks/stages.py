@@ -5,7 +5,7 @@ the wait at the bench station -, accuracy, latency_first). Optuna stamps a trial
 told. So, for a sweep that runs one trial at a time:
 * inside a trial, outside its stages: Optuna's sampling of the plan, Ray's dispatch and transfer, the teacher copied
   on the worker, the ONNX file written and the result told to Optuna (split by the stamps each trial keeps in
-  info["clock"]: submitted and received by the driver, began and ended on the worker);
+  its record's `info.clock`: submitted and received by the driver, began and ended on the worker);
 * between one trial's tell and the next one's ask: the MLflow mirror of the trial and the progress line;
 * before the first trial: loading the task, the teacher (trained or from cache), starting Ray, timing the teacher;
 * after the last: re-timing the front, the pick, the MLflow registry, the model card.
@@ -69,7 +69,7 @@ def _utc(t: datetime) -> datetime:
     return t if t.tzinfo else t.astimezone(timezone.utc)  # Optuna stamps naive local time
 
 
-# The parts of a trial outside its stages, from the stamps a trial keeps (info["clock"], wall-clock seconds): the
+# The parts of a trial outside its stages, from the stamps a trial keeps (`TrialInfo.clock`, wall-clock seconds): the
 # driver's when it submitted the plan and received the result, the worker's when it began and ended (on a cluster,
 # the split between Ray and the worker is as good as the nodes' clocks agree).
 PARTS = {
@@ -83,13 +83,14 @@ PARTS = {
 
 def _parts(t: FrozenTrial, other: float) -> dict[str, float]:
     """A trial's seconds outside its stages, split by its clock stamps where it has them."""
-    clock = t.user_attrs.get("info", {}).get("clock", {})
+    rec = read(t)
+    clock = rec.info.clock or {}
     if not {"submitted", "received", "worker_began", "worker_ended"} <= set(clock):
         return {"unstamped": other}
     asked, told = _utc(t.datetime_start).timestamp(), _utc(t.datetime_complete).timestamp()
     if not asked <= clock["submitted"] <= clock["received"] <= told:
         return {"unstamped": other}  # stamps from another trial (a copied record), not this one's
-    worker = clock["worker_ended"] - clock["worker_began"] - sum(t.user_attrs.get("stages", {}).values())
+    worker = clock["worker_ended"] - clock["worker_began"] - sum(rec.stages.values())
     there, back = clock["worker_began"] - clock["submitted"], clock["received"] - clock["worker_ended"]
     return {
         "sampling": max(0.0, clock["submitted"] - asked),
@@ -111,7 +112,7 @@ def breakdown(trials: Sequence[FrozenTrial], started: datetime, ended: datetime)
     parts = {k: 0.0 for k in PARTS}
     overlap = False
     for i, t in enumerate(done):
-        spent = t.user_attrs.get("stages", {})
+        spent = read(t).stages
         for k, v in spent.items():
             stages[k] = stages.get(k, 0.0) + v
         wall = (t.datetime_complete - t.datetime_start).total_seconds()
@@ -126,8 +127,7 @@ def breakdown(trials: Sequence[FrozenTrial], started: datetime, ended: datetime)
     first_other = (
         max(
             0.0,
-            (done[0].datetime_complete - done[0].datetime_start).total_seconds()
-            - sum(done[0].user_attrs.get("stages", {}).values()),
+            (done[0].datetime_complete - done[0].datetime_start).total_seconds() - sum(read(done[0]).stages.values()),
         )
         if done
         else 0.0

@@ -111,10 +111,10 @@ class Normalisation:
 
 def hypervolume(losses: Iterable[np.ndarray], ref: np.ndarray) -> float:
     """Optuna's hypervolume of the points (all minimised) that are strictly better than the reference point."""
-    from optuna._hypervolume import compute_hypervolume
+    from search import optuna_store
 
     inside = [p for p in losses if np.all(p < ref)]
-    return float(compute_hypervolume(np.array(inside), ref)) if inside else 0.0
+    return optuna_store.hypervolume(np.array(inside), ref) if inside else 0.0
 
 
 def true_hypervolume(table: Table, norm: Normalisation) -> float:
@@ -487,10 +487,10 @@ def section(
 
 def _front(rows: dict[str, tuple[float, float, float]], norm: Normalisation) -> list[str]:
     """Keys of the plans no other plan dominates, inside the reference point."""
-    from optuna.study._multi_objective import _is_pareto_front
+    from search import optuna_store
 
     keys = [k for k, v in rows.items() if np.all(norm(v) < 1)]
-    mask = _is_pareto_front(np.array([norm(rows[k]) for k in keys]), assume_unique_lexsorted=False)
+    mask = optuna_store.pareto_mask(np.array([norm(rows[k]) for k in keys]))
     return [k for k, m in zip(keys, mask) if m]
 
 
