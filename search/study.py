@@ -200,12 +200,18 @@ def interrupted(study: optuna.Study) -> set[int]:
     """Trials left unfinished by a stopped or dead driver, failed and run again under a new number."""
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in retry_history(t)}
-    marked = {
-        t.number
-        for t in trials
-        if t.user_attrs.get(_LEGACY_INTERRUPTED) or (t.state == TrialState.FAIL and t.system_attrs.get(_REQUEUED))
-    }
-    return retried | marked
+    return retried | {t.number for t in trials if marked_interrupted(t)}
+
+
+def marked_interrupted(trial: FrozenTrial) -> bool:
+    """Whether this trial itself is marked as failed only to be run again (by `requeue`, or by a release before
+    Optuna's retry convention); one whose retry names it is interrupted too (`retry_history` of the retry)."""
+    return bool(trial.user_attrs.get(_LEGACY_INTERRUPTED)) or requeued(trial)
+
+
+def requeued(trial: FrozenTrial) -> bool:
+    """Whether `requeue` failed this trial to run its plan again."""
+    return trial.state == TrialState.FAIL and bool(trial.system_attrs.get(_REQUEUED))
 
 
 def finished(study: optuna.Study) -> list[FrozenTrial]:
@@ -261,11 +267,7 @@ def repair(study: optuna.Study) -> list[int]:
     """Queue again the plans of trials failed for requeueing whose retry was never enqueued (a crash in between)."""
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in retry_history(t)}
-    lost = [
-        t.number
-        for t in trials
-        if t.state == TrialState.FAIL and t.system_attrs.get(_REQUEUED) and t.number not in retried
-    ]
+    lost = [t.number for t in trials if requeued(t) and t.number not in retried]
     for number in lost:
         _enqueue_retry(study, number)
     return lost

@@ -20,6 +20,7 @@ from search.study import (
     TrialInfo,
     TrialRecord,
     finished,
+    marked_interrupted,
     open_study,
     read,
     record,
@@ -131,6 +132,7 @@ def test_a_study_written_before_the_version_stamp_still_loads(exp):
     reopened = open_study(exp)
     assert read(reopened.trials[old.number]).metrics == METRICS
     assert [t.number for t in finished(reopened)] == [old.number]  # the interrupted one does not count
+    assert marked_interrupted(reopened.trials[left.number])  # the older release's private tag
     assert retry_of(reopened.get_trials(states=(TrialState.WAITING,))[0]) == left.number
     assert reopened.user_attrs[VERSION] == RECORD_VERSION  # stamped now
 
@@ -159,6 +161,7 @@ def test_interrupted_trials_are_retried_by_optunas_convention(exp):
     assert RetryHeartbeatStaleTrialCallback.retried_trial_number(waiting[0]) == left.number
     assert study.trials[left.number].state == TrialState.FAIL
     assert not study.trials[left.number].user_attrs  # no private tag on the failed one
+    assert marked_interrupted(study.trials[left.number]) and not marked_interrupted(study.trials[done])
     assert [t.number for t in finished(study)] == [done]
 
     again = study.ask()  # the queued retry, with its plan
