@@ -85,7 +85,7 @@ class TrialInfo(MutableMapping):
     # --- the dict it replaces, for callers not yet moved to the fields ---
 
     def __getitem__(self, key: str) -> Any:
-        if key in _FIELDS:
+        if key in _FIELD_SET:
             value = getattr(self, key)
             if value is None:
                 raise KeyError(key)
@@ -93,13 +93,13 @@ class TrialInfo(MutableMapping):
         return self.extra[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
-        if key in _FIELDS:
+        if key in _FIELD_SET:
             setattr(self, key, value)
         else:
             self.extra[key] = value
 
     def __delitem__(self, key: str) -> None:
-        if key in _FIELDS:
+        if key in _FIELD_SET:
             if getattr(self, key) is None:
                 raise KeyError(key)
             setattr(self, key, None)
@@ -119,7 +119,8 @@ class TrialInfo(MutableMapping):
     __hash__ = None  # type: ignore[assignment]  # mutable, like the dict it replaces
 
 
-_FIELDS = tuple(f.name for f in fields(TrialInfo) if f.name != "extra")
+_FIELDS = tuple(f.name for f in fields(TrialInfo) if f.name != "extra")  # declaration order: how to_dict lists them
+_FIELD_SET = frozenset(_FIELDS)
 
 
 @dataclass
