@@ -117,24 +117,34 @@ def check_student_family(name: str) -> None:
         runs_and_keeps_its_output(to_onnx(model, example()))
 
 
-def check_pruning(method: str, importance: str) -> None:
-    """A registered pruning method with a registered importance: reachable, sampled, round-tripped, applied, run."""
+def check_pruning(method: str, importance: str, options: dict[str, Any] | None = None) -> None:
+    """A registered pruning method with a registered importance, and its own options section if given: reachable,
+    sampled, round-tripped (its options in the plan's params), applied, run."""
     import torch
 
     from spaces.export import to_onnx
     from spaces.pruning import prune
+    from spaces.pruning_knobs import PRUNING_METHODS
 
-    space = space_naming({"pruning": {"ratio": [0.5], "method": method, "importance": importance, "recover_epochs": 0}})
-    plans = sample_and_round_trip(space, trials=2)
-    choice = plans[0].pruning
-    assert (choice.method, choice.ratio) == (method, 0.5)
-    if choice.structured:
-        assert choice.importance == importance
-    torch.manual_seed(0)
-    model = _small_cnn()
+    section: dict[str, Any] = {"ratio": [0.5], "method": method, "importance": importance, "recover_epochs": 0}
+    if options is not None:
+        section[method] = options
+    space = space_naming({"pruning": section})
+    plans = sample_and_round_trip(space, trials=4)
+    owned = list(PRUNING_METHODS.get(method).model_fields)
+    for plan in plans:
+        choice = plan.pruning
+        assert (choice.method, choice.ratio) == (method, 0.5)
+        assert [k for k, _ in choice.options] == owned
+        assert {f"pruning.{k}" for k in owned} <= set(choice.params())
+        if choice.structured:
+            assert choice.importance == importance
     batch = (torch.rand(16, *INPUT), torch.randint(0, CLASSES, (16,)))
-    prune(model, example(), choice, batch=batch)
-    runs_and_keeps_its_output(to_onnx(model, example()))
+    for choice in {p.pruning: p for p in plans}:
+        torch.manual_seed(0)
+        model = _small_cnn()
+        prune(model, example(), choice, batch=batch)
+        runs_and_keeps_its_output(to_onnx(model, example()))
 
 
 def check_quantization(

@@ -3,6 +3,11 @@
 A pruning method (structured channel removal, unstructured zeroing) and a channel importance (l1, l2, taylor, ...)
 are each one class registered by name (spaces/pruning_methods.py has the built-in ones); the section's allowed
 names are the registries'. Their heavy half (torch, Torch-Pruning) is imported only when a trial prunes.
+
+A method shaped like a student family owns its options: its pydantic fields are its section `space.pruning.<name>`
+(each a fixed value or a list of choices), sampled as `<name>.<option>` only in trials that chose it and read in
+`apply` as `choice.<option>`. (The built-in structured method's knobs, importance, scope, steps and round_to, stay
+in the pruning section itself, where every experiment file already has them.)
 """
 
 from __future__ import annotations
@@ -12,10 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, field_validator
+from pydantic import AfterValidator, ConfigDict, field_validator, model_validator
 
 from evaluators.registry import Registry
 from spaces.knobs import MAX_EPOCHS, MAX_STEPS, FloatKnob, IntKnob, Strict, TrialLike, check_positive, knob, values
+from spaces.sections import misplaced, raise_if, split_sections
 
 if TYPE_CHECKING:
     import torch
@@ -29,15 +35,20 @@ SCOPES: tuple[str, ...] = ("uniform", "global")
 Recover = Callable[["nn.Module", int], None]
 
 
-class PruningMethod(ABC):
-    """One way of pruning a model; register a subclass with register_method."""
+class PruningMethod(Strict):
+    """One way of pruning a model; register a subclass with register_method. Its pydantic fields, if any, are its
+    own options (the section space.pruning.<name>)."""
 
     name: ClassVar[str]
     removes_channels: ClassVar[bool] = False  # shapes shrink (so the file and the dense latency do)
 
+    def sample_options(self, trial: TrialLike) -> dict[str, Any]:
+        """The method's own options for one trial (by default each field, as written, as `<name>.<option>`)."""
+        return {option: knob(trial, f"{self.name}.{option}", getattr(self, option)) for option in self.model_fields}
+
     @classmethod
     def sample(cls, trial: TrialLike, space: "PruningSpace") -> dict[str, Any]:
-        """The method's own knobs for one trial (PruningChoice fields); none by default."""
+        """The method's knobs kept in the pruning section for one trial (PruningChoice fields); none by default."""
         return {}
 
     @classmethod
@@ -47,8 +58,8 @@ class PruningMethod(ABC):
 
     @classmethod
     def describe(cls, choice: "PruningChoice") -> list[str]:
-        """Words for the label after 'prune <ratio>': what differs from the defaults."""
-        return [cls.name]
+        """Words for the label after 'prune <ratio>': what differs from the defaults (its options as option=value)."""
+        return [cls.name, *(f"{k}={v}" for k, v in choice.options)]
 
     @classmethod
     def weights_decide_structure(cls, choice: "PruningChoice") -> bool:
@@ -83,8 +94,15 @@ class Importance(ABC):
 
 PRUNING_METHODS: Registry[type[PruningMethod]] = Registry("pruning method")
 IMPORTANCES: Registry[type[Importance]] = Registry("pruning importance")
-register_method = PRUNING_METHODS.register
 register_importance = IMPORTANCES.register
+
+
+def register_method(method: type[PruningMethod]) -> type[PruningMethod]:
+    """Make a method a choice of every experiment file (space.pruning.method, and its options section
+    space.pruning.<name>); usable as a class decorator."""
+    if method.name in PruningSpace.model_fields:
+        raise ValueError(f"{method.name!r} is taken by the pruning section itself; choose another method name")
+    return PRUNING_METHODS.register(method)
 
 
 def _method(name: str) -> str:
@@ -109,7 +127,10 @@ class PruningSpace(Strict):
     """Pruning: structured channel removal (Torch-Pruning) or unstructured zeroing; ratio 0 means no pruning.
 
     importance, scope, steps and round_to mean something only for structured pruning and are sampled only there.
+    A method with options of its own has its section under its name.
     """
+
+    model_config = ConfigDict(extra="allow")  # the methods' own sections, validated by _sections
 
     ratio: FloatKnob = [0.0, 0.25, 0.5]
     method: MethodKnob = ["structured"]
@@ -169,6 +190,27 @@ class PruningSpace(Strict):
             raise ValueError(f"choices must not repeat, got {v}")
         return v
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _sections(cls, data: Any, handler: Any) -> "PruningSpace":
+        if not isinstance(data, dict):
+            return handler(data)
+        own, sections, errors = split_sections(data, list(cls.model_fields), PRUNING_METHODS)
+        raise_if(errors, cls.__name__)
+        space = handler(own)
+        for name in [name for name in sections if name not in space.method]:
+            message = f"options of a method that method {space.method} does not include: add it or remove this"
+            misplaced(name, message, data[name], cls.__name__)
+        for name in space.method:
+            method = PRUNING_METHODS.get(name)
+            if method.model_fields:  # the method's defaults where the file gives no section (or null)
+                space.__pydantic_extra__[name] = sections.get(name) or method()
+        return space
+
+    def section(self, method: str) -> PruningMethod | None:
+        """The options section of a method with options of its own (None for a method without)."""
+        return (self.__pydantic_extra__ or {}).get(method)
+
 
 @dataclass(frozen=True)
 class PruningChoice:
@@ -182,6 +224,15 @@ class PruningChoice:
     scope: str = "uniform"
     steps: int = 1
     protect_first_last: bool = True
+    options: tuple[tuple[str, Any], ...] = ()  # the method's own options, in its field order (also attributes)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not fields: the method's own options (choice.n).
+        if not name.startswith("_"):
+            for key, value in self.__dict__.get("options", ()):
+                if key == name:
+                    return value
+        raise AttributeError(f"{type(self).__name__} of method {self.__dict__.get('method')!r} has no {name!r}")
 
     @property
     def structured(self) -> bool:
@@ -200,6 +251,7 @@ class PruningChoice:
                 }
             )
             out.update({f"pruning.{k}": v for k, v in PRUNING_METHODS.get(self.method).params(self).items()})
+            out.update({f"pruning.{k}": v for k, v in self.options})
         return out
 
     def describe(self) -> str:
@@ -224,12 +276,14 @@ def sample_pruning(trial: TrialLike, space: PruningSpace) -> PruningChoice:
         return PruningChoice(ratio=0.0, protect_first_last=space.protect_first_last)
     method = str(knob(trial, "pruning.method", space.method))
     recover = int(knob(trial, "pruning.recover_epochs", space.recover_epochs))
+    section = space.section(method)
     return PruningChoice(
         ratio=ratio,
         recover_epochs=recover,
         method=method,
         protect_first_last=space.protect_first_last,
         **PRUNING_METHODS.get(method).sample(trial, space),
+        options=tuple(section.sample_options(trial).items()) if section is not None else (),
     )
 
 

@@ -33,9 +33,10 @@ from search.config import load, parse
 from search.pick import PICK_POLICIES, Choice, PolicyWithSettings, make_policy, register_pick_policy
 from search.station import measure_limits
 from search.trial import TrialContext, run_trial
-from spaces import QuantizationScheme, StudentFamily, register_family, register_scheme
+from spaces import PruningMethod, QuantizationScheme, StudentFamily, register_family, register_method, register_scheme
 from spaces.knobs import IntKnob
 from spaces.plan import sample
+from spaces.pruning_knobs import PRUNING_METHODS
 from spaces.quantization_knobs import SCHEMES
 from spaces.student_knobs import STUDENT_FAMILIES
 
@@ -99,6 +100,26 @@ class Int4Blocks(QuantizationScheme):
         return int4_weight_only(model, block_size=choice.block_size)
 
 
+class LnChannels(PruningMethod):
+    """Zeroes whole output channels of each layer by their L`n` norm (torch.nn.utils.prune): an option of its own."""
+
+    name: ClassVar[str] = "ln_channels"
+
+    n: IntKnob = [1, 2]  # its section: space.pruning.ln_channels: {n: [...]}
+
+    @classmethod
+    def apply(cls, model, example_input, choice, protected, recover, batch):
+        from torch import nn
+        from torch.nn.utils import prune
+
+        for layer in model.modules():
+            if isinstance(layer, (nn.Conv2d, nn.Linear)) and not any(layer is p for p in protected):
+                prune.ln_structured(layer, "weight", amount=choice.ratio, n=choice.n, dim=0)
+                prune.remove(layer, "weight")
+        if recover is not None and choice.recover_epochs:
+            recover(model, choice.recover_epochs)
+
+
 class NoArenaCpu(OnnxRuntimeTarget):
     """ONNX Runtime's CPU provider without its memory arena, as a memory-tight device would run it."""
 
@@ -141,12 +162,14 @@ def registered() -> Iterator[None]:
     register_family(MLPStudents)
     register_scheme(Fp32Folded)
     register_scheme(Int4Blocks)
+    register_method(LnChannels)
     register_target(NoArenaCpu)
     register_pick_policy(MostAccurateUnder)
     yield
     STUDENT_FAMILIES.unregister(MLPStudents.name)
     SCHEMES.unregister(Fp32Folded.name)
     SCHEMES.unregister(Int4Blocks.name)
+    PRUNING_METHODS.unregister(LnChannels.name)
     TARGETS.unregister(NoArenaCpu.kind)
     PICK_POLICIES.unregister(MostAccurateUnder.name)
 
@@ -202,6 +225,31 @@ def test_the_added_entries_pass_the_conformance_checks() -> None:
     conformance.check_quantization("int4_blocks", calibration, float_model, options={"block_size": [16, 64]})
     conformance.check_target("cpu_no_arena", threads=1, batch_size=2)
     conformance.check_pick_policy("most_accurate_under", {"max_size_mb": 0.02})
+    conformance.check_pruning("ln_channels", "l2", options={"n": [1, 2]})
+
+
+def test_a_pruning_method_with_an_option_of_its_own_is_sampled_and_applied_from_the_file(tmp_path: Path) -> None:
+    text = "space: {pruning: {ratio: [0.5], method: [structured, ln_channels], ln_channels: {n: [1, 2]}}}"
+    space = load(_file(tmp_path, text)).space
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        choice = sample(trial, space).pruning
+        study.tell(trial, 0.0)
+        if choice.method == "structured":  # the option is asked for only in trials that chose its method
+            assert "ln_channels.n" not in trial.params and choice.options == ()
+            continue
+        assert choice.n == trial.params["ln_channels.n"] and choice.params()["pruning.n"] == choice.n
+        assert choice.describe() == f"prune 0.5 ln_channels n={choice.n}"
+        seen.add(choice.n)
+    assert seen == {1, 2}
+    not_searched = r"space.pruning.ln_channels: options of a method that method \['structured'\] does not include"
+    with pytest.raises(ConfigError, match=not_searched):
+        load(_file(tmp_path, "space: {pruning: {ln_channels: {n: 1}}}"))
+    typo = "space.pruning.ln_channels.m: unknown key; 'm' is not allowed; choose one of: n"
+    with pytest.raises(ConfigError, match=typo):
+        load(_file(tmp_path, "space: {pruning: {method: ln_channels, ln_channels: {m: 1}}}"))
 
 
 def _file(tmp_path: Path, text: str) -> Path:
