@@ -11,6 +11,8 @@ import json
 import os
 import warnings
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -38,17 +40,43 @@ def teacher_key(task: str, seed: int, width: float, depth: int, epochs: int, lr:
     return f"{task}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
+@dataclass(frozen=True)
+class EpochReport:
+    """One finished epoch of the teacher's training, as a progress display shows it."""
+
+    epoch: int  # 1-based
+    epochs: int
+    loss: float  # the epoch's mean training loss
+    accuracy: float  # on the validation split, in percent
+
+
 def get_teacher(
-    data: TaskData, *, seed: int, width: float, depth: int, epochs: int, lr: float, key: str | None = None
+    data: TaskData,
+    *,
+    seed: int,
+    width: float,
+    depth: int,
+    epochs: int,
+    lr: float,
+    key: str | None = None,
+    on_epoch: Callable[[EpochReport], None] | None = None,
 ) -> tuple[nn.Module, bool]:
-    """The trained teacher and whether it came from the cache (keyed by `key`, default the data's name)."""
+    """The trained teacher and whether it came from the cache (keyed by `key`, default the data's name); while it
+    trains, `on_epoch` hears each epoch with its validation accuracy."""
     torch.manual_seed(seed)
     model = CNN(data.input_shape[0], data.num_classes, width=width, depth=depth)
     path = cache_dir() / "teachers" / f"{teacher_key(key or data.name, seed, width, depth, epochs, lr)}.pt"
     if path.is_file():
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.eval(), True
-    train(model, data.x_train, data.y_train, Distillation(epochs=epochs, lr=lr, alpha=0.0, seed=seed))
+
+    def report(epoch: int, loss: float) -> None:
+        if on_epoch is not None:
+            on_epoch(EpochReport(epoch, epochs, loss, validation_accuracy(model, data)))
+
+    # The report only reads the model (no_grad, eval mode; no random numbers drawn), so a teacher trained while
+    # watched has the same weights, and the same cache entry, as one trained unwatched.
+    train(model, data.x_train, data.y_train, Distillation(epochs=epochs, lr=lr, alpha=0.0, seed=seed), on_epoch=report)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(model.state_dict(), tmp)
@@ -56,8 +84,21 @@ def get_teacher(
     return model.eval(), False
 
 
-def resolve_teacher(task: Task) -> tuple[nn.Module, bool]:
-    """The task's teacher, ready to use: the one it brings, or the trained (cached) one; and whether it was cached."""
+def validation_accuracy(model: nn.Module, data: TaskData, batch: int = 512) -> float:
+    """The model's accuracy on the task's validation split, in percent (leaves it in eval mode)."""
+    model.eval()
+    device = next(model.parameters()).device
+    right = 0
+    with torch.no_grad():
+        for i in range(0, len(data.x_val), batch):
+            logits = model(torch.from_numpy(data.x_val[i : i + batch]).to(device))
+            right += int((logits.argmax(1).cpu() == torch.from_numpy(data.y_val[i : i + batch]).long()).sum())
+    return 100.0 * right / max(len(data.x_val), 1)
+
+
+def resolve_teacher(task: Task, *, on_epoch: Callable[[EpochReport], None] | None = None) -> tuple[nn.Module, bool]:
+    """The task's teacher, ready to use: the one it brings, or the trained (cached) one; and whether it was cached.
+    `on_epoch` hears each epoch of a teacher that trains now."""
     if task.onnx_only:
         raise ConfigError("an ONNX-only task has no PyTorch teacher; its ONNX model is the baseline")
     if task.teacher is not None:
@@ -65,7 +106,7 @@ def resolve_teacher(task: Task) -> tuple[nn.Module, bool]:
     spec = task.teacher_spec or TeacherSpec()
     if spec.kind == "checkpoint":  # a Task built by hand, with the checkpoint not yet read
         return load_checkpoint(spec, task.data.num_classes), False
-    return get_teacher(task.data, seed=task.seed, key=task.cache_key, **spec.train_settings())
+    return get_teacher(task.data, seed=task.seed, key=task.cache_key, on_epoch=on_epoch, **spec.train_settings())
 
 
 def torchvision_arch(arch: str) -> str:
