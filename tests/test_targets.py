@@ -17,6 +17,8 @@ from evaluators import ConfigError, LatencyStats, SlimsweepError, TimingSettings
 from evaluators.graph_key import graph_key
 from evaluators.runtime import make_session
 from evaluators.targets import TARGETS, Target, TargetSpec, make_target, settings_for
+from search.builds import build_problem
+from search.station import measure_limits
 from spaces.quantization import quantize
 
 QUICK = {"warmup": 5, "min_repeats": 30, "max_repeats": 200, "max_seconds": 2.0}
@@ -164,6 +166,36 @@ def test_unknown_kind_is_a_config_error_listing_the_kinds():
         assert kind in message
     assert set(TARGETS.names()) == {"cpu", "cuda", "tensorrt", "openvino", "remote"}
     assert all(issubclass(TARGETS.get(kind), Target) and TARGETS.get(kind).kind == kind for kind in TARGETS.names())
+
+
+def test_the_built_in_kinds_say_what_they_need_by_their_flags():
+    # What the executor, the bench station and the build check ask of a kind (they no longer name kinds).
+    flags = {
+        kind: (cls.uses_gpu, cls.times_on_local_cpu, cls.runtime_build, cls.takes_url)
+        for kind, cls in ((k, TARGETS.get(k)) for k in TARGETS.names())
+    }
+    assert flags == {
+        "cpu": (False, True, None, False),
+        "cuda": (True, False, "onnxruntime-gpu", False),
+        "tensorrt": (True, False, "onnxruntime-gpu", False),
+        "openvino": (False, True, "onnxruntime-openvino", False),
+        "remote": (False, False, None, True),
+    }
+    assert build_problem("cuda", {"onnxruntime": "1.0"}) == (
+        "target 'cuda' needs the onnxruntime-gpu build, but this environment has onnxruntime; "
+        "`make install-gpu` replaces it"
+    )
+    assert build_problem("cpu", {"onnxruntime-openvino": "1.0"}) is None
+    assert not measure_limits(TargetSpec("tensorrt"), TimingSettings()).capped
+    assert measure_limits(TargetSpec("openvino"), TimingSettings()).capped
+
+
+def test_the_target_registry_loads_without_onnx_runtime():
+    # The schema validates target.kind against it before anything heavy loads.
+    heavy = "('onnxruntime', 'onnx', 'numpy')"
+    code = f"import sys, evaluators.targets; print(sorted(m for m in {heavy} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_bad_specs_are_refused_naming_the_field():
