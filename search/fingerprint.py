@@ -28,19 +28,31 @@ _WHOLE = 256 * 2**20
 _EDGE = 8 * 2**20
 
 
+def _settings(section: Any) -> dict[str, Any]:
+    """A section's settings that differ from their defaults, with its kind or name kept (the tag that tells two
+    sections apart even when both are all defaults). A release that adds a setting with a default so leaves every
+    stored fingerprint as it was: an upgrade is still a resume."""
+    out = section.model_dump(mode="json", exclude_defaults=True)
+    for tag in ("name", "kind"):
+        if hasattr(section, tag):
+            out[tag] = getattr(section, tag)
+    return out
+
+
 def made_for(exp: Experiment) -> dict[str, Any]:
     """Each component of the experiment that changes results, as plain JSON values."""
-    task = exp.task.model_dump(mode="json")
+    task, every = _settings(exp.task), exp.task.model_dump(mode="json")
     data = {}
-    for key in _PATH_FIELDS:
-        if key in task:
+    for key in _PATH_FIELDS:  # a data source at its default is read all the same: known by content either way
+        if key in every:
             data[key] = _identity(_data_path(exp, key))
-            task.pop(key)
-    teacher = task.get("teacher") or {}
-    if teacher.get("checkpoint"):
-        data["teacher.checkpoint"] = _identity(Path(teacher.pop("checkpoint")).expanduser())
+            task.pop(key, None)
+    checkpoint = (every.get("teacher") or {}).get("checkpoint")
+    if checkpoint:
+        data["teacher.checkpoint"] = _identity(Path(checkpoint).expanduser())
+        (task.get("teacher") or {}).pop("checkpoint", None)
     task.pop("download", None)  # whether torchvision may fetch CIFAR-10 says nothing of the data read
-    target = exp.target.model_dump(mode="json")
+    target = _settings(exp.target)
     for key in ("token_file", "reserve_cores"):  # how the target is reached and kept quiet, not what it is
         target.pop(key, None)
     if target.get("url"):
@@ -48,10 +60,10 @@ def made_for(exp: Experiment) -> dict[str, Any]:
     return {
         "task": task,
         "data": data,
-        "space": exp.space.model_dump(mode="json"),
+        "space": exp.space.model_dump(mode="json", exclude_defaults=True),
         "target": target,
         "objectives": list(exp.objectives),
-        "constraints": exp.constraints.model_dump(mode="json"),
+        "constraints": exp.constraints.model_dump(mode="json", exclude_defaults=True),
     }
 
 

@@ -139,3 +139,12 @@ def test_a_run_is_refused_before_any_work_and_the_check_writes_nothing(tmp_path)
     )
     with pytest.raises(ConfigError, match=r"changed: task \(task.seed\)"):
         check_resume(load(changed))
+
+
+def test_a_setting_stated_at_its_default_is_the_same_study(tmp_path):
+    # A release that adds a setting with a default must not refuse every existing study on its first resume.
+    plain = load(small_experiment(tmp_path, name="d"))
+    stated = load(small_experiment(tmp_path, name="d", target={"kind": "cpu", "threads": plain.target.threads}))
+    assert changes(fingerprint(plain), fingerprint(stated)) == {}
+    other = load(small_experiment(tmp_path, name="d", target={"threads": plain.target.threads + 1}))
+    assert changes(fingerprint(plain), fingerprint(other)) == {"target": ["target.threads"]}
