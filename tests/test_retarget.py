@@ -162,6 +162,19 @@ def test_retarget_to_an_agent_scores_on_the_device_picks_there_and_trains_nothin
     assert stored(open_study(exp), slug)["models"] == kept["models"]
     assert len(open_study(exp).trials) == trials_before
 
+    # A second target from the same sweep: this host's CPU at batch 4, beside the agent's, each with its own alias.
+    assert main(["retarget", str(path), "--target", "cpu", "--batch-size", "4", "--seconds", "1", "--json"]) == 0
+    cpu = json.loads(capsys.readouterr().out)
+    assert cpu["target_name"] == "cpu-t1-b4" and cpu["accuracy_scored_on"] == "host"
+    measured = cpu["measured"]
+    assert measured["throughput_per_s"] == pytest.approx(4 * 1000.0 / measured["latency_p50_ms"])
+    assert client.get_model_version_by_alias("anywhere", "deployable-cpu-t1-b4").tags["slimsweep.trial"] == str(
+        cpu["trial"]
+    )
+    assert client.get_model_version_by_alias("anywhere", alias(slug)).version == version.version
+    assert client.get_model_version_by_alias("anywhere", "deployable").version == sweep_version
+    assert len(open_study(exp).trials) == trials_before
+
 
 def test_front_of_a_target_never_retargeted_names_the_ones_there_are(finished, capsys):
     path, _ = finished
