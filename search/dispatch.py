@@ -7,7 +7,10 @@ imports neither Ray nor torch.
 Rungs (the hook a cheap-then-full search builds on): a trial may report between its training rungs. The executor
 hands such reports back from `reports()`, beside final results from `wait()`; the loop passes each to its listeners
 and, when one answers that the trial should stop, calls `stop(number)`. The trial then ends at that rung with the
-result it has (the executor's trial function decides what that result is). RayExecutor reports no rungs yet.
+result it has (the executor's trial function decides what that result is). The in-process executor runs a trial
+inside `wait()`, so it asks the loop between rungs (its `on_report`, which the loop sets) and the stop reaches the
+trial at the rung it reported; a trial function there gets `report(rung, metrics) -> bool` (False: stop now).
+RayExecutor reports no rungs yet: run_trial has no rungs until the cheap-then-full search gives it some.
 """
 
 from __future__ import annotations

@@ -55,6 +55,9 @@ class InProcessExecutor:
         self._stops: set[int] = set()
         self._ids = itertools.count()
         self.submitted: list[int] = []  # every trial number submitted, in order (tests read it)
+        # Trials here run inside wait(): the loop answers a rung report at once through this (search/loop.py sets
+        # it to its rung step), so a stop() reaches the trial at the rung it reported.
+        self.on_report: Callable[[], None] | None = None
 
     def warm(self, workers: int) -> None:
         """Nothing to start: trials run in this process."""
@@ -90,6 +93,8 @@ class InProcessExecutor:
 
         def report(rung: int, metrics: dict[str, float]) -> bool:
             self._reports.append(Report(number, rung, dict(metrics)))
+            if self.on_report is not None:
+                self.on_report()
             return number not in self._stops
 
         began = time.time()

@@ -135,6 +135,8 @@ class Loop:
         """Keep `parallel` trials in flight until the study's budget is finished (counting every driver's trials);
         Ctrl-C or any error queues the ones in flight again."""
         heartbeat_s = self.exp.search.heartbeat_s
+        if hasattr(self.executor, "on_report"):  # an executor that runs trials inside wait() asks between rungs
+            self.executor.on_report = self._rungs
         self.summary.parallel = self.slots()
         next_check = time.monotonic() + heartbeat_s
         try:

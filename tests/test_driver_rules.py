@@ -38,6 +38,8 @@ TEACHER_ONLY = {  # the teacher alone, pruned and quantized: four plans
     "pruning": {"ratio": [0.0, 0.5], "recover_epochs": 1},
     "quantization": {"schemes": ["fp32", "int8_static_qdq"]},
 }
+# The teacher trains for the digits task once per session; these trials never use it beyond its ONNX file.
+TASK = {"name": "digits", "seed": 0, "teacher": {"epochs": 2}}
 WIDE = {  # more plans than any budget here
     "students": {"teacher": True, "cnn": {"width": [0.25, 0.5, 0.75, 1.0], "depth": [1, 2], "epochs": 1}},
     "pruning": {"ratio": [0.0, 0.25, 0.5], "recover_epochs": 1},
@@ -48,7 +50,7 @@ WIDE = {  # more plans than any budget here
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     """What every sweep of the file shares: the digits task, its teacher (trained once) and its ONNX bytes."""
-    path = small_experiment(tmp_path_factory.mktemp("rules-ctx"), name="ctx", space=TEACHER_ONLY)
+    path = small_experiment(tmp_path_factory.mktemp("rules-ctx"), name="ctx", task=TASK, space=TEACHER_ONLY)
     exp = load(path)
     ctx = prepare(exp)
     onnx_bytes, _ = teacher_figures(ctx, lambda m: (_stats(), False))
@@ -106,7 +108,7 @@ def _run(tmp_path, shared, trial: StandIn, *, name: str = "rules", listeners=(),
     ctx, _ = shared
     settings = {"sampler": "random", "trials": 4, "parallel": 2, "seed": 0, **search}
     space = settings.pop("space", WIDE)
-    exp = load(small_experiment(tmp_path, name=name, space=space, search=settings))
+    exp = load(small_experiment(tmp_path, name=name, task=TASK, space=space, search=settings))
     executor = InProcessExecutor(exp.target.spec(), trial=trial, slots=slots, timer=lambda m, s: _stats())
     swept = sweep(exp, executor, ctx, quiet=True, listeners=list(listeners))
     return exp, swept, executor
@@ -215,7 +217,7 @@ class OtherDriverFinishes:
 
 
 def test_a_stale_drivers_running_trial_is_requeued_and_a_live_ones_is_left_alone(tmp_path, shared):
-    exp = load(small_experiment(tmp_path, name="drivers", space=WIDE))
+    exp = load(small_experiment(tmp_path, name="drivers", task=TASK, space=WIDE))
     study = open_study(exp)
     now = time.time()
     beat(study, "dead", now=now - 3600, every_s=exp.search.heartbeat_s)
@@ -264,3 +266,30 @@ def test_ctrl_c_requeues_the_trials_in_flight_and_loses_no_finished_one(tmp_path
     assert parent[0].info.status == "KILLED"
     resumed = optuna.load_study(study_name=exp.name, storage=exp.storage_url)
     assert len(spent(resumed)) == 3
+
+
+class StopAtFirstRung:
+    """Listener: hears every rung report; trial 0 is told to stop at its first rung."""
+
+    def __init__(self) -> None:
+        self.heard: list[tuple[int, int]] = []
+
+    def rung(self, loop, report) -> bool:
+        self.heard.append((report.number, report.rung))
+        return report.number != 0
+
+
+def test_a_running_trial_reports_its_rungs_and_is_stopped_at_one_when_told(tmp_path, shared):
+    def rungs(number, plan, ctx, time_model, bar, report):
+        reached = 0
+        for rung in (1, 2, 3):
+            reached = rung
+            if not report(rung, {"accuracy": 80.0 + rung}):
+                break
+        metrics = {"accuracy": 90.0 + reached, "latency_p50_ms": 1.0 + number, "size_mb": 1.0, "params": 1.0}
+        return TrialResult(number, metrics=metrics, onnx=shared[1], info={"skipped_training": False})
+
+    listener = StopAtFirstRung()
+    _, swept, _ = _run(tmp_path, shared, rungs, trials=2, parallel=1, listeners=[listener])
+    assert listener.heard == [(0, 1), (1, 1), (1, 2), (1, 3)]
+    assert swept.study.trials[0].values[0] == 91.0 and swept.study.trials[1].values[0] == 93.0
