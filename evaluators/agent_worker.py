@@ -1,6 +1,7 @@
-"""The device agent's worker: the child process that checks and times what the agent receives, and the parent's
-handle on it. Every request carries an id that its replies repeat, and any failure while waiting kills the child,
-so no request can ever read another's answer. The child has a memory cap and ends when the agent ends.
+"""The device agent's worker: the child process that checks and times what the agent receives (or runs a bounded
+batch of inputs through it, for accuracy on the device), and the parent's handle on it. Every request carries an
+id that its replies repeat, and any failure while waiting kills the child, so no request can ever read another's
+answer. The child has a memory cap and ends when the agent ends.
 
 The same child serves the local bench station and the accuracy pass (`Worker.call`, through evaluators/limits.py):
 one function call at a time, under the memory cap and a deadline, the child replaced after a kill."""
