@@ -187,8 +187,6 @@ def sweep(
             with progress:
                 loop.run()
             summary.out_of_plans = loop.ledger.out_of_plans
-            if summary.interrupted:
-                return Swept(summary, study, tracker)
             # A driver that died during this sweep may have told trials it never mirrored; the pick and the registry
             # need every finished trial's run, so they are filled now, not only at the next start.
             sync_tracking(exp, study, tracker, live_drivers(study, exp.search.heartbeat_s))
