@@ -42,12 +42,14 @@ def _dense(weights: np.ndarray) -> bytes:
 
 
 @pytest.fixture
-def finished(tmp_path: Path) -> tuple[Path, dict[int, float]]:
+def finished(tmp_path: Path, agent_url: tuple[str, Path]) -> tuple[Path, dict[int, float]]:
     """A finished sweep as the study holds it: the teacher's ONNX file and figures, three trained trials with their
-    ONNX files and host accuracies."""
+    ONNX files and host accuracies. Its file's target is the agent, with `accuracy: device`."""
+    url, token_file = agent_url
     path = small_experiment(
         tmp_path,
         name="anywhere",
+        target={"kind": "remote", "url": url, "token_file": str(token_file), "accuracy": "device"},
         constraints={"max_accuracy_drop": 100.0},
         pick={"max_accuracy_drop": 100.0, "verify_seconds": 1.0},
     )
@@ -115,7 +117,8 @@ def test_retarget_to_an_agent_scores_on_the_device_picks_there_and_trains_nothin
     trials_before = len(open_study(exp).trials)
     capsys.readouterr()
 
-    flags = ["--target", "remote", "--url", url, "--token-file", str(token_file), "--accuracy", "device"]
+    # No --accuracy: the file's `accuracy: device` is about this very agent, so it applies.
+    flags = ["--target", "remote", "--url", url, "--token-file", str(token_file)]
     assert main(["retarget", str(path), *flags, "--seconds", "1", "--json"]) == 0, capsys.readouterr().err
     card = json.loads(capsys.readouterr().out)
 
