@@ -8,18 +8,19 @@ import re
 import reprlib
 import urllib.parse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evaluators.errors import ConfigError, not_allowed
 from evaluators.secrets import mask_secrets, masked
 from experiments.schema import MAX_SEED, TASK_CONFIGS, DigitsTask, OnnxTask, TaskConfig, task_error
-from search.pick import check_pick_policy
+from search.pick import PICK_POLICIES, check_pick_policy
 from search.samplers import check_sampler
 from spaces.knobs import Strict
 from spaces.plan import Space
+from spaces.sections import misplaced, nested_errors, owns_section, raise_if, split_sections
 
 if TYPE_CHECKING:
     from evaluators.targets import TargetSpec
@@ -33,6 +34,7 @@ METRIC_DIRECTIONS: dict[str, str] = {
     "latency_p99_ms": "minimize",
     "size_mb": "minimize",
     "params": "minimize",
+    "throughput_per_s": "maximize",  # items per second at the target's batch: batch_size / p50 seconds
 }
 # Upper bounds (README, "The experiment file's bounds"): a typo must not ask for a trillion trials or threads.
 MAX_TRIALS = 100_000
@@ -67,25 +69,52 @@ class Constraints(Strict):
 class Target(_Masked):
     """Where latency is measured: a runtime on this machine or a device agent, with its threads and batch size."""
 
-    kind: Literal["cpu", "cuda", "tensorrt", "openvino", "remote"] = "cpu"
+    kind: str = "cpu"  # a kind registered in evaluators.targets.TARGETS (built-in or from an extension)
     threads: int = Field(1, ge=1, le=MAX_THREADS)
     batch_size: int = Field(1, ge=1, le=MAX_BATCH)
-    device_id: int = Field(0, ge=0, le=1024)  # cuda / tensorrt
-    url: str | None = None  # remote: the device agent, e.g. http://jetson.local:8470
-    token_file: str | None = None  # remote: a file holding the agent's bearer token
+    device_id: int = Field(0, ge=0, le=1024)  # a GPU target's device
+    url: str | None = None  # a target that takes a URL (remote): the device agent, e.g. http://jetson.local:8470
+    token_file: str | None = None  # the same: a file holding the agent's bearer token
     reserve_cores: bool = True  # a local CPU target keeps `threads` cores for timing only; trials use the rest
+    # Where accuracy is scored: 'host' (the driver's ONNX Runtime) or 'device' (the device agent runs the validation
+    # inputs and sends back the outputs; the labels stay with the driver). `slimsweep retarget` honours it.
+    accuracy: str = "host"
+
+    @model_validator(mode="after")
+    def _accuracy_where(self) -> "Target":
+        if self.accuracy not in ("host", "device"):
+            raise ValueError(f"accuracy: {self.accuracy!r} is not allowed; use 'host' or 'device'")
+        if self.accuracy == "device" and not self.url:
+            raise ValueError(
+                f"accuracy: 'device' needs a device agent to score on, and this {self.kind!r} target has no url; "
+                "use a remote target (kind: remote, url, token_file), or accuracy: host"
+            )
+        return self
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        from evaluators.targets import TARGETS  # light: the registry, without ONNX Runtime
+
+        return TARGETS.check(v)
 
     @model_validator(mode="after")
     def _remote(self) -> "Target":
-        if self.kind == "remote":
+        from evaluators.targets import target_class, url_kinds
+
+        if target_class(self.kind).takes_url:
             if not self.url or not re.match(r"^https?://", self.url):
-                raise ValueError(f"a remote target needs url: http(s)://HOST:PORT of a device agent, got {self.url!r}")
+                raise ValueError(
+                    f"a {self.kind} target needs url: http(s)://HOST:PORT of a device agent, got {self.url!r}"
+                )
             if not self.token_file:
-                raise ValueError("a remote target needs token_file: a file holding the agent's token")
+                raise ValueError(f"a {self.kind} target needs token_file: a file holding the agent's token")
             if not Path(self.token_file).expanduser().is_file():
                 raise ValueError(f"token_file {self.token_file!r} does not exist")
         elif self.url or self.token_file:
-            raise ValueError(f"url and token_file are for kind 'remote' only, not {self.kind!r}")
+            raise ValueError(
+                f"url and token_file are for kinds that take a URL ({', '.join(url_kinds())}) only, not {self.kind!r}"
+            )
         return self
 
     def token(self) -> str | None:
@@ -214,7 +243,10 @@ class Tracking(_Masked):
 
 
 class Pick(Strict):
-    """The policy that picks the deployable model among front members."""
+    """The policy that picks the deployable model among front members, and the section of a policy with settings of
+    its own (a key named after it: `pick: {policy: mine, mine: {...}}`)."""
+
+    model_config = ConfigDict(extra="allow")  # the policies' own sections, validated by _sections
 
     policy: str = "fastest_within"  # a name registered in search.pick.PICK_POLICIES
     max_accuracy_drop: float = Field(1.0, ge=0, le=100)
@@ -227,6 +259,30 @@ class Pick(Strict):
     @classmethod
     def _policy(cls, v: str) -> str:
         return check_pick_policy(v)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _sections(cls, data: Any, handler: Any) -> "Pick":
+        if not isinstance(data, dict):
+            return handler(data)
+        own, sections, errors = split_sections(data, list(cls.model_fields), PICK_POLICIES)
+        raise_if(errors, cls.__name__)
+        pick = handler(own)
+        for name in [name for name in sections if name != pick.policy]:
+            message = f"settings of a policy other than pick.policy {pick.policy!r}: set policy: {name} or remove this"
+            misplaced(name, message, data[name], cls.__name__)
+        chosen = PICK_POLICIES.get(pick.policy)
+        if owns_section(chosen) and sections.get(pick.policy) is None:
+            try:  # the policy's defaults where the file gives no section (a setting without one must be given)
+                sections[pick.policy] = chosen.model_validate({})
+            except ValidationError as exc:
+                raise_if(nested_errors(pick.policy, chosen, exc), cls.__name__)
+        pick.__pydantic_extra__.update({k: v for k, v in sections.items() if v is not None})
+        return pick
+
+    def section(self, policy: str) -> Any:
+        """The validated settings section of a policy with settings of its own (None for one without)."""
+        return (self.__pydantic_extra__ or {}).get(policy)
 
 
 class Experiment(_Masked):

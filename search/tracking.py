@@ -397,12 +397,12 @@ class Tracker:
             self.client.log_artifact(self.parent_id, str(path), artifact_path=name or None)
 
     @_tolerant()
-    def alias_version(self) -> str | None:
-        """The registry version the alias 'deployable' points at, or None."""
+    def alias_version(self, alias: str = ALIAS) -> str | None:
+        """The registry version the alias ('deployable', or a target's 'deployable-<target>') points at, or None."""
         from mlflow.exceptions import MlflowException
 
         try:
-            return str(self.client.get_model_version_by_alias(self.name, ALIAS).version)
+            return str(self.client.get_model_version_by_alias(self.name, alias).version)
         except MlflowException:
             return None
 
@@ -470,9 +470,30 @@ class Tracker:
         return version
 
     @_tolerant()
-    def move_alias(self, version: str) -> None:
-        """Point the alias 'deployable' at a registered version."""
-        self.client.set_registered_model_alias(self.name, ALIAS, version)
+    def move_alias(self, version: str, alias: str = ALIAS) -> None:
+        """Point the alias ('deployable', or a target's 'deployable-<target>') at a registered version."""
+        self.client.set_registered_model_alias(self.name, alias, version)
+
+    @_tolerant("")
+    def start_retarget(self, target: str, params: dict[str, Any]) -> str:
+        """Reopen or create the parent run of this sweep's retargeting to `target` (beside the sweep's own run)."""
+        tags = {ROLE: "retarget", STUDY: self.name, "slimsweep.target": target}
+        found = self.client.search_runs(
+            [self.experiment_id],
+            " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items()),
+            max_results=1,
+            order_by=["attributes.start_time ASC"],
+        )
+        if found:
+            self.parent_id = found[0].info.run_id
+            self.client.update_run(self.parent_id, status="RUNNING")
+        else:
+            self.parent_id = self.client.create_run(
+                self.experiment_id, run_name=f"{self.name}-{target}", tags=tags
+            ).info.run_id
+            # Once, at creation: a param's value cannot change, and the target's slug names the same settings.
+            self.client.log_batch(self.parent_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+        return self.parent_id
 
     @_tolerant()
     def end(self, status: str = "FINISHED") -> None:

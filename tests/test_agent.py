@@ -163,6 +163,7 @@ def test_info_reports_the_device_runtimes_and_limits(port):
         "queue_size": 1,
         "max_memory_mb": MEMORY_MB,
         "timing": agent.TIMING_LIMITS,
+        "outputs": {"max_rows": agent.MAX_OUTPUT_ROWS, "max_bytes": agent.MAX_OUTPUT_BYTES},
     }
     assert info["agent"]["protocol"] == 1
     assert info["queue"] == {"in_flight": 0}

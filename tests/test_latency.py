@@ -18,6 +18,8 @@ from evaluators import (
 )
 from evaluators.latency import median_ci
 
+pytestmark = pytest.mark.fast
+
 # Few repeats and a short cap keep the file fast; the method is the same as with the defaults.
 QUICK = TimingSettings(warmup=5, min_repeats=30, max_repeats=200, max_seconds=5.0)
 
@@ -70,7 +72,7 @@ def test_measure_reports_ordered_percentiles_within_repeat_bounds(small):
         "latency_mean_ms",
         "latency_cv",
         "latency_ci_rel",
-        "throughput",
+        "throughput_per_s",
     }
     assert all(np.isfinite(v) for v in result.metrics().values())
 
