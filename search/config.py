@@ -251,6 +251,7 @@ class Pick(Strict):
     policy: str = "fastest_within"  # a name registered in search.pick.PICK_POLICIES
     max_accuracy_drop: float = Field(1.0, ge=0, le=100)
     max_latency_ms: float | None = Field(None, gt=0)
+    min_throughput_per_s: float | None = Field(None, gt=0, le=1e12)  # items per second at the target's batch
     # How long the front and the teacher may be timed side by side before the pick (it stops earlier once every
     # speed-up's 95% interval is within 3%).
     verify_seconds: float = Field(20.0, ge=1, le=600)

@@ -76,7 +76,7 @@ PICK_POLICIES: Registry[type[PickPolicy]] = Registry("pick.policy")
 
 def register_pick_policy(policy: type[PickPolicy]) -> type[PickPolicy]:
     """Make a policy a choice of `pick.policy` in every experiment file; usable as a class decorator."""
-    if policy.name in ("policy", "max_accuracy_drop", "max_latency_ms", "verify_seconds"):
+    if policy.name in ("policy", "max_accuracy_drop", "max_latency_ms", "min_throughput_per_s", "verify_seconds"):
         raise ValueError(f"{policy.name!r} is taken by the pick section itself; choose another policy name")
     return PICK_POLICIES.register(policy)
 
@@ -164,15 +164,18 @@ class FastestWithin:
     name: ClassVar[str] = "fastest_within"
     max_accuracy_drop: float = 1.0
     max_latency_ms: float | None = None
+    min_throughput_per_s: float | None = None
 
     @classmethod
     def from_config(cls, pick: Any) -> FastestWithin:
         """The policy with the `pick:` section's limits."""
-        return cls(pick.max_accuracy_drop, pick.max_latency_ms)
+        return cls(pick.max_accuracy_drop, pick.max_latency_ms, getattr(pick, "min_throughput_per_s", None))
 
     def describe(self) -> str:
         """The policy in words."""
         limit = f" and p50 latency <= {self.max_latency_ms:g} ms" if self.max_latency_ms is not None else ""
+        if self.min_throughput_per_s is not None:
+            limit += f" and throughput >= {self.min_throughput_per_s:g} items/s"
         return (
             f"fastest front member with accuracy drop <= {self.max_accuracy_drop:g} pt{limit}; members not "
             "measurably faster than one another are a tie, won by accuracy, then size"
@@ -186,6 +189,7 @@ class FastestWithin:
             for c in front
             if c.accuracy_drop <= self.max_accuracy_drop
             and (self.max_latency_ms is None or c.latency <= self.max_latency_ms)
+            and (self.min_throughput_per_s is None or (c.throughput_per_s or 0.0) >= self.min_throughput_per_s)
         ]
         if eligible:
             return self._among(eligible, len(front), teacher_latency_ms)

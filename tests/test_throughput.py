@@ -67,3 +67,21 @@ def test_an_unknown_objective_names_throughput_among_the_allowed(tmp_path):
 
     with pytest.raises(ConfigError, match="throughput_per_s"):
         load(small_experiment(tmp_path, objectives=["accuracy", "throughput"]))
+
+
+def test_the_pick_policy_can_ask_for_a_throughput(tmp_path):
+    from dataclasses import replace
+
+    from test_ties import member
+
+    from search.pick import choose, make_policy
+
+    fast_few = replace(member(1, 98.4, 8.0, (7.8, 8.2)), throughput_per_s=900.0)
+    slower_many = replace(member(2, 98.4, 4.0, (3.9, 4.1)), throughput_per_s=1500.0)  # batches better, say
+    exp = load(small_experiment(tmp_path, name="rate", pick={"max_accuracy_drop": 1.0, "min_throughput_per_s": 1000}))
+    policy = make_policy(exp.pick)
+    picked = choose([fast_few, slower_many], policy, 1.0)
+    assert picked.candidate.trial == 2 and picked.met_policy and "throughput >= 1000 items/s" in picked.why
+    # Without the limit the measurably faster member wins.
+    plain = make_policy(load(small_experiment(tmp_path, name="plain")).pick)
+    assert choose([fast_few, slower_many], plain, 1.0).candidate.trial == 1
