@@ -33,7 +33,9 @@ def test_bench_times_a_fixed_batch_model_at_its_batch_and_its_figures_name_the_p
     figures = bench(plan, max_seconds=0.3).to_dict()
     assert figures["model"] == str(tmp_path / "fixed.onnx") and figures["target"] == "cpu"
     assert figures["batch_size"] == 4 and figures["threads"] == 1
-    assert figures["repeats"] > 0 and figures["throughput_per_s"] == pytest.approx(4 / (figures["latency_p50_ms"] / 1e3))
+    assert figures["repeats"] > 0 and figures["throughput_per_s"] == pytest.approx(
+        4 / (figures["latency_p50_ms"] / 1e3)
+    )
 
 
 def test_a_symbolic_batch_is_timed_at_the_flag_or_at_one(tmp_path):
