@@ -10,6 +10,8 @@ import torch
 from evaluators import SlimsweepError, predict, size_mb
 from evaluators.accuracy import accuracy
 
+pytestmark = pytest.mark.fast
+
 CLASSES = 10
 
 

@@ -40,6 +40,8 @@ from spaces.pruning_knobs import PRUNING_METHODS
 from spaces.quantization_knobs import SCHEMES
 from spaces.student_knobs import STUDENT_FAMILIES
 
+pytestmark = pytest.mark.fast
+
 
 class MLPStudents(StudentFamily):
     """A multilayer perceptron on the flattened image: `layers` hidden layers of `hidden` units."""

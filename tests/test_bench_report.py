@@ -15,6 +15,8 @@ from benchmarks.hypervolume import Point, hypervolume
 from benchmarks.machine import cpu_info
 from benchmarks.realdata import goals, teacher_goal
 
+pytestmark = pytest.mark.fast
+
 
 def _by_cells(losses: list[tuple[float, ...]], ref: tuple[float, ...]) -> float:
     """A second computation: split the box below `ref` into cells at every coordinate and add the dominated ones."""

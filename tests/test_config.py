@@ -14,6 +14,8 @@ import experiments
 from search.cli import main
 from search.config import load
 
+pytestmark = pytest.mark.fast
+
 SHIPPED = Path(experiments.__file__).parent / "digits.yaml"
 HEAVY = {"torch", "ray", "optuna", "mlflow", "torch_pruning", "sklearn"}
 

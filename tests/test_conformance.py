@@ -22,6 +22,8 @@ from spaces.pruning_knobs import IMPORTANCES, PRUNING_METHODS
 from spaces.quantization_knobs import SCHEMES
 from spaces.student_knobs import STUDENT_FAMILIES
 
+pytestmark = pytest.mark.fast
+
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():

@@ -19,6 +19,8 @@ from search.fingerprint import changes, fingerprint
 from search.stored import check_resume, load_existing, stored_names
 from search.study import open_study
 
+pytestmark = pytest.mark.fast
+
 CHANGES = {
     "task": ({"task": {"name": "mnist-idx", "seed": 0, "teacher": {"epochs": 10}}}, ["task.name"]),
     "task seed": ({"task": {"name": "digits", "seed": 1, "teacher": {"epochs": 10}}}, ["task.seed"]),

@@ -15,6 +15,8 @@ from search.config import Experiment, load
 from search.fresh import MARKER, mark_output, start_over
 from search.study import beat, open_study
 
+pytestmark = pytest.mark.fast
+
 
 def _exp(tmp_path: Path, output_dir: Path | None = None) -> tuple[Path, Experiment]:
     path = small_experiment(tmp_path, name="fresh", **({"output_dir": str(output_dir)} if output_dir else {}))

@@ -12,6 +12,8 @@ import pytest
 from search import filelock, handover
 from search.filelock import LockTimeout, held
 
+pytestmark = pytest.mark.fast
+
 CARD = {"experiment": "x", "trial": 7}
 
 

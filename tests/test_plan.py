@@ -11,6 +11,8 @@ from spaces.pruning_knobs import PruningChoice
 from spaces.quantization_knobs import QuantizationChoice
 from spaces.student_knobs import StudentChoice
 
+pytestmark = pytest.mark.fast
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 SECTIONS = ("student", "pruning", "quantization")

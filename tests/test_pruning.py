@@ -21,6 +21,8 @@ from spaces.export import to_onnx
 from spaces.pruning import channel_count, epochs_per_step, prune, sparsity
 from spaces.pruning_knobs import PruningChoice, PruningSpace, sample_pruning
 
+pytestmark = pytest.mark.fast
+
 
 class ResidualBlock(nn.Module):
     def __init__(self, channels: int) -> None:

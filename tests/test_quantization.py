@@ -26,6 +26,8 @@ from spaces.export import to_onnx
 from spaces.quantization import layer_sensitivity, quantize
 from spaces.quantization_knobs import SCHEMES, QuantizationChoice, QuantizationSpace, sample_quantization
 
+pytestmark = pytest.mark.fast
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 INT8_SCHEMES = ["int8_dynamic", "int8_static_qdq", "int8_static_qoperator"]

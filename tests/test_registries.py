@@ -12,6 +12,8 @@ from search.pick import PICK_POLICIES, make_policy
 from search.samplers import SAMPLERS, make_sampler, register_sampler
 from spaces.plan import Space, sample
 
+pytestmark = pytest.mark.fast
+
 
 @pytest.mark.parametrize("name", SAMPLERS.names())
 def test_every_sampler_drives_a_multi_objective_study_over_the_real_space(name):

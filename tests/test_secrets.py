@@ -16,6 +16,8 @@ from evaluators.errors import ConfigError
 from evaluators.secrets import mask_secrets, masked
 from search.config import load
 
+pytestmark = pytest.mark.fast
+
 SECRET = "S3cretPw"
 PG_STORAGE = f"postgresql://slim:{SECRET}@db.example:5432/studies"
 PG_TRACKING = f"postgresql+psycopg://slim:{SECRET}@db.example:5432/mlflow"

@@ -24,6 +24,8 @@ from spaces.export import to_onnx
 from spaces.student_knobs import StudentChoice, StudentSpace, sample_student
 from spaces.students import CNN, Distillation, build, distill_loss, downsampling, parameter_count, suits, train
 
+pytestmark = pytest.mark.fast
+
 CLASSES = 10
 
 

@@ -21,6 +21,8 @@ from benchmarks.tabular import (
 from benchmarks.tabular_grid import TABLE, enumerate_plans, grid_space, plan_key
 from spaces.plan import Space
 
+pytestmark = pytest.mark.fast
+
 
 def box_volume(points: list[np.ndarray], ref: np.ndarray) -> float:
     """The dominated volume by brute force: cut space at every coordinate and add up the cells some point covers."""

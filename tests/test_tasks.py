@@ -28,6 +28,8 @@ from experiments.tasks import Task, load_task
 from experiments.teacher import resolve_teacher, teacher_from_bytes, teacher_to_bytes
 from spaces.export import to_onnx
 
+pytestmark = pytest.mark.fast
+
 # ---------------------------------------------------------------- the shipped MNIST test set (IDX files)
 
 
