@@ -214,7 +214,7 @@ def bench_vs_profiler(paths: list[Path], runs: int) -> dict[str, dict]:
             text=True,
             env=_env(),
         )
-        bench = json.loads(proc.stdout)["p50_ms"]
+        bench = json.loads(proc.stdout)["latency_p50_ms"]
         os.sched_setaffinity(0, [core])
         try:
             with tempfile.TemporaryDirectory() as tmp:

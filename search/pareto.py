@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import html
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ class Candidate:
     speedup: float | None = None
     speedup_ci_low: float | None = None
     speedup_ci_high: float | None = None
+    throughput_per_s: float | None = None  # items per second at the target's batch (None: a trial of an older release)
 
     @property
     def latency(self) -> float:
@@ -69,6 +70,7 @@ def candidate(trial: FrozenTrial) -> Candidate:
         size_mb=m["size_mb"],
         params=m["params"],
         params_dict=tuple(sorted(rec.plan.items())),
+        throughput_per_s=m.get("throughput_per_s"),
     )
 
 
@@ -276,68 +278,131 @@ def table(
     accuracy_threshold: float | None = None,
     tied: Iterable[int] = (),
     won_by: str = "",
-):
-    """A rich table of the front for the terminal: the pick marked, the members tied with it on speed marked, each
-    member's side-by-side speed-up over the teacher with its interval, the knobs that tell rows apart, and whether
-    each row meets the accuracy threshold."""
-    from rich.table import Table
+    show_knobs: bool = False,
+) -> FrontTable:
+    """The front for the terminal, one compact row per member (see FrontTable); `show_knobs` adds the knobs that
+    tell rows apart, one per line (and, where the width allows, the p95 and the in-sweep p50)."""
+    return FrontTable(rows, teacher, title, pick, accuracy_threshold, frozenset(tied), won_by, show_knobs)
 
-    names, tied = distinguishing(rows), set(tied)
-    caption = []
-    if accuracy_threshold is not None:
-        caption.append(f"accuracy threshold {accuracy_threshold:.2f}% (rows below it marked 'below')")
-    if pick is not None:
-        caption.append(f"* = the pick (trial {pick})" + (f", won on {won_by}" if won_by else ""))
-    if tied:
-        caption.append("= tied with the pick on speed (the speed-up intervals overlap: neither is measurably faster)")
-    if any(c.speedup is not None for c in rows):
-        caption.append(f"speed-up interval: {SIDE_BY_SIDE}")
-    t = Table(title=title, caption="\n".join(caption) or None)  # a line each: a note is never broken mid-way
-    for name in (
-        "",
-        "trial",
-        "plan",
-        "knobs",
-        "accuracy %",
-        "drop pt",
-        "p50 ms",
-        "p95 ms",
-        "verified p50 ms",
-        "speed-up [interval]",
-        "size MB",
-    ):
-        t.add_column(name, justify="left" if name in {"plan", "knobs", ""} else "right")
-    if teacher:
-        verified = teacher.get("latency_p50_ms_verified")
-        t.add_row(
-            "",
-            "teacher",
-            "fp32 teacher",
-            "",
-            f"{teacher['accuracy']:.2f}",
-            "0.00",
-            f"{teacher['latency_p50_ms']:.4f}",
-            f"{teacher['latency_p95_ms']:.4f}",
-            "" if verified is None else f"{verified:.4f}",
-            "1x",
-            f"{teacher['size_mb']:.3f}",
-            style="dim",
-        )
-    for c in rows:
-        verified = "" if c.latency_p50_ms_verified is None else f"{c.latency_p50_ms_verified:.4f}"
-        below = accuracy_threshold is not None and c.accuracy < accuracy_threshold
-        t.add_row(
-            "*" if c.trial == pick else "=" if c.trial in tied else "",
-            str(c.trial),
-            c.plan,
-            knobs(c, names),
-            f"{c.accuracy:.2f}" + (" below" if below else ""),
-            f"{c.accuracy_drop:.2f}",
-            f"{c.latency_p50_ms:.4f}",
-            f"{c.latency_p95_ms:.4f}",
-            verified,
-            speed_cell(c),
-            f"{c.size_mb:.3f}",
-            style="bold green" if c.trial == pick else None,
-        )
-    return t
+
+# Below _NARROW columns a member's speed-up interval, its 'below' mark and its rate go under its figures, so that the
+# plan keeps room at 80 columns; below _KNOBS_APART the knobs go under the plan instead of two columns of their own.
+_NARROW, _KNOBS_APART = 110, 150
+
+
+@dataclass(frozen=True)
+class FrontTable:
+    """The front as a rich renderable: the pick and the members tied with it marked, accuracy and whether it meets
+    the threshold, p50, the side-by-side speed-up over the teacher with its interval, size, throughput, the plan.
+
+    Laid out for the width it is printed at: a figure never wraps and nothing is cut to `prun…` (rich's default for
+    a column that does not fit); the plan and the knobs wrap between words."""
+
+    rows: list[Candidate]
+    teacher: dict[str, float] | None
+    title: str
+    pick: int | None
+    accuracy_threshold: float | None
+    tied: frozenset[int]
+    won_by: str
+    show_knobs: bool
+
+    def __rich_console__(self, console: Any, options: Any) -> Iterator[Any]:
+        from rich.text import Text
+
+        width = options.max_width
+        yield self.render(narrow=width < _NARROW, knobs_apart=width >= _KNOBS_APART)
+        # Under the table, not as its caption: a caption as wide as its longest note would widen the table.
+        for line in self.caption():
+            yield Text(line, style="dim")
+
+    def caption(self) -> list[str]:
+        """What the marks and figures mean, a line each (a note is never broken mid-way by the table)."""
+        lines = []
+        if self.accuracy_threshold is not None:
+            lines.append(f"accuracy threshold {self.accuracy_threshold:.2f}% (rows below it marked 'below')")
+        if self.pick is not None:
+            lines.append(f"* = the pick (trial {self.pick})" + (f", won on {self.won_by}" if self.won_by else ""))
+        if self.tied:
+            lines.append("= tied with the pick on speed (the speed-up intervals overlap: neither is measurably faster)")
+        if any(c.latency_p50_ms_verified is not None for c in self.rows):
+            lines.append("p50: timed side by side with the teacher at the end of the sweep, where it was re-timed")
+        if any(c.speedup is not None for c in self.rows):
+            lines.append(f"speed-up interval: {SIDE_BY_SIDE}")
+        if not self.show_knobs and distinguishing(self.rows):
+            from search.commands import tool
+
+            lines.append(f"the knobs that tell the rows apart: {tool('slimsweep')} front EXPERIMENT.yaml --knobs")
+        return lines
+
+    def render(self, *, narrow: bool, knobs_apart: bool = True):
+        """The rich Table; `narrow` puts the interval, the 'below' mark and the rate under their figures; with the
+        knobs shown, `knobs_apart` gives them a column of their own beside the p95 and the in-sweep p50, else they
+        go under the plan."""
+        from rich import box
+        from rich.table import Table
+
+        rate = any(c.throughput_per_s is not None for c in self.rows)
+        wide_knobs = self.show_knobs and knobs_apart and not narrow
+        heads = ["trial", "acc.\n%", "drop\npt", "p50\nms"]
+        if wide_knobs:
+            heads += ["p95\nms", "in-sweep\np50 ms"]
+        heads += ["speed-up\n[interval]"] + (["size MB\nitems/s"] if rate and narrow else ["size\nMB"])
+        heads += ["items/s"] if rate and not narrow else []
+        # No outer box and no column rules, two spaces between columns: the width goes to the figures and the plan.
+        t = Table(title=self.title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+        t.add_column("", no_wrap=True)
+        for name in heads:
+            t.add_column(name, justify="right", no_wrap=True)
+        t.add_column("plan" + ("\nknobs" if self.show_knobs and not wide_knobs else ""), overflow="fold", min_width=16)
+        if wide_knobs:
+            t.add_column("knobs", overflow="fold", min_width=16)
+        if self.teacher:
+            m = self.teacher
+            figures = [m["accuracy"], 0.0, m.get("latency_p50_ms_verified") or m["latency_p50_ms"]]
+            figures += [m["latency_p95_ms"], m["latency_p50_ms"]] if wide_knobs else []
+            tail = self._tail("1x", m["size_mb"], m.get("throughput_per_s"), rate, narrow)
+            extra = [""] if wide_knobs else []
+            t.add_row("", "", *self._numbers(figures), *tail, "fp32 teacher", *extra, style="dim")
+        names = distinguishing(self.rows) if self.show_knobs else []
+        for c in self.rows:
+            below = self.accuracy_threshold is not None and c.accuracy < self.accuracy_threshold
+            figures = [c.accuracy, c.accuracy_drop, c.latency]
+            figures += [c.latency_p95_ms, c.latency_p50_ms] if wide_knobs else []
+            cells = self._numbers(figures)
+            if below:
+                cells[0] += ("\n" if narrow else " ") + "below"
+            speed = speed_cell(c).replace(" [", "\n[" if narrow else " [")
+            # `name = value`: a knob too long for its column wraps before its value, not inside its name.
+            knob_lines = "\n".join(knobs(c, [k]).replace("=", " = ", 1) for k in names if k in dict(c.params_dict))
+            plan = f"{c.plan}\n{knob_lines}" if self.show_knobs and not wide_knobs and knob_lines else c.plan
+            t.add_row(
+                "*" if c.trial == self.pick else "=" if c.trial in self.tied else "",
+                str(c.trial),
+                *cells,
+                *self._tail(speed, c.size_mb, c.throughput_per_s, rate, narrow),
+                plan,
+                *([knob_lines] if wide_knobs else []),
+                style="bold green" if c.trial == self.pick else None,
+            )
+        return t
+
+    @staticmethod
+    def _numbers(figures: list[float]) -> list[str]:
+        """Accuracy and drop with 2 decimals, latencies with 4."""
+        return [f"{v:.2f}" if i < 2 else f"{v:.4f}" for i, v in enumerate(figures)]
+
+    @staticmethod
+    def _tail(speed: str, size_mb: float, items_per_s: float | None, rate: bool, narrow: bool) -> list[str]:
+        """The speed-up, size and rate cells (narrow: the rate under the size)."""
+        size = f"{size_mb:.3f}"
+        if not rate:
+            return [speed, size]
+        if narrow:
+            return [speed, f"{size}\n{_rate(items_per_s)}" if items_per_s is not None else size]
+        return [speed, size, _rate(items_per_s)]
+
+
+def _rate(items_per_s: float | None) -> str:
+    """Items per second, whole, with thousands separators ('' when not measured)."""
+    return "" if items_per_s is None else f"{items_per_s:,.0f}"

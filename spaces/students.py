@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -223,8 +223,17 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor | None, labels: to
     return d.alpha * t * t * soft + (1 - d.alpha) * hard
 
 
-def train(model: nn.Module, x: np.ndarray, y: np.ndarray, d: Distillation, teacher: nn.Module | None = None) -> float:
-    """Train in place (distilling from `teacher` if given) and return the last epoch's mean loss."""
+def train(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    d: Distillation,
+    teacher: nn.Module | None = None,
+    *,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> float:
+    """Train in place (distilling from `teacher` if given) and return the last epoch's mean loss; `on_epoch` hears
+    each finished epoch (1-based) and its mean loss, and may evaluate the model (each epoch sets train mode again)."""
     if d.epochs <= 0:
         return float("nan")
     generator = torch.Generator().manual_seed(d.seed)
@@ -256,5 +265,7 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, d: Distillation, teach
             schedule.step()
             total, batches = total + loss.item(), batches + 1
         loss_mean = total / batches
+        if on_epoch is not None:
+            on_epoch(epoch + 1, loss_mean)
     model.eval()
     return loss_mean

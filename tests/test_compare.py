@@ -14,6 +14,8 @@ from evaluators import latency
 from evaluators.compare import SIDE_BY_SIDE_DRIFT, CompareSettings, compare, compare_prepared, interleave, summarize
 from evaluators.errors import ConfigError
 
+pytestmark = pytest.mark.fast
+
 QUICK = CompareSettings(warmup=3, burst_seconds=0.005, min_rounds=15, max_rounds=60, max_seconds=4.0)
 
 
@@ -254,7 +256,7 @@ def test_bench_times_a_fixed_batch_model_at_its_batch_and_says_so(tmp_path):
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["batch_size"] == 4 and "fixes its batch dimension at 4" in data["batch_note"]
-    assert data["throughput"] == pytest.approx(4 / (data["mean_ms"] / 1e3))
+    assert data["throughput_per_s"] == pytest.approx(4 / (data["latency_p50_ms"] / 1e3))
     table = run_cli("bench", "fixed.onnx", "--max-seconds", "0.5", cwd=tmp_path, timeout=120)
     assert table.returncode == 0 and "timed at batch 4" in table.stdout
     clash = run_cli("bench", "fixed.onnx", "--batch-size", "2", cwd=tmp_path, timeout=120)
@@ -266,7 +268,7 @@ def test_bench_json_on_a_symbolic_batch_model_uses_batch_one(tmp_path):
     proc = run_cli("bench", "m.onnx", "--max-seconds", "0.5", "--json", cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert data["batch_size"] == 1 and data["batch_note"] is None and data["p50_ms"] > 0
+    assert data["batch_size"] == 1 and data["batch_note"] is None and data["latency_p50_ms"] > 0
 
 
 # --- the bench station ------------------------------------------------------------------------------------------

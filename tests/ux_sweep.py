@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_cli, small_experiment
+from conftest import BIN, run_cli, small_experiment
 
 from search.config import Experiment, load
 
@@ -29,6 +29,7 @@ def finished_sweep(factory: pytest.TempPathFactory) -> Swept:
     """Run the sweep the first time it is asked for; later callers get the same one."""
     if "sweep" not in _CACHE:
         folder = factory.mktemp("quickstart")
+        (folder / ".venv").symlink_to(BIN.parent)  # the checkout's environment: README commands say .venv/bin/...
         (folder / "experiments").mkdir()
         path = small_experiment(folder / "experiments", name="digits")
         data = yaml.safe_load(path.read_text())
