@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,6 +33,7 @@ class Delivery:
     card_path: Path
     registered_version: str
     front: list[Candidate]
+    card: dict[str, Any] = field(default_factory=dict)  # what card_path holds (no need to read it back)
 
 
 # Times models side by side at the target's station (models[0] the baseline), e.g. BenchStation.compare.
@@ -181,6 +182,7 @@ def deliver(
     retime: Retime | None,
     output_dir: Path | None = None,
     say: Callable[[str], None] = lambda line: None,
+    example: Any | None = None,
 ) -> Delivery:
     """Choose by policy (re-timing the front first when `retime` is given), then hand the model over as one step:
     registered from its trial's run (alias 'deployable'), deployable.onnx and model_card.json."""
@@ -209,7 +211,8 @@ def deliver(
     }
     runs = tracker.trial_runs()
     source = trial_onnx_path(exp, tracker, c.trial)  # another driver's trial: fetched from its MLflow run
-    example = input_example(exp)
+    # The driver after its sweep has the task in hand (`example`); `pick` and `sync` load it for these rows.
+    example = input_example(exp) if example is None else example
 
     def register(sha: str) -> str:
         if tracker.down or c.trial not in runs:
@@ -250,7 +253,8 @@ def deliver(
         },
     )
     tracker.mark_pick(c.trial)
-    return Delivery(choice, folder / "deployable.onnx", card_path, version, members)
+    card = dict(card, registry={**card.get("registry", {}), "version": version})  # as hand_over wrote it
+    return Delivery(choice, folder / "deployable.onnx", card_path, version, members, card)
 
 
 # How each built-in task scales its inputs (experiments/tasks.py and experiments/readers.py), and its classes.
@@ -291,7 +295,8 @@ def io_description(exp: Experiment, input_shape: list[int]) -> dict[str, Any]:
 
 
 def input_example(exp: Experiment, n: int = 2) -> Any:
-    """A few validation inputs of the task, in their real scale (what the registry shows as the input example)."""
+    """A few validation inputs of the task, in their real scale (what the registry shows as the input example);
+    loads the task: a caller that has its data passes `data.x_val[:2]` to deliver() instead."""
     from experiments.tasks import load_task
 
     return load_task(exp.task).data.x_val[:n]

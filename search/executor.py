@@ -1,4 +1,5 @@
-"""Ray dispatch: trials run as Ray tasks on a local Ray or a cluster; the driver keeps all state."""
+"""Ray dispatch: trials run as Ray tasks on a local Ray or a cluster; the driver keeps all state. RayExecutor is
+search.dispatch.Executor's implementation for users' sweeps."""
 
 from __future__ import annotations
 
@@ -11,14 +12,15 @@ import re
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 
+from evaluators.compare import CompareSettings, Comparison
 from evaluators.errors import ConfigError
 from evaluators.latency import LatencyStats, TimingSettings
 from evaluators.targets import TargetSpec, make_target
+from search.dispatch import MACHINERY, Report, Running
 from search.gate import Bar
 from search.raystart import start_ray
 from search.station import free_cores, start_station
@@ -95,9 +97,6 @@ def ray_failure(number: int, exc: BaseException) -> TrialResult:
     return result
 
 
-MACHINERY = "machinery_failure"  # key in a failed result's info: the kind of machinery failure, if it was one
-
-
 def machinery_kind(exc: BaseException) -> str | None:
     """The kind of machinery failure behind a Ray error (a dead worker or node, memory), or None when the plan's
     own code raised (RayTaskError): that is the plan's failure, not the machinery's."""
@@ -144,7 +143,7 @@ def _station_share(spec: TargetSpec, reserve_cores: bool) -> dict[str, float]:
     share: dict[str, float] = {}
     if reserve_cores and make_target(spec).local_cpu():
         share["CPU"] = spec.threads
-    if spec.kind in {"cuda", "tensorrt"}:
+    if make_target(spec).uses_gpu:
         share["GPU"] = 1
     return share
 
@@ -162,16 +161,6 @@ def _live_nodes(station_share: dict[str, float], station_node: str | None = None
         if holder is not None:
             holder[key] = holder.get(key, 0) - amount
     return list(nodes.values())
-
-
-@dataclass
-class Running:
-    """A trial in flight."""
-
-    number: int
-    ref: Any  # ray.ObjectRef
-    started: float = field(default=0.0)  # on the executor's clock, for the time limit
-    submitted: float = field(default_factory=time.time)  # wall clock, for where a trial's time goes
 
 
 class RayExecutor:
@@ -208,7 +197,7 @@ class RayExecutor:
     def open_station(self, spec: TargetSpec, *, reserve_cores: bool) -> None:
         """Start the target's bench station; fails now, not mid-sweep, when the target cannot run here."""
         total = int(ray.cluster_resources().get("CPU", 0))
-        if reserve_cores and spec.kind in {"cpu", "openvino"} and spec.threads >= total:
+        if reserve_cores and make_target(spec).local_cpu() and spec.threads >= total:
             raise ConfigError(
                 f"target.threads: {spec.threads} reserved for timing would leave none of Ray's {total} CPUs for "
                 f"trials; use fewer threads, more CPUs (a cluster), or target.reserve_cores: false"
@@ -227,6 +216,18 @@ class RayExecutor:
     ) -> tuple[LatencyStats, bool]:
         """Time one model at the station (used by the driver for the teacher and for verification)."""
         return _at_station(lambda: self.station.measure.remote(model, settings, use_cache))
+
+    def compare(self, models: list[bytes], names: list[str], settings: CompareSettings) -> Comparison:
+        """Time models side by side at the station, on its reserved cores (the pick's verification)."""
+        return ray.get(self.station.compare.remote(models, names, settings))
+
+    @staticmethod
+    def reports() -> list[Report]:
+        """Rung reports: a Ray trial reports none yet (search/dispatch.py describes the hook)."""
+        return []
+
+    def stop(self, number: int) -> None:
+        """Nothing to stop at a rung: a Ray trial reports none yet."""
 
     def new_latencies(self) -> dict[str, dict]:
         """Latency measurements the station took since the last call (to keep with the study)."""
