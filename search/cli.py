@@ -77,6 +77,29 @@ def _parser() -> argparse.ArgumentParser:
     front = sub.add_parser("front", help="print the Pareto front of a sweep")
     common(front)
     front.add_argument("--json", action="store_true", help="print the front as JSON")
+    front.add_argument(
+        "--knobs", action="store_true", help="also show the knobs that tell the members apart, one per line"
+    )
+    front.add_argument("--target", help="the front on a target the sweep was retargeted to (e.g. cpu-t2-b64)")
+
+    retarget = sub.add_parser(
+        "retarget", help="re-time a finished sweep's trained models on another target and pick there; trains nothing"
+    )
+    common(retarget)
+    retarget.add_argument("--target", default="cpu", help="cpu | cuda | tensorrt | openvino | remote (default cpu)")
+    retarget.add_argument("--threads", type=int, default=1)
+    retarget.add_argument("--batch-size", type=int, default=1)
+    retarget.add_argument("--device-id", type=int, default=0)
+    retarget.add_argument("--url", help="device agent URL (target remote)")
+    retarget.add_argument("--token-file", help="file holding the device agent's token (target remote)")
+    retarget.add_argument(
+        "--accuracy",
+        choices=["host", "device"],
+        help="score accuracy on the device agent (remote); default: the file's target.accuracy when --url is the "
+        "file's own agent, else host",
+    )
+    retarget.add_argument("--seconds", type=float, help="cap of the side-by-side timing (default pick.verify_seconds)")
+    retarget.add_argument("--json", action="store_true", help="print the target's model card as JSON")
 
     status = sub.add_parser("status", help="where a sweep stands: budget, done, failed, running, front, pick")
     common(status)
@@ -86,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     common(pick)
     pick.add_argument("--max-accuracy-drop", type=float, help="points of accuracy the pick may lose")
     pick.add_argument("--max-latency-ms", type=float, help="p50 latency budget of the pick (ms)")
+    pick.add_argument("--min-throughput", type=float, help="items per second the pick must reach at the target's batch")
     pick.add_argument("--json", action="store_true", help="print the model card as JSON (progress goes to stderr)")
 
     bench = sub.add_parser("bench", help="time one ONNX model on a target, by the sweep's own method")
@@ -143,6 +167,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "parallel": "search.parallel",
         "max_accuracy_drop": "pick.max_accuracy_drop",
         "max_latency_ms": "pick.max_latency_ms",
+        "min_throughput": "pick.min_throughput_per_s",
     }
     return {dotted: getattr(args, attr) for attr, dotted in names.items() if getattr(args, attr, None) is not None}
 
@@ -161,7 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         exp = _outputs_beside_file(load(args.experiment, _overrides(args)), args)  # validated before anything
         _quiet_libraries(args.verbose)  # is started or written
-        return {"run": _run, "front": _front, "pick": _pick, "status": _status, "sync": _sync}[args.command](exp, args)
+        return {"run": _run, "front": _front, "pick": _pick, "status": _status, "sync": _sync, "retarget": _retarget}[
+            args.command
+        ](exp, args)
     except ExtensionError as exc:  # one line that names it; nothing that would look the registries up again
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -255,9 +282,7 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
     from evaluators.secrets import mask_secrets
     from search.executor import RayExecutor
     from search.pick import make_policy
-    from search.study import open_study
-    from search.sweep import MAX_ASKS_PER_TRIAL, prepare, run_sweep
-    from search.tracking import Tracker
+    from search.sweep import MAX_ASKS_PER_TRIAL, prepare, sweep
 
     spec = exp.target.spec()
     if not args.ray_address:
@@ -284,7 +309,8 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
             trial_timeout_s=exp.search.trial_timeout_s,
         )
         executor.open_station(spec, reserve_cores=exp.target.reserve_cores)
-        summary = run_sweep(exp, executor, ctx, quiet=args.quiet, offline=args.no_tracking)
+        swept = sweep(exp, executor, ctx, quiet=args.quiet, offline=args.no_tracking)
+        summary = swept.summary
     except KeyboardInterrupt:  # before the loop began: nothing to keep
         console.print("stopped before any trial ran")
         return EXIT_INTERRUPTED
@@ -306,6 +332,11 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
         f"latency cache: {summary.cache.get('latency_cache_hits', 0)} hits, "
         f"{summary.cache.get('latency_cache_misses', 0)} timed"
     )
+    from search.at_once import fewer_at_once
+
+    fewer = fewer_at_once(exp, summary.parallel, cluster=bool(args.ray_address))
+    if fewer:
+        console.print(f"parallel: {fewer}", soft_wrap=True)
     if summary.failed or summary.retried:
         kinds = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(summary.failed_kinds.items()))
         console.print(
@@ -345,17 +376,17 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
             f"{exp.constraints.max_latency_ms:g} ms budget untrained and were not trained "
             f"(about {summary.seconds_saved:.0f} s of training saved)"
         )
-    study = open_study(exp)
-    tracker = Tracker(
-        exp.tracking_uri, exp.name, exp.out / "mlartifacts", offline=args.no_tracking or bool(summary.tracking_down)
+    # The pick works with what the sweep has open: its study, its MLflow run (offline once MLflow was lost), the
+    # station (it times the teacher and the front side by side, on its reserved cores) and the task's data.
+    return _deliver(
+        exp,
+        swept.study,
+        swept.tracker,
+        make_policy(exp.pick),
+        retime=executor.compare,
+        console=console,
+        example=ctx.data.x_val[:2],
     )
-
-    def retime(models: list[bytes], names: list[str], settings) -> Any:
-        import ray  # the station times the teacher and the front side by side, on its reserved cores
-
-        return ray.get(executor.station.compare.remote(models, names, settings))
-
-    return _deliver(exp, study, tracker, make_policy(exp.pick), retime=retime, console=console)
 
 
 def _sync(exp: Experiment, args: argparse.Namespace) -> int:
@@ -389,7 +420,7 @@ def _check_target(spec: Any) -> None:
     from evaluators.targets import make_target
     from search.builds import build_problem
 
-    problem = build_problem(spec.kind) if spec.kind != "remote" else None  # a remote device brings its own
+    problem = None if make_target(spec).takes_url else build_problem(spec.kind)  # a remote device brings its own
     if problem and problem.startswith("two or more"):
         raise ConfigError(f"target: {problem}")
     try:
@@ -398,7 +429,9 @@ def _check_target(spec: Any) -> None:
         raise ConfigError(f"target: {exc}" + (f"\n(also: {problem})" if problem else "")) from None
 
 
-def _deliver(exp: Experiment, study: Any, tracker: Any, policy: Any, *, retime: Any, console: Any) -> int:
+def _deliver(
+    exp: Experiment, study: Any, tracker: Any, policy: Any, *, retime: Any, console: Any, example: Any = None
+) -> int:
     """Verify (on `run`), pick, register and print; the parent run ends FINISHED, or FAILED with nothing to pick."""
     from evaluators.secrets import mask_secrets
     from search.deliver import accuracy_threshold, deliver, teacher_latency
@@ -407,7 +440,7 @@ def _deliver(exp: Experiment, study: Any, tracker: Any, policy: Any, *, retime: 
 
     tracker.resume_sweep()
     try:
-        delivery = deliver(exp, study, tracker, policy, retime=retime, say=console.print)
+        delivery = deliver(exp, study, tracker, policy, retime=retime, say=console.print, example=example)
     except KeyboardInterrupt:
         tracker.end("KILLED")
         console.print("stopped before the pick; `slimsweep pick` re-runs it without re-running the sweep")
@@ -426,7 +459,7 @@ def _deliver(exp: Experiment, study: Any, tracker: Any, policy: Any, *, retime: 
         )
     )
     console.print(f"picked trial {delivery.choice.candidate.trial}: {delivery.choice.why}")
-    console.print(_speedup_line(json.loads(delivery.card_path.read_text())))
+    console.print(_speedup_line(delivery.card))
     registered = (
         f"registered models:/{exp.name}@deployable (version {delivery.registered_version})"
         if delivery.registered_version
@@ -436,7 +469,10 @@ def _deliver(exp: Experiment, study: Any, tracker: Any, policy: Any, *, retime: 
     if tracker.down:
         console.print("review: once MLflow is back, `slimsweep sync` writes the trials and the saved view of the front")
     else:
-        serve = "" if tracker.remote else f"mlflow ui --backend-store-uri {mask_secrets(exp.tracking_uri)}, then "
+        from search.commands import tool
+
+        ui = f"{tool('mlflow')} ui --backend-store-uri {mask_secrets(exp.tracking_uri)}"  # no activated env needed
+        serve = "" if tracker.remote else f"{ui}, then "
         link = mask_secrets(
             tracker.view_link(exp.tracking_uri.rstrip("/") if tracker.remote else "http://127.0.0.1:5000")
         )
@@ -471,6 +507,8 @@ def _front(exp: Experiment, args: argparse.Namespace) -> int:
     from search.study import teacher as stored_teacher
 
     study = _swept_study(exp, args)
+    if getattr(args, "target", None):
+        return _target_front(exp, study, args)
     teacher = dict(stored_teacher(study), latency_p50_ms_verified=teacher_latency(study))
     members = with_verified(study, front(study))
     threshold = accuracy_threshold(study, make_policy(exp.pick))
@@ -500,10 +538,77 @@ def _front(exp: Experiment, args: argparse.Namespace) -> int:
             accuracy_threshold=threshold,
             tied=[] if pick is None else [t["trial"] for t in pick.get("tied_with", [])],
             won_by="" if pick is None else pick.get("won_by", ""),
+            show_knobs=args.knobs,
         )
     )
     if pick is not None:
         print(f"why trial {pick['trial']}: {pick['why']}")
+    return 0
+
+
+def _target_front(exp: Experiment, study: Any, args: argparse.Namespace) -> int:
+    """`front --target`: the front a retargeting built, from what it measured (nothing is timed again)."""
+    from search.retarget import target_front
+    from search.retarget_report import rows, table
+
+    view = target_front(exp, study, args.target)
+    card = exp.out / view.slug / "model_card.json"
+    pick = json.loads(card.read_text()) if card.is_file() else None
+    if args.json:
+        document = {
+            "experiment": exp.name,
+            "target": view.slug,
+            "accuracy_scored_on": view.accuracy_on,
+            "teacher": view.teacher,
+            "pick": None if pick is None else pick["trial"],
+            "front": rows(view),
+        }
+        print(json.dumps(document, indent=2))
+        return 0
+    _console().print(table(view, pick=None if pick is None else pick["trial"]))
+    if pick is not None:
+        print(f"why trial {pick['trial']}: {pick['why']}")
+    return 0
+
+
+def _retarget(exp: Experiment, args: argparse.Namespace) -> int:
+    """Re-time the finished sweep's trained models on another target, pick there and hand over; trains nothing."""
+    from search.config import Target
+    from search.preflight import check_stores
+    from search.retarget import alias, retarget
+    from search.retarget_report import table
+    from search.timing_cli import validated
+    from search.tracking import Tracker
+
+    fields = {
+        "kind": args.target,
+        "threads": args.threads,
+        "batch_size": args.batch_size,
+        "device_id": args.device_id,
+        "url": args.url,
+        "token_file": args.token_file,
+        # The file's `accuracy: device` is about its own agent: it applies when retargeting to that agent.
+        "accuracy": args.accuracy or (exp.target.accuracy if args.url and args.url == exp.target.url else "host"),
+    }
+    target = validated(Target, {k: v for k, v in fields.items() if v is not None}, "--target flags")
+    _check_target(target.spec())
+    check_stores(exp, storage=False)
+    study = _swept_study(exp, args)
+    tracker = Tracker(exp.tracking_uri, exp.name, exp.out / "mlartifacts")
+    console = _console(stderr=args.json)
+    _rebuild_view(exp, study, tracker, console, args)
+    done = retarget(exp, study, target, tracker, compare_seconds=args.seconds, say=console.print)
+    if args.json:
+        print(done.card_path.read_text())
+        return 0
+    console.print(table(done.view, pick=done.choice.candidate.trial))
+    console.print(f"picked trial {done.choice.candidate.trial} for {done.view.slug}: {done.choice.why}")
+    registered = (
+        f"registered models:/{exp.name}@{alias(done.view.slug)} (version {done.version})"
+        if done.version
+        else "not registered: MLflow is unreachable"
+    )
+    console.print(f"wrote {done.onnx_path} and {done.card_path}; {registered}; trained nothing")
     return 0
 
 
@@ -572,48 +677,26 @@ def _rebuild_view(exp: Experiment, study: Any, tracker: Any, console: Any, args:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from search.config import Target
+    from search.timing_cli import bench, plan_bench
 
-    model = Path(args.model)
-    if not model.is_file():
-        raise ConfigError(f"{model}: no such ONNX file")
-    batch, note = _batch_for([model], args.batch_size)
-    fields = {
-        "kind": args.target,
-        "threads": args.threads,
-        "batch_size": batch,
-        "device_id": args.device_id,
-        "url": args.url,
-        "token_file": args.token_file,
-    }
-    target = _validated(Target, {k: v for k, v in fields.items() if v is not None}, "--target flags")
-    from evaluators.latency import TRIAL_TIMING
-    from evaluators.targets import make_target, settings_for
-
-    spec = target.spec()
-    _check_target(spec)
-    settings = settings_for(spec, **{**TRIAL_TIMING, "max_seconds": args.max_seconds})
-    stats = make_target(spec).measure(model.read_bytes(), settings)
+    plan = plan_bench(
+        Path(args.model),
+        kind=args.target,
+        threads=args.threads,
+        batch_size=args.batch_size,
+        device_id=args.device_id,
+        url=args.url,
+        token_file=args.token_file,
+    )
+    _check_target(plan.spec)  # the start check `run` does too
+    result = bench(plan, max_seconds=args.max_seconds)
     if args.json:
-        from dataclasses import asdict
-
-        print(
-            json.dumps(
-                {
-                    "model": str(model),
-                    "target": target.kind,
-                    "threads": spec.threads,
-                    "batch_size": spec.batch_size,
-                    "batch_note": note,
-                    **asdict(stats),
-                },
-                indent=2,
-            )
-        )
+        print(json.dumps(result.to_dict(), indent=2))
         return 0
     from rich.table import Table
 
-    table = Table(title=f"{model.name} on {target.kind} (threads {spec.threads}, batch {spec.batch_size})")
+    spec, stats = plan.spec, result.stats
+    table = Table(title=f"{plan.model.name} on {plan.kind} (threads {spec.threads}, batch {spec.batch_size})")
     table.add_column("statistic")
     table.add_column("value", justify="right")
     for key, value in stats.metrics().items():
@@ -621,73 +704,28 @@ def _bench(args: argparse.Namespace) -> int:
     table.add_row("repeats", str(stats.repeats))
     table.add_row("stable", "yes" if stats.stable else "NO (noisy: re-run on a quieter machine)")
     console = _console()
-    if note:
-        console.print(note)
+    if plan.batch_note:
+        console.print(plan.batch_note)
     console.print(table)
     return 0
 
 
-def _batch_for(models: list[Path], given: int | None) -> tuple[int | None, str | None]:
-    """The batch to time at: the flag, else the one the models fix (said in the note), else None (the default)."""
-    from evaluators.runtime import model_batch
-
-    try:
-        fixed = {m.name: model_batch(m) for m in models}
-    except Exception as exc:  # not a model ONNX Runtime can open: say which and why, as a config error
-        raise ConfigError(f"cannot open the model as ONNX: {type(exc).__name__}: {exc}".splitlines()[0]) from None
-    batches = {b for b in fixed.values() if b is not None}
-    if given is not None:
-        clash = {name: b for name, b in fixed.items() if b is not None and b != given}
-        if clash:
-            raise ConfigError(
-                f"--batch-size: {given} is not allowed for a model that fixes its batch ({clash}); "
-                "drop the flag or give that batch"
-            )
-        return given, None
-    if len(batches) > 1:
-        raise ConfigError(f"--batch-size: the models fix different batch sizes ({fixed}); time models of one batch")
-    if not batches:
-        return None, None
-    batch = batches.pop()
-    return batch, f"the model fixes its batch dimension at {batch}: timed at batch {batch} (--batch-size not given)"
-
-
 def _compare(args: argparse.Namespace) -> int:
-    from search.config import Target
+    from search.timing_cli import compare_models
 
-    paths = [Path(m) for m in args.models]
-    baseline = Path(args.baseline) if args.baseline else paths[0]
-    # The baseline goes first; given only with --baseline, it is added.
-    paths = [baseline, *[p for p in paths if p.resolve() != baseline.resolve()]]
-    for p in paths:
-        if not p.is_file():
-            raise ConfigError(f"{p}: no such ONNX file")
-    if len(paths) < 2:
-        raise ConfigError(f"compare needs at least two different models; got {[str(p) for p in paths]}")
-    if args.max_seconds <= 0:
-        raise ConfigError(f"--max-seconds: {args.max_seconds} is not allowed; give a time cap > 0")
-    batch, note = _batch_for(paths, args.batch_size)
-    fields = {"kind": "cpu", "threads": args.threads, "batch_size": batch}
-    target = _validated(Target, {k: v for k, v in fields.items() if v is not None}, "--threads/--batch-size")
-    from evaluators.compare import CompareSettings, compare
-
-    settings = CompareSettings(threads=target.threads, batch_size=target.batch_size, max_seconds=args.max_seconds)
-    result = compare(paths, settings, names=_short_names(paths))
+    done = compare_models(
+        [Path(m) for m in args.models],
+        baseline=Path(args.baseline) if args.baseline else None,
+        threads=args.threads,
+        batch_size=args.batch_size,
+        max_seconds=args.max_seconds,
+    )
     if args.json:
-        print(
-            json.dumps(
-                {
-                    **result.to_dict(),
-                    "threads": settings.threads,
-                    "batch_size": settings.batch_size,
-                    "batch_note": note,
-                },
-                indent=2,
-            )
-        )
+        print(json.dumps(done.to_dict(), indent=2))
         return 0
     from rich.table import Table
 
+    result, settings, note = done.comparison, done.settings, done.batch_note
     table = Table(
         title=f"side by side on cpu (threads {settings.threads}, batch {settings.batch_size}): speed-up = "
         f"median of per-round {result.baseline.name} p50 / model p50"
@@ -716,40 +754,20 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _short_names(paths: list[Path]) -> list[str]:
-    """File names, or the paths as given where two files share a name."""
-    names = [p.name for p in paths]
-    return [p.name if names.count(p.name) == 1 else str(p) for p in paths]
-
-
 def _agent(args: argparse.Namespace) -> int:
-    from evaluators.agent import serve
+    from search.timing_cli import serve_agent
 
-    if not Path(args.token_file).is_file():
-        raise ConfigError(f"--token-file: {args.token_file!r} does not exist")
-    serve(
+    serve_agent(
         port=args.port,
         host=args.host,
         token_file=args.token_file,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
-        max_model_bytes=int(args.max_model_mb * 1e6),
-        queue_size=args.queue,
+        max_model_mb=args.max_model_mb,
         max_memory_mb=args.max_memory_mb,
+        queue=args.queue,
     )
     return 0
-
-
-def _validated(model: Any, data: dict[str, Any], source: str) -> Any:
-    """Validate flags with the same schema (and the same messages) as the experiment file."""
-    from pydantic import ValidationError
-
-    from search.config import format_errors
-
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_errors(exc, data, source)) from None
 
 
 def _swept_study(exp: Experiment, args: argparse.Namespace) -> Any:

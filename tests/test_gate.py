@@ -9,7 +9,7 @@ import pytest
 from conftest import small_experiment
 from mlflow.tracking import MlflowClient
 
-import search.sweep
+import search.loop
 from evaluators.latency import TimingSettings, measure
 from search.cli import main
 from search.config import load
@@ -97,7 +97,7 @@ def test_a_sweep_stops_dominated_plans_before_training_and_they_cost_no_trial(tm
     def zero_bar(found, teacher_accuracy, n_val):
         return Bar(tuple(Candidate(c.number, c.accuracy, 0.0, 0.0) for c in found), 0.0)
 
-    monkeypatch.setattr(search.sweep, "bar", zero_bar)
+    monkeypatch.setattr(search.loop, "bar", zero_bar)  # the loop's gate step builds the bar
     path = small_experiment(
         tmp_path,
         name="gated",
