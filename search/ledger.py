@@ -13,16 +13,11 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from search.gate import Candidate
-from search.study import read, retry_history
+from search.study import marked_interrupted, read, retry_history
 
 # Proposals that cost no trial (plans dominated before training, search/gate.py) may run to this many times the
 # budget; past it the sampler finds nothing left in the space that could reach the front.
 MAX_ASKS_PER_TRIAL = 10
-
-# search.study's marks on a trial failed only to be run again (search.study.interrupted reads them for the whole
-# study at once; the ledger reads them one trial at a time).
-_REQUEUED = "slimsweep.requeued"
-_LEGACY_INTERRUPTED = "slimsweep.interrupted"
 
 
 def plan_key(plan: dict[str, Any]) -> str:
@@ -71,10 +66,7 @@ class Ledger:
             self._open.add(number)
             return
         self._open.discard(number)
-        interrupted = t.user_attrs.get(_LEGACY_INTERRUPTED) or (
-            t.state == TrialState.FAIL and t.system_attrs.get(_REQUEUED)
-        )
-        if interrupted:
+        if marked_interrupted(t):  # the ledger reads study.interrupted's marks one trial at a time
             self._interrupt(number)
             return
         if t.state == TrialState.PRUNED:

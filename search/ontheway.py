@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 
 from search.config import Experiment
 from search.ledger import Ledger
+from search.optuna_store import contains
 from search.study import TrialRecord, open_fixed
 from search.telling import record_metrics, write_onnx
 from search.trial import MadeOnTheWay
@@ -21,8 +22,8 @@ from spaces.quantization_knobs import SCHEME_KNOB
 
 
 def offers(d: BaseDistribution, value: Any) -> bool:
-    """Whether a distribution of the space offers this value (Optuna keeps the check private)."""
-    return d._contains(d.to_internal_repr(value))
+    """Whether a distribution of the space offers this value (Optuna keeps the check private: the adapter's)."""
+    return contains(d, value)
 
 
 def record_on_the_way(
