@@ -98,6 +98,12 @@ def study_id(study: optuna.Study) -> int:
     return _attr(study, "_study_id", "optuna.study.Study")
 
 
+def trial_by_number(study: optuna.Study, number: int) -> FrozenTrial:
+    """One trial of a study by its number, read alone (get_trials reads them all)."""
+    store = storage(study)
+    return store.get_trial(store.get_trial_id_from_study_id_trial_number(study_id(study), number))
+
+
 def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
     """A trial's id in its storage (`Trial._trial_id`, `FrozenTrial._trial_id`)."""
     return _attr(trial, "_trial_id", f"optuna.trial.{type(trial).__name__}")

@@ -8,6 +8,9 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from search.optuna_store import trial_by_number
+from search.study import read
+
 
 class SweepProgress:
     """A progress bar on a terminal, one line per finished trial everywhere (CI logs included)."""
@@ -64,15 +67,22 @@ class SweepProgress:
         skipped: bool = False,
         reused_from: int | None = None,
         dominated_by: int | None = None,
+        made_by: int | None = None,
     ) -> None:
-        """One line for a finished trial."""
+        """One line for a finished trial (or a model a trial made on its way)."""
         if self.quiet:
             return
         counts = (
             f"[{self._done}/{self.budget} done, {self.failed} failed, {self.running} running, "
             f"front {self.front}, ETA {self.eta()}]"
         )
-        if dominated_by is not None:
+        if made_by is not None:
+            line = (
+                f"trial {number:>3} made on trial {made_by}'s way (measured, not trained; no trial of the budget): "
+                f"{describe}: accuracy {metrics['accuracy']:.2f}% (drop {metrics['accuracy_drop']:+.2f} pt), "
+                f"p50 {metrics['latency_p50_ms']:.4f} ms, {metrics['size_mb']:.3f} MB"
+            )
+        elif dominated_by is not None:
             line = (
                 f"trial {number:>3} not trained, slower and larger than trial {dominated_by} (off the front, costs "
                 f"no trial): {describe}: p50 {metrics['latency_p50_ms']:.4f} ms, {metrics['size_mb']:.3f} MB"
@@ -110,6 +120,7 @@ class ProgressListener:
     def __init__(self, progress: SweepProgress) -> None:
         self.progress = progress
         self.refreshed = 0.0  # time.monotonic() of the last refresh
+        self.made: list[int] = []  # models made on a trial's way, shown right after that trial's own line
 
     def refresh(self, loop: Any) -> None:
         self.refreshed = time.monotonic()
@@ -146,3 +157,10 @@ class ProgressListener:
             skipped=bool(info.get("skipped_training")),
             dominated_by=info.get("dominated_by"),
         )
+        made, self.made = self.made, []
+        for number in made:  # the log names these trials later (the front, the pick): each gets its line
+            rec = read(trial_by_number(loop.study, number))
+            self.progress.trial_done(number, rec.describe, rec.metrics, None, made_by=rec.made_by)
+
+    def made_on_the_way(self, loop: Any, number: int) -> None:
+        self.made.append(number)

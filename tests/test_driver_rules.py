@@ -104,13 +104,15 @@ class StandIn:
         return result
 
 
-def _run(tmp_path, shared, trial: StandIn, *, name: str = "rules", listeners=(), slots: int = 2, **search: Any):
+def _run(
+    tmp_path, shared, trial: StandIn, *, name: str = "rules", listeners=(), slots: int = 2, quiet=True, **search: Any
+):
     ctx, _ = shared
     settings = {"sampler": "random", "trials": 4, "parallel": 2, "seed": 0, **search}
     space = settings.pop("space", WIDE)
     exp = load(small_experiment(tmp_path, name=name, task=TASK, space=space, search=settings))
     executor = InProcessExecutor(exp.target.spec(), trial=trial, slots=slots, timer=lambda m, s: _stats())
-    swept = sweep(exp, executor, ctx, quiet=True, listeners=list(listeners))
+    swept = sweep(exp, executor, ctx, quiet=quiet, listeners=list(listeners))
     return exp, swept, executor
 
 
@@ -189,9 +191,10 @@ def test_the_gate_stops_a_dominated_plan_before_training_at_no_trial_of_the_budg
     assert not set(_trial_runs(exp)) & {t.number for t in stopped}  # no MLflow run for a stopped plan
 
 
-def test_models_made_on_the_way_are_recorded_outside_the_budget(tmp_path, shared):
+def test_models_made_on_the_way_are_recorded_outside_the_budget(tmp_path, shared, capsys):
     trial = StandIn(shared[1], made=True)
-    exp, swept, _ = _run(tmp_path, shared, trial, trials=4, parallel=1, space=TEACHER_ONLY)
+    exp, swept, _ = _run(tmp_path, shared, trial, trials=4, parallel=1, space=TEACHER_ONLY, quiet=False)
+    out = capsys.readouterr().err  # the progress lines, on stderr as a sweep prints them
     study = swept.study
     made = on_the_way(study)
     assert made and len(spent(study)) == 4 and swept.summary.on_the_way == len(made)
@@ -200,6 +203,9 @@ def test_models_made_on_the_way_are_recorded_outside_the_budget(tmp_path, shared
         parent = study.trials[rec.made_by]
         assert rec.plan["pruning.ratio"] == 0.0 and read(parent).plan["pruning.ratio"] > 0
         assert t.state == TrialState.COMPLETE and trial_path(exp, t.number).is_file()
+        # The log names it later (the front, the pick): it has a line of its own, after its parent's.
+        line = f"trial {t.number:>3} made on trial {rec.made_by}'s way"
+        assert line in out and out.index(line) > out.index(f"trial {rec.made_by:>3} done")
     assert {t.number for t in made} <= set(_trial_runs(exp))
 
 
