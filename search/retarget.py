@@ -22,7 +22,7 @@ from evaluators.errors import ConfigError, SlimsweepError
 from evaluators.latency import TRIAL_TIMING, TimingSettings
 from evaluators.limits import Limits, run_limited
 from evaluators.secrets import mask_secrets, masked
-from evaluators.targets import TargetSpec, make_target, settings_for
+from evaluators.targets import TargetSpec, make_target, settings_for, target_class
 from search.artifacts import trial_onnx_path
 from search.config import METRIC_DIRECTIONS, Experiment, Target
 from search.deliver import (
@@ -51,7 +51,7 @@ def target_slug(target: Target) -> str:
     if target.url:
         where = urllib.parse.urlsplit(target.url)
         parts.append(f"{where.hostname}-{where.port}" if where.port else str(where.hostname))
-    elif target.kind in ("cuda", "tensorrt"):
+    elif target_class(target.kind).uses_gpu:
         parts.append(f"gpu{target.device_id}")
     parts += [f"t{target.threads}", f"b{target.batch_size}"]
     return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:60]
@@ -180,9 +180,9 @@ def side_by_side(spec: TargetSpec, models: list[bytes], names: list[str], settin
     """Time models interleaved on the target (as BenchStation.compare does, without a Ray actor); speed-ups over
     models[0]."""
     target = make_target(spec)
-    if spec.kind != "remote":
+    if not target_class(spec.kind).takes_url:  # timed here, in the capped worker; an agent has its own limits
         seconds = LOAD_SECONDS * len(models) + 2 * settings.max_seconds + 1.0
-        limits = Limits(seconds=seconds, capped=spec.kind not in ("cuda", "tensorrt"))
+        limits = Limits(seconds=seconds, capped=not target_class(spec.kind).uses_gpu)
         what = f"timing {len(models)} models side by side on {spec.kind}"
         return run_limited(_compare_here, models, names, settings, spec, limits=limits, what=what)
     burst = TimingSettings(
