@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from search.config import Experiment
 from search.ledger import Ledger
 from search.optuna_store import contains
-from search.study import TrialRecord, open_fixed
+from search.study import TrialRecord, give_way, open_fixed
 from search.telling import record_metrics, write_onnx
 from search.trial import MadeOnTheWay
 from spaces.plan import sample
@@ -52,9 +52,14 @@ def record_on_the_way(
     if earlier is not None and earlier.state == TrialState.COMPLETE:
         return None
     trial = open_fixed(study, fixed.params, fixed.distributions, driver)
-    info = {**where, **made.info, "made_by": parent.number, "skipped_training": False}
-    rec = TrialRecord(plan=plan.params(), describe=plan.describe(), info=info)
-    rec.metrics = dict(made.metrics, accuracy_drop=teacher_accuracy - made.metrics["accuracy"])
-    write_onnx(exp, trial.number, made.onnx)
-    record_metrics(exp, study, trial, rec)
+    try:
+        info = {**where, **made.info, "made_by": parent.number, "skipped_training": False}
+        rec = TrialRecord(plan=plan.params(), describe=plan.describe(), info=info)
+        rec.metrics = dict(made.metrics, accuracy_drop=teacher_accuracy - made.metrics["accuracy"])
+        write_onnx(exp, trial.number, made.onnx)
+        record_metrics(exp, study, trial, rec)
+    except BaseException:
+        # Left RUNNING, this live driver's trial would count as in flight forever: the budget would never be met.
+        give_way(study, trial)
+        raise
     return trial.number

@@ -5,6 +5,7 @@ follow from its plan (no training), so each rule is shown by what the study and 
 from __future__ import annotations
 
 import random
+import threading
 import time
 from typing import Any
 
@@ -299,3 +300,52 @@ def test_a_running_trial_reports_its_rungs_and_is_stopped_at_one_when_told(tmp_p
     _, swept, _ = _run(tmp_path, shared, rungs, trials=2, parallel=1, listeners=[listener])
     assert listener.heard == [(0, 1), (1, 1), (1, 2), (1, 3)]
     assert swept.study.trials[0].values[0] == 91.0 and swept.study.trials[1].values[0] == 93.0
+
+
+class BrokenMade(StandIn):
+    """A trial whose model made on the way cannot be recorded (its figures lack an accuracy)."""
+
+    def __call__(self, number, plan, ctx, time_model, bar, report) -> TrialResult:
+        result = super().__call__(number, plan, ctx, time_model, bar, report)
+        for made in result.on_the_way:
+            made.metrics.pop("accuracy", None)
+        return result
+
+
+def test_a_model_made_on_the_way_that_cannot_be_recorded_leaves_nothing_running(tmp_path, shared):
+    # Left RUNNING by this live driver, it counted as in flight for good: the budget was never met, the sweep hung.
+    done: dict[str, Any] = {}
+
+    def go() -> None:
+        done["swept"] = _run(
+            tmp_path, shared, BrokenMade(shared[1], made=True), trials=4, parallel=1, space=TEACHER_ONLY
+        )
+
+    worker = threading.Thread(target=go, daemon=True)
+    worker.start()
+    worker.join(timeout=300)
+    assert "swept" in done, "the sweep did not end"
+    study = done["swept"][1].study
+    assert len(spent(study)) == 4 and not study.get_trials(states=(TrialState.RUNNING,))
+    assert not on_the_way(study)
+
+
+class LosesLocalFiles:
+    """Listener: each told trial's ONNX file leaves this machine and MLflow is lost, so an identical plan proposed
+    later cannot be answered from it (as for a driver on another machine whose MLflow run was never written)."""
+
+    def trial_told(self, loop, told) -> None:
+        trial_path(loop.exp, told.number).unlink(missing_ok=True)
+        if not loop.tracker.down:
+            loop.tracker.went_down(ConnectionError("the tracking server went away"))
+
+
+def test_an_identical_plan_whose_file_cannot_be_had_is_run_not_the_sweep_stopped(tmp_path, shared):
+    trial = StandIn(shared[1])
+    exp, swept, _ = _run(
+        tmp_path, shared, trial, trials=6, parallel=1, space=TEACHER_ONLY, listeners=[LosesLocalFiles()]
+    )
+    study = swept.study
+    assert len(spent(study)) == 6  # four plans, six trials: repeats were proposed, and each ran
+    assert all(read(t).reuse_of is None for t in spent(study))
+    assert len(trial.calls) == 6
