@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import optuna
 
+from evaluators.errors import SlimsweepError
 from search.config import Experiment
 from search.dispatch import MACHINERY, Executor, Report, Running
 from search.gate import Bar, bar
@@ -199,7 +200,14 @@ class Loop:
         bar_now = self.gate_bar()
         earlier, dominated_by = still_answers(self.ledger.reusable(self.study, params), bar_now)
         if earlier is not None:
-            rec = answer_from(self.exp, self.study, self.tracker, trial, params, describe, earlier, dominated_by)
+            try:
+                rec = answer_from(self.exp, self.study, self.tracker, trial, params, describe, earlier, dominated_by)
+            except SlimsweepError as err:  # its ONNX file is on another machine and MLflow cannot give it: run it
+                log.warning(
+                    "trial %d: not answered from trial %d (%s); running its plan", trial.number, earlier.number, err
+                )
+                earlier = None
+        if earlier is not None:
             if rec.dominated_by is None:
                 self.summary.reused_now += 1
             self.ledger.sync(self.study)
