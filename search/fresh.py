@@ -69,16 +69,22 @@ def start_over(exp: Experiment) -> str:
     if study is not None:
         _check_no_live_driver(exp, study)
     gone = []
-    if study is not None:
-        optuna.delete_study(study_name=exp.name, storage=exp.storage_url)
-        gone.append("the study")
+    # MLflow first, the study last: runs left behind would be taken for the new study's trials of the same numbers.
     in_outputs = exp.tracking_uri.startswith(f"sqlite:///{folder.resolve()}/")  # goes with the folder below
     if not in_outputs and tracking_store_exists(exp):
         tracker = Tracker(exp.tracking_uri, exp.name, folder / ARTIFACTS)
+        if tracker.down:
+            raise ConfigError(
+                f"--fresh: MLflow at {mask_secrets(exp.tracking_uri)} cannot be reached ({tracker.down_reason}), so "
+                "this experiment's runs cannot be deleted; nothing was deleted: run it again once MLflow answers"
+            )
         runs = tracker.client.search_runs([tracker.experiment_id], f"tags.`{STUDY}` = '{exp.name}'", max_results=50000)
         for run in runs:
             tracker.client.delete_run(run.info.run_id)
         gone.append(f"{len(runs)} MLflow runs")
+    if study is not None:
+        optuna.delete_study(study_name=exp.name, storage=exp.storage_url)
+        gone.append("the study")
     kept: list[str] = []
     if folder.is_dir():
         removed = _delete_own_files(folder)

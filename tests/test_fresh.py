@@ -114,3 +114,16 @@ def test_the_marker_goes_only_into_a_folder_slimsweep_makes(tmp_path):
     mark_output(made, "made")
     mark_output(existing, "existing")
     assert (made / MARKER).is_file() and not (existing / MARKER).exists()
+
+
+def test_fresh_with_mlflow_unreachable_deletes_nothing(tmp_path):
+    # The study went first and a traceback followed, leaving runs the next study's trials of the same numbers
+    # would be taken for.
+    from conftest import free_port
+
+    path = small_experiment(tmp_path, name="fresh", tracking={"uri": f"http://127.0.0.1:{free_port()}"})
+    exp = load(path)
+    _swept_folder(exp)
+    with pytest.raises(ConfigError, match="cannot be reached.*nothing was deleted"):
+        start_over(exp)
+    assert _has_study(exp) and (exp.out / "trials" / "trial-0.onnx").is_file()
