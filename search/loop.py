@@ -143,7 +143,9 @@ class Loop:
         try:
             while True:
                 if time.monotonic() >= next_check:  # a driver that died meanwhile: its trials run again here
-                    self.summary.requeued += requeue(self.study, stale(self.study, heartbeat_s))
+                    # Never its own: this driver is alive, whatever a late heartbeat (a busy database) says.
+                    gone = [n for n in stale(self.study, heartbeat_s) if n not in self.flights]
+                    self.summary.requeued += requeue(self.study, gone)
                     next_check = time.monotonic() + heartbeat_s
                 asks = self.ledger.asks
                 self._fill()

@@ -349,3 +349,18 @@ def test_an_identical_plan_whose_file_cannot_be_had_is_run_not_the_sweep_stopped
     assert len(spent(study)) == 6  # four plans, six trials: repeats were proposed, and each ran
     assert all(read(t).reuse_of is None for t in spent(study))
     assert len(trial.calls) == 6
+
+
+class LateBeats:
+    """Listener: this driver's heartbeat reads an hour old at every step (its beats held up by a busy database)."""
+
+    def tick(self, loop, asked: bool) -> None:
+        beat(loop.study, loop.driver, now=time.time() - 3600, every_s=loop.exp.search.heartbeat_s)
+
+
+def test_a_driver_never_requeues_its_own_trials_in_flight(tmp_path, shared):
+    trial = StandIn(shared[1])
+    exp, swept, _ = _run(tmp_path, shared, trial, trials=6, parallel=2, heartbeat_s=0.5, listeners=[LateBeats()])
+    study = swept.study
+    assert not swept.summary.requeued and not [t for t in study.trials if "failed_trial" in t.system_attrs]
+    assert len(spent(study)) == 6 and len(trial.calls) == 6  # each plan ran once, none dropped as taken over
