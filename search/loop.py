@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -122,6 +123,9 @@ class Loop:
     ledger: Ledger
     n_val: int = 0  # validation images: the accuracy's noise, for the gate
     listeners: list[Any] = field(default_factory=list)
+    # How a plan is drawn from a trial: the experiment's space by default; a replay over another kind of table
+    # (benchmarks/) passes its own (the plan needs params() and describe(), and its executor's trial runs it).
+    plan_of: Callable[[optuna.Trial], Any] | None = None
     flights: dict[int, InFlight] = field(default_factory=dict)  # this driver's trials in flight, by number
 
     def emit(self, event: str, *args: Any) -> list[Any]:
@@ -197,7 +201,7 @@ class Loop:
             give_way(self.study, trial)  # another driver asked for the last trial at the same moment
             return
         self.ledger.asks += 1
-        plan = sample(trial, self.exp.space)
+        plan = self.plan_of(trial) if self.plan_of is not None else sample(trial, self.exp.space)
         params, describe = plan.params(), plan.describe()
         bar_now = self.gate_bar()
         earlier, dominated_by = still_answers(self.ledger.reusable(self.study, params), bar_now)

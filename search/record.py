@@ -56,6 +56,15 @@ class TrialInfo(MutableMapping):
     sparsity: float | None = None  # fraction of the student's weights that are zero
     machinery_failure: str | None = None  # the kind of machinery failure (worker_died, timeout, ...), if it was one
     machinery_attempts: list[str] | None = None  # earlier attempts the machinery lost: "kind: error" each
+    # Training in rungs (cheap-then-full, search/rungs.py): the epochs a trial trained (distillation and pruning's
+    # recovery together) out of those its plan asks for, and, for a plan stopped at a rung, the rung (0-based, an
+    # index into search.early_stopping.rungs), the trial that dominates it (None: it cannot reach the accuracy
+    # floor) and why, in words.
+    epochs_used: int | None = None
+    epochs_planned: int | None = None
+    stopped_at_rung: int | None = None
+    stopped_by: int | None = None
+    stop_reason: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys this release has no field for, kept as stored
 
     @classmethod
