@@ -21,7 +21,7 @@ from pydantic import AfterValidator, ConfigDict, field_validator, model_validato
 
 from evaluators.registry import Registry
 from spaces.knobs import MAX_EPOCHS, MAX_STEPS, FloatKnob, IntKnob, Strict, TrialLike, check_positive, knob, values
-from spaces.sections import misplaced, raise_if, split_sections
+from spaces.sections import with_sections
 
 if TYPE_CHECKING:
     import torch
@@ -193,19 +193,8 @@ class PruningSpace(Strict):
     @model_validator(mode="wrap")
     @classmethod
     def _sections(cls, data: Any, handler: Any) -> "PruningSpace":
-        if not isinstance(data, dict):
-            return handler(data)
-        own, sections, errors = split_sections(data, list(cls.model_fields), PRUNING_METHODS)
-        raise_if(errors, cls.__name__)
-        space = handler(own)
-        for name in [name for name in sections if name not in space.method]:
-            message = f"options of a method that method {space.method} does not include: add it or remove this"
-            misplaced(name, message, data[name], cls.__name__)
-        for name in space.method:
-            method = PRUNING_METHODS.get(name)
-            if method.model_fields:  # the method's defaults where the file gives no section (or null)
-                space.__pydantic_extra__[name] = sections.get(name) or method()
-        return space
+        stray = "options of a method that method {chosen} does not include: add it or remove this"
+        return with_sections(cls, data, handler, PRUNING_METHODS, "method", stray)
 
     def section(self, method: str) -> PruningMethod | None:
         """The options section of a method with options of its own (None for a method without)."""

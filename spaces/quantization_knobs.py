@@ -19,7 +19,7 @@ from pydantic import AfterValidator, ConfigDict, Field, ValidationInfo, field_va
 from evaluators.errors import not_allowed
 from evaluators.registry import Registry
 from spaces.knobs import IntKnob, Strict, TrialLike, knob
-from spaces.sections import misplaced, raise_if, split_sections
+from spaces.sections import with_sections
 
 if TYPE_CHECKING:
     import numpy as np
@@ -177,19 +177,8 @@ class QuantizationSpace(Strict):
     @model_validator(mode="wrap")
     @classmethod
     def _sections(cls, data: Any, handler: Any) -> "QuantizationSpace":
-        if not isinstance(data, dict):
-            return handler(data)
-        own, sections, errors = split_sections(data, list(cls.model_fields), SCHEMES)
-        raise_if(errors, cls.__name__)
-        space = handler(own)
-        for name in [name for name in sections if name not in space.schemes]:
-            message = f"options of a scheme that schemes {space.schemes} does not include: add it or remove this"
-            misplaced(name, message, data[name], cls.__name__)
-        for name in space.schemes:
-            scheme = SCHEMES.get(name)
-            if scheme.model_fields:  # the scheme's defaults where the file gives no section (or null)
-                space.__pydantic_extra__[name] = sections.get(name) or scheme()
-        return space
+        stray = "options of a scheme that schemes {chosen} does not include: add it or remove this"
+        return with_sections(cls, data, handler, SCHEMES, "schemes", stray)
 
     def section(self, scheme: str) -> QuantizationScheme | None:
         """The options section of a scheme with options of its own (None for a scheme without)."""

@@ -7,6 +7,7 @@ entry's section, validated by the entry's class; any other unknown key is an err
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -43,6 +44,39 @@ def split_sections(
         except ValidationError as exc:
             errors.extend(nested_errors(key, entry, exc))
     return mine, sections, errors
+
+
+def with_sections(
+    cls: type[BaseModel],
+    data: Any,
+    handler: Callable[[Any], Any],
+    registry: Registry[Any],
+    chosen: str,
+    stray: str,
+) -> Any:
+    """The body of an enclosing section's wrap validator: its own keys validated by `handler`, each registered
+    entry's section by the entry. `chosen` names the field that chooses entries (a name or a list of names); a section
+    of an entry not chosen is an error saying `stray` (formatted with {chosen}, the field's value, and {name}, the
+    section's key); each chosen entry with settings of its own gets its section (its defaults where the file gives
+    none, or null)."""
+    if not isinstance(data, dict):
+        return handler(data)
+    own, sections, errors = split_sections(data, list(cls.model_fields), registry)
+    raise_if(errors, cls.__name__)
+    model = handler(own)
+    value = getattr(model, chosen)
+    names = [value] if isinstance(value, str) else list(value)
+    for name in [name for name in sections if name not in names]:
+        misplaced(name, stray.format(chosen=value, name=name), data[name], cls.__name__)
+    for name in names:
+        entry = registry.get(name)
+        if owns_section(entry) and sections.get(name) is None:
+            try:  # the entry's defaults (a setting without a default must then be given)
+                sections[name] = entry.model_validate({})
+            except ValidationError as exc:
+                raise_if(nested_errors(name, entry, exc), cls.__name__)
+    model.__pydantic_extra__.update({k: v for k, v in sections.items() if k in names and v is not None})
+    return model
 
 
 def nested_errors(key: str, entry: type[BaseModel], exc: ValidationError) -> list[dict[str, Any]]:
