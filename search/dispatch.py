@@ -4,13 +4,14 @@ Two implementations: `search.executor.RayExecutor` (Ray tasks on a local Ray or 
 and `search.inprocess.InProcessExecutor` (the driver's own process; tests and benchmarks' replays). This module
 imports neither Ray nor torch.
 
-Rungs (the hook a cheap-then-full search builds on): a trial may report between its training rungs. The executor
+Rungs (cheap-then-full, search/rungs.py): a trial reports after each of its training rungs (search.trial's
+`ReportRung`: `report(rung, metrics) -> bool`, False: stop now) and waits for the driver's verdict. The executor
 hands such reports back from `reports()`, beside final results from `wait()`; the loop passes each to its listeners
-and, when one answers that the trial should stop, calls `stop(number)`. The trial then ends at that rung with the
-result it has (the executor's trial function decides what that result is). The in-process executor runs a trial
-inside `wait()`, so it asks the loop between rungs (its `on_report`, which the loop sets) and the stop reaches the
-trial at the rung it reported; a trial function there gets `report(rung, metrics) -> bool` (False: stop now).
-RayExecutor reports no rungs yet: run_trial has no rungs until the cheap-then-full search gives it some.
+and answers EVERY report it took with `decide(number, rung, go_on)`. A trial told to stop ends at that rung with
+its accuracy so far (search/trial.py). The in-process executor runs a trial inside `wait()`, so it asks the loop
+between rungs (its `on_report`, which the loop sets) and the verdict reaches the trial at once. On Ray, a trial's
+report waits at a board actor (search/rungboard.py) until the driver decides or a timeout passes; without a
+verdict it goes on training, so a trial is never stopped by a driver that did not answer.
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ class Executor(Protocol):
     def reports(self) -> list[Report]:
         """Rung reports of trials in flight since the last call."""
 
-    def stop(self, number: int) -> None:
-        """Ask a trial in flight to end at its next rung."""
+    def decide(self, number: int, rung: int, go_on: bool) -> None:
+        """Answer a trial's report at `rung` (one `reports()` handed back): go on training, or end there."""
 
     def cancel(self, running: list[Running]) -> None:
         """Stop trials in flight at once (Ctrl-C, or the driver failing)."""

@@ -226,8 +226,11 @@ class RayExecutor:
         """Rung reports: a Ray trial reports none yet (search/dispatch.py describes the hook)."""
         return []
 
+    def decide(self, number: int, rung: int, go_on: bool) -> None:
+        """Nothing to answer: a Ray trial reports none yet."""
+
     def stop(self, number: int) -> None:
-        """Nothing to stop at a rung: a Ray trial reports none yet."""
+        """Transitional (search/loop.py moves to decide()): nothing to stop."""
 
     def new_latencies(self) -> dict[str, dict]:
         """Latency measurements the station took since the last call (to keep with the study)."""

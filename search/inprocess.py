@@ -16,10 +16,8 @@ from evaluators.latency import LatencyStats, TimingSettings
 from evaluators.targets import TargetSpec, make_target
 from search.dispatch import MACHINERY, Report, Running
 from search.gate import Bar
-from search.trial import TimeModel, TrialContext, TrialResult, run_trial
+from search.trial import ReportRung, TimeModel, TrialContext, TrialResult, run_trial
 
-# Reports one rung's figures; returns False when the trial should stop at this rung (the loop called stop()).
-ReportRung = Callable[[int, dict[str, float]], bool]
 # A trial as the in-process executor runs it: run_trial's arguments and a `report` for its rungs.
 TrialFn = Callable[[int, Any, TrialContext, TimeModel, Bar | None, ReportRung], TrialResult]
 
@@ -27,8 +25,8 @@ TrialFn = Callable[[int, Any, TrialContext, TimeModel, Bar | None, ReportRung], 
 def real_trial(
     number: int, plan: Any, ctx: TrialContext, time_model: TimeModel, bar: Bar | None, report: ReportRung
 ) -> TrialResult:
-    """search.trial.run_trial, the trial a worker runs (it reports no rungs yet)."""
-    return run_trial(number, plan, ctx, time_model, bar)
+    """search.trial.run_trial, the trial a worker runs, reporting its rungs to the loop."""
+    return run_trial(number, plan, ctx, time_model, bar, report)
 
 
 class InProcessExecutor:
@@ -52,11 +50,12 @@ class InProcessExecutor:
         self.hits = self.misses = 0
         self._queue: list[tuple[Running, Any, Any, Bar | None]] = []
         self._reports: list[Report] = []
-        self._stops: set[int] = set()
+        # Reports of the running trial awaiting the loop's verdict, by (number, rung): None until decide() answers.
+        self._pending: dict[tuple[int, int], bool | None] = {}
         self._ids = itertools.count()
         self.submitted: list[int] = []  # every trial number submitted, in order (tests read it)
         # Trials here run inside wait(): the loop answers a rung report at once through this (search/loop.py sets
-        # it to its rung step), so a stop() reaches the trial at the rung it reported.
+        # it to its rung step), so its decide() reaches the trial at the rung it reported.
         self.on_report: Callable[[], None] | None = None
 
     def warm(self, workers: int) -> None:
@@ -92,15 +91,18 @@ class InProcessExecutor:
             return self.time_model(model, ctx.timing)
 
         def report(rung: int, metrics: dict[str, float]) -> bool:
+            self._pending[(number, rung)] = None
             self._reports.append(Report(number, rung, dict(metrics)))
             if self.on_report is not None:
                 self.on_report()
-            return number not in self._stops
+            return self._pending.pop((number, rung)) is not False  # no verdict: it goes on, as on Ray
 
         began = time.time()
-        result = self.trial(number, plan, ctx, time_model, bar, report)
+        try:
+            result = self.trial(number, plan, ctx, time_model, bar, report)
+        finally:
+            self._pending.clear()  # nothing is left for a later attempt of the same number to read
         result.info.setdefault("clock", {}).update(worker_began=began, worker_ended=time.time())
-        self._stops.discard(number)
         return result
 
     def reports(self) -> list[Report]:
@@ -108,9 +110,16 @@ class InProcessExecutor:
         out, self._reports = self._reports, []
         return out
 
+    def decide(self, number: int, rung: int, go_on: bool) -> None:
+        """Answer the trial's report at `rung`: False ends it there; a report no longer awaited is ignored."""
+        if (number, rung) in self._pending:
+            self._pending[(number, rung)] = go_on
+
     def stop(self, number: int) -> None:
-        """The trial's next report answers False: it ends at that rung."""
-        self._stops.add(number)
+        """Transitional (search/loop.py moves to decide()): the trial's awaited report answers False."""
+        for n, rung in list(self._pending):
+            if n == number:
+                self.decide(number, rung, False)
 
     def cancel(self, running: list[Running]) -> None:
         """Drop queued trials (the one running, if any, has already raised)."""

@@ -52,6 +52,9 @@ class TrialContext:
     # pruning (ratio 0 is a choice) and the pruned model before quantization (fp32 is a choice).
     measure_unpruned: bool = False
     measure_fp32: bool = False
+    # Cheap-then-full: cumulative training epochs (distillation and pruning's recovery together, ascending) after
+    # which a trial reports its accuracy so far to the driver, which may stop it there. Empty: no reports.
+    rungs: tuple[int, ...] = ()
 
     def teacher(self) -> torch.nn.Module:
         """A fresh copy of the teacher (any module: trained CNN, checkpoint, plugin's)."""
@@ -111,18 +114,85 @@ def _stage(stages: dict[str, float], name: str) -> Iterator[None]:
 
 # Times one ONNX model on the sweep's target: (statistics, whether they came from the latency cache).
 TimeModel = Callable[[bytes], tuple[LatencyStats, bool]]
+# Reports one rung's figures to the driver: report(rung index, metrics); False means "stop at this rung".
+ReportRung = Callable[[int, dict[str, float]], bool]
+
+
+class _StoppedAtRung(Exception):
+    """Raised from inside training when the driver answered a rung's report with "stop"."""
+
+    def __init__(self, rung: int, epochs: int, accuracy: float) -> None:
+        super().__init__(f"stopped at rung {rung} after {epochs} epochs")
+        self.rung, self.epochs, self.accuracy = rung, epochs, accuracy
+
+
+def epochs_planned(plan: CompressionPlan) -> int:
+    """The training epochs a plan asks for: its student's distillation and pruning's recovery together."""
+    distill = plan.student.epochs if plan.student.distilled else 0
+    recover = plan.pruning.recover_epochs if plan.pruning.ratio > 0 else 0
+    return distill + recover
+
+
+def torch_accuracy(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 512) -> float:
+    """Top-1 accuracy in percent of a PyTorch classifier, in eval mode; its train/eval mode is left as it was."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            xs = torch.from_numpy(x)
+            right = sum(
+                int((model(xs[i : i + batch_size]).argmax(dim=1).numpy() == y[i : i + batch_size]).sum())
+                for i in range(0, len(xs), batch_size)
+            )
+    finally:
+        model.train(was_training)
+    return 100.0 * right / len(y) if len(y) else 0.0
+
+
+@dataclass
+class _Epochs:
+    """Counts a trial's training epochs across distillation and recovery, and reports at its rungs."""
+
+    rungs: tuple[int, ...]
+    planned: int
+    report: ReportRung | None
+    data: TaskData
+    figures: dict[str, float] = field(default_factory=dict)  # the structure's latency_p50_ms, size_mb if faithful
+    params: int = 0  # the plan's structure's weights (the probe's, else the student's as built)
+    done: int = 0
+
+    def reports(self) -> bool:
+        """Whether any rung falls inside the plan's training (the last epoch is the plan's end, not a rung)."""
+        return self.report is not None and any(r < self.planned for r in self.rungs)
+
+    def epoch(self, model: torch.nn.Module) -> None:
+        """One more epoch done; at a rung, report and raise _StoppedAtRung when the driver says stop."""
+        self.done += 1
+        if self.report is None or self.done not in self.rungs or self.done >= self.planned:
+            return
+        rung = self.rungs.index(self.done)
+        acc = torch_accuracy(model, self.data.x_val, self.data.y_val)  # no_grad, eval: training goes on unchanged
+        metrics = {"accuracy": acc, "epochs": float(self.done), "epochs_planned": float(self.planned)}
+        if not self.report(rung, {**metrics, **self.figures}):
+            raise _StoppedAtRung(rung, self.done, acc)
 
 
 def run_trial(
-    number: int, plan: CompressionPlan, ctx: TrialContext, time_model: TimeModel, bar: Bar | None = None
+    number: int,
+    plan: CompressionPlan,
+    ctx: TrialContext,
+    time_model: TimeModel,
+    bar: Bar | None = None,
+    report: ReportRung | None = None,
 ) -> TrialResult:
     """Apply a plan to the teacher and measure the result; every exception becomes a failed result. With a `bar`,
-    a plan whose untrained structure is slower and larger than one of its members stops before training."""
+    a plan whose untrained structure is slower and larger than one of its members stops before training. With
+    `report` and ctx.rungs, the trial reports after each rung and ends there, unexported, when told to stop."""
     torch.set_num_threads(ctx.train_threads)  # one core per trial: parallel trials must not fight over cores
     torch.manual_seed(ctx.seed + number)
     result = TrialResult(number=number)
     try:
-        _run(plan, ctx, result, time_model, bar or Bar())
+        _run(plan, ctx, result, time_model, bar or Bar(), report)
     except Exception as exc:  # noqa: BLE001 - a failing trial is a result, not a crash of the sweep
         # The station's errors (a model over its memory cap or past its deadline) come back wrapped by Ray, whose
         # text holds the station's whole traceback: the error names the station's own exception.
@@ -174,37 +244,67 @@ def onnx_parameter_count(model: bytes) -> int:
     return sum(int(np.prod(t.dims)) for t in onnx.load_model_from_string(model).graph.initializer)
 
 
-def _run(plan: CompressionPlan, ctx: TrialContext, result: TrialResult, time_model: TimeModel, bar: Bar) -> None:
+def _run(
+    plan: CompressionPlan,
+    ctx: TrialContext,
+    result: TrialResult,
+    time_model: TimeModel,
+    bar: Bar,
+    report: ReportRung | None = None,
+) -> None:
     if ctx.onnx_model is not None:
         return _run_onnx(plan, ctx, result, time_model)
+    data = ctx.data
+    epochs = _Epochs(tuple(ctx.rungs), epochs_planned(plan), report, data)
+    result.info.epochs_planned, result.info.epochs_used = epochs.planned, 0
+    try:
+        _train_and_measure(plan, ctx, result, time_model, bar, epochs)
+    except _StoppedAtRung as stop:
+        # The driver stopped the plan at a rung: its accuracy so far and its structure's figures are its record;
+        # nothing is exported or quantized.
+        result.info.stopped_at_rung, result.info.epochs_used = stop.rung, stop.epochs
+        result.info.skipped_training = False
+        result.metrics = {"accuracy_so_far": stop.accuracy, **epochs.figures, "params": float(epochs.params)}
+        result.onnx = None
+
+
+def _train_and_measure(
+    plan: CompressionPlan, ctx: TrialContext, result: TrialResult, time_model: TimeModel, bar: Bar, epochs: _Epochs
+) -> None:
     data, stages = ctx.data, result.stages
     teacher = ctx.teacher()
     example = torch.from_numpy(data.x_val[:1])
     s = plan.student
-    if (ctx.max_latency_ms is not None or bar) and _probe_is_faithful(plan):
-        with _stage(stages, "latency_first"):
+    if (ctx.max_latency_ms is not None or bar or epochs.reports()) and _probe_is_faithful(plan):
+        with _stage(stages, "latency_first"), torch.random.fork_rng(devices=[]):
+            # Its own random numbers: the student trains the same whether or not its structure was probed first.
             probe, params = _structure(plan, ctx, teacher, example)
             latency, hit = time_model(probe)
+        result.info.latency_cache = _cache(hit)
         if ctx.max_latency_ms is not None and latency.p50_ms > ctx.max_latency_ms:
             # Already over budget untrained: training cannot make it faster, so stop here, infeasible.
-            result.info.skipped_training, result.info.latency_cache = True, _cache(hit)
+            result.info.skipped_training = True
             result.onnx = probe
             result.metrics = _metrics(probe, latency, data, params)
             return
         probe_mb = size_mb(probe)
+        # A report at a rung carries them: the deployed graph's figures are known before training.
+        epochs.figures, epochs.params = {"latency_p50_ms": latency.p50_ms, "size_mb": probe_mb}, params
         dominator = bar.dominator(latency.p50_ms, probe_mb)
         if dominator is not None:
             # Slower and larger than a model already at the top of the accuracy range: off the front whatever
             # training gives it. Its structure's figures are kept; it has no accuracy.
-            result.info.skipped_training, result.info.latency_cache = True, _cache(hit)
+            result.info.skipped_training = True
             result.info.dominated_by = dominator.number
             result.metrics = {"size_mb": probe_mb, "params": float(params), **latency.metrics()}
             return
     with _stage(stages, "distill"):
         student = build(s, teacher, data.input_shape[0], data.num_classes, tuple(data.input_shape[1:]))
+        if not epochs.figures:  # no faithful probe: a stop at a rung names the student's own weights
+            epochs.params = parameter_count(student)
         if s.distilled:
             d = Distillation(epochs=s.epochs, lr=s.lr, temperature=s.temperature, alpha=s.alpha, seed=ctx.seed)
-            train(student, data.x_train, data.y_train, d, teacher=teacher)
+            train(student, data.x_train, data.y_train, d, teacher=teacher, on_epoch=lambda *_: epochs.epoch(student))
     result.info.channels_before_pruning = channel_count(student)
     if plan.pruning.ratio > 0 and s.distilled and ctx.measure_unpruned:
         # The trained student before pruning is a plan of the space too, and costs only its measurement.
@@ -217,12 +317,13 @@ def _run(plan: CompressionPlan, ctx: TrialContext, result: TrialResult, time_mod
                 (s.temperature, s.alpha, s.lr) if s.distilled else (RECOVERY_TEMPERATURE, RECOVERY_ALPHA, RECOVERY_LR)
             )
 
-            def recover(model: torch.nn.Module, epochs: int) -> None:
+            def recover(model: torch.nn.Module, n: int) -> None:
                 # Recovery is distillation from the teacher; prune() calls it between iterative steps.
-                d = Distillation(epochs=epochs, lr=lr, temperature=temperature, alpha=alpha, seed=ctx.seed)
-                train(model, data.x_train, data.y_train, d, teacher=teacher)
+                d = Distillation(epochs=n, lr=lr, temperature=temperature, alpha=alpha, seed=ctx.seed)
+                train(model, data.x_train, data.y_train, d, teacher=teacher, on_epoch=lambda *_: epochs.epoch(model))
 
             prune(student, example, plan.pruning, recover=recover, batch=_batch(data))
+    result.info.epochs_used = epochs.done
     result.info.channels = channel_count(student)
     result.info.sparsity = sparsity(student)
     with _stage(stages, "export"):

@@ -1,0 +1,123 @@
+"""Trials that train in rungs (cheap-then-full, the worker's half): a real small training on the digits task reports
+its accuracy so far after each rung, goes on exactly as it would have when told to, and stops there when told not
+to; in process and on a real local Ray."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from conftest import small_experiment
+
+from evaluators.latency import LatencyStats
+from search.config import Experiment, load
+from search.inprocess import InProcessExecutor
+from search.sweep import prepare
+from search.trial import TrialContext, run_trial
+from spaces.plan import CompressionPlan
+from spaces.pruning_knobs import PruningChoice
+from spaces.student_knobs import StudentChoice
+
+TASK = {"name": "digits", "seed": 0, "teacher": {"epochs": 2}}
+SPACE = {
+    "students": {"teacher": True, "cnn": None},
+    "pruning": {"ratio": [0.0], "recover_epochs": 0},
+    "quantization": {"schemes": ["fp32"]},
+}
+# A small distilled student, three epochs: rungs after 1 and 2 fall inside its training.
+STUDENT = CompressionPlan(student=StudentChoice("cnn", width=0.25, depth=1, epochs=3))
+# The teacher itself pruned, recovering for 2 epochs: its only training is recovery.
+PRUNED = CompressionPlan(student=StudentChoice(), pruning=PruningChoice(ratio=0.5, recover_epochs=2))
+
+
+def _stats() -> LatencyStats:
+    return LatencyStats(
+        1.0, 1.0, 1.0, 1.0, 1.0, cv=0.0, ci_rel=0.0, throughput=1000.0, repeats=10, stable=True, retried=False
+    )
+
+
+def _time(model: bytes) -> tuple[LatencyStats, bool]:
+    return _stats(), False
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> tuple[Experiment, TrialContext]:
+    """The digits task and its teacher (trained once for the file), with rungs after epochs 1 and 2."""
+    exp = load(small_experiment(tmp_path_factory.mktemp("rungs"), name="rungs", task=TASK, space=SPACE))
+    return exp, dataclasses.replace(prepare(exp), rungs=(1, 2))
+
+
+@pytest.fixture
+def ctx(prepared) -> TrialContext:
+    return prepared[1]
+
+
+class Answers:
+    """A driver's side: hears every report, answers `go_on` (True unless the rung is in `stop_at`)."""
+
+    def __init__(self, stop_at: tuple[int, ...] = ()) -> None:
+        self.stop_at, self.heard = stop_at, []
+
+    def __call__(self, rung: int, metrics: dict[str, float]) -> bool:
+        self.heard.append((rung, dict(metrics)))
+        return rung not in self.stop_at
+
+
+@pytest.mark.fast
+def test_reports_at_each_rung_and_trains_on_to_the_same_model_when_told_to(ctx):
+    answers = Answers()
+    reported = run_trial(0, STUDENT, ctx, _time, report=answers)
+    plain = run_trial(0, STUDENT, dataclasses.replace(ctx, rungs=()), _time)
+    assert reported.error is None and plain.error is None
+    assert [rung for rung, _ in answers.heard] == [0, 1]
+    assert [m["epochs"] for _, m in answers.heard] == [1.0, 2.0]
+    assert all(m["epochs_planned"] == 3.0 for _, m in answers.heard)
+    assert all(20.0 < m["accuracy"] <= 100.0 for _, m in answers.heard)  # ten classes: chance is 10%
+    # The structure's figures, known before training, come with each report.
+    assert all(m["latency_p50_ms"] == 1.0 and m["size_mb"] > 0 for _, m in answers.heard)
+    # Reporting changed nothing: the same weights, hence the same deployed model and accuracy.
+    assert reported.onnx == plain.onnx
+    assert reported.metrics["accuracy"] == plain.metrics["accuracy"]
+    assert (reported.info.epochs_used, reported.info.epochs_planned) == (3, 3) == (plain.info.epochs_used, 3)
+    assert reported.info.stopped_at_rung is None
+
+
+@pytest.mark.fast
+def test_a_trial_told_to_stop_at_its_first_rung_ends_there_unexported(ctx):
+    answers = Answers(stop_at=(0,))
+    result = run_trial(0, STUDENT, ctx, _time, report=answers)
+    assert result.error is None and result.onnx is None
+    assert [rung for rung, _ in answers.heard] == [0]
+    assert result.info.stopped_at_rung == 0
+    assert (result.info.epochs_used, result.info.epochs_planned) == (1, 3)
+    assert result.metrics["accuracy_so_far"] == answers.heard[0][1]["accuracy"]
+    assert "accuracy" not in result.metrics and result.metrics["latency_p50_ms"] == 1.0
+    assert result.metrics["params"] > 0 and "quantize" not in result.stages
+
+
+@pytest.mark.fast
+def test_a_pruned_plan_reports_during_its_recovery_training(ctx):
+    answers = Answers()
+    result = run_trial(1, PRUNED, ctx, _time, report=answers)
+    assert result.error is None and result.onnx is not None
+    # Rung 1 (2 epochs) is the plan's own end, not a rung: one report, after the first recovery epoch.
+    assert [(rung, m["epochs"], m["epochs_planned"]) for rung, m in answers.heard] == [(0, 1.0, 2.0)]
+    assert (result.info.epochs_used, result.info.epochs_planned) == (2, 2)
+
+
+@pytest.mark.fast
+def test_in_process_the_loops_verdict_reaches_the_trial_at_the_rung_it_reported(prepared):
+    exp, ctx = prepared
+    executor = InProcessExecutor(exp.target.spec(), timer=lambda m, s: _stats())
+    heard = []
+
+    def loop_side() -> None:  # what search/loop.py's _rungs does: decide every report it took
+        for report in executor.reports():
+            heard.append((report.number, report.rung))
+            executor.decide(report.number, report.rung, report.rung == 0)
+
+    executor.on_report = loop_side
+    running = executor.submit(4, STUDENT, ctx)
+    ((_, result),) = executor.wait([running], timeout=1.0)
+    assert heard == [(4, 0), (4, 1)]
+    assert result.info.stopped_at_rung == 1 and result.info.epochs_used == 2 and result.onnx is None
