@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from evaluators.errors import ConfigError
-from evaluators.latency import Prepared, check_settings, median_ci, prepare, timed_runs
+from evaluators.latency import LatencyStats, Prepared, TimingSettings, check_settings, median_ci, prepare, timed_runs
 from evaluators.runtime import Provider
 
 # Drift between processes, as benchmarks/honesty.py measures it (docs/BENCHMARKS.md, "How honest is the latency?"):
@@ -218,6 +218,33 @@ def interleave(bursts: Sequence[Burst], names: Sequence[str], settings: CompareS
         min_rounds=settings.min_rounds,
         target_rel_ci=settings.target_rel_ci,
     )
+
+
+def interleave_measured(
+    measure: Callable[[bytes, TimingSettings], LatencyStats],
+    models: Sequence[bytes],
+    names: Sequence[str],
+    settings: CompareSettings,
+) -> Comparison:
+    """interleave() where each turn is one whole measurement by `measure` (a device agent opens a session per
+    request): a turn warms up `settings.warmup` runs, its session being new, then times for burst_seconds (at least
+    burst_min_runs runs)."""
+    burst = TimingSettings(
+        threads=settings.threads,
+        batch_size=settings.batch_size,
+        warmup=settings.warmup,
+        min_repeats=settings.burst_min_runs,
+        max_seconds=settings.burst_seconds,
+    )
+
+    def turn(model: bytes) -> Burst:
+        def run() -> tuple[float, int]:
+            stats = measure(model, burst)
+            return stats.p50_ms, stats.repeats
+
+        return run
+
+    return interleave([turn(m) for m in models], names, settings)
 
 
 def summarize(

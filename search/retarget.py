@@ -1,9 +1,12 @@
-"""Train once, deploy anywhere: re-time a finished sweep's trained models on another target (side by side with the
-teacher there), optionally score their accuracy on that device, and build that target's front and pick. Nothing is
-trained and no trial is added to the study.
+"""Train once, deploy anywhere: re-time a finished sweep's trained models on another target, optionally score their
+accuracy on that device, and build that target's front and pick. Nothing is trained and no trial is added to the
+study.
 
+Two steps, as the sweep itself times: each trained model is timed once on the target (its percentiles and throughput,
+which build the target's front); then only the front members the pick can reach are timed side by side with the
+teacher there (search/deliver.time_with_teacher, the sweep's own verification), for the speed-ups the pick decides by.
 What a target measured is kept on the study (user attribute `slimsweep.retarget:<target>`), so a second run resumes:
-models already timed there are not timed again.
+models already timed there are not timed again, nor the same members side by side.
 """
 
 from __future__ import annotations
@@ -17,32 +20,33 @@ from typing import Any, Callable
 import numpy as np
 import optuna
 
-from evaluators.compare import INTERVAL_COVERS, CompareSettings, Comparison, compare, interleave
+from evaluators.compare import APART_DRIFT, INTERVAL_COVERS
 from evaluators.errors import ConfigError, SlimsweepError
-from evaluators.latency import TRIAL_TIMING, TimingSettings
-from evaluators.limits import Limits, run_limited
+from evaluators.latency import TRIAL_TIMING
 from evaluators.secrets import mask_secrets, masked
 from evaluators.targets import TargetSpec, make_target, settings_for, target_class
 from search.artifacts import trial_onnx_path
 from search.config import METRIC_DIRECTIONS, Experiment, Target
 from search.deliver import (
-    VERIFY_COMPARE,
+    Retime,
     input_example,
     io_description,
     model_description,
+    time_with_teacher,
     version_description,
     version_tags,
 )
 from search.handover import hand_over, recover
 from search.pareto import Candidate, everything
-from search.pick import Choice, choose, make_policy
-from search.station import LOAD_SECONDS, limited_measure
+from search.pick import Choice, PickPolicy, choose, make_policy
+from search.station import compare_on, limited_measure
 from search.study import baseline
 from search.study import teacher as sweep_teacher
 from search.tracking import NOTE, Tracker
 
 KEY = "slimsweep.retarget:"  # + target slug -> what that target measured (the only study attribute this module owns)
 TEACHER = "teacher"
+SIDE = "side_by_side"  # in a target's record: {'p50_ms': name -> p50, 'models': trial -> speed-up over the teacher}
 
 
 def target_slug(target: Target) -> str:
@@ -68,7 +72,8 @@ def known(study: optuna.Study) -> list[str]:
 
 
 def stored(study: optuna.Study, slug: str) -> dict[str, Any]:
-    """What a target measured: {'target', 'accuracy_on', 'teacher', 'models', 'device_accuracy'} (empty if none)."""
+    """What a target measured: {'target', 'accuracy_on', 'teacher', 'models', 'side_by_side', 'device_accuracy'}
+    (empty if none)."""
     return dict(study.user_attrs.get(KEY + slug, {}))
 
 
@@ -78,7 +83,8 @@ def _keep(study: optuna.Study, slug: str, record: dict[str, Any]) -> None:
 
 @dataclass(frozen=True)
 class TargetFront:
-    """A target's view of the sweep: every trained model re-timed there, its front, and the teacher's figures."""
+    """A target's view of the sweep: every trained model re-timed there, its front (the members timed side by side
+    with the teacher carry their speed-up), and the teacher's figures."""
 
     slug: str
     teacher: dict[str, float]
@@ -86,6 +92,12 @@ class TargetFront:
     front: list[Candidate]
     host_accuracy: dict[int, float]  # the sweep's accuracy per trial (where the device's is shown beside it)
     accuracy_on: str  # 'host' or 'device'
+
+    @property
+    def teacher_ms(self) -> float:
+        """The teacher's p50 the pick compares with: side by side with the members when they were, else alone."""
+        verified = self.teacher.get("latency_p50_ms_verified")
+        return self.teacher["latency_p50_ms"] if verified is None else verified
 
 
 @dataclass(frozen=True)
@@ -97,7 +109,8 @@ class Retargeted:
     onnx_path: Path
     card_path: Path
     version: str
-    timed: int  # models timed now (the rest came from the stored record)
+    timed: int  # models timed one by one now (the rest came from the stored record)
+    side_by_side: list[int]  # the front members timed side by side with the teacher for the pick
 
 
 def trained(study: optuna.Study) -> list[Candidate]:
@@ -112,15 +125,18 @@ def retarget(
     tracker: Tracker,
     *,
     compare_seconds: float | None = None,
+    retime: Retime | None = None,
     say: Callable[[str], None] = lambda line: None,
 ) -> Retargeted:
-    """Re-time every trained model of the finished sweep on `target` (side by side with the teacher), score them
-    there when target.accuracy is 'device', pick by the experiment's policy and hand the pick over as
-    outputs/<name>/<target>/ and the alias 'deployable-<target>'. Trains nothing; adds no trial."""
+    """Time every trained model of the finished sweep on `target` once, score them there when target.accuracy is
+    'device', build the target's front, time the members the pick can reach side by side with the teacher there
+    (with `retime`, default the target's own side-by-side timing), pick by the experiment's policy and hand the pick
+    over as outputs/<name>/<target>/ and the alias 'deployable-<target>'. Trains nothing; adds no trial."""
     if baseline(study) is None:
         raise SlimsweepError(f"the study {exp.name!r} has no finished sweep to retarget; run `slimsweep run` first")
     slug, spec = target_slug(target), target.spec()
-    make_target(spec).check()
+    device = make_target(spec)
+    device.check()
     models = trained(study)
     if not models:
         raise SlimsweepError(f"the sweep {exp.name!r} has no trained model to retarget (no successful trial)")
@@ -131,81 +147,63 @@ def retarget(
     paths = {c.trial: trial_onnx_path(exp, tracker, c.trial) for c in models}
     todo = [c.trial for c in models if str(c.trial) not in record["models"]]
     if todo or TEACHER not in record:
-        say(f"timing {len(todo)} trained models and the teacher on {slug}, side by side (nothing is trained)")
-        seconds = exp.pick.verify_seconds if compare_seconds is None else compare_seconds
-        _time(exp, spec, paths, todo, record, seconds)
+        say(f"timing {len(todo)} trained models and the teacher on {slug}, one at a time (nothing is trained)")
+        _time_each(exp, spec, paths, todo, record)
         _keep(study, slug, record)
     else:
-        say(f"all {len(models)} trained models were timed on {slug} before: nothing to time")
+        say(f"all {len(models)} trained models were timed on {slug} before: nothing to time one by one")
     if target.accuracy == "device":
         _score_on_device(exp, spec, paths, models, record, say)
         _keep(study, slug, record)
+    policy = make_policy(exp.pick)
+    reach = within_reach(target_front(exp, study, slug).front, policy)
+    names = [str(c.trial) for c in reach]
+    if reach and set(record.get(SIDE, {}).get("models", {})) != set(names):
+        seconds = exp.pick.verify_seconds if compare_seconds is None else compare_seconds
+        say(
+            f"timing the teacher and the {len(reach)} front members the pick can reach side by side on {slug} (up "
+            f"to {seconds:g} s)"
+        )
+        p50s, speedups = time_with_teacher(
+            exp,
+            {n: paths[int(n)].read_bytes() for n in names},
+            retime or (lambda m, n, settings: compare_on(device, m, n, settings)),
+            threads=spec.threads,
+            batch=spec.batch_size,
+            seconds=seconds,
+        )
+        record[SIDE] = {"p50_ms": p50s, "models": speedups}  # one comparison: its members' intervals go together
+        _keep(study, slug, record)
+    elif reach:
+        say(f"the {len(reach)} front members the pick can reach were timed side by side on {slug} before")
     view = target_front(exp, study, slug)
-    choice = choose(view.front, make_policy(exp.pick), view.teacher["latency_p50_ms"])
+    choice = choose(view.front, policy, view.teacher_ms)
     onnx_path, card_path, version = _hand_over(exp, study, tracker, target, view, choice, paths, say)
-    return Retargeted(view, choice, onnx_path, card_path, version, len(todo))
+    return Retargeted(view, choice, onnx_path, card_path, version, len(todo), [int(n) for n in names])
 
 
-def _time(
-    exp: Experiment,
-    spec: TargetSpec,
-    paths: dict[int, Path],
-    todo: list[int],
-    record: dict[str, Any],
-    seconds: float,
+def within_reach(front: list[Candidate], policy: PickPolicy) -> list[Candidate]:
+    """The front members the pick can choose: those within the policy's accuracy drop, when it states one and any
+    member is (the pick decides among them by speed); else the whole front."""
+    drop = getattr(policy, "max_accuracy_drop", None)
+    reach = [c for c in front if drop is None or c.accuracy_drop <= drop]
+    return reach or front
+
+
+def _time_each(
+    exp: Experiment, spec: TargetSpec, paths: dict[int, Path], todo: list[int], record: dict[str, Any]
 ) -> None:
-    """Time the teacher and the models in `todo` one by one (percentiles, throughput), then side by side (speed-ups
-    over the teacher), into record."""
+    """Time the teacher and the models in `todo` one by one, as a trial is timed (percentiles, throughput), into
+    record; what builds the target's front."""
     settings = settings_for(spec, **TRIAL_TIMING)
-    teacher = (exp.out / "teacher.onnx").read_bytes()
-    models = {TEACHER: teacher, **{str(n): paths[n].read_bytes() for n in todo}}
-    figures = {name: limited_measure(spec, model, settings) for name, model in models.items()}
-    together = CompareSettings(threads=spec.threads, batch_size=spec.batch_size, max_seconds=seconds, **VERIFY_COMPARE)
-    result = side_by_side(spec, list(models.values()), list(models), together)
-    for name, stats in figures.items():
-        timing = result.get(name)
-        entry = {
-            **stats.metrics(),
-            "latency_stable": float(stats.stable),
-            "latency_p50_ms_side_by_side": timing.p50_ms,
-        }
-        if name != TEACHER:
-            entry.update(speedup=timing.speedup, ci_low=timing.speedup_ci_low, ci_high=timing.speedup_ci_high)
-            record["models"][name] = entry
-        else:
+    models = {TEACHER: exp.out / "teacher.onnx", **{str(n): paths[n] for n in todo}}
+    for name, path in models.items():
+        stats = limited_measure(spec, path.read_bytes(), settings)
+        entry = {**stats.metrics(), "latency_stable": float(stats.stable)}
+        if name == TEACHER:
             record[TEACHER] = entry
-
-
-def side_by_side(spec: TargetSpec, models: list[bytes], names: list[str], settings: CompareSettings) -> Comparison:
-    """Time models interleaved on the target (as BenchStation.compare does, without a Ray actor); speed-ups over
-    models[0]."""
-    target = make_target(spec)
-    if not target_class(spec.kind).takes_url:  # timed here, in the capped worker; an agent has its own limits
-        seconds = LOAD_SECONDS * len(models) + 2 * settings.max_seconds + 1.0
-        limits = Limits(seconds=seconds, capped=not target_class(spec.kind).uses_gpu)
-        what = f"timing {len(models)} models side by side on {spec.kind}"
-        return run_limited(_compare_here, models, names, settings, spec, limits=limits, what=what)
-    burst = TimingSettings(
-        threads=settings.threads,
-        batch_size=settings.batch_size,
-        warmup=settings.burst_warmup,
-        min_repeats=settings.burst_min_runs,
-        max_seconds=settings.burst_seconds,
-    )
-
-    def turn(model: bytes):
-        def run() -> tuple[float, int]:
-            stats = target.measure(model, burst)
-            return stats.p50_ms, stats.repeats
-
-        return run
-
-    return interleave([turn(m) for m in models], names, settings)
-
-
-def _compare_here(models: list[bytes], names: list[str], settings: CompareSettings, spec: TargetSpec) -> Comparison:
-    target = make_target(spec)
-    return compare(models, settings, names=names, providers=target.providers(), require_provider=target.provider)
+        else:
+            record["models"][name] = entry
 
 
 def _score_on_device(
@@ -256,7 +254,8 @@ def target_front(exp: Experiment, study: optuna.Study, slug: str) -> TargetFront
     device = record.get("device_accuracy", {}) if record.get("accuracy_on") == "device" else {}
     host_teacher = sweep_teacher(study)
     teacher = {**host_teacher, **record[TEACHER], "accuracy": device.get(TEACHER, host_teacher["accuracy"])}
-    teacher["latency_p50_ms_verified"] = record[TEACHER]["latency_p50_ms_side_by_side"]
+    side = record.get(SIDE, {"p50_ms": {}, "models": {}})
+    teacher["latency_p50_ms_verified"] = side["p50_ms"].get(TEACHER)
     models, host = [], {}
     for c in everything(study):
         m = record["models"].get(str(c.trial))
@@ -264,6 +263,7 @@ def target_front(exp: Experiment, study: optuna.Study, slug: str) -> TargetFront
             continue
         host[c.trial] = c.accuracy
         acc = device.get(str(c.trial), c.accuracy)
+        s = side["models"].get(str(c.trial), {})  # none for a member the pick cannot reach (not timed side by side)
         models.append(
             replace(
                 c,
@@ -271,11 +271,11 @@ def target_front(exp: Experiment, study: optuna.Study, slug: str) -> TargetFront
                 accuracy_drop=teacher["accuracy"] - acc,
                 latency_p50_ms=m["latency_p50_ms"],
                 latency_p95_ms=m["latency_p95_ms"],
-                latency_p50_ms_verified=m["latency_p50_ms_side_by_side"],
+                latency_p50_ms_verified=side["p50_ms"].get(str(c.trial)),
                 throughput_per_s=m["throughput_per_s"],
-                speedup=m["speedup"],
-                speedup_ci_low=m["ci_low"],
-                speedup_ci_high=m["ci_high"],
+                speedup=s.get("speedup"),
+                speedup_ci_low=s.get("ci_low"),
+                speedup_ci_high=s.get("ci_high"),
             )
         )
     front = _non_dominated([c for c in models if _feasible(exp, c)], exp.objectives, record)
@@ -315,6 +315,14 @@ def _non_dominated(members: list[Candidate], objectives: list[str], record: dict
     return sorted(front, key=lambda c: c.latency)
 
 
+LATENCY_METHOD = (
+    f"latency_p50_ms and latency_p95_ms: each model timed alone, as a trial and `slimsweep bench` time it (a median "
+    f"timed in another process, or minutes apart, lands within about ±{APART_DRIFT:.0%}); latency_p50_ms_verified "
+    "and the speed-up: side by side with the teacher and the other front members the pick can reach, as `slimsweep "
+    "compare` times them"
+)
+
+
 def card(exp: Experiment, target: Target, view: TargetFront, choice: Choice, policy: Any) -> dict[str, Any]:
     """The model card of a target's pick: the same fields as the sweep's card, with the target's figures, both
     accuracies where they differ, and that nothing was trained."""
@@ -336,8 +344,9 @@ def card(exp: Experiment, target: Target, view: TargetFront, choice: Choice, pol
         "speedup_vs_teacher": c.speedup,
         "speedup_ci_low": c.speedup_ci_low,
         "speedup_ci_high": c.speedup_ci_high,
-        "speedup_clear_of_one": c.speedup_ci_low > 1.0 or c.speedup_ci_high < 1.0,
-        "speedup_interval_covers": INTERVAL_COVERS,
+        "speedup_clear_of_one": None if c.speedup_ci_low is None else c.speedup_ci_low > 1.0 or c.speedup_ci_high < 1.0,
+        "speedup_interval_covers": None if c.speedup_ci_low is None else INTERVAL_COVERS,
+        "latency_method": LATENCY_METHOD,
         "target": masked(target.model_dump()),
         "policy": policy.describe(),
         "policy_name": policy.name,

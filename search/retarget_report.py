@@ -69,7 +69,8 @@ def table(view: TargetFront, *, pick: int | None = None):
     t = Table(
         title=f"Pareto front on {view.slug}",
         caption=(f"* = the pick (trial {pick}); " if pick is not None else "")
-        + "speed-up: side by side with the teacher on this target"
+        + "p50, p95: each model timed alone; speed-up: side by side with the teacher on this target, for the members "
+        "the pick can reach (-: out of its reach, not timed side by side)"
         + ("; accuracy scored on the device, the host's beside it where it differs" if device else ""),
     )
     columns = ["", "trial", "plan", "accuracy %", *(["host %"] if device else []), "p50 ms", "p95 ms"]
@@ -100,7 +101,7 @@ def table(view: TargetFront, *, pick: int | None = None):
             f"{c.latency_p50_ms:.4f}",
             f"{c.latency_p95_ms:.4f}",
             f"{c.throughput_per_s:.1f}",
-            f"{c.speedup:.2f}x [{c.speedup_ci_low:.2f}, {c.speedup_ci_high:.2f}]",
+            "-" if c.speedup is None else f"{c.speedup:.2f}x [{c.speedup_ci_low:.2f}, {c.speedup_ci_high:.2f}]",
             f"{c.size_mb:.3f}",
             style="bold green" if c.trial == pick else None,
         )

@@ -11,12 +11,12 @@ from dataclasses import asdict, fields
 
 import ray
 
-from evaluators.compare import CompareSettings, Comparison, compare, interleave
+from evaluators.compare import CompareSettings, Comparison, compare, interleave_measured
 from evaluators.errors import ConfigError
 from evaluators.graph_key import graph_key
 from evaluators.latency import LatencyStats, TimingSettings
 from evaluators.limits import Limits, run_limited
-from evaluators.targets import TargetSpec, make_target, target_class
+from evaluators.targets import Target, TargetSpec, make_target, target_class
 
 log = logging.getLogger("slimsweep.station")
 
@@ -53,6 +53,19 @@ def limited_measure(spec: TargetSpec, model: bytes, settings: TimingSettings) ->
 def _compare_here(models: list[bytes], names: list[str], settings: CompareSettings, spec: TargetSpec) -> Comparison:
     target = make_target(spec)
     return compare(models, settings, names=names, providers=target.providers(), require_provider=target.provider)
+
+
+def compare_on(target: Target, models: list[bytes], names: list[str], settings: CompareSettings) -> Comparison:
+    """Time models side by side on the target (interleaved, round after round); speed-ups are over models[0]. An ONNX
+    Runtime provider on this host times in this process's worker, under the memory cap, with its sessions open
+    across rounds; a device agent opens a session per request, so each turn there is one short measurement."""
+    if getattr(target, "providers", None) is not None:
+        # The deadline: each model's load, then all rounds within max_seconds.
+        seconds = LOAD_SECONDS * len(models) + 2 * settings.max_seconds + 1.0
+        limits = Limits(seconds=seconds, capped=_capped(target.spec))
+        what = f"timing {len(models)} models side by side on the {target.spec.kind} target"
+        return run_limited(_compare_here, models, names, settings, target.spec, limits=limits, what=what)
+    return interleave_measured(target.measure, models, names, settings)
 
 
 class BenchStation:
@@ -116,30 +129,7 @@ class BenchStation:
                     f"CompareSettings.{name} = {getattr(settings, name)} but the target has "
                     f"{name} = {getattr(self.target.spec, name)}"
                 )
-        providers = getattr(self.target, "providers", None)
-        if providers is not None:  # an ONNX Runtime provider on this host: sessions stay open across rounds
-            # In the worker, under the cap; the deadline: each model's load, then all rounds within max_seconds.
-            seconds = LOAD_SECONDS * len(models) + 2 * settings.max_seconds + 1.0
-            limits = Limits(seconds=seconds, capped=_capped(self.target.spec))
-            what = f"timing {len(models)} models side by side"
-            return run_limited(_compare_here, models, names, settings, self.target.spec, limits=limits, what=what)
-        # A device agent opens a session per request: each burst is one short measurement there, warm-up included.
-        burst = TimingSettings(
-            threads=settings.threads,
-            batch_size=settings.batch_size,
-            warmup=settings.warmup,
-            min_repeats=settings.burst_min_runs,
-            max_seconds=settings.burst_seconds,
-        )
-
-        def turn(model: bytes):
-            def run() -> tuple[float, int]:
-                stats = self.target.measure(model, burst)
-                return stats.p50_ms, stats.repeats
-
-            return run
-
-        return interleave([turn(m) for m in models], names, settings)
+        return compare_on(self.target, models, names, settings)
 
     def counts(self) -> dict[str, int]:
         """Cache hits and misses so far."""

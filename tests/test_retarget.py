@@ -4,6 +4,7 @@ trained."""
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import threading
@@ -17,14 +18,20 @@ import uvicorn
 from conftest import small_experiment, wait_for
 from mlflow.tracking import MlflowClient
 from onnx import TensorProto, helper, numpy_helper
+from rich.console import Console
 
 from evaluators.accuracy import accuracy
 from evaluators.agent import AgentConfig, create_app
+from evaluators.compare import CompareSettings, Comparison
+from evaluators.targets import make_target
 from experiments.tasks import load_task
 from search.cli import main
-from search.config import load
-from search.retarget import alias, stored
+from search.config import Target, load
+from search.retarget import alias, retarget, stored
+from search.retarget_report import rows, table
+from search.station import compare_on
 from search.study import Baseline, TrialRecord, open_study, record, set_baseline
+from search.tracking import Tracker
 
 TOKEN = "retarget-token-of-32-bytes-or-more"
 
@@ -41,25 +48,18 @@ def _dense(weights: np.ndarray) -> bytes:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
-@pytest.fixture
-def finished(tmp_path: Path, agent_url: tuple[str, Path]) -> tuple[Path, dict[int, float]]:
-    """A finished sweep as the study holds it: the teacher's ONNX file and figures, three trained trials with their
-    ONNX files and host accuracies. Its file's target is the agent, with `accuracy: device`."""
-    url, token_file = agent_url
-    path = small_experiment(
-        tmp_path,
-        name="anywhere",
-        target={"kind": "remote", "url": url, "token_file": str(token_file), "accuracy": "device"},
-        constraints={"max_accuracy_drop": 100.0},
-        pick={"max_accuracy_drop": 100.0, "verify_seconds": 1.0},
-    )
-    exp = load(path)
+def _teacher_weights(exp) -> np.ndarray:
+    """Least squares on one-hot labels: a teacher far better than chance, made in milliseconds."""
     data = load_task(exp.task).data
     x = data.x_train.reshape(len(data.x_train), -1)
-    # Least squares on one-hot labels: a teacher far better than chance, made in milliseconds.
-    w = np.linalg.lstsq(x, np.eye(10)[data.y_train], rcond=None)[0]
+    return np.linalg.lstsq(x, np.eye(10)[data.y_train], rcond=None)[0]
+
+
+def _finish(exp, teacher: bytes, models: list[tuple[bytes, float]]) -> dict[int, float]:
+    """Write a finished sweep as the study holds it: the teacher's ONNX file and figures, and one trained trial per
+    (ONNX model, size in MB) with its file and host accuracy; returns the accuracy per trial."""
+    data = load_task(exp.task).data
     exp.out.mkdir(parents=True, exist_ok=True)
-    teacher = _dense(w)
     (exp.out / "teacher.onnx").write_bytes(teacher)
     teacher_acc = accuracy(teacher, data.x_val, data.y_val)
     figures = {"latency_p50_ms": 0.5, "latency_p95_ms": 0.6, "size_mb": 0.01, "params": 640.0}
@@ -69,18 +69,57 @@ def finished(tmp_path: Path, agent_url: tuple[str, Path]) -> tuple[Path, dict[in
         Baseline(teacher={"accuracy": teacher_acc, **figures}, input_shape=[1, 8, 8], station={"node": "here"}),
     )
     host: dict[int, float] = {}
-    for noise in (0.0, 0.05, 0.3):
+    for model, size in models:
         trial = study.ask()
-        model = _dense(w + np.random.default_rng(trial.number).normal(scale=noise, size=w.shape))
         (exp.out / "trials").mkdir(exist_ok=True)
         (exp.out / "trials" / f"trial-{trial.number}.onnx").write_bytes(model)
         host[trial.number] = accuracy(model, data.x_val, data.y_val)
         latency = 0.05 * (trial.number + 1)  # the sweep's own target: distinct, so its front holds them all
         metrics = {**figures, "accuracy": host[trial.number], "accuracy_drop": teacher_acc - host[trial.number]}
-        metrics.update(latency_p50_ms=latency, latency_p95_ms=latency)
-        rec = TrialRecord(plan={"noise": noise}, describe=f"dense noise {noise}", metrics=metrics, feasible=True)
-        record(study, trial, rec, values=[host[trial.number], latency, 0.01], constraints={"accuracy_drop": -1.0})
-    return path, host
+        metrics.update(latency_p50_ms=latency, latency_p95_ms=latency, size_mb=size)
+        plan = {"model": trial.number}
+        rec = TrialRecord(plan=plan, describe=f"model {trial.number}", metrics=metrics, feasible=True)
+        record(study, trial, rec, values=[host[trial.number], latency, size], constraints={"accuracy_drop": -1.0})
+    return host
+
+
+def _wide(seed: int, hidden: int = 4096) -> bytes:
+    """An untrained two-layer classifier of 8x8 digits (chance accuracy), far costlier than _dense."""
+    rng = np.random.default_rng(seed)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["input"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "w1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("MatMul", ["r", "w2"], ["logits"]),
+        ],
+        "wide",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [
+            numpy_helper.from_array(rng.normal(size=(64, hidden)).astype(np.float32), "w1"),
+            numpy_helper.from_array(rng.normal(size=(hidden, 10)).astype(np.float32), "w2"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+@pytest.fixture
+def finished(tmp_path: Path, agent_url: tuple[str, Path]) -> tuple[Path, dict[int, float]]:
+    """A finished sweep: the teacher and three trained trials (its weights with noise). Its file's target is the
+    agent, with `accuracy: device`."""
+    url, token_file = agent_url
+    path = small_experiment(
+        tmp_path,
+        name="anywhere",
+        target={"kind": "remote", "url": url, "token_file": str(token_file), "accuracy": "device"},
+        constraints={"max_accuracy_drop": 100.0},
+        pick={"max_accuracy_drop": 100.0, "verify_seconds": 1.0},
+    )
+    exp = load(path)
+    w = _teacher_weights(exp)
+    noisy = [w + np.random.default_rng(i).normal(scale=noise, size=w.shape) for i, noise in enumerate((0.0, 0.05, 0.3))]
+    return path, _finish(exp, _dense(w), [(_dense(weights), 0.01) for weights in noisy])
 
 
 @pytest.fixture
@@ -191,3 +230,54 @@ def test_device_accuracy_needs_a_device_agent(tmp_path, capsys):
     assert main(["retarget", str(path), "--target", "cpu", "--accuracy", "device"]) == 2
     err = capsys.readouterr().err
     assert "accuracy" in err and "'device'" in err and "remote" in err, err
+
+
+def test_retarget_times_side_by_side_only_the_front_members_the_pick_can_reach(tmp_path):
+    # Five trained models: two near the teacher's accuracy, three untrained wide ones (chance accuracy). One wide
+    # model is recorded as the smallest, so it stays on the front; the pick allows 2 points of drop, so only the
+    # accurate ones are within its reach.
+    path = small_experiment(
+        tmp_path,
+        name="reach",
+        constraints={"max_accuracy_drop": 100.0},
+        pick={"max_accuracy_drop": 2.0, "verify_seconds": 1.0},
+    )
+    exp = load(path)
+    w = _teacher_weights(exp)
+    accurate = [_dense(w), _dense(w + np.random.default_rng(1).normal(scale=0.005, size=w.shape))]
+    wide = [(_wide(0), 0.001), (_wide(1), 1.0), (_wide(2), 1.0)]
+    host = _finish(exp, _dense(w), [(m, 0.01) for m in accurate] + wide)
+    near = {n for n, acc in host.items() if acc >= host[0] - 2.0}
+    assert near == {0, 1}, host  # the set-up: the wide models are far below the pick's accuracy bar
+    target = Target(kind="cpu")
+    handed: list[list[str]] = []
+
+    def retime(models: list[bytes], names: list[str], settings: CompareSettings) -> Comparison:
+        handed.append(list(names))  # what the side-by-side comparison was given; it then runs for real
+        return compare_on(make_target(target.spec()), models, names, settings)
+
+    tracker = Tracker(exp.tracking_uri, exp.name, exp.out / "mlartifacts")
+    done = retarget(exp, open_study(exp), target, tracker, compare_seconds=1.0, retime=retime)
+
+    kept = stored(open_study(exp), done.view.slug)
+    assert set(kept["models"]) == {str(n) for n in host}  # every trained model timed on the target, one by one
+    front = {c.trial for c in done.view.front}
+    reach = {c.trial for c in done.view.front if c.accuracy_drop <= 2.0}
+    assert reach and reach <= near and 2 in front  # the smallest wide model is on the front, out of the pick's reach
+    # One comparison: the teacher first, then exactly the front members within reach; no wide model among them.
+    assert len(handed) == 1 and handed[0][0] == "teacher"
+    assert sorted(handed[0][1:]) == sorted(str(n) for n in reach) == sorted(map(str, done.side_by_side))
+    pick = done.choice.candidate
+    assert pick.trial in reach and pick.speedup_ci_low is not None and pick.latency_p50_ms_verified is not None
+    card = json.loads(done.card_path.read_text())
+    assert card["speedup_ci_low"] is not None and "timed alone" in card["latency_method"]
+    # The front shows no speed-up for a member out of reach (it was not timed side by side), and the table says so.
+    shown = {row["trial"]: row for row in rows(done.view)}
+    assert shown[2]["speedup"] is None and all(shown[n]["speedup_ci_low"] is not None for n in reach)
+    console = Console(file=io.StringIO(), width=250)
+    console.print(table(done.view, pick=pick.trial))
+    assert "out of its reach" in console.file.getvalue()
+
+    # Again: the same members within reach were timed side by side before, so nothing is timed again.
+    again = retarget(exp, open_study(exp), target, tracker, compare_seconds=1.0, retime=retime)
+    assert len(handed) == 1 and again.timed == 0 and again.choice.candidate.trial == pick.trial
