@@ -10,9 +10,10 @@ Usage:
       replays TPE, NSGA-II, GP and random (10 seeds each; --quick: 3, without GP) over the table, writes the plot
       into --out and prints the markdown section the report includes (section() below)
 
-The replay asks each sampler for plans from the same space as the grid (spaces.plan.sample over GRID) and answers
-with a table lookup. A plan proposed again in the same run is answered from the earlier result, as the sweep's
-driver does, so it costs no training: the budget counts distinct plans, and the asks are reported beside it.
+The replay runs the driver's own loop (benchmarks/replay.py: search/loop.py on the in-process executor) with a
+trial that answers each plan from the table; plans come from the same space as the grid (spaces.plan.sample over
+GRID). A plan proposed again in the same run is answered by the loop from the earlier trial, so it costs no
+training: the curves count distinct plans, and the asks are reported beside them.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from a checkout: import the project beside it
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.tabular_grid import (  # noqa: E402 - after the path set-up above
+from benchmarks.replay import Shuffled, Step, TableTrial  # noqa: E402 - after the path set-up above
+from benchmarks.replay import replay as loop_replay  # noqa: E402
+from benchmarks.tabular_grid import (  # noqa: E402
     TABLE,
     build,
     enumerate_space,
@@ -45,7 +48,6 @@ from benchmarks.tabular_grid import (  # noqa: E402 - after the path set-up abov
     plan_key,
     read_rows,
 )
-from search.gate import Candidate, bar  # noqa: E402
 from spaces.plan import CompressionPlan, Space, sample  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------------- replay
@@ -160,74 +162,71 @@ def replay(
     max_asks: int | None = None,
     space: Space | None = None,
 ) -> Run:
-    """Run one sampler over the table until it reaches `stop_at` hypervolume (and min_trials distinct plans), has
-    seen every plan, or made max_asks asks; a repeated plan is told its earlier result and trains nothing.
+    """Run one sampler over the table through the driver's own loop (benchmarks/replay.py) until it reaches
+    `stop_at` hypervolume (and min_trials plans run), has run every plan, or made max_asks asks. A repeated plan
+    is answered by the loop from the earlier trial (search/reuse.py) and trains nothing.
 
     A name ending in "+fresh" answers a repeat the same way and then enqueues an unseen plan drawn at random, so
-    the sampler's next ask trains something new. A name ending in "+gate" runs the sweep's latency first against
-    the front (search/gate.py): a new plan whose latency and size (known before training: the table's, which its
-    structure decides) are both above a trained plan's within the noise of the best accuracy is told PRUNED and
-    trains nothing. "uniform" enqueues an unseen plan before every ask: random search
-    without replacement over the grid's plans (Optuna's random sampler instead draws each knob uniformly, so it
-    favours the plans of the smaller branches of the space, such as the teacher's).
+    the sampler's next ask trains something new. A name ending in "+gate" turns the sweep's latency first against
+    the front on (search/gate.py, as the loop and the trial run it): a new plan whose latency and size (known
+    before training: the table's, which its structure decides) are both above a trained plan's within the noise of
+    the best accuracy is told PRUNED and trains nothing. "uniform" is random search without replacement over the
+    grid's plans (Optuna's random sampler instead draws each knob uniformly, so it favours the plans of the smaller
+    branches of the space, such as the teacher's).
     """
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
     space = space or grid_space()
     gated = name.endswith("+gate")
     name = name.removesuffix("+gate")
     fresh, uniform = name.endswith("+fresh"), name == "uniform"
-    study = optuna.create_study(
-        directions=["maximize", "minimize", "minimize"],
-        sampler=_sampler("random" if uniform else name.removesuffix("+fresh"), seed),
-    )
-    dominated: set[str] = set()
     grid = enumerate_space(space)
-    rng = random.Random(seed)
-    seen: dict[str, tuple[float, float, float] | None] = {}
-    losses: list[np.ndarray] = []
-    run, asks, ref = Run([], [], []), 0, np.ones(3)
-    max_asks = max_asks or 5 * len(table.rows)
-    while len(seen) < len(table.rows) and asks < max_asks:
-        if uniform:
-            study.enqueue_trial(grid[rng.choice([k for k in grid if k not in seen])][1])
-        trial = study.ask()
-        asks += 1
-        plan = sample(trial, space)
-        key = plan_key(plan)
-        if gated and key not in seen and (key in dominated or _dominated(table, seen, key)):
-            dominated.add(key)
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            continue
-        if key in seen and fresh:
-            unseen = [k for k in grid if k not in seen]
-            study.enqueue_trial(grid[rng.choice(unseen)][1])
-        if key not in seen:
-            seen[key] = table.rows[key]
-            if seen[key] is not None:
-                losses.append(norm(seen[key]))
-            run.curve.append(hypervolume(losses, ref))
-            run.asks.append(asks)
-            run.keys.append(key)
-        values = seen[key]
-        study.tell(
-            trial,
-            list(values) if values else None,
-            state=optuna.trial.TrialState.COMPLETE if values else optuna.trial.TrialState.FAIL,
-        )
-        if run.curve[-1] >= stop_at and len(run.curve) >= min_trials:
-            break
+    sampler = (
+        Shuffled([params for _, params in grid.values()], seed)
+        if uniform
+        else _sampler(name.removesuffix("+fresh"), seed)
+    )
+    run, ran, losses = Run([], [], []), set(), []
+
+    def enough(steps: list[Step]) -> bool:
+        step = steps[-1]
+        if step.kind in ("trained", "failed") and step.key not in ran:  # a plan trained for the first time
+            ran.add(step.key)
+            if step.figures is not None:
+                losses.append(norm(step.figures))
+            run.curve.append(hypervolume(losses, np.ones(3)))
+            run.asks.append(step.asks)
+            run.keys.append(step.key)
+        there = bool(run.curve) and run.curve[-1] >= stop_at and len(run.curve) >= min_trials
+        return there or len(ran) >= len(grid)
+
+    trial = TableTrial(
+        lambda plan: table.rows[plan_key(plan)], faithful=lambda plan: not plan.weights_decide_structure()
+    )
+    loop_replay(
+        trial,
+        lambda t: sample(t, space),
+        teacher_accuracy=table.teacher[0],
+        n_val=DIGITS_VALIDATION,
+        sampler=sampler,
+        seed=seed,
+        trials=SWEEP_TRIALS,
+        gate=gated,
+        max_asks=max_asks or 5 * len(table.rows),
+        enough=enough,
+        listeners=[_Fresh(grid, ran, random.Random(seed))] if fresh else [],
+    )
     return run
 
 
-def _dominated(table: Table, seen: dict[str, tuple[float, float, float] | None], key: str) -> bool:
-    """Whether the sweep's gate (search/gate.py) stops this plan before training, given the plans trained so far."""
-    probe = table.rows[key]
-    if probe is None:
-        return False  # a plan that failed has no figures to probe: it is tried, and fails
-    trained = [Candidate(i, *v) for i, v in enumerate(seen.values()) if v is not None]
-    return bar(trained, table.teacher[0], DIGITS_VALIDATION).dominator(probe[1], probe[2]) is not None
+class _Fresh:
+    """After a repeat is answered, an unseen plan drawn at random is enqueued: the sampler's next ask trains it."""
+
+    def __init__(self, grid: dict[str, tuple[CompressionPlan, dict[str, Any]]], seen: set[str], rng: random.Random):
+        self.grid, self.seen, self.rng = grid, seen, rng  # `seen`: the plans run so far, kept by the replay
+
+    def trial_reused(self, loop: Any, number: int, rec: Any) -> None:
+        unseen = [k for k in self.grid if k not in self.seen]
+        if unseen:
+            loop.study.enqueue_trial(self.grid[self.rng.choice(unseen)][1])
 
 
 # --------------------------------------------------------------------------------------------------------- report
@@ -337,7 +336,8 @@ def _replay_all(
 ) -> dict[str, list[Run]]:
     """Each (sampler, seed) replayed once: runs already in the log (for this table) are reused, the others are
     replayed and appended to it as each finishes, so an interrupted replay resumes where it stopped."""
-    digest = hashlib.sha256(TABLE.read_bytes()).hexdigest()[:16]
+    # Runs of the replay before it ran through the driver's loop are not reused: their random search drew otherwise.
+    digest = hashlib.sha256(TABLE.read_bytes()).hexdigest()[:16] + "-loop"
     done: dict[tuple[str, int], Run] = {}
     if log.exists():
         for line in log.read_text().splitlines():
