@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
 import math
 import os
 import re
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +25,7 @@ from evaluators.targets import TargetSpec, make_target
 from search.dispatch import MACHINERY, Report, Running
 from search.gate import Bar
 from search.raystart import start_ray
+from search.rungboard import TAKE_WAIT_S, ask, start_board
 from search.station import free_cores, start_station
 from search.trial import TrialContext, TrialResult, run_trial
 
@@ -37,9 +40,11 @@ def _run_on_node(
     where: tuple[str, list[int]],
     threads: int = 1,
     bar: Bar | None = None,
+    board: Any = None,
+    token: int = 0,
 ) -> TrialResult:
     """run_trial on a worker: off the station's cores, training on the CPUs it asked for, timing through the
-    station, noting the node."""
+    station, reporting its rungs at the driver's board (search/rungboard.py), noting the node."""
     began = time.time()
     free_cores(*where)  # the driver's latest view of the station's place (RayExecutor._refresh_where)
     if threads != ctx.train_threads:
@@ -48,7 +53,14 @@ def _run_on_node(
     def time_model(model: bytes):
         return _at_station(lambda: station.measure.remote(model, ctx.timing))
 
-    result = run_trial(number, plan, ctx, time_model, bar)
+    # This execution's own id: Ray runs a task again after a lost worker with the same arguments, and the retry
+    # must not read a verdict meant for the execution before it.
+    attempt = f"{token}:{uuid.uuid4().hex}"
+
+    def report(rung: int, metrics: dict[str, float]) -> bool:
+        return ask(board, attempt, token, Report(number, rung, dict(metrics)))
+
+    result = run_trial(number, plan, ctx, time_model, bar, report if board is not None else None)
     result.info["clock"] = {"worker_began": began, "worker_ended": time.time()}  # benchmarks/stages.py
     result.info["ray_node"] = ray.get_runtime_context().get_node_id()
     result.info["cores"] = sorted(os.sched_getaffinity(0))
@@ -193,6 +205,10 @@ class RayExecutor:
         self._where_ref: Any = None  # a question to the station about its place, in flight
         self._where_next = 0.0
         self._warming: list[Any] = []  # warm-up tasks in flight (kept: their results are never needed)
+        self.board: Any = None  # the rung board (search/rungboard.py), started with the station
+        self._tokens = itertools.count()
+        self._live: dict[Any, int] = {}  # each submitted task in flight (its ref) -> its token
+        self._asked: dict[tuple[int, int], str] = {}  # (number, rung) handed to the loop -> the attempt that waits
 
     def open_station(self, spec: TargetSpec, *, reserve_cores: bool) -> None:
         """Start the target's bench station; fails now, not mid-sweep, when the target cannot run here."""
@@ -205,6 +221,7 @@ class RayExecutor:
         self.station_share = _station_share(spec, reserve_cores)
         self._check_fits()
         self.station = start_station(spec, reserve_cores=reserve_cores)
+        self.board = start_board(self.trial_slots())
         try:
             self.where = ray.get(self.station.where.remote())
         except ray.exceptions.RayActorError as exc:
@@ -221,16 +238,42 @@ class RayExecutor:
         """Time models side by side at the station, on its reserved cores (the pick's verification)."""
         return ray.get(self.station.compare.remote(models, names, settings))
 
-    @staticmethod
-    def reports() -> list[Report]:
-        """Rung reports: a Ray trial reports none yet (search/dispatch.py describes the hook)."""
-        return []
+    def reports(self) -> list[Report]:
+        """Rung reports waiting at the board for a verdict, taken without waiting on any trial; a report of a task
+        this executor no longer runs is answered "go on" and not handed back."""
+        if self.board is None:
+            return []
+        try:
+            posted = ray.get(self.board.take.remote(), timeout=TAKE_WAIT_S)
+        except ray.exceptions.RayError as err:  # busy or gone: the reports wait (or time out to "go on")
+            log.warning("rung reports could not be read from the board: %s", err)
+            return []
+        live = set(self._live.values())
+        out = []
+        for attempt, token, report in posted:
+            if token in live:
+                self._asked[(report.number, report.rung)] = attempt
+                out.append(report)
+            else:
+                self.board.decide.remote(attempt, report.rung, True)
+        return out
 
     def decide(self, number: int, rung: int, go_on: bool) -> None:
-        """Nothing to answer: a Ray trial reports none yet."""
+        """Answer a report that reports() handed back; the waiting trial goes on or ends at that rung."""
+        attempt = self._asked.pop((number, rung), None)
+        if attempt is not None and self.board is not None:
+            self.board.decide.remote(attempt, rung, go_on)  # not awaited: the driver never waits on a worker
+
+    def _forget(self, r: Running) -> None:
+        """A task ended or given up: its late reports are not handed back, nor answered from what it was asked."""
+        self._live.pop(r.ref, None)
+        for key in [key for key in self._asked if key[0] == r.number]:
+            del self._asked[key]
 
     def stop(self, number: int) -> None:
-        """Transitional (search/loop.py moves to decide()): nothing to stop."""
+        """Transitional (search/loop.py moves to decide()): the trial's reports handed back answer False."""
+        for n, rung in [key for key in self._asked if key[0] == number]:
+            self.decide(n, rung, False)
 
     def new_latencies(self) -> dict[str, dict]:
         """Latency measurements the station took since the last call (to keep with the study)."""
@@ -320,7 +363,11 @@ class RayExecutor:
     def submit(self, number: int, plan: Any, context_ref: Any, bar: Bar | None = None) -> Running:
         """Start one trial; `context_ref` is the object-store reference, so the teacher and data travel to each
         node once, not once per trial; `bar` stops a plan that cannot reach the front before training."""
-        task = self._task.remote(number, plan, context_ref, self.station, self.where, self.num_cpus, bar)
+        token = next(self._tokens)
+        task = self._task.remote(
+            number, plan, context_ref, self.station, self.where, self.num_cpus, bar, self.board, token
+        )
+        self._live[task] = token
         return Running(number, task, self.clock())
 
     def wait(self, running: list[Running], timeout: float) -> list[tuple[Running, TrialResult]]:
@@ -333,19 +380,21 @@ class RayExecutor:
         now = self.clock()
         for r in running:
             if r.ref in done:
+                self._forget(r)
                 try:
                     result = ray.get(r.ref)
                 except ray.exceptions.RayError as exc:  # worker died, out of memory, node lost
                     result = ray_failure(r.number, exc)
                 finished.append((r, result))
             elif self.trial_timeout_s is not None and now - r.started > self.trial_timeout_s:
+                self._forget(r)
                 ray.cancel(r.ref, force=True)
                 finished.append((r, timed_out(r.number, self.trial_timeout_s)))
         return finished
 
-    @staticmethod
-    def cancel(running: list[Running]) -> None:
+    def cancel(self, running: list[Running]) -> None:
         """Stop trials in flight (Ctrl-C, or the driver failing)."""
         for r in running:
+            self._forget(r)
             with contextlib.suppress(Exception):  # the driver is stopping; a task Ray already lost needs no cancel
                 ray.cancel(r.ref, force=True)

@@ -5,12 +5,19 @@ to; in process and on a real local Ray."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
+import ray
 from conftest import small_experiment
 
 from evaluators.latency import LatencyStats
+from evaluators.targets import TargetSpec
 from search.config import Experiment, load
+from search.executor import RayExecutor
 from search.inprocess import InProcessExecutor
 from search.sweep import prepare
 from search.trial import TrialContext, run_trial
@@ -121,3 +128,42 @@ def test_in_process_the_loops_verdict_reaches_the_trial_at_the_rung_it_reported(
     ((_, result),) = executor.wait([running], timeout=1.0)
     assert heard == [(4, 0), (4, 1)]
     assert result.info.stopped_at_rung == 1 and result.info.epochs_used == 2 and result.onnx is None
+
+
+@pytest.fixture
+def local_ray():
+    """A local Ray of the test's own (a short temp folder: Ray's socket paths have a length limit), shut down after."""
+    temp = Path(tempfile.mkdtemp(prefix="rr", dir="/tmp"))
+    patch = pytest.MonkeyPatch()
+    patch.setenv("RAY_TMPDIR", str(temp))
+    patch.delenv("RAY_ADDRESS", raising=False)
+    if ray.is_initialized():
+        ray.shutdown()
+    try:
+        yield RayExecutor(address=None)
+    finally:
+        ray.shutdown()
+        patch.undo()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_on_ray_a_trial_waits_at_its_rung_for_the_drivers_verdict_and_stops_there(prepared, local_ray):
+    exp, ctx = prepared
+    executor = local_ray
+    executor.open_station(TargetSpec(kind="cpu", threads=1), reserve_cores=False)
+    running = executor.submit(5, STUDENT, executor.put(ctx))
+    heard: list[tuple[int, int]] = []
+    finished: list = []
+    deadline = time.monotonic() + 240
+    while not finished and time.monotonic() < deadline:
+        for report in executor.reports():  # what search/loop.py's _rungs does: decide every report it took
+            heard.append((report.number, report.rung))
+            assert report.metrics["epochs"] == 1.0 and 0.0 <= report.metrics["accuracy"] <= 100.0
+            executor.decide(report.number, report.rung, False)
+        finished = executor.wait([running], timeout=0.5)
+    ((_, result),) = finished
+    # The worker waited for the verdict: it reported its first rung only, and ended there.
+    assert heard == [(5, 0)]
+    assert result.error is None and result.onnx is None
+    assert result.info.stopped_at_rung == 0 and result.info.epochs_used == 1
+    assert "accuracy_so_far" in result.metrics

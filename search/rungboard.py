@@ -1,0 +1,93 @@
+"""The rung board: where trials on Ray workers post their rung reports and wait for the driver's verdict.
+
+One small threaded Ray actor per RayExecutor (search/dispatch.py describes rungs). A worker's `post` blocks until the
+driver answers or REPORT_WAIT_S passes (then the trial goes on training: it never stops without a verdict); the
+driver's `take` and `decide` run in a concurrency group of their own, so waiting workers never hold them up. Each
+execution of a trial posts under its own attempt id, so a retried attempt never reads an answer meant for an
+earlier one. The board is apart from the bench station: nothing here waits on it or blocks it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from search.dispatch import Report
+
+log = logging.getLogger(__name__)
+
+# How long a worker's report waits for the driver's verdict (the loop polls about once a second) before going on.
+REPORT_WAIT_S = 120.0
+# How long the driver waits for the board to hand over its reports before trying again at its next poll.
+TAKE_WAIT_S = 10.0
+# Threads for the driver's calls; the trials' group gets two per trial slot, at least MIN_TRIAL_THREADS.
+DRIVER_THREADS, MIN_TRIAL_THREADS = 2, 32
+
+
+@dataclass
+class _Posted:
+    """One report waiting at the board."""
+
+    token: int  # the executor's token of the submission it belongs to
+    report: Report
+    taken: bool = False  # handed to the driver
+    verdict: bool | None = None  # the driver's answer: False ends the trial at this rung
+
+
+class RungBoard:
+    """Holds reports of trials in flight until the driver decides on them."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._posted: dict[str, _Posted] = {}  # by attempt id
+
+    @ray.method(concurrency_group="trials")
+    def post(self, attempt: str, token: int, report: Report, wait_s: float) -> bool:
+        """A worker's report: wait for the driver's verdict; True (go on) without one within wait_s."""
+        posted = _Posted(token, report)
+        with self._changed:
+            self._posted[attempt] = posted
+            try:
+                self._changed.wait_for(lambda: posted.verdict is not None, timeout=wait_s)
+            finally:
+                del self._posted[attempt]
+        return posted.verdict is not False
+
+    @ray.method(concurrency_group="driver")
+    def take(self) -> list[tuple[str, int, Report]]:
+        """Reports not yet handed to the driver: (attempt id, token, report) each."""
+        with self._changed:
+            fresh = [(attempt, p) for attempt, p in self._posted.items() if not p.taken]
+            for _, posted in fresh:
+                posted.taken = True
+        return [(attempt, p.token, p.report) for attempt, p in fresh]
+
+    @ray.method(concurrency_group="driver")
+    def decide(self, attempt: str, rung: int, go_on: bool) -> None:
+        """Answer the attempt's report at `rung`; a report no longer waiting (timed out, worker gone) is ignored."""
+        with self._changed:
+            posted = self._posted.get(attempt)
+            if posted is not None and posted.report.rung == rung:
+                posted.verdict = go_on
+                self._changed.notify_all()
+
+
+def start_board(trial_slots: int) -> Any:
+    """Start the board (no CPU of its own: it takes no trial's slot) with a thread for every trial that may wait."""
+    groups = {"driver": DRIVER_THREADS, "trials": max(MIN_TRIAL_THREADS, 2 * trial_slots)}
+    # The groups are sized here, not where the class is declared (Ray refuses them in .options()).
+    return ray.remote(num_cpus=0, concurrency_groups=groups)(RungBoard).remote()
+
+
+def ask(board: Any, attempt: str, token: int, report: Report, wait_s: float = REPORT_WAIT_S) -> bool:
+    """A worker's side: post the report and wait for the verdict; True (go on training) when none comes, the
+    board included: a trial is never stopped by a driver that did not answer."""
+    try:
+        return bool(ray.get(board.post.remote(attempt, token, report, wait_s), timeout=wait_s + 30.0))
+    except ray.exceptions.RayError as err:  # the board gone with its node or driver, or no answer in time
+        log.warning("trial %d: no verdict at rung %d (%s); training on", report.number, report.rung, err)
+        return True
