@@ -134,3 +134,15 @@ def test_a_few_nasbench201_proposals_run_through_the_loop():
     assert len(done.steps) == 20 and done.ran()
     for step in done.ran():
         assert step.figures == table.figures[step.key]
+
+
+def test_the_exact_mann_whitney_fallback_agrees_with_scipy_and_reads_the_direction():
+    from scipy.stats import mannwhitneyu
+
+    from benchmarks.nasbench201 import _exact_less
+
+    fewer, more = [3, 5, 8, 9, 12], [7, 10, 14, 15, 20, 22]
+    u, p = _exact_less(fewer, more)
+    expected = mannwhitneyu(fewer, more, alternative="less", method="exact")
+    assert (u, p) == pytest.approx((expected.statistic, expected.pvalue)) and p < 0.05
+    assert _exact_less(more, fewer)[1] > 0.9  # the other way round: no evidence at all
