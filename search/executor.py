@@ -270,11 +270,6 @@ class RayExecutor:
         for key in [key for key in self._asked if key[0] == r.number]:
             del self._asked[key]
 
-    def stop(self, number: int) -> None:
-        """Transitional (search/loop.py moves to decide()): the trial's reports handed back answer False."""
-        for n, rung in [key for key in self._asked if key[0] == number]:
-            self.decide(n, rung, False)
-
     def new_latencies(self) -> dict[str, dict]:
         """Latency measurements the station took since the last call (to keep with the study)."""
         return ray.get(self.station.take_new.remote())

@@ -115,12 +115,6 @@ class InProcessExecutor:
         if (number, rung) in self._pending:
             self._pending[(number, rung)] = go_on
 
-    def stop(self, number: int) -> None:
-        """Transitional (search/loop.py moves to decide()): the trial's awaited report answers False."""
-        for n, rung in list(self._pending):
-            if n == number:
-                self.decide(number, rung, False)
-
     def cancel(self, running: list[Running]) -> None:
         """Drop queued trials (the one running, if any, has already raised)."""
         refs = {r.ref for r in running}

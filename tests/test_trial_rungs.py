@@ -17,8 +17,10 @@ from conftest import small_experiment
 from evaluators.latency import LatencyStats
 from evaluators.targets import TargetSpec
 from search.config import Experiment, load
+from search.dispatch import Report
 from search.executor import RayExecutor
 from search.inprocess import InProcessExecutor
+from search.rungboard import ask, start_board
 from search.sweep import prepare
 from search.trial import TrialContext, run_trial
 from spaces.plan import CompressionPlan
@@ -130,7 +132,7 @@ def test_in_process_the_loops_verdict_reaches_the_trial_at_the_rung_it_reported(
     assert result.info.stopped_at_rung == 1 and result.info.epochs_used == 2 and result.onnx is None
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def local_ray():
     """A local Ray of the test's own (a short temp folder: Ray's socket paths have a length limit), shut down after."""
     temp = Path(tempfile.mkdtemp(prefix="rr", dir="/tmp"))
@@ -167,3 +169,20 @@ def test_on_ray_a_trial_waits_at_its_rung_for_the_drivers_verdict_and_stops_ther
     assert result.error is None and result.onnx is None
     assert result.info.stopped_at_rung == 0 and result.info.epochs_used == 1
     assert "accuracy_so_far" in result.metrics
+
+
+def test_the_board_answers_only_the_attempt_asked_and_lets_an_unanswered_trial_go_on(local_ray):
+    board = start_board(trial_slots=1)
+    first = board.post.remote("7:a", 7, Report(3, 0, {"accuracy": 50.0}), 60.0)
+    taken: list = []
+    while not taken:  # the post reaches the board
+        taken = ray.get(board.take.remote())
+    assert [(attempt, token, report.number, report.rung) for attempt, token, report in taken] == [("7:a", 7, 3, 0)]
+    assert ray.get(board.take.remote()) == []  # handed over once
+    board.decide.remote("7:a", 0, False)
+    assert ray.get(first, timeout=60) is False
+    # A later attempt of the same trial at the same rung reads no earlier answer: without its own, it goes on.
+    assert ask(board, "7:b", 7, Report(3, 0, {"accuracy": 50.0}), wait_s=0.5) is True
+    # So does a trial whose board is gone.
+    ray.kill(board)
+    assert ask(board, "7:c", 7, Report(3, 0, {"accuracy": 50.0}), wait_s=0.5) is True
