@@ -147,3 +147,19 @@ def test_a_gated_replay_trains_no_plan_a_trained_one_already_dominates():
             inside = [p for p in (norm(table.rows[k]) for k in run.keys[:n]) if np.all(p < 1)]
             assert run.curve[n - 1] == pytest.approx(box_volume(inside, np.ones(3)) if inside else 0.0, abs=1e-12)
     assert 0 < gated_seeds < 8  # both orders occurred among the seeds
+
+
+def test_a_plan_the_gate_stopped_is_trained_once_the_bar_no_longer_covers_it():
+    # The driver's rule (search/reuse.py still_answers), which the replay now runs: a plan stopped before is stopped
+    # again only if today's bar still covers it. The int8 teacher sets the bar at first and stops the fp32 teacher;
+    # once a plan a point more accurate arrives (smaller than the int8 teacher, so never stopped by it; slower than
+    # the fp32 teacher, so never stopping it), the bar's floor rises past the int8 teacher, and the fp32 teacher,
+    # proposed again, trains.
+    hand = {**HAND, (0.0, "int8_dynamic"): (98.8, 0.8, 0.3), (0.25, "fp32"): (100.0, 2.0, 0.25)}
+    plans = enumerate_plans(TINY)
+    table = Table({plan_key(p): hand[(p.pruning.ratio, p.quantization.scheme)] for p in plans}, hand[(0.0, "fp32")])
+    teacher = next(plan_key(p) for p in plans if p.pruning.ratio == 0 and p.quantization.scheme == "fp32")
+    norm = Normalisation.of(table)
+    for seed in range(8):
+        run = replay("random+gate", seed, table, norm, stop_at=float("inf"), min_trials=10**6, max_asks=200, space=TINY)
+        assert teacher in run.keys and sorted(run.keys) == sorted(table.rows)
