@@ -333,6 +333,7 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
         f"{summary.cache.get('latency_cache_misses', 0)} timed"
     )
     from search.at_once import fewer_at_once
+    from search.budget import describe_spending
 
     fewer = fewer_at_once(exp, summary.parallel, cluster=bool(args.ray_address))
     if fewer:
@@ -358,6 +359,8 @@ def _run(exp: Experiment, args: argparse.Namespace) -> int:
             f"the study holds them: run `slimsweep sync {args.experiment}`",
             soft_wrap=True,
         )
+    if summary.compute is not None:
+        console.print(f"compute: {describe_spending(summary.compute)}", soft_wrap=True)
     if summary.dominated:
         console.print(
             f"latency first: {summary.dominated} plans were slower and larger untrained than a model already within "

@@ -20,7 +20,7 @@ from search.pick import PICK_POLICIES, check_pick_policy
 from search.samplers import check_sampler
 from spaces.knobs import Strict
 from spaces.plan import Space
-from spaces.sections import misplaced, nested_errors, owns_section, raise_if, split_sections
+from spaces.sections import with_sections
 
 if TYPE_CHECKING:
     from evaluators.targets import TargetSpec
@@ -198,6 +198,89 @@ def check_database_url(v: str | None, what: str) -> str | None:
     return v
 
 
+# Cheap-then-full (search/rungs.py): the training epochs after which a plan's accuracy so far is read (none: off),
+# and the optimistic gain (accuracy points) still allowed to a plan after a rung of so many epochs. Chosen from
+# learning curves measured by benchmarks/curves.py (docs/BENCHMARKS.md, "Cheap-then-full").
+DEFAULT_RUNGS: tuple[int, ...] = ()
+DEFAULT_MARGIN_PT: dict[int, float] = {1: 8.0, 2: 4.0}  # by the rung's epochs; later rungs take the last one
+
+
+def default_margin_pt(epochs: int) -> float:
+    """The measured margin for a rung after `epochs` epochs."""
+    known = [e for e in DEFAULT_MARGIN_PT if e <= epochs]
+    return DEFAULT_MARGIN_PT[max(known)] if known else max(DEFAULT_MARGIN_PT.values())
+
+
+MAX_RUNGS = 16
+MAX_EPOCHS = 10_000
+
+
+class EarlyStopping(Strict):
+    """Cheap-then-full: a plan's student trains in rungs, and after each the driver stops a plan that can no
+    longer reach the front (search/rungs.py)."""
+
+    rungs: list[int] = Field(default_factory=lambda: list(DEFAULT_RUNGS), max_length=MAX_RUNGS)  # []: off
+    # One optimistic gain per rung (a single number: the same for every rung), in accuracy points; None: measured.
+    margin_pt: float | list[float] | None = None
+    # Also stop a plan that cannot reach the pick's accuracy bar (pick.max_accuracy_drop below the teacher), not
+    # only the front's feasibility floor: trainings go where the pick can land.
+    serve_pick: bool = False
+
+    @field_validator("rungs")
+    @classmethod
+    def _rungs(cls, v: list[int]) -> list[int]:
+        if any(r < 1 or r > MAX_EPOCHS for r in v) or v != sorted(set(v)):
+            raise ValueError(f"rungs are distinct epoch counts from 1 to {MAX_EPOCHS}, ascending, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _margins(self) -> "EarlyStopping":
+        margins = self.margins()
+        if any(not 0 <= m <= 100 for m in margins):
+            raise ValueError(f"margin_pt: each margin is from 0 to 100 accuracy points, got {self.margin_pt!r}")
+        if isinstance(self.margin_pt, list) and len(self.margin_pt) != len(self.rungs):
+            raise ValueError(
+                f"margin_pt: one margin per rung ({len(self.rungs)} rungs: {self.rungs}), or one number for all; "
+                f"got {self.margin_pt!r}"
+            )
+        return self
+
+    def margins(self) -> tuple[float, ...]:
+        """The margin of each rung."""
+        if self.margin_pt is None:
+            return tuple(default_margin_pt(r) for r in self.rungs)
+        if isinstance(self.margin_pt, list):
+            return tuple(float(m) for m in self.margin_pt)
+        return tuple(float(self.margin_pt) for _ in self.rungs)
+
+
+BUDGET_UNITS = ("trainings", "epochs", "seconds")
+
+
+class Budget(Strict):
+    """The sweep's budget in compute: one of trainings (full trainings' worth: a plan stopped at a rung costs the
+    share of its epochs it used), student epochs, or trial seconds (a worker's wall time on its CPUs/GPUs). An exact
+    repeat answered from an earlier trial, a plan the gate stopped before training and a model made on a trial's way
+    cost nothing."""
+
+    trainings: float | None = Field(None, gt=0, le=MAX_TRIALS)
+    epochs: float | None = Field(None, gt=0, le=MAX_TRIALS * 1000)
+    seconds: float | None = Field(None, gt=0, le=365 * 24 * 3600)
+
+    @model_validator(mode="after")
+    def _one(self) -> "Budget":
+        given = [u for u in BUDGET_UNITS if getattr(self, u) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of {', '.join(BUDGET_UNITS)} (e.g. budget: {{epochs: 200}}), got {given}"
+            )
+        return self
+
+    def unit(self) -> tuple[str, float]:
+        """The unit and the amount."""
+        return next((u, float(getattr(self, u))) for u in BUDGET_UNITS if getattr(self, u) is not None)
+
+
 class Search(_Masked):
     """The Optuna study, how many trials run at once and what each asks of a Ray node."""
 
@@ -217,6 +300,13 @@ class Search(_Masked):
     # Latency first against the front (search/gate.py): a plan whose untrained structure is slower and larger than
     # a model already within the noise of the best accuracy is not trained, and costs no trial of the budget.
     skip_dominated: bool = True
+    early_stopping: EarlyStopping = EarlyStopping()
+    # The budget in compute; without it, `trials` trainings (search/budget.py says what each trial costs).
+    budget: Budget | None = None
+
+    def compute_budget(self) -> tuple[str, float]:
+        """The budget's unit and amount: `budget` if given, else `trials` trainings."""
+        return self.budget.unit() if self.budget is not None else ("trainings", float(self.trials))
 
     @field_validator("sampler")
     @classmethod
@@ -264,22 +354,8 @@ class Pick(Strict):
     @model_validator(mode="wrap")
     @classmethod
     def _sections(cls, data: Any, handler: Any) -> "Pick":
-        if not isinstance(data, dict):
-            return handler(data)
-        own, sections, errors = split_sections(data, list(cls.model_fields), PICK_POLICIES)
-        raise_if(errors, cls.__name__)
-        pick = handler(own)
-        for name in [name for name in sections if name != pick.policy]:
-            message = f"settings of a policy other than pick.policy {pick.policy!r}: set policy: {name} or remove this"
-            misplaced(name, message, data[name], cls.__name__)
-        chosen = PICK_POLICIES.get(pick.policy)
-        if owns_section(chosen) and sections.get(pick.policy) is None:
-            try:  # the policy's defaults where the file gives no section (a setting without one must be given)
-                sections[pick.policy] = chosen.model_validate({})
-            except ValidationError as exc:
-                raise_if(nested_errors(pick.policy, chosen, exc), cls.__name__)
-        pick.__pydantic_extra__.update({k: v for k, v in sections.items() if v is not None})
-        return pick
+        stray = "settings of a policy other than pick.policy {chosen!r}: set policy: {name} or remove this"
+        return with_sections(cls, data, handler, PICK_POLICIES, "policy", stray)
 
     def section(self, policy: str) -> Any:
         """The validated settings section of a policy with settings of its own (None for one without)."""

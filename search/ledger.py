@@ -5,6 +5,7 @@ trial 3,000 as at trial 3. Each sync reads only trials new since the last one an
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +13,7 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from search.budget import Spending, full_cost, trial_cost
 from search.gate import Candidate
 from search.study import marked_interrupted, read, retry_history
 
@@ -29,11 +31,14 @@ def plan_key(plan: dict[str, Any]) -> str:
 class Ledger:
     """Counts of the study's trials, kept up to date by `sync`."""
 
-    budget: int
+    budget: float  # in `unit`: trainings (a plan trained to its end costs one), student epochs, or trial seconds
     directions: list[StudyDirection] = field(default_factory=list)
+    unit: str = "trainings"
+    trials: int = 0  # the file's search.trials: a compute budget's guess at a plan's cost until one has trained
     asks: int = 0  # plans this run asked Optuna for (the ask cap's count)
     out_of_plans: bool = False
     spent: int = 0  # finished trials of the budget (not made on the way, not interrupted)
+    cost: float = 0.0  # what they cost, in `unit` (search/budget.py)
     failed: int = 0
     made: int = 0  # models made on the way
     running: set[int] = field(default_factory=set)  # RUNNING in the whole study, any driver
@@ -45,6 +50,10 @@ class Ledger:
     _failed: set[int] = field(default_factory=set)
     _interrupted: set[int] = field(default_factory=set)
     _plans: dict[str, dict[TrialState, int]] = field(default_factory=dict)  # plan key -> earliest trial by state
+    _costs: dict[int, float] = field(default_factory=dict)  # trial -> its cost (those that cost something)
+    _full: dict[int, float] = field(default_factory=dict)  # trial -> its cost, for those trained to their end
+    _rungs: dict[int, tuple[int, float, float]] = field(default_factory=dict)  # stopped: (rung, epochs used, saved)
+    _epochs: dict[int, float] = field(default_factory=dict)  # trial -> student epochs it trained
 
     def sync(self, study: optuna.Study) -> None:
         """Take in the trials new since the last sync and those that were still open then."""
@@ -69,18 +78,25 @@ class Ledger:
         if marked_interrupted(t):  # the ledger reads study.interrupted's marks one trial at a time
             self._interrupt(number)
             return
-        if t.state == TrialState.PRUNED:
-            self._index(t)
-            return
         if number in self._interrupted:
             return
         rec = read(t)
+        if t.state == TrialState.PRUNED:
+            self._index(t)
+            if rec.info.stopped_at_rung is not None and rec.reuse_of is None:  # stopped at a rung: a plan tried
+                self._charge(number, rec, t.state)
+                used, planned = float(rec.info.epochs_used or 0), float(rec.info.epochs_planned or 0)
+                self._rungs[number] = (rec.info.stopped_at_rung, used, max(0.0, planned - used))
+            return
         if rec.made_by is not None:
             self.made += 1
-        else:
-            self._spent.add(number)
+        elif rec.reuse_of is None:  # a repeat answered from an earlier trial costs nothing
+            self._charge(number, rec, t.state)
             if t.state == TrialState.FAIL:
                 self._failed.add(number)
+            full = full_cost(rec, self.unit) if t.state == TrialState.COMPLETE else None
+            if full is not None:
+                self._full[number] = full
         self.spent, self.failed = len(self._spent), len(self._failed)
         if t.state != TrialState.COMPLETE:
             return
@@ -91,11 +107,19 @@ class Ledger:
         if rec.feasible and t.values is not None:
             self._add_to_front(number, tuple(t.values))
 
+    def _charge(self, number: int, rec: Any, state: TrialState) -> None:
+        self._spent.add(number)
+        self._costs[number] = trial_cost(rec, state, self.unit)
+        self._epochs[number] = float(rec.info.epochs_used or 0)
+        self.spent, self.cost = len(self._spent), sum(self._costs.values())
+
     def _interrupt(self, number: int) -> None:
         self._interrupted.add(number)
         self._spent.discard(number)
         self._failed.discard(number)
-        self.spent, self.failed = len(self._spent), len(self._failed)
+        for kept in (self._costs, self._full, self._rungs, self._epochs):
+            kept.pop(number, None)
+        self.spent, self.failed, self.cost = len(self._spent), len(self._failed), sum(self._costs.values())
 
     def _index(self, t: FrozenTrial) -> None:
         plan = read(t).plan
@@ -120,27 +144,52 @@ class Ledger:
                 return study.get_trials(deepcopy=False)[found[state]]
         return None
 
+    def plan_cost(self) -> float:
+        """What one plan is expected to cost, in the budget's unit: the mean of the plans trained to their end so
+        far; before any, the budget shared over the file's `trials`."""
+        if self.unit == "trainings":
+            return 1.0
+        if self._full:
+            return max(sum(self._full.values()) / len(self._full), 1e-9)
+        return self.budget / max(self.trials, 1)
+
+    def room(self, *, in_flight: bool = True) -> int:
+        """Plans that still fit: the budget less what finished trials cost and (`in_flight`) what those in flight
+        will cost, rounded to the nearest plan (a budget in trainings, every plan trained whole: the trials left)."""
+        left = (self.budget - self.cost) / self.plan_cost() - (len(self.running) if in_flight else 0)
+        return math.floor(left + 0.5 + 1e-9)
+
     def past_budget(self, number: int) -> bool:
         """Whether trial `number`, just asked, takes the study past its budget (search.study.past_budget): the
         latest-numbered asks past the budget give way."""
         flying = sorted(self.running)
-        over = self.spent + len(flying) - self.budget
+        over = -self.room()
         return over > 0 and number in flying[-over:]
 
     def check_out_of_plans(self) -> bool:
         """Whether this run has asked as many plans as a sweep of this budget may, with the budget still unmet."""
-        out = self.asks >= MAX_ASKS_PER_TRIAL * self.budget and self.spent < self.budget
+        plans = max(1, math.ceil(self.budget / self.plan_cost()))
+        out = self.asks >= MAX_ASKS_PER_TRIAL * plans and self.room(in_flight=False) > 0
         self.out_of_plans |= out
         return out
 
     def wanted(self) -> int:
-        """Trials still to start: the budget less those finished (by any driver) and those in flight."""
-        left = self.budget - self.spent - len(self.running)
+        """Trials still to start: the plans the budget still holds less those in flight (by any driver)."""
+        left = self.room()
         return 0 if left <= 0 or self.check_out_of_plans() else left
 
     def done(self) -> bool:
         """The budget is met, or this run ran out of plans."""
-        return self.spent >= self.budget or self.check_out_of_plans()
+        return self.room(in_flight=False) <= 0 or self.check_out_of_plans()
+
+    def spending(self) -> Spending:
+        """The compute spent so far, plans tried and those stopped early at each rung."""
+        out = Spending(self.unit, self.budget, spent=self.cost, plans_tried=self.spent)
+        out.epochs_used = sum(self._epochs.values())
+        for rung, _, saved in self._rungs.values():
+            out.stopped_at_rung[rung] = out.stopped_at_rung.get(rung, 0) + 1
+            out.epochs_saved += saved
+        return out
 
 
 def _dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:

@@ -24,12 +24,14 @@ from typing import Any, Protocol
 import optuna
 
 from evaluators.errors import SlimsweepError
+from search.budget import Spending
 from search.config import Experiment
 from search.dispatch import MACHINERY, Executor, Report, Running
 from search.gate import Bar, bar
 from search.ledger import Ledger
 from search.ontheway import record_on_the_way
 from search.reuse import answer_from, still_answers
+from search.rungs import RungRule
 from search.study import TrialRecord, give_way, keep_latency, own, record, requeue, stale, still_ours
 from search.telling import record_metrics, write_onnx
 from search.tracking import Tracker
@@ -66,6 +68,7 @@ class SweepSummary:
     failed_kinds: dict[str, int] = field(default_factory=dict)  # failed trials by kind: plan, timeout, worker_died..
     tracking_down: str = ""  # why MLflow stopped being written during this run, if it did
     unmirrored: list[int] = field(default_factory=list)  # trials whose MLflow run failed to write, MLflow being up
+    compute: Spending | None = None  # the compute the study spent (search/budget.py), every driver's trials
 
 
 @dataclass
@@ -127,6 +130,7 @@ class Loop:
     # (benchmarks/) passes its own (the plan needs params() and describe(), and its executor's trial runs it).
     plan_of: Callable[[optuna.Trial], Any] | None = None
     flights: dict[int, InFlight] = field(default_factory=dict)  # this driver's trials in flight, by number
+    stops: dict[int, Any] = field(default_factory=dict)  # trials told to stop at a rung: the answer that stopped them
 
     def emit(self, event: str, *args: Any) -> list[Any]:
         """Call `event` on every listener that has it; their answers."""
@@ -142,6 +146,9 @@ class Loop:
         heartbeat_s = self.exp.search.heartbeat_s
         if hasattr(self.executor, "on_report"):  # an executor that runs trials inside wait() asks between rungs
             self.executor.on_report = self._rungs
+        if self.exp.search.early_stopping.rungs and not any(isinstance(x, RungRule) for x in self.listeners):
+            gated = set(self.exp.objectives) <= GATED_OBJECTIVES
+            self.listeners.append(RungRule.for_experiment(self.exp, self.teacher["accuracy"], dominance=gated))
         self.summary.parallel = self.slots()
         next_check = time.monotonic() + heartbeat_s
         try:
@@ -232,10 +239,13 @@ class Loop:
     # --- run ----------------------------------------------------------------------------------------------------
 
     def _rungs(self) -> None:
-        """Pass trials' rung reports to the listeners; a trial any of them would stop is told to stop there."""
+        """Pass trials' rung reports to the listeners and answer each: a trial any of them would stop stops there
+        (the first stopping answer is kept for its record)."""
         for report in self.executor.reports():
-            if report.number in self.flights and False in self.emit("rung", report):
-                self.executor.stop(report.number)
+            stops = [a for a in self.emit("rung", report) if not a] if report.number in self.flights else []
+            if stops:
+                self.stops[report.number] = stops[0]
+            self.executor.decide(report.number, report.rung, not stops)
 
     def _run_again(self, flight: InFlight, result: TrialResult) -> bool:
         """After a machinery failure, start the same plan again if retries are left; a plan's own error never is."""
@@ -276,12 +286,19 @@ class Loop:
         if not result.ok:
             rec.failure, rec.traceback = result.error or "unknown error", result.traceback
             record(self.study, trial, rec)
-        elif rec.dominated_by is not None:
-            rec.metrics = dict(result.metrics)  # the structure's latency and size; no accuracy, nothing to deploy
+        elif rec.dominated_by is not None or rec.info.stopped_at_rung is not None:
+            # Stopped before training (the gate) or at a rung: the structure's latency and size, the accuracy so far
+            # at a rung; nothing to deploy.
+            rec.metrics = dict(result.metrics)
+            verdict = self.stops.pop(number, None)
+            if rec.info.stopped_at_rung is not None and verdict is not None:
+                rec.info.stopped_by = getattr(verdict, "stopped_by", None)
+                rec.info.stop_reason = getattr(verdict, "reason", "") or "a listener of the loop stopped it"
             record(self.study, trial, rec)
             # Not an MLflow run: a sweep may stop many such plans, which would crowd the runs list; the parent counts
             # them and the study keeps each with its reason.
             owed = False
+            self._made_on_the_way(trial, result, info)  # stopped in pruning's recovery: its trained student counts
         else:
             rec.metrics = dict(result.metrics, accuracy_drop=self.teacher["accuracy"] - result.metrics["accuracy"])
             write_onnx(self.exp, number, result.onnx or b"")

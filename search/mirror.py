@@ -109,8 +109,8 @@ class MlflowMirror:
         self.owed.append((number, None))
 
     def trial_reused(self, loop: Loop, number: int, rec: TrialRecord) -> None:
-        if rec.dominated_by is not None:
-            return  # a plan stopped again: no MLflow run, as for a dominated plan told (the parent counts them)
+        if rec.dominated_by is not None or rec.info.stopped_at_rung is not None:
+            return  # a plan stopped again: no MLflow run, as for a stopped plan told (the parent counts them)
         self._write(loop, number, None)
 
     def caught_up(self, loop: Loop) -> None:

@@ -68,6 +68,7 @@ class SweepProgress:
         reused_from: int | None = None,
         dominated_by: int | None = None,
         made_by: int | None = None,
+        stopped: Any = None,
     ) -> None:
         """One line for a finished trial (or a model a trial made on its way)."""
         if self.quiet:
@@ -81,6 +82,13 @@ class SweepProgress:
                 f"trial {number:>3} made on trial {made_by}'s way (measured, not trained; no trial of the budget): "
                 f"{describe}: accuracy {metrics['accuracy']:.2f}% (drop {metrics['accuracy_drop']:+.2f} pt), "
                 f"p50 {metrics['latency_p50_ms']:.4f} ms, {metrics['size_mb']:.3f} MB"
+            )
+        elif stopped is not None and stopped.stopped_at_rung is not None:
+            again = f", as trial {reused_from} was" if reused_from is not None else ""
+            line = (
+                f"trial {number:>3} stopped after {stopped.epochs_used} of {stopped.epochs_planned} epochs (rung "
+                f"{stopped.stopped_at_rung}{again}; costs only those): {describe}: "
+                f"{metrics.get('accuracy_so_far', float('nan')):.2f}% so far; {stopped.stop_reason or ''}"
             )
         elif dominated_by is not None:
             line = (
@@ -142,6 +150,7 @@ class ProgressListener:
             skipped=rec.skipped_training,
             reused_from=rec.reuse_of,
             dominated_by=rec.dominated_by,
+            stopped=rec.info,
         )
 
     def trial_told(self, loop: Any, told: Any) -> None:
@@ -156,6 +165,7 @@ class ProgressListener:
             told.result.error,
             skipped=bool(info.get("skipped_training")),
             dominated_by=info.get("dominated_by"),
+            stopped=read(trial_by_number(loop.study, told.number)).info if info.stopped_at_rung is not None else None,
         )
         made, self.made = self.made, []
         for number in made:  # the log names these trials later (the front, the pick): each gets its line

@@ -22,6 +22,9 @@ def still_answers(earlier: FrozenTrial | None, bar_now: Bar | None) -> tuple[Fro
     accurate models arrive, and the gate may have been turned off since)."""
     if earlier is None or earlier.state != TrialState.PRUNED:
         return earlier, None
+    if read(earlier).info.stopped_at_rung is not None:
+        # Stopped at a rung: the front and the floors it could not reach only rise, so it is stopped again.
+        return earlier, None
     m = read(earlier).metrics
     now = bar_now.dominator(m["latency_p50_ms"], m["size_mb"]) if bar_now else None
     return (earlier, now.number) if now is not None else (None, None)
@@ -46,7 +49,8 @@ def answer_from(
     info = {k: v for k, v in old.info.items() if k not in ("clock", "made_by")}
     rec = TrialRecord(plan=params, describe=describe, info=info, metrics=dict(old.metrics), reuse_of=origin)
     if earlier.state == TrialState.PRUNED:
-        rec.info["dominated_by"] = dominated_by
+        if dominated_by is not None:
+            rec.info["dominated_by"] = dominated_by
         record(study, trial, rec)
         return rec
     # Another driver's trial: its file is fetched from its MLflow run.

@@ -8,8 +8,10 @@ from typing import Any
 from optuna.trial import TrialState
 
 from evaluators.secrets import mask_secrets
+from search.budget import Spending, describe_spending
 from search.config import Experiment
 from search.handover import pending
+from search.ledger import Ledger
 from search.pareto import front as pareto_front
 from search.stored import load_existing
 from search.study import dominated, on_the_way, read, spent
@@ -27,6 +29,9 @@ def sweep_status(exp: Experiment) -> dict[str, Any]:
     card_path = exp.out / "model_card.json"
     card = json.loads(card_path.read_text()) if card_path.is_file() else None
     left = pending(exp.out)
+    unit, amount = exp.search.compute_budget()
+    ledger = Ledger(amount, list(study.directions), unit=unit, trials=exp.search.trials)
+    ledger.sync(study)
     return {
         "experiment": exp.name,
         "budget": exp.search.trials,
@@ -39,7 +44,8 @@ def sweep_status(exp: Experiment) -> dict[str, Any]:
         "queued": len(waiting),
         "on_the_way": len(on_the_way(study)),  # models trials made on their way: no trial of the budget
         "dominated": len(dominated(study)),  # plans stopped before training (search/gate.py): no trial of the budget
-        "finished_budget": len(done) >= exp.search.trials,
+        "finished_budget": ledger.done(),
+        "compute": ledger.spending().as_dict(),  # spent in the budget's unit, plans tried, stopped at each rung
         "front": front,
         "pick": None
         if card is None
@@ -59,11 +65,13 @@ def sweep_status(exp: Experiment) -> dict[str, Any]:
 
 def as_text(state: dict[str, Any]) -> str:
     """The status for a terminal."""
+    rungs = {int(k): v for k, v in state["compute"]["stopped_at_rung"].items()}
     lines = [
         f"{state['experiment']}: {state['done']} of {state['budget']} trials done ({state['complete']} complete, "
         f"{state['failed']} failed), {state['running']} running, {state['queued']} queued; "
         f"{state['on_the_way']} models made on the trials' way and {state['dominated']} plans stopped before "
         f"training (neither costs a trial)",
+        f"compute: {describe_spending(Spending(**{**state['compute'], 'stopped_at_rung': rungs}))}",
         f"front: {len(state['front'])} members (trials {', '.join(map(str, state['front'])) or '-'})",
     ]
     pick = state["pick"]

@@ -225,8 +225,14 @@ def finished(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def spent(study: optuna.Study) -> list[FrozenTrial]:
-    """Finished trials that count toward the budget: all but the models a trial made on its way (`made_by`)."""
-    return [t for t in finished(study) if read(t).made_by is None]
+    """Finished trials that count toward the budget: all but the models a trial made on its way (`made_by`) and the
+    repeats answered from an earlier identical plan (`reuse_of`), which cost nothing (search/budget.py)."""
+    return [t for t in finished(study) if (rec := read(t)).made_by is None and rec.reuse_of is None]
+
+
+def repeats(study: optuna.Study) -> list[FrozenTrial]:
+    """Finished trials answered from an earlier identical plan, without running it again."""
+    return [t for t in finished(study) if (rec := read(t)).made_by is None and rec.reuse_of is not None]
 
 
 def on_the_way(study: optuna.Study) -> list[FrozenTrial]:
@@ -463,8 +469,9 @@ def record(
     if rec.failure is not None:
         study.tell(trial, state=TrialState.FAIL)
         return
-    if rec.dominated_by is not None:
-        study.tell(trial, state=TrialState.PRUNED)  # no accuracy to tell; samplers read PRUNED as a poor region
+    if rec.dominated_by is not None or rec.info.stopped_at_rung is not None:
+        # Stopped before training or at a rung: no final accuracy to tell; samplers read PRUNED as a poor region.
+        study.tell(trial, state=TrialState.PRUNED)
         return
     for key, value in (constraints or {}).items():
         trial.set_constraint(key, value)

@@ -38,6 +38,7 @@ from search.study import (
     open_study,
     read,
     repair,
+    repeats,
     requeue,
     retire,
     set_baseline,
@@ -97,6 +98,7 @@ def prepare(exp: Experiment, say: Callable[[str], None] | None = None) -> TrialC
         max_latency_ms=exp.constraints.max_latency_ms,
         measure_unpruned=0.0 in ratios and len(ratios) > 1,
         measure_fp32="fp32" in schemes and len(schemes) > 1,
+        rungs=tuple(exp.search.early_stopping.rungs),
     )
 
 
@@ -180,13 +182,15 @@ def sweep(
                 teacher=teacher,
                 ctx_ref=executor.put(ctx),
                 driver=driver,
-                ledger=Ledger(exp.search.trials, list(study.directions)),
+                ledger=_ledger(exp, study),
                 n_val=len(ctx.data.y_val),
                 listeners=[mirror, ProgressListener(progress), *(listeners or [])],
             )
             with progress:
                 loop.run()
             summary.out_of_plans = loop.ledger.out_of_plans
+            loop.ledger.sync(study)
+            summary.compute = loop.ledger.spending()
             # A driver that died during this sweep may have told trials it never mirrored; the pick and the registry
             # need every finished trial's run, so they are filled now, not only at the next start.
             sync_tracking(exp, study, tracker, live_drivers(study, exp.search.heartbeat_s))
@@ -199,6 +203,12 @@ def sweep(
             if tracker.down:
                 set_needs_sync(study, True)
             raise
+
+
+def _ledger(exp: Experiment, study: optuna.Study) -> Ledger:
+    """The budget's ledger: the budget in its unit (trainings unless search.budget names another)."""
+    unit, amount = exp.search.compute_budget()
+    return Ledger(amount, list(study.directions), unit=unit, trials=exp.search.trials)
 
 
 def _open_tracking(exp: Experiment, driver: str, offline: bool) -> Tracker:
@@ -242,7 +252,8 @@ def _count(study: optuna.Study, executor: Executor, summary: SweepSummary, start
             kind = records[t.number].info.get(MACHINERY, "plan")
             kinds[kind] = kinds.get(kind, 0) + 1
     summary.failed_kinds = kinds
-    summary.reused = sum(r.reuse_of is not None for r in records.values())
+    summary.reused = len(repeats(study))
+    summary.finished += summary.reused
     summary.seconds = time.perf_counter() - start
     skipped = [n for n, r in records.items() if r.skipped_training and r.reuse_of is None]
     trained = [
@@ -272,6 +283,7 @@ def _log_statistics(tracker: Tracker, summary: SweepSummary) -> None:
             "training_seconds_saved_estimate": summary.seconds_saved,
             **summary.cache,
             **{f"trials_failed_{k}": v for k, v in summary.failed_kinds.items()},
+            **(summary.compute.metrics() if summary.compute else {}),
         }
     )
 
@@ -288,4 +300,6 @@ def _sweep_params(exp: Experiment) -> dict[str, str]:
         "max_accuracy_drop": str(exp.constraints.max_accuracy_drop),
         "storage": mask_secrets(exp.storage_url),
         "pick_policy": exp.pick.policy,
+        "budget": "{} {:g}".format(*exp.search.compute_budget()),
+        "rungs": ",".join(map(str, exp.search.early_stopping.rungs)) or "off",
     }

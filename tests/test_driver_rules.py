@@ -27,6 +27,7 @@ from search.study import (
     open_study,
     own,
     read,
+    repeats,
     spent,
 )
 from search.sweep import prepare, sweep, trial_path
@@ -146,12 +147,14 @@ def test_a_failing_plan_is_failed_with_its_reason_and_the_sweep_goes_on(tmp_path
 
 
 def test_an_identical_plan_is_answered_from_the_earlier_trial_without_running(tmp_path, shared):
-    # Four plans in the space, eight trials: at least four proposals repeat a plan already answered.
+    # Four plans in the space, a budget of five trainings: every proposal after the fourth plan repeats one. A repeat
+    # costs nothing, so the four plans train once each and the sweep stops asking (out of plans).
     trial = StandIn(shared[1])
-    exp, swept, executor = _run(tmp_path, shared, trial, trials=8, parallel=1, space=TEACHER_ONLY)
+    exp, swept, executor = _run(tmp_path, shared, trial, trials=5, parallel=1, space=TEACHER_ONLY)
     study = swept.study
-    reused = [t for t in spent(study) if read(t).reuse_of is not None]
-    assert len(spent(study)) == 8 and reused and len(trial.calls) == 8 - len(reused) <= 4
+    reused = repeats(study)
+    assert len(spent(study)) == 4 == len(trial.calls) and reused and swept.summary.out_of_plans
+    assert swept.summary.compute.spent == 4 and swept.summary.compute.plans_tried == 4
     for t in reused:
         origin = study.trials[read(t).reuse_of]
         assert read(origin).reuse_of is None and read(origin).plan == read(t).plan and t.values == origin.values
@@ -188,7 +191,8 @@ def test_the_gate_stops_a_dominated_plan_before_training_at_no_trial_of_the_budg
     stopped = dominated(study)
     assert stopped and all(t.state == TrialState.PRUNED and read(t).dominated_by == trained[0].number for t in stopped)
     assert all(not trial_path(exp, t.number).exists() for t in stopped)
-    assert len(spent(study)) == 2 and swept.summary.dominated == len(stopped)
+    # Nothing else in the space can reach the front and repeats cost nothing: the second training never happens.
+    assert len(spent(study)) == 1 and swept.summary.out_of_plans and swept.summary.dominated == len(stopped)
     assert not set(_trial_runs(exp)) & {t.number for t in stopped}  # no MLflow run for a stopped plan
 
 
@@ -198,7 +202,10 @@ def test_models_made_on_the_way_are_recorded_outside_the_budget(tmp_path, shared
     out = capsys.readouterr().err  # the progress lines, on stderr as a sweep prints them
     study = swept.study
     made = on_the_way(study)
-    assert made and len(spent(study)) == 4 and swept.summary.on_the_way == len(made)
+    assert made and swept.summary.on_the_way == len(made)
+    # Each of the space's four plans answered once, trained or made on a trial's way (no training of the budget).
+    answered = [str(sorted(read(t).plan.items())) for t in spent(study) + made]
+    assert len(answered) == len(set(answered)) == 4
     for t in made:
         rec = read(t)
         parent = study.trials[rec.made_by]
