@@ -43,21 +43,28 @@ Retime = Callable[[list[bytes], list[str], CompareSettings], Comparison]
 def verify(
     exp: Experiment, study: optuna.Study, members: list[Candidate], retime: Retime
 ) -> tuple[list[Candidate], float]:
-    """Time the fp32 teacher and the front members side by side, nothing else running; store each one's p50 and
-    its speed-up over the teacher (median of per-round ratios, with its 95% CI widened by the drift between
-    processes, and the round-to-round CI alone)."""
-    settings = CompareSettings(
-        threads=exp.target.threads,
-        batch_size=exp.target.batch_size,
-        max_seconds=exp.pick.verify_seconds,
-        **VERIFY_COMPARE,
+    """Time the fp32 teacher and the front members side by side at the sweep's target (time_with_teacher) and store
+    each one's p50 and speed-up over the teacher with the study."""
+    models = {str(c.trial): trial_onnx(exp, None, c.trial) for c in members}
+    p50s, found = time_with_teacher(
+        exp, models, retime, threads=exp.target.threads, batch=exp.target.batch_size, seconds=exp.pick.verify_seconds
     )
-    names = ["teacher", *(str(c.trial) for c in members)]
-    models = [(exp.out / "teacher.onnx").read_bytes(), *(trial_onnx(exp, None, c.trial) for c in members)]
-    result = retime(models, names, settings)
     figures, speedups = verified(study), verified_speedups(study)
+    set_verified(study, {**figures, **p50s}, {**speedups, **found})
+    return with_verified(study, members), p50s["teacher"]
+
+
+def time_with_teacher(
+    exp: Experiment, models: dict[str, bytes], retime: Retime, *, threads: int, batch: int, seconds: float
+) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+    """Time the fp32 teacher and the models (name -> ONNX bytes) side by side, nothing else running: each one's p50
+    ('teacher' among them), and each model's speed-up over the teacher (median of per-round ratios, with its 95% CI
+    widened by the drift between processes, and the round-to-round CI alone)."""
+    settings = CompareSettings(threads=threads, batch_size=batch, max_seconds=seconds, **VERIFY_COMPARE)
+    result = retime([(exp.out / "teacher.onnx").read_bytes(), *models.values()], ["teacher", *models], settings)
+    p50s, speedups = {}, {}
     for m in result.models:
-        figures[m.name] = m.p50_ms
+        p50s[m.name] = m.p50_ms
         if m.name != "teacher":
             speedups[m.name] = {
                 "speedup": m.speedup,
@@ -70,8 +77,7 @@ def verify(
                 "rounds": result.rounds,
                 "tight": result.tight,
             }
-    set_verified(study, figures, speedups)
-    return with_verified(study, members), figures["teacher"]
+    return p50s, speedups
 
 
 def verified_speedup(study: optuna.Study, trial: int) -> dict[str, Any] | None:
