@@ -219,7 +219,9 @@ class EarlyStopping(Strict):
     """Cheap-then-full: a plan's student trains in rungs, and after each the driver stops a plan that can no
     longer reach the front (search/rungs.py)."""
 
-    rungs: list[int] = Field(default_factory=lambda: list(DEFAULT_RUNGS), max_length=MAX_RUNGS)  # []: off
+    # Cumulative training epochs (distillation and pruning's recovery), or shares of a plan's epochs below 1 (0.25:
+    # a quarter of its training, whatever its epochs); []: off.
+    rungs: list[float] = Field(default_factory=lambda: list(DEFAULT_RUNGS), max_length=MAX_RUNGS)
     # One optimistic gain per rung (a single number: the same for every rung), in accuracy points; None: measured.
     margin_pt: float | list[float] | None = None
     # Also stop a plan that cannot reach the pick's accuracy bar (pick.max_accuracy_drop below the teacher), not
@@ -228,10 +230,14 @@ class EarlyStopping(Strict):
 
     @field_validator("rungs")
     @classmethod
-    def _rungs(cls, v: list[int]) -> list[int]:
-        if any(r < 1 or r > MAX_EPOCHS for r in v) or v != sorted(set(v)):
-            raise ValueError(f"rungs are distinct epoch counts from 1 to {MAX_EPOCHS}, ascending, got {v!r}")
-        return v
+    def _rungs(cls, v: list[float]) -> list[float]:
+        shares, counts = all(0 < r < 1 for r in v), all(r == int(r) and 1 <= r <= MAX_EPOCHS for r in v)
+        if not (shares or counts) or v != sorted(set(v)):
+            raise ValueError(
+                f"rungs are ascending, distinct, and either all epoch counts (whole numbers from 1 to {MAX_EPOCHS}) "
+                f"or all shares of a plan's epochs (between 0 and 1, e.g. [0.25, 0.5]), got {v!r}"
+            )
+        return [int(r) if counts else r for r in v]
 
     @model_validator(mode="after")
     def _margins(self) -> "EarlyStopping":

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from search.optuna_store import trial_by_number
 from search.study import read
@@ -15,16 +15,20 @@ from search.study import read
 class SweepProgress:
     """A progress bar on a terminal, one line per finished trial everywhere (CI logs included)."""
 
-    def __init__(self, budget: int, *, quiet: bool = False, console: Console | None = None) -> None:
+    def __init__(
+        self, budget: float, *, quiet: bool = False, console: Console | None = None, unit: str = "trainings"
+    ) -> None:
         self.console = console or Console(stderr=True, soft_wrap=True)
-        self.quiet, self.budget = quiet, budget
+        # The budget in its unit (search/budget.py): trainings (a plan stopped at a rung counts its share), epochs
+        # or seconds; `done` is what the finished trials cost of it.
+        self.quiet, self.budget, self.unit = quiet, budget, unit
         self._start, self._done_at_start = time.monotonic(), None
         self._done = 0
         self.failed = self.running = self.front = 0
         self._bar = Progress(
-            TextColumn("trials"),
+            TextColumn(unit),
             BarColumn(),
-            MofNCompleteColumn(),
+            TextColumn("{task.completed:.4g}/{task.total:g}"),
             TextColumn(
                 "failed {task.fields[failed]} · running {task.fields[running]} · front {task.fields[front]} "
                 "· ETA {task.fields[eta]}"
@@ -47,10 +51,10 @@ class SweepProgress:
         ran = self._done - (self._done_at_start or 0)
         if ran <= 0:
             return "?"
-        seconds = (time.monotonic() - self._start) / ran * (self.budget - self._done)
+        seconds = (time.monotonic() - self._start) / ran * max(0.0, self.budget - self._done)
         return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
-    def update(self, *, done: int, failed: int, running: int, front: int) -> None:
+    def update(self, *, done: float, failed: int, running: int, front: int) -> None:
         """Refresh the counts."""
         if self._done_at_start is None:
             self._done_at_start = done
@@ -74,7 +78,7 @@ class SweepProgress:
         if self.quiet:
             return
         counts = (
-            f"[{self._done}/{self.budget} done, {self.failed} failed, {self.running} running, "
+            f"[{self._done:.4g}/{self.budget:g} {self.unit} spent, {self.failed} failed, {self.running} running, "
             f"front {self.front}, ETA {self.eta()}]"
         )
         if made_by is not None:
@@ -134,7 +138,7 @@ class ProgressListener:
         self.refreshed = time.monotonic()
         ledger = loop.ledger
         front = len(ledger.front) if ledger.spent else 0
-        self.progress.update(done=ledger.spent, failed=ledger.failed, running=len(loop.flights), front=front)
+        self.progress.update(done=ledger.cost, failed=ledger.failed, running=len(loop.flights), front=front)
 
     def tick(self, loop: Any, asked: bool) -> None:
         if asked or time.monotonic() - self.refreshed >= IDLE_REFRESH_S:

@@ -172,7 +172,8 @@ def sweep(
             executor.seed_latencies(latency_cache(study))  # structures timed by an earlier run are not timed again
             teacher = _time_baseline(exp, executor, ctx, study, tracker)
             keep_latency(study, executor.new_latencies())
-            progress = SweepProgress(exp.search.trials, quiet=quiet)
+            unit, amount = exp.search.compute_budget()
+            progress = SweepProgress(amount, quiet=quiet, unit=unit)
             loop = Loop(
                 exp,
                 executor,

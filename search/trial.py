@@ -52,9 +52,10 @@ class TrialContext:
     # pruning (ratio 0 is a choice) and the pruned model before quantization (fp32 is a choice).
     measure_unpruned: bool = False
     measure_fp32: bool = False
-    # Cheap-then-full: cumulative training epochs (distillation and pruning's recovery together, ascending) after
-    # which a trial reports its accuracy so far to the driver, which may stop it there. Empty: no reports.
-    rungs: tuple[int, ...] = ()
+    # Cheap-then-full: cumulative training epochs (distillation and pruning's recovery together, ascending; a rung
+    # below 1 is that share of the plan's epochs) after which a trial reports its accuracy so far to the driver,
+    # which may stop it there. Empty: no reports.
+    rungs: tuple[float, ...] = ()
 
     def teacher(self) -> torch.nn.Module:
         """A fresh copy of the teacher (any module: trained CNN, checkpoint, plugin's)."""
@@ -149,11 +150,17 @@ def torch_accuracy(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, batch_s
     return 100.0 * right / len(y) if len(y) else 0.0
 
 
+def rung_epochs(rungs: tuple[float, ...], planned: int) -> tuple[int, ...]:
+    """Each rung's epoch in a training of `planned` epochs: a rung below 1 is that share of them (at least one), a
+    rung of 1 or more an epoch count."""
+    return tuple(max(1, round(r * planned)) if r < 1 else int(r) for r in rungs)
+
+
 @dataclass
 class _Epochs:
     """Counts a trial's training epochs across distillation and recovery, and reports at its rungs."""
 
-    rungs: tuple[int, ...]
+    rungs: tuple[float, ...]
     planned: int
     report: ReportRung | None
     data: TaskData
@@ -161,16 +168,19 @@ class _Epochs:
     params: int = 0  # the plan's structure's weights (the probe's, else the student's as built)
     done: int = 0
 
+    def __post_init__(self) -> None:
+        self.at = rung_epochs(self.rungs, self.planned)
+
     def reports(self) -> bool:
         """Whether any rung falls inside the plan's training (the last epoch is the plan's end, not a rung)."""
-        return self.report is not None and any(r < self.planned for r in self.rungs)
+        return self.report is not None and any(r < self.planned for r in self.at)
 
     def epoch(self, model: torch.nn.Module) -> None:
         """One more epoch done; at a rung, report and raise _StoppedAtRung when the driver says stop."""
         self.done += 1
-        if self.report is None or self.done not in self.rungs or self.done >= self.planned:
+        if self.report is None or self.done not in self.at or self.done >= self.planned:
             return
-        rung = self.rungs.index(self.done)
+        rung = self.at.index(self.done)
         acc = torch_accuracy(model, self.data.x_val, self.data.y_val)  # no_grad, eval: training goes on unchanged
         metrics = {"accuracy": acc, "epochs": float(self.done), "epochs_planned": float(self.planned)}
         if not self.report(rung, {**metrics, **self.figures}):
