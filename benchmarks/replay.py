@@ -139,8 +139,8 @@ class _Recorder:
     def _add(self, loop: Loop, step: Step) -> None:
         self.steps.append(step)
         if self.enough is not None and self.enough(self.steps):
-            # The loop has no "stop now" of its own: a budget already met ends it the way a finished sweep ends.
-            loop.ledger.budget = 0
+            # The loop has no "stop now" of its own: the replay's ledger (_Capped) is done once its cap is reached.
+            loop.ledger.cap = 0
 
 
 def plan_key(params: dict[str, Any]) -> str:
@@ -148,26 +148,47 @@ def plan_key(params: dict[str, Any]) -> str:
     return ledger_key(params)
 
 
-def experiment(folder: Path, *, sampler: str, seed: int, trials: int, gate: bool, parallel: int = 1) -> Experiment:
+def experiment(
+    folder: Path,
+    *,
+    sampler: str,
+    seed: int,
+    trials: int,
+    gate: bool,
+    parallel: int = 1,
+    settings: dict[str, Any] | None = None,
+) -> Experiment:
     """A replay's experiment: the digits quickstart's defaults (the task is never loaded), its study and outputs in
-    `folder`, every model feasible (a replay's table decides what counts), the gate on or off."""
+    `folder`, every model feasible (a replay's table decides what counts), the gate on or off; `settings` are
+    merged in, section by section (e.g. {"search": {"early_stopping": {...}}} for training in rungs)."""
     return parse(
-        {
-            "name": "replay",
-            "objectives": OBJECTIVES,
-            "constraints": {"max_accuracy_drop": 100.0},
-            "search": {
-                "sampler": sampler,
-                "trials": trials,
-                "parallel": parallel,
-                "seed": seed,
-                "skip_dominated": gate,
-                "max_retries": 0,
+        _merged(
+            {
+                "name": "replay",
+                "objectives": OBJECTIVES,
+                "constraints": {"max_accuracy_drop": 100.0},
+                "search": {
+                    "sampler": sampler,
+                    "trials": trials,
+                    "parallel": parallel,
+                    "seed": seed,
+                    "skip_dominated": gate,
+                    "max_retries": 0,
+                },
+                "output_dir": str(folder),
             },
-            "output_dir": str(folder),
-        },
+            settings or {},
+        ),
         "replay",
     )
+
+
+def _merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `changes` merged in, mappings key by key."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def replay(
@@ -186,13 +207,17 @@ def replay(
     listeners: Sequence[Any] = (),
     folder: Path | None = None,
     storage: str = "memory",
+    settings: dict[str, Any] | None = None,
+    sweep_budget: bool = False,
 ) -> Replay:
     """Run the driver's loop with `trial` answering each plan `plan_of` draws, until `enough` (after any step) or
     `max_asks` proposals. `sampler`: a name of search/samplers.py (built for a sweep of `trials` trials, as a
     sweep builds it) or a sampler object. `storage`: "sqlite", the sweep's own (search/study.py open_study: SQLite
     in `folder`, a temporary folder if None), or "memory", Optuna's in-memory storage behind the same loop: the
     loop's rules read the study through Optuna's storage API alone, and a replay of thousands of proposals spends
-    most of its time in SQLite's commits otherwise (tests/test_replay.py shows both give the same steps)."""
+    most of its time in SQLite's commits otherwise (tests/test_replay.py shows both give the same steps).
+    `settings`: more of the experiment (see `experiment`); with `sweep_budget`, the replay also ends at the
+    experiment's budget as a sweep would (search.trials or search.budget), in its unit."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     quiet = logging.getLogger("slimsweep.sweep")
     level = quiet.level
@@ -201,7 +226,7 @@ def replay(
     folder = Path(tempfile.mkdtemp(prefix="slimsweep-replay-", dir=_fast_disk())) if folder is None else folder
     try:
         named = sampler if isinstance(sampler, str) else "random"
-        exp = experiment(folder, sampler=named, seed=seed, trials=trials, gate=gate)
+        exp = experiment(folder, sampler=named, seed=seed, trials=trials, gate=gate, settings=settings)
         study = open_study(exp) if storage == "sqlite" else _in_memory(exp)
         if not isinstance(sampler, str):
             study.sampler = sampler
@@ -217,7 +242,7 @@ def replay(
             teacher={"accuracy": teacher_accuracy},
             ctx_ref=None,
             driver=driver,
-            ledger=_Capped(max_asks, list(study.directions)),
+            ledger=_ledger(exp, study, max_asks, sweep_budget),
             n_val=n_val,
             listeners=[recorder, *listeners],
             plan_of=recorder.drawer(plan_of),
@@ -229,6 +254,13 @@ def replay(
         quiet.setLevel(level)
         if own_folder:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _ledger(exp: Experiment, study: optuna.Study, cap: int, sweep_budget: bool) -> _Capped:
+    """The sweep's ledger (search/sweep.py builds it the same way), capped at `cap` proposals; without the
+    sweep's budget, the cap is its only budget."""
+    unit, amount = exp.search.compute_budget() if sweep_budget else ("trainings", float(cap))
+    return _Capped(amount, list(study.directions), unit=unit, trials=exp.search.trials, cap=cap)
 
 
 def _in_memory(exp: Experiment) -> optuna.Study:
@@ -247,14 +279,16 @@ def _in_memory(exp: Experiment) -> optuna.Study:
 
 @dataclass
 class _Capped(Ledger):
-    """The sweep's ledger with its budget set to the replay's proposal cap: a replay ends by `enough` or the cap,
-    not by the trials it spent (a sweep's repeats count there; a replay counts plans)."""
+    """The sweep's ledger with a cap on this replay's proposals: a replay ends at its budget (by default none but the
+    cap), at the cap, or when `enough` sets the cap to 0."""
+
+    cap: int = 0
 
     def done(self) -> bool:
-        return super().done() or self.asks >= self.budget
+        return self.asks >= self.cap or super().done()
 
     def wanted(self) -> int:
-        return 0 if self.asks >= self.budget else super().wanted()
+        return 0 if self.asks >= self.cap else super().wanted()
 
 
 @functools.cache

@@ -417,8 +417,11 @@ def section(
         f"`optuna._hypervolume.compute_hypervolume`. The grid's true front has {len(front)} plans and hypervolume "
         f"{true_hv:.4f}; the target is {TARGET_SHARE:.0%} of it ({target:.4f}).",
         "",
-        "**Repeats.** A sampler that proposes a plan it already tried gets the earlier result back (as the sweep's "
-        "driver answers duplicates), so a repeat trains nothing: trials count distinct plans trained; asks count "
+        "**The loop.** Each replay runs slimsweep's own driver loop (benchmarks/replay.py: search/loop.py on the "
+        "in-process executor, the study in Optuna's in-memory storage) with a trial that answers each plan from the "
+        "table; the gate and the reuse of repeated plans are the driver's own. "
+        "**Repeats.** A sampler that proposes a plan it already tried gets the earlier result back (the loop answers "
+        "it from the earlier trial), so a repeat trains nothing: trials count distinct plans trained; asks count "
         "every proposal, the plans the gate stopped before training included (they train nothing either). "
         f"A replay stops once it has passed the target and {SWEEP_TRIALS} distinct plans (GP: once "
         f"it has passed the target, or after {SWEEP_TRIALS} asks), has seen every plan, or made {MAX_ASKS} asks. "

@@ -70,6 +70,17 @@ def test_the_replay_ends_at_the_proposal_cap_or_when_it_has_seen_enough():
     assert done.steps[-1].kind == "trained" and len(done.study.trials) == len(done.steps)
 
 
+def test_with_the_sweeps_budget_the_replay_ends_where_a_sweep_would():
+    # search.trials = 5 trainings; a repeat answered from an earlier trial costs none (search/ledger.py).
+    done, trial = run(max_asks=40, trials=5, sweep_budget=True)
+    assert len(trial.calls) == 5 == sum(s.kind == "trained" for s in done.steps)
+    assert len(done.steps) < 40 and done.steps[-1].kind == "trained"
+    # Settings reach the experiment the loop runs: a budget of 3 student epochs instead (a table's plan reports no
+    # epochs, so search/budget.py counts one each).
+    done, trial = run(max_asks=40, settings={"search": {"budget": {"epochs": 3}}}, sweep_budget=True)
+    assert len(trial.calls) == 3
+
+
 def test_a_failed_plan_runs_again_when_proposed_again_as_a_sweep_runs_it():
     worst = next(k for k, (p, _) in PLANS.items() if p.pruning.ratio == 0.5 and p.quantization.scheme == "fp32")
 
