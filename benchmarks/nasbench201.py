@@ -326,6 +326,21 @@ def section(
         share = med / random_median
     u, p = mann_whitney_less(_as_scores(to[default], cap), _as_scores(to["random"], cap))
     met = share is not None and share <= GOAL_SHARE_OF_RANDOM
+    if "tpe" in names:
+        better = sum(f[0] > bench.reference[0] for f in bench.figures.values())
+        lines += [
+            "",
+            f"**The gate's bet.** The gate stops a cell slower and larger than a trained one within the noise of the "
+            "best accuracy so far, betting that no cell is measurably more accurate than that (true where the "
+            f"reference is a teacher that bounds accuracy). Here {better:,} cells are more accurate than the "
+            f"reference: TPE needed {_fmt(median_or_none(to[default]))} cells with the gate and "
+            f"{_fmt(median_or_none(to['tpe']))} without it"
+            + (
+                f"; random search {_fmt(median_or_none(to['random+gate']))} with it and {_fmt(random_median)} without."
+                if "random+gate" in names
+                else "."
+            ),
+        ]
     lines += [
         "",
         f"**Mann-Whitney U**, one-sided (as Optuna's own sampler benchmarks test): does {default} need fewer cells "
