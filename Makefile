@@ -59,9 +59,11 @@ test-fast: install
 # the same sections, one seed, 5 trials per search, a 3,000-image MNIST sample and fewer epochs (9 minutes there;
 # at most 15 on 2 otherwise idle cores).
 bench: install
+	$(PIP) install -q --progress-bar off -e '.[dev,bench]'
 	$(VENV)/bin/python benchmarks/report.py
 
 bench-quick: install
+	$(PIP) install -q --progress-bar off -e '.[dev,bench]'
 	$(VENV)/bin/python benchmarks/report.py --quick
 
 clean:
