@@ -1,20 +1,24 @@
-"""What the search finds on real data: the joint search against each knob alone, equal budgets, same seeds, on MNIST.
+"""What the search finds on real data: the joint search against each knob alone, at equal compute, on MNIST.
 
 Five experiment files in experiments/bench/ (joint, quantization, pruning, distillation, random), each run through
-`slimsweep run` once per seed. For each: its front, its hypervolume (benchmarks/hypervolume.py), duplicate plans,
-and its pick timed side by side with the fp32 teacher and the other searches' picks (benchmarks/sidebyside.py).
+`slimsweep run` once per seed with the same budget in student epochs (quantization alone trains nothing: it gets its
+whole space), and the hand-chained pipeline (benchmarks/chained.py) at the same epochs. For each: its front, its
+hypervolume (benchmarks/hypervolume.py), duplicate plans, its pick timed side by side with the fp32 teacher, and its
+fastest model at each accuracy bar (benchmarks/bars.py), at batch 1 (latency) and, in the full report, at batch 64
+with throughput as the objective (a compute-bound deployment).
 """
 
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks import reach, sweeps
+from benchmarks import bars, reach, sweeps
 from benchmarks.hypervolume import REFERENCE_TEXT, Point, hypervolume
 from benchmarks.sidebyside import Speedup, side_by_side
+from search.budget import trial_cost
 from search.study import baseline, read
 from search.study import dominated as study_dominated
 from search.study import on_the_way as study_on_the_way
@@ -27,7 +31,17 @@ SEARCHES = {
     "distillation": "distillation alone (students, fp32)",
     "random": "joint space, random sampler",
 }
+CHAINED = "hand-chained (distillation, then pruning, then quantization; benchmarks/chained.py)"
+BAR_SEARCHES = (*SEARCHES, "chained")  # the searches of the bar tables, joint first
 SINGLE_KNOB = ("quantization", "pruning", "distillation")
+ALL_BARS = bars.BARS
+QUANTIZATION_PLANS = 4  # quantization alone: the teacher's schemes, its whole space (it trains nothing)
+# The deployments: each search's file as it is (batch 1, latency), and a compute-bound one where int8 and pruning
+# should pay on small students too (batch 64, throughput as the objective in place of latency).
+DEPLOYMENTS: dict[str, dict[str, Any]] = {
+    "latency": {},
+    "throughput": {"objectives": ["accuracy", "throughput_per_s", "size_mb"], "target.batch_size": 64},
+}
 JOINT = ("joint",)
 MAX_DROP = 1.0  # points: the pick's allowance, and the experiment files' constraint
 TEACHER_BAR_MS = 1.0  # the fp32 teacher's p50 the comparison asks for: below it, the picks differ by tens of µs
@@ -38,25 +52,49 @@ OVERRIDE: dict[str, Any] = {}
 
 @dataclass(frozen=True)
 class Scale:
-    """How much each search runs: trials and seeds, and the training that sizes a trial."""
+    """How much each search runs: its budget in student epochs, seeds, bars, deployments, the training of a trial."""
 
-    trials: int
+    epochs: float  # search.budget.epochs of every search but quantization alone (its whole space)
     seeds: tuple[int, ...]
     overrides: dict[str, Any] = field(default_factory=dict)
+    trials: int = 12  # search.trials: the budget's first guess at a plan's cost (budget / trials)
+    bars: tuple[float, ...] = ALL_BARS
+    deployments: tuple[str, ...] = tuple(DEPLOYMENTS)
 
     def describe(self) -> str:
         """One line for the report."""
         extra = ", ".join(f"{k}={v}" for k, v in self.overrides.items())
-        return f"{self.trials} trials x seeds {list(self.seeds)}" + (f"; {extra}" if extra else "; as in the files")
+        return (
+            f"{self.epochs:g} student epochs per search (quantization alone: its {QUANTIZATION_PLANS} plans) x seeds "
+            f"{list(self.seeds)}; bars {', '.join(f'{b:g}' for b in self.bars)} pt; deployments "
+            f"{', '.join(self.deployments)}" + (f"; {extra}" if extra else "; as in the files")
+        )
 
 
-# The full report's MNIST searches: the experiment files as they are (all 10,000 images, 12 trials), three seeds.
-FULL = Scale(trials=12, seeds=(0, 1, 2))
+# The full report's MNIST searches: 3 seeds, every bar, both deployments: 7 sweeps per seed and deployment (five
+# searches and the chain's stages 1 and 2) plus the chain's quantization stages, 42 sweeps or more in all. At the
+# files' own scale (all 10,000 images, 48 epochs) one sweep took ~6 minutes here, so the full report runs them on a
+# 5,000-image sample with 3 student epochs and 24 epochs per search (8 students' worth), to stay near 75 minutes.
+FULL = Scale(
+    epochs=24,
+    seeds=(0, 1, 2),
+    trials=8,
+    overrides={
+        "task.limit": 5000,
+        "task.teacher.epochs": 4,
+        "space.students.cnn.epochs": 3,
+        "space.pruning.recover_epochs": 1,
+    },
+)
 # The subset: one seed, a 3,000-image stratified sample of the 10,000, fewer epochs (at 2,000 images and 2 student
-# epochs no student came within the point, so the subset compared nothing). Same searches, same budget each.
+# epochs no student came within the point, so the subset compared nothing), 15 epochs per search (5 students'
+# worth, as the 5 trials it ran before budgets were in epochs), the 0.25-point bar and the latency deployment only.
 QUICK = Scale(
-    trials=5,
+    epochs=15,
     seeds=(0,),
+    trials=5,
+    bars=(bars.GOAL_BAR,),
+    deployments=("latency",),
     overrides={
         "task.limit": 3000,
         "task.teacher.epochs": 3,
@@ -83,6 +121,8 @@ class SearchResult:
     dominated: int = 0  # plans stopped before training by latency first (search/gate.py): no trial of the budget
     speedup: Speedup | None = None
     on_the_way: int = 0  # models trials made on their way, measured as candidates: no trial of the budget
+    epochs_spent: float = 0.0  # student epochs of the budget it spent (search/budget.py's count)
+    trained: list[dict[str, Any]] = field(default_factory=list)  # plans it trained: params and epochs charged
 
 
 def _trial_rows(study, teacher: dict[str, float]) -> tuple[list[dict[str, Any]], int, int, int]:
@@ -107,6 +147,8 @@ def _trial_rows(study, teacher: dict[str, float]) -> tuple[list[dict[str, Any]],
             {
                 "trial": t.number,
                 "plan": rec.describe,
+                "params": rec.plan,
+                "reuse_of": rec.reuse_of,
                 "accuracy": m["accuracy"],
                 "accuracy_drop": m["accuracy_drop"],
                 "p50_ms": m["latency_p50_ms"],
@@ -127,6 +169,9 @@ def _result(search: str, seed: int, run: sweeps.SweepRun) -> SearchResult:
         return SearchResult(search, seed, run, [], 0.0, 0, 0, 0, None)
     teacher = base.teacher
     front, duplicates, finished, failed = _trial_rows(study, teacher)
+    for row in front:  # the model's file, to time it side by side (a repeat's is its original's)
+        files = [run.folder / "trials" / f"trial-{n}.onnx" for n in (row["trial"], row["reuse_of"]) if n is not None]
+        row["onnx"] = next((f for f in files if f.is_file()), None)
     hv = hypervolume(
         [
             Point(r["accuracy_drop"], r["p50_ms"], r["size_mb"], teacher["latency_p50_ms"], teacher["size_mb"])
@@ -141,19 +186,56 @@ def _result(search: str, seed: int, run: sweeps.SweepRun) -> SearchResult:
     dominated = len(study_dominated(study))
     best = max(accuracies) if accuracies else None
     made = len(study_on_the_way(study))
+    trained = [
+        {"params": read(t).plan, "epochs_used": trial_cost(read(t), t.state, "epochs")}
+        for t in study.trials
+        if t.state.is_finished()
+    ]
+    trained = [p for p in trained if p["epochs_used"] > 0]
     return SearchResult(
-        search, seed, run, front, hv, finished, failed, duplicates, pick, best, dominated, on_the_way=made
+        search,
+        seed,
+        run,
+        front,
+        hv,
+        finished,
+        failed,
+        duplicates,
+        pick,
+        best,
+        dominated,
+        on_the_way=made,
+        epochs_spent=sum(p["epochs_used"] for p in trained),
+        trained=trained,
     )
 
 
-def run_all(work: Path, scale: Scale, env: dict[str, str]) -> list[SearchResult]:
+def budget_overrides(search: str, scale: Scale) -> dict[str, Any]:
+    """Equal compute: the same student epochs for every search; quantization alone trains nothing, so its whole
+    space (a budget in epochs would never be spent)."""
+    if search == "quantization":
+        return {"search.trials": QUANTIZATION_PLANS, "search.budget": None}
+    return {"search.trials": scale.trials, "search.budget": {"epochs": scale.epochs}}
+
+
+def folder_of(work: Path, deployment: str) -> Path:
+    return work / ("realdata" if deployment == "latency" else f"realdata-{deployment}")  # stages.py reads realdata/
+
+
+def run_all(work: Path, scale: Scale, env: dict[str, str], deployment: str = "latency") -> list[SearchResult]:
     """Every search at every seed, one after another (each sweep uses the machine's cores itself)."""
     root = sweeps.ROOT / "experiments" / "bench"
     results = []
     for seed in scale.seeds:
         for search in SEARCHES:
-            overrides = {"search.trials": scale.trials, "search.seed": seed, **scale.overrides}
-            run = sweeps.run(root / f"{search}.yaml", work / "realdata" / search / f"seed{seed}", overrides, env)
+            overrides = {
+                "search.seed": seed,
+                **scale.overrides,
+                **DEPLOYMENTS[deployment],
+                **budget_overrides(search, scale),
+            }
+            folder = folder_of(work, deployment) / search / f"seed{seed}"
+            run = sweeps.run(root / f"{search}.yaml", folder, overrides, env)
             results.append(_result(search, seed, run))
     return results
 
@@ -313,7 +395,13 @@ def teacher_goal(p50_ms: float) -> str:
     return f"MNIST: the fp32 teacher's p50 here is {p50_ms:.3f} ms (goal >= {TEACHER_BAR_MS:g} ms): {met}."
 
 
-def markdown(results: list[SearchResult], scale: Scale, png: str, reach_text: list[str] | None = None) -> str:
+def markdown(
+    results: list[SearchResult],
+    scale: Scale,
+    png: str,
+    reach_text: list[str] | None = None,
+    bar_text: list[str] | None = None,
+) -> str:
     """The section's text: setup, summary table, goals, what the space can reach, fronts, picks."""
     summary = summarize(results)
     teacher = next((study_teacher(r.run.study()) for r in results if r.finished), None)
@@ -358,6 +446,7 @@ def markdown(results: list[SearchResult], scale: Scale, png: str, reach_text: li
             f"{s['picks']}/{s['seeds']} | {_fmt(s['speedup'])}x |"
         )
     lines += ["", "Goals:", ""] + [x for k in JOINT for g in goals(summary, k) for x in (g, "")]
+    lines += bar_text or []
     lines += reach_text or []
     lines += [
         f"![fronts]({png})",
@@ -403,8 +492,15 @@ def section(out_dir: Path, quick: bool, *, work: Path, env: dict[str, str]) -> s
     """Run the five searches, time their picks side by side, write the plot into out_dir; the markdown."""
     scale = QUICK if quick else FULL
     if "seeds" in OVERRIDE:
-        scale = Scale(scale.trials, OVERRIDE["seeds"], scale.overrides)
+        scale = replace(scale, seeds=OVERRIDE["seeds"])
     results = run_all(work, scale, env)
     time_picks(results)
+    from benchmarks import equalcompute  # it reads this module's searches and results
+
+    bar_text = equalcompute.bar_lines(results, equalcompute.run_chains(work, scale, env, "latency"), scale, "latency")
+    for deployment in scale.deployments[1:]:
+        others = run_all(work, scale, env, deployment)
+        chains = equalcompute.run_chains(work, scale, env, deployment)
+        bar_text += equalcompute.bar_lines(others, chains, scale, deployment)
     plot(results, out_dir / "realdata-fronts.png")
-    return markdown(results, scale, "benchmarks/realdata-fronts.png", reach_lines(results, scale, env))
+    return markdown(results, scale, "benchmarks/realdata-fronts.png", reach_lines(results, scale, env), bar_text)
