@@ -9,12 +9,14 @@ Usage:
       benchmarks/data/curves-<task>.csv. Resumable: trainings already in DIR/rows.csv are kept (default DIR:
       outputs/curves-<task>).
   python benchmarks/curves.py margins [digits|mnist ...]
-      per rung (1, 2, 3 ... epochs): the distribution of final deployed accuracy minus accuracy at the rung, the
-      smallest margin at which at most 1 in 10 plans the rule stops would have entered the front (the rule replayed
-      on the table in many random orders), and the recommended rungs and margins
-  python benchmarks/curves.py replay [--quick] [--out docs]
-      cheap-then-full against full training through the real loop (benchmarks/curves_replay.py), printing the
-      report's section
+      per rung (1, 2, 3 ... epochs, and shares of a plan's epochs): the distribution of final deployed accuracy
+      minus accuracy at the rung, the smallest margin at which at most 1 in 10 plans the rule stops would have
+      entered the front of the plans trained before them (the rule, with the gate, replayed on a sweep's worth of
+      the table's plans in many random orders), and the recommended rungs and margins
+  python benchmarks/curves.py replay [--quick] [--out docs/benchmarks]
+      the margins, then cheap-then-full (the recommended rungs) against full training at equal epochs through the
+      real loop (benchmarks/curves_replay.py), 5 seeds per table (--quick: digits alone, 3 seeds); prints the
+      report's section and writes its PNGs
 
 Plans that share a student and a pruning choice share one training (quantization follows training), as in
 benchmarks/tabular_grid.py: a row's curve is its training's, its final figures are its own deployed model's.
@@ -77,6 +79,11 @@ TASKS: dict[str, dict[str, Any]] = {
     },
 }
 SPACES = {"digits": DIGITS_SPACE, "mnist": MNIST_SPACE}
+# Full training's budget: the experiment files' search.trials (experiments/digits.yaml, experiments/mnist.yaml) in
+# trainings; cheap-then-full tries about half as many plans again in the same compute, so the margins are judged on
+# sweeps of that many plans, where the front is still young and a wrong stop costs most.
+TRIALS = {"digits": 24, "mnist": 16}
+SWEEP_PLANS = {task: round(1.5 * n) for task, n in TRIALS.items()}
 MAX_DROP_PT = 1.0  # both experiment files' constraints.max_accuracy_drop: the feasibility floor below the teacher
 COLUMNS = [
     "key",
@@ -153,6 +160,8 @@ class Table:
     rows: tuple[Row, ...]
     teacher_accuracy: float
     provenance: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Plans a sweep of the task tries (the rule is judged on that many from a random order); None: all of them.
+    sweep: int | None = None
 
     @property
     def floor(self) -> float:
@@ -189,7 +198,8 @@ def load(task_or_path: str | Path) -> Table:
         raise ValueError(f"{path} has no row for the fp32 teacher (student teacher, pruning 0, scheme fp32)")
     head = [line[2:] for line in path.read_text().splitlines() if line.startswith("# ")]
     provenance = {h.split(":", 1)[0]: h.split(":", 1)[1].strip() for h in head if ":" in h}
-    return Table(tuple(rows), teacher, provenance)
+    sweep = SWEEP_PLANS.get(str(task_or_path)) if task_or_path in TASKS else None
+    return Table(tuple(rows), teacher, provenance, sweep)
 
 
 class Trained:
@@ -287,16 +297,16 @@ def gated(row: Row, trained: Trained, teacher_accuracy: float, n_val: int) -> bo
 def replay_rule(
     table: Table, rule: Rule, orders: int = 40, seed: int = 0, plans: int | None = None, gate: bool = True
 ) -> RuleReplay:
-    """Run the rule over the table's plans in `orders` random orders (the first `plans` of each: a sweep's worth;
-    None: all): each plan is stopped at a rung or trained to its end and joins the trained plans. With `gate`, as
-    in a sweep, a plan the gate stops before training is left out (it trains nothing either way)."""
+    """Run the rule over the table's plans in `orders` random orders (the first `plans` of each, by default the
+    table's sweep; None there: all): each plan is stopped at a rung or trained to its end and joins the trained
+    plans. With `gate`, as in a sweep, a plan the gate stops before training is left out (it trains nothing)."""
     rng = random.Random(seed)
     out = RuleReplay()
     for _ in range(orders):
         order = list(table.rows)
         rng.shuffle(order)
         trained = Trained(len(order))
-        for row in order[:plans]:
+        for row in order[: plans or table.sweep]:
             if gate and gated(row, trained, table.teacher_accuracy, table.n_val):
                 continue
             out.plans += 1
@@ -439,7 +449,7 @@ def margins_text(
     for name, t in tables.items():
         lines += [
             f"**{name}** ({len(t.rows)} plans; teacher {t.teacher_accuracy:.2f}%, feasibility floor "
-            f"{t.floor:.2f}%; {orders} random orders of all its plans):",
+            f"{t.floor:.2f}%; the first {t.sweep or len(t.rows)} plans of {orders} random orders: a sweep's worth):",
             "",
             "| rung (epochs; below 1: share of a plan's epochs) | plans reporting | gain to the final deployed "
             "accuracy, pt: min / 10% / median / 90% / "
