@@ -23,6 +23,15 @@ import yaml
 BIN = Path(sys.executable).parent
 
 
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """With `--dist loadfile` (setup.cfg): slowest files first, ux_sweep's readers as one unit (tests/schedule.py)."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from schedule import SlowestFirst
+
+    return SlowestFirst(config, log)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def teacher_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every test (and every CLI subprocess) shares one teacher cache, so the teacher trains once per session."""
