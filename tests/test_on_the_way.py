@@ -1,5 +1,7 @@
 """Models a trial makes on its way (the trained student before pruning, the pruned model before quantization) are
-measured and recorded as candidates of their own, at no trial of the budget; on real digits, Ray, Optuna, MLflow."""
+measured and recorded as candidates of their own, at no trial of the budget; on real digits, Optuna and MLflow, the
+first through Ray as a user runs it, the driver's rules after it through the in-process executor (the real trial, no
+Ray to start, no pick after it)."""
 
 from __future__ import annotations
 
@@ -10,12 +12,15 @@ from mlflow.tracking import MlflowClient
 
 from search.cli import main
 from search.config import load
-from search.study import on_the_way, open_study, read, spent
+from search.inprocess import InProcessExecutor
+from search.study import on_the_way, open_study, read, repeats, spent
+from search.sweep import prepare, sweep
 
 PLAN = {"student": "cnn", "pruning.ratio": 0.5, "quantization.scheme": "int8_static_qdq"}
 
 
-def _sweep(tmp_path, ratios: list[float]):
+def _experiment(tmp_path, ratios: list[float]):
+    """The one-trial experiment whose trial prunes and quantizes a trained student; its study holds that plan."""
     space = {
         "students": {"teacher": True, "cnn": {"width": [0.5], "depth": [1], "epochs": 2}},
         "pruning": {"ratio": ratios, "recover_epochs": 1},
@@ -31,8 +36,21 @@ def _sweep(tmp_path, ratios: list[float]):
     )
     exp = load(path)
     open_study(exp).enqueue_trial(PLAN)  # the one trial of the budget prunes and quantizes a trained student
+    return exp, path
+
+
+def _sweep(tmp_path, ratios: list[float]):
+    """The user's command: `slimsweep run`, its trial on a Ray worker."""
+    exp, path = _experiment(tmp_path, ratios)
     assert main(["run", str(path), "--quiet"]) == 0
     return exp, optuna.load_study(study_name=exp.name, storage=exp.storage_url), path
+
+
+def _sweep_here(exp):
+    """The driver's loop on the real trial in this process (search/inprocess.py): what it records, without Ray."""
+    swept = sweep(exp, InProcessExecutor(exp.target.spec()), prepare(exp), quiet=True)
+    swept.tracker.end("FINISHED")  # as the run command does after its pick
+    return optuna.load_study(study_name=exp.name, storage=exp.storage_url)
 
 
 def _conv_channels(path) -> int:
@@ -69,17 +87,22 @@ def test_a_trial_that_prunes_and_quantizes_records_the_models_it_made_on_its_way
 
 
 def test_a_model_whose_plan_is_not_in_the_space_is_not_recorded(tmp_path):
-    _, study, _ = _sweep(tmp_path, [0.25, 0.5])  # ratio 0 is no choice: the unpruned student is no plan of it
+    exp, _ = _experiment(tmp_path, [0.25, 0.5])  # ratio 0 is no choice: the unpruned student is no plan of it
+    study = _sweep_here(exp)
     assert [read(t).describe for t in on_the_way(study)] == ["cnn w0.5 d1 | prune 0.5 | fp32"]
     assert len(spent(study)) == 1
 
 
-def test_a_plan_proposed_again_after_it_was_made_on_the_way_is_a_repeat_of_the_budget(tmp_path):
-    exp, study, path = _sweep(tmp_path, [0.0, 0.5])
+def test_a_plan_proposed_again_after_it_was_made_on_the_way_is_answered_from_it_at_no_cost(tmp_path):
+    exp, path = _experiment(tmp_path, [0.0, 0.5])
+    study = _sweep_here(exp)
     made = next(t for t in on_the_way(study) if read(t).describe == "cnn w0.5 d1 | no prune | fp32")
+    proposed = len(study.trials)
     study.enqueue_trial(made.params)  # the sampler proposes the unpruned student itself
-    assert main(["run", str(path), "--trials", "2", "--quiet"]) == 0
-    study = optuna.load_study(study_name=exp.name, storage=exp.storage_url)
-    again = spent(study)[-1]
+    study = _sweep_here(load(path, {"search.trials": 2}))
+    again = study.trials[proposed]
     assert read(again).reuse_of == made.number and read(again).made_by is None  # answered from it, not run
-    assert len(spent(study)) == 2 and len(on_the_way(study)) == 2
+    assert again.values == made.values and not read(again).stages
+    # A repeat costs nothing (search/budget.py): the budget's second trial is another plan, trained.
+    assert [t.number for t in repeats(study)] == [again.number] and len(spent(study)) == 2
+    assert not [t for t in on_the_way(study) if read(t).made_by == again.number]  # it made nothing on a way
