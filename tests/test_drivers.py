@@ -193,7 +193,7 @@ def test_a_driver_that_dies_mid_sweep_leaves_no_trial_without_its_run_at_the_sur
     for run in client.search_runs([experiment.experiment_id], "tags.`slimsweep.role` = 'trial'"):
         client.delete_run(run.info.run_id)
     beat(study, owner(told), time.time() + 3600)  # alive, as far as the next start can tell
-    with running_cli("run", str(path), "--trials", "3", cwd=tmp_path) as driver:
+    with running_cli("run", str(path), "--trials", "2", cwd=tmp_path) as driver:  # one trial of its own
         wait_for(lambda: driver.poll() is not None or bool(running(study)), timeout=300, every=0.2)
         assert told.number not in trial_runs()  # the start left the live driver's trial to it
         retire(study, owner(told))  # the first driver dies mid-sweep, its trial still without a run
