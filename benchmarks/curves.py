@@ -428,7 +428,9 @@ def recommend(
         ),
         key=rank,
     )
-    return sorted((choice(c.rungs, orders) for c in rough[:TOP_SETS]), key=rank)
+    # The best sets overall, and the best in shares of a plan's epochs (which carry across plans of other lengths).
+    kept = rough[:TOP_SETS] + [c for c in rough if c.rungs[0] < 1 and c not in rough[:TOP_SETS]][:2]
+    return sorted((choice(c.rungs, orders) for c in kept), key=rank)
 
 
 def _pick(studies: dict[str, list[RungStudy]], epochs: int) -> list[RungStudy]:
@@ -471,7 +473,7 @@ def margins_text(
         "| rungs | margins, pt | " + " | ".join(f"{n}: stopped / false stops / epochs saved" for n in tables) + " |",
         "|---|---|" + "---|" * len(tables),
     ]
-    for c in choices[:TOP_SETS]:
+    for c in choices:
         cells = [f"{r.stopped / r.plans:.0%} / {r.false_stops}/{r.stopped} / {r.saved:.0%}" for r in c.replays.values()]
         lines.append(f"| {list(c.rungs)} | {list(c.margins)} | " + " | ".join(cells) + " |")
     if choices:
@@ -482,6 +484,12 @@ def margins_text(
             f"{list(best.rungs)}, margin_pt: {list(best.margins)}}}` (saves at least {best.worst()[0]:.0%} of the "
             f"epochs, false stops at most {best.worst()[1]:.0%}).",
         ]
+        shares = next((c for c in choices if c.rungs[0] < 1), None)
+        if shares is not None:
+            lines.append(
+                f"Best in shares of a plan's epochs: `rungs: {list(shares.rungs)}, margin_pt: {list(shares.margins)}` "
+                f"(saves at least {shares.worst()[0]:.0%}, false stops at most {shares.worst()[1]:.0%})."
+            )
     if len(tables) > 1:  # rungs are epochs: a task whose plans train longer may do better with its own
         for name, t in tables.items():
             own = recommend({name: t}, {name: studies[name]}, orders=orders)

@@ -421,6 +421,8 @@ def section(out_dir: Path, quick: bool) -> str:
     studies = {name: study_rungs(t, orders=orders) for name, t in tables.items()}
     choices = recommend(tables, studies, orders=orders)
     best = choices[0] if choices else None
+    # The full report also replays the best set in shares of a plan's epochs (they carry across plan lengths).
+    shares = None if quick else next((c for c in choices if c.rungs[0] < 1 and c is not best), None)
     seeds = list(SEEDS_QUICK if quick else SEEDS_FULL)
     lines = [
         "## Cheap-then-full: stopping plans at rungs, from measured learning curves",
@@ -453,6 +455,8 @@ def section(out_dir: Path, quick: bool) -> str:
         arms = [full]
         if best is not None:
             arms.append(Arm(f"recommended: rungs {list(best.rungs)}", best.rungs, best.margins))
+        if shares is not None:
+            arms.append(Arm(f"best in shares: rungs {list(shares.rungs)}", shares.rungs, shares.margins))
         if defaults[0] and (best is None or defaults != (best.rungs, best.margins)):
             arms.append(Arm(f"the code's default: rungs {list(defaults[0])}", *defaults))
         run_arms(table, space_of(name), arms, seeds, epochs=epochs, trials=trainings, n_val=table.n_val)
