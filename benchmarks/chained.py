@@ -1,10 +1,11 @@
 """The hand-chained pipeline (what users of ModelOpt or Olive do by hand), at the joint search's compute.
 
-Stage 1: a distillation-only search (experiments/bench/distillation.yaml) with STAGE1_SHARE of the epoch budget; its
-choice is the fastest front member within the bar. Stage 2: a pruning-only search of that student (the joint file's
-ratios, the student fixed), charged the recovery epochs a user pays to prune a saved student (the sweep retrains the
-student per plan, since a study cannot read another's model; that retraining is not charged). Stage 3: the joint
-file's quantization schemes of the pruned model, which trains nothing a user would pay for. Each stage is a real
+Stage 1: a distillation-only search (experiments/bench/distillation.yaml) with STAGE1_SHARE of the epoch budget.
+Stage 2: a pruning-only search of stage 1's student (the joint file's ratios, the student fixed), charged the recovery
+epochs a user pays to prune a saved student (the sweep retrains the student per plan, since a study cannot read
+another's model; that retraining is not charged). Stage 3: the joint file's quantization schemes of the pruned model,
+which trains nothing a user would pay for. Each stage keeps the fastest front member within the bar, the previous
+stage's model among the candidates (a user keeps it when nothing new is within the bar). Each stage is a real
 `slimsweep run` of an experiment file with overrides.
 """
 
@@ -130,7 +131,9 @@ def run_chain(
         run2, front2, trained2 = done2[key2]
         chain.runs.append(run2)
         chain.charged_epochs += recover_charge([p["params"] for p in trained2], recover)
-        chain.pruned = fastest_within(front2, bar)
+        # The previous stage's model is a candidate too: a user keeps it when no pruned one is within the bar (the
+        # sweep retrains the student, whose accuracy may land elsewhere than stage 1's).
+        chain.pruned = fastest_within([*front2, chain.student], bar)
         if chain.pruned is None:
             continue
         key3 = f"{key2}-r{chain.pruned['params'].get('pruning.ratio', 0.0):g}"
@@ -145,5 +148,5 @@ def run_chain(
             done3[key3] = (run3, read(run3)[0])
         run3, front3 = done3[key3]
         chain.runs.append(run3)
-        chain.final = fastest_within(front3, bar)
+        chain.final = fastest_within([*front3, chain.pruned], bar)
     return chains
