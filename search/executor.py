@@ -25,7 +25,7 @@ from evaluators.targets import TargetSpec, make_target
 from search.dispatch import MACHINERY, Report, Running
 from search.gate import Bar
 from search.raystart import start_ray
-from search.rungboard import TAKE_WAIT_S, ask, start_board
+from search.rungboard import TAKE_WAIT_S, WATCH_S, ask, start_board
 from search.station import free_cores, start_station
 from search.trial import TrialContext, TrialResult, run_trial
 
@@ -206,6 +206,7 @@ class RayExecutor:
         self._where_next = 0.0
         self._warming: list[Any] = []  # warm-up tasks in flight (kept: their results are never needed)
         self.board: Any = None  # the rung board (search/rungboard.py), started with the station
+        self._watch: Any = None  # the board's `waiting` call in flight, waited on beside the trials
         self._tokens = itertools.count()
         self._live: dict[Any, int] = {}  # each submitted task in flight (its ref) -> its token
         self._asked: dict[tuple[int, int], str] = {}  # (number, rung) handed to the loop -> the attempt that waits
@@ -370,7 +371,15 @@ class RayExecutor:
         and one past the time limit is stopped and becomes a failed result too."""
         if not running:
             return []
-        done, _ = ray.wait([r.ref for r in running], num_returns=1, timeout=timeout)
+        refs = [r.ref for r in running]
+        if self.board is not None:
+            # A rung report wakes the driver at once (its trial waits for the verdict), not at the next poll.
+            if self._watch is None:
+                self._watch = self.board.waiting.remote(WATCH_S)
+            refs.append(self._watch)
+        done, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+        if self._watch is not None and self._watch in done:
+            self._watch = None  # the loop reads the reports right after this returns
         finished = []
         now = self.clock()
         for r in running:

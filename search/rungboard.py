@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 REPORT_WAIT_S = 120.0
 # How long the driver waits for the board to hand over its reports before trying again at its next poll.
 TAKE_WAIT_S = 10.0
+# How long one `waiting` call lasts at most (the driver starts another when it ends).
+WATCH_S = 30.0
 # Threads for the driver's calls; the trials' group gets two per trial slot, at least MIN_TRIAL_THREADS.
 DRIVER_THREADS, MIN_TRIAL_THREADS = 2, 32
 
@@ -51,6 +53,7 @@ class RungBoard:
         posted = _Posted(token, report)
         with self._changed:
             self._posted[attempt] = posted
+            self._changed.notify_all()  # the driver's `waiting`
             try:
                 self._changed.wait_for(lambda: posted.verdict is not None, timeout=wait_s)
             finally:
@@ -66,6 +69,14 @@ class RungBoard:
                 posted.taken = True
         return [(attempt, p.token, p.report) for attempt, p in fresh]
 
+    @ray.method(concurrency_group="watch")
+    def waiting(self, timeout_s: float) -> int:
+        """Reports not yet handed to the driver, once there is one or `timeout_s` passed: the driver waits on this
+        beside its trials, so a report wakes it at once and the trial waits milliseconds, not a poll's second."""
+        with self._changed:
+            self._changed.wait_for(lambda: any(not p.taken for p in self._posted.values()), timeout=timeout_s)
+            return sum(not p.taken for p in self._posted.values())
+
     @ray.method(concurrency_group="driver")
     def decide(self, attempt: str, rung: int, go_on: bool) -> None:
         """Answer the attempt's report at `rung`; a report no longer waiting (timed out, worker gone) is ignored."""
@@ -78,7 +89,7 @@ class RungBoard:
 
 def start_board(trial_slots: int) -> Any:
     """Start the board (no CPU of its own: it takes no trial's slot) with a thread for every trial that may wait."""
-    groups = {"driver": DRIVER_THREADS, "trials": max(MIN_TRIAL_THREADS, 2 * trial_slots)}
+    groups = {"driver": DRIVER_THREADS, "watch": 1, "trials": max(MIN_TRIAL_THREADS, 2 * trial_slots)}
     # The groups are sized here, not where the class is declared (Ray refuses them in .options()).
     return ray.remote(num_cpus=0, concurrency_groups=groups)(RungBoard).remote()
 
