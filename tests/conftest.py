@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import pwd
 import shutil
@@ -32,12 +33,40 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
     return SlowestFirst(config, log)
 
 
+@pytest.hookimpl(trylast=True)  # after `-m` and `-k` have deselected
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Note whether this session runs any test of the end-to-end tier (those need the digits teacher)."""
+    config.stash[_END_TO_END] = any(item.get_closest_marker("fast") is None for item in items)
+
+
+_END_TO_END = pytest.StashKey[bool]()
+
+
 @pytest.fixture(scope="session", autouse=True)
-def teacher_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Every test (and every CLI subprocess) shares one teacher cache, so the teacher trains once per session."""
-    path = tmp_path_factory.mktemp("slimsweep-cache")
+def teacher_cache(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    """Every test (and every CLI subprocess) shares one teacher cache, so the teacher trains once per session: under
+    xdist one folder for all workers, where the first worker trains the suite's usual teacher while the others wait
+    (two trainings at once on 2 cores would each take twice as long, for one teacher)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # this session's folder, the same for every worker
+    path = root / "slimsweep-cache"
+    path.mkdir(exist_ok=True)
     os.environ["SLIMSWEEP_CACHE"] = str(path)
+    if os.environ.get("PYTEST_XDIST_WORKER") and request.config.stash.get(_END_TO_END, False):
+        with (path / ".lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            _usual_teacher(tmp_path_factory.mktemp("usual-teacher"))
     return path
+
+
+def _usual_teacher(folder: Path) -> None:
+    """Train (or find cached) the teacher of small_experiment's task, as a sweep's preparation would."""
+    from experiments.tasks import load_task
+    from experiments.teacher import resolve_teacher
+    from search.config import load
+
+    resolve_teacher(load_task(load(small_experiment(folder)).task))
 
 
 @pytest.fixture(scope="module", autouse=True)
