@@ -219,7 +219,7 @@ def test_a_real_student_on_its_way_to_the_front_is_never_stopped(tmp_path, share
         students={"teacher": False, "cnn": {"width": [0.5], "depth": [1], "epochs": 4, **FIXED}},
         quantization={"schemes": ["fp32"]},
     )
-    watch = {"rungs": [1, 2], "margin_pt": 100}  # never stops: the whole curve is read
+    watch = {"rungs": [1, 3], "margin_pt": 100}  # the default rungs inside 4 epochs; never stops: the curve is read
     settings = {"sampler": "random", "trials": 1, "parallel": 1, "seed": 0, "early_stopping": watch}
     exp = load(small_experiment(tmp_path, name="real", task=TASK, space=space, search=settings))
     seen: list[Any] = []
@@ -230,18 +230,16 @@ def test_a_real_student_on_its_way_to_the_front_is_never_stopped(tmp_path, share
             return True
 
     ctx = prepare(exp)  # the file's rungs reach the trials through the context
-    assert ctx.rungs == (1, 2)
+    assert ctx.rungs == (1, 3)
     executor = InProcessExecutor(exp.target.spec(), slots=1, timer=lambda m, s: _stats())
     swept = sweep(exp, executor, ctx, quiet=True, offline=True, listeners=[Heard()])
     t = swept.study.trials[0]
     assert t.state == TrialState.COMPLETE and read(t).info.epochs_used == read(t).info.epochs_planned == 4
-    assert [r.rung for r in seen] == [0, 1] and [r.metrics["epochs"] for r in seen] == [1.0, 2.0]
+    assert [r.rung for r in seen] == [0, 1] and [r.metrics["epochs"] for r in seen] == [1.0, 3.0]
     assert all(0 < r.metrics["accuracy"] <= 100 and "latency_p50_ms" in r.metrics for r in seen)
     floor = shared[2] - exp.constraints.max_accuracy_drop
     assert read(t).metrics["accuracy"] >= floor  # feasible: on the front as the first trained plan
-    margins = load(small_experiment(tmp_path, name="d", task=TASK, space=space)).search.early_stopping
-    defaults = {"rungs": [1, 2]}
-    margins = type(margins)(**defaults).margins()
+    margins = load(small_experiment(tmp_path, name="d", task=TASK, space=space)).search.early_stopping.margins()
     for r in seen:
         m = r.metrics
         assert judge(m["accuracy"], margins[r.rung], m["latency_p50_ms"], m["size_mb"], Floors(feasible=floor), [])
