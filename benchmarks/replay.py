@@ -125,15 +125,15 @@ class _Recorder:
         result, asks, key = told.result, loop.ledger.asks, self.key(self.params[told.number])
         if not result.ok:
             step = Step(told.number, asks, key, "failed")
-        elif result.info.get("dominated_by") is not None:
-            step = Step(told.number, asks, key, "stopped")
+        elif result.info.get("dominated_by") is not None or result.info.stopped_at_rung is not None:
+            step = Step(told.number, asks, key, "stopped")  # by the gate before training, or at a rung
         else:
             m = result.metrics
             step = Step(told.number, asks, key, "trained", (m["accuracy"], m["latency_p50_ms"], m["size_mb"]))
         self._add(loop, step)
 
     def trial_reused(self, loop: Loop, number: int, rec: TrialRecord) -> None:
-        kind = "stopped" if rec.dominated_by is not None else "reused"
+        kind = "stopped" if rec.dominated_by is not None or rec.info.stopped_at_rung is not None else "reused"
         self._add(loop, Step(number, loop.ledger.asks, self.key(rec.plan), kind, reuse_of=rec.reuse_of))
 
     def _add(self, loop: Loop, step: Step) -> None:
