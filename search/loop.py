@@ -1,14 +1,16 @@
 """The driver's loop: ask Optuna for a plan, run it on an executor, tell the result; resumable at any point.
 
 One trial's way through the loop, each step a method of `Loop`:
-  ask     -> `_ask`: a plan from Optuna, owned by this driver; one past the budget gives way.
-  reuse   -> `_ask`, with search/reuse.py: an identical plan already answered is told that answer, not run.
+  ask     -> `_draw`: a plan from Optuna, owned by this driver; one past the budget gives way. While trials run,
+             `_ask_ahead` draws the next free slot's plan, so a result is followed by a submit, not by an ask.
+  reuse   -> `_start`, with search/reuse.py: an identical plan already answered is told that answer, not run.
   gate    -> `gate_bar`: the trained models a new plan's untrained structure must not be slower and larger than
              (search/gate.py); the trial stops before training (PRUNED, no trial of the budget) if it is.
   run     -> `executor.submit`; rung reports come back on the way (`_rungs`: a listener may stop the trial there).
   retry   -> `_run_again`: a machinery failure runs the same plan again, up to search.max_retries.
-  tell    -> `_tell`: ONNX on disk, then Optuna (the state of record); models made on the way are recorded as
-             trials of their own (search/ontheway.py), outside the budget.
+  tell    -> `_tell`: ONNX on disk, then Optuna (the state of record).
+  made    -> `_record_made`: models made on the way become trials of their own (search/ontheway.py), outside the
+             budget, once the next plans are submitted (their SQLite writes are off the trials' path).
 The budget's counts live in one `Ledger` (search/ledger.py). What happens around the loop (the MLflow mirror,
 progress, the station's timings) listens to its events: trial_told, trial_reused, made_on_the_way, caught_up
 (the next plans are submitted), rung, stopping."""
@@ -28,8 +30,8 @@ from search.budget import Spending
 from search.config import Experiment
 from search.dispatch import MACHINERY, Executor, Report, Running
 from search.gate import Bar, bar
-from search.ledger import Ledger
-from search.ontheway import record_on_the_way
+from search.ledger import Ledger, plan_key
+from search.ontheway import plan_on_the_way, record_on_the_way
 from search.reuse import answer_from, still_answers
 from search.rungs import RungRule
 from search.study import TrialRecord, give_way, keep_latency, own, record, requeue, stale, still_ours
@@ -131,6 +133,11 @@ class Loop:
     plan_of: Callable[[optuna.Trial], Any] | None = None
     flights: dict[int, InFlight] = field(default_factory=dict)  # this driver's trials in flight, by number
     stops: dict[int, Any] = field(default_factory=dict)  # trials told to stop at a rung: the answer that stopped them
+    ready: list[tuple[optuna.Trial, Any]] = field(default_factory=list)  # asked ahead while trials run (`_ask_ahead`)
+    # Whether to ask ahead; None: where trials run beside the driver (an executor without `on_report`, as Ray's).
+    ask_ahead: bool | None = None
+    # Told trials whose models made on the way are not recorded yet: parent, result, where it ran (`_record_made`).
+    made_later: list[tuple[optuna.Trial, TrialResult, dict[str, Any]]] = field(default_factory=list)
 
     def emit(self, event: str, *args: Any) -> list[Any]:
         """Call `event` on every listener that has it; their answers."""
@@ -155,18 +162,21 @@ class Loop:
             while True:
                 if time.monotonic() >= next_check:  # a driver that died meanwhile: its trials run again here
                     # Never its own: this driver is alive, whatever a late heartbeat (a busy database) says.
-                    gone = [n for n in stale(self.study, heartbeat_s) if n not in self.flights]
+                    mine = set(self.flights) | {trial.number for trial, _ in self.ready}
+                    gone = [n for n in stale(self.study, heartbeat_s) if n not in mine]
                     self.summary.requeued += requeue(self.study, gone)
                     next_check = time.monotonic() + heartbeat_s
-                asks = self.ledger.asks
+                asks = (self.ledger.asks, len(self.ready))
                 self._fill()
-                self.emit("tick", self.ledger.asks > asks)
+                self.emit("tick", (self.ledger.asks, len(self.ready)) != asks)  # a plan asked or started
                 if not self.flights:
                     self.ledger.sync(self.study)
                     if self.ledger.done():
+                        self._give_back()
                         break
                     time.sleep(1.0)  # the rest of the budget runs at another driver; wait for it, or for it to die
                     continue
+                self._ask_ahead()  # the driver is idle until a result arrives: the next plan's ask is off its path
                 results = self.executor.wait([f.running for f in self.flights.values()], timeout=1.0)
                 self._rungs()
                 told = False
@@ -178,8 +188,9 @@ class Loop:
                     result.info.setdefault("clock", {}).update(submitted=item.submitted, received=time.time())
                     self.emit("trial_told", self._tell(flight, result))
                     told = True
-                if told:  # the next plans start first: what listens (the MLflow mirror) is off the trials' path
+                if told:  # the next plans start first: what follows (models made on the way, MLflow) is off their path
                     self._fill()
+                    self._record_made()
                     self._keep_timings()
                     self.emit("caught_up")
         except KeyboardInterrupt:
@@ -192,24 +203,53 @@ class Loop:
     # --- ask ----------------------------------------------------------------------------------------------------
 
     def _fill(self) -> None:
-        """Ask for plans until `slots` trials are in flight or the budget is spoken for."""
+        """Start plans until `slots` trials are in flight or the budget is spoken for: a plan asked ahead first (it
+        counts as in flight already), then new asks."""
         parallel = self.slots()
         self.ledger.sync(self.study)
-        while len(self.flights) < parallel and self.ledger.wanted() > 0:
-            self._ask()
+        while len(self.flights) < parallel and (self.ready or self.ledger.wanted() > 0):
+            drawn = self.ready.pop(0) if self.ready else self._draw()
+            if drawn is not None:
+                self._start(*drawn)
             self.ledger.sync(self.study)
 
-    def _ask(self) -> None:
-        """Ask Optuna for a plan; answer a plan already run from its result, else submit it."""
+    def _ask_ahead(self) -> None:
+        """While trials run, ask for the plan the next free slot will take (TPE's ask costs tens of ms and grows with
+        the study): one at a time, only when the budget holds a plan beyond those in flight, and only where trials
+        run beside the driver (an executor that runs them inside wait() would sample without the last result)."""
+        beside = self.ask_ahead if self.ask_ahead is not None else not hasattr(self.executor, "on_report")
+        if not beside or self.ready or len(self.flights) < self.slots():
+            return
+        self.ledger.sync(self.study)
+        if self.ledger.wanted() > 0 and (drawn := self._draw()) is not None:
+            self.ready.append(drawn)
+
+    def _give_back(self) -> None:
+        """Plans asked ahead and never started: PRUNED, counting nowhere (as an ask past the budget); its sampled
+        knobs stay on the trial, which a sampler reads as a poor region, so only a sweep at its end gives one back."""
+        while self.ready:
+            give_way(self.study, self.ready.pop(0)[0])
+
+    def _draw(self) -> tuple[optuna.Trial, Any] | None:
+        """Ask Optuna for a trial and its plan; None when that ask takes the study past its budget."""
         trial = self.study.ask()
         own(self.study, trial, self.driver)
         self.ledger.sync(self.study)
         if self.ledger.past_budget(trial.number):
             give_way(self.study, trial)  # another driver asked for the last trial at the same moment
-            return
+            return None
         self.ledger.asks += 1
-        plan = self.plan_of(trial) if self.plan_of is not None else sample(trial, self.exp.space)
+        return trial, self.plan_of(trial) if self.plan_of is not None else sample(trial, self.exp.space)
+
+    def _start(self, trial: optuna.Trial, plan: Any) -> None:
+        """Answer a plan already run from its result, else submit it."""
+        if self.ledger.past_budget(trial.number):
+            give_way(self.study, trial)  # asked ahead, and the trials since spent the budget (a compute budget)
+            return
         params, describe = plan.params(), plan.describe()
+        if self.made_later and plan_key(params) in self._made_plans():
+            self._record_made()  # a model made on the way answers this plan: recorded now, it is not trained again
+            self.ledger.sync(self.study)
         bar_now = self.gate_bar()
         earlier, dominated_by = still_answers(self.ledger.reusable(self.study, params), bar_now)
         if earlier is not None:
@@ -298,16 +338,27 @@ class Loop:
             # Not an MLflow run: a sweep may stop many such plans, which would crowd the runs list; the parent counts
             # them and the study keeps each with its reason.
             owed = False
-            self._made_on_the_way(trial, result, info)  # stopped in pruning's recovery: its trained student counts
+            self.made_later.append((trial, result, info))  # stopped in pruning's recovery: its trained student counts
         else:
             rec.metrics = dict(result.metrics, accuracy_drop=self.teacher["accuracy"] - result.metrics["accuracy"])
             write_onnx(self.exp, number, result.onnx or b"")
             record_metrics(self.exp, self.study, trial, rec)
-            self._made_on_the_way(trial, result, info)
+            self.made_later.append((trial, result, info))
         if owed:
             self.summary.ran_now += 1
         self.ledger.sync(self.study)
         return Told(number, result, flight.describe, rec.metrics, owed)
+
+    def _record_made(self) -> None:
+        """Record the models made on the way of the trials told since the last call (after the next submits)."""
+        while self.made_later:
+            self._made_on_the_way(*self.made_later.pop(0))
+
+    def _made_plans(self) -> set[str]:
+        """The plans (as `plan_key`s) that the models made on the way, not yet recorded, answer."""
+        made = [(parent, m) for parent, result, _ in self.made_later for m in result.on_the_way]
+        drawn = (plan_on_the_way(self.exp, parent, m) for parent, m in made)
+        return {plan_key(d[1].params()) for d in drawn if d is not None}
 
     def _made_on_the_way(self, parent: optuna.Trial, result: TrialResult, info: dict[str, Any]) -> None:
         """Record the models the trial made on its way, each a trial outside the budget."""
@@ -334,12 +385,17 @@ class Loop:
 
     def _leave(self, *, interrupted: bool) -> None:
         """A driver stopping: keep the station's newest timings, tell the listeners (the mirror says which trials
-        MLflow lacks), cancel this driver's trials in flight and queue their plans again."""
+        MLflow lacks), cancel this driver's trials in flight and queue their plans again (and those asked ahead)."""
         self._keep_timings()
-        numbers = list(self.flights)
+        # A plan asked ahead is queued again as one in flight is: it runs when the sweep resumes, as it would have.
+        numbers = list(self.flights) + [trial.number for trial, _ in self.ready]
+        self.ready.clear()
         try:
             self.executor.cancel([f.running for f in self.flights.values()])
         finally:
             self.flights.clear()
             requeue(self.study, numbers)
-            self.emit("stopping", interrupted)
+            try:
+                self._record_made()  # told trials' extra candidates; one that fails to record is only logged
+            finally:
+                self.emit("stopping", interrupted)

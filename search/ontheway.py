@@ -26,6 +26,23 @@ def offers(d: BaseDistribution, value: Any) -> bool:
     return contains(d, value)
 
 
+def plan_on_the_way(
+    exp: Experiment, parent: optuna.Trial, made: MadeOnTheWay
+) -> tuple[optuna.trial.FixedTrial, Any] | None:
+    """The plan of the space a model made on `parent`'s way answers (with its fixed trial), or None when the space
+    holds no such plan; nothing is written (the loop asks before it submits a plan whose model is not recorded yet)."""
+    params, dists = dict(parent.params), parent.distributions
+    for key, value in ((RATIO_KNOB, made.ratio), (SCHEME_KNOB, made.scheme)):
+        if params.get(key) == value:
+            continue
+        d = dists.get(key)
+        if d is None or not offers(d, value):
+            return None  # a fixed knob, or a value the space does not offer: not a plan of this search
+        params[key] = value
+    fixed = optuna.trial.FixedTrial(params)
+    return fixed, sample(fixed, exp.space)
+
+
 def record_on_the_way(
     exp: Experiment,
     study: optuna.Study,
@@ -37,16 +54,10 @@ def record_on_the_way(
     where: dict[str, Any],
 ) -> int | None:
     """Record one model made on `parent`'s way as a trial; its number, or None when it is no new plan of the space."""
-    params, dists = dict(parent.params), parent.distributions
-    for key, value in ((RATIO_KNOB, made.ratio), (SCHEME_KNOB, made.scheme)):
-        if params.get(key) == value:
-            continue
-        d = dists.get(key)
-        if d is None or not offers(d, value):
-            return None  # a fixed knob, or a value the space does not offer: not a plan of this search
-        params[key] = value
-    fixed = optuna.trial.FixedTrial(params)
-    plan = sample(fixed, exp.space)
+    drawn = plan_on_the_way(exp, parent, made)
+    if drawn is None:
+        return None
+    fixed, plan = drawn
     ledger.sync(study)
     earlier = ledger.reusable(study, plan.params())
     if earlier is not None and earlier.state == TrialState.COMPLETE:

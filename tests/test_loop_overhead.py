@@ -1,0 +1,128 @@
+"""The driver's own work between a trial's result and the next submit (issue 20, deliverable 5): what can wait for the
+next plans to start does. Shown by the order of the loop's events as a listener sees them, never by a time."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import FrozenTrial, TrialState
+from test_driver_rules import StandIn, _run, shared  # noqa: F401 - shared: the fixture the rules' sweeps use
+
+from benchmarks import stages
+from search.study import finished, on_the_way, read, spent
+
+pytestmark = pytest.mark.fast
+
+
+class Order:
+    """Listener: what the executor had been given when each trial was told and each made model was recorded."""
+
+    def __init__(self) -> None:
+        self.told: dict[int, list[int]] = {}  # told trial -> trials submitted by then
+        self.made: list[tuple[int, list[int], bool]] = []  # (parent, submitted by then, mirrored by then)
+        self.mirrored: set[int] = set()
+
+    def trial_told(self, loop: Any, told: Any) -> None:
+        self.told[told.number] = list(loop.executor.submitted)
+
+    def made_on_the_way(self, loop: Any, number: int) -> None:
+        parent = read(loop.study.trials[number]).made_by
+        self.made.append((parent, list(loop.executor.submitted), parent in self.mirrored))
+
+    def caught_up(self, loop: Any) -> None:
+        self.mirrored |= set(self.told)
+
+
+def test_the_next_plan_is_submitted_before_the_models_made_on_the_way_are_recorded(tmp_path, shared):  # noqa: F811
+    order = Order()
+    _, swept, executor = _run(
+        tmp_path, shared, StandIn(shared[1], made=True), trials=8, parallel=1, slots=1, listeners=[order]
+    )
+    assert order.made and len(order.made) == len(on_the_way(swept.study))
+    later_runs = 0
+    for parent, submitted, mirrored in order.made:
+        # A plan submitted after the parent was told is submitted before its made models are recorded...
+        after_told = [n for n in executor.submitted if n > parent]
+        assert [n for n in submitted if n > parent] == after_told[:1] or not after_told
+        later_runs += bool(after_told)
+        # ...and its models are recorded (Optuna) before the mirror writes the parent's MLflow run.
+        assert not mirrored
+    assert later_runs  # some parent was followed by another plan: the order above was seen, not vacuous
+
+
+class AskAhead:
+    """Listener: the loop asks ahead, as it does where trials run beside it (Ray); records, when each trial is told,
+    how many trials the study held by then."""
+
+    def __init__(self) -> None:
+        self.asked_by_told: dict[int, int] = {}
+
+    def tick(self, loop: Any, asked: bool) -> None:
+        loop.ask_ahead = True
+
+    def trial_told(self, loop: Any, told: Any) -> None:
+        self.asked_by_told[told.number] = len(loop.study.trials)
+
+
+def test_the_next_plan_is_asked_while_a_trial_runs_and_the_budget_is_met_exactly(tmp_path, shared):  # noqa: F811
+    ahead = AskAhead()
+    trial = StandIn(shared[1])
+    _, swept, executor = _run(tmp_path, shared, trial, trials=5, parallel=1, slots=1, listeners=[ahead])
+    study = swept.study
+    order = executor.submitted
+    assert len(order) == 5 == len(spent(study)) == len(trial.calls)
+    # Each next plan was already an Optuna trial when the one before it was told: its ask was off the result's path.
+    assert all(ahead.asked_by_told[done] > nxt for done, nxt in zip(order, order[1:]))
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    assert not [t for t in study.trials if t.state == TrialState.PRUNED]  # none asked past what the budget needed
+
+
+def test_ctrl_c_queues_the_plan_asked_ahead_again_and_the_resumed_sweep_counts_each_plan_once(tmp_path, shared):  # noqa: F811
+    trial = StandIn(shared[1], interrupt_at=2)
+    exp, swept, _ = _run(tmp_path, shared, trial, trials=5, parallel=1, slots=1, listeners=[AskAhead()])
+    study = swept.study
+    assert swept.summary.interrupted and [t.number for t in finished(study)] == [0, 1]
+    requeued = sorted(t.system_attrs["failed_trial"] for t in study.get_trials(states=(TrialState.WAITING,)))
+    assert requeued == [2, 3]  # the one interrupted and the one asked ahead beside it: both run on resume
+    resumed = StandIn(shared[1])
+    _, again, _ = _run(tmp_path, shared, resumed, trials=5, parallel=1, slots=1, listeners=[AskAhead()])
+    plans = [read(t).describe for t in spent(again.study)]
+    assert len(plans) == 5 and not again.study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    assert len(resumed.calls) == 3  # the two queued plans and one more: nothing lost, nothing run twice
+
+
+def _stamped(number: int, asked: float, clock: dict[str, float], told: float, distill: float) -> FrozenTrial:
+    local = lambda s: datetime.fromtimestamp(s).astimezone()  # noqa: E731 - Optuna stamps local time
+    return FrozenTrial(
+        number=number,
+        state=TrialState.COMPLETE,
+        value=None,
+        values=[1.0],
+        datetime_start=local(asked),
+        datetime_complete=local(told),
+        params={"x": 0},
+        distributions={"x": CategoricalDistribution([0])},
+        user_attrs={"stages": {"distill": distill}, "info": {"clock": clock}},
+        system_attrs={},
+        intermediate_values={},
+        trial_id=number,
+    )
+
+
+def test_the_overhead_follows_the_trials_clocks_when_the_next_plan_is_asked_ahead():
+    # Trial 1 is asked at 2 s, while trial 0 runs (submitted at 1 s, on the worker 1.25-9.75 s, received at 10 s, told
+    # at 10.25 s); trial 1 is submitted at 10.5 s, runs 10.75-19.75 s, received at 20 s, told at 20.5 s.
+    t0 = 1_800_000_000.0
+    c0 = {"submitted": t0 + 1, "worker_began": t0 + 1.25, "worker_ended": t0 + 9.75, "received": t0 + 10}
+    c1 = {"submitted": t0 + 10.5, "worker_began": t0 + 10.75, "worker_ended": t0 + 19.75, "received": t0 + 20}
+    trials = [_stamped(0, t0 + 0.5, c0, t0 + 10.25, 8.0), _stamped(1, t0 + 2, c1, t0 + 20.5, 8.5)]
+    started, ended = datetime.fromtimestamp(t0, timezone.utc), datetime.fromtimestamp(t0 + 25, timezone.utc)
+    b = stages.breakdown(trials, started, ended)
+    assert b.driver_side and b.parallel_ok  # asked ahead is not two trials at once
+    assert b.between_trials == pytest.approx(0.5) and b.between_parts == pytest.approx({"telling": 0.25, "next": 0.25})
+    assert b.in_trial_other == pytest.approx(0.5 + 0.5)  # trial 1: Ray 0.25 + 0.25, worker 9 - 8.5
+    assert b.span == pytest.approx(19.0) and b.overhead_share == pytest.approx(1.5 / 19.0)
+    assert b.first_trial_other == pytest.approx(0.5 + 0.5) and b.before_first == pytest.approx(1.0)
