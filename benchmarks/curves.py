@@ -15,8 +15,10 @@ Usage:
       the table's plans in many random orders), and the recommended rungs and margins
   python benchmarks/curves.py replay [--quick] [--out docs/benchmarks]
       the margins, then cheap-then-full (the recommended rungs) against full training at equal epochs through the
-      real loop (benchmarks/curves_replay.py), 5 seeds per table (--quick: digits alone, 3 seeds); prints the
-      report's section and writes its PNGs
+      real loop (benchmarks/curves_replay.py), 5 seeds per table (--quick: digits alone, 3 seeds); then serving
+      the pick (benchmarks/curves_pick.py): the fastest model within 1 and 0.25 pt of the teacher found against
+      compute, for full training, the default rungs, and the default with serve_pick or with the pick's bar as the
+      constraint (--quick: 2 seeds); prints the report's section and writes its PNGs
 
 Plans that share a student and a pruning choice share one training (quantization follows training), as in
 benchmarks/tabular_grid.py: a row's curve is its training's, its final figures are its own deployed model's.

@@ -98,3 +98,38 @@ def test_the_replayed_rule_decides_as_the_drivers_rule() -> None:
                 [Candidate(i, r.accuracy, r.p50_ms, r.size_mb) for i, r in enumerate(trained) if r.accuracy >= 97.0],
             )
             assert (ours is None) == theirs.go_on, (margin, [r.key for r in trained])
+
+
+def test_the_pick_is_the_fastest_trained_plan_within_the_bar_as_compute_is_spent() -> None:
+    from benchmarks.curves_pick import best_in_table, pick_curve, to_pick
+    from benchmarks.curves_replay import Event
+
+    # B (0.5 pt below the teacher, 2x), C (infeasible), D stopped at a rung, A (0 pt, 5x), then D trained (0.5 pt, 10x).
+    events = [
+        Event(0, "b", "trained", 4, 0),
+        Event(1, "c", "trained", 4, 0),
+        Event(2, "d", "stopped", 2, 0, 0),
+        Event(3, "a", "trained", 4, 0),
+        Event(4, "d", "trained", 4, 0),
+    ]
+    assert pick_curve(TABLE, events, 1.0) == ([4, 8, 10, 14, 18], [2.0, 2.0, 2.0, 5.0, 10.0])
+    # At 0.25 pt B and D are under the bar (97.5 < 97.75): only A counts, from when it was trained.
+    assert pick_curve(TABLE, events, 0.25)[1] == [0.0, 0.0, 0.0, 5.0, 5.0]
+    assert to_pick(TABLE, events, 1.0) == (10.0, 18)
+    assert to_pick(TABLE, events, 0.25) == (5.0, 14)
+    assert to_pick(TABLE, events[:3], 0.25) == (0.0, None)  # nothing within the bar yet
+    # The table's own best at each bar (what a search can at most find): D at 1 point, A at 0.25.
+    assert (best_in_table(TABLE, 1.0), best_in_table(TABLE, 0.25), best_in_table(TABLE, -1.0)) == (10.0, 5.0, 0.0)
+
+
+def test_a_stop_costs_the_pick_only_when_the_plan_would_have_been_the_fastest_within_the_bar() -> None:
+    from benchmarks.curves_pick import pick_false_stops
+    from benchmarks.curves_replay import Event
+
+    events = [Event(0, "b", "trained", 4, 0), Event(1, "d", "stopped", 2, 0, 0), Event(2, "a", "stopped", 2, 0, 0)]
+    # D (97.5%, 0.1 ms) would have been within 1 point and faster than B: a false stop for the pick; A (98%, 0.2 ms)
+    # too. At 0.25 pt D is under the bar and A, the only plan within it, had nothing faster before it.
+    assert pick_false_stops(TABLE, events, 1.0) == 2
+    assert pick_false_stops(TABLE, events, 0.25) == 1
+    slow_after_fast = [Event(0, "d", "trained", 4, 0), Event(1, "b", "stopped", 2, 0, 0)]
+    assert pick_false_stops(TABLE, slow_after_fast, 1.0) == 0  # B is slower than D: the pick loses nothing

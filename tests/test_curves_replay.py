@@ -52,3 +52,22 @@ def test_a_plan_below_the_floor_with_its_margin_stops_at_the_rung_for_its_epochs
     assert not [e for e in events if e.kind == "stopped"]
     assert any(e.key == bloomer and e.kind == "trained" and e.epochs == 4.0 for e in events)
     assert hv_curve(table, events)[1][-1] > 0  # the late bloomer adds volume
+
+
+def test_serving_a_tighter_pick_stops_a_plan_the_front_keeps() -> None:
+    from benchmarks.curves_pick import pick_false_stops
+    from benchmarks.curves_replay import Serving
+
+    table = _table()
+    bloomer = next(r.key for r in table.rows if r.group == "0.25")
+    # After 2 epochs the late bloomer reads 50%: 50 + 47.5 reaches the front's floor (97%), not a 0.25-point pick's
+    # bar (97.75%). Without serving the pick it trains to its end (97.5%, on the front).
+    plain = run(table, SPACE, seed=0, epochs=8, trials=3, rungs=(2,), margins=(47.5,))
+    assert any(e.key == bloomer and e.kind == "trained" for e in plain)
+    for serving in (Serving(0.25, serve_pick=True), Serving(0.25, constraint_drop=0.25)):
+        events = run(table, SPACE, seed=0, epochs=8, trials=3, rungs=(2,), margins=(47.5,), serving=serving)
+        stopped = [e for e in events if e.key == bloomer and e.kind == "stopped"]
+        assert [(e.epochs, e.rung) for e in stopped] == [(2.0, 0)], serving
+        assert false_stops(table, events)[0] == 1  # the front (1 point) lost it: what serving costs the front
+        assert pick_false_stops(table, events, 0.25) == 0  # the 0.25-point pick could not have taken it
+        assert hv_curve(table, events)[1][-1] == 0.0
