@@ -178,3 +178,10 @@ class ProgressListener:
 
     def made_on_the_way(self, loop: Any, number: int) -> None:
         self.made.append(number)
+
+    def caught_up(self, loop: Any) -> None:
+        """The loop records models made on the way after the next plans start: their lines come here."""
+        made, self.made = self.made, []
+        for number in made:
+            rec = read(trial_by_number(loop.study, number))
+            self.progress.trial_done(number, rec.describe, rec.metrics, None, made_by=rec.made_by)
