@@ -3,10 +3,13 @@
 Usage: python benchmarks/report.py [--quick] [--work DIR] [--keep-cache] [--reuse] [--only SECTION ...]
        (`make bench` runs the full report, `make bench-quick` the subset)
 
-Sections: the machine; the quickstart; what the search finds on MNIST (joint against each knob alone); where a
+Sections: the machine; the quickstart; what the search finds on MNIST (joint against each knob alone, random and a
+hand-chained pipeline, at equal student epochs, at accuracy bars; benchmarks/equalcompute.py); where a
 trial's time goes; and, where their modules are in this checkout, the tabular sampler benchmark
-(benchmarks/tabular.py) and latency honesty (benchmarks/honesty.py). Lines a section writes as a quote ("> ...")
-are its headline: collected at the top of the report and into README.md between the bench-headline markers.
+(benchmarks/tabular.py), NAS-Bench-201 replayed (benchmarks/nasbench201.py), latency honesty
+(benchmarks/honesty.py) and cheap-then-full (benchmarks/curves.py).
+Lines a section writes as a quote ("> ...") are its headline: collected at the top of the report and into
+README.md between the bench-headline markers.
 """
 
 from __future__ import annotations
@@ -76,7 +79,9 @@ SECTIONS = (
     Section("realdata", "What the search finds on real data", _own("realdata")),
     Section("stages", "Where a trial's time goes", _own("stages")),
     Section("tabular", "How fast the search gets there (tabular benchmark)", _theirs("tabular"), optional=True),
+    Section("nasbench201", "An outside benchmark (NAS-Bench-201)", _theirs("nasbench201"), optional=True),
     Section("honesty", "How honest the latency is", _theirs("honesty"), optional=True),
+    Section("curves", "Cheap-then-full (learning curves)", _theirs("curves"), optional=True),
 )
 
 
