@@ -120,7 +120,7 @@ class _Recorder:
             self.events.append(Event(told.number, key, "trained", float(row.epochs_planned), full_s))
 
     def trial_reused(self, loop: Any, number: int, rec: Any) -> None:
-        kind = "gated" if rec.dominated_by is not None else "reused"
+        kind = "gated" if rec.dominated_by is not None or rec.info.stopped_at_rung is not None else "reused"
         self.events.append(Event(number, self.keys.get(number, ""), kind, 0.0, 0.0))
 
 

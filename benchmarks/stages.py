@@ -156,8 +156,8 @@ def breakdown(trials: Sequence[FrozenTrial], started: datetime, ended: datetime)
         after_last=(ended - last).total_seconds(),
         span=(last - first).total_seconds(),
         driver=(ended - started).total_seconds(),
-        trials=sum(t.state.name != "PRUNED" for t in done),
-        dominated=sum(t.state.name == "PRUNED" for t in done),
+        trials=sum(not _gated(t) for t in done),
+        dominated=sum(_gated(t) for t in done),
         parallel_ok=not overlap,
         in_trial_parts={k: v for k, v in parts.items() if v},
     )
@@ -199,8 +199,8 @@ def _driver_side(ran: list[FrozenTrial], repeats: int, started: datetime, ended:
         after_last=ended.timestamp() - last,
         span=last - first,
         driver=(ended - started).total_seconds(),
-        trials=sum(t.state.name != "PRUNED" for _, t in clocks) + repeats,
-        dominated=sum(t.state.name == "PRUNED" for _, t in clocks),
+        trials=sum(not _gated(t) for _, t in clocks) + repeats,
+        dominated=sum(_gated(t) for _, t in clocks),
         parallel_ok=not overlap,
         in_trial_parts={k: v for k, v in parts.items() if v},
         between_parts={k: v for k, v in gaps.items() if v},
@@ -289,3 +289,8 @@ def section(out_dir: Path, quick: bool, *, work: Path) -> str:
             continue
         lines += _table(name, run, breakdown(run.study().trials, run.started, run.ended))
     return "\n".join(lines) + "\n"
+
+
+def _gated(t: FrozenTrial) -> bool:
+    """Stopped by the gate before training (a plan stopped at a rung trained, so it is a trial here)."""
+    return t.state.name == "PRUNED" and read(t).info.stopped_at_rung is None

@@ -19,16 +19,17 @@ def trial_cost(rec: TrialRecord, state: TrialState, unit: str) -> float:
     if state == TrialState.PRUNED and info.stopped_at_rung is None:
         return 0.0
     if unit == "epochs":
-        if info.epochs_used is not None:
-            return float(info.epochs_used)
-        # A failure before its epochs were counted (or a record older than rungs): one epoch, so that a plan that
-        # keeps failing still uses the budget up.
-        return 1.0
+        used = float(info.epochs_used or 0)
+        # A failure costs at least one epoch (or a record older than rungs, none counted): a plan that keeps failing
+        # still uses the budget up.
+        return max(used, 1.0) if state == TrialState.FAIL or info.epochs_used is None else used
     if unit == "seconds":
         clock = info.clock or {}
         if "worker_began" in clock and "worker_ended" in clock:
             return max(0.0, float(clock["worker_ended"]) - float(clock["worker_began"]))
-        return float(sum(rec.stages.values()))
+        if "submitted" in clock and "received" in clock:  # a timed-out or lost attempt: the driver's own stamps
+            return max(0.0, float(clock["received"]) - float(clock["submitted"]))
+        return max(float(sum(rec.stages.values())), 1.0 if state == TrialState.FAIL else 0.0)
     if info.stopped_at_rung is not None and info.epochs_planned:
         return float(info.epochs_used or 0) / float(info.epochs_planned)
     return 1.0

@@ -379,7 +379,12 @@ class RayExecutor:
             refs.append(self._watch)
         done, _ = ray.wait(refs, num_returns=1, timeout=timeout)
         if self._watch is not None and self._watch in done:
-            self._watch = None  # the loop reads the reports right after this returns
+            watch, self._watch = self._watch, None  # the loop reads the reports right after this returns
+            try:
+                ray.get(watch)
+            except ray.exceptions.RayError as err:  # the board died: trials go on without verdicts (rungboard.ask)
+                log.warning("the rung board is gone (%s); trials train on without rung verdicts", err)
+                self.board = None
         finished = []
         now = self.clock()
         for r in running:

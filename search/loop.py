@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import optuna
+from optuna.trial import TrialState
 
 from evaluators.errors import SlimsweepError
 from search.budget import Spending
@@ -34,7 +35,7 @@ from search.ledger import Ledger, plan_key
 from search.ontheway import plan_on_the_way, record_on_the_way
 from search.reuse import answer_from, still_answers
 from search.rungs import RungRule
-from search.study import TrialRecord, give_way, keep_latency, own, record, requeue, stale, still_ours
+from search.study import TrialRecord, give_way, keep_latency, own, read, record, requeue, stale, still_ours
 from search.telling import record_metrics, write_onnx
 from search.tracking import Tracker
 from search.trial import TrialResult
@@ -208,10 +209,25 @@ class Loop:
         parallel = self.slots()
         self.ledger.sync(self.study)
         while len(self.flights) < parallel and (self.ready or self.ledger.wanted() > 0):
+            ahead = bool(self.ready)
             drawn = self.ready.pop(0) if self.ready else self._draw()
+            if drawn is not None and ahead and not self._still_to_run(drawn[0]):
+                drawn = None
             if drawn is not None:
                 self._start(*drawn)
             self.ledger.sync(self.study)
+
+    def _still_to_run(self, trial: optuna.Trial) -> bool:
+        """Whether a plan asked ahead may start now: another driver may have queued it again meanwhile (this one's
+        heartbeat late), and with another driver's trials since, the budget may hold no more plans: then this one,
+        not yet training, gives way, whatever its number (past_budget picks the newest, maybe already training)."""
+        if not still_ours(self.study, trial):
+            log.warning("trial %d, asked ahead, was taken over by another driver; not started here", trial.number)
+            return False
+        if self.ledger.room() < 0:
+            give_way(self.study, trial)
+            return False
+        return True
 
     def _ask_ahead(self) -> None:
         """While trials run, ask for the plan the next free slot will take (TPE's ask costs tens of ms and grows with
@@ -252,6 +268,8 @@ class Loop:
             self.ledger.sync(self.study)
         bar_now = self.gate_bar()
         earlier, dominated_by = still_answers(self.ledger.reusable(self.study, params), bar_now)
+        if earlier is not None and not self._stop_holds(earlier):
+            earlier = None  # stopped at a rung under settings or floors that would not stop it today: run it
         if earlier is not None:
             try:
                 rec = answer_from(self.exp, self.study, self.tracker, trial, params, describe, earlier, dominated_by)
@@ -349,6 +367,15 @@ class Loop:
         self.ledger.sync(self.study)
         return Told(number, result, flight.describe, rec.metrics, owed)
 
+    def _stop_holds(self, earlier: Any) -> bool:
+        """Whether an earlier trial still answers a repeat: one stopped at a rung does only while today's rule
+        would stop it there too (early stopping may be off now, or its margins or floors changed)."""
+        rec = read(earlier)
+        if rec.info.stopped_at_rung is None or earlier.state != TrialState.PRUNED:
+            return True
+        rule = next((x for x in self.listeners if isinstance(x, RungRule)), None)
+        return rule is not None and rule.still_stops(rec.metrics, rec.info.stopped_at_rung, self.ledger.trained)
+
     def _record_made(self) -> None:
         """Record the models made on the way of the trials told since the last call (after the next submits)."""
         while self.made_later:
@@ -357,8 +384,12 @@ class Loop:
     def _made_plans(self) -> set[str]:
         """The plans (as `plan_key`s) that the models made on the way, not yet recorded, answer."""
         made = [(parent, m) for parent, result, _ in self.made_later for m in result.on_the_way]
-        drawn = (plan_on_the_way(self.exp, parent, m) for parent, m in made)
-        return {plan_key(d[1].params()) for d in drawn if d is not None}
+        try:
+            drawn = [plan_on_the_way(self.exp, parent, m) for parent, m in made]
+            return {plan_key(d[1].params()) for d in drawn if d is not None}
+        except Exception as err:  # noqa: BLE001 - an extra candidate's plan unknown must not stop the sweep
+            log.warning("the plans of models made on the way could not be read (%s)", err)
+            return set()
 
     def _made_on_the_way(self, parent: optuna.Trial, result: TrialResult, info: dict[str, Any]) -> None:
         """Record the models the trial made on its way, each a trial outside the budget."""

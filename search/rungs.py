@@ -97,6 +97,22 @@ class RungRule:
         )
         return cls(es.margins(), floors, dominance=dominance)
 
+    def still_stops(self, metrics: dict[str, float], rung: int, trained: list[Candidate]) -> bool:
+        """Whether a plan stopped at `rung` with these figures (its record's) would be stopped there today: a repeat
+        of it is answered from that stop only then (the settings may have changed since, or the floors)."""
+        if "accuracy_so_far" not in metrics or not 0 <= rung < len(self.margins):
+            return False
+        latency, size = metrics.get("latency_p50_ms"), metrics.get("size_mb")
+        verdict = judge(
+            float(metrics["accuracy_so_far"]),
+            self.margins[rung],
+            latency,
+            size,
+            self.floors,
+            trained if self.dominance else [],
+        )
+        return not verdict
+
     def rung(self, loop: Any, report: Report) -> Verdict:
         m = report.metrics
         if "accuracy" not in m or not 0 <= report.rung < len(self.margins):

@@ -34,8 +34,9 @@ def sweep_status(exp: Experiment) -> dict[str, Any]:
     ledger.sync(study)
     return {
         "experiment": exp.name,
-        "budget": exp.search.trials,
-        "done": len(done),
+        "budget": amount,  # in budget_unit: trainings (search.trials unless search.budget says otherwise)
+        "budget_unit": unit,
+        "done": ledger.spent,  # plans tried: finished or stopped at a rung (repeats answered at no cost aside)
         "complete": len(done) - len(failed),
         "failed": len(failed),
         "failed_trials": {str(n): (read(study.trials[n]).failure or "")[:200] for n in failed},
@@ -67,7 +68,7 @@ def as_text(state: dict[str, Any]) -> str:
     """The status for a terminal."""
     rungs = {int(k): v for k, v in state["compute"]["stopped_at_rung"].items()}
     lines = [
-        f"{state['experiment']}: {state['done']} of {state['budget']} trials done ({state['complete']} complete, "
+        f"{state['experiment']}: {state['done']} plans tried ({state['complete']} complete, "
         f"{state['failed']} failed), {state['running']} running, {state['queued']} queued; "
         f"{state['on_the_way']} models made on the trials' way and {state['dominated']} plans stopped before "
         f"training (neither costs a trial)",

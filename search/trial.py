@@ -276,6 +276,9 @@ def _run(
         result.info.skipped_training = False
         result.metrics = {"accuracy_so_far": stop.accuracy, **epochs.figures, "params": float(epochs.params)}
         result.onnx = None
+    except Exception:
+        result.info.epochs_used = epochs.done  # a plan that fails mid-training still spent those epochs
+        raise
 
 
 def _train_and_measure(

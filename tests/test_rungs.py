@@ -243,3 +243,43 @@ def test_a_real_student_on_its_way_to_the_front_is_never_stopped(tmp_path, share
     for r in seen:
         m = r.metrics
         assert judge(m["accuracy"], margins[r.rung], m["latency_p50_ms"], m["size_mb"], Floors(feasible=floor), [])
+
+
+def test_a_stopped_plan_proposed_again_runs_once_early_stopping_no_longer_stops_it(tmp_path, shared):
+    top = shared[2]
+
+    def curve(number):
+        return (top + 0.5, [top, top], 1.0, 1.0) if number == 0 else (top, [top - 1.2, top], 2.0, 2.0)
+
+    space = dict(SPACE, students={"teacher": False, "cnn": {"width": [0.25], "depth": [1], "epochs": 4, **FIXED}})
+    ctx, stopped_early = shared[0], {"rungs": [1, 2], "margin_pt": [1.0, 0.5]}
+
+    def sweep_with(early, trials):
+        settings = {"sampler": "random", "trials": trials, "parallel": 1, "seed": 0, "early_stopping": early}
+        exp = load(small_experiment(tmp_path, name="again", task=TASK, space=space, search=settings))
+        trial = Curves(shared[1], curve)
+        executor = InProcessExecutor(exp.target.spec(), trial=trial, slots=1, timer=lambda m, s: _stats())
+        return sweep(exp, executor, ctx, quiet=True, offline=True), trial
+
+    first, _ = sweep_with(stopped_early, 2)
+    stopped = [t for t in first.study.trials if t.state == TrialState.PRUNED and read(t).info.stopped_at_rung == 0]
+    assert stopped
+    # The same study with early stopping off: the stopped plan, proposed again, is trained, not answered stopped.
+    again, trial = sweep_with({"rungs": []}, 2)
+    trained = [t for t in spent(again.study) if t.state == TrialState.COMPLETE and t.params == stopped[0].params]
+    assert trained and trained[0].number in trial.calls
+
+
+def test_what_a_failed_or_lost_trial_costs():
+    from search.budget import trial_cost
+    from search.record import TrialRecord
+
+    failed_early = TrialRecord(info={"epochs_used": 0, "epochs_planned": 4})
+    assert trial_cost(failed_early, TrialState.FAIL, "epochs") == 1.0  # a failure always uses the budget up
+    failed_late = TrialRecord(info={"epochs_used": 3, "epochs_planned": 4})
+    assert trial_cost(failed_late, TrialState.FAIL, "epochs") == 3.0
+    lost = TrialRecord(info={"clock": {"submitted": 100.0, "received": 160.0}})  # timed out: no worker stamps
+    assert trial_cost(lost, TrialState.FAIL, "seconds") == 60.0
+    assert trial_cost(lost, TrialState.FAIL, "trainings") == 1.0
+    repeat = TrialRecord(info={"epochs_used": 4}, reuse_of=3)
+    assert trial_cost(repeat, TrialState.COMPLETE, "epochs") == 0.0
