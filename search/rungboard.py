@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from search.dispatch import Report
 
@@ -90,8 +91,10 @@ class RungBoard:
 def start_board(trial_slots: int) -> Any:
     """Start the board (no CPU of its own: it takes no trial's slot) with a thread for every trial that may wait."""
     groups = {"driver": DRIVER_THREADS, "watch": 1, "trials": max(MIN_TRIAL_THREADS, 2 * trial_slots)}
-    # The groups are sized here, not where the class is declared (Ray refuses them in .options()).
-    return ray.remote(num_cpus=0, concurrency_groups=groups)(RungBoard).remote()
+    # On the driver's own node: a worker node that dies (a lost machine) must not take the board with it. The
+    # groups are sized here, not where the class is declared (Ray refuses them in .options()).
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return ray.remote(num_cpus=0, concurrency_groups=groups, scheduling_strategy=here)(RungBoard).remote()
 
 
 def ask(board: Any, attempt: str, token: int, report: Report, wait_s: float = REPORT_WAIT_S) -> bool:
