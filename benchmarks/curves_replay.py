@@ -6,7 +6,6 @@ that reports the table's learning curve at the experiment's rungs.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import shutil
@@ -36,6 +35,7 @@ from benchmarks.curves import (
     table_path,
 )
 from benchmarks.hypervolume import Point, hypervolume
+from benchmarks.replay import fast_disk, no_timer, offline_tracker
 from benchmarks.tabular_grid import plan_key
 
 STOPPED = "stopped at a rung"
@@ -124,25 +124,6 @@ class _Recorder:
         self.events.append(Event(number, self.keys.get(number, ""), kind, 0.0, 0.0))
 
 
-@functools.cache
-def _offline_tracker() -> Any:
-    """An offline Tracker (a sweep run with --no-tracking): it writes nothing; MLflow's tracking URI is kept."""
-    import mlflow
-
-    from search.tracking import Tracker
-
-    previous = mlflow.get_tracking_uri()
-    folder = Path(tempfile.mkdtemp(prefix="slimsweep-curves-mlflow-"))
-    try:
-        return Tracker(f"sqlite:///{folder / 'mlflow.db'}", "curves", folder / "artifacts", offline=True)
-    finally:
-        mlflow.set_tracking_uri(previous)
-
-
-def _no_timer(model: bytes, settings: Any) -> Any:
-    raise AssertionError("a replay times nothing: its trial answers from the table")
-
-
 @dataclass(frozen=True)
 class Serving:
     """How a replay serves the pick: its bar (pick.max_accuracy_drop), whether the rung rule also stops plans that
@@ -213,8 +194,7 @@ def run(
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     logging.getLogger("slimsweep.sweep").setLevel(logging.ERROR)
-    shm = Path("/dev/shm")  # the study's thousands of SQLite commits: in memory where the machine has it
-    folder = Path(tempfile.mkdtemp(prefix="slimsweep-curves-", dir=shm if shm.is_dir() else None))
+    folder = Path(tempfile.mkdtemp(prefix="slimsweep-curves-", dir=fast_disk()))
     try:
         exp = parse(
             experiment_dict(
@@ -223,7 +203,7 @@ def run(
         )
         study = open_study(exp)
         rows = {r.key: r for r in table.rows}
-        executor = InProcessExecutor(exp.target.spec(), trial=CurveTrial(rows), slots=1, timer=_no_timer)
+        executor = InProcessExecutor(exp.target.spec(), trial=CurveTrial(rows), slots=1, timer=no_timer)
         recorder = _Recorder(rows)
         driver = new_driver_id()
         unit, amount = exp.search.compute_budget()
@@ -231,7 +211,7 @@ def run(
             exp,
             executor,
             study,
-            _offline_tracker(),
+            offline_tracker(),
             SweepSummary(),
             teacher={"accuracy": table.teacher_accuracy},
             ctx_ref=SimpleNamespace(rungs=tuple(rungs)),

@@ -223,21 +223,21 @@ def replay(
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # the loop's notes on reuse and the gate, thousands of them; restored below
     own_folder = folder is None
-    folder = Path(tempfile.mkdtemp(prefix="slimsweep-replay-", dir=_fast_disk())) if folder is None else folder
+    folder = Path(tempfile.mkdtemp(prefix="slimsweep-replay-", dir=fast_disk())) if folder is None else folder
     try:
         named = sampler if isinstance(sampler, str) else "random"
         exp = experiment(folder, sampler=named, seed=seed, trials=trials, gate=gate, settings=settings)
         study = open_study(exp) if storage == "sqlite" else _in_memory(exp)
         if not isinstance(sampler, str):
             study.sampler = sampler
-        executor = InProcessExecutor(exp.target.spec(), trial=trial, slots=1, timer=_no_timer)
+        executor = InProcessExecutor(exp.target.spec(), trial=trial, slots=1, timer=no_timer)
         recorder = _Recorder(enough, key)
         driver = new_driver_id()
         loop = Loop(
             exp,
             executor,
             study,
-            _offline_tracker(),
+            offline_tracker(),
             SweepSummary(),
             teacher={"accuracy": teacher_accuracy},
             ctx_ref=None,
@@ -292,7 +292,7 @@ class _Capped(Ledger):
 
 
 @functools.cache
-def _offline_tracker() -> Tracker:
+def offline_tracker() -> Tracker:
     """One offline Tracker for every replay of this process, as a sweep run with --no-tracking has: it writes
     nothing, and the loop reads a repeat's ONNX file from the trials folder, never from MLflow. Its address is one
     that never resolves (an offline tracker opens no store), and MLflow's process-wide tracking URI is left as it
@@ -304,11 +304,11 @@ def _offline_tracker() -> Tracker:
         mlflow.set_tracking_uri(previous)
 
 
-def _no_timer(model: bytes, settings: Any) -> Any:
+def no_timer(model: bytes, settings: Any) -> Any:
     raise AssertionError("a replay times nothing: its trial answers from the table")
 
 
-def _fast_disk() -> str | None:
+def fast_disk() -> str | None:
     """A memory-backed folder for the study where there is one: thousands of SQLite commits."""
     shm = Path("/dev/shm")
     return str(shm) if shm.is_dir() and _writable(shm) else None
