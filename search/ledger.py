@@ -52,6 +52,7 @@ class Ledger:
     _plans: dict[str, dict[TrialState, int]] = field(default_factory=dict)  # plan key -> earliest trial by state
     _costs: dict[int, float] = field(default_factory=dict)  # trial -> its cost (those that cost something)
     _full: dict[int, float] = field(default_factory=dict)  # trial -> its cost, for those trained to their end
+    _full_sum: float = 0.0  # the sum of _full's costs
     _rungs: dict[int, tuple[int, float, float]] = field(default_factory=dict)  # stopped: (rung, epochs used, saved)
     _epochs: dict[int, float] = field(default_factory=dict)  # trial -> student epochs it trained
 
@@ -96,6 +97,7 @@ class Ledger:
                 self._failed.add(number)
             full = full_cost(rec, self.unit) if t.state == TrialState.COMPLETE else None
             if full is not None:
+                self._full_sum += full - self._full.get(number, 0.0)
                 self._full[number] = full
         self.spent, self.failed = len(self._spent), len(self._failed)
         if t.state != TrialState.COMPLETE:
@@ -109,17 +111,21 @@ class Ledger:
 
     def _charge(self, number: int, rec: Any, state: TrialState) -> None:
         self._spent.add(number)
-        self._costs[number] = trial_cost(rec, state, self.unit)
+        cost = trial_cost(rec, state, self.unit)
+        self.cost += cost - self._costs.get(number, 0.0)  # kept as a running sum: the same at trial 3,000 as at 3
+        self._costs[number] = cost
         self._epochs[number] = float(rec.info.epochs_used or 0)
-        self.spent, self.cost = len(self._spent), sum(self._costs.values())
+        self.spent = len(self._spent)
 
     def _interrupt(self, number: int) -> None:
         self._interrupted.add(number)
         self._spent.discard(number)
         self._failed.discard(number)
-        for kept in (self._costs, self._full, self._rungs, self._epochs):
+        self.cost -= self._costs.pop(number, 0.0)
+        self._full_sum -= self._full.pop(number, 0.0)
+        for kept in (self._rungs, self._epochs):
             kept.pop(number, None)
-        self.spent, self.failed, self.cost = len(self._spent), len(self._failed), sum(self._costs.values())
+        self.spent, self.failed = len(self._spent), len(self._failed)
 
     def _index(self, t: FrozenTrial) -> None:
         plan = read(t).plan
@@ -150,7 +156,7 @@ class Ledger:
         if self.unit == "trainings":
             return 1.0
         if self._full:
-            return max(sum(self._full.values()) / len(self._full), 1e-9)
+            return max(self._full_sum / len(self._full), 1e-9)
         return self.budget / max(self.trials, 1)
 
     def room(self, *, in_flight: bool = True) -> int:
