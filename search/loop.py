@@ -350,8 +350,9 @@ class Loop:
             rec.metrics = dict(result.metrics)
             verdict = self.stops.pop(number, None)
             if rec.info.stopped_at_rung is not None and verdict is not None:
-                rec.info.stopped_by = getattr(verdict, "stopped_by", None)
-                rec.info.stop_reason = getattr(verdict, "reason", "") or "a listener of the loop stopped it"
+                for kept in (rec.info, result.info):  # the record, and what the listeners are told
+                    kept.stopped_by = getattr(verdict, "stopped_by", None)
+                    kept.stop_reason = getattr(verdict, "reason", "") or "a listener of the loop stopped it"
             record(self.study, trial, rec)
             # Not an MLflow run: a sweep may stop many such plans, which would crowd the runs list; the parent counts
             # them and the study keeps each with its reason.

@@ -169,7 +169,7 @@ class ProgressListener:
             told.result.error,
             skipped=bool(info.get("skipped_training")),
             dominated_by=info.get("dominated_by"),
-            stopped=read(trial_by_number(loop.study, told.number)).info if info.stopped_at_rung is not None else None,
+            stopped=info if info.stopped_at_rung is not None else None,
         )
         made, self.made = self.made, []
         for number in made:  # the log names these trials later (the front, the pick): each gets its line

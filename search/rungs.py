@@ -100,28 +100,20 @@ class RungRule:
     def still_stops(self, metrics: dict[str, float], rung: int, trained: list[Candidate]) -> bool:
         """Whether a plan stopped at `rung` with these figures (its record's) would be stopped there today: a repeat
         of it is answered from that stop only then (the settings may have changed since, or the floors)."""
-        if "accuracy_so_far" not in metrics or not 0 <= rung < len(self.margins):
+        if "accuracy_so_far" not in metrics:
             return False
+        return not self._judge(float(metrics["accuracy_so_far"]), rung, metrics, trained)
+
+    def _judge(self, accuracy: float, rung: int, metrics: dict[str, float], trained: list[Candidate]) -> Verdict:
+        """The rule at `rung` for a plan with `accuracy` so far and its structure's figures in `metrics`; a rung this
+        rule has no margin for (another listener's) never stops a plan."""
+        if not 0 <= rung < len(self.margins):
+            return GO_ON
         latency, size = metrics.get("latency_p50_ms"), metrics.get("size_mb")
-        verdict = judge(
-            float(metrics["accuracy_so_far"]),
-            self.margins[rung],
-            latency,
-            size,
-            self.floors,
-            trained if self.dominance else [],
-        )
-        return not verdict
+        return judge(accuracy, self.margins[rung], latency, size, self.floors, trained if self.dominance else [])
 
     def rung(self, loop: Any, report: Report) -> Verdict:
         m = report.metrics
-        if "accuracy" not in m or not 0 <= report.rung < len(self.margins):
-            return GO_ON  # a report this rule cannot read (another listener's rung) never stops a plan
-        return judge(
-            float(m["accuracy"]),
-            self.margins[report.rung],
-            m.get("latency_p50_ms"),
-            m.get("size_mb"),
-            self.floors,
-            loop.ledger.trained if self.dominance else [],
-        )
+        if "accuracy" not in m:
+            return GO_ON  # a report this rule cannot read never stops a plan
+        return self._judge(float(m["accuracy"]), report.rung, m, loop.ledger.trained)
