@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from evaluators.compare import CompareSettings, Comparison
-from evaluators.latency import LatencyStats, TimingSettings
-from search.gate import Bar
-from search.trial import TrialResult
+if TYPE_CHECKING:  # annotations only: the rung board's actor imports this module, and search.trial imports torch
+    from evaluators.compare import CompareSettings, Comparison
+    from evaluators.latency import LatencyStats, TimingSettings
+    from search.gate import Bar
+    from search.trial import TrialResult
 
 MACHINERY = "machinery_failure"  # key in a failed result's info: the kind of machinery failure, if it was one
 

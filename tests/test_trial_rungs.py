@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +29,7 @@ from spaces.plan import CompressionPlan
 from spaces.pruning_knobs import PruningChoice
 from spaces.student_knobs import StudentChoice
 
+ROOT = Path(__file__).resolve().parents[1]
 TASK = {"name": "digits", "seed": 0, "teacher": {"epochs": 2}}
 SPACE = {
     "students": {"teacher": True, "cnn": None},
@@ -186,3 +189,10 @@ def test_the_board_answers_only_the_attempt_asked_and_lets_an_unanswered_trial_g
     # So does a trial whose board is gone.
     ray.kill(board)
     assert ask(board, "7:c", 7, Report(3, 0, {"accuracy": 50.0}), wait_s=0.5) is True
+
+
+def test_the_board_starts_without_torch():
+    """The board's actor imports only its module: a sweep starts one per run, and torch would add seconds to each."""
+    code = "import sys, search.rungboard; print(sorted({'torch', 'onnxruntime', 'mlflow'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
