@@ -285,6 +285,11 @@ class OpenVinoTarget(OnnxRuntimeTarget):
         "`pip uninstall onnxruntime && pip install onnxruntime-openvino`), or use target kind 'cpu'"
     )
 
+    def providers(self) -> list[Provider]:
+        # OpenVINO runs its own thread pool and ignores ONNX Runtime's intra_op_num_threads: without its own option
+        # it takes its default (not the target's threads), and an openvino-t2 timing would not be one at 2 threads.
+        return [(self.provider, {"device_type": "CPU", "num_of_threads": str(self.spec.threads)})]
+
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), **_cpu_info()}
 

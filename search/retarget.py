@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,7 +24,7 @@ from evaluators.compare import APART_DRIFT, INTERVAL_COVERS
 from evaluators.errors import ConfigError, SlimsweepError
 from evaluators.latency import TRIAL_TIMING
 from evaluators.secrets import mask_secrets, masked
-from evaluators.targets import TargetSpec, make_target, settings_for, target_class
+from evaluators.targets import TARGETS, TargetSpec, make_target, settings_for, target_class
 from search.artifacts import trial_onnx_path
 from search.config import METRIC_DIRECTIONS, Experiment, Target
 from search.deliver import (
@@ -92,6 +92,8 @@ class TargetFront:
     front: list[Candidate]
     host_accuracy: dict[int, float]  # the sweep's accuracy per trial (where the device's is shown beside it)
     accuracy_on: str  # 'host' or 'device'
+    runtime: dict[str, Any] = field(default_factory=dict)  # the target's describe(): providers, runtime version
+    not_runnable: dict[str, str] = field(default_factory=dict)  # trial -> why the target could not run it
 
     @property
     def teacher_ms(self) -> float:
@@ -137,6 +139,7 @@ def retarget(
     slug, spec = target_slug(target), target.spec()
     device = make_target(spec)
     device.check()
+    runtime = device.describe()
     models = trained(study)
     if not models:
         raise SlimsweepError(f"the sweep {exp.name!r} has no trained model to retarget (no successful trial)")
@@ -144,12 +147,20 @@ def retarget(
     record.setdefault("models", {})
     record["target"] = masked(target.model_dump())
     record["accuracy_on"] = target.accuracy
+    record["runtime"] = masked(runtime)  # what times there (providers and their options, runtime version)
     paths = {c.trial: trial_onnx_path(exp, tracker, c.trial) for c in models}
     todo = [c.trial for c in models if str(c.trial) not in record["models"]]
     if todo or TEACHER not in record:
-        say(f"timing {len(todo)} trained models and the teacher on {slug}, one at a time (nothing is trained)")
-        _time_each(exp, spec, paths, todo, record)
+        again = [n for n in todo if str(n) in record.get("not_runnable", {})]
+        if len(again) < len(todo) or TEACHER not in record:
+            teacher = " and the teacher" if TEACHER not in record else ""
+            fresh = len(todo) - len(again)
+            say(f"timing {fresh} trained models{teacher} on {slug}, one at a time (nothing is trained)")
+        if again:
+            say(f"trying again on {slug} the {len(again)} trained models it could not run before")
+        _time_each(exp, spec, paths, todo, record, keep=lambda: _keep(study, slug, record))
         _keep(study, slug, record)
+        _say_not_runnable(record, slug, say)
     else:
         say(f"all {len(models)} trained models were timed on {slug} before: nothing to time one by one")
     if target.accuracy == "device":
@@ -179,7 +190,8 @@ def retarget(
     view = target_front(exp, study, slug)
     choice = choose(view.front, policy, view.teacher_ms)
     onnx_path, card_path, version = _hand_over(exp, study, tracker, target, view, choice, paths, say)
-    return Retargeted(view, choice, onnx_path, card_path, version, len(todo), [int(n) for n in names])
+    timed = len(todo) - len(record.get("not_runnable", {})) if todo else 0
+    return Retargeted(view, choice, onnx_path, card_path, version, timed, [int(n) for n in names])
 
 
 def within_reach(front: list[Candidate], policy: PickPolicy) -> list[Candidate]:
@@ -191,19 +203,60 @@ def within_reach(front: list[Candidate], policy: PickPolicy) -> list[Candidate]:
 
 
 def _time_each(
-    exp: Experiment, spec: TargetSpec, paths: dict[int, Path], todo: list[int], record: dict[str, Any]
+    exp: Experiment,
+    spec: TargetSpec,
+    paths: dict[int, Path],
+    todo: list[int],
+    record: dict[str, Any],
+    keep: Callable[[], None] = lambda: None,
 ) -> None:
     """Time the teacher and the models in `todo` one by one, as a trial is timed (percentiles, throughput), into
-    record; what builds the target's front."""
+    record (`keep` saves it after each, so an interrupted run resumes); what builds the target's front. A model the
+    target cannot run goes to record['not_runnable'] with the reason and stays off its front."""
     settings = settings_for(spec, **TRIAL_TIMING)
-    models = {TEACHER: exp.out / "teacher.onnx", **{str(n): paths[n] for n in todo}}
+    models = {str(n): paths[n] for n in todo}
+    if TEACHER not in record:  # timed once, as each model is
+        models = {TEACHER: exp.out / "teacher.onnx", **models}
+    # Tried again on every run (an agent may be back, a runtime upgraded); opening a model that fails is quick.
+    failed: dict[str, str] = {}
     for name, path in models.items():
-        stats = limited_measure(spec, path.read_bytes(), settings)
+        try:
+            stats = limited_measure(spec, path.read_bytes(), settings)
+        except ConfigError:
+            raise  # settings that do not fit the target: every model would fail alike
+        except Exception as exc:  # the target's runtime refused this model (an operator or scheme it lacks)
+            if name == TEACHER:
+                raise SlimsweepError(
+                    f"the fp32 teacher cannot run on target {spec.kind!r} ({_reason(exc)}), so no speed-up can be "
+                    "taken there; nothing was retargeted"
+                ) from exc
+            failed[name] = _reason(exc)
+            continue
         entry = {**stats.metrics(), "latency_stable": float(stats.stable)}
         if name == TEACHER:
             record[TEACHER] = entry
         else:
             record["models"][name] = entry
+        keep()
+    record["not_runnable"] = failed
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first[:300]}"
+
+
+def _say_not_runnable(record: dict[str, Any], slug: str, say: Callable[[str], None]) -> None:
+    """One line naming the models the target could not run, by reason (they are left off its front)."""
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in sorted(record.get("not_runnable", {}).items(), key=lambda kv: int(kv[0])):
+        by_reason.setdefault(reason, []).append(name)
+    for reason, names in by_reason.items():
+        say(
+            f"{len(names)} trained model(s) could not run on {slug} and are left off its front (trials "
+            f"{', '.join(names)}): {reason}"
+        )
 
 
 def _score_on_device(
@@ -280,7 +333,14 @@ def target_front(exp: Experiment, study: optuna.Study, slug: str) -> TargetFront
         )
     front = _non_dominated([c for c in models if _feasible(exp, c)], exp.objectives, record)
     return TargetFront(
-        slug, teacher, sorted(models, key=lambda c: c.latency), front, host, record.get("accuracy_on", "host")
+        slug,
+        teacher,
+        sorted(models, key=lambda c: c.latency),
+        front,
+        host,
+        record.get("accuracy_on", "host"),
+        record.get("runtime", {}),
+        record.get("not_runnable", {}),
     )
 
 
@@ -323,6 +383,18 @@ LATENCY_METHOD = (
 )
 
 
+def _provider_note(runtime: dict[str, Any]) -> str | None:
+    """What the card says about the provider that ran: every timing's session had the target's own first."""
+    kind = runtime.get("kind")
+    provider = getattr(target_class(kind), "provider", None) if kind in TARGETS else None
+    if provider is None:  # timed elsewhere (a device agent) or by an extension's own method
+        return None
+    return (
+        f"every timing's ONNX Runtime session here had {provider} first; a session that fell back to another "
+        "provider is refused, never timed"
+    )
+
+
 def card(exp: Experiment, target: Target, view: TargetFront, choice: Choice, policy: Any) -> dict[str, Any]:
     """The model card of a target's pick: the same fields as the sweep's card, with the target's figures, both
     accuracies where they differ, and that nothing was trained."""
@@ -348,6 +420,9 @@ def card(exp: Experiment, target: Target, view: TargetFront, choice: Choice, pol
         "speedup_interval_covers": None if c.speedup_ci_low is None else INTERVAL_COVERS,
         "latency_method": LATENCY_METHOD,
         "target": masked(target.model_dump()),
+        "timed_with": view.runtime,
+        "provider_checked": _provider_note(view.runtime),
+        "not_runnable": view.not_runnable,
         "policy": policy.describe(),
         "policy_name": policy.name,
         "met_policy": choice.met_policy,
