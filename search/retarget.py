@@ -28,6 +28,7 @@ from evaluators.targets import TARGETS, TargetSpec, make_target, settings_for, t
 from search.artifacts import trial_onnx_path
 from search.config import METRIC_DIRECTIONS, Experiment, Target
 from search.deliver import (
+    VERIFY_COMPARE,
     Retime,
     input_example,
     io_description,
@@ -94,6 +95,8 @@ class TargetFront:
     accuracy_on: str  # 'host' or 'device'
     runtime: dict[str, Any] = field(default_factory=dict)  # the target's describe(): providers, runtime version
     not_runnable: dict[str, str] = field(default_factory=dict)  # trial -> why the target could not run it
+    side_rounds: int | None = None  # the side-by-side timing's rounds
+    side_tight: bool | None = None  # whether its intervals narrowed before its time cap
 
     @property
     def teacher_ms(self) -> float:
@@ -169,29 +172,85 @@ def retarget(
     policy = make_policy(exp.pick)
     reach = within_reach(target_front(exp, study, slug).front, policy)
     names = [str(c.trial) for c in reach]
-    if reach and set(record.get(SIDE, {}).get("models", {})) != set(names):
-        seconds = exp.pick.verify_seconds if compare_seconds is None else compare_seconds
-        say(
-            f"timing the teacher and the {len(reach)} front members the pick can reach side by side on {slug} (up "
-            f"to {seconds:g} s)"
-        )
-        p50s, speedups = time_with_teacher(
-            exp,
-            {n: paths[int(n)].read_bytes() for n in names},
-            retime or (lambda m, n, settings: compare_on(device, m, n, settings)),
-            threads=spec.threads,
-            batch=spec.batch_size,
-            seconds=seconds,
-        )
-        record[SIDE] = {"p50_ms": p50s, "models": speedups}  # one comparison: its members' intervals go together
-        _keep(study, slug, record)
-    elif reach:
-        say(f"the {len(reach)} front members the pick can reach were timed side by side on {slug} before")
+    _side_by_side(
+        exp,
+        spec,
+        names,
+        paths,
+        record,
+        slug,
+        retime or (lambda m, n, settings: compare_on(device, m, n, settings)),
+        compare_seconds,
+        keep=lambda: _keep(study, slug, record),
+        say=say,
+    )
     view = target_front(exp, study, slug)
     choice = choose(view.front, policy, view.teacher_ms)
     onnx_path, card_path, version = _hand_over(exp, study, tracker, target, view, choice, paths, say)
     timed = len(todo) - len(record.get("not_runnable", {})) if todo else 0
     return Retargeted(view, choice, onnx_path, card_path, version, timed, [int(n) for n in names])
+
+
+def _side_by_side(
+    exp: Experiment,
+    spec: TargetSpec,
+    names: list[str],
+    paths: dict[int, Path],
+    record: dict[str, Any],
+    slug: str,
+    retime: Retime,
+    compare_seconds: float | None,
+    *,
+    keep: Callable[[], None],
+    say: Callable[[str], None],
+) -> None:
+    """Time the teacher and the members `names` side by side into record[SIDE], unless the same members were
+    before; a timing that ended at its cap before its intervals narrowed is timed again given a larger `--seconds`."""
+    if not names:
+        return
+    prior = record.get(SIDE, {}).get("models", {})
+    cap = record.get(SIDE, {}).get("seconds", 0.0)
+    again = _loose(record) is not None and compare_seconds is not None and compare_seconds > cap
+    if set(prior) == set(names) and not again:
+        say(f"the {len(names)} front members the pick can reach were timed side by side on {slug} before")
+    else:
+        seconds = exp.pick.verify_seconds if compare_seconds is None else compare_seconds
+        say(
+            f"timing the teacher and the {len(names)} front members the pick can reach side by side on {slug} (up "
+            f"to {seconds:g} s)"
+        )
+        p50s, speedups = time_with_teacher(
+            exp,
+            {n: paths[int(n)].read_bytes() for n in names},
+            retime,
+            threads=spec.threads,
+            batch=spec.batch_size,
+            seconds=seconds,
+        )
+        # One comparison: its members' intervals go together.
+        record[SIDE] = {"p50_ms": p50s, "models": speedups, "seconds": seconds}
+        keep()
+    rounds = _loose(record)
+    if rounds is not None:
+        # Overlapping intervals tie: on a busy machine a slow member can then win on accuracy or size.
+        say(
+            f"the side-by-side timing on {slug} reached its time cap after {rounds} rounds with intervals wider than "
+            f"±{VERIFY_COMPARE['target_rel_ci']:.0%}: members whose intervals overlap count as tied, so the pick may "
+            "not be the fastest; run retarget again with a larger --seconds, on a quieter machine, to time them side "
+            "by side again"
+        )
+
+
+def _rounds_and_tight(side: dict[str, dict[str, Any]]) -> tuple[int | None, bool | None]:
+    """A side-by-side timing's rounds and whether its intervals narrowed in time (None, None: none was taken)."""
+    first = next(iter(side.values()), None)
+    return (None, None) if first is None else (first.get("rounds"), first.get("tight"))
+
+
+def _loose(record: dict[str, Any]) -> int | None:
+    """The rounds of a stored side-by-side timing that stopped at its cap before its intervals narrowed, else None."""
+    rounds, tight = _rounds_and_tight(record.get(SIDE, {}).get("models", {}))
+    return None if tight is None or tight else int(rounds or 0)
 
 
 def within_reach(front: list[Candidate], policy: PickPolicy) -> list[Candidate]:
@@ -341,6 +400,7 @@ def target_front(exp: Experiment, study: optuna.Study, slug: str) -> TargetFront
         record.get("accuracy_on", "host"),
         record.get("runtime", {}),
         record.get("not_runnable", {}),
+        *_rounds_and_tight(side["models"]),
     )
 
 
@@ -418,6 +478,7 @@ def card(exp: Experiment, target: Target, view: TargetFront, choice: Choice, pol
         "speedup_ci_high": c.speedup_ci_high,
         "speedup_clear_of_one": None if c.speedup_ci_low is None else c.speedup_ci_low > 1.0 or c.speedup_ci_high < 1.0,
         "speedup_interval_covers": None if c.speedup_ci_low is None else INTERVAL_COVERS,
+        "side_by_side": {"rounds": view.side_rounds, "intervals_narrowed": view.side_tight},
         "latency_method": LATENCY_METHOD,
         "target": masked(target.model_dump()),
         "timed_with": view.runtime,

@@ -1,8 +1,9 @@
 """What a run against ONNX Runtime's OpenVINO build found (onnxruntime-openvino 1.24 beside the CPU build's 1.32):
 the OpenVINO target runs at its own thread count, `compare` times on a target's provider, a model the target cannot
 run (OpenVINO rejects int8_dynamic's ConvInteger graphs) is left off a retargeted front instead of ending the run,
-and slimsweep imports without the CPU build's newer quantization API. The suite passes without OpenVINO; where it
-is installed, the same tests open real OpenVINO sessions."""
+slimsweep imports without the CPU build's newer quantization API, and (from the server-CPU check at batch 64) a
+side-by-side timing cut off by its cap says so. The suite passes without OpenVINO; where it is installed, the same
+tests open real OpenVINO sessions."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from evaluators.runtime import make_session
 from evaluators.targets import TargetSpec, make_target
 from search.config import Target, load
 from search.retarget import retarget, stored
+from search.station import compare_on
 from search.study import TrialRecord, open_study, record
 from search.timing_cli import compare_models
 from search.tracking import Tracker
@@ -116,7 +118,7 @@ def test_retarget_leaves_off_a_model_the_target_cannot_run_and_says_why(tmp_path
 
     # Again: what was timed is kept (the teacher too); only the refused model is tried again.
     lines.clear()
-    again = retarget(exp, open_study(exp), Target(kind="cpu"), tracker, compare_seconds=0.5, say=lines.append)
+    again = retarget(exp, open_study(exp), Target(kind="cpu"), tracker, say=lines.append)
     assert again.timed == 0 and again.choice.candidate.trial == done.choice.candidate.trial
     assert not any(line.startswith("timing ") for line in lines) and any("trying again" in line for line in lines)
     assert stored(open_study(exp), done.view.slug)["teacher"] == kept["teacher"]
@@ -150,3 +152,35 @@ def test_slimsweep_imports_on_a_build_without_the_calibration_cache():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "calibration cache" in done.stdout and "slimsweep retarget" in done.stdout, done.stdout
+
+
+def test_a_side_by_side_timing_cut_off_by_its_cap_is_said_and_timed_again_on_request(tmp_path: Path):
+    # At batch 64 on a busy 2-core machine the side-by-side timing ended at its cap with intervals so wide that
+    # every member tied, and the slowest one won on size, with nothing said. Here a 0.2 s cap cannot reach the
+    # verification's 30 rounds, so the intervals never narrow.
+    path = small_experiment(tmp_path, name="loose", constraints={"max_accuracy_drop": 100.0})
+    exp = load(path)
+    w = _teacher_weights(exp)
+    _finish(exp, _dense(w), [(_dense(w), 0.01), (_dense(w + 0.01), 0.02)])
+    tracker = Tracker(exp.tracking_uri, exp.name, exp.out / "mlartifacts")
+    handed: list[list[str]] = []
+
+    def retime(models, names, settings):
+        handed.append(list(names))
+        return compare_on(make_target(TargetSpec("cpu")), models, names, settings)
+
+    def run(seconds: float | None) -> tuple[list[str], Path]:
+        lines: list[str] = []
+        done = retarget(exp, open_study(exp), Target(kind="cpu"), tracker, compare_seconds=seconds, retime=retime,
+                        say=lines.append)  # fmt: skip
+        return lines, done.card_path
+
+    lines, card_path = run(0.2)
+    assert len(handed) == 1 and any("reached its time cap" in line and "--seconds" in line for line in lines), lines
+    assert json.loads(card_path.read_text())["side_by_side"]["intervals_narrowed"] is False
+    lines, _ = run(None)  # resumed: the same members are not timed again unasked, and the warning stays
+    assert len(handed) == 1 and any("reached its time cap" in line for line in lines)
+    run(0.2)  # the same cap again: nothing new to learn
+    assert len(handed) == 1
+    run(0.4)  # a larger --seconds: timed side by side again
+    assert len(handed) == 2
