@@ -163,7 +163,7 @@ def retarget(
             say(f"trying again on {slug} the {len(again)} trained models it could not run before")
         _time_each(exp, spec, paths, todo, record, keep=lambda: _keep(study, slug, record))
         _keep(study, slug, record)
-        _say_not_runnable(record, slug, say)
+        _say_not_runnable(record, slug, {str(c.trial): dict(c.params_dict) for c in models}, say)
     else:
         say(f"all {len(models)} trained models were timed on {slug} before: nothing to time one by one")
     if target.accuracy == "device":
@@ -306,15 +306,19 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first[:300]}"
 
 
-def _say_not_runnable(record: dict[str, Any], slug: str, say: Callable[[str], None]) -> None:
-    """One line naming the models the target could not run, by reason (they are left off its front)."""
+def _say_not_runnable(
+    record: dict[str, Any], slug: str, plans: dict[str, dict[str, Any]], say: Callable[[str], None]
+) -> None:
+    """One line per reason naming the models the target could not run and their quantization schemes (a runtime
+    often refuses a scheme's operators); they are left off its front."""
     by_reason: dict[str, list[str]] = {}
     for name, reason in sorted(record.get("not_runnable", {}).items(), key=lambda kv: int(kv[0])):
         by_reason.setdefault(reason, []).append(name)
     for reason, names in by_reason.items():
+        schemes = sorted({str(plans.get(n, {}).get("quantization.scheme", "?")) for n in names})
         say(
             f"{len(names)} trained model(s) could not run on {slug} and are left off its front (trials "
-            f"{', '.join(names)}): {reason}"
+            f"{', '.join(names)}; scheme {', '.join(schemes)}): {reason}"
         )
 
 

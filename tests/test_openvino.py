@@ -109,7 +109,7 @@ def test_retarget_leaves_off_a_model_the_target_cannot_run_and_says_why(tmp_path
     assert "NoSuchOp" in kept["not_runnable"][bad]
     assert int(bad) not in {c.trial for c in done.view.models} and done.choice.candidate.trial in host
     said = "\n".join(lines)
-    assert f"could not run on {done.view.slug} and are left off its front (trials {bad})" in said, said
+    assert f"could not run on {done.view.slug} and are left off its front (trials {bad}; scheme " in said, said
     card = json.loads(done.card_path.read_text())
     assert "NoSuchOp" in card["not_runnable"][bad]
     # The card says what timed there and that a session falling back to another provider is never timed.
