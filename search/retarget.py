@@ -22,32 +22,36 @@ import optuna
 
 from evaluators.compare import APART_DRIFT, INTERVAL_COVERS
 from evaluators.errors import ConfigError, SlimsweepError
-from evaluators.latency import TRIAL_TIMING
 from evaluators.secrets import mask_secrets, masked
-from evaluators.targets import TARGETS, TargetSpec, make_target, settings_for, target_class
+from evaluators.targets import TARGETS, make_target, target_class
 from search.artifacts import trial_onnx_path
 from search.config import METRIC_DIRECTIONS, Experiment, Target
 from search.deliver import (
-    VERIFY_COMPARE,
     Retime,
     input_example,
     io_description,
     model_description,
-    time_with_teacher,
     version_description,
     version_tags,
 )
 from search.handover import hand_over, recover
 from search.pareto import Candidate, everything
 from search.pick import Choice, PickPolicy, choose, make_policy
-from search.station import compare_on, limited_measure
+from search.retarget_timing import (
+    SIDE,
+    TEACHER,
+    rounds_and_tight,
+    say_not_runnable,
+    score_on_device,
+    side_by_side,
+    time_each,
+)
+from search.station import compare_on
 from search.study import baseline
 from search.study import teacher as sweep_teacher
 from search.tracking import NOTE, Tracker
 
 KEY = "slimsweep.retarget:"  # + target slug -> what that target measured (the only study attribute this module owns)
-TEACHER = "teacher"
-SIDE = "side_by_side"  # in a target's record: {'p50_ms': name -> p50, 'models': trial -> speed-up over the teacher}
 
 
 def target_slug(target: Target) -> str:
@@ -161,18 +165,18 @@ def retarget(
             say(f"timing {fresh} trained models{teacher} on {slug}, one at a time (nothing is trained)")
         if again:
             say(f"trying again on {slug} the {len(again)} trained models it could not run before")
-        _time_each(exp, spec, paths, todo, record, keep=lambda: _keep(study, slug, record))
+        time_each(exp, spec, paths, todo, record, keep=lambda: _keep(study, slug, record))
         _keep(study, slug, record)
-        _say_not_runnable(record, slug, {str(c.trial): dict(c.params_dict) for c in models}, say)
+        say_not_runnable(record, slug, {str(c.trial): dict(c.params_dict) for c in models}, say)
     else:
         say(f"all {len(models)} trained models were timed on {slug} before: nothing to time one by one")
     if target.accuracy == "device":
-        _score_on_device(exp, spec, paths, models, record, say)
+        score_on_device(exp, spec, paths, models, record, say)
         _keep(study, slug, record)
     policy = make_policy(exp.pick)
     reach = within_reach(target_front(exp, study, slug).front, policy)
     names = [str(c.trial) for c in reach]
-    _side_by_side(
+    side_by_side(
         exp,
         spec,
         names,
@@ -191,170 +195,12 @@ def retarget(
     return Retargeted(view, choice, onnx_path, card_path, version, timed, [int(n) for n in names])
 
 
-def _side_by_side(
-    exp: Experiment,
-    spec: TargetSpec,
-    names: list[str],
-    paths: dict[int, Path],
-    record: dict[str, Any],
-    slug: str,
-    retime: Retime,
-    compare_seconds: float | None,
-    *,
-    keep: Callable[[], None],
-    say: Callable[[str], None],
-) -> None:
-    """Time the teacher and the members `names` side by side into record[SIDE], unless the same members were
-    before; a timing that ended at its cap before its intervals narrowed is timed again given a larger `--seconds`."""
-    if not names:
-        return
-    prior = record.get(SIDE, {}).get("models", {})
-    cap = record.get(SIDE, {}).get("seconds", 0.0)
-    again = _loose(record) is not None and compare_seconds is not None and compare_seconds > cap
-    if set(prior) == set(names) and not again:
-        say(f"the {len(names)} front members the pick can reach were timed side by side on {slug} before")
-    else:
-        seconds = exp.pick.verify_seconds if compare_seconds is None else compare_seconds
-        say(
-            f"timing the teacher and the {len(names)} front members the pick can reach side by side on {slug} (up "
-            f"to {seconds:g} s)"
-        )
-        p50s, speedups = time_with_teacher(
-            exp,
-            {n: paths[int(n)].read_bytes() for n in names},
-            retime,
-            threads=spec.threads,
-            batch=spec.batch_size,
-            seconds=seconds,
-        )
-        # One comparison: its members' intervals go together.
-        record[SIDE] = {"p50_ms": p50s, "models": speedups, "seconds": seconds}
-        keep()
-    rounds = _loose(record)
-    if rounds is not None:
-        # Overlapping intervals tie: on a busy machine a slow member can then win on accuracy or size.
-        say(
-            f"the side-by-side timing on {slug} reached its time cap after {rounds} rounds with intervals wider than "
-            f"±{VERIFY_COMPARE['target_rel_ci']:.0%}: members whose intervals overlap count as tied, so the pick may "
-            "not be the fastest; run retarget again with a larger --seconds, on a quieter machine, to time them side "
-            "by side again"
-        )
-
-
-def _rounds_and_tight(side: dict[str, dict[str, Any]]) -> tuple[int | None, bool | None]:
-    """A side-by-side timing's rounds and whether its intervals narrowed in time (None, None: none was taken)."""
-    first = next(iter(side.values()), None)
-    return (None, None) if first is None else (first.get("rounds"), first.get("tight"))
-
-
-def _loose(record: dict[str, Any]) -> int | None:
-    """The rounds of a stored side-by-side timing that stopped at its cap before its intervals narrowed, else None."""
-    rounds, tight = _rounds_and_tight(record.get(SIDE, {}).get("models", {}))
-    return None if tight is None or tight else int(rounds or 0)
-
-
 def within_reach(front: list[Candidate], policy: PickPolicy) -> list[Candidate]:
     """The front members the pick can choose: those within the policy's accuracy drop, when it states one and any
     member is (the pick decides among them by speed); else the whole front."""
     drop = getattr(policy, "max_accuracy_drop", None)
     reach = [c for c in front if drop is None or c.accuracy_drop <= drop]
     return reach or front
-
-
-def _time_each(
-    exp: Experiment,
-    spec: TargetSpec,
-    paths: dict[int, Path],
-    todo: list[int],
-    record: dict[str, Any],
-    keep: Callable[[], None] = lambda: None,
-) -> None:
-    """Time the teacher and the models in `todo` one by one, as a trial is timed (percentiles, throughput), into
-    record (`keep` saves it after each, so an interrupted run resumes); what builds the target's front. A model the
-    target cannot run goes to record['not_runnable'] with the reason and stays off its front."""
-    settings = settings_for(spec, **TRIAL_TIMING)
-    models = {str(n): paths[n] for n in todo}
-    if TEACHER not in record:  # timed once, as each model is
-        models = {TEACHER: exp.out / "teacher.onnx", **models}
-    # Tried again on every run (an agent may be back, a runtime upgraded); opening a model that fails is quick.
-    failed: dict[str, str] = {}
-    for name, path in models.items():
-        try:
-            stats = limited_measure(spec, path.read_bytes(), settings)
-        except ConfigError:
-            raise  # settings that do not fit the target: every model would fail alike
-        except Exception as exc:  # the target's runtime refused this model (an operator or scheme it lacks)
-            if name == TEACHER:
-                raise SlimsweepError(
-                    f"the fp32 teacher cannot run on target {spec.kind!r} ({_reason(exc)}), so no speed-up can be "
-                    "taken there; nothing was retargeted"
-                ) from exc
-            failed[name] = _reason(exc)
-            continue
-        entry = {**stats.metrics(), "latency_stable": float(stats.stable)}
-        if name == TEACHER:
-            record[TEACHER] = entry
-        else:
-            record["models"][name] = entry
-        keep()
-    record["not_runnable"] = failed
-
-
-def _reason(exc: BaseException) -> str:
-    """An exception as one short line: its type and the first line of its message."""
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {first[:300]}"
-
-
-def _say_not_runnable(
-    record: dict[str, Any], slug: str, plans: dict[str, dict[str, Any]], say: Callable[[str], None]
-) -> None:
-    """One line per reason naming the models the target could not run and their quantization schemes (a runtime
-    often refuses a scheme's operators); they are left off its front."""
-    by_reason: dict[str, list[str]] = {}
-    for name, reason in sorted(record.get("not_runnable", {}).items(), key=lambda kv: int(kv[0])):
-        by_reason.setdefault(reason, []).append(name)
-    for reason, names in by_reason.items():
-        schemes = sorted({str(plans.get(n, {}).get("quantization.scheme", "?")) for n in names})
-        say(
-            f"{len(names)} trained model(s) could not run on {slug} and are left off its front (trials "
-            f"{', '.join(names)}; scheme {', '.join(schemes)}): {reason}"
-        )
-
-
-def _score_on_device(
-    exp: Experiment,
-    spec: TargetSpec,
-    paths: dict[int, Path],
-    models: list[Candidate],
-    record: dict[str, Any],
-    say: Callable[[str], None],
-) -> None:
-    """Each model's accuracy from the outputs the device's runtime gives for the validation inputs (the labels stay
-    here); kept in record['device_accuracy']."""
-    from evaluators.remote import AgentClient
-    from experiments.tasks import load_task
-
-    scored = record.setdefault("device_accuracy", {})
-    todo = [str(c.trial) for c in models if str(c.trial) not in scored]
-    if TEACHER not in scored:
-        todo.insert(0, TEACHER)
-    if not todo:
-        return
-    data = load_task(exp.task).data
-    client = AgentClient(spec.url, spec.token)
-    say(f"scoring {len(todo)} models on the device ({len(data.x_val)} validation inputs each; labels stay here)")
-    for name in todo:
-        model = (exp.out / "teacher.onnx" if name == TEACHER else paths[int(name)]).read_bytes()
-        logits = client.outputs(model, data.x_val, threads=spec.threads, rows=_rows(data.num_classes))
-        if len(logits) != len(data.y_val):
-            raise SlimsweepError(f"the device returned {len(logits)} outputs for {len(data.y_val)} inputs")
-        scored[name] = float(100.0 * np.mean(logits.argmax(axis=1) == np.asarray(data.y_val)))
-
-
-def _rows(classes: int) -> int:
-    """Rows per outputs request: as many as keep one answer well under the agent's reply limit."""
-    return int(max(1, min(256, 500_000 // (4 * max(classes, 1)))))
 
 
 def target_front(exp: Experiment, study: optuna.Study, slug: str) -> TargetFront:
@@ -404,7 +250,7 @@ def target_front(exp: Experiment, study: optuna.Study, slug: str) -> TargetFront
         record.get("accuracy_on", "host"),
         record.get("runtime", {}),
         record.get("not_runnable", {}),
-        *_rounds_and_tight(side["models"]),
+        *rounds_and_tight(side["models"]),
     )
 
 
