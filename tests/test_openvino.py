@@ -24,6 +24,7 @@ from test_retarget import _finish, _teacher_weights
 from evaluators.errors import ConfigError, SlimsweepError
 from evaluators.runtime import make_session
 from evaluators.targets import TargetSpec, make_target
+from search.cli import main
 from search.config import Target, load
 from search.retarget import retarget, stored
 from search.station import compare_on
@@ -83,7 +84,7 @@ def test_compare_times_on_the_target_provider_and_refuses_what_it_cannot(tmp_pat
             compare_models([a, b], kind="openvino", max_seconds=0.5)
 
 
-def test_retarget_leaves_off_a_model_the_target_cannot_run_and_says_why(tmp_path: Path):
+def test_retarget_leaves_off_a_model_the_target_cannot_run_and_says_why(tmp_path: Path, capsys):
     path = small_experiment(
         tmp_path, name="partly", constraints={"max_accuracy_drop": 100.0}, pick={"max_accuracy_drop": 100.0}
     )
@@ -115,6 +116,14 @@ def test_retarget_leaves_off_a_model_the_target_cannot_run_and_says_why(tmp_path
     # The card says what timed there and that a session falling back to another provider is never timed.
     assert card["timed_with"]["providers"] == ["CPUExecutionProvider"] and card["timed_with"]["onnxruntime"]
     assert "CPUExecutionProvider first" in card["provider_checked"]
+    # `front --target` says both too, from the study.
+    capsys.readouterr()
+    assert main(["front", str(path), "--target", done.view.slug, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert bad in shown["not_runnable"] and shown["timed_with"]["providers"] == ["CPUExecutionProvider"]
+    assert main(["front", str(path), "--target", done.view.slug]) == 0
+    out = capsys.readouterr().out
+    assert "timed with CPUExecutionProvider" in out and f"left off this front: trials {bad}" in out, out
 
     # Again: what was timed is kept (the teacher too); only the refused model is tried again.
     lines.clear()
