@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from evaluators.errors import ConfigError
 from evaluators.secrets import mask_secrets
-from search import optuna_store
+from search import localdb, optuna_store
 from search.config import METRIC_DIRECTIONS, Experiment
 from search.fingerprint import changes, describe, fingerprint
 from search.record import (  # noqa: F401 - the record's layout, importable from here as before
@@ -112,7 +112,7 @@ def _create_or_load(exp: Experiment, directions: list[str], attempts: int = 10) 
         try:
             return optuna.create_study(
                 study_name=exp.name,
-                storage=exp.storage_url,
+                storage=_storage(exp),
                 directions=directions,
                 load_if_exists=True,
                 sampler=make_sampler(exp.search.sampler, exp.search.seed, exp.search.trials),
@@ -122,6 +122,14 @@ def _create_or_load(exp: Experiment, directions: list[str], attempts: int = 10) 
                 raise
             time.sleep(0.3 * (attempt + 1))  # the other driver's schema creation finishes meanwhile
     raise AssertionError("unreachable")
+
+
+def _storage(exp: Experiment) -> str | optuna.storages.BaseStorage:
+    """The study file slimsweep makes in the output folder, in WAL (search/localdb.py); a storage the user names, as
+    given."""
+    if exp.search.storage is None:
+        return localdb.storage((exp.out / "study.db").resolve())
+    return exp.storage_url
 
 
 # --- what the study holds: the baseline and the verified timings -------------------------------------------------

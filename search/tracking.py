@@ -21,6 +21,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 from evaluators.secrets import mask_secrets
+from search import localdb
 from search.filelock import held
 
 ROLE, STUDY, NUMBER, DRIVER = "slimsweep.role", "slimsweep.study", "optuna.trial_number", "slimsweep.driver"
@@ -153,6 +154,8 @@ class Tracker:
         self.down, self.down_reason = offline, "run without MLflow (--no-tracking)" if offline else ""
         self.parent_id, self.experiment_id = "", ""
         mlflow.set_tracking_uri(uri)
+        if uri == f"sqlite:///{(artifact_root.parent / 'mlflow.db').resolve()}":  # slimsweep's own store: WAL
+            localdb.write_ahead(artifact_root.parent / "mlflow.db")
         self.client = _client(uri)
         self._open_experiment(artifact_root)
 
