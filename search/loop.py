@@ -3,7 +3,8 @@
 One trial's way through the loop, each step a method of `Loop`:
   ask     -> `_draw`: a plan from Optuna, owned by this driver; one past the budget gives way. While trials run,
              `_ask_ahead` draws the next free slot's plan, so a result is followed by a submit, not by an ask.
-  reuse   -> `_start`, with search/reuse.py: an identical plan already answered is told that answer, not run.
+  reuse   -> `_answered`, with search/reuse.py: an identical plan already answered is told that answer, not run
+             (one drawn ahead at once, and the next plan drawn in its place).
   gate    -> `gate_bar`: the trained models a new plan's untrained structure must not be slower and larger than
              (search/gate.py); the trial stops before training (PRUNED, no trial of the budget) if it is.
   run     -> `executor.submit`; rung reports come back on the way (`_rungs`: a listener may stop the trial there).
@@ -190,7 +191,7 @@ class Loop:
                     self.emit("trial_told", self._tell(flight, result))
                     told = True
                 if told:  # the next plans start first: what follows (models made on the way, MLflow) is off their path
-                    self._fill()
+                    self._fill(synced=True)
                     self._record_made()
                     self._keep_timings()
                     self.emit("caught_up")
@@ -203,11 +204,12 @@ class Loop:
 
     # --- ask ----------------------------------------------------------------------------------------------------
 
-    def _fill(self) -> None:
+    def _fill(self, *, synced: bool = False) -> None:
         """Start plans until `slots` trials are in flight or the budget is spoken for: a plan asked ahead first (it
-        counts as in flight already), then new asks."""
+        counts as in flight already), then new asks. `synced`: the ledger has just read the study (a tell did)."""
         parallel = self.slots()
-        self.ledger.sync(self.study)
+        if not synced:
+            self.ledger.sync(self.study)
         while len(self.flights) < parallel and (self.ready or self.ledger.wanted() > 0):
             ahead = bool(self.ready)
             drawn = self.ready.pop(0) if self.ready else self._draw()
@@ -215,7 +217,8 @@ class Loop:
                 drawn = None
             if drawn is not None:
                 self._start(*drawn)
-            self.ledger.sync(self.study)
+            if len(self.flights) < parallel:  # another plan to start: what changed meanwhile (a full read's cost
+                self.ledger.sync(self.study)  # on the next trial's path is spared once the slots are full)
 
     def _still_to_run(self, trial: optuna.Trial) -> bool:
         """Whether a plan asked ahead may start now: another driver may have queued it again meanwhile (this one's
@@ -237,8 +240,12 @@ class Loop:
         if not beside or self.ready or len(self.flights) < self.slots():
             return
         self.ledger.sync(self.study)
-        if self.ledger.wanted() > 0 and (drawn := self._draw()) is not None:
-            self.ready.append(drawn)
+        while self.ledger.wanted() > 0 and (drawn := self._draw()) is not None:
+            if not self._answered(*drawn):
+                self.ready.append(drawn)
+                return
+            # A repeat of a plan already answered is answered now, off the next trial's path; the sampler asks again
+            # (the ask cap in `wanted` bounds a sampler that proposes nothing new).
 
     def _give_back(self) -> None:
         """Plans asked ahead and never started: PRUNED, counting nowhere (as an ask past the budget); its sampled
@@ -258,10 +265,16 @@ class Loop:
         return trial, self.plan_of(trial) if self.plan_of is not None else sample(trial, self.exp.space)
 
     def _start(self, trial: optuna.Trial, plan: Any) -> None:
-        """Answer a plan already run from its result, else submit it."""
+        """Answer a plan already run from its result, else submit it (unless the budget was spent meanwhile)."""
         if self.ledger.past_budget(trial.number):
             give_way(self.study, trial)  # asked ahead, and the trials since spent the budget (a compute budget)
             return
+        if not self._answered(trial, plan):
+            running = self.executor.submit(trial.number, plan, self.ctx_ref, self.gate_bar())
+            self.flights[trial.number] = InFlight(trial, plan, plan.params(), plan.describe(), running)
+
+    def _answered(self, trial: optuna.Trial, plan: Any) -> bool:
+        """Answer a plan already run (or stopped) from its earlier trial's result; False when it has to run."""
         params, describe = plan.params(), plan.describe()
         if self.made_later and plan_key(params) in self._made_plans():
             self._record_made()  # a model made on the way answers this plan: recorded now, it is not trained again
@@ -278,14 +291,13 @@ class Loop:
                     "trial %d: not answered from trial %d (%s); running its plan", trial.number, earlier.number, err
                 )
                 earlier = None
-        if earlier is not None:
-            if rec.dominated_by is None:
-                self.summary.reused_now += 1
-            self.ledger.sync(self.study)
-            self.emit("trial_reused", trial.number, rec)
-            return
-        running = self.executor.submit(trial.number, plan, self.ctx_ref, bar_now)
-        self.flights[trial.number] = InFlight(trial, plan, params, describe, running)
+        if earlier is None:
+            return False
+        if rec.dominated_by is None:
+            self.summary.reused_now += 1
+        self.ledger.sync(self.study)
+        self.emit("trial_reused", trial.number, rec)
+        return True
 
     def gate_bar(self) -> Bar | None:
         """What a new plan must not be slower and larger than (search/gate.py), from the trials trained so far."""
@@ -335,6 +347,7 @@ class Loop:
         if not still_ours(self.study, trial):
             # Another driver thought this one gone (its heartbeat was late) and queued the plan again: that copy counts.
             log.warning("trial %d was taken over by another driver; its result here is dropped", number)
+            self.ledger.sync(self.study)
             return Told(number, result, flight.describe, {}, False, taken_over=True)
         info = dict(result.info)
         if flight.attempts:
