@@ -15,6 +15,9 @@ The driver asks for the next plan while a trial runs (search/loop.py), so Optuna
 trial's critical path begins. Where every trial that ran keeps its clock stamps, the breakdown follows them instead:
 a trial's path runs from its submit to its result's arrival, and the driver's own share is the gap from one result's
 arrival to the next submit (`driver_side`); records without stamps fall back to Optuna's stamps.
+
+Not seen here: a trial waits at each rung for the driver's verdict (search/rungboard.py), inside its training stage;
+while the driver writes the MLflow mirror or asks ahead, that wait is the driver's, and no stamp splits it off.
 """
 
 from __future__ import annotations
