@@ -151,6 +151,10 @@ def retarget(
     if not models:
         raise SlimsweepError(f"the sweep {exp.name!r} has no trained model to retarget (no successful trial)")
     record = stored(study, slug)
+    if record.get("runtime", masked(runtime)) != masked(runtime):
+        # Another runtime, provider option or CPU under the same name: what was timed before no longer holds.
+        say(f"{slug} was timed with {_runtime_text(record['runtime'])}; now {_runtime_text(runtime)}: timing it again")
+        record = {}
     record.setdefault("models", {})
     record["target"] = masked(target.model_dump())
     record["accuracy_on"] = target.accuracy
@@ -193,6 +197,13 @@ def retarget(
     onnx_path, card_path, version = _hand_over(exp, study, tracker, target, view, choice, paths, say)
     timed = len(todo) - len(record.get("not_runnable", {})) if todo else 0
     return Retargeted(view, choice, onnx_path, card_path, version, timed, [int(n) for n in names])
+
+
+def _runtime_text(runtime: dict[str, Any]) -> str:
+    """'CPUExecutionProvider, onnxruntime 1.32.0 (AMD EPYC)': what timed a target, in a few words."""
+    providers = ", ".join(map(str, runtime.get("providers") or [])) or runtime.get("kind", "?")
+    where = runtime.get("cpu") or (runtime.get("device") or {}).get("hostname")
+    return f"{providers}, onnxruntime {runtime.get('onnxruntime')}" + (f" ({where})" if where else "")
 
 
 def within_reach(front: list[Candidate], policy: PickPolicy) -> list[Candidate]:

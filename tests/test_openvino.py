@@ -193,3 +193,27 @@ def test_a_side_by_side_timing_cut_off_by_its_cap_is_said_and_timed_again_on_req
     assert len(handed) == 1
     run(0.4)  # a larger --seconds: timed side by side again
     assert len(handed) == 2
+
+
+def test_a_target_timed_by_another_runtime_before_is_timed_again(tmp_path: Path):
+    # `make install-openvino` replaces ONNX Runtime 1.32 by 1.24 under the same target names (cpu-t2-b64 among
+    # them): a resumed retarget must not hand over the other runtime's timings as this one's.
+    path = small_experiment(tmp_path, name="upgraded", constraints={"max_accuracy_drop": 100.0})
+    exp = load(path)
+    w = _teacher_weights(exp)
+    host = _finish(exp, _dense(w), [(_dense(w), 0.01), (_dense(w + 0.01), 0.02)])
+    tracker = Tracker(exp.tracking_uri, exp.name, exp.out / "mlartifacts")
+    first = retarget(exp, open_study(exp), Target(kind="cpu"), tracker, compare_seconds=0.5)
+    assert first.timed == len(host)
+    study = open_study(exp)
+    key = "slimsweep.retarget:" + first.view.slug
+    kept = dict(study.user_attrs[key])
+    kept["runtime"] = {**kept["runtime"], "onnxruntime": "0.0.1"}  # as another build left it
+    study.set_user_attr(key, kept)
+
+    lines: list[str] = []
+    again = retarget(exp, open_study(exp), Target(kind="cpu"), tracker, compare_seconds=0.5, say=lines.append)
+    assert again.timed == len(host), lines
+    assert any("onnxruntime 0.0.1" in line and "timing it again" in line for line in lines), lines
+    assert stored(open_study(exp), first.view.slug)["runtime"]["onnxruntime"] == ort.__version__
+    assert retarget(exp, open_study(exp), Target(kind="cpu"), tracker).timed == 0  # the same runtime: resumed
