@@ -130,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("models", nargs="+", help="ONNX files")
     compare.add_argument("--baseline", help="the model speed-ups are taken against (default: the first)")
+    compare.add_argument("--target", default="cpu", help="cpu | cuda | tensorrt | openvino (default cpu)")
     compare.add_argument("--threads", type=int, default=1)
     compare.add_argument("--batch-size", type=int, help="default: the models' own batch if they fix one, else 1")
     compare.add_argument("--max-seconds", type=float, default=30.0, help="time cap of all rounds together")
@@ -562,6 +563,8 @@ def _target_front(exp: Experiment, study: Any, args: argparse.Namespace) -> int:
             "experiment": exp.name,
             "target": view.slug,
             "accuracy_scored_on": view.accuracy_on,
+            "timed_with": view.runtime,
+            "not_runnable": view.not_runnable,
             "teacher": view.teacher,
             "pick": None if pick is None else pick["trial"],
             "front": rows(view),
@@ -569,6 +572,11 @@ def _target_front(exp: Experiment, study: Any, args: argparse.Namespace) -> int:
         print(json.dumps(document, indent=2))
         return 0
     _console().print(table(view, pick=None if pick is None else pick["trial"]))
+    runtime = view.runtime
+    if runtime.get("providers"):  # which provider timed it (a session that fell back is never timed)
+        print(f"timed with {', '.join(map(str, runtime['providers']))}, onnxruntime {runtime.get('onnxruntime')}")
+    if view.not_runnable:
+        print(f"not runnable there, left off this front: trials {', '.join(sorted(view.not_runnable, key=int))}")
     if pick is not None:
         print(f"why trial {pick['trial']}: {pick['why']}")
     return 0
@@ -722,6 +730,7 @@ def _compare(args: argparse.Namespace) -> int:
         threads=args.threads,
         batch_size=args.batch_size,
         max_seconds=args.max_seconds,
+        kind=args.target,
     )
     if args.json:
         print(json.dumps(done.to_dict(), indent=2))
@@ -730,7 +739,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     result, settings, note = done.comparison, done.settings, done.batch_note
     table = Table(
-        title=f"side by side on cpu (threads {settings.threads}, batch {settings.batch_size}): speed-up = "
+        title=f"side by side on {done.kind} (threads {settings.threads}, batch {settings.batch_size}): speed-up = "
         f"median of per-round {result.baseline.name} p50 / model p50"
     )
     for column in ("model", "p50 ms", "speed-up", "95% CI", "vs baseline"):

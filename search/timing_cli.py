@@ -58,11 +58,13 @@ class CompareResult:
     comparison: Comparison
     settings: CompareSettings
     batch_note: str | None
+    kind: str = "cpu"  # the target kind whose ONNX Runtime provider timed them
 
     def to_dict(self) -> dict[str, Any]:
         """The figures as `slimsweep compare --json` prints them."""
         return {
             **self.comparison.to_dict(),
+            "target": self.kind,
             "threads": self.settings.threads,
             "batch_size": self.settings.batch_size,
             "batch_note": self.batch_note,
@@ -113,9 +115,12 @@ def compare_models(
     threads: int | None = 1,
     batch_size: int | None = None,
     max_seconds: float = 30.0,
+    kind: str = "cpu",
 ) -> CompareResult:
-    """Time the models side by side on this machine's CPU; speed-ups are over the baseline (default: the first)."""
+    """Time the models side by side with the ONNX Runtime provider of target `kind` here (default the CPU's);
+    speed-ups are over the baseline (default: the first)."""
     from evaluators.compare import CompareSettings, compare
+    from evaluators.targets import make_target, target_class
     from search.config import Target
 
     baseline = baseline or models[0]
@@ -129,10 +134,20 @@ def compare_models(
     if max_seconds <= 0:
         raise ConfigError(f"--max-seconds: {max_seconds} is not allowed; give a time cap > 0")
     batch, note = batch_for(paths, batch_size)
-    fields = {"kind": "cpu", "threads": threads, "batch_size": batch}
-    target = validated(Target, {k: v for k, v in fields.items() if v is not None}, "--threads/--batch-size")
+    if getattr(target_class(kind), "provider", None) is None:  # a device agent: its sessions live there
+        raise ConfigError(
+            f"--target {kind!r}: compare times models in one process here, with an ONNX Runtime provider; a "
+            f"{kind} target is not one (time each model with `slimsweep bench --target {kind}`)"
+        )
+    fields = {"kind": kind, "threads": threads, "batch_size": batch}
+    target = validated(Target, {k: v for k, v in fields.items() if v is not None}, "--target/--threads/--batch-size")
+    device = make_target(target.spec())
+    provider = device.provider
+    device.check()  # a provider missing here fails now, saying what to install
     settings = CompareSettings(threads=target.threads, batch_size=target.batch_size, max_seconds=max_seconds)
-    return CompareResult(compare(paths, settings, names=short_names(paths)), settings, note)
+    # The target's own providers and options (OpenVINO's threads), and no silent fallback to the CPU provider.
+    timed = compare(paths, settings, names=short_names(paths), providers=device.providers(), require_provider=provider)
+    return CompareResult(timed, settings, note, kind=target.kind)
 
 
 def serve_agent(

@@ -26,7 +26,11 @@ from onnxruntime.quantization import (
     quantize_dynamic,
     quantize_static,
 )
-from onnxruntime.quantization.calibrate import save_tensors_data
+
+try:
+    from onnxruntime.quantization.calibrate import save_tensors_data
+except ImportError:  # builds before the calibration cache (onnxruntime-openvino 1.24): static schemes say so
+    save_tensors_data = None
 from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -150,6 +154,12 @@ def layer_sensitivity(
 
 def _calibrated(src: Path, choice: QuantizationChoice, calibration: np.ndarray, folder: Path) -> Path:
     """Measure the activation ranges on the choice's calibration samples; return the file quantize_static reads."""
+    if save_tensors_data is None:
+        raise TrialFailure(
+            f"quantization scheme {choice.scheme!r} needs ONNX Runtime's calibration cache, which this build "
+            f"(onnxruntime {ort.__version__}) lacks; run the sweep with the CPU build (package onnxruntime) and "
+            "time the finished sweep on this target with `slimsweep retarget`"
+        )
     samples = calibration[: choice.calibration_samples] if choice.calibration_samples else calibration
     options = {"num_bins": ENTROPY_BINS, "num_quantized_bins": 128} if choice.calibration == "entropy" else {}
     calibrator = create_calibrator(
