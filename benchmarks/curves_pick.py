@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from benchmarks import scales
 from benchmarks.curves import MAX_DROP_PT, Table
 from benchmarks.curves_replay import (
     Arm,
@@ -25,7 +26,6 @@ from benchmarks.curves_replay import (
 
 PICK_BARS = (MAX_DROP_PT, 0.25)  # pick.max_accuracy_drop: the quickstart's 1 point, and the tight bar
 SERVED_BAR = 0.25  # the bar the serving arms serve (at 1 point the pick's bar is the feasibility floor: no change)
-SEEDS_QUICK = (0, 1)
 
 
 def pick_curve(table: Table, events: list[Event], drop: float) -> tuple[list[float], list[float]]:
@@ -208,7 +208,7 @@ def section_lines(
     served = ""
     for name, table in tables.items():
         base = arms_by_table[name]
-        seeds = sorted(base[0].runs)[: len(SEEDS_QUICK)] if quick else sorted(base[0].runs)
+        seeds = sorted(base[0].runs)[: scales.of(quick).curves.pick_seeds]  # benchmarks/scales.py (None: all)
         extra = serving_arms(defaults)
         epochs, trials = budgets[name]
         run_arms(table, spaces[name], extra, seeds, epochs=epochs, trials=trials, n_val=table.n_val)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import scales
 from benchmarks.curves import (
     MAX_DROP_PT,
     ROOT,
@@ -400,7 +401,6 @@ def compare_text(table: Table, full: Arm, cheap: Arm, seeds: list[int]) -> tuple
     return lines + ["", f"{cheap.name}: {outcome.words()}. {note}"], outcome
 
 
-SEEDS_FULL, SEEDS_QUICK = (0, 1, 2, 3, 4), (0, 1, 2)
 ONECYCLE_NOTE = (
     "**What OneCycleLR does to the curves.** The student trains with OneCycleLR over its whole run "
     "(spaces/students.py): the learning rate starts at 1/25 of its peak, climbs for the first 30% of the steps and "
@@ -429,17 +429,18 @@ def section(out_dir: Path, quick: bool) -> str:
     """The report's section on cheap-then-full: the measured curves, the margins and rungs they give, and the rule
     against full training at equal compute through the real loop; writes its PNGs into out_dir."""
     start = time.perf_counter()
-    names = ["digits"] if quick else [t for t in sorted(TASKS) if table_path(t).exists()]
+    scale = scales.of(quick).curves  # benchmarks/scales.py
+    names = list(scale.tables) if scale.tables else [t for t in sorted(TASKS) if table_path(t).exists()]
     tables = {t: load(t) for t in names if table_path(t).exists()}
     if not tables:
         return "## Cheap-then-full\n\nSkipped: no curve table in benchmarks/data (python benchmarks/curves.py build).\n"
-    orders = 20 if quick else 40  # the quick report: the digits table alone, fewer orders and seeds (about a minute)
+    orders = scale.orders
     studies = {name: study_rungs(t, orders=orders) for name, t in tables.items()}
     choices = recommend(tables, studies, orders=orders)
     best = choices[0] if choices else None
     # The full report also replays the best set in shares of a plan's epochs (they carry across plan lengths).
-    shares = None if quick else next((c for c in choices if c.rungs[0] < 1 and c is not best), None)
-    seeds = list(SEEDS_QUICK if quick else SEEDS_FULL)
+    shares = next((c for c in choices if c.rungs[0] < 1 and c is not best), None) if scale.shares else None
+    seeds = list(scale.seeds)
     lines = [
         "## Cheap-then-full: stopping plans at rungs, from measured learning curves",
         "",

@@ -39,7 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from a checkout: import the project beside it
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.hypervolume import Point, hypervolume  # noqa: E402 - after the path set-up above
+from benchmarks import scales  # noqa: E402 - after the path set-up above
+from benchmarks.hypervolume import Point, hypervolume  # noqa: E402
 from benchmarks.replay import Figures, Replay, Step, TableTrial, plan_key, replay  # noqa: E402
 from evaluators.errors import ConfigError  # noqa: E402
 
@@ -62,7 +63,7 @@ SAMPLERS = {  # name -> what it is; the first is slimsweep's default search, "ra
     "random+gate": "RandomSampler with the gate on",
     "nsgaii": "NSGAIISampler(population_size=50), as search.samplers.make_sampler for a sweep of 1,000 trials",
 }
-QUICK = ("tpe+gate", "random", "nsgaii")
+QUICK = scales.QUICK.nasbench201.samplers or tuple(SAMPLERS)  # the --quick samplers (benchmarks/scales.py)
 # Proposals a replay may make before it gives up: random search needs thousands of cells, the model-based samplers
 # are stopped earlier (their asks cost tens of milliseconds at thousands of trials; past the cap they count as not
 # reaching the target, i.e. worse than any seed that did).
@@ -267,8 +268,9 @@ def section(
     bench = load(dataset)
     true_hv, front_size = true_hypervolume(bench)
     target = TARGET_SHARE * true_hv
-    names = list(QUICK if quick else SAMPLERS)
-    seeds = seeds or (3 if quick else 10)
+    scale = scales.of(quick).nasbench201  # benchmarks/scales.py
+    names = list(scale.samplers or SAMPLERS)
+    seeds = seeds or scale.seeds
     start = time.perf_counter()
     jobs = [(dataset, n, s, target) for n in names for s in range(seeds)]
     jobs.sort(key=lambda j: j[1].startswith("random"))  # the long-running model-based replays first

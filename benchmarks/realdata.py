@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks import bars, reach, sweeps
+from benchmarks import bars, reach, scales, sweeps
 from benchmarks.hypervolume import REFERENCE_TEXT, Point, hypervolume
 from benchmarks.sidebyside import Speedup, side_by_side
 from search.budget import trial_cost
@@ -32,10 +32,9 @@ SEARCHES = {
     "random": "joint space, random sampler",
 }
 CHAINED = "hand-chained (distillation, then pruning, then quantization; benchmarks/chained.py)"
-BAR_SEARCHES = (*SEARCHES, "chained")  # the searches of the bar tables, joint first
 SINGLE_KNOB = ("quantization", "pruning", "distillation")
 ALL_BARS = bars.BARS
-QUANTIZATION_PLANS = 4  # quantization alone: the teacher's schemes, its whole space (it trains nothing)
+QUANTIZATION_PLANS = scales.QUANTIZATION_PLANS
 # The deployments: each search's file as it is (batch 1, latency), and a compute-bound one where int8 and pruning
 # should pay on small students too (batch 64, throughput as the objective in place of latency).
 DEPLOYMENTS: dict[str, dict[str, Any]] = {
@@ -50,59 +49,10 @@ REACH_TRAINED = 4  # the fastest untried structures of a promising student the r
 OVERRIDE: dict[str, Any] = {}
 
 
-@dataclass(frozen=True)
-class Scale:
-    """How much each search runs: its budget in student epochs, seeds, bars, deployments, the training of a trial."""
-
-    epochs: float  # search.budget.epochs of every search but quantization alone (its whole space)
-    seeds: tuple[int, ...]
-    overrides: dict[str, Any] = field(default_factory=dict)
-    trials: int = 12  # search.trials: the budget's first guess at a plan's cost (budget / trials)
-    bars: tuple[float, ...] = ALL_BARS
-    deployments: tuple[str, ...] = tuple(DEPLOYMENTS)
-
-    def describe(self) -> str:
-        """One line for the report."""
-        extra = ", ".join(f"{k}={v}" for k, v in self.overrides.items())
-        return (
-            f"{self.epochs:g} student epochs per search (quantization alone: its {QUANTIZATION_PLANS} plans) x seeds "
-            f"{list(self.seeds)}; bars {', '.join(f'{b:g}' for b in self.bars)} pt; deployments "
-            f"{', '.join(self.deployments)}" + (f"; {extra}" if extra else "; as in the files")
-        )
-
-
-# The full report's MNIST searches: 3 seeds, every bar, both deployments: per seed and deployment the five searches,
-# the chain's stage 1 and a stage 2 and 3 per distinct choice (up to 4 each), so 60 sweeps or more in all. At the
-# files' own scale (10,000 images, 48 epochs) one sweep took ~6 minutes here, at the subset's about 1.5: the full
-# report trains at the subset's scale (then one validation image is 0.17 pt: the 0.1-point bar asks for no image lost)
-# with the subset's budget, to stay near 75 minutes; its seeds, bars and deployment are what it adds.
-FULL = Scale(
-    epochs=15,
-    seeds=(0, 1, 2),
-    trials=5,
-    overrides={
-        "task.limit": 3000,
-        "task.teacher.epochs": 3,
-        "space.students.cnn.epochs": 3,
-        "space.pruning.recover_epochs": 1,
-    },
-)
-# The subset: one seed, a 3,000-image stratified sample of the 10,000, fewer epochs (at 2,000 images and 2 student
-# epochs no student came within the point, so the subset compared nothing), 15 epochs per search (5 students'
-# worth, as the 5 trials it ran before budgets were in epochs), the 0.25-point bar and the latency deployment only.
-QUICK = Scale(
-    epochs=15,
-    seeds=(0,),
-    trials=5,
-    bars=(bars.GOAL_BAR,),
-    deployments=("latency",),
-    overrides={
-        "task.limit": 3000,
-        "task.teacher.epochs": 3,
-        "space.students.cnn.epochs": 3,
-        "space.pruning.recover_epochs": 1,
-    },
-)
+# The scales (benchmarks/scales.py holds every section's, quick and full, in one place).
+Scale = scales.Scale
+FULL = scales.FULL.mnist
+QUICK = scales.QUICK.mnist
 
 
 @dataclass
@@ -228,7 +178,7 @@ def run_all(work: Path, scale: Scale, env: dict[str, str], deployment: str = "la
     root = sweeps.ROOT / "experiments" / "bench"
     results = []
     for seed in scale.seeds:
-        for search in SEARCHES:
+        for search in scale.searches_in(deployment):
             overrides = {
                 "search.seed": seed,
                 **scale.overrides,
@@ -273,10 +223,15 @@ def _fmt(x: float | None, spec: str = ".2f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def ran(results: list[SearchResult]) -> list[str]:
+    """The searches these results hold, in SEARCHES' order (a scale may leave some out)."""
+    return [s for s in SEARCHES if any(r.search == s for r in results)]
+
+
 def summarize(results: list[SearchResult]) -> dict[str, dict[str, Any]]:
-    """Per search: median hypervolume and median side-by-side speed-up of its pick over the seeds."""
+    """Per search that ran: median hypervolume and median side-by-side speed-up of its pick over the seeds."""
     out = {}
-    for search in SEARCHES:
+    for search in ran(results):
         mine = [r for r in results if r.search == search]
         out[search] = {
             "hv": _median([r.hypervolume for r in mine]),
@@ -296,7 +251,7 @@ def summarize(results: list[SearchResult]) -> dict[str, dict[str, Any]]:
 def goals(summary: dict[str, dict[str, Any]], key: str = "joint") -> list[str]:
     """The two goals the report is read against, met or not, with the figures, for one joint search."""
     joint = summary[key]
-    singles = {k: summary[k] for k in SINGLE_KNOB}
+    singles = {k: summary[k] for k in SINGLE_KNOB if k in summary}
     best = best_single(summary) or (None, None)
     lines = []
     if joint["speedup"] is None or best[1] is None:
@@ -351,7 +306,7 @@ def plot(results: list[SearchResult], path: Path) -> None:
 
 def best_single(summary: dict[str, dict[str, Any]]) -> tuple[str, float] | None:
     """The single-knob search whose pick ran fastest side by side (median over seeds), and that speed-up."""
-    speeds = [(k, summary[k]["speedup"]) for k in SINGLE_KNOB if summary[k]["speedup"] is not None]
+    speeds = [(k, summary[k]["speedup"]) for k in SINGLE_KNOB if k in summary and summary[k]["speedup"] is not None]
     return max(speeds, key=lambda kv: kv[1], default=None)
 
 
@@ -410,7 +365,7 @@ def markdown(
         "## What the search finds on real data (MNIST)",
         "",
         "Commands (one per search and seed, through the real `slimsweep run`): "
-        + "; ".join(f"`slimsweep run experiments/bench/{s}.yaml`" for s in SEARCHES)
+        + "; ".join(f"`slimsweep run experiments/bench/{s}.yaml`" for s in scale.searches_in("latency"))
         + f", each with `search.seed` set per seed. Scale: {scale.describe()}.",
         "",
     ]
@@ -438,8 +393,8 @@ def markdown(
         "median hypervolume | picks within 1 pt | median speed-up of the pick |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for search, label in SEARCHES.items():
-        s = summary[search]
+    for search, s in summary.items():
+        label = SEARCHES[search]
         lines.append(
             f"| {label} | {s['finished']} ({s['failed']}) | {s['on_the_way']} | {s['dominated']} | "
             f"{s['duplicates']} | "
@@ -505,5 +460,5 @@ def section(out_dir: Path, quick: bool, *, work: Path, env: dict[str, str]) -> s
         bar_text += equalcompute.bar_lines(others, chains, scale, deployment)
     plot(results, out_dir / "realdata-fronts.png")
     # What the space can reach trains models alone: the full report's, to keep the subset within its 15 minutes.
-    reach_text = [] if quick else reach_lines(results, scale, env)
+    reach_text = reach_lines(results, scale, env) if scale.reach else []
     return markdown(results, scale, "benchmarks/realdata-fronts.png", reach_text, bar_text)

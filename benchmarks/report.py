@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a script: import the project from this checkout
 
-from benchmarks import machine, sweeps  # noqa: E402
+from benchmarks import machine, scales, sweeps  # noqa: E402
 
 DOC = ROOT / "docs" / "BENCHMARKS.md"
 PNG_DIR = ROOT / "docs" / "benchmarks"
@@ -56,6 +56,7 @@ class Outcome:
     title: str
     text: str
     seconds: float
+    module: str = ""  # the section's module under benchmarks/ (its estimate in benchmarks/scales.py)
 
 
 def _own(module: str) -> Callable[..., str]:
@@ -78,7 +79,8 @@ SECTIONS = (
     Section("quickstart", "The quickstart", _own("quickstart")),
     Section("realdata", "What the search finds on real data", _own("realdata")),
     Section("stages", "Where a trial's time goes", _own("stages")),
-    Section("tabular", "How fast the search gets there (tabular benchmark)", _theirs("tabular"), optional=True),
+    # Replayed into the report's folder: runs kept in docs/benchmarks/ came from the code of their day.
+    Section("tabular", "How fast the search gets there (tabular benchmark)", _own("tabular"), optional=True),
     Section("nasbench201", "An outside benchmark (NAS-Bench-201)", _theirs("nasbench201"), optional=True),
     Section("honesty", "How honest the latency is", _theirs("honesty"), optional=True),
     Section("curves", "Cheap-then-full (learning curves)", _theirs("curves"), optional=True),
@@ -101,7 +103,7 @@ def run_section(s: Section, png_dir: Path, quick: bool, work: Path, env: dict[st
         except Exception as exc:  # noqa: BLE001 - one broken section must not lose the others' hours of work
             tb = traceback.format_exc(limit=3).strip().splitlines()[-1]
             text = f"## {s.title}\n\nThis section failed: {type(exc).__name__}: {exc} ({tb}).\n"
-    return Outcome(s.title, text, time.perf_counter() - start)
+    return Outcome(s.title, text, time.perf_counter() - start, s.module)
 
 
 def headline(outcomes: list[Outcome]) -> list[str]:
@@ -118,6 +120,35 @@ def reused_note(work: Path) -> str:
         f"{minutes:.1f} minutes of driver wall clock when they ran, from {min(r.started for r in runs):%H:%M} "
         f"to {max(r.ended for r in runs):%H:%M} UTC. Timings taken side by side were taken again."
     )
+
+
+def scale_lines(quick: bool) -> list[str]:
+    """The report's "Scales" part: what each section ran (benchmarks/scales.py), and how long it should take."""
+    s = scales.of(quick)
+    estimate = sum(s.minutes.values())
+    return [
+        "## Scales",
+        "",
+        f"What this report ran ({'quick' if quick else 'full'} scales, `benchmarks/scales.py`; chosen to fit "
+        f"{'15 minutes' if quick else '2 hours'} on 2 idle cores, estimated {estimate:.0f} minutes there; the "
+        "minutes each section took are at the end):",
+        "",
+        *s.lines(),
+        "",
+    ]
+
+
+def minutes_table(outcomes: list[Outcome], quick: bool, total: float) -> list[str]:
+    """How long each section took, beside the estimate its scale was chosen by (2 idle cores)."""
+    est = scales.of(quick).minutes
+    lines = ["## How long each section took", "", "| section | minutes | estimated on 2 idle cores |", "|---|---|---|"]
+    lines += [
+        f"| {o.title} | {o.seconds / 60:.1f} | {est[o.module]:.1f} |"
+        if o.module in est
+        else f"| {o.title} | {o.seconds / 60:.1f} | - |"
+        for o in outcomes
+    ]
+    return lines + [f"| **whole report** | **{total / 60:.1f}** | **{sum(est.values()):.0f}** |", ""]
 
 
 def document(outcomes: list[Outcome], quick: bool, total: float, command: str, when: datetime, reused: str = "") -> str:
@@ -143,11 +174,10 @@ def document(outcomes: list[Outcome], quick: bool, total: float, command: str, w
         *(headline(outcomes) or ["* (no section produced a headline)"]),
         "",
         machine.section(),
+        *scale_lines(quick),
     ]
     lines += [o.text for o in outcomes]
-    lines += ["## How long each section took", "", "| section | minutes |", "|---|---|"]
-    lines += [f"| {o.title} | {o.seconds / 60:.1f} |" for o in outcomes]
-    lines += [f"| **whole report** | **{total / 60:.1f}** |", ""]
+    lines += minutes_table(outcomes, quick, total)
     return "\n".join(lines)
 
 
@@ -196,7 +226,7 @@ def main() -> int:
     when, start, outcomes = datetime.now(timezone.utc), time.perf_counter(), []
     for s in SECTIONS:
         if args.only and s.module not in args.only:
-            outcomes.append(Outcome(s.title, f"## {s.title}\n\nNot run in this report (`--only`).\n", 0.0))
+            outcomes.append(Outcome(s.title, f"## {s.title}\n\nNot run in this report (`--only`).\n", 0.0, s.module))
             continue
         print(f"[report] {s.module} ...", flush=True)
         outcomes.append(run_section(s, PNG_DIR, args.quick, work, env))

@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from a checkout: import the project beside it
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.replay import Shuffled, Step, TableTrial  # noqa: E402 - after the path set-up above
+from benchmarks import scales  # noqa: E402 - after the path set-up above
+from benchmarks.replay import Shuffled, Step, TableTrial  # noqa: E402
 from benchmarks.replay import replay as loop_replay  # noqa: E402
 from benchmarks.tabular_grid import (  # noqa: E402
     TABLE,
@@ -364,11 +365,18 @@ def _replay_all(
 
 
 def section(
-    out_dir: Path, quick: bool, workers: int | None = None, seeds: int | None = None, replay_missing: bool = True
+    out_dir: Path,
+    quick: bool,
+    workers: int | None = None,
+    seeds: int | None = None,
+    replay_missing: bool = True,
+    *,
+    work: Path | None = None,
 ) -> str:
     """The report's section on how fast each sampler reaches the grid's front; writes its PNG into out_dir.
 
-    Runs are kept in out_dir/tabular-runs.jsonl and reused; replay_missing=False renders from those alone.
+    Runs are kept in tabular-runs.jsonl and reused: in `work` when given (the report's own folder, so its figures
+    are replayed by the code it runs), else in out_dir; replay_missing=False renders from those alone.
     """
     table = load_table()
     norm = Normalisation.of(table)
@@ -376,11 +384,11 @@ def section(
     target = TARGET_SHARE * true_hv
     start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    # --quick leaves out the variants and GP (whose asks cost seconds each): minutes instead of tens of minutes.
-    names = [n for n in SAMPLERS if n != "gp"] if quick else list(SAMPLERS) + list(VARIANTS)
-    runs = _replay_all(
-        names, seeds or (3 if quick else 10), target, workers, out_dir / "tabular-runs.jsonl", replay_missing
-    )
+    # The scale (benchmarks/scales.py): --quick leaves out the variants and GP (whose asks cost seconds each).
+    scale = scales.of(quick).tabular
+    names = list(scale.samplers) if scale.samplers else list(SAMPLERS) + list(VARIANTS)
+    log = (work or out_dir) / "tabular-runs.jsonl"
+    runs = _replay_all(names, seeds or scale.seeds, target, workers, log, replay_missing)
     names = [n for n in names if runs[n]]
     runs = {n: runs[n] for n in names}
     elapsed = time.perf_counter() - start
@@ -482,8 +490,9 @@ def section(
         ],
         "",
         f"Command: `python benchmarks/tabular.py replay{' --quick' if quick else ''}` ({seeds} seeds per sampler"
-        + ("; GP and the variants left out" if quick else "")
-        + f", {elapsed:.0f} s of replaying here; runs kept in tabular-runs.jsonl are reused, not replayed).",
+        + ("; samplers " + ", ".join(names) if scale.samplers else "")
+        + f", {elapsed:.0f} s of replaying here"
+        + ("; runs kept in tabular-runs.jsonl are reused, not replayed)." if work is None else ")."),
     ]
     return "\n".join(lines) + "\n"
 

@@ -9,15 +9,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks import bars, chained, realdata, sweeps
+from benchmarks import bars, chained, equalcompute, realdata, sweeps
 from benchmarks.sidebyside import Speedup
 from search.config import load
 
 pytestmark = pytest.mark.fast
 
 
+TEACHER_ACCURACY = 99.0
+
+
 def _row(plan: str, drop: float, p50: float, **params) -> dict:
-    return {"plan": plan, "accuracy_drop": drop, "p50_ms": p50, "params": params, "onnx": None}
+    row = {"plan": plan, "accuracy": TEACHER_ACCURACY - drop, "accuracy_drop": drop, "p50_ms": p50}
+    return row | {"params": params, "onnx": f"{plan}.onnx"}
 
 
 FRONT = [
@@ -99,7 +103,8 @@ def test_the_hand_chained_pipeline_fixes_each_stage_to_the_previous_choice_at_ea
     }
     calls, runner, read = _fake_sweeps(fronts)
     recover = {"space.pruning.recover_epochs": 1}
-    chains = chained.run_chain(tmp_path, 1, (0.1, 0.2, 0.25, 1.0), 15, recover, {}, read, runner)
+    splits = lambda run, path: path  # noqa: E731 - stage 3's data file: not read by the fake sweeps
+    chains = chained.run_chain(tmp_path, 1, (0.1, 0.2, 0.25, 1.0), 15, recover, {}, read, runner, splits)
     assert chains[0.1].student is None and chains[0.1].final is None  # no student within 0.1 pt: no pipeline
     assert chains[0.25].final["plan"] == "w1 prune .5 int8"
     # Nothing of stage 2 within 0.2 pt: the user keeps stage 1's student, and quantizes that.
@@ -109,15 +114,55 @@ def test_the_hand_chained_pipeline_fixes_each_stage_to_the_previous_choice_at_ea
     assert [folder for _, folder, _ in calls].count("stage1") == 1  # stage 1 is shared by every bar
     exp1, ov1 = by_folder["stage1"]
     assert exp1 == "distillation.yaml" and ov1["search.budget"] == {"epochs": 10.0} and ov1["search.seed"] == 1
+    assert ov1["pick.verify_seconds"] == 1.0  # a stage's own pick is never read
     _, ov2 = by_folder["stage2-w1.0-d2"]
     assert ov2["space.students.cnn.width"] == [1.0] and ov2["space.students.cnn.depth"] == [2]
-    assert ov2["search.trials"] == 4  # the unpruned student and one plan per recovery epoch of the 5 left, at most 4
+    # One plan per recovery epoch of the 5 left, at most the 3 ratios above 0: stage 1's student is not retrained
+    # only to be measured unpruned (it stays a candidate, as at 0.2 pt above).
+    assert ov2["space.pruning.ratio"] == [0.25, 0.5, 0.75] and ov2["search.trials"] == 3
+    # Stage 3 quantizes the saved model stage 2 kept (an ONNX task), not a retrained one; it trains nothing.
     _, ov3 = by_folder["stage3-w1.0-d2-r0.5"]
-    assert ov3["space.pruning.ratio"] == [0.5] and ov3["space.students.cnn.width"] == [1.0]
+    assert ov3["task"] == {"name": "onnx", "model": "w1 prune .5.onnx", "data": str(tmp_path / "data.npz")}
+    assert ov3["space.students"] == {"teacher": True, "cnn": None} and ov3["space.pruning"] == {"ratio": 0.0}
     assert len(ov3["space.quantization.schemes"]) == ov3["search.trials"] == 4
+    assert "task.limit" not in ov3 and ov3["search.seed"] == 1
     # Charged as a user pays: stage 1's 8 epochs, then one recovery epoch per pruned plan stage 2 trained (2 of 3).
     assert chains[0.25].charged_epochs == 8.0 + 2.0
     assert chains[1.0].charged_epochs == 8.0
+
+
+def test_stage_3_judges_a_quantized_model_against_the_teacher_not_the_model_it_quantized(tmp_path):
+    wide = {"student.kind": "cnn", "student.width": 1.0, "student.depth": 2}
+    student = _row("cnn w1.0 d2", 0.25, 0.4, **wide)  # 98.75%: exactly at the 0.25-point bar
+    # Its int8 version is 0.2 pt below it (its sweep's baseline), so 0.45 pt below the teacher: outside the bar.
+    int8 = {"plan": "w1 int8", "accuracy": 98.55, "accuracy_drop": 0.2, "p50_ms": 0.1, "params": {}, "onnx": None}
+    fronts = {
+        "stage1": ([student], [{"params": wide, "epochs_used": 4.0}]),
+        "stage2-w1.0-d2": ([], []),
+        "stage3-w1.0-d2-r0": ([int8], []),
+    }
+    _, runner, read = _fake_sweeps(fronts)
+    chains = chained.run_chain(tmp_path, 0, (0.25, 0.5), 15, {}, {}, read, runner, lambda run, path: path)
+    assert chains[0.25].final["plan"] == "cnn w1.0 d2"  # the user keeps the fp32 student
+    assert chains[0.5].final["plan"] == "w1 int8"
+    assert chains[0.5].final["accuracy_drop"] == pytest.approx(0.45)
+
+
+def test_stage_3_quantizes_the_sweeps_own_validation_split(tmp_path):
+    import numpy as np
+
+    from experiments.tasks import load_task
+
+    doc = yaml.safe_load((chained.BENCH / "joint.yaml").read_text())
+    for key, value in realdata.QUICK.overrides.items():
+        assert sweeps.set_dotted(doc, key, value)
+    (tmp_path / "stage1.yaml").write_text(yaml.safe_dump(doc))
+    path = chained.write_data(tmp_path / "stage1.yaml", tmp_path / "chain" / "data.npz")
+    expected = load_task(load(tmp_path / "stage1.yaml").task).data
+    with np.load(path) as saved:
+        assert len(saved["x_val"]) == equalcompute.validation_images(realdata.QUICK)
+        assert np.array_equal(saved["x_val"], expected.x_val) and np.array_equal(saved["y_val"], expected.y_val)
+        assert np.array_equal(saved["x_calib"], expected.x_calib)
 
 
 def test_the_stage_overrides_make_valid_experiments_with_the_choice_fixed(tmp_path):
@@ -126,11 +171,24 @@ def test_the_stage_overrides_make_valid_experiments_with_the_choice_fixed(tmp_pa
     doc = yaml.safe_load((chained.BENCH / "joint.yaml").read_text())
     for key, value in {**chained.student_overrides(plan), **chained.pruning_overrides(plan)}.items():
         assert sweeps.set_dotted(doc, key, value)
-    (tmp_path / "stage3.yaml").write_text(yaml.safe_dump(doc))
-    exp = load(tmp_path / "stage3.yaml")
+    (tmp_path / "stage2.yaml").write_text(yaml.safe_dump(doc))
+    exp = load(tmp_path / "stage2.yaml")
     assert exp.space.students.teacher is False
     assert (exp.space.students.cnn.width, exp.space.students.cnn.depth) == ([0.5], [1])
     assert exp.space.pruning.ratio == [0.25]
+    # Stage 3: the bench file made a quantization-only sweep of a saved model, with the deployment's settings.
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    (tmp_path / "d.npz").write_bytes(b"x")
+    doc = yaml.safe_load((chained.BENCH / "joint.yaml").read_text())
+    schemes = doc["space"]["quantization"]["schemes"]  # the joint file's, as stage 3 takes them
+    quant = chained.quantize_overrides(tmp_path / "m.onnx", tmp_path / "d.npz", schemes)
+    overrides = {**realdata.DEPLOYMENTS["throughput"], **quant}
+    for key, value in overrides.items():
+        assert sweeps.set_dotted(doc, key, value)
+    (tmp_path / "stage3.yaml").write_text(yaml.safe_dump(doc))
+    exp = load(tmp_path / "stage3.yaml")
+    assert exp.task.name == "onnx" and exp.space.quantization.schemes == schemes
+    assert exp.target.batch_size == 64 and exp.quantization_only_problem() is None
 
 
 def test_every_search_gets_the_same_student_epochs_but_quantization_its_whole_space(tmp_path):
@@ -145,4 +203,4 @@ def test_every_search_gets_the_same_student_epochs_but_quantization_its_whole_sp
             assert budget == ("trainings", float(realdata.QUANTIZATION_PLANS))
         else:
             assert budget == ("epochs", scale.epochs)
-    assert chained.split(scale.epochs) == (10.0, 5.0)
+    assert chained.split(realdata.FULL.epochs) == (10.0, 5.0) and chained.split(scale.epochs) == (8.0, 4.0)
