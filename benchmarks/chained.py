@@ -110,10 +110,19 @@ def quantize_overrides(model: Path, data: Path, schemes: Sequence[str]) -> dict[
 
 
 def against_teacher(rows: Sequence[dict[str, Any]], model: dict[str, Any]) -> list[dict[str, Any]]:
-    """Stage 3's front rows with their accuracy drop from the MNIST teacher: its sweep's baseline is the quantized
-    model's fp32 original (`model`, a row of the stage before), not the teacher."""
+    """Stage 3's front rows as the chain reads them: their accuracy drop from the MNIST teacher, and the plan of the
+    model they quantized (their sweep's baseline, its "teacher", is that model, `model`: a row of the stage before)."""
     teacher_accuracy = model["accuracy"] + model["accuracy_drop"]
-    return [{**r, "accuracy_drop": teacher_accuracy - r["accuracy"]} for r in rows]
+    structure = model["plan"].rsplit(" | ", 1)[0]  # "cnn w0.5 d2 | prune 0.25" of "cnn w0.5 d2 | prune 0.25 | fp32"
+    return [
+        {
+            **r,
+            "accuracy_drop": teacher_accuracy - r["accuracy"],
+            "plan": f"{structure} | {r['plan'].rsplit(' | ', 1)[-1]}",
+            "params": {**model["params"], **{k: v for k, v in r["params"].items() if k.startswith("quantization.")}},
+        }
+        for r in rows
+    ]
 
 
 def _space(name: str) -> dict[str, Any]:

@@ -119,8 +119,8 @@ class Scales:
 # machine), turned into idle wall clock by how the piece uses the cores. A sweep runs one trial at a time on 2 cores
 # (the bench station holds the other), so its trial, station and driver processes are its critical path: wall =
 # 0.85 x CPU (quick MNIST sweeps: joint 155 s, quantization alone 42, pruning alone 95, distillation alone 104, random
-# 148, chain stage 1 83, a stage-3 quantization of a saved model about 45; at batch 64 a joint sweep's station took
-# 54 s against ~12, about 3 s more per model timed). Process pools (tabular 391 s full, NAS-Bench-201 190 s full, 40
+# 148, the chain's stage 1 83, stage 2 126 with 4 plans (about 100 with the 3 it runs now), stage 3 (a saved model
+# quantized, an ONNX task) 26; at batch 64 a joint sweep's station took 54 s against ~12, ~3 s more per model timed). Process pools (tabular 391 s full, NAS-Bench-201 190 s full, 40
 # quick) keep both cores busy: CPU / 2; the curve replays are one process: wall = CPU (203 s full, 43 quick). The
 # full report's chain is taken as 2.5 stage-2 and 3 stage-3 sweeps per seed and deployment (one per distinct choice
 # over the 4 bars). The quickstart: 102 s; latency honesty: its own figure (65 s quick, 1.6 minutes full).
@@ -143,7 +143,7 @@ QUICK = Scales(
     curves=Curves(tables=("digits",), seeds=(0, 1, 2), orders=20, pick_seeds=2, shares=False),
     minutes={
         "quickstart": 1.5,
-        "realdata": 9.3,  # 7 sweeps (4 searches, the chain's 3 stages) 8.2, the teacher 0.6, side-by-side timing 0.5
+        "realdata": 9.1,  # 7 sweeps (4 searches, the chain's 3 stages) 8.0, the teacher 0.6, side-by-side timing 0.5
         "stages": 0.0,
         "tabular": 0.2,
         "nasbench201": 0.4,
@@ -162,10 +162,9 @@ FULL = Scales(
     curves=Curves(tables=None, seeds=(0, 1, 2, 3, 4), orders=40, pick_seeds=None, shares=True),
     minutes={
         "quickstart": 1.5,
-        # per seed: latency 14.1 (5 searches, the chain), throughput 15.8 (4 searches, the chain, batch-64 timing);
-        # x 3 seeds = 89.6; the teacher, side-by-side timings and what the space can reach 7.0; the chain's stages
-        # verify no pick of their own -2
-        "realdata": 95.0,
+        # per seed: latency 13.6 (5 searches, the chain), throughput 14.5 (4 searches, the chain, batch-64 timing);
+        # x 3 seeds = 84.3; the teacher, side-by-side timings and what the space can reach 7.0
+        "realdata": 91.0,
         "stages": 0.0,
         "tabular": 3.5,
         "nasbench201": 1.6,

@@ -97,19 +97,20 @@ def test_the_hand_chained_pipeline_fixes_each_stage_to_the_previous_choice_at_ea
             [{"params": {**wide, "pruning.ratio": r}, "epochs_used": 6.0} for r in (0.0, 0.25, 0.5)],
         ),
         "stage2-w0.25-d1": ([_row("thin", 0.8, 0.1, **thin, **{"pruning.ratio": 0.0})], []),
-        "stage3-w1.0-d2-r0.5": ([_row("w1 prune .5 int8", 0.25, 0.12)], []),
-        "stage3-w1.0-d2-r0": ([_row("w1 int8", 0.2, 0.2)], []),
-        "stage3-w0.25-d1-r0": ([_row("thin int8", 0.9, 0.04)], []),
+        # Stage 3 sweeps an ONNX task: its rows call the model they quantize "teacher".
+        "stage3-w1.0-d2-r0.5": ([_row("teacher | no prune | int8", 0.25, 0.12)], []),
+        "stage3-w1.0-d2-r0": ([_row("teacher | no prune | int8", 0.2, 0.2)], []),
+        "stage3-w0.25-d1-r0": ([_row("teacher | no prune | int8", 0.9, 0.04)], []),
     }
     calls, runner, read = _fake_sweeps(fronts)
     recover = {"space.pruning.recover_epochs": 1}
     splits = lambda run, path: path  # noqa: E731 - stage 3's data file: not read by the fake sweeps
     chains = chained.run_chain(tmp_path, 1, (0.1, 0.2, 0.25, 1.0), 15, recover, {}, read, runner, splits)
     assert chains[0.1].student is None and chains[0.1].final is None  # no student within 0.1 pt: no pipeline
-    assert chains[0.25].final["plan"] == "w1 prune .5 int8"
+    assert chains[0.25].final["plan"] == "w1 prune .5 | int8"
     # Nothing of stage 2 within 0.2 pt: the user keeps stage 1's student, and quantizes that.
-    assert chains[0.2].pruned["plan"] == "cnn w1.0 d2" and chains[0.2].final["plan"] == "w1 int8"
-    assert chains[1.0].final["plan"] == "thin int8"
+    assert chains[0.2].pruned["plan"] == "cnn w1.0 d2" and chains[0.2].final["plan"] == "cnn w1.0 d2 | int8"
+    assert chains[1.0].final["plan"] == "thin | int8"
     by_folder = {folder: (exp, ov) for exp, folder, ov in calls}
     assert [folder for _, folder, _ in calls].count("stage1") == 1  # stage 1 is shared by every bar
     exp1, ov1 = by_folder["stage1"]
@@ -135,7 +136,8 @@ def test_stage_3_judges_a_quantized_model_against_the_teacher_not_the_model_it_q
     wide = {"student.kind": "cnn", "student.width": 1.0, "student.depth": 2}
     student = _row("cnn w1.0 d2", 0.25, 0.4, **wide)  # 98.75%: exactly at the 0.25-point bar
     # Its int8 version is 0.2 pt below it (its sweep's baseline), so 0.45 pt below the teacher: outside the bar.
-    int8 = {"plan": "w1 int8", "accuracy": 98.55, "accuracy_drop": 0.2, "p50_ms": 0.1, "params": {}, "onnx": None}
+    int8 = {"plan": "teacher | no prune | int8_dynamic", "accuracy": 98.55, "accuracy_drop": 0.2, "p50_ms": 0.1}
+    int8 |= {"params": {"student.kind": "teacher", "quantization.scheme": "int8_dynamic"}, "onnx": None}
     fronts = {
         "stage1": ([student], [{"params": wide, "epochs_used": 4.0}]),
         "stage2-w1.0-d2": ([], []),
@@ -144,7 +146,9 @@ def test_stage_3_judges_a_quantized_model_against_the_teacher_not_the_model_it_q
     _, runner, read = _fake_sweeps(fronts)
     chains = chained.run_chain(tmp_path, 0, (0.25, 0.5), 15, {}, {}, read, runner, lambda run, path: path)
     assert chains[0.25].final["plan"] == "cnn w1.0 d2"  # the user keeps the fp32 student
-    assert chains[0.5].final["plan"] == "w1 int8"
+    # Named and described as the model it quantized (its sweep calls that model its teacher).
+    assert chains[0.5].final["plan"] == "cnn w1.0 d2 | int8_dynamic"
+    assert chains[0.5].final["params"] == {**wide, "quantization.scheme": "int8_dynamic"}
     assert chains[0.5].final["accuracy_drop"] == pytest.approx(0.45)
 
 
