@@ -120,10 +120,11 @@ class Scales:
 # (the bench station holds the other), so its trial, station and driver processes are its critical path: wall =
 # 0.85 x CPU (quick MNIST sweeps: joint 155 s, quantization alone 42, pruning alone 95, distillation alone 104, random
 # 148, the chain's stage 1 83, stage 2 126 with 4 plans (about 100 with the 3 it runs now), stage 3 (a saved model
-# quantized, an ONNX task) 26; at batch 64 a joint sweep's station took 54 s against ~12, ~3 s more per model timed). Process pools (tabular 391 s full, NAS-Bench-201 190 s full, 40
-# quick) keep both cores busy: CPU / 2; the curve replays are one process: wall = CPU (203 s full, 43 quick). The
-# full report's chain is taken as 2.5 stage-2 and 3 stage-3 sweeps per seed and deployment (one per distinct choice
-# over the 4 bars). The quickstart: 102 s; latency honesty: its own figure (65 s quick, 1.6 minutes full).
+# quantized, an ONNX task) 26; at batch 64 a joint sweep's station took 54 s against ~12, ~3 s more per model timed).
+# Process pools (tabular 391 s full, NAS-Bench-201 190 s full, 40 quick) keep both cores busy: CPU / 2; the curve
+# replays are one process: wall = CPU (203 s full, 43 quick). The full report's chain is taken as 2.5 stage-2 and 3
+# stage-3 sweeps per seed and deployment (one per distinct choice over the 4 bars). The quickstart: 102 s; latency
+# honesty: its own figure (65 s quick, 1.6 minutes full).
 QUICK = Scales(
     name="quick",
     # One seed, the 0.25-point bar, the latency deployment; random search left out and 12 epochs per search (4
