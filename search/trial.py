@@ -320,8 +320,10 @@ def _train_and_measure(
             train(student, data.x_train, data.y_train, d, teacher=teacher, on_epoch=lambda *_: epochs.epoch(student))
     result.info.channels_before_pruning = channel_count(student)
     if plan.pruning.ratio > 0 and s.distilled and ctx.measure_unpruned:
-        # The trained student before pruning is a plan of the space too, and costs only its measurement.
-        unpruned = to_onnx(student.eval(), example)
+        # The trained student before pruning is a plan of the space too, and costs only its export and measurement
+        # (both counted as the work of a model made on the way, not as the trial's overhead).
+        with _stage(stages, "on_the_way"):
+            unpruned = to_onnx(student.eval(), example)
         info = TrialInfo(channels=channel_count(student), sparsity=0.0)
         _on_the_way(result, 0.0, "fp32", unpruned, parameter_count(student), info, data, time_model)
     if plan.pruning.ratio > 0:
