@@ -13,7 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import run_cli, small_experiment
+from conftest import small_experiment
 from optuna.trial import TrialState
 
 from search import localdb
@@ -149,19 +149,3 @@ def test_a_driver_that_exits_folds_the_wal_back_so_the_study_file_alone_holds_ev
     copy.write_bytes((exp.out / "study.db").read_bytes())  # a copy of the file alone, as a user might make
     study = optuna.load_study(study_name=exp.name, storage=f"sqlite:///{copy}")
     assert sorted(t.number for t in finished(study)) == told
-
-
-def test_a_sweep_killed_with_kill_9_under_wal_resumes_with_every_finished_trial(tmp_path):
-    from test_resume import BUDGET, _check_resumed, _stop_after_two
-
-    path = small_experiment(
-        tmp_path, name="walcrash", search={"sampler": "tpe", "trials": BUDGET, "parallel": 2, "heartbeat_s": 1.0}
-    )
-    exp = load(path)
-    kept, _, _ = _stop_after_two(path, tmp_path, signal.SIGKILL)
-    assert len(kept) >= 2
-    # The killed driver had no chance to fold its WAL back: what it committed is read from study.db-wal.
-    assert localdb.journal_mode(exp.out / "study.db") == "wal"
-    result = run_cli("run", str(path), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    _check_resumed(exp, kept)
