@@ -29,7 +29,7 @@ from onnxruntime.quantization import (
 
 try:
     from onnxruntime.quantization.calibrate import save_tensors_data
-except ImportError:  # builds before the calibration cache (onnxruntime-openvino 1.24): static schemes say so
+except ImportError:  # builds before the calibration cache (onnxruntime-openvino 1.24): quantize_static calibrates
     save_tensors_data = None
 from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -55,6 +55,10 @@ _CALIBRATION = {
     "percentile": CalibrationMethod.Percentile,
 }
 _SENSITIVITY: dict[str, list[tuple[str, float]]] = {}  # the in-process cache when no cache_dir is given
+# Whether this build can measure activation ranges once and hand them to quantize_static as a file. Without it
+# (onnxruntime-openvino 1.24) quantize_static calibrates on the same samples with the same method through its own
+# data reader, at each call: the same ranges, measured again.
+CALIBRATION_CACHE = save_tensors_data is not None
 
 
 def quantize(
@@ -89,13 +93,22 @@ def int8_dynamic(model: bytes) -> bytes:
 
 
 def int8_static(
-    model: bytes, choice: QuantizationChoice, calibration: np.ndarray, cache_dir: Path | None, *, qdq: bool
+    model: bytes,
+    choice: QuantizationChoice,
+    calibration: np.ndarray,
+    cache_dir: Path | None,
+    *,
+    qdq: bool,
+    calibration_cache: bool = CALIBRATION_CACHE,
 ) -> bytes:
-    """int8 weights and calibrated activations, as QDQ pairs or quantized operators; float_layers stay float."""
+    """int8 weights and calibrated activations, as QDQ pairs or quantized operators; float_layers stay float.
+
+    `calibration_cache=False` calibrates inside each quantize_static call, as builds without the cache must.
+    """
     fmt = QuantFormat.QDQ if qdq else QuantFormat.QOperator
     with tempfile.TemporaryDirectory(prefix="slimsweep-quant-") as tmp:
         src, dst = _preprocessed(model, Path(tmp)), Path(tmp, "int8.onnx")
-        ranges = _calibrated(src, choice, calibration, Path(tmp))
+        ranges = _calibrated(src, choice, calibration, Path(tmp), cache=calibration_cache)
         layers = quantizable_layers(onnx.load(src))
         if choice.float_layers == "first_last":
             keep = sorted({layers[0], layers[-1]}) if layers else []
@@ -104,7 +117,7 @@ def int8_static(
             keep = [name for name, _ in ranking[: choice.sensitive_layers]]
         else:
             keep = []
-        _static(src, dst, fmt, choice, ranges, exclude=keep)
+        _static(src, dst, fmt, choice, ranges, _samples(choice, calibration), exclude=keep)
         return dst.read_bytes()
 
 
@@ -134,11 +147,12 @@ def layer_sensitivity(
     calibration: np.ndarray,
     *,
     cache_dir: Path | None = None,
-    prepared: tuple[Path, Path] | None = None,
+    prepared: tuple[Path, Path | None] | None = None,
 ) -> list[tuple[str, float]]:
     """Layers ranked by the logits' MSE when only that layer is quantized, most sensitive first (cached).
 
-    `prepared` is the pre-processed model file and its activation ranges when the caller has them already.
+    `prepared` is the pre-processed model file and its activation ranges (None: no cache, see _calibrated) when the
+    caller has them already.
     """
     key = _sensitivity_key(model, choice, calibration)
     cached = _cached_ranking(key, cache_dir)
@@ -152,15 +166,24 @@ def layer_sensitivity(
         return _store_ranking(key, cache_dir, _rank_layers(src, choice, ranges, calibration, Path(tmp)))
 
 
-def _calibrated(src: Path, choice: QuantizationChoice, calibration: np.ndarray, folder: Path) -> Path:
-    """Measure the activation ranges on the choice's calibration samples; return the file quantize_static reads."""
-    if save_tensors_data is None:
-        raise TrialFailure(
-            f"quantization scheme {choice.scheme!r} needs ONNX Runtime's calibration cache, which this build "
-            f"(onnxruntime {ort.__version__}) lacks; run the sweep with the CPU build (package onnxruntime) and "
-            "time the finished sweep on this target with `slimsweep retarget`"
-        )
-    samples = calibration[: choice.calibration_samples] if choice.calibration_samples else calibration
+def _calibrated(
+    src: Path, choice: QuantizationChoice, calibration: np.ndarray, folder: Path, *, cache: bool = CALIBRATION_CACHE
+) -> Path | None:
+    """Measure the activation ranges on the choice's calibration samples; return the file quantize_static reads.
+
+    None without the cache: quantize_static then calibrates on the same samples itself (see _static).
+    """
+    if not cache:
+        if choice.calibration == "entropy":
+            # quantize_static passes its calibrator no bin count: with ONNX Runtime's default, entropy would give
+            # MinMax's ranges under entropy's name (see ENTROPY_BINS).
+            raise TrialFailure(
+                f"calibration 'entropy' ({choice.describe()!r}) needs ONNX Runtime's calibration cache, which this "
+                f"build (onnxruntime {ort.__version__}) lacks; use calibration minmax or percentile here, or run the "
+                "sweep with the CPU build (package onnxruntime) and time it on this target with `slimsweep retarget`"
+            )
+        return None
+    samples = _samples(choice, calibration)
     options = {"num_bins": ENTROPY_BINS, "num_quantized_bins": 128} if choice.calibration == "entropy" else {}
     calibrator = create_calibrator(
         src,
@@ -175,22 +198,31 @@ def _calibrated(src: Path, choice: QuantizationChoice, calibration: np.ndarray, 
     return ranges
 
 
+def _samples(choice: QuantizationChoice, calibration: np.ndarray) -> np.ndarray:
+    """The calibration samples the choice reads."""
+    return calibration[: choice.calibration_samples] if choice.calibration_samples else calibration
+
+
 def _static(
     src: Path,
     dst: Path,
     fmt: QuantFormat,
     choice: QuantizationChoice,
-    ranges: Path,
+    ranges: Path | None,
+    samples: np.ndarray,
     *,
     only: list[str] | None = None,
     exclude: list[str] | None = None,
 ) -> None:
-    """ONNX Runtime's static quantization with the choice's options, from measured activation ranges."""
+    """ONNX Runtime's static quantization with the choice's options, from measured activation ranges (or, with no
+    ranges file, calibrating on `samples` with the choice's method)."""
     symmetric = choice.activations == "int8_sym"
+    # Builds without the cache do not know the calibration_cache_path argument either.
+    cached = {"calibration_cache_path": ranges} if ranges is not None else {}
     quantize_static(
         src,
         dst,
-        None,
+        None if ranges is not None else _ArrayReader(onnx.load(src), samples),
         quant_format=fmt,
         per_channel=choice.per_channel,
         reduce_range=choice.reduce_range,
@@ -200,14 +232,19 @@ def _static(
         nodes_to_quantize=only,
         nodes_to_exclude=exclude,
         extra_options={"ActivationSymmetric": symmetric},
-        calibration_cache_path=ranges,
+        **cached,
     )
 
 
 def _rank_layers(
-    src: Path, choice: QuantizationChoice, ranges: Path, calibration: np.ndarray, folder: Path
+    src: Path, choice: QuantizationChoice, ranges: Path | None, calibration: np.ndarray, folder: Path
 ) -> list[tuple[str, float]]:
     """Quantize one layer at a time (with the full model's ranges); rank the layers by how far the logits move."""
+    # Without the cache (ranges None) each one-layer model calibrates again on the choice's samples: the same
+    # ranges, one calibration per layer (the tests' 4-layer digits CNN, 200 MinMax samples, 2 cores: a mixed model
+    # in ~0.2 s, ~0.1 s with the cache). Measuring once and passing the ranges some other way would mean
+    # TensorQuantOverrides, which quantize_static applies after its own Relu/Clip range adjustments, so the model
+    # would not be the one the cache path makes.
     data = calibration[:SENSITIVITY_SAMPLES]
     # Rank in the format the model will be quantized in (the scheme says which).
     fmt = QuantFormat.QDQ if getattr(SCHEMES.get(choice.scheme), "qdq", True) else QuantFormat.QOperator
@@ -215,7 +252,7 @@ def _rank_layers(
     scores = []
     dst = folder / "one-layer.onnx"
     for layer in quantizable_layers(onnx.load(src)):
-        _static(src, dst, fmt, choice, ranges, only=[layer])
+        _static(src, dst, fmt, choice, ranges, _samples(choice, calibration), only=[layer])
         scores.append((layer, float(np.mean((_logits(dst.read_bytes(), data) - reference) ** 2))))
     # sorted() is stable: equally sensitive layers keep their order in the graph.
     return sorted(scores, key=lambda item: -item[1])
