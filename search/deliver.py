@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import optuna
 
@@ -22,6 +22,11 @@ from search.tracking import NOTE, Tracker
 # Verification: a longer warm-up than a trial's timing, since the pick and its speed-up rest on it; its time cap is
 # the experiment's pick.verify_seconds.
 VERIFY_COMPARE = dict(warmup=50, min_rounds=30, target_rel_ci=0.03)
+# What to do when the sweep's verification stopped at its cap (retarget's own advice is a larger --seconds).
+SWEEP_REMEDY = (
+    "raise pick.verify_seconds and run `slimsweep run` again, on a quieter machine, to time them side by side again "
+    "(a finished sweep trains nothing more)"
+)
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,25 @@ def time_with_teacher(
                 "tight": result.tight,
             }
     return p50s, speedups
+
+
+def capped_note(rounds: int, where: str, remedy: str) -> str:
+    """What a side-by-side timing that reached its time cap before its intervals narrowed means for the pick: the
+    words the sweep's verification and retarget both say."""
+    return (
+        f"the side-by-side timing {where} reached its time cap after {rounds} rounds with intervals wider than "
+        f"±{VERIFY_COMPARE['target_rel_ci']:.0%}: members whose intervals overlap count as tied, so the pick may not "
+        f"be the fastest; {remedy}"
+    )
+
+
+def loose_rounds(speedups: Iterable[dict[str, Any] | None]) -> int | None:
+    """The rounds of the side-by-side timing behind these stored speed-ups if it stopped at its cap before its
+    intervals narrowed, else None (narrowed, not verified, or stored before slimsweep kept whether it did)."""
+    for s in speedups:
+        if s is not None and s.get("tight") is False:
+            return int(s.get("rounds") or 0)
+    return None
 
 
 def verified_speedup(study: optuna.Study, trial: int) -> dict[str, Any] | None:
@@ -207,6 +231,11 @@ def deliver(
     else:
         members = with_verified(study, members)
     choice = choose(members, policy, teacher_ms)
+    rounds = _loose(study, members)
+    if rounds is not None:
+        # Overlapping intervals tie, and the tie rule then picks on accuracy, then size: say that speed did not.
+        note = capped_note(rounds, "at the sweep's target", SWEEP_REMEDY)
+        choice = replace(choice, why=f"{choice.why}; note: {note}")
     c = choice.candidate
     card = model_card(exp, study, choice, policy, teacher_ms, members)
     card["registry"] = {
@@ -384,6 +413,7 @@ def model_card(
         "reuse_of": rec.reuse_of,
         "teacher": figures,
         **_speedup_fields(study, c, teacher_ms),
+        "side_by_side": _side_by_side(study, members or []),
         "size_ratio_vs_teacher": figures["size_mb"] / c.size_mb,
         "target": masked(exp.target.model_dump()),
         "policy": policy.describe(),
@@ -424,6 +454,28 @@ def _speedup_fields(study: optuna.Study, c: Candidate, teacher_ms: float) -> dic
         "(speedup_round_ci: the round-to-round interval alone, within this one process)",
         "speedup_interval_covers": INTERVAL_COVERS,
     }
+
+
+def _compared(study: optuna.Study, members: list[Candidate]) -> list[dict[str, Any] | None]:
+    """The stored speed-ups the pick compared members on (none when it fell back to the in-sweep medians)."""
+    return [verified_speedup(study, c.trial) for c in members if c.speedup_ci_low is not None]
+
+
+def _loose(study: optuna.Study, members: list[Candidate]) -> int | None:
+    """The rounds of the verification the pick rests on if it stopped at its cap before its intervals narrowed."""
+    return loose_rounds(_compared(study, members))
+
+
+def _side_by_side(study: optuna.Study, members: list[Candidate]) -> dict[str, Any]:
+    """For the model card, as retarget's says: the verification's rounds and whether its intervals narrowed in
+    time (None: not verified side by side, or verified before slimsweep kept it)."""
+    found = next((s for s in _compared(study, members) if s is not None), None)
+    return {"rounds": None if found is None else found.get("rounds"), "intervals_narrowed": _narrowed(found)}
+
+
+def _narrowed(speedup: dict[str, Any] | None) -> bool | None:
+    tight = None if speedup is None else speedup.get("tight")
+    return None if tight is None else bool(tight)
 
 
 def _tie(c: Candidate) -> dict[str, Any]:
