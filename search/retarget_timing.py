@@ -13,7 +13,7 @@ from evaluators.errors import ConfigError, SlimsweepError
 from evaluators.latency import TRIAL_TIMING
 from evaluators.targets import TargetSpec, settings_for
 from search.config import Experiment
-from search.deliver import VERIFY_COMPARE, Retime, time_with_teacher
+from search.deliver import Retime, capped_note, time_with_teacher
 from search.pareto import Candidate
 from search.station import limited_measure
 
@@ -63,12 +63,8 @@ def side_by_side(
     rounds = _loose(record)
     if rounds is not None:
         # Overlapping intervals tie: on a busy machine a slow member can then win on accuracy or size.
-        say(
-            f"the side-by-side timing on {slug} reached its time cap after {rounds} rounds with intervals wider than "
-            f"±{VERIFY_COMPARE['target_rel_ci']:.0%}: members whose intervals overlap count as tied, so the pick may "
-            "not be the fastest; run retarget again with a larger --seconds, on a quieter machine, to time them side "
-            "by side again"
-        )
+        remedy = "run retarget again with a larger --seconds, on a quieter machine, to time them side by side again"
+        say(capped_note(rounds, f"on {slug}", remedy))
 
 
 def rounds_and_tight(side: dict[str, dict[str, Any]]) -> tuple[int | None, bool | None]:

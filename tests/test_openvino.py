@@ -145,22 +145,19 @@ def test_a_teacher_the_target_cannot_run_ends_retarget_saying_so(tmp_path: Path)
 
 def test_slimsweep_imports_on_a_build_without_the_calibration_cache():
     # onnxruntime-openvino 1.24 has no calibrate.save_tensors_data (the CPU build's 1.32 has): every command died on
-    # import. Now they load, and a static int8 scheme fails as a trial, saying why.
+    # import. Now they load, and a static int8 scheme calibrates through quantize_static's own data reader.
     code = (
         "import onnxruntime.quantization.calibrate as c; vars(c).pop('save_tensors_data', None)\n"
         "import search.cli, search.resync, search.retarget\n"
-        "import numpy as np\n"
-        "from evaluators.errors import TrialFailure\n"
+        "import numpy as np, onnx\n"
         "from spaces.quantization import quantize\n"
         f"model = {_dense(np.eye(64, 10))!r}\n"
-        "try:\n"
-        "    quantize(model, 'int8_static_qdq', np.zeros((4, 1, 8, 8), np.float32))\n"
-        "except TrialFailure as exc:\n"
-        "    print(exc)\n"
+        "int8 = quantize(model, 'int8_static_qdq', np.random.default_rng(0).random((4, 1, 8, 8), np.float32))\n"
+        "print(sorted({n.op_type for n in onnx.load_from_string(int8).graph.node}))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "calibration cache" in done.stdout and "slimsweep retarget" in done.stdout, done.stdout
+    assert "QuantizeLinear" in done.stdout, done.stdout
 
 
 def test_a_side_by_side_timing_cut_off_by_its_cap_is_said_and_timed_again_on_request(tmp_path: Path):
