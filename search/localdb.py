@@ -12,8 +12,9 @@ WAL needs memory shared between the processes that open a file, which a network 
 not give, and drivers on several machines may share one study file there: such a file keeps SQLite's rollback
 journal. A store the user names (`search.storage`, `tracking.uri`) is opened as given. The WAL lives in two side
 files beside its database (`study.db-wal`, `study.db-shm`): what deletes or moves a database takes them too
-(search/fresh.py does); when the driver exits, the WAL is folded back into the database file, so a copy of the
-file alone holds everything.
+(search/fresh.py does); when the driver exits, the WAL is folded back into the database file and the file returns
+to SQLite's usual journal, so a copy of the file alone holds everything, and a file at rest reads where the reader
+cannot write and on a network filesystem.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from sqlalchemy import event
+from sqlalchemy import Engine, event
 from sqlalchemy.pool import Pool
 
 log = logging.getLogger("slimsweep.study")
@@ -40,6 +41,7 @@ NETWORK_FS = frozenset(
 )
 _NETWORK_FUSE = ("fuse.sshfs", "fuse.glusterfs", "fuse.ceph", "fuse.s3fs", "fuse.gcsfuse", "fuse.rclone")
 _FILES: set[str] = set()  # the files this process opens write-ahead (real paths)
+_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()  # engines with a connection to one of them (closed at exit)
 
 
 def filesystem(path: Path, mounts: str | None = None) -> str | None:
@@ -77,6 +79,7 @@ def write_ahead(path: Path) -> bool:
     if not _FILES:
         # On every pool: MLflow makes its engines itself; a connection to another database is left as it is.
         event.listen(Pool, "connect", _on_connect)
+        event.listen(Engine, "engine_connect", _note_engine)
         atexit.register(_fold_back)
     _FILES.add(os.path.realpath(path))
     return True
@@ -108,14 +111,26 @@ def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         log.debug("a database file stays in its journal mode for now: %s", err)
 
 
+def _note_engine(connection: Any) -> None:
+    """Remember an engine that connects to one of this process's write-ahead files, to close its pool at exit."""
+    database = connection.engine.url.database
+    if connection.engine.url.get_backend_name() == "sqlite" and database and os.path.realpath(database) in _FILES:
+        _ENGINES.add(connection.engine)
+
+
 def _fold_back() -> None:
-    """At exit: copy each file's WAL into the file (without waiting for another process that is using it)."""
+    """At exit: close this process's idle connections to its write-ahead files, copy each WAL into its file and put
+    the file back in SQLite's usual journal mode, so a file at rest reads anywhere (a folder the reader cannot write,
+    a network filesystem); a file another process still uses is left as it is, without waiting for it."""
+    for engine in list(_ENGINES):
+        engine.dispose()  # idle pooled connections: a connection open elsewhere keeps a WAL file in WAL
     for path in sorted(_FILES):
-        if not os.path.exists(path + SIDE_FILES[0]):
+        if not os.path.exists(path):
             continue
         try:
             with contextlib.closing(sqlite3.connect(path, timeout=0.5)) as conn:
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                conn.execute("PRAGMA journal_mode=DELETE")
         except sqlite3.Error as err:
             log.debug("the WAL of %s stays beside it: %s", path, err)
 

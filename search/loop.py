@@ -240,12 +240,14 @@ class Loop:
         if not beside or self.ready or len(self.flights) < self.slots():
             return
         self.ledger.sync(self.study)
-        while self.ledger.wanted() > 0 and (drawn := self._draw()) is not None:
+        # A repeat of a plan already answered is answered now, off the next trial's path, and the sampler asks again;
+        # a few times at most here: results in flight wait to be told, and rung reports to be answered, meanwhile.
+        for _ in range(self.slots() + 1):
+            if self.ledger.wanted() <= 0 or (drawn := self._draw()) is None:
+                return
             if not self._answered(*drawn):
                 self.ready.append(drawn)
                 return
-            # A repeat of a plan already answered is answered now, off the next trial's path; the sampler asks again
-            # (the ask cap in `wanted` bounds a sampler that proposes nothing new).
 
     def _give_back(self) -> None:
         """Plans asked ahead and never started: PRUNED, counting nowhere (as an ask past the budget); its sampled

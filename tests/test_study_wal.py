@@ -145,6 +145,8 @@ def test_a_driver_that_exits_folds_the_wal_back_so_the_study_file_alone_holds_ev
     told = [int(line) for line in child.stdout]
     assert child.wait() == 0 and len(told) == 5
     assert not [side for side in localdb.SIDE_FILES if (exp.out / f"study.db{side}").exists()]
+    # Back in SQLite's usual journal at rest: it reads where the reader cannot write, and on a network filesystem.
+    assert localdb.journal_mode(exp.out / "study.db") == "delete"
     copy = tmp_path / "copy.db"
     copy.write_bytes((exp.out / "study.db").read_bytes())  # a copy of the file alone, as a user might make
     study = optuna.load_study(study_name=exp.name, storage=f"sqlite:///{copy}")
