@@ -57,9 +57,10 @@ test-fast: install
 	$(VENV)/bin/pytest -m fast
 
 # Benchmarks: docs/BENCHMARKS.md and docs/benchmarks/*.png, written from scratch (benchmarks/report.py).
-# bench: the full report (98 minutes on a 2-core AVX-512 EPYC; the report says how long its run took). bench-quick:
-# the same sections, one seed, 5 trials per search, a 3,000-image MNIST sample and fewer epochs (9 minutes there;
-# at most 15 on 2 otherwise idle cores).
+# bench: the full report (about 103 minutes estimated on 2 idle cores of an AVX-512 EPYC; the report says how long
+# its run took and states every section's scale, benchmarks/scales.py). bench-quick: the same sections, one seed,
+# 12 student epochs per search, no random search, a 3,000-image MNIST sample (13.9 minutes measured there under load,
+# 13 estimated on idle cores).
 bench: install
 	$(PIP) install -q --progress-bar off -e '.[dev,bench]'
 	$(VENV)/bin/python benchmarks/report.py

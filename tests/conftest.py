@@ -33,8 +33,10 @@ def pytest_configure(config: pytest.Config) -> None:
     if "TMPDIR" in os.environ or not MEMORY_TMP.is_dir() or not os.access(MEMORY_TMP, os.W_OK):
         return
     room = os.statvfs(MEMORY_TMP)
-    if room.f_bavail * room.f_frsize >= MEMORY_TMP_ROOM:
-        os.environ["TMPDIR"] = str(MEMORY_TMP)  # read by the workers, the CLI and Ray, which all start after this
+    if room.f_bavail * room.f_frsize >= MEMORY_TMP_ROOM and not room.f_flag & os.ST_NOEXEC:
+        # Ray keeps its session folders (logs) until reboot: on disk where it kept them, not in memory.
+        os.environ.setdefault("RAY_TMPDIR", tempfile.gettempdir())
+        os.environ["TMPDIR"] = str(MEMORY_TMP)  # read by the workers and the CLI, which start after this
         tempfile.tempdir = None  # tempfile caches the folder it found first
 
 
