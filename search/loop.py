@@ -47,6 +47,8 @@ log = logging.getLogger("slimsweep.sweep")
 # The objectives the gate compares: a structure's p50 and size are known untrained; other latency percentiles and
 # parameter counts are not what it compares, so with those objectives every plan trains.
 GATED_OBJECTIVES = {"accuracy", "latency_p50_ms", "size_mb"}
+# Plans drawn at most while trials run, repeats answered on the way (each a sampler ask and a few commits).
+ASK_AHEAD_DRAWS = 8
 
 
 @dataclass
@@ -241,8 +243,8 @@ class Loop:
             return
         self.ledger.sync(self.study)
         # A repeat of a plan already answered is answered now, off the next trial's path, and the sampler asks again;
-        # a few times at most here: results in flight wait to be told, and rung reports to be answered, meanwhile.
-        for _ in range(self.slots() + 1):
+        # ASK_AHEAD_DRAWS times at most here: results in flight wait to be told, and rung reports answered, meanwhile.
+        for _ in range(ASK_AHEAD_DRAWS):
             if self.ledger.wanted() <= 0 or (drawn := self._draw()) is None:
                 return
             if not self._answered(*drawn):
