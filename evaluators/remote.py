@@ -125,15 +125,15 @@ class AgentClient:
                     "the CA file (ca_file, or SSL_CERT_FILE)"
                 ) from None
             if isinstance(reason, ConnectionRefusedError):
-                raise SlimsweepError(
+                raise AgentUnreachable(
                     f"device agent is not reachable at {self.url} (connection refused); "
                     "is `slimsweep agent` running there, on that port?"
                 ) from None
             if isinstance(reason, ConnectionError):  # reset or broken pipe while the body was still being sent
                 raise _dropped(self.url, reason) from None
-            raise SlimsweepError(f"device agent is not reachable at {self.url}: {reason}") from None
+            raise AgentUnreachable(f"device agent is not reachable at {self.url}: {reason}") from None
         except TimeoutError:
-            raise SlimsweepError(f"device agent at {self.url} did not answer within {self._timeout:g} s") from None
+            raise AgentUnreachable(f"device agent at {self.url} did not answer within {self._timeout:g} s") from None
         except (ConnectionError, http.client.HTTPException) as exc:
             raise _dropped(self.url, exc) from None
         try:
@@ -195,6 +195,10 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urllib.parse.urlsplit(url)
     default = {"http": 80, "https": 443}.get(parts.scheme)
     return parts.scheme, (parts.hostname or "").lower(), parts.port or default
+
+
+class AgentUnreachable(SlimsweepError):
+    """The device agent cannot be reached or did not answer in time: says nothing about the model it was sent."""
 
 
 def _dropped(url: str, exc: BaseException) -> SlimsweepError:

@@ -11,6 +11,7 @@ import numpy as np
 
 from evaluators.errors import ConfigError, SlimsweepError
 from evaluators.latency import TRIAL_TIMING
+from evaluators.remote import AgentUnreachable
 from evaluators.targets import TargetSpec, settings_for
 from search.config import Experiment
 from search.deliver import Retime, capped_note, time_with_teacher
@@ -99,8 +100,8 @@ def time_each(
     for name, path in models.items():
         try:
             stats = limited_measure(spec, path.read_bytes(), settings)
-        except ConfigError:
-            raise  # settings that do not fit the target: every model would fail alike
+        except (ConfigError, AgentUnreachable):
+            raise  # settings that do not fit the target, or an agent gone: every model would fail alike
         except Exception as exc:  # the target's runtime refused this model (an operator or scheme it lacks)
             if name == TEACHER:
                 raise SlimsweepError(

@@ -281,3 +281,25 @@ def test_retarget_times_side_by_side_only_the_front_members_the_pick_can_reach(t
     # Again: the same members within reach were timed side by side before, so nothing is timed again.
     again = retarget(exp, open_study(exp), target, tracker, compare_seconds=1.0, retime=retime)
     assert len(handed) == 1 and again.timed == 0 and again.choice.candidate.trial == pick.trial
+
+
+def test_an_agent_gone_mid_run_ends_retarget_instead_of_marking_the_models_it_was_sent(tmp_path):
+    from conftest import free_port
+
+    from evaluators.remote import AgentUnreachable
+    from evaluators.targets import TargetSpec
+    from search.retarget_timing import TEACHER, time_each
+
+    model = tmp_path / "m.onnx"
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "m",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    model.write_bytes(helper.make_model(graph).SerializeToString())
+    spec = TargetSpec(kind="remote", url=f"http://127.0.0.1:{free_port()}", token=TOKEN)  # nothing listens there
+    record: dict = {TEACHER: {"latency_p50_ms": 1.0}, "models": {}}
+    with pytest.raises(AgentUnreachable, match="not reachable"):
+        time_each(None, spec, {3: model}, [3], record)  # the teacher timed before: the experiment is not read
+    assert "not_runnable" not in record and record["models"] == {}  # trial 3 is not filed as a model it cannot run
