@@ -50,6 +50,13 @@ def test_a_sweep_on_postgresql_killed_mid_trial_resumes_with_nothing_lost_or_rep
         name="pg",
         search={"sampler": "random", "trials": BUDGET, "parallel": 1, "seed": 0, "storage": storage},
         tracking={"uri": tracking},
+        # Students of 20 epochs (seconds each): a sweep of well-under-a-second trials once ran to its end between two
+        # looks for a trial in flight, and there was nothing left to kill.
+        space={
+            "students": {"teacher": True, "cnn": {"width": [0.25, 0.5], "depth": [1], "epochs": 20}},
+            "pruning": {"ratio": [0.0, 0.5], "recover_epochs": 1},
+            "quantization": {"schemes": ["fp32", "int8_static_qdq"]},
+        },
         # What is checked is the resume; the pick at the end must not depend on which three plans trained well
         # (which plan the kill interrupts varies, and once none of three came within 5 points: "the front is empty").
         constraints={"max_accuracy_drop": 50.0},
