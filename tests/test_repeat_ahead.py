@@ -3,29 +3,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from optuna.trial import TrialState
 from test_driver_rules import TEACHER_ONLY, StandIn, _run, shared  # noqa: F401 - shared: the rules' fixture
+from test_loop_overhead import AskAhead
 
 from search.study import read, repeats, spent
 
 pytestmark = pytest.mark.fast
-
-
-class AskAhead:
-    """Listener: the loop asks ahead, as it does where trials run beside it (Ray); records, when each trial is told,
-    how many trials the study held by then."""
-
-    def __init__(self) -> None:
-        self.asked_by_told: dict[int, int] = {}
-
-    def tick(self, loop: Any, asked: bool) -> None:
-        loop.ask_ahead = True
-
-    def trial_told(self, loop: Any, told: Any) -> None:
-        self.asked_by_told[told.number] = len(loop.study.trials)
 
 
 def test_a_repeat_drawn_while_a_trial_runs_is_answered_then_and_the_next_plan_is_asked_ahead(tmp_path, shared):  # noqa: F811
