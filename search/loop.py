@@ -32,6 +32,7 @@ from search.budget import Spending
 from search.config import Experiment
 from search.dispatch import MACHINERY, Executor, Report, Running
 from search.gate import Bar, bar
+from search.interrupts import Held
 from search.ledger import Ledger, plan_key
 from search.ontheway import plan_on_the_way, record_on_the_way
 from search.reuse import answer_from, still_answers
@@ -142,6 +143,8 @@ class Loop:
     ask_ahead: bool | None = None
     # Told trials whose models made on the way are not recorded yet: parent, result, where it ran (`_record_made`).
     made_later: list[tuple[optuna.Trial, TrialResult, dict[str, Any]]] = field(default_factory=list)
+    # Ctrl-C waits for a step that would otherwise leave a trial known to no one (asked, or out of flight untold).
+    held: Held = field(default_factory=Held)
 
     def emit(self, event: str, *args: Any) -> list[Any]:
         """Call `event` on every listener that has it; their answers."""
@@ -161,6 +164,10 @@ class Loop:
             gated = set(self.exp.objectives) <= GATED_OBJECTIVES
             self.listeners.append(RungRule.for_experiment(self.exp, self.teacher["accuracy"], dominance=gated))
         self.summary.parallel = self.slots()
+        with self.held.installed():
+            self._run(heartbeat_s)
+
+    def _run(self, heartbeat_s: float) -> None:
         next_check = time.monotonic() + heartbeat_s
         try:
             while True:
@@ -168,7 +175,8 @@ class Loop:
                     # Never its own: this driver is alive, whatever a late heartbeat (a busy database) says.
                     mine = set(self.flights) | {trial.number for trial, _ in self.ready}
                     gone = [n for n in stale(self.study, heartbeat_s) if n not in mine]
-                    self.summary.requeued += requeue(self.study, gone)
+                    with self.held.step():
+                        self.summary.requeued += requeue(self.study, gone)
                     next_check = time.monotonic() + heartbeat_s
                 asks = (self.ledger.asks, len(self.ready))
                 self._fill()
@@ -185,12 +193,15 @@ class Loop:
                 self._rungs()
                 told = False
                 for item, result in results:
-                    flight = self.flights.pop(item.number)
-                    if self._run_again(flight, result):
-                        continue
-                    # When the driver let it go and got it back, beside the worker's own stamps (benchmarks/stages.py)
-                    result.info.setdefault("clock", {}).update(submitted=item.submitted, received=time.time())
-                    self.emit("trial_told", self._tell(flight, result))
+                    with self.held.step():
+                        flight = self.flights.pop(item.number)
+                        if self._run_again(flight, result):
+                            continue
+                        # When the driver let it go and got it back, beside the worker's own stamps
+                        # (benchmarks/stages.py)
+                        result.info.setdefault("clock", {}).update(submitted=item.submitted, received=time.time())
+                        told_now = self._tell(flight, result)
+                    self.emit("trial_told", told_now)
                     told = True
                 if told:  # the next plans start first: what follows (models made on the way, MLflow) is off their path
                     self._fill(synced=True)
@@ -213,12 +224,13 @@ class Loop:
         if not synced:
             self.ledger.sync(self.study)
         while len(self.flights) < parallel and (self.ready or self.ledger.wanted() > 0):
-            ahead = bool(self.ready)
-            drawn = self.ready.pop(0) if self.ready else self._draw()
-            if drawn is not None and ahead and not self._still_to_run(drawn[0]):
-                drawn = None
-            if drawn is not None:
-                self._start(*drawn)
+            with self.held.step():
+                ahead = bool(self.ready)
+                drawn = self.ready.pop(0) if self.ready else self._draw()
+                if drawn is not None and ahead and not self._still_to_run(drawn[0]):
+                    drawn = None
+                if drawn is not None:
+                    self._start(*drawn)
             if len(self.flights) < parallel:  # another plan to start: what changed meanwhile (a full read's cost
                 self.ledger.sync(self.study)  # on the next trial's path is spared once the slots are full)
 
@@ -245,17 +257,20 @@ class Loop:
         # A repeat of a plan already answered is answered now, off the next trial's path, and the sampler asks again;
         # ASK_AHEAD_DRAWS times at most here: results in flight wait to be told, and rung reports answered, meanwhile.
         for _ in range(ASK_AHEAD_DRAWS):
-            if self.ledger.wanted() <= 0 or (drawn := self._draw()) is None:
-                return
-            if not self._answered(*drawn):
-                self.ready.append(drawn)
-                return
+            with self.held.step():
+                if self.ledger.wanted() <= 0 or (drawn := self._draw()) is None:
+                    return
+                if not self._answered(*drawn):
+                    self.ready.append(drawn)
+                    return
 
     def _give_back(self) -> None:
         """Plans asked ahead and never started: PRUNED, counting nowhere (as an ask past the budget); its sampled
         knobs stay on the trial, which a sampler reads as a poor region, so only a sweep at its end gives one back."""
         while self.ready:
-            give_way(self.study, self.ready.pop(0)[0])
+            with self.held.step():
+                give_way(self.study, self.ready[0][0])
+                self.ready.pop(0)
 
     def _draw(self) -> tuple[optuna.Trial, Any] | None:
         """Ask Optuna for a trial and its plan; None when that ask takes the study past its budget."""
