@@ -204,6 +204,11 @@ def entry() -> None:
     """The console script: run main(), then leave without the interpreter's teardown of torch, Ray and MLflow, which
     takes seconds after a sweep and does nothing a user needs."""
     code = main()
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        # Before the exit hooks: Ray's own hook first sleeps half a second for workers' output to reach this
+        # terminal, and slimsweep's workers print nothing here (log_to_driver=False).
+        ray.shutdown()
     threading._shutdown()  # what a normal exit waits for: non-daemon threads, thread pools' exit hooks included
     atexit._run_exitfuncs()  # Ray's shutdown, MLflow's active run, logging: everything registered for the exit
     for stream in (sys.stdout, sys.stderr):
