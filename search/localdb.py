@@ -36,10 +36,11 @@ log = logging.getLogger("slimsweep.study")
 
 SIDE_FILES = ("-wal", "-shm")  # the WAL's files beside its database
 # Filesystems where SQLite's shared memory (and so WAL) is unsafe across machines (fstype as /proc/mounts names it).
+# Shared-disk cluster filesystems (gfs2, ocfs2) and a VM's shared folder (vboxsf) count too: other machines write there.
 NETWORK_FS = frozenset(
-    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "9p", "ceph", "glusterfs", "lustre", "gpfs", "beegfs"}
+    "nfs nfs4 cifs smb3 smbfs ncpfs afs 9p ceph glusterfs lustre gpfs beegfs gfs2 ocfs2 davfs vboxsf".split()
 )
-_NETWORK_FUSE = ("fuse.sshfs", "fuse.glusterfs", "fuse.ceph", "fuse.s3fs", "fuse.gcsfuse", "fuse.rclone")
+_NETWORK_FUSE = tuple(f"fuse.{name}" for name in "sshfs glusterfs ceph s3fs gcsfuse rclone juicefs davfs2".split())
 _FILES: set[str] = set()  # the files this process opens write-ahead (real paths)
 _ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()  # engines with a connection to one of them (closed at exit)
 

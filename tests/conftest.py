@@ -111,7 +111,7 @@ def small_experiment(folder: Path, name: str = "tiny", **changes: Any) -> Path:
         "constraints": {"max_accuracy_drop": 5.0},
         "search": {"sampler": "random", "trials": 4, "parallel": 2, "seed": 0},
         # Verification's side-by-side timing capped at 2 s (users' default 20 s): the suite runs dozens of sweeps.
-        "pick": {"max_accuracy_drop": 5.0, "verify_seconds": 2.0},
+        "pick": {"max_accuracy_drop": 5.0, "verify_seconds": 1.0},
         "output_dir": str(folder / "outputs"),
     }
     data.update(changes)

@@ -30,6 +30,8 @@ tmpfs /tmp tmpfs rw,nosuid,nodev 0 0
 fileserver:/export/home /home/team nfs4 rw,relatime,vers=4.2 0 0
 me@box:/data /mnt/box fuse.sshfs rw,nosuid,nodev 0 0
 /dev/vdb /home/team/local ext4 rw,relatime 0 0
+/dev/mapper/shared /cluster gfs2 rw,relatime 0 0
+JuiceFS:jfs /jfs fuse.juicefs rw,relatime 0 0
 """
 
 
@@ -70,6 +72,7 @@ def test_the_mlflow_store_slimsweep_makes_is_written_ahead_and_a_named_one_is_le
 def test_a_study_on_a_network_filesystem_keeps_sqlites_journal():
     assert localdb.on_network(Path("/home/team/alice/outputs"), MOUNTS)
     assert localdb.on_network(Path("/mnt/box/runs"), MOUNTS)
+    assert localdb.on_network(Path("/cluster/runs"), MOUNTS) and localdb.on_network(Path("/jfs/runs"), MOUNTS)
     assert not localdb.on_network(Path("/home/team/local/outputs"), MOUNTS)  # a local disk mounted inside the share
     assert not localdb.on_network(Path("/tmp/outputs"), MOUNTS) and not localdb.on_network(Path("/srv"), MOUNTS)
     assert localdb.filesystem(Path("/home/team/alice"), MOUNTS) == "nfs4"
