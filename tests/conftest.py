@@ -120,6 +120,18 @@ def small_experiment(folder: Path, name: str = "tiny", **changes: Any) -> Path:
     return path
 
 
+def sweep_here(exp: Any) -> optuna.Study:
+    """Sweep `exp` with the driver's loop and the real trial in this process (search/inprocess.py), no Ray and no
+    pick; its study. For a test of what the loop records: Ray's start, its workers' imports and the pick's timing
+    cost a CLI sweep about 20 s of CPU more."""
+    from search.inprocess import InProcessExecutor
+    from search.sweep import prepare, sweep
+
+    swept = sweep(exp, InProcessExecutor(exp.target.spec()), prepare(exp), quiet=True)
+    swept.tracker.end("FINISHED")  # as the run command does after its pick
+    return optuna.load_study(study_name=exp.name, storage=exp.storage_url)
+
+
 def study_if_made(exp: Any) -> optuna.Study | None:
     """The experiment's Optuna study, or None while its driver has not made it yet."""
     try:

@@ -9,12 +9,11 @@ import time
 
 import optuna
 import pytest
-from conftest import running_cli, small_experiment, wait_for
+from conftest import running_cli, small_experiment, sweep_here, wait_for
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from search.config import load
-from search.inprocess import InProcessExecutor
 from search.study import (
     STALE_BEATS,
     beat,
@@ -36,7 +35,6 @@ from search.study import (
     spent,
     stale,
 )
-from search.sweep import prepare, sweep
 from search.tracking import Tracker, _first_access
 
 TEACHER_AS_IT_IS = {"student": "teacher", "pruning.ratio": 0.0, "quantization.scheme": "fp32"}
@@ -186,8 +184,7 @@ def test_a_driver_that_dies_mid_sweep_leaves_no_trial_without_its_run_at_the_sur
     # The first sweep's trial: the teacher as it is (nothing to train, nothing made on its way), run by the driver's
     # loop in this process; it leaves the same trial and runs as `slimsweep run` would, without Ray's start or a pick.
     study.enqueue_trial(TEACHER_AS_IT_IS)
-    swept = sweep(exp, InProcessExecutor(exp.target.spec()), prepare(exp), quiet=True)
-    swept.tracker.end("FINISHED")  # as the run command does after its pick
+    sweep_here(exp)
     (told,) = spent(study)
     client = MlflowClient(exp.tracking_uri)
     experiment = client.get_experiment_by_name(exp.name)

@@ -6,16 +6,15 @@ from __future__ import annotations
 import numpy as np
 import optuna
 import pytest
-from conftest import small_experiment
+from conftest import small_experiment, sweep_here
 from mlflow.tracking import MlflowClient
 
 import search.loop
 from evaluators.latency import TimingSettings, measure
 from search.config import load
 from search.gate import Bar, Candidate, accuracy_noise_pt, bar
-from search.inprocess import InProcessExecutor
 from search.study import dominated, finished, read
-from search.sweep import MAX_ASKS_PER_TRIAL, prepare, sweep, trial_path
+from search.sweep import MAX_ASKS_PER_TRIAL, prepare, trial_path
 from search.trial import run_trial
 from spaces.plan import CompressionPlan
 
@@ -108,9 +107,7 @@ def test_a_sweep_stops_dominated_plans_before_training_and_they_cost_no_trial(tm
     exp = load(path)
     # The driver's loop on the real trial in this process (search/inprocess.py): the gate is the loop's and the
     # trial's, not Ray's, and no pick is looked at here; Ray's start and the pick's timing cost seconds of CPU.
-    swept = sweep(exp, InProcessExecutor(exp.target.spec()), prepare(exp), quiet=True)
-    swept.tracker.end("FINISHED")  # as the run command does after its pick
-    study = optuna.load_study(study_name=exp.name, storage=exp.storage_url)
+    study = sweep_here(exp)
     trained = [t for t in finished(study) if read(t).reuse_of is None]
     assert len(trained) == 1, "only the first plan had no bar to pass"
     first = trained[0].number

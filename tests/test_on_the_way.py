@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import onnx
 import optuna
-from conftest import small_experiment
+from conftest import small_experiment, sweep_here
 from mlflow.tracking import MlflowClient
 
 from search.cli import main
 from search.config import load
-from search.inprocess import InProcessExecutor
 from search.study import on_the_way, open_study, read, repeats, spent
-from search.sweep import prepare, sweep
 
 PLAN = {"student": "cnn", "pruning.ratio": 0.5, "quantization.scheme": "int8_static_qdq"}
 
@@ -44,13 +42,6 @@ def _sweep(tmp_path, ratios: list[float]):
     exp, path = _experiment(tmp_path, ratios)
     assert main(["run", str(path), "--quiet"]) == 0
     return exp, optuna.load_study(study_name=exp.name, storage=exp.storage_url), path
-
-
-def _sweep_here(exp):
-    """The driver's loop on the real trial in this process (search/inprocess.py): what it records, without Ray."""
-    swept = sweep(exp, InProcessExecutor(exp.target.spec()), prepare(exp), quiet=True)
-    swept.tracker.end("FINISHED")  # as the run command does after its pick
-    return optuna.load_study(study_name=exp.name, storage=exp.storage_url)
 
 
 def _conv_channels(path) -> int:
@@ -88,18 +79,18 @@ def test_a_trial_that_prunes_and_quantizes_records_the_models_it_made_on_its_way
 
 def test_a_model_whose_plan_is_not_in_the_space_is_not_recorded(tmp_path):
     exp, _ = _experiment(tmp_path, [0.25, 0.5])  # ratio 0 is no choice: the unpruned student is no plan of it
-    study = _sweep_here(exp)
+    study = sweep_here(exp)
     assert [read(t).describe for t in on_the_way(study)] == ["cnn w0.5 d1 | prune 0.5 | fp32"]
     assert len(spent(study)) == 1
 
 
 def test_a_plan_proposed_again_after_it_was_made_on_the_way_is_answered_from_it_at_no_cost(tmp_path):
     exp, path = _experiment(tmp_path, [0.0, 0.5])
-    study = _sweep_here(exp)
+    study = sweep_here(exp)
     made = next(t for t in on_the_way(study) if read(t).describe == "cnn w0.5 d1 | no prune | fp32")
     proposed = len(study.trials)
     study.enqueue_trial(made.params)  # the sampler proposes the unpruned student itself
-    study = _sweep_here(load(path, {"search.trials": 2}))
+    study = sweep_here(load(path, {"search.trials": 2}))
     again = study.trials[proposed]
     assert read(again).reuse_of == made.number and read(again).made_by is None  # answered from it, not run
     assert again.values == made.values and not read(again).stages
