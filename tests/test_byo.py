@@ -38,7 +38,7 @@ def test_a_plugin_task_with_residual_concat_and_depthwise_layers_sweeps_end_to_e
             },
             "constraints": {"max_accuracy_drop": 50.0},
             "search": {"sampler": "random", "trials": 3, "parallel": 2, "seed": 0},
-            "pick": {"max_accuracy_drop": 50.0, "verify_seconds": 2.0},
+            "pick": {"max_accuracy_drop": 50.0, "verify_seconds": 1.0},  # any pick has the layers checked below
             "output_dir": str(tmp_path / "outputs"),
         },
     )
@@ -75,7 +75,7 @@ def test_an_onnx_only_task_searches_the_quantization_knobs(tmp_path):
             },
             "constraints": {"max_accuracy_drop": 5.0},
             "search": {"sampler": "random", "trials": 3, "parallel": 2, "seed": 1},
-            "pick": {"max_accuracy_drop": 5.0, "verify_seconds": 2.0},
+            "pick": {"max_accuracy_drop": 5.0, "verify_seconds": 1.0},  # the pick is not looked at
             "output_dir": str(tmp_path / "outputs"),
         },
     )
@@ -111,16 +111,18 @@ def test_the_shipped_mnist_files_sweep(tmp_path):
         tmp_path / "mnist.yaml",
         {
             "name": "mnist-small",
-            "task": {"name": "mnist-idx", "limit": 1500, "teacher": {"epochs": 3}},
+            # A half-width teacher: a quarter of the default's convolution work, and 95% on these 1500 samples after 4
+            # epochs (the default width reached 93% after 3). The students' accuracy is not looked at: one epoch each.
+            "task": {"name": "mnist-idx", "limit": 1500, "teacher": {"epochs": 4, "width": 0.5}},
             "space": {
-                "students": {"teacher": True, "cnn": {"width": [0.25], "depth": [1], "epochs": 4}},
+                "students": {"teacher": True, "cnn": {"width": [0.25], "depth": [1], "epochs": 1}},
                 "pruning": {"ratio": [0.0]},
                 "quantization": {"schemes": ["fp32"]},
             },
             "constraints": {"max_accuracy_drop": 100.0},
             # Every plan trained whole: the rung rule (on by default) is tested on its own; here, the MNIST files.
             "search": {"sampler": "random", "trials": 2, "parallel": 2, "seed": 0, "early_stopping": {"rungs": []}},
-            "pick": {"max_accuracy_drop": 100.0, "verify_seconds": 2.0},
+            "pick": {"max_accuracy_drop": 100.0, "verify_seconds": 1.0},  # the pick is not looked at
             "output_dir": str(tmp_path / "outputs"),
         },
     )
