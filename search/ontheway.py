@@ -33,14 +33,17 @@ def plan_on_the_way(
     holds no such plan; nothing is written (the loop asks before it submits a plan whose model is not recorded yet)."""
     params, dists = dict(parent.params), parent.distributions
     for key, value in ((RATIO_KNOB, made.ratio), (SCHEME_KNOB, made.scheme)):
-        if params.get(key) == value:
-            continue
         d = dists.get(key)
-        if d is None or not offers(d, value):
-            return None  # a fixed knob, or a value the space does not offer: not a plan of this search
+        if params.get(key) == value or d is None:  # the parent's value, or a fixed knob (checked below)
+            continue
+        if not offers(d, value):
+            return None  # a value the space does not offer: not a plan of this search
         params[key] = value
     fixed = optuna.trial.FixedTrial(params)
-    return fixed, sample(fixed, exp.space)
+    plan = sample(fixed, exp.space)
+    if (plan.pruning.ratio, plan.quantization.scheme) != (made.ratio, made.scheme):
+        return None  # a fixed knob holds another value: not a plan of this search
+    return fixed, plan
 
 
 def record_on_the_way(

@@ -22,9 +22,11 @@ from experiments.teacher import cache_dir, teacher_from_bytes
 from search.gate import Bar
 from search.record import TrialInfo
 from spaces.export import to_onnx
+from spaces.knobs import Fixed
 from spaces.plan import CompressionPlan
 from spaces.pruning import channel_count, prune, sparsity
 from spaces.quantization import quantize
+from spaces.quantization_knobs import SCHEME_KNOB, QuantizationChoice, QuantizationSpace, sample_quantization
 from spaces.students import Distillation, build, parameter_count, train
 
 
@@ -52,6 +54,10 @@ class TrialContext:
     # pruning (ratio 0 is a choice) and the pruned model before quantization (fp32 is a choice).
     measure_unpruned: bool = False
     measure_fp32: bool = False
+    # And the trained model in the space's other schemes (space.quantization.on_the_way): their names, and the
+    # space that rebuilds each one's options from the trial's own knobs, as search/ontheway.py draws its plan.
+    other_schemes: tuple[str, ...] = ()
+    quantization: QuantizationSpace | None = None
     # Cheap-then-full: cumulative training epochs (distillation and pruning's recovery together, ascending; a rung
     # below 1 is that share of the plan's epochs) after which a trial reports its accuracy so far to the driver,
     # which may stop it there. Empty: no reports.
@@ -355,6 +361,30 @@ def _train_and_measure(
     if plan.quantization.scheme != "fp32" and changed and ctx.measure_fp32:
         info = TrialInfo(channels=result.info.channels, sparsity=result.info.sparsity)
         _on_the_way(result, plan.pruning.ratio, "fp32", fp32, parameter_count(student), info, data, time_model)
+    for choice in _other_schemes(plan, ctx):
+        try:
+            with _stage(stages, "on_the_way"):
+                model = quantize(fp32, choice, data.x_calib, cache_dir=_sensitivity_cache())
+        except TrialFailure:  # a scheme that cannot quantize this model costs the trial nothing; its own plan says why
+            continue
+        info = TrialInfo(channels=result.info.channels, sparsity=result.info.sparsity)
+        _on_the_way(result, plan.pruning.ratio, choice.scheme, model, parameter_count(student), info, data, time_model)
+
+
+def _other_schemes(plan: CompressionPlan, ctx: TrialContext) -> list[QuantizationChoice]:
+    """The plan's other schemes to quantize its trained model in: each with the options the plan's own knobs give
+    it; a scheme whose options the plan does not name (a knob of that scheme's own, sampled) is left to its trials."""
+    if ctx.quantization is None:
+        return []
+    out = []
+    for scheme in ctx.other_schemes:
+        if scheme in (plan.quantization.scheme, "fp32"):  # its own, and fp32 (measure_fp32, above)
+            continue
+        try:
+            out.append(sample_quantization(Fixed({**plan.params(), SCHEME_KNOB: scheme}), ctx.quantization))
+        except KeyError:
+            continue
+    return out
 
 
 def _on_the_way(

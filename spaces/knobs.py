@@ -6,6 +6,7 @@ an experiment file is validated before anything heavy loads.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol, Union
 
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -44,6 +45,19 @@ class TrialLike(Protocol):
     def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float: ...
 
     def suggest_categorical(self, name: str, choices: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """A trial whose every knob is already set (a plan rebuilt from its params); a knob it lacks is a KeyError."""
+
+    params: dict[str, Any]
+
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float:
+        return float(self.params[name])
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        return self.params[name]
 
 
 def values(v: Any) -> list[float]:

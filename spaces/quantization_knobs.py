@@ -173,6 +173,9 @@ class QuantizationSpace(Strict):
 
     schemes: list[Annotated[str, AfterValidator(_registered)]] = Field(default_factory=default_schemes)
     static: StaticSpace = StaticSpace()
+    # Each trained model is also quantized in the space's other schemes and recorded as a model made on the way (a
+    # plan of the space for the price of a quantization and a measurement, not a training).
+    on_the_way: bool = True
 
     @model_validator(mode="wrap")
     @classmethod

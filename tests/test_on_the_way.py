@@ -97,3 +97,44 @@ def test_a_plan_proposed_again_after_it_was_made_on_the_way_is_answered_from_it_
     # A repeat costs nothing (search/budget.py): the budget's second trial is another plan, trained.
     assert [t.number for t in repeats(study)] == [again.number] and len(spent(study)) == 2
     assert not [t for t in on_the_way(study) if read(t).made_by == again.number]  # it made nothing on a way
+
+
+def test_a_trained_model_is_measured_in_the_spaces_other_schemes_at_no_trial_of_the_budget(tmp_path):
+    space = {
+        "students": {"teacher": True, "cnn": {"width": [0.5], "depth": [1], "epochs": 2}},
+        "pruning": {"ratio": [0.0], "recover_epochs": 1},
+        "quantization": {"schemes": ["fp32", "int8_dynamic", "int8_static_qdq"]},
+    }
+    path = small_experiment(
+        tmp_path,
+        name="schemes",
+        space=space,
+        search={"sampler": "random", "trials": 1},
+        constraints={"max_accuracy_drop": 50.0},
+    )
+    exp = load(path)
+    open_study(exp).enqueue_trial({"student": "cnn", "pruning.ratio": 0.0, "quantization.scheme": "fp32"})
+    study = sweep_here(exp)
+    (parent,) = spent(study)
+    made = {read(t).describe: t for t in on_the_way(study)}
+    # The fp32 student trained once, and its int8 models, quantized from it, are candidates of their own.
+    assert set(made) == {"cnn w0.5 d1 | no prune | int8_dynamic", "cnn w0.5 d1 | no prune | int8_static_qdq"}
+    fp32_file = exp.out / "trials" / f"trial-{parent.number}.onnx"
+    for t in made.values():
+        rec = read(t)
+        assert rec.made_by == parent.number and rec.metrics["accuracy"] > 50.0
+        assert (exp.out / "trials" / f"trial-{t.number}.onnx").stat().st_size < fp32_file.stat().st_size
+    assert "distill" not in read(made["cnn w0.5 d1 | no prune | int8_dynamic"]).stages  # measured, not trained
+
+    # Off, the trial makes none of them: only what it made on its own way (nothing, for an unpruned fp32 plan).
+    (tmp_path / "off").mkdir()
+    off = small_experiment(
+        tmp_path / "off",
+        name="schemes",
+        space={**space, "quantization": {**space["quantization"], "on_the_way": False}},
+        search={"sampler": "random", "trials": 1},
+        constraints={"max_accuracy_drop": 50.0},
+    )
+    exp_off = load(off)
+    open_study(exp_off).enqueue_trial({"student": "cnn", "pruning.ratio": 0.0, "quantization.scheme": "fp32"})
+    assert not on_the_way(sweep_here(exp_off))
