@@ -303,7 +303,7 @@ def test_a_scheme_with_an_option_of_its_own_is_sampled_and_applied_from_the_file
         (
             "{schemes: [fp32], int4_blcks: {}}",
             "space.quantization.int4_blcks: unknown key; 'int4_blcks' is not allowed; choose one of: schemes, static, "
-            "int4_blocks (did you mean 'int4_blocks'?)",
+            "on_the_way, int4_blocks (did you mean 'int4_blocks'?)",
         ),
     ],
     ids=["bad value", "typo", "scheme not searched", "unknown section"],
