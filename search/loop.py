@@ -168,7 +168,7 @@ class Loop:
             self._run(heartbeat_s)
 
     def _run(self, heartbeat_s: float) -> None:
-        next_check = time.monotonic() + heartbeat_s
+        next_check = time.monotonic()  # at once: a driver that died here before this one started left trials
         try:
             while True:
                 if time.monotonic() >= next_check:  # a driver that died meanwhile: its trials run again here

@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from evaluators.errors import ConfigError
 from evaluators.secrets import mask_secrets
-from search import localdb, optuna_store
+from search import liveness, localdb, optuna_store
 from search.config import METRIC_DIRECTIONS, Experiment
 from search.fingerprint import changes, describe, fingerprint
 from search.record import (  # noqa: F401 - the record's layout, importable from here as before
@@ -305,6 +305,7 @@ _BEAT = "slimsweep.driver_beat:"  # + driver id -> the driver's last heartbeat (
 # + driver id -> the seconds between that driver's beats. Kept apart from the beat, which stays a bare number, so a
 # release that predates it still reads every driver's beat.
 _EVERY = "slimsweep.driver_every:"
+_WHERE = "slimsweep.driver_where:"  # + driver id -> where its process runs (search/liveness.py), if known
 STALE_BEATS = 4  # a driver whose last beat is older than this many of its own heartbeat intervals is gone
 
 
@@ -336,6 +337,8 @@ def beat(study: optuna.Study, driver: str, now: float | None = None, *, every_s:
     beats, is recorded with its first beat, so other drivers judge it by its own interval, not theirs."""
     if every_s is not None:
         optuna_store.set_study_system_attr(study, _EVERY + driver, float(every_s))
+        if (where := liveness.here()) is not None:  # a driver restarted here knows at once when this one is gone
+            optuna_store.set_study_system_attr(study, _WHERE + driver, where)
     optuna_store.set_study_system_attr(study, _BEAT + driver, clock(study) if now is None else now)
 
 
@@ -356,7 +359,7 @@ def live_drivers(study: optuna.Study, heartbeat_s: float, now: float | None = No
         driver = key[len(_BEAT) :]
         every = attrs.get(_EVERY + driver)
         every = float(every) if isinstance(every, (int, float)) and every > 0 else heartbeat_s
-        if now - at <= STALE_BEATS * every:
+        if now - at <= STALE_BEATS * every and not liveness.gone(attrs.get(_WHERE + driver)):
             alive.add(driver)
     return alive
 
