@@ -208,7 +208,10 @@ def entry() -> None:
     if ray is not None and ray.is_initialized():
         # Before the exit hooks: Ray's own hook first sleeps half a second for workers' output to reach this
         # terminal, and slimsweep's workers print nothing here (log_to_driver=False).
-        ray.shutdown()
+        try:
+            ray.shutdown()
+        except BaseException:  # noqa: BLE001 - as inside the exit hooks: a sweep that ended well stays well ended
+            pass
     threading._shutdown()  # what a normal exit waits for: non-daemon threads, thread pools' exit hooks included
     atexit._run_exitfuncs()  # Ray's shutdown, MLflow's active run, logging: everything registered for the exit
     for stream in (sys.stdout, sys.stderr):

@@ -28,7 +28,7 @@ class Held:
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
         if self.depth and not self.pending:
             self.pending = True
-            log.info("Ctrl-C: stopping once the step under way is recorded")
+            log.warning("Ctrl-C: stopping once the step under way is recorded (Ctrl-C again stops at once)")
             return
         raise KeyboardInterrupt
 
@@ -36,8 +36,11 @@ class Held:
     def installed(self) -> Iterator[Held]:
         """Route SIGINT through this holder for the block (only the main thread may set a signal handler; elsewhere
         the block runs with Python's own handling)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield self
+        if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) in (
+            signal.SIG_IGN,
+            None,
+        ):
+            yield self  # and a process started with Ctrl-C ignored (a background job) keeps ignoring it
             return
         before: Any = signal.signal(signal.SIGINT, self._on_sigint)
         try:

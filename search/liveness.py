@@ -27,18 +27,36 @@ def _boot_and_namespace() -> str | None:
 
 
 def _started(pid: int) -> str | None:
-    """When process `pid` started (clock ticks since boot, /proc/PID/stat field 22); None if no such process."""
+    """When process `pid` started (clock ticks since boot, /proc/PID/stat field 22); None if it cannot be read."""
     try:
-        stat = (_PROC / str(pid) / "stat").read_text()
+        stat = (_PROC / str(pid) / "stat").read_bytes()
     except OSError:
         return None
-    # The command name (field 2) is in parentheses and may hold spaces: the fields after it follow its last ')'.
-    after = stat[stat.rfind(")") + 2 :].split()
-    return after[19] if len(after) > 19 else None
+    # The command name (field 2) is in parentheses and may hold spaces, or bytes of any encoding: the fields after it
+    # follow its last ')'.
+    after = stat[stat.rfind(b")") + 2 :].split()
+    return after[19].decode() if len(after) > 19 else None
+
+
+def _runs(pid: int) -> bool:
+    """Whether a process `pid` exists (another user's too, whose /proc entry may be hidden: hidepid)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def here() -> str | None:
-    """Where this process runs, to record beside a driver's beats; None where it cannot be told (not Linux)."""
+    """Where this process runs, to record beside a driver's beats; None where it cannot be told (not Linux, or a
+    PID namespace whose /proc is another's, where this process's PID names someone else there)."""
+    try:
+        if int(os.readlink(_PROC / "self")) != os.getpid():
+            return None
+    except (OSError, ValueError):
+        return None
     where = _boot_and_namespace()
     started = _started(os.getpid())
     return f"{where}/{os.getpid()}/{started}" if where and started else None
@@ -52,4 +70,7 @@ def gone(where: object) -> bool:
     place, _, pid = place.rpartition("/")
     if not pid.isdigit() or place != _boot_and_namespace():
         return False  # another machine, boot or container: only its heartbeat can tell
-    return _started(int(pid)) != rest
+    started = _started(int(pid))
+    if started is None:  # no such process, or one whose /proc entry this user may not read
+        return not _runs(int(pid))
+    return started != rest  # another start time: a later process took the PID

@@ -429,9 +429,10 @@ class Loop:
         where = {k: info[k] for k in ("ray_node", "cores", "resources") if k in info}  # made where its trial ran
         for made in result.on_the_way:
             try:
-                number = record_on_the_way(
-                    self.exp, self.study, self.ledger, self.driver, self.teacher["accuracy"], parent, made, where
-                )
+                with self.held.step():  # its trial opens RUNNING: a Ctrl-C waits until it is recorded
+                    number = record_on_the_way(
+                        self.exp, self.study, self.ledger, self.driver, self.teacher["accuracy"], parent, made, where
+                    )
             except Exception as err:  # noqa: BLE001 - an extra candidate lost must not stop the sweep
                 log.warning("trial %d: a model made on its way was not recorded (%s)", parent.number, err)
                 continue

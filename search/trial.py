@@ -361,14 +361,15 @@ def _train_and_measure(
     if plan.quantization.scheme != "fp32" and changed and ctx.measure_fp32:
         info = TrialInfo(channels=result.info.channels, sparsity=result.info.sparsity)
         _on_the_way(result, plan.pruning.ratio, "fp32", fp32, parameter_count(student), info, data, time_model)
+    weights = parameter_count(student)
     for choice in _other_schemes(plan, ctx):
+        info = TrialInfo(channels=result.info.channels, sparsity=result.info.sparsity)
         try:
             with _stage(stages, "on_the_way"):
                 model = quantize(fp32, choice, data.x_calib, cache_dir=_sensitivity_cache())
-        except TrialFailure:  # a scheme that cannot quantize this model costs the trial nothing; its own plan says why
-            continue
-        info = TrialInfo(channels=result.info.channels, sparsity=result.info.sparsity)
-        _on_the_way(result, plan.pruning.ratio, choice.scheme, model, parameter_count(student), info, data, time_model)
+            _on_the_way(result, plan.pruning.ratio, choice.scheme, model, weights, info, data, time_model)
+        except Exception:  # noqa: BLE001 - an extra model that cannot be made or run costs the trial nothing
+            continue  # its own plan, when drawn, runs it and says why
 
 
 def _other_schemes(plan: CompressionPlan, ctx: TrialContext) -> list[QuantizationChoice]:
@@ -382,7 +383,7 @@ def _other_schemes(plan: CompressionPlan, ctx: TrialContext) -> list[Quantizatio
             continue
         try:
             out.append(sample_quantization(Fixed({**plan.params(), SCHEME_KNOB: scheme}), ctx.quantization))
-        except KeyError:
+        except Exception:  # noqa: BLE001 - a knob the plan does not name (KeyError), or a plugin scheme's own error
             continue
     return out
 

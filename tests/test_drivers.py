@@ -181,8 +181,9 @@ def test_a_driver_that_dies_mid_sweep_leaves_no_trial_without_its_run_at_the_sur
     )
     exp = load(path)
     study = open_study(exp)
-    # The first sweep's trial: the teacher as it is (nothing to train, nothing made on its way), run by the driver's
-    # loop in this process; it leaves the same trial and runs as `slimsweep run` would, without Ray's start or a pick.
+    # The first sweep's trial: the teacher as it is (nothing to train; its int8 model made on its way), run by the
+    # driver's loop in this process; it leaves the same trials and runs as `slimsweep run` would, without Ray's start
+    # or a pick.
     study.enqueue_trial(TEACHER_AS_IT_IS)
     sweep_here(exp)
     (told,) = spent(study)

@@ -14,7 +14,8 @@ from search import liveness
 from search.config import load
 from search.study import clock, live_drivers, open_study, stale
 
-pytestmark = pytest.mark.fast
+# Where a process runs is read from Linux's /proc; elsewhere only the heartbeat tells (here() is None there).
+pytestmark = [pytest.mark.fast, pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="no /proc here")]
 
 # A driver in a process of its own: it records where it runs with its first beat, owns a trial, and ends without
 # retiring (as a driver killed with kill -9 does); it prints the trial's number.
@@ -50,6 +51,13 @@ def test_where_another_process_now_has_the_pid_the_driver_is_gone():
     boot_and_namespace = liveness.here().rsplit("/", 2)[0]
     # This process's PID with another start time: the driver's process ended and a later one took its PID.
     assert liveness.gone(f"{boot_and_namespace}/{os.getpid()}/1")
+
+
+def test_a_driver_whose_proc_entry_cannot_be_read_but_runs_is_alive(monkeypatch):
+    # /proc mounted with hidepid: another user's process cannot be read, and its driver is not taken for gone.
+    where = liveness.here()
+    monkeypatch.setattr(liveness, "_started", lambda pid: None)
+    assert not liveness.gone(where)
 
 
 @pytest.mark.parametrize(
