@@ -10,12 +10,14 @@ machine says nothing here, and the heartbeat decides as before.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
 _PROC = Path("/proc")
 
 
+@functools.cache  # read once: every liveness check of every driver compares against it
 def _boot_and_namespace() -> str | None:
     """This boot and this PID namespace (Linux); None where /proc cannot say."""
     try:
@@ -44,8 +46,8 @@ def _runs(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # another user's process: it exists
+        pass
     return True
 
 

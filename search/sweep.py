@@ -98,8 +98,7 @@ def prepare(exp: Experiment, say: Callable[[str], None] | None = None) -> TrialC
         max_latency_ms=exp.constraints.max_latency_ms,
         measure_unpruned=0.0 in ratios and len(ratios) > 1,
         measure_fp32="fp32" in schemes and len(schemes) > 1,
-        other_schemes=tuple(sorted(schemes - {"fp32"})) if exp.space.quantization.on_the_way else (),
-        quantization=exp.space.quantization,
+        quantization=exp.space.quantization if exp.space.quantization.on_the_way else None,
         rungs=tuple(exp.search.early_stopping.rungs),
     )
 

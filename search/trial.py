@@ -54,9 +54,9 @@ class TrialContext:
     # pruning (ratio 0 is a choice) and the pruned model before quantization (fp32 is a choice).
     measure_unpruned: bool = False
     measure_fp32: bool = False
-    # And the trained model in the space's other schemes (space.quantization.on_the_way): their names, and the
-    # space that rebuilds each one's options from the trial's own knobs, as search/ontheway.py draws its plan.
-    other_schemes: tuple[str, ...] = ()
+    # And the trained model in the space's other schemes: the quantization space (None where
+    # space.quantization.on_the_way is off), which rebuilds each scheme's options from the trial's own knobs, as
+    # search/ontheway.py draws its plan.
     quantization: QuantizationSpace | None = None
     # Cheap-then-full: cumulative training epochs (distillation and pruning's recovery together, ascending; a rung
     # below 1 is that share of the plan's epochs) after which a trial reports its accuracy so far to the driver,
@@ -355,13 +355,13 @@ def _train_and_measure(
         latency, hit = time_model(deployed)
     result.info.skipped_training, result.info.latency_cache = False, _cache(hit)
     result.onnx = deployed
+    weights = parameter_count(student)
     with _stage(stages, "accuracy"):
-        result.metrics = _metrics(deployed, latency, data, parameter_count(student))
+        result.metrics = _metrics(deployed, latency, data, weights)
     changed = s.distilled or plan.pruning.ratio > 0  # else the fp32 model is the teacher itself, the baseline
     if plan.quantization.scheme != "fp32" and changed and ctx.measure_fp32:
         info = TrialInfo(channels=result.info.channels, sparsity=result.info.sparsity)
-        _on_the_way(result, plan.pruning.ratio, "fp32", fp32, parameter_count(student), info, data, time_model)
-    weights = parameter_count(student)
+        _on_the_way(result, plan.pruning.ratio, "fp32", fp32, weights, info, data, time_model)
     for choice in _other_schemes(plan, ctx):
         info = TrialInfo(channels=result.info.channels, sparsity=result.info.sparsity)
         try:
@@ -378,9 +378,8 @@ def _other_schemes(plan: CompressionPlan, ctx: TrialContext) -> list[Quantizatio
     if ctx.quantization is None:
         return []
     out = []
-    for scheme in ctx.other_schemes:
-        if scheme in (plan.quantization.scheme, "fp32"):  # its own, and fp32 (measure_fp32, above)
-            continue
+    # Not its own, nor fp32 (measure_fp32, above).
+    for scheme in sorted(set(ctx.quantization.schemes) - {plan.quantization.scheme, "fp32"}):
         try:
             out.append(sample_quantization(Fixed({**plan.params(), SCHEME_KNOB: scheme}), ctx.quantization))
         except Exception:  # noqa: BLE001 - a knob the plan does not name (KeyError), or a plugin scheme's own error
