@@ -129,14 +129,27 @@ def settle(eligible: list[Candidate], teacher_latency_ms: float) -> tuple[Candid
 
 
 def won_on(pick: Candidate, ties: list[Candidate]) -> str:
-    """What the pick won on against the members tied with it on speed."""
+    """What the pick won on against the members tied with it on speed; where the ties differ, against which."""
     if not ties:
         return "speed"
-    if all(c.accuracy < pick.accuracy for c in ties):
-        return "accuracy"
-    if all(c.accuracy < pick.accuracy or c.size_mb > pick.size_mb for c in ties):
-        return "size"
-    return "median speed (the tied members are as accurate and as large)"
+    # settle() leaves no tied member better than the pick: each is less accurate, or as accurate and no smaller.
+    groups = [
+        ("accuracy", [c for c in ties if c.accuracy < pick.accuracy]),
+        ("size", [c for c in ties if c.accuracy >= pick.accuracy and c.size_mb > pick.size_mb]),
+        (
+            "median speed (the tied members are as accurate and as large)",
+            [c for c in ties if c.accuracy >= pick.accuracy and c.size_mb <= pick.size_mb],
+        ),
+    ]
+    present = [(reason, members) for reason, members in groups if members]
+    if len(present) == 1:
+        return present[0][0]
+    # Mixed ties: one word for all would be false of some (a member 1 pt less accurate is not "as accurate").
+    return ", ".join(f"{reason.split(' (')[0]} against {_trials(members)}" for reason, members in present)
+
+
+def _trials(members: list[Candidate]) -> str:
+    return ("trial " if len(members) == 1 else "trials ") + ", ".join(str(c.trial) for c in members)
 
 
 def _better(c: Candidate, than: Candidate) -> bool:

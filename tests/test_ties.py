@@ -76,6 +76,20 @@ def test_among_equally_accurate_tied_members_the_smaller_wins():
     assert choice.candidate.trial == 2 and choice.tied == (1,) and choice.won_by == "size"
 
 
+def test_ties_of_mixed_kinds_say_what_the_pick_won_on_against_each():
+    # The pick ties with a member 1 pt less accurate and with one as accurate and as large: "median speed (as
+    # accurate and as large)" alone would be false of the first.
+    front = [
+        member(7, 99.0, 4.10, (3.9, 4.3)),
+        member(46, 98.0, 4.00, (3.8, 4.2)),
+        member(9, 99.0, 4.05, (3.85, 4.25)),
+    ]
+    choice = FastestWithin(max_accuracy_drop=2.0).choose(front, 1.0)
+    assert choice.candidate.trial == 7 and set(choice.tied) == {46, 9}
+    assert choice.won_by == "accuracy against trial 46, median speed against trial 9"
+    assert "won on accuracy against trial 46, median speed against trial 9" in choice.why
+
+
 def test_ties_are_followed_until_no_tied_member_is_more_accurate():
     # 1 ties with 2, 2 with 3, but 1 does not tie with 3: the pick moves 1 -> 2 -> 3, and says where it started.
     front = [member(1, 97.0, 4.2, (4.0, 4.4)), member(2, 98.0, 3.9, (3.7, 4.1)), member(3, 99.0, 3.6, (3.4, 3.8))]
@@ -223,7 +237,8 @@ def test_the_real_pick_ties_honestly_and_the_card_says_with_whom(swept, capsys):
     assert main(["pick", str(swept.path)]) == 0
     card = _card(exp)
     assert card["speedup_ci_low"] is not None and "drift between processes" in card["speedup_interval_covers"]
-    assert card["won_by"] in {"speed", "accuracy", "size"} or card["won_by"].startswith("median speed")
+    won = card["won_by"]
+    assert won in {"speed", "accuracy", "size"} or won.startswith("median speed") or " against trial" in won
     capsys.readouterr()
     assert main(["front", str(swept.path), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
