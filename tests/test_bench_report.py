@@ -214,3 +214,11 @@ def test_the_space_reach_trains_alone_only_structures_whose_student_reached_the_
     measured["mid | no prune | int8"] = (98.1, {"joint"})
     text = "\n".join(markdown(1.0, structures, measured, 99.0, ("pruning", 2.5), 1.0, "x", {}))
     assert "none was trained alone" in text
+
+
+def test_the_whole_reports_estimate_counts_only_the_sections_that_ran():
+    est = report.scales.of(True).minutes
+    ran = report.Outcome("The quickstart", "", 60.0, "quickstart")
+    left = report.Outcome("Real data", "", 0.0, "realdata", ran=False)
+    last = report.minutes_table([ran, left], True, 60.0)[-2]
+    assert last == f"| **whole report** | **1.0** | **{est['quickstart']:.0f}** |"
