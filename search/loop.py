@@ -191,18 +191,20 @@ class Loop:
                 self._ask_ahead()  # the driver is idle until a result arrives: the next plan's ask is off its path
                 results = self.executor.wait([f.running for f in self.flights.values()], timeout=1.0)
                 self._rungs()
-                told = False
-                for item, result in results:
-                    with self.held.step():
+                told: list[Told] = []
+                # Every result of this wait is told before a Ctrl-C is raised, and before the listeners (the MLflow
+                # mirror) hear of any: a Ctrl-C there would otherwise drop the results not yet told, run again later.
+                with self.held.step():
+                    for item, result in results:
                         flight = self.flights.pop(item.number)
                         if self._run_again(flight, result):
                             continue
                         # When the driver let it go and got it back, beside the worker's own stamps
                         # (benchmarks/stages.py)
                         result.info.setdefault("clock", {}).update(submitted=item.submitted, received=time.time())
-                        told_now = self._tell(flight, result)
+                        told.append(self._tell(flight, result))
+                for told_now in told:
                     self.emit("trial_told", told_now)
-                    told = True
                 if told:  # the next plans start first: what follows (models made on the way, MLflow) is off their path
                     self._fill(synced=True)
                     self._record_made()

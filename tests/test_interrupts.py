@@ -8,11 +8,15 @@ import signal
 
 import pytest
 from optuna.trial import TrialState
-from test_driver_rules import StandIn, _run, shared  # noqa: F401 - shared: the fixture the rules' sweeps use
+from conftest import small_experiment
+from test_driver_rules import TASK, WIDE, StandIn, _run, _stats, shared  # noqa: F401 - shared: the rules' fixture
 from test_loop_overhead import AskAhead
 
 import search.loop
+from search.config import load
+from search.inprocess import InProcessExecutor
 from search.study import finished, interrupted
+from search.sweep import sweep
 
 pytestmark = pytest.mark.fast
 
@@ -55,3 +59,36 @@ def test_ctrl_c_while_a_result_is_told_keeps_that_result(tmp_path, shared, monke
     assert swept.summary.interrupted
     assert not running
     assert [t.number for t in finished(swept.study)] == [0, 1]  # the result being told when Ctrl-C came is kept
+
+
+class AllAtOnce(InProcessExecutor):
+    """Runs every queued trial in one wait(), as Ray hands back several results that finished together."""
+
+    def wait(self, running, timeout):
+        done = []
+        while batch := super().wait(running, timeout):
+            done += batch
+        return done
+
+
+class CtrlCOnFirstTold:
+    """Listener: Ctrl-C while the first result is mirrored (as the MLflow mirror hears of it)."""
+
+    def trial_told(self, loop, told) -> None:
+        if not getattr(self, "sent", False):
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_while_one_result_is_mirrored_keeps_the_others_that_came_with_it(tmp_path, shared):  # noqa: F811
+    # Two trials finish together; Ctrl-C comes while the listeners hear of the first. The second is told all the
+    # same, not dropped to run again when the sweep resumes.
+    ctx, onnx_bytes = shared
+    search = {"sampler": "random", "trials": 4, "parallel": 2, "seed": 0}
+    exp = load(small_experiment(tmp_path, name="together", task=TASK, space=WIDE, search=search))
+    executor = AllAtOnce(exp.target.spec(), trial=StandIn(onnx_bytes), slots=2, timer=lambda m, s: _stats())
+    swept = sweep(exp, executor, ctx, quiet=True, listeners=[CtrlCOnFirstTold()])
+    running, queued = _left(swept.study)
+    assert swept.summary.interrupted
+    assert not running and not queued
+    assert [t.number for t in finished(swept.study)] == [0, 1]
