@@ -45,6 +45,8 @@ _SIDE_SUFFIXES = ("", ".tmp", "-journal", "-wal", "-shm")
 # Folders slimsweep writes: MLflow's artifact store (all of it is MLflow's), and the trials' ONNX files (those only).
 ARTIFACTS = "mlartifacts"
 TRIALS, TRIAL_FILE = "trials", re.compile(r"trial-\d+\.onnx(\.tmp)?")
+# Trained students kept for pruning plans (space.pruning.from_trained, search/students.py): those files only.
+STUDENTS, STUDENT_FILE = "students", re.compile(r"[0-9a-f]{32}\.pt|\.[0-9a-f]{32}\.[A-Za-z0-9_]+\.tmp")
 # A folder without the marker is known as one an older slimsweep made by any of these.
 _LAYOUT = ("study.db", "teacher.onnx", TRIALS, "model_card.json", "deployable.onnx")
 
@@ -163,15 +165,16 @@ def _delete_own_files(folder: Path) -> int:
     elif artifacts.is_dir():
         shutil.rmtree(artifacts)  # unlinks the links inside, follows none
         removed += 1
-    trials = folder / TRIALS
-    if trials.is_symlink():
-        removed += _remove(trials)
-    elif trials.is_dir():
-        for path in trials.iterdir():
-            if TRIAL_FILE.fullmatch(path.name) and (path.is_symlink() or path.is_file()):
-                removed += _remove(path)
-        if not any(trials.iterdir()):
-            trials.rmdir()
+    for name, pattern in ((TRIALS, TRIAL_FILE), (STUDENTS, STUDENT_FILE)):
+        own = folder / name
+        if own.is_symlink():
+            removed += _remove(own)
+        elif own.is_dir():
+            for path in own.iterdir():
+                if pattern.fullmatch(path.name) and (path.is_symlink() or path.is_file()):
+                    removed += _remove(path)
+            if not any(own.iterdir()):
+                own.rmdir()
     return removed
 
 

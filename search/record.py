@@ -65,6 +65,8 @@ class TrialInfo(MutableMapping):
     stopped_at_rung: int | None = None
     stopped_by: int | None = None
     stop_reason: str | None = None
+    # space.pruning.from_trained: the trial whose trained student this plan pruned instead of training its own.
+    student_from: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys this release has no field for, kept as stored
 
     @classmethod

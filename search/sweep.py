@@ -22,6 +22,8 @@ from experiments.tasks import load_task
 from experiments.teacher import resolve_teacher, teacher_to_bytes
 from search.config import Experiment
 from search.dispatch import MACHINERY, Executor
+from search import students
+from search.fresh import STUDENTS
 from search.ledger import MAX_ASKS_PER_TRIAL, Ledger
 from search.loop import Loop, SweepSummary
 from search.mirror import MlflowMirror, log_trial, sync_tracking
@@ -89,6 +91,8 @@ def prepare(exp: Experiment, say: Callable[[str], None] | None = None) -> TrialC
         say(f"teacher: {'loaded from the cache' if cached else 'ready'} in {time.perf_counter() - start:.0f} s")
         blob = teacher_to_bytes(teacher)
     ratios, schemes = set(values(exp.space.pruning.ratio)), set(exp.space.quantization.schemes)
+    # Trained students kept for the pruning plans of the same student: only where some plan prunes.
+    keep = exp.space.pruning.from_trained and blob is not None and any(r > 0 for r in ratios)
     return TrialContext(
         data=task.data,
         teacher_blob=blob,
@@ -100,6 +104,8 @@ def prepare(exp: Experiment, say: Callable[[str], None] | None = None) -> TrialC
         measure_fp32="fp32" in schemes and len(schemes) > 1,
         quantization=exp.space.quantization if exp.space.quantization.on_the_way else None,
         rungs=tuple(exp.search.early_stopping.rungs),
+        students_dir=str((exp.out / STUDENTS).resolve()) if keep else None,  # Ray workers run in other folders
+        students_tag=students.task_tag(blob, task.data) if keep and blob is not None else "",
     )
 
 

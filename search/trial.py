@@ -20,6 +20,7 @@ from evaluators.size import size_mb
 from experiments.tasks import TaskData
 from experiments.teacher import cache_dir, teacher_from_bytes
 from search.gate import Bar
+from search import students
 from search.record import TrialInfo
 from spaces.export import to_onnx
 from spaces.knobs import Fixed
@@ -62,6 +63,10 @@ class TrialContext:
     # below 1 is that share of the plan's epochs) after which a trial reports its accuracy so far to the driver,
     # which may stop it there. Empty: no reports.
     rungs: tuple[float, ...] = ()
+    # space.pruning.from_trained: the folder trained students are kept in (search/students.py) and the tag of what
+    # they are trained from (teacher and data); None: every plan trains its own student.
+    students_dir: str | None = None
+    students_tag: str = ""
 
     def teacher(self) -> torch.nn.Module:
         """A fresh copy of the teacher (any module: trained CNN, checkpoint, plugin's)."""
@@ -177,6 +182,11 @@ class _Epochs:
     def __post_init__(self) -> None:
         self.at = rung_epochs(self.rungs, self.planned)
 
+    def replan(self, planned: int) -> int:
+        """The plan's epochs changed before any was trained (a saved student it could not use); the new count."""
+        self.planned, self.at = planned, rung_epochs(self.rungs, planned)
+        return planned
+
     def reports(self) -> bool:
         """Whether any rung falls inside the plan's training (the last epoch is the plan's end, not a rung)."""
         return self.report is not None and any(r < self.planned for r in self.at)
@@ -271,10 +281,12 @@ def _run(
     if ctx.onnx_model is not None:
         return _run_onnx(plan, ctx, result, time_model)
     data = ctx.data
-    epochs = _Epochs(tuple(ctx.rungs), epochs_planned(plan), report, data)
+    trained = _trained_student(plan, ctx)
+    planned = epochs_planned(plan) - (plan.student.epochs if trained is not None else 0)
+    epochs = _Epochs(tuple(ctx.rungs), planned, report, data)
     result.info.epochs_planned, result.info.epochs_used = epochs.planned, 0
     try:
-        _train_and_measure(plan, ctx, result, time_model, bar, epochs)
+        _train_and_measure(plan, ctx, result, time_model, bar, epochs, trained)
     except _StoppedAtRung as stop:
         # The driver stopped the plan at a rung: its accuracy so far and its structure's figures are its record;
         # nothing is exported or quantized.
@@ -287,8 +299,21 @@ def _run(
         raise
 
 
+def _trained_student(plan: CompressionPlan, ctx: TrialContext) -> students.Saved | None:
+    """The student this pruning plan may start from (space.pruning.from_trained), if a trial trained it already."""
+    if ctx.students_dir is None or plan.pruning.ratio <= 0 or not plan.student.distilled:
+        return None
+    return students.load(Path(ctx.students_dir), students.key(plan.student, ctx.students_tag))
+
+
 def _train_and_measure(
-    plan: CompressionPlan, ctx: TrialContext, result: TrialResult, time_model: TimeModel, bar: Bar, epochs: _Epochs
+    plan: CompressionPlan,
+    ctx: TrialContext,
+    result: TrialResult,
+    time_model: TimeModel,
+    bar: Bar,
+    epochs: _Epochs,
+    trained: students.Saved | None = None,
 ) -> None:
     data, stages = ctx.data, result.stages
     teacher = ctx.teacher()
@@ -321,11 +346,19 @@ def _train_and_measure(
         student = build(s, teacher, data.input_shape[0], data.num_classes, tuple(data.input_shape[1:]))
         if not epochs.figures:  # no faithful probe: a stop at a rung names the student's own weights
             epochs.params = parameter_count(student)
-        if s.distilled:
+        if trained is not None and students.restore(student, trained):
+            # Pruned from a student a trial trained already: its own plan, or its model made on the way, is that
+            # student before pruning, so neither is measured again here.
+            result.info.student_from = trained.trial
+        elif s.distilled:
+            if trained is not None:  # its weights did not fit the student: trained here after all, and counted
+                result.info.epochs_planned = epochs.replan(epochs_planned(plan))
             d = Distillation(epochs=s.epochs, lr=s.lr, temperature=s.temperature, alpha=s.alpha, seed=ctx.seed)
             train(student, data.x_train, data.y_train, d, teacher=teacher, on_epoch=lambda *_: epochs.epoch(student))
+            if ctx.students_dir is not None:
+                students.save(Path(ctx.students_dir), students.key(s, ctx.students_tag), student, result.number)
     result.info.channels_before_pruning = channel_count(student)
-    if plan.pruning.ratio > 0 and s.distilled and ctx.measure_unpruned:
+    if plan.pruning.ratio > 0 and s.distilled and ctx.measure_unpruned and result.info.student_from is None:
         # The trained student before pruning is a plan of the space too, and costs only its export and measurement
         # (both counted as the work of a model made on the way, not as the trial's overhead).
         with _stage(stages, "on_the_way"):

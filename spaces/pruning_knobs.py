@@ -140,6 +140,10 @@ class PruningSpace(Strict):
     steps: IntKnob = 1  # iterative pruning steps; 1 = one shot
     round_to: IntKnob = 8
     protect_first_last: bool = True
+    # A pruning plan of a distilled student this sweep has already trained (the same student, distillation, teacher
+    # and data) starts from that student's saved weights and trains only its recovery epochs, as a user prunes a
+    # saved model (search/students.py). Off: every plan trains its own student first.
+    from_trained: bool = False
 
     @field_validator("ratio")
     @classmethod
