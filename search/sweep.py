@@ -20,9 +20,9 @@ from evaluators.secrets import mask_secrets
 from evaluators.targets import settings_for
 from experiments.tasks import load_task
 from experiments.teacher import resolve_teacher, teacher_to_bytes
+from search import students
 from search.config import Experiment
 from search.dispatch import MACHINERY, Executor
-from search import students
 from search.fresh import STUDENTS
 from search.ledger import MAX_ASKS_PER_TRIAL, Ledger
 from search.loop import Loop, SweepSummary

@@ -19,8 +19,8 @@ from evaluators.latency import LatencyStats, TimingSettings
 from evaluators.size import size_mb
 from experiments.tasks import TaskData
 from experiments.teacher import cache_dir, teacher_from_bytes
-from search.gate import Bar
 from search import students
+from search.gate import Bar
 from search.record import TrialInfo
 from spaces.export import to_onnx
 from spaces.knobs import Fixed

@@ -35,7 +35,9 @@ PRUNED = CompressionPlan(student=STUDENT, pruning=PruningChoice(ratio=0.5, recov
 
 
 def _time(model: bytes) -> tuple[LatencyStats, bool]:
-    stats = LatencyStats(1.0, 1.0, 1.0, 1.0, 1.0, cv=0.0, ci_rel=0.0, throughput=1e3, repeats=10, stable=True, retried=False)
+    stats = LatencyStats(
+        1.0, 1.0, 1.0, 1.0, 1.0, cv=0.0, ci_rel=0.0, throughput=1e3, repeats=10, stable=True, retried=False
+    )
     return stats, False
 
 

@@ -7,8 +7,8 @@ import os
 import signal
 
 import pytest
-from optuna.trial import TrialState
 from conftest import small_experiment
+from optuna.trial import TrialState
 from test_driver_rules import TASK, WIDE, StandIn, _run, _stats, shared  # noqa: F401 - shared: the rules' fixture
 from test_loop_overhead import AskAhead
 
