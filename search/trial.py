@@ -364,7 +364,11 @@ def _train_and_measure(
         with _stage(stages, "on_the_way"):
             unpruned = to_onnx(student.eval(), example)
         info = TrialInfo(channels=channel_count(student), sparsity=0.0)
-        _on_the_way(result, 0.0, "fp32", unpruned, parameter_count(student), info, data, time_model)
+        weights = parameter_count(student)
+        _on_the_way(result, 0.0, "fp32", unpruned, weights, info, data, time_model)
+        # And in the space's other schemes, as the pruned model is below: the student unpruned but quantized is a
+        # plan of the space too (a hand-chained pipeline quantizes the student it keeps, pruned or not).
+        _in_schemes(result, plan, ctx, 0.0, unpruned, weights, info, time_model, skip={"fp32"})
     if plan.pruning.ratio > 0:
         with _stage(stages, "prune"):
             temperature, alpha, lr = (
@@ -395,24 +399,43 @@ def _train_and_measure(
     if plan.quantization.scheme != "fp32" and changed and ctx.measure_fp32:
         info = TrialInfo(channels=result.info.channels, sparsity=result.info.sparsity)
         _on_the_way(result, plan.pruning.ratio, "fp32", fp32, weights, info, data, time_model)
-    for choice in _other_schemes(plan, ctx):
-        info = TrialInfo(channels=result.info.channels, sparsity=result.info.sparsity)
+    info = TrialInfo(channels=result.info.channels, sparsity=result.info.sparsity)
+    # Not its own scheme, nor fp32 (measure_fp32, above).
+    _in_schemes(
+        result, plan, ctx, plan.pruning.ratio, fp32, weights, info, time_model, {plan.quantization.scheme, "fp32"}
+    )
+
+
+def _in_schemes(
+    result: TrialResult,
+    plan: CompressionPlan,
+    ctx: TrialContext,
+    ratio: float,
+    fp32: bytes,
+    weights: int,
+    info: TrialInfo,
+    time_model: TimeModel,
+    skip: set[str],
+) -> None:
+    """Measure a trained fp32 model quantized in each of the space's schemes but `skip`, as models made on the way
+    (space.quantization.on_the_way; the plan with `ratio` and that scheme)."""
+    for choice in _other_schemes(plan, ctx, skip):
         try:
-            with _stage(stages, "on_the_way"):
-                model = quantize(fp32, choice, data.x_calib, cache_dir=_sensitivity_cache())
-            _on_the_way(result, plan.pruning.ratio, choice.scheme, model, weights, info, data, time_model)
+            with _stage(result.stages, "on_the_way"):
+                model = quantize(fp32, choice, ctx.data.x_calib, cache_dir=_sensitivity_cache())
+            _on_the_way(result, ratio, choice.scheme, model, weights, TrialInfo.from_dict(info), ctx.data, time_model)
         except Exception:  # noqa: BLE001 - an extra model that cannot be made or run costs the trial nothing
             continue  # its own plan, when drawn, runs it and says why
 
 
-def _other_schemes(plan: CompressionPlan, ctx: TrialContext) -> list[QuantizationChoice]:
-    """The plan's other schemes to quantize its trained model in: each with the options the plan's own knobs give
-    it; a scheme whose options the plan does not name (a knob of that scheme's own, sampled) is left to its trials."""
+def _other_schemes(plan: CompressionPlan, ctx: TrialContext, skip: set[str]) -> list[QuantizationChoice]:
+    """The space's schemes but `skip` to quantize a trained model in: each with the options the plan's own knobs
+    give it; a scheme whose options the plan does not name (a knob of that scheme's own, sampled) is left to its
+    trials."""
     if ctx.quantization is None:
         return []
     out = []
-    # Not its own, nor fp32 (measure_fp32, above).
-    for scheme in sorted(set(ctx.quantization.schemes) - {plan.quantization.scheme, "fp32"}):
+    for scheme in sorted(set(ctx.quantization.schemes) - skip):
         try:
             out.append(sample_quantization(Fixed({**plan.params(), SCHEME_KNOB: scheme}), ctx.quantization))
         except Exception:  # noqa: BLE001 - a knob the plan does not name (KeyError), or a plugin scheme's own error

@@ -56,7 +56,11 @@ def test_a_trial_that_prunes_and_quantizes_records_the_models_it_made_on_its_way
     (parent,) = spent(study)  # the budget was one trial, and one trial ran
     assert read(parent).describe == "cnn w0.5 d1 | prune 0.5 | int8_static_qdq"
     made = {read(t).describe: t for t in on_the_way(study)}
-    assert set(made) == {"cnn w0.5 d1 | no prune | fp32", "cnn w0.5 d1 | prune 0.5 | fp32"}
+    assert set(made) == {
+        "cnn w0.5 d1 | no prune | fp32",
+        "cnn w0.5 d1 | prune 0.5 | fp32",
+        "cnn w0.5 d1 | no prune | int8_static_qdq",  # the student before pruning, in the space's other scheme
+    }
     files = {d: exp.out / "trials" / f"trial-{t.number}.onnx" for d, t in made.items()}
     unpruned, pruned_fp32 = files["cnn w0.5 d1 | no prune | fp32"], files["cnn w0.5 d1 | prune 0.5 | fp32"]
     int8 = exp.out / "trials" / f"trial-{parent.number}.onnx"
@@ -138,3 +142,34 @@ def test_a_trained_model_is_measured_in_the_spaces_other_schemes_at_no_trial_of_
     exp_off = load(off)
     open_study(exp_off).enqueue_trial({"student": "cnn", "pruning.ratio": 0.0, "quantization.scheme": "fp32"})
     assert not on_the_way(sweep_here(exp_off))
+
+
+def test_a_pruned_plans_student_is_measured_unpruned_in_every_scheme_too(tmp_path):
+    # A hand-chained pipeline quantizes the student it keeps, pruned or not: the student before pruning in each
+    # scheme is a plan of the space, made on the trial's way at no training.
+    space = {
+        "students": {"teacher": True, "cnn": {"width": [0.5], "depth": [1], "epochs": 2}},
+        "pruning": {"ratio": [0.0, 0.5], "recover_epochs": 1},
+        "quantization": {"schemes": ["fp32", "int8_dynamic", "int8_static_qdq"]},
+    }
+    path = small_experiment(
+        tmp_path,
+        name="unpruned",
+        space=space,
+        search={"sampler": "random", "trials": 1},
+        constraints={"max_accuracy_drop": 50.0},
+    )
+    exp = load(path)
+    plan = {"student": "cnn", "pruning.ratio": 0.5, "quantization.scheme": "int8_static_qdq"}
+    open_study(exp).enqueue_trial(plan)
+    study = sweep_here(exp)
+    (parent,) = spent(study)
+    made = {read(t).describe for t in on_the_way(study)}
+    assert made == {
+        "cnn w0.5 d1 | no prune | fp32",
+        "cnn w0.5 d1 | no prune | int8_dynamic",
+        "cnn w0.5 d1 | no prune | int8_static_qdq",
+        "cnn w0.5 d1 | prune 0.5 | fp32",
+        "cnn w0.5 d1 | prune 0.5 | int8_dynamic",
+    }
+    assert all(read(t).made_by == parent.number for t in on_the_way(study))
