@@ -1,9 +1,15 @@
 """The equal-compute comparison at accuracy bars (issue 20): the hand-chained pipeline's runs per seed, and per
 deployment the fastest model of every search within each bar, timed side by side with the teacher, with the goals.
-Run alone: python -m benchmarks.equalcompute --quick --work DIR (prints the realdata section's markdown)."""
+Run alone: python -m benchmarks.equalcompute --quick --work DIR (prints the realdata section's markdown).
+
+One search again against a finished report's others: copy the report's work folder, delete that search's folders in
+the copy (e.g. COPY/realdata/joint and COPY/realdata-throughput/joint), and run
+`python -m benchmarks.equalcompute --work COPY --reuse --no-reach`: the other sweeps are read back, the deleted ones
+run on this checkout, and every side-by-side timing is taken again."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -112,8 +118,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the quick scale (the full one otherwise)")
     parser.add_argument("--work", type=Path, required=True, help="folder for the sweeps and the plot")
     parser.add_argument("--reuse", action="store_true", help="read back sweeps that finished in --work")
+    parser.add_argument(
+        "--no-reach", action="store_true", help="leave out what the joint space can reach (it trains models alone)"
+    )
     args = parser.parse_args()
     sweeps.REUSE["finished"] = args.reuse
+    if args.no_reach:
+        realdata.QUICK = replace(realdata.QUICK, reach=False)
+        realdata.FULL = replace(realdata.FULL, reach=False)
     env = {
         "PYTHONPATH": str(sweeps.ROOT),
         "SLIMSWEEP_CACHE": os.environ.get("SLIMSWEEP_CACHE", str(args.work / "cache")),
