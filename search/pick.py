@@ -29,7 +29,9 @@ class Choice:
     why: str
     met_policy: bool
     tied: tuple[int, ...] = ()  # qualifying members not measurably faster or slower than the pick (trial numbers)
-    won_by: str = ""  # what the pick won on: 'speed', or among ties 'accuracy' / 'size'; '' when a policy says not
+    # What the pick won on: 'speed', or among ties 'accuracy' / 'size' / 'median speed (...)', or per tied member
+    # where they differ ('accuracy against trial 46, median speed against trial 9'); '' when a policy says not.
+    won_by: str = ""
 
 
 class PickPolicy(Protocol):

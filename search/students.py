@@ -70,12 +70,13 @@ def save(folder: Path, name: str, model: torch.nn.Module, trial: int) -> None:
     """Keep a trained student under `name`; written whole or not at all (a reader never sees half a file)."""
     tmp = None
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        # Not its parents: a worker on a machine without the sweep's output folder keeps nothing there.
+        folder.mkdir(exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             torch.save({"state": model.state_dict(), "trial": trial}, f)
         os.replace(tmp, folder / f"{name}.pt")
-    except OSError:  # a read-only or full disk costs later plans their training, not this trial its result
+    except Exception:  # noqa: BLE001 - a full or read-only disk costs later plans their training, not this trial
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
 

@@ -347,8 +347,8 @@ def _train_and_measure(
         if not epochs.figures:  # no faithful probe: a stop at a rung names the student's own weights
             epochs.params = parameter_count(student)
         if trained is not None and students.restore(student, trained):
-            # Pruned from a student a trial trained already: its own plan, or its model made on the way, is that
-            # student before pruning, so neither is measured again here.
+            # Pruned from a student a trial trained already. Its models before pruning are measured below all the
+            # same: that trial may have failed after saving it, and the driver records a plan only once.
             result.info.student_from = trained.trial
         elif s.distilled:
             if trained is not None:  # its weights did not fit the student: trained here after all, and counted
@@ -358,7 +358,7 @@ def _train_and_measure(
             if ctx.students_dir is not None:
                 students.save(Path(ctx.students_dir), students.key(s, ctx.students_tag), student, result.number)
     result.info.channels_before_pruning = channel_count(student)
-    if plan.pruning.ratio > 0 and s.distilled and ctx.measure_unpruned and result.info.student_from is None:
+    if plan.pruning.ratio > 0 and s.distilled and ctx.measure_unpruned:
         # The trained student before pruning is a plan of the space too, and costs only its export and measurement
         # (both counted as the work of a model made on the way, not as the trial's overhead).
         with _stage(stages, "on_the_way"):
