@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from experiments.tasks import digits
 from search.cli import main
 from search.config import load
+from search.ledger import MAX_ASKS_PER_TRIAL
 from search.pareto import front as pareto_front
 from search.pick import Choice, register_pick_policy
 from search.study import finished, read, spent
@@ -59,6 +60,15 @@ def _study(exp):
     return optuna.load_study(study_name=exp.name, storage=exp.storage_url)
 
 
+def _spent_its_budget(study, budget: int = 6) -> bool:
+    """The sweep trained its budget, or fewer only because the sampler ran out of new plans first: each training also
+    measures its model before pruning and in the space's other schemes, so a 12-plan space can be measured whole in
+    fewer trainings (then the loop stops after MAX_ASKS_PER_TRIAL proposals per plan of the budget)."""
+    n = len(spent(study))
+    asked = [t for t in study.trials if read(t).made_by is None]
+    return n == budget or (n < budget and len(asked) >= MAX_ASKS_PER_TRIAL * budget)
+
+
 def _runs(exp, role):
     client = MlflowClient(exp.tracking_uri)
     experiment = client.get_experiment_by_name(exp.name)
@@ -69,7 +79,7 @@ def test_sweep_finishes_its_budget_and_beats_the_teacher(swept):
     code, exp, folder = swept
     assert code == 0
     study = _study(exp)
-    assert len(spent(study)) == 6  # the budget; the models made on its way are extra
+    assert _spent_its_budget(study)  # the models made on its way are extra
     card = json.loads((folder / "sweep_card.json").read_text())
     teacher = card["teacher"]
     # The pick honours the policy against the teacher's measured figures.
@@ -91,7 +101,9 @@ def test_mlflow_holds_parent_children_front_and_charts(swept):
 
     _, children = _runs(exp, "trial")
     numbers = sorted(t.number for t in finished(_study(exp)))
-    assert len(spent(_study(exp))) == 6 and sorted(int(r.data.tags["optuna.trial_number"]) for r in children) == numbers
+    assert (
+        _spent_its_budget(_study(exp)) and sorted(int(r.data.tags["optuna.trial_number"]) for r in children) == numbers
+    )
     front = {c.trial for c in pareto_front(_study(exp))}  # each model once: repeats answered from it are not members
     for run in children:
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
