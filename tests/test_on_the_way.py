@@ -17,12 +17,12 @@ from search.study import on_the_way, open_study, read, repeats, spent
 PLAN = {"student": "cnn", "pruning.ratio": 0.5, "quantization.scheme": "int8_static_qdq"}
 
 
-def _experiment(tmp_path, ratios: list[float]):
+def _experiment(tmp_path, ratios: list[float], schemes: tuple[str, ...] = ("fp32", "int8_static_qdq")):
     """The one-trial experiment whose trial prunes and quantizes a trained student; its study holds that plan."""
     space = {
         "students": {"teacher": True, "cnn": {"width": [0.5], "depth": [1], "epochs": 2}},
         "pruning": {"ratio": ratios, "recover_epochs": 1},
-        "quantization": {"schemes": ["fp32", "int8_static_qdq"]},
+        "quantization": {"schemes": list(schemes)},
     }
     path = small_experiment(
         tmp_path,
@@ -147,21 +147,7 @@ def test_a_trained_model_is_measured_in_the_spaces_other_schemes_at_no_trial_of_
 def test_a_pruned_plans_student_is_measured_unpruned_in_every_scheme_too(tmp_path):
     # A hand-chained pipeline quantizes the student it keeps, pruned or not: the student before pruning in each
     # scheme is a plan of the space, made on the trial's way at no training.
-    space = {
-        "students": {"teacher": True, "cnn": {"width": [0.5], "depth": [1], "epochs": 2}},
-        "pruning": {"ratio": [0.0, 0.5], "recover_epochs": 1},
-        "quantization": {"schemes": ["fp32", "int8_dynamic", "int8_static_qdq"]},
-    }
-    path = small_experiment(
-        tmp_path,
-        name="unpruned",
-        space=space,
-        search={"sampler": "random", "trials": 1},
-        constraints={"max_accuracy_drop": 50.0},
-    )
-    exp = load(path)
-    plan = {"student": "cnn", "pruning.ratio": 0.5, "quantization.scheme": "int8_static_qdq"}
-    open_study(exp).enqueue_trial(plan)
+    exp, _ = _experiment(tmp_path, [0.0, 0.5], schemes=("fp32", "int8_dynamic", "int8_static_qdq"))
     study = sweep_here(exp)
     (parent,) = spent(study)
     made = {read(t).describe for t in on_the_way(study)}
