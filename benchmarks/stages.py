@@ -11,10 +11,12 @@ told. So, for a sweep that runs one trial at a time:
 * after the last: re-timing the front, the pick, the MLflow registry, the model card.
 slimsweep's own overhead is the first two, as a share of the trials' span.
 
-The driver asks for the next plan while a trial runs (search/loop.py), so Optuna's ask stamp no longer marks where a
-trial's critical path begins. Where every trial that ran keeps its clock stamps, the breakdown follows them instead:
-a trial's path runs from its submit to its result's arrival, and the driver's own share is the gap from one result's
-arrival to the next submit (`driver_side`); records without stamps fall back to Optuna's stamps.
+The driver asks for the next plan while a trial runs and submits it at once, queued behind it (search/loop.py), so
+Optuna's ask stamp no longer marks where a trial's critical path begins. Where every trial that ran keeps its clock
+stamps, the breakdown follows them instead: the overhead is the time a slot is idle between one trial's end on its
+worker and the next one's start, and the worker's time outside its stages; the driver's own share is the gap from
+one result's arrival to the next submit, where the next plan was not queued (`driver_side`); records without
+stamps fall back to Optuna's stamps.
 
 Not seen here: a trial waits at each rung for the driver's verdict (search/rungboard.py), inside its training stage;
 while the driver writes the MLflow mirror or asks ahead, that wait is the driver's, and no stamp splits it off.
@@ -63,6 +65,7 @@ class Breakdown:
     in_trial_parts: dict[str, float] = field(default_factory=dict)  # in_trial_other split by the trials' clocks
     between_parts: dict[str, float] = field(default_factory=dict)  # between_trials split (driver_side only)
     driver_side: bool = False  # measured from the trials' clock stamps: result received to the next submit
+    queued: int = 0  # trials submitted before the result of the one before arrived (driver_side only)
 
     @property
     def overhead(self) -> float:
@@ -84,7 +87,8 @@ def _utc(t: datetime) -> datetime:
 # the split between Ray and the worker is as good as the nodes' clocks agree).
 PARTS = {
     "sampling": "Optuna's sampling and the driver's checks (ask to submit)",
-    "ray": "Ray: dispatch, the context copied to the worker, the result back",
+    "ray": "Ray: dispatch, the context copied to the worker, the result back (a queued trial: the one before's "
+    "end on the worker to its start)",
     "worker": "the worker outside its stages",
     "recording": "recording the result in the study (received to told)",
     "unstamped": "trials without stamps (answered from an earlier plan, or recorded by an older release)",
@@ -167,31 +171,38 @@ def breakdown(trials: Sequence[FrozenTrial], started: datetime, ended: datetime)
 
 
 def _driver_side(ran: list[FrozenTrial], repeats: int, started: datetime, ended: datetime) -> Breakdown:
-    """The breakdown from the trials' clock stamps: each trial's path from its submit to its result's arrival, the
-    driver's gap from one arrival to the next submit (repeats answered meanwhile cost the driver, inside that gap)."""
+    """The breakdown from the trials' clock stamps. Between one trial's end on its worker and the next one's start
+    the slot is idle: when the next plan was submitted after the result arrived, that is Ray taking the result back,
+    the driver's gap from the result's arrival to the next submit (repeats answered meanwhile inside it) and Ray's
+    dispatch; when it was submitted before (queued behind it, search/loop.py), all of it is Ray's start of the queued
+    trial, and the driver's telling and asking ran while trials did."""
     clocks = sorted(((read(t).info.clock, t) for t in ran), key=lambda ct: ct[0]["submitted"])
     stages = {k: 0.0 for k in STAGES}
     parts, gaps = {"ray": 0.0, "worker": 0.0}, {k: 0.0 for k in GAPS}
     first_other = 0.0
     overlap = False
+    queued = 0
     for i, (clock, t) in enumerate(clocks):
         spent = read(t).stages
         for k, v in spent.items():
             stages[k] = stages.get(k, 0.0) + v
-        there, back = clock["worker_began"] - clock["submitted"], clock["received"] - clock["worker_ended"]
-        ray = max(0.0, there) + max(0.0, back)
         worker = max(0.0, clock["worker_ended"] - clock["worker_began"] - sum(spent.values()))
         if not i:
-            first_other = ray + worker
+            first_other = max(0.0, clock["worker_began"] - clock["submitted"]) + worker
             continue
-        parts["ray"] += ray
         parts["worker"] += worker
         before, before_t = clocks[i - 1]
+        overlap |= clock["worker_began"] < before["worker_ended"]  # two trials on workers at once
+        if clock["submitted"] < before["received"]:  # queued behind it: the driver's work overlapped the trial
+            queued += 1
+            parts["ray"] += max(0.0, clock["worker_began"] - before["worker_ended"])
+            continue
+        back, there = before["received"] - before["worker_ended"], clock["worker_began"] - clock["submitted"]
+        parts["ray"] += max(0.0, back) + max(0.0, there)
         gap = clock["submitted"] - before["received"]
-        overlap |= gap < 0
-        told = min(max(0.0, _utc(before_t.datetime_complete).timestamp() - before["received"]), max(0.0, gap))
+        told = min(max(0.0, _utc(before_t.datetime_complete).timestamp() - before["received"]), gap)
         gaps["telling"] += told
-        gaps["next"] += max(0.0, gap) - told
+        gaps["next"] += gap - told
     first, last = clocks[0][0]["submitted"], clocks[-1][0]["received"]
     return Breakdown(
         stages=stages,
@@ -208,6 +219,7 @@ def _driver_side(ran: list[FrozenTrial], repeats: int, started: datetime, ended:
         in_trial_parts={k: v for k, v in parts.items() if v},
         between_parts={k: v for k, v in gaps.items() if v},
         driver_side=True,
+        queued=queued,
     )
 
 
@@ -239,7 +251,8 @@ def _table(name: str, run: sweeps.SweepRun, b: Breakdown) -> list[str]:
         if b.stages.get(k):
             lines.append(row(LABELS[k], b.stages[k], "training and measuring"))
     inside = (
-        "every later trial, submit to result, outside its stages: Ray dispatch, teacher copy"
+        "every later trial, outside its stages and the driver's gap: the result before it back, its dispatch, "
+        "teacher copy"
         if b.driver_side
         else "every later trial, outside its stages: Optuna sampling, Ray dispatch, teacher copy, tell"
     )
@@ -257,6 +270,8 @@ def _table(name: str, run: sweeps.SweepRun, b: Breakdown) -> list[str]:
     lines.append(row("after the last trial: front re-timed, pick, registry, model card", b.after_last, "delivery"))
     verdict = "met" if b.overhead_share <= 0.03 else "not met"
     note = "" if b.parallel_ok else " (trials overlapped, so gaps between them are not the driver's alone)"
+    if b.driver_side:
+        note += f"; {b.queued} of {max(0, b.trials + b.dominated - 1)} later trials queued behind the one before"
     lines += [
         "",
         f"> {name}: overhead while trials run: {b.overhead:.1f} s of a {b.span:.0f} s span = "
@@ -275,10 +290,11 @@ def section(out_dir: Path, quick: bool, *, work: Path) -> str:
         "From each sweep's stored record: worker stages (`stages` on each trial), Optuna's ask and tell stamps, "
         "and the driver's wall clock. Station queueing is inside the latency stage. Each trial also keeps when the "
         "driver submitted it and received its result and when the worker began and ended it, which splits the "
-        "in-trial overhead (the 'of which' rows). Where every trial has those stamps, a trial's path is its submit "
-        "to its result's arrival, and the driver's share is the gap from one result to the next submit: the plan is "
-        "asked while the trial before runs, and models made on the way and the MLflow mirror wait until the next "
-        "plan is submitted.",
+        "in-trial overhead (the 'of which' rows). Where every trial has those stamps, the overhead is the time a "
+        "slot is idle between one trial's end on its worker and the next one's start, and the worker's time "
+        "outside its stages. The next plan is asked and submitted while the trial before runs, queued behind it; "
+        "where it was not (its student in training there), the driver's share is the gap from the result's arrival "
+        "to its submit, and models made on the way and the MLflow mirror wait until it is submitted.",
         "",
     ]
     sweeps_here = (

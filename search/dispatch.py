@@ -37,6 +37,9 @@ class Running:
     ref: Any  # ray.ObjectRef, or the in-process executor's own handle
     started: float = field(default=0.0)  # on the executor's clock, for the time limit
     submitted: float = field(default_factory=time.time)  # wall clock, for where a trial's time goes
+    # Submitted while every slot was busy, to start the moment one frees (search/loop.py): its time limit counts
+    # from when the loop saw a slot free (`Executor.started`), not from its submit.
+    queued: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,12 @@ class Executor(Protocol):
 
     def submit(self, number: int, plan: Any, context_ref: Any, bar: Bar | None = None) -> Running:
         """Start one trial."""
+
+    def started(self, running: Running) -> None:
+        """A queued trial's slot is free: it runs now, and its time limit counts from now."""
+
+    def post_bar(self, bar: Bar | None) -> None:
+        """The newest gate bar: a trial submitted with an older one (queued behind another) is gated by this one."""
 
     def wait(self, running: list[Running], timeout: float) -> list[tuple[Running, TrialResult]]:
         """Results of trials that finished within `timeout` (a machinery failure is a failed result)."""

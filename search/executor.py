@@ -25,7 +25,7 @@ from evaluators.targets import TargetSpec, make_target
 from search.dispatch import MACHINERY, Report, Running
 from search.gate import Bar
 from search.raystart import start_ray
-from search.rungboard import TAKE_WAIT_S, WATCH_S, ask, start_board
+from search.rungboard import TAKE_WAIT_S, WATCH_S, ask, newest_bar, start_board
 from search.station import free_cores, start_station
 from search.trial import TrialContext, TrialResult, run_trial
 
@@ -42,9 +42,11 @@ def _run_on_node(
     bar: Bar | None = None,
     board: Any = None,
     token: int = 0,
+    bar_seq: int = -1,
 ) -> TrialResult:
     """run_trial on a worker: off the station's cores, training on the CPUs it asked for, timing through the
-    station, reporting its rungs at the driver's board (search/rungboard.py), noting the node."""
+    station, reporting its rungs at the driver's board (search/rungboard.py) and gated by the newest bar posted
+    there (`bar_seq`: the one it was submitted with), noting the node."""
     began = time.time()
     free_cores(*where)  # the driver's latest view of the station's place (RayExecutor._refresh_where)
     if threads != ctx.train_threads:
@@ -60,7 +62,10 @@ def _run_on_node(
     def report(rung: int, metrics: dict[str, float]) -> bool:
         return ask(board, attempt, token, Report(number, rung, dict(metrics)))
 
-    result = run_trial(number, plan, ctx, time_model, bar, report if board is not None else None)
+    gate: Bar | Callable[[], Bar] | None = bar
+    if board is not None and bar is not None:
+        gate = lambda: newest_bar(board, bar_seq, bar)  # noqa: E731 - read when the structure is compared, not now
+    result = run_trial(number, plan, ctx, time_model, gate, report if board is not None else None)
     result.info["clock"] = {"worker_began": began, "worker_ended": time.time()}  # benchmarks/stages.py
     result.info["ray_node"] = ray.get_runtime_context().get_node_id()
     result.info["cores"] = sorted(os.sched_getaffinity(0))
@@ -209,6 +214,7 @@ class RayExecutor:
         self._watch: Any = None  # the board's `waiting` call in flight, waited on beside the trials
         self._tokens = itertools.count()
         self._live: dict[Any, int] = {}  # each submitted task in flight (its ref) -> its token
+        self._bar_seq = -1  # the newest gate bar posted to the board (post_bar)
         self._asked: dict[tuple[int, int], str] = {}  # (number, rung) handed to the loop -> the attempt that waits
 
     def open_station(self, spec: TargetSpec, *, reserve_cores: bool) -> None:
@@ -360,11 +366,24 @@ class RayExecutor:
         """Start one trial; `context_ref` is the object-store reference, so the teacher and data travel to each
         node once, not once per trial; `bar` stops a plan that cannot reach the front before training."""
         token = next(self._tokens)
+        self.post_bar(bar)  # the board holds the newest bar, this one included
         task = self._task.remote(
-            number, plan, context_ref, self.station, self.where, self.num_cpus, bar, self.board, token
+            number, plan, context_ref, self.station, self.where, self.num_cpus, bar, self.board, token, self._bar_seq
         )
         self._live[task] = token
         return Running(number, task, self.clock())
+
+    def started(self, running: Running) -> None:
+        """A queued trial's slot is free (Ray starts it as the trial before it ends): its time limit counts now."""
+        running.queued, running.started = False, self.clock()
+
+    def post_bar(self, bar: Bar | None) -> None:
+        """Post the newest gate bar to the board, not awaited: a queued trial reads it when it compares its
+        structure (search/rungboard.py)."""
+        if self.board is None or bar is None:
+            return
+        self._bar_seq += 1
+        self.board.post_bar.remote(self._bar_seq, bar)
 
     def wait(self, running: list[Running], timeout: float) -> list[tuple[Running, TrialResult]]:
         """Results of the trials that finished within `timeout`; a task Ray could not run becomes a failed result,
@@ -395,7 +414,7 @@ class RayExecutor:
                 except ray.exceptions.RayError as exc:  # worker died, out of memory, node lost
                     result = ray_failure(r.number, exc)
                 finished.append((r, result))
-            elif self.trial_timeout_s is not None and now - r.started > self.trial_timeout_s:
+            elif self.trial_timeout_s is not None and not r.queued and now - r.started > self.trial_timeout_s:
                 self._forget(r)
                 ray.cancel(r.ref, force=True)
                 finished.append((r, timed_out(r.number, self.trial_timeout_s)))

@@ -49,6 +49,7 @@ class InProcessExecutor:
         self.new: list[str] = []
         self.hits = self.misses = 0
         self._queue: list[tuple[Running, Any, Any, Bar | None]] = []
+        self._bar: Bar | None = None  # the newest gate bar, submitted or posted: a trial is gated by it when it runs
         self._reports: list[Report] = []
         # Reports of the running trial awaiting the loop's verdict, by (number, rung): None until decide() answers.
         self._pending: dict[tuple[int, int], bool | None] = {}
@@ -72,6 +73,7 @@ class InProcessExecutor:
     def submit(self, number: int, plan: Any, context_ref: Any, bar: Bar | None = None) -> Running:
         """Queue one trial; it runs when the loop next waits."""
         item = Running(number, next(self._ids), time.monotonic())
+        self.post_bar(bar)
         self._queue.append((item, plan, context_ref, bar))
         self.submitted.append(number)
         return item
@@ -83,8 +85,19 @@ class InProcessExecutor:
         for i, (item, plan, ctx, bar) in enumerate(self._queue):
             if item.ref in wanted:
                 del self._queue[i]
-                return [(item, self._run(item.number, plan, ctx, bar))]
+                newest = self._bar if bar is not None else None  # as a queued trial on Ray reads the board's
+                return [(item, self._run(item.number, plan, ctx, newest))]
         return []
+
+    @staticmethod
+    def started(running: Running) -> None:
+        """A queued trial's turn: trials here run one at a time inside wait() and have no time limit."""
+        running.queued = False
+
+    def post_bar(self, bar: Bar | None) -> None:
+        """The newest gate bar, which the next trial to run is gated by."""
+        if bar is not None:
+            self._bar = bar
 
     def _run(self, number: int, plan: Any, ctx: TrialContext, bar: Bar | None) -> TrialResult:
         def time_model(model: bytes) -> tuple[LatencyStats, bool]:

@@ -2,7 +2,10 @@
 
 One trial's way through the loop, each step a method of `Loop`:
   ask     -> `_draw`: a plan from Optuna, owned by this driver; one past the budget gives way. While trials run,
-             `_ask_ahead` draws the next free slot's plan, so a result is followed by a submit, not by an ask.
+             `_ask_ahead` draws the next free slot's plan and submits it at once, queued at the executor behind the
+             trials in flight, so a slot that frees starts it without waiting for the driver to receive and tell
+             the result before (a plan whose student a trial in flight trains waits for that result instead: it
+             may answer it). A queued plan is gated by the newest bar when its structure is compared.
   reuse   -> `_answered`, with search/reuse.py: an identical plan already answered is told that answer, not run
              (one drawn ahead at once, and the next plan drawn in its place).
   gate    -> `gate_bar`: the trained models a new plan's untrained structure must not be slower and larger than
@@ -203,6 +206,10 @@ class Loop:
                         # (benchmarks/stages.py)
                         result.info.setdefault("clock", {}).update(submitted=item.submitted, received=time.time())
                         told.append(self._tell(flight, result))
+                    if results:
+                        self._promote()
+                if told and hasattr(self.executor, "post_bar"):
+                    self.executor.post_bar(self.gate_bar())  # before the mirror: a queued trial compares soon
                 for told_now in told:
                     self.emit("trial_told", told_now)
                 if told:  # the next plans start first: what follows (models made on the way, MLflow) is off their path
@@ -253,7 +260,7 @@ class Loop:
         the study): one at a time, only when the budget holds a plan beyond those in flight, and only where trials
         run beside the driver (an executor that runs them inside wait() would sample without the last result)."""
         beside = self.ask_ahead if self.ask_ahead is not None else not hasattr(self.executor, "on_report")
-        if not beside or self.ready or len(self.flights) < self.slots():
+        if not beside or self.ready or len(self.flights) != self.slots():  # one plan ahead: none yet, none queued
             return
         self.ledger.sync(self.study)
         # A repeat of a plan already answered is answered now, off the next trial's path, and the sampler asks again;
@@ -263,8 +270,36 @@ class Loop:
                 if self.ledger.wanted() <= 0 or (drawn := self._draw()) is None:
                     return
                 if not self._answered(*drawn):
-                    self.ready.append(drawn)
+                    if self._queueable(drawn[1]):
+                        self._submit(*drawn, queued=True)
+                    else:
+                        self.ready.append(drawn)
                     return
+
+    def _queueable(self, plan: Any) -> bool:
+        """Whether a plan asked ahead may wait at the executor to start the moment a slot frees: only where the
+        executor holds it until then (Ray would start it at once on a slot that `parallel` leaves free), and only
+        when no trial in flight trains its student (that result, or a model made on its way, may answer it)."""
+        if not hasattr(self.executor, "started") or self.exp.search.parallel < self.executor.trial_slots():
+            return False
+        student = _student_of(plan)
+        return all(_student_of(f.plan) != student for f in self.flights.values())
+
+    def _promote(self) -> None:
+        """Queued trials start as slots free, oldest first: their time limit counts from now. One that another
+        driver took over meanwhile, or that the budget no longer holds, is stopped here instead."""
+        busy = sum(not f.running.queued for f in self.flights.values())
+        for flight in [f for f in self.flights.values() if f.running.queued]:
+            if busy >= self.slots():
+                return
+            if not flight.attempts and not self._still_to_run(flight.trial):
+                self.executor.cancel([flight.running])
+                del self.flights[flight.number]
+                continue
+            if hasattr(self.executor, "started"):
+                self.executor.started(flight.running)
+            flight.running.queued = False
+            busy += 1
 
     def _give_back(self) -> None:
         """Plans asked ahead and never started: PRUNED, counting nowhere (as an ask past the budget); its sampled
@@ -291,8 +326,14 @@ class Loop:
             give_way(self.study, trial)  # asked ahead, and the trials since spent the budget (a compute budget)
             return
         if not self._answered(trial, plan):
-            running = self.executor.submit(trial.number, plan, self.ctx_ref, self.gate_bar())
-            self.flights[trial.number] = InFlight(trial, plan, plan.params(), plan.describe(), running)
+            self._submit(trial, plan)
+
+    def _submit(self, trial: optuna.Trial, plan: Any, *, queued: bool = False) -> None:
+        """Hand a plan to the executor, gated by the bar of the trials trained so far; `queued`: behind the trials
+        in flight, started by `_promote` when a slot frees."""
+        running = self.executor.submit(trial.number, plan, self.ctx_ref, self.gate_bar())
+        running.queued = queued
+        self.flights[trial.number] = InFlight(trial, plan, plan.params(), plan.describe(), running)
 
     def _answered(self, trial: optuna.Trial, plan: Any) -> bool:
         """Answer a plan already run (or stopped) from its earlier trial's result; False when it has to run."""
@@ -357,6 +398,8 @@ class Loop:
         )
         self.summary.retried += 1
         flight.running = self.executor.submit(flight.number, flight.plan, self.ctx_ref, self.gate_bar())
+        # Behind a trial queued before it, if any; `_promote` starts it (its time limit anew) when a slot frees.
+        flight.running.queued = True
         self.flights[flight.number] = flight
         return True
 
@@ -466,3 +509,9 @@ class Loop:
                 self._record_made()  # told trials' extra candidates; one that fails to record is only logged
             finally:
                 self.emit("stopping", interrupted)
+
+
+def _student_of(plan: Any) -> str:
+    """The student a plan trains, as a key (a plan without one, a table's row, is its own student)."""
+    student = getattr(plan, "student", None)
+    return plan_key(student.params() if student is not None else plan.params())

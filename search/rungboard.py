@@ -5,6 +5,10 @@ driver answers or REPORT_WAIT_S passes (then the trial goes on training: it neve
 driver's `take` and `decide` run in a concurrency group of their own, so waiting workers never hold them up. Each
 execution of a trial posts under its own attempt id, so a retried attempt never reads an answer meant for an
 earlier one. The board is apart from the bench station: nothing here waits on it or blocks it.
+
+The board also holds the driver's newest gate bar (search/gate.py): a trial submitted while another ran (queued
+behind it, search/loop.py) reads it when it compares its untrained structure, so the result the driver told
+meanwhile can stop it before training, as it would have had the trial been submitted after that result.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class RungBoard:
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._posted: dict[str, _Posted] = {}  # by attempt id
+        self._bar: tuple[int, Any] = (-1, None)  # the driver's newest gate bar and its sequence number
 
     @ray.method(concurrency_group="trials")
     def post(self, attempt: str, token: int, report: Report, wait_s: float) -> bool:
@@ -79,6 +84,19 @@ class RungBoard:
             return sum(not p.taken for p in self._posted.values())
 
     @ray.method(concurrency_group="driver")
+    def post_bar(self, seq: int, bar: Any) -> None:
+        """The driver's newest gate bar; an older one arriving late is ignored."""
+        with self._changed:
+            if seq > self._bar[0]:
+                self._bar = (seq, bar)
+
+    @ray.method(concurrency_group="trials")
+    def newest_bar(self, seq: int) -> Any:
+        """The newest gate bar when it is newer than the caller's (`seq`), else None."""
+        with self._changed:
+            return self._bar[1] if self._bar[0] > seq else None
+
+    @ray.method(concurrency_group="driver")
     def decide(self, attempt: str, rung: int, go_on: bool) -> None:
         """Answer the attempt's report at `rung`; a report no longer waiting (timed out, worker gone) is ignored."""
         with self._changed:
@@ -95,6 +113,21 @@ def start_board(trial_slots: int) -> Any:
     # groups are sized here, not where the class is declared (Ray refuses them in .options()).
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
     return ray.remote(num_cpus=0, concurrency_groups=groups, scheduling_strategy=here)(RungBoard).remote()
+
+
+# How long a trial waits for the board's newest bar before using the one it was submitted with.
+BAR_WAIT_S = 5.0
+
+
+def newest_bar(board: Any, seq: int, submitted: Any) -> Any:
+    """A worker's side: the driver's newest gate bar, or the one the trial was submitted with when the board has no
+    newer one or does not answer (the gate then judges by the trials trained when it was submitted)."""
+    try:
+        newer = ray.get(board.newest_bar.remote(seq), timeout=BAR_WAIT_S)
+    except ray.exceptions.RayError as err:
+        log.warning("the newest gate bar could not be read (%s); using the one submitted", err)
+        return submitted
+    return submitted if newer is None else newer
 
 
 def ask(board: Any, attempt: str, token: int, report: Report, wait_s: float = REPORT_WAIT_S) -> bool:

@@ -208,11 +208,12 @@ def run_trial(
     plan: CompressionPlan,
     ctx: TrialContext,
     time_model: TimeModel,
-    bar: Bar | None = None,
+    bar: Bar | Callable[[], Bar] | None = None,
     report: ReportRung | None = None,
 ) -> TrialResult:
-    """Apply a plan to the teacher and measure the result; every exception becomes a failed result. With a `bar`,
-    a plan whose untrained structure is slower and larger than one of its members stops before training. With
+    """Apply a plan to the teacher and measure the result; every exception becomes a failed result. With a `bar`
+    (or a call that gives the newest one when the structure is compared), a plan whose untrained structure is
+    slower and larger than one of its members stops before training. With
     `report` and ctx.rungs, the trial reports after each rung and ends there, unexported, when told to stop."""
     torch.set_num_threads(ctx.train_threads)  # one core per trial: parallel trials must not fight over cores
     torch.manual_seed(ctx.seed + number)
@@ -275,7 +276,7 @@ def _run(
     ctx: TrialContext,
     result: TrialResult,
     time_model: TimeModel,
-    bar: Bar,
+    bar: Bar | Callable[[], Bar],
     report: ReportRung | None = None,
 ) -> None:
     if ctx.onnx_model is not None:
@@ -311,7 +312,7 @@ def _train_and_measure(
     ctx: TrialContext,
     result: TrialResult,
     time_model: TimeModel,
-    bar: Bar,
+    bar: Bar | Callable[[], Bar],
     epochs: _Epochs,
     trained: students.Saved | None = None,
 ) -> None:
@@ -334,7 +335,7 @@ def _train_and_measure(
         probe_mb = size_mb(probe)
         # A report at a rung carries them: the deployed graph's figures are known before training.
         epochs.figures, epochs.params = {"latency_p50_ms": latency.p50_ms, "size_mb": probe_mb}, params
-        dominator = bar.dominator(latency.p50_ms, probe_mb)
+        dominator = (bar() if callable(bar) else bar).dominator(latency.p50_ms, probe_mb)
         if dominator is not None:
             # Slower and larger than a model already at the top of the accuracy range: off the front whatever
             # training gives it. Its structure's figures are kept; it has no accuracy.

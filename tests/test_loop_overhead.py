@@ -8,11 +8,13 @@ from typing import Any
 
 import pytest
 from optuna.distributions import CategoricalDistribution
-from optuna.trial import FrozenTrial, TrialState
-from test_driver_rules import StandIn, _run, shared  # noqa: F401 - shared: the fixture the rules' sweeps use
+from optuna.trial import FixedTrial, FrozenTrial, TrialState
+from test_driver_rules import TEACHER_ONLY, StandIn, _run, shared  # noqa: F401 - shared: the rules' sweeps' fixture
 
 from benchmarks import stages
+from search.loop import _student_of
 from search.study import finished, on_the_way, read, spent
+from spaces.plan import sample
 
 pytestmark = pytest.mark.fast
 
@@ -94,6 +96,40 @@ def test_ctrl_c_queues_the_plan_asked_ahead_again_and_the_resumed_sweep_counts_e
     assert len(resumed.calls) == 3  # the two queued plans and one more: nothing lost, nothing run twice
 
 
+class Submitted(AskAhead):
+    """Listener: the loop asks ahead (as on Ray); records which trials the executor had been given when each trial
+    was told."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_told: dict[int, list[int]] = {}
+
+    def trial_told(self, loop: Any, told: Any) -> None:
+        self.by_told[told.number] = list(loop.executor.submitted)
+
+
+@pytest.mark.parametrize("space", ["wide", "teacher only"])
+def test_the_next_plan_waits_at_the_executor_unless_the_trial_before_it_trains_its_student(tmp_path, shared, space):  # noqa: F811
+    seen = Submitted()
+    settings = {"space": TEACHER_ONLY} if space == "teacher only" else {}
+    exp, swept, executor = _run(
+        tmp_path, shared, StandIn(shared[1]), trials=8, parallel=1, slots=1, listeners=[seen], **settings
+    )
+    student = {t.number: _student_of(sample(FixedTrial(t.params), exp.space)) for t in spent(swept.study)}
+    order = executor.submitted
+    queued = 0
+    for done, nxt in zip(order, order[1:]):
+        # Submitted before the result before it was told exactly when that trial trained another student: the same
+        # student's result (or a model made on its way) may answer the plan, so it waits for it.
+        assert (nxt in seen.by_told[done]) == (student[nxt] != student[done])
+        queued += nxt in seen.by_told[done]
+    if space == "wide":
+        assert queued >= len(order) // 2  # most plans of nine students: seen queued, not vacuous
+    else:
+        assert not queued and len(order) == 4  # one student: none queued, and its four plans each trained once
+    assert not swept.study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+
+
 def _stamped(number: int, asked: float, clock: dict[str, float], told: float, distill: float) -> FrozenTrial:
     local = lambda s: datetime.fromtimestamp(s).astimezone()  # noqa: E731 - Optuna stamps local time
     return FrozenTrial(
@@ -121,8 +157,25 @@ def test_the_overhead_follows_the_trials_clocks_when_the_next_plan_is_asked_ahea
     trials = [_stamped(0, t0 + 0.5, c0, t0 + 10.25, 8.0), _stamped(1, t0 + 2, c1, t0 + 20.5, 8.5)]
     started, ended = datetime.fromtimestamp(t0, timezone.utc), datetime.fromtimestamp(t0 + 25, timezone.utc)
     b = stages.breakdown(trials, started, ended)
-    assert b.driver_side and b.parallel_ok  # asked ahead is not two trials at once
+    assert b.driver_side and b.parallel_ok and not b.queued  # asked ahead is not two trials at once
     assert b.between_trials == pytest.approx(0.5) and b.between_parts == pytest.approx({"telling": 0.25, "next": 0.25})
-    assert b.in_trial_other == pytest.approx(0.5 + 0.5)  # trial 1: Ray 0.25 + 0.25, worker 9 - 8.5
+    # Trial 1: Ray 0.25 (trial 0's result back) + 0.25 (its dispatch), and the worker 9 - 8.5 outside its stages.
+    assert b.in_trial_other == pytest.approx(0.5 + 0.5)
     assert b.span == pytest.approx(19.0) and b.overhead_share == pytest.approx(1.5 / 19.0)
-    assert b.first_trial_other == pytest.approx(0.5 + 0.5) and b.before_first == pytest.approx(1.0)
+    # The first trial's setup: its dispatch (a worker starts) and its worker outside its stages.
+    assert b.first_trial_other == pytest.approx(0.25 + 0.5) and b.before_first == pytest.approx(1.0)
+
+
+def test_a_trial_queued_behind_the_one_before_costs_only_the_slots_idle_time():
+    # Trial 1 is asked and submitted at 2 s, queued while trial 0 runs on the worker 1.25-9.75 s; it starts there at
+    # 9.8 s, as trial 0's result travels back (received at 10 s, told at 10.25 s), and runs to 18.8 s.
+    t0 = 1_800_000_000.0
+    c0 = {"submitted": t0 + 1, "worker_began": t0 + 1.25, "worker_ended": t0 + 9.75, "received": t0 + 10}
+    c1 = {"submitted": t0 + 2, "worker_began": t0 + 9.8, "worker_ended": t0 + 18.8, "received": t0 + 19}
+    trials = [_stamped(0, t0 + 0.5, c0, t0 + 10.25, 8.0), _stamped(1, t0 + 1.5, c1, t0 + 19.25, 8.5)]
+    started, ended = datetime.fromtimestamp(t0, timezone.utc), datetime.fromtimestamp(t0 + 25, timezone.utc)
+    b = stages.breakdown(trials, started, ended)
+    assert b.driver_side and b.parallel_ok and b.queued == 1  # queued is not two trials at once either
+    assert b.between_trials == 0 and not b.between_parts  # the tell and the next ask ran while trial 1 trained
+    assert b.in_trial_other == pytest.approx(0.05 + 0.5)  # the slot idle 9.75-9.8 s, and the worker 9 - 8.5
+    assert b.span == pytest.approx(18.0) and b.overhead_share == pytest.approx(0.55 / 18.0)

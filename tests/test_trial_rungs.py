@@ -21,8 +21,9 @@ from evaluators.targets import TargetSpec
 from search.config import Experiment, load
 from search.dispatch import Report
 from search.executor import RayExecutor
+from search.gate import Bar, Candidate
 from search.inprocess import InProcessExecutor
-from search.rungboard import ask, start_board
+from search.rungboard import ask, newest_bar, start_board
 from search.sweep import prepare
 from search.trial import TrialContext, run_trial
 from spaces.plan import CompressionPlan
@@ -189,6 +190,49 @@ def test_the_board_answers_only_the_attempt_asked_and_lets_an_unanswered_trial_g
     # So does a trial whose board is gone.
     ray.kill(board)
     assert ask(board, "7:c", 7, Report(3, 0, {"accuracy": 50.0}), wait_s=0.5) is True
+
+
+def test_on_ray_a_trial_queued_behind_another_is_gated_by_the_bar_told_meanwhile_and_timed_from_its_start(
+    prepared, local_ray
+):
+    exp, ctx = prepared
+    clock = [0.0]  # the time limit's clock, moved by the test: no test waits for a limit to pass
+    whole = int(ray.cluster_resources()["CPU"])  # each trial takes every CPU: one slot, the second waits in Ray
+    executor = RayExecutor(address=None, num_cpus=whole, trial_timeout_s=1000.0, clock=lambda: clock[0])
+    executor.open_station(TargetSpec(kind="cpu", threads=1), reserve_cores=False)
+    data = executor.put(dataclasses.replace(ctx, rungs=()))  # no rung reports: nobody here answers them
+    first = executor.submit(1, STUDENT, data)  # no bar: never gated, whenever the bar below reaches the board
+    other = CompressionPlan(student=StudentChoice("cnn", width=0.5, depth=1, epochs=1))
+    second = executor.submit(2, other, data, Bar())  # submitted with an empty bar, as the loop queues a plan
+    second.queued = True
+    # What the driver posts once the first result is told: a model faster and smaller than any structure.
+    executor.post_bar(Bar((Candidate(1, 99.0, 0.0, 0.0),), 98.0))
+    clock[0] = 1500.0  # past the limit counted from its submit, but it has not started: it is not stopped
+    assert executor.wait([second], timeout=0.1) == []
+    result = ray.get(first.ref, timeout=600)  # the first's own limit is not this test's
+    assert result.error is None and result.onnx is not None
+    executor.started(second)  # the slot is free: its limit counts from 1500 s
+    clock[0] = 2000.0
+    done: list = []
+    while not done:
+        done = executor.wait([second], timeout=5.0)
+    ((_, gated),) = done
+    assert gated.error is None, gated.error  # not timed out: 500 s since it started
+    assert gated.info.skipped_training and gated.info.dominated_by == 1  # the bar posted after its submit stopped it
+    assert "distill" not in gated.stages
+
+
+def test_a_worker_reads_the_newest_bar_and_falls_back_to_its_own_without_the_board(local_ray):
+    board = start_board(trial_slots=1)
+    own, newer = Bar(), Bar((Candidate(4, 97.0, 0.1, 0.1),), 96.0)
+    assert newest_bar(board, -1, own) is own  # nothing posted yet
+    ray.get(board.post_bar.remote(3, newer))
+    assert newest_bar(board, 2, own) == newer
+    assert newest_bar(board, 3, own) is own  # the one it was submitted with is as new
+    ray.get(board.post_bar.remote(1, own))  # an older bar arriving late changes nothing
+    assert newest_bar(board, 2, own) == newer
+    ray.kill(board)
+    assert newest_bar(board, 2, own) is own
 
 
 def test_the_board_starts_without_torch():
