@@ -51,11 +51,11 @@ class Stopwatch(InProcessExecutor):
             self.received = time.perf_counter()
         return out
 
-    def submit(self, number, plan, context_ref, bar=None):
+    def submit(self, number, plan, context_ref, bar=None, behind=None):
         if self.received is not None:
             self.gaps.append((len(self.submitted), time.perf_counter() - self.received))
             self.received = None
-        return super().submit(number, plan, context_ref, bar)
+        return super().submit(number, plan, context_ref, bar, behind)
 
 
 class FullReads:

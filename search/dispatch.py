@@ -65,8 +65,10 @@ class Executor(Protocol):
     def put(self, obj: Any) -> Any:
         """Hand over what every trial shares once; returns the handle `submit` takes."""
 
-    def submit(self, number: int, plan: Any, context_ref: Any, bar: Bar | None = None) -> Running:
-        """Start one trial."""
+    def submit(
+        self, number: int, plan: Any, context_ref: Any, bar: Bar | None = None, behind: list[Running] | None = None
+    ) -> Running:
+        """Start one trial; `behind`: trials in flight it waits for, starting once one of them has ended."""
 
     def started(self, running: Running) -> None:
         """A queued trial's slot is free: it runs now, and its time limit counts from now."""

@@ -25,7 +25,7 @@ from evaluators.targets import TargetSpec, make_target
 from search.dispatch import MACHINERY, Report, Running
 from search.gate import Bar
 from search.raystart import start_ray
-from search.rungboard import TAKE_WAIT_S, WATCH_S, ask, newest_bar, start_board
+from search.rungboard import TAKE_WAIT_S, WATCH_S, ask, newest_bar, settled, start_board
 from search.station import free_cores, start_station
 from search.trial import TrialContext, TrialResult, run_trial
 
@@ -43,10 +43,12 @@ def _run_on_node(
     board: Any = None,
     token: int = 0,
     bar_seq: int = -1,
+    behind: None = None,
 ) -> TrialResult:
     """run_trial on a worker: off the station's cores, training on the CPUs it asked for, timing through the
     station, reporting its rungs at the driver's board (search/rungboard.py) and gated by the newest bar posted
-    there (`bar_seq`: the one it was submitted with), noting the node."""
+    there (`bar_seq`: the one it was submitted with), noting the node. `behind`: None, resolved from `settled`'s
+    result by Ray before the task starts (a queued trial)."""
     began = time.time()
     free_cores(*where)  # the driver's latest view of the station's place (RayExecutor._refresh_where)
     if threads != ctx.train_threads:
@@ -205,6 +207,7 @@ class RayExecutor:
         self._task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=2, retry_exceptions=False)(
             _run_on_node
         )
+        self._settled = ray.remote(num_cpus=0)(settled)
         self.station_share: dict[str, float] = {}
         self.where: tuple[str, list[int]] = ("", [])  # the station's node and cores, once it runs
         self._where_ref: Any = None  # a question to the station about its place, in flight
@@ -362,13 +365,27 @@ class RayExecutor:
         """Place a shared object (the task data and teacher) in the object store once."""
         return ray.put(obj)
 
-    def submit(self, number: int, plan: Any, context_ref: Any, bar: Bar | None = None) -> Running:
+    def submit(
+        self, number: int, plan: Any, context_ref: Any, bar: Bar | None = None, behind: list[Running] | None = None
+    ) -> Running:
         """Start one trial; `context_ref` is the object-store reference, so the teacher and data travel to each
-        node once, not once per trial; `bar` stops a plan that cannot reach the front before training."""
+        node once, not once per trial; `bar` stops a plan that cannot reach the front before training; `behind`:
+        trials in flight it is queued behind (it starts once one of them has ended)."""
         token = next(self._tokens)
         self.post_bar(bar)  # the board holds the newest bar, this one included
+        after = self._settled.remote([r.ref for r in behind]) if behind else None
         task = self._task.remote(
-            number, plan, context_ref, self.station, self.where, self.num_cpus, bar, self.board, token, self._bar_seq
+            number,
+            plan,
+            context_ref,
+            self.station,
+            self.where,
+            self.num_cpus,
+            bar,
+            self.board,
+            token,
+            self._bar_seq,
+            after,
         )
         self._live[task] = token
         return Running(number, task, self.clock())

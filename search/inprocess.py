@@ -70,8 +70,10 @@ class InProcessExecutor:
         """The object itself: trials share this process's memory."""
         return obj
 
-    def submit(self, number: int, plan: Any, context_ref: Any, bar: Bar | None = None) -> Running:
-        """Queue one trial; it runs when the loop next waits."""
+    def submit(
+        self, number: int, plan: Any, context_ref: Any, bar: Bar | None = None, behind: list[Running] | None = None
+    ) -> Running:
+        """Queue one trial; it runs when the loop next waits (after those submitted before it: `behind` holds)."""
         item = Running(number, next(self._ids), time.monotonic())
         self.post_bar(bar)
         self._queue.append((item, plan, context_ref, bar))

@@ -331,7 +331,8 @@ class Loop:
     def _submit(self, trial: optuna.Trial, plan: Any, *, queued: bool = False) -> None:
         """Hand a plan to the executor, gated by the bar of the trials trained so far; `queued`: behind the trials
         in flight, started by `_promote` when a slot frees."""
-        running = self.executor.submit(trial.number, plan, self.ctx_ref, self.gate_bar())
+        behind = [f.running for f in self.flights.values()] if queued else None
+        running = self.executor.submit(trial.number, plan, self.ctx_ref, self.gate_bar(), behind)
         running.queued = queued
         self.flights[trial.number] = InFlight(trial, plan, plan.params(), plan.describe(), running)
 
@@ -397,9 +398,14 @@ class Loop:
             retries + 1,
         )
         self.summary.retried += 1
-        flight.running = self.executor.submit(flight.number, flight.plan, self.ctx_ref, self.gate_bar())
-        # Behind a trial queued before it, if any; `_promote` starts it (its time limit anew) when a slot frees.
-        flight.running.queued = True
+        # Every slot taken (a plan queued for the slot this attempt freed counts): it waits behind them, and
+        # `_promote` starts its time limit when a slot frees; else it starts now.
+        others = [f.running for f in self.flights.values()]
+        wait = len(others) >= self.slots()
+        flight.running = self.executor.submit(
+            flight.number, flight.plan, self.ctx_ref, self.gate_bar(), others if wait else None
+        )
+        flight.running.queued = wait
         self.flights[flight.number] = flight
         return True
 

@@ -115,6 +115,14 @@ def start_board(trial_slots: int) -> Any:
     return ray.remote(num_cpus=0, concurrency_groups=groups, scheduling_strategy=here)(RungBoard).remote()
 
 
+def settled(refs: list[Any]) -> None:
+    """Return once any of `refs` (trials in flight, passed in a list so Ray does not wait for them all) has ended,
+    however it ended. Run as a task of no CPU, its result is a queued trial's argument: Ray starts that trial only
+    then. Without it, a queued trial could start whenever a running one waits in `ray.get` (at the bench station,
+    or here for a verdict): Ray lends out a blocked task's CPU, and two trials would share one slot's cores."""
+    ray.wait(refs, num_returns=1)
+
+
 # How long a trial waits for the board's newest bar before using the one it was submitted with.
 BAR_WAIT_S = 5.0
 

@@ -197,13 +197,13 @@ def test_on_ray_a_trial_queued_behind_another_is_gated_by_the_bar_told_meanwhile
 ):
     exp, ctx = prepared
     clock = [0.0]  # the time limit's clock, moved by the test: no test waits for a limit to pass
-    whole = int(ray.cluster_resources()["CPU"])  # each trial takes every CPU: one slot, the second waits in Ray
-    executor = RayExecutor(address=None, num_cpus=whole, trial_timeout_s=1000.0, clock=lambda: clock[0])
+    executor = RayExecutor(address=None, trial_timeout_s=1000.0, clock=lambda: clock[0])
     executor.open_station(TargetSpec(kind="cpu", threads=1), reserve_cores=False)
     data = executor.put(dataclasses.replace(ctx, rungs=()))  # no rung reports: nobody here answers them
     first = executor.submit(1, STUDENT, data)  # no bar: never gated, whenever the bar below reaches the board
     other = CompressionPlan(student=StudentChoice("cnn", width=0.5, depth=1, epochs=1))
-    second = executor.submit(2, other, data, Bar())  # submitted with an empty bar, as the loop queues a plan
+    # Queued behind the first as the loop queues a plan, with the bar of its submit (empty), while a CPU is free.
+    second = executor.submit(2, other, data, Bar(), behind=[first])
     second.queued = True
     # What the driver posts once the first result is told: a model faster and smaller than any structure.
     executor.post_bar(Bar((Candidate(1, 99.0, 0.0, 0.0),), 98.0))
@@ -220,6 +220,8 @@ def test_on_ray_a_trial_queued_behind_another_is_gated_by_the_bar_told_meanwhile
     assert gated.error is None, gated.error  # not timed out: 500 s since it started
     assert gated.info.skipped_training and gated.info.dominated_by == 1  # the bar posted after its submit stopped it
     assert "distill" not in gated.stages
+    # It started after the first ended, though a CPU was free and the first waited at the station on its way.
+    assert gated.info.clock["worker_began"] >= result.info.clock["worker_ended"]
 
 
 def test_a_worker_reads_the_newest_bar_and_falls_back_to_its_own_without_the_board(local_ray):
