@@ -25,7 +25,7 @@ from evaluators.targets import TargetSpec, make_target
 from search.dispatch import MACHINERY, Report, Running
 from search.gate import Bar
 from search.raystart import start_ray
-from search.rungboard import TAKE_WAIT_S, WATCH_S, ask, newest_bar, settled, start_board
+from search.rungboard import TAKE_WAIT_S, WATCH_S, NewestBar, ask, start_board
 from search.station import free_cores, start_station
 from search.trial import TrialContext, TrialResult, run_trial
 
@@ -43,12 +43,12 @@ def _run_on_node(
     board: Any = None,
     token: int = 0,
     bar_seq: int = -1,
-    behind: None = None,
+    behind: float | None = None,
 ) -> TrialResult:
     """run_trial on a worker: off the station's cores, training on the CPUs it asked for, timing through the
     station, reporting its rungs at the driver's board (search/rungboard.py) and gated by the newest bar posted
-    there (`bar_seq`: the one it was submitted with), noting the node. `behind`: None, resolved from `settled`'s
-    result by Ray before the task starts (a queued trial)."""
+    there (`bar_seq`: the one it was submitted with), noting the node. `behind`: the board's `settled` result
+    (when it let this queued trial go), which Ray waits for before it starts the task; None when not queued."""
     began = time.time()
     free_cores(*where)  # the driver's latest view of the station's place (RayExecutor._refresh_where)
     if threads != ctx.train_threads:
@@ -64,11 +64,11 @@ def _run_on_node(
     def report(rung: int, metrics: dict[str, float]) -> bool:
         return ask(board, attempt, token, Report(number, rung, dict(metrics)))
 
-    gate: Bar | Callable[[], Bar] | None = bar
-    if board is not None and bar is not None:
-        gate = lambda: newest_bar(board, bar_seq, bar)  # noqa: E731 - read when the structure is compared, not now
+    gate = NewestBar(board, bar_seq, bar) if board is not None and bar is not None else bar
     result = run_trial(number, plan, ctx, time_model, gate, report if board is not None else None)
     result.info["clock"] = {"worker_began": began, "worker_ended": time.time()}  # benchmarks/stages.py
+    if behind is not None:
+        result.info["clock"]["released"] = behind
     result.info["ray_node"] = ray.get_runtime_context().get_node_id()
     result.info["cores"] = sorted(os.sched_getaffinity(0))
     result.info["resources"] = ray.get_runtime_context().get_assigned_resources()  # what Ray reserved for it
@@ -207,7 +207,6 @@ class RayExecutor:
         self._task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=2, retry_exceptions=False)(
             _run_on_node
         )
-        self._settled = ray.remote(num_cpus=0)(settled)
         self.station_share: dict[str, float] = {}
         self.where: tuple[str, list[int]] = ("", [])  # the station's node and cores, once it runs
         self._where_ref: Any = None  # a question to the station about its place, in flight
@@ -373,7 +372,8 @@ class RayExecutor:
         trials in flight it is queued behind (it starts once one of them has ended)."""
         token = next(self._tokens)
         self.post_bar(bar)  # the board holds the newest bar, this one included
-        after = self._settled.remote([r.ref for r in behind]) if behind else None
+        # Without the board (not started, or gone) a queued trial is a plain submit: it may share a slot a while.
+        after = self.board.settled.remote([r.ref for r in behind]) if behind and self.board is not None else None
         task = self._task.remote(
             number,
             plan,

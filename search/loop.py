@@ -214,6 +214,9 @@ class Loop:
                     self.emit("trial_told", told_now)
                 if told:  # the next plans start first: what follows (models made on the way, MLflow) is off their path
                     self._fill(synced=True)
+                    # And the plan after them is queued: a short trial (one the gate stops) may end before the
+                    # driver is back from the work below. The sampler sees the models made on the way at the next ask.
+                    self._ask_ahead()
                     self._record_made()
                     self._keep_timings()
                     self.emit("caught_up")
@@ -279,11 +282,21 @@ class Loop:
     def _queueable(self, plan: Any) -> bool:
         """Whether a plan asked ahead may wait at the executor to start the moment a slot frees: only where the
         executor holds it until then (Ray would start it at once on a slot that `parallel` leaves free), and only
-        when no trial in flight trains its student (that result, or a model made on its way, may answer it)."""
+        when no trial in flight may answer it: a trial of the same student answers plans of its own pruning ratio
+        or none, in any scheme (itself, and the models made on its way: search/ontheway.py), and with
+        space.pruning.from_trained its kept student spares this plan's distillation."""
         if not hasattr(self.executor, "started") or self.exp.search.parallel < self.executor.trial_slots():
             return False
         student = _student_of(plan)
-        return all(_student_of(f.plan) != student for f in self.flights.values())
+        for f in self.flights.values():
+            if _student_of(f.plan) != student:
+                continue
+            ratio, theirs = getattr(plan, "pruning", None), getattr(f.plan, "pruning", None)
+            if ratio is None or theirs is None or self.exp.space.pruning.from_trained:
+                return False
+            if ratio.ratio in (0.0, theirs.ratio):
+                return False
+        return True
 
     def _promote(self) -> None:
         """Queued trials start as slots free, oldest first: their time limit counts from now. One that another

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ TAKE_WAIT_S = 10.0
 WATCH_S = 30.0
 # Threads for the driver's calls; the trials' group gets two per trial slot, at least MIN_TRIAL_THREADS.
 DRIVER_THREADS, MIN_TRIAL_THREADS = 2, 32
+MIN_QUEUE_THREADS = 4  # threads for queued trials' `settled` waits
 
 
 @dataclass
@@ -96,6 +98,17 @@ class RungBoard:
         with self._changed:
             return self._bar[1] if self._bar[0] > seq else None
 
+    @ray.method(concurrency_group="queue")
+    def settled(self, refs: list[Any]) -> float:
+        """Return once any of `refs` (trials in flight, in a list so that Ray does not wait for them all) has ended,
+        however it ended. Its result is a queued trial's argument: Ray starts that trial only then. Without it, a
+        queued trial could start whenever a running one waits in `ray.get` (at the bench station, or here for a
+        verdict): Ray lends out a blocked task's CPU, and two trials would share one slot's cores. Here, not in a
+        task of its own: such a task takes a worker process that a trial then lands on cold (torch not imported).
+        Returns when (wall clock) it let the trial go, which the trial keeps beside its own stamps."""
+        ray.wait(refs, num_returns=1)
+        return time.time()
+
     @ray.method(concurrency_group="driver")
     def decide(self, attempt: str, rung: int, go_on: bool) -> None:
         """Answer the attempt's report at `rung`; a report no longer waiting (timed out, worker gone) is ignored."""
@@ -108,34 +121,45 @@ class RungBoard:
 
 def start_board(trial_slots: int) -> Any:
     """Start the board (no CPU of its own: it takes no trial's slot) with a thread for every trial that may wait."""
-    groups = {"driver": DRIVER_THREADS, "watch": 1, "trials": max(MIN_TRIAL_THREADS, 2 * trial_slots)}
+    groups = {
+        "driver": DRIVER_THREADS,
+        "watch": 1,
+        "trials": max(MIN_TRIAL_THREADS, 2 * trial_slots),
+        "queue": max(MIN_QUEUE_THREADS, 2 * trial_slots),  # `settled` of each queued trial (one per slot at most)
+    }
     # On the driver's own node: a worker node that dies (a lost machine) must not take the board with it. The
     # groups are sized here, not where the class is declared (Ray refuses them in .options()).
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
     return ray.remote(num_cpus=0, concurrency_groups=groups, scheduling_strategy=here)(RungBoard).remote()
 
 
-def settled(refs: list[Any]) -> None:
-    """Return once any of `refs` (trials in flight, passed in a list so Ray does not wait for them all) has ended,
-    however it ended. Run as a task of no CPU, its result is a queued trial's argument: Ray starts that trial only
-    then. Without it, a queued trial could start whenever a running one waits in `ray.get` (at the bench station,
-    or here for a verdict): Ray lends out a blocked task's CPU, and two trials would share one slot's cores."""
-    ray.wait(refs, num_returns=1)
-
-
 # How long a trial waits for the board's newest bar before using the one it was submitted with.
 BAR_WAIT_S = 5.0
 
 
-def newest_bar(board: Any, seq: int, submitted: Any) -> Any:
-    """A worker's side: the driver's newest gate bar, or the one the trial was submitted with when the board has no
-    newer one or does not answer (the gate then judges by the trials trained when it was submitted)."""
-    try:
-        newer = ray.get(board.newest_bar.remote(seq), timeout=BAR_WAIT_S)
-    except ray.exceptions.RayError as err:
-        log.warning("the newest gate bar could not be read (%s); using the one submitted", err)
-        return submitted
-    return submitted if newer is None else newer
+class NewestBar:
+    """A worker's side: the driver's newest gate bar, asked of the board while the trial times its structure
+    (`ask`) and read when it compares it (a call), so the round trip to the board is off the trial's path; the bar
+    it was submitted with when the board has none newer or does not answer (the gate then judges by the trials
+    trained when it was submitted)."""
+
+    def __init__(self, board: Any, seq: int, submitted: Any) -> None:
+        self.board, self.seq, self.submitted = board, seq, submitted
+        self._ref: Any = None
+
+    def ask(self) -> None:
+        """Ask the board now; the answer is read by the call."""
+        if self._ref is None:
+            self._ref = self.board.newest_bar.remote(self.seq)
+
+    def __call__(self) -> Any:
+        self.ask()
+        try:
+            newer = ray.get(self._ref, timeout=BAR_WAIT_S)
+        except ray.exceptions.RayError as err:
+            log.warning("the newest gate bar could not be read (%s); using the one submitted", err)
+            return self.submitted
+        return self.submitted if newer is None else newer
 
 
 def ask(board: Any, attempt: str, token: int, report: Report, wait_s: float = REPORT_WAIT_S) -> bool:

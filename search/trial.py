@@ -324,6 +324,8 @@ def _train_and_measure(
         with _stage(stages, "latency_first"), torch.random.fork_rng(devices=[]):
             # Its own random numbers: the student trains the same whether or not its structure was probed first.
             probe, params = _structure(plan, ctx, teacher, example)
+            if callable(bar) and hasattr(bar, "ask"):
+                bar.ask()  # the newest bar travels while the structure is timed (search/rungboard.py NewestBar)
             latency, hit = time_model(probe)
         result.info.latency_cache = _cache(hit)
         if ctx.max_latency_ms is not None and latency.p50_ms > ctx.max_latency_ms:

@@ -23,7 +23,7 @@ from search.dispatch import Report
 from search.executor import RayExecutor
 from search.gate import Bar, Candidate
 from search.inprocess import InProcessExecutor
-from search.rungboard import ask, newest_bar, start_board
+from search.rungboard import NewestBar, ask, start_board
 from search.sweep import prepare
 from search.trial import TrialContext, run_trial
 from spaces.plan import CompressionPlan
@@ -227,14 +227,16 @@ def test_on_ray_a_trial_queued_behind_another_is_gated_by_the_bar_told_meanwhile
 def test_a_worker_reads_the_newest_bar_and_falls_back_to_its_own_without_the_board(local_ray):
     board = start_board(trial_slots=1)
     own, newer = Bar(), Bar((Candidate(4, 97.0, 0.1, 0.1),), 96.0)
-    assert newest_bar(board, -1, own) is own  # nothing posted yet
+    assert NewestBar(board, -1, own)() is own  # nothing posted yet
     ray.get(board.post_bar.remote(3, newer))
-    assert newest_bar(board, 2, own) == newer
-    assert newest_bar(board, 3, own) is own  # the one it was submitted with is as new
+    asked = NewestBar(board, 2, own)
+    asked.ask()  # sent while the structure is timed, read when it is compared
+    assert asked() == newer
+    assert NewestBar(board, 3, own)() is own  # the one it was submitted with is as new
     ray.get(board.post_bar.remote(1, own))  # an older bar arriving late changes nothing
-    assert newest_bar(board, 2, own) == newer
+    assert NewestBar(board, 2, own)() == newer
     ray.kill(board)
-    assert newest_bar(board, 2, own) is own
+    assert NewestBar(board, 2, own)() is own
 
 
 def test_the_board_starts_without_torch():
