@@ -66,6 +66,7 @@ class Breakdown:
     between_parts: dict[str, float] = field(default_factory=dict)  # between_trials split (driver_side only)
     driver_side: bool = False  # measured from the trials' clock stamps: result received to the next submit
     queued: int = 0  # trials submitted before the result of the one before arrived (driver_side only)
+    ran: int = 0  # trials that ran on a worker (driver_side only; repeats answered from an earlier plan did not)
 
     @property
     def overhead(self) -> float:
@@ -203,6 +204,8 @@ def _driver_side(ran: list[FrozenTrial], repeats: int, started: datetime, ended:
         told = min(max(0.0, _utc(before_t.datetime_complete).timestamp() - before["received"]), gap)
         gaps["telling"] += told
         gaps["next"] += gap - told
+    if len(clocks) > 1:  # the last result's way back: each trial before it had its own inside the gap after it
+        parts["ray"] += max(0.0, clocks[-1][0]["received"] - clocks[-1][0]["worker_ended"])
     first, last = clocks[0][0]["submitted"], clocks[-1][0]["received"]
     return Breakdown(
         stages=stages,
@@ -220,6 +223,7 @@ def _driver_side(ran: list[FrozenTrial], repeats: int, started: datetime, ended:
         between_parts={k: v for k, v in gaps.items() if v},
         driver_side=True,
         queued=queued,
+        ran=len(clocks),
     )
 
 
@@ -271,7 +275,7 @@ def _table(name: str, run: sweeps.SweepRun, b: Breakdown) -> list[str]:
     verdict = "met" if b.overhead_share <= 0.03 else "not met"
     note = "" if b.parallel_ok else " (trials overlapped, so gaps between them are not the driver's alone)"
     if b.driver_side:
-        note += f"; {b.queued} of {max(0, b.trials + b.dominated - 1)} later trials queued behind the one before"
+        note += f"; {b.queued} of {b.ran - 1} later trials queued behind the one before"
     lines += [
         "",
         f"> {name}: overhead while trials run: {b.overhead:.1f} s of a {b.span:.0f} s span = "

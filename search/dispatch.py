@@ -73,8 +73,9 @@ class Executor(Protocol):
     def started(self, running: Running) -> None:
         """A queued trial's slot is free: it runs now, and its time limit counts from now."""
 
-    def post_bar(self, bar: Bar | None) -> None:
-        """The newest gate bar: a trial submitted with an older one (queued behind another) is gated by this one."""
+    def post_bar(self, bar: Bar | None, told: list[int] | None = None) -> None:
+        """The newest gate bar, with the trials `told` since the last: a trial queued behind one of them is gated by
+        it."""
 
     def wait(self, running: list[Running], timeout: float) -> list[tuple[Running, TrialResult]]:
         """Results of trials that finished within `timeout` (a machinery failure is a failed result)."""

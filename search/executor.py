@@ -44,11 +44,13 @@ def _run_on_node(
     token: int = 0,
     bar_seq: int = -1,
     behind: float | None = None,
+    waited: tuple[int, ...] = (),
 ) -> TrialResult:
     """run_trial on a worker: off the station's cores, training on the CPUs it asked for, timing through the
     station, reporting its rungs at the driver's board (search/rungboard.py) and gated by the newest bar posted
     there (`bar_seq`: the one it was submitted with), noting the node. `behind`: the board's `settled` result
-    (when it let this queued trial go), which Ray waits for before it starts the task; None when not queued."""
+    (when it let this queued trial go), which Ray waits for before it starts the task; None when not queued;
+    `waited`: the numbers of the trials it was queued behind."""
     began = time.time()
     free_cores(*where)  # the driver's latest view of the station's place (RayExecutor._refresh_where)
     if threads != ctx.train_threads:
@@ -64,7 +66,9 @@ def _run_on_node(
     def report(rung: int, metrics: dict[str, float]) -> bool:
         return ask(board, attempt, token, Report(number, rung, dict(metrics)))
 
-    gate = NewestBar(board, bar_seq, bar) if board is not None and bar is not None else bar
+    # Only a queued trial's bar can be older than the driver's: one started at once was submitted with the newest.
+    queued = board is not None and bar is not None and waited
+    gate = NewestBar(board, bar_seq, bar, list(waited)) if queued else bar
     result = run_trial(number, plan, ctx, time_model, gate, report if board is not None else None)
     result.info["clock"] = {"worker_began": began, "worker_ended": time.time()}  # benchmarks/stages.py
     if behind is not None:
@@ -121,7 +125,10 @@ def machinery_kind(exc: BaseException) -> str | None:
     own code raised (RayTaskError): that is the plan's failure, not the machinery's."""
     errors = ray.exceptions
     if isinstance(exc, errors.RayTaskError):
-        return None  # raised inside the task (a runtime the plan's model crashed included)
+        # Raised inside the task (a runtime the plan's model crashed included), but for a queued trial's wait at the
+        # rung board lost with the board: that argument failed before the trial began (the trial's own code catches
+        # every Ray error it meets).
+        return "worker_died" if isinstance(getattr(exc, "cause", None), errors.RayActorError) else None
     for cause in (exc, getattr(exc, "cause", None)):
         if isinstance(cause, errors.OutOfMemoryError):
             return "out_of_memory"
@@ -386,6 +393,7 @@ class RayExecutor:
             token,
             self._bar_seq,
             after,
+            tuple(r.number for r in behind) if after is not None else (),
         )
         self._live[task] = token
         return Running(number, task, self.clock())
@@ -394,13 +402,13 @@ class RayExecutor:
         """A queued trial's slot is free (Ray starts it as the trial before it ends): its time limit counts now."""
         running.queued, running.started = False, self.clock()
 
-    def post_bar(self, bar: Bar | None) -> None:
-        """Post the newest gate bar to the board, not awaited: a queued trial reads it when it compares its
-        structure (search/rungboard.py)."""
+    def post_bar(self, bar: Bar | None, told: list[int] | None = None) -> None:
+        """Post the newest gate bar to the board, with the trials `told` since the last, not awaited: a queued trial
+        reads it when it compares its structure (search/rungboard.py)."""
         if self.board is None or bar is None:
             return
         self._bar_seq += 1
-        self.board.post_bar.remote(self._bar_seq, bar)
+        self.board.post_bar.remote(self._bar_seq, bar, list(told or []))
 
     def wait(self, running: list[Running], timeout: float) -> list[tuple[Running, TrialResult]]:
         """Results of the trials that finished within `timeout`; a task Ray could not run becomes a failed result,

@@ -96,8 +96,8 @@ class InProcessExecutor:
         """A queued trial's turn: trials here run one at a time inside wait() and have no time limit."""
         running.queued = False
 
-    def post_bar(self, bar: Bar | None) -> None:
-        """The newest gate bar, which the next trial to run is gated by."""
+    def post_bar(self, bar: Bar | None, told: list[int] | None = None) -> None:
+        """The newest gate bar, which the next trial to run is gated by (trials here run after the tells)."""
         if bar is not None:
             self._bar = bar
 

@@ -4,8 +4,9 @@ One trial's way through the loop, each step a method of `Loop`:
   ask     -> `_draw`: a plan from Optuna, owned by this driver; one past the budget gives way. While trials run,
              `_ask_ahead` draws the next free slot's plan and submits it at once, queued at the executor behind the
              trials in flight, so a slot that frees starts it without waiting for the driver to receive and tell
-             the result before (a plan whose student a trial in flight trains waits for that result instead: it
-             may answer it). A queued plan is gated by the newest bar when its structure is compared.
+             the result before (`_queueable`: only where `parallel` fills the executor's slots, and not a plan a
+             trial in flight may answer, its own student at its pruning ratio or none: that one waits for the
+             result). A queued plan is gated by the bar posted once the result it waited behind was told.
   reuse   -> `_answered`, with search/reuse.py: an identical plan already answered is told that answer, not run
              (one drawn ahead at once, and the next plan drawn in its place).
   gate    -> `gate_bar`: the trained models a new plan's untrained structure must not be slower and larger than
@@ -208,8 +209,10 @@ class Loop:
                         told.append(self._tell(flight, result))
                     if results:
                         self._promote()
-                if told and hasattr(self.executor, "post_bar"):
-                    self.executor.post_bar(self.gate_bar())  # before the mirror: a queued trial compares soon
+                # Before the mirror: a trial queued behind these compares soon, and waits for their numbers (told,
+                # or run again after a machinery failure).
+                if results and hasattr(self.executor, "post_bar"):
+                    self.executor.post_bar(self.gate_bar(), [item.number for item, _ in results])
                 for told_now in told:
                     self.emit("trial_told", told_now)
                 if told:  # the next plans start first: what follows (models made on the way, MLflow) is off their path

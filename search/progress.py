@@ -138,7 +138,8 @@ class ProgressListener:
         self.refreshed = time.monotonic()
         ledger = loop.ledger
         front = len(ledger.front) if ledger.spent else 0
-        self.progress.update(done=ledger.cost, failed=ledger.failed, running=len(loop.flights), front=front)
+        running = sum(not f.running.queued for f in loop.flights.values())  # not one queued behind them
+        self.progress.update(done=ledger.cost, failed=ledger.failed, running=running, front=front)
 
     def tick(self, loop: Any, asked: bool) -> None:
         if asked or time.monotonic() - self.refreshed >= IDLE_REFRESH_S:

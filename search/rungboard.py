@@ -6,9 +6,10 @@ driver's `take` and `decide` run in a concurrency group of their own, so waiting
 execution of a trial posts under its own attempt id, so a retried attempt never reads an answer meant for an
 earlier one. The board is apart from the bench station: nothing here waits on it or blocks it.
 
-The board also holds the driver's newest gate bar (search/gate.py): a trial submitted while another ran (queued
-behind it, search/loop.py) reads it when it compares its untrained structure, so the result the driver told
-meanwhile can stop it before training, as it would have had the trial been submitted after that result.
+A trial submitted while another ran (queued behind it, search/loop.py) starts once `settled` here says that one
+ended, and reads the driver's gate bar (search/gate.py) posted once that result was told when it compares its
+untrained structure (`NewestBar`), so that result can stop it before training, as it would have had the trial been
+submitted after it.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class RungBoard:
         self._changed = threading.Condition()
         self._posted: dict[str, _Posted] = {}  # by attempt id
         self._bar: tuple[int, Any] = (-1, None)  # the driver's newest gate bar and its sequence number
+        self._told: set[int] = set()  # trials whose results the newest bar has taken in
 
     @ray.method(concurrency_group="trials")
     def post(self, attempt: str, token: int, report: Report, wait_s: float) -> bool:
@@ -86,16 +88,21 @@ class RungBoard:
             return sum(not p.taken for p in self._posted.values())
 
     @ray.method(concurrency_group="driver")
-    def post_bar(self, seq: int, bar: Any) -> None:
-        """The driver's newest gate bar; an older one arriving late is ignored."""
+    def post_bar(self, seq: int, bar: Any, told: list[int]) -> None:
+        """The driver's newest gate bar, with the trials told by then; an older one arriving late is ignored."""
         with self._changed:
             if seq > self._bar[0]:
                 self._bar = (seq, bar)
+                self._told.update(told)
+                self._changed.notify_all()  # queued trials waiting in newest_bar
 
     @ray.method(concurrency_group="trials")
-    def newest_bar(self, seq: int) -> Any:
-        """The newest gate bar when it is newer than the caller's (`seq`), else None."""
+    def newest_bar(self, seq: int, behind: list[int], wait_s: float) -> Any:
+        """The newest gate bar when it is newer than the caller's (`seq`), else None; for a trial queued `behind`
+        others, once the result of one of them is told (the one that freed its slot), or `wait_s` passed."""
         with self._changed:
+            if behind:
+                self._changed.wait_for(lambda: not self._told.isdisjoint(behind), timeout=wait_s)
             return self._bar[1] if self._bar[0] > seq else None
 
     @ray.method(concurrency_group="queue")
@@ -106,7 +113,7 @@ class RungBoard:
         verdict): Ray lends out a blocked task's CPU, and two trials would share one slot's cores. Here, not in a
         task of its own: such a task takes a worker process that a trial then lands on cold (torch not imported).
         Returns when (wall clock) it let the trial go, which the trial keeps beside its own stamps."""
-        ray.wait(refs, num_returns=1)
+        ray.wait(refs, num_returns=1, fetch_local=False)  # only that it ended: its result stays where it is
         return time.time()
 
     @ray.method(concurrency_group="driver")
@@ -133,29 +140,31 @@ def start_board(trial_slots: int) -> Any:
     return ray.remote(num_cpus=0, concurrency_groups=groups, scheduling_strategy=here)(RungBoard).remote()
 
 
-# How long a trial waits for the board's newest bar before using the one it was submitted with.
+# How long a queued trial waits at its compare for the result it waited behind to be told (the driver tells a result
+# within milliseconds unless busy, say with an MLflow server that does not answer) before it uses the newest bar.
 BAR_WAIT_S = 5.0
 
 
 class NewestBar:
-    """A worker's side: the driver's newest gate bar, asked of the board while the trial times its structure
-    (`ask`) and read when it compares it (a call), so the round trip to the board is off the trial's path; the bar
-    it was submitted with when the board has none newer or does not answer (the gate then judges by the trials
-    trained when it was submitted)."""
+    """A worker's side, for a trial queued behind others: the driver's newest gate bar, asked of the board while the
+    trial times its structure (`ask`) and read when it compares it (a call). The board answers once the result of a
+    trial it waited behind is told (the gate then judges by it, as it would have had the trial been submitted after
+    that result), or after BAR_WAIT_S; the bar it was submitted with when the board has none newer or does not
+    answer (the gate then judges by the trials trained when it was submitted)."""
 
-    def __init__(self, board: Any, seq: int, submitted: Any) -> None:
-        self.board, self.seq, self.submitted = board, seq, submitted
+    def __init__(self, board: Any, seq: int, submitted: Any, behind: list[int]) -> None:
+        self.board, self.seq, self.submitted, self.behind = board, seq, submitted, behind
         self._ref: Any = None
 
     def ask(self) -> None:
         """Ask the board now; the answer is read by the call."""
         if self._ref is None:
-            self._ref = self.board.newest_bar.remote(self.seq)
+            self._ref = self.board.newest_bar.remote(self.seq, self.behind, BAR_WAIT_S)
 
     def __call__(self) -> Any:
         self.ask()
         try:
-            newer = ray.get(self._ref, timeout=BAR_WAIT_S)
+            newer = ray.get(self._ref, timeout=BAR_WAIT_S + 30.0)
         except ray.exceptions.RayError as err:
             log.warning("the newest gate bar could not be read (%s); using the one submitted", err)
             return self.submitted

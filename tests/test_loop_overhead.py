@@ -133,6 +133,20 @@ def test_the_next_plan_waits_at_the_executor_unless_a_trial_before_it_may_answer
     assert not swept.study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
 
 
+def test_an_attempt_the_machinery_lost_runs_again_behind_the_plan_queued_meanwhile_and_counts_once(tmp_path, shared):  # noqa: F811
+    seen = Submitted()
+    trial = StandIn(shared[1], lost={1: 1})  # trial 1's first attempt loses its worker
+    _, swept, executor = _run(tmp_path, shared, trial, trials=5, parallel=1, slots=1, listeners=[seen])
+    order = executor.submitted
+    assert order.count(1) == 2 and swept.summary.retried == 1
+    # The plan after trial 1 was queued while trial 1 ran, so the second attempt waits behind it.
+    assert order.index(2) < len(order) - 1 - order[::-1].index(1)
+    study = swept.study
+    assert len(spent(study)) == 5 and len(set(order)) == 5  # five plans, each told once
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    assert read(study.trials[1]).info["machinery_attempts"]  # the lost attempt is on its record
+
+
 def _stamped(number: int, asked: float, clock: dict[str, float], told: float, distill: float) -> FrozenTrial:
     local = lambda s: datetime.fromtimestamp(s).astimezone()  # noqa: E731 - Optuna stamps local time
     return FrozenTrial(
@@ -162,9 +176,12 @@ def test_the_overhead_follows_the_trials_clocks_when_the_next_plan_is_asked_ahea
     b = stages.breakdown(trials, started, ended)
     assert b.driver_side and b.parallel_ok and not b.queued  # asked ahead is not two trials at once
     assert b.between_trials == pytest.approx(0.5) and b.between_parts == pytest.approx({"telling": 0.25, "next": 0.25})
-    # Trial 1: Ray 0.25 (trial 0's result back) + 0.25 (its dispatch), and the worker 9 - 8.5 outside its stages.
-    assert b.in_trial_other == pytest.approx(0.5 + 0.5)
-    assert b.span == pytest.approx(19.0) and b.overhead_share == pytest.approx(1.5 / 19.0)
+    # Ray: trial 0's result back 0.25, trial 1's dispatch 0.25 and its result back 0.25; the worker 9 - 8.5 outside
+    # trial 1's stages.
+    assert b.in_trial_other == pytest.approx(0.75 + 0.5)
+    assert b.span == pytest.approx(19.0) and b.overhead_share == pytest.approx(1.75 / 19.0)
+    # With the first trial's setup, the parts fill the span.
+    assert sum(b.stages.values()) + b.overhead + b.first_trial_other == pytest.approx(b.span)
     # The first trial's setup: its dispatch (a worker starts) and its worker outside its stages.
     assert b.first_trial_other == pytest.approx(0.25 + 0.5) and b.before_first == pytest.approx(1.0)
 
@@ -180,5 +197,7 @@ def test_a_trial_queued_behind_the_one_before_costs_only_the_slots_idle_time():
     b = stages.breakdown(trials, started, ended)
     assert b.driver_side and b.parallel_ok and b.queued == 1  # queued is not two trials at once either
     assert b.between_trials == 0 and not b.between_parts  # the tell and the next ask ran while trial 1 trained
-    assert b.in_trial_other == pytest.approx(0.05 + 0.5)  # the slot idle 9.75-9.8 s, and the worker 9 - 8.5
-    assert b.span == pytest.approx(18.0) and b.overhead_share == pytest.approx(0.55 / 18.0)
+    # The slot idle 9.75-9.8 s, trial 1's result back 0.2 s, and the worker 9 - 8.5 s outside its stages.
+    assert b.in_trial_other == pytest.approx(0.05 + 0.2 + 0.5)
+    assert b.span == pytest.approx(18.0) and b.overhead_share == pytest.approx(0.75 / 18.0)
+    assert sum(b.stages.values()) + b.overhead + b.first_trial_other == pytest.approx(b.span)

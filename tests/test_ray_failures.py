@@ -12,6 +12,7 @@ import pytest
 import ray
 
 from search.executor import MACHINERY, RayExecutor, Running
+from search.rungboard import start_board
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +69,22 @@ def test_a_plan_that_raises_is_the_plans_failure_not_the_machinerys(local_ray):
 
     result = _result(local_ray, ray.remote(max_retries=0)(_raises).remote())
     assert MACHINERY not in result.info
+
+
+def test_a_queued_trial_whose_wait_is_lost_with_the_rung_board_is_the_machinerys_failure(local_ray):
+    def _hangs() -> None:
+        time.sleep(3600)
+
+    def _trial(waited: float) -> float:  # stands in for a queued trial: Ray starts it once its wait has returned
+        return waited
+
+    board = start_board(trial_slots=1)
+    running = ray.remote(max_retries=0)(_hangs).remote()
+    queued = ray.remote(max_retries=0)(_trial).remote(board.settled.remote([running]))
+    ray.kill(board)  # the board's process dies while the queued trial waits behind the running one
+    result = _result(local_ray, queued)
+    assert result.info[MACHINERY] == "worker_died"  # run again by the driver, not the plan's failure
+    ray.cancel(running, force=True)
 
 
 def test_an_attempt_past_the_time_limit_is_stopped_and_counts_as_a_timeout(local_ray):

@@ -205,12 +205,13 @@ def test_on_ray_a_trial_queued_behind_another_is_gated_by_the_bar_told_meanwhile
     # Queued behind the first as the loop queues a plan, with the bar of its submit (empty), while a CPU is free.
     second = executor.submit(2, other, data, Bar(), behind=[first])
     second.queued = True
-    # What the driver posts once the first result is told: a model faster and smaller than any structure.
-    executor.post_bar(Bar((Candidate(1, 99.0, 0.0, 0.0),), 98.0))
     clock[0] = 1500.0  # past the limit counted from its submit, but it has not started: it is not stopped
     assert executor.wait([second], timeout=0.1) == []
     result = ray.get(first.ref, timeout=600)  # the first's own limit is not this test's
     assert result.error is None and result.onnx is not None
+    # What the driver posts once it has told the first result (the second may already wait for it at its compare):
+    # a model faster and smaller than any structure.
+    executor.post_bar(Bar((Candidate(1, 99.0, 0.0, 0.0),), 98.0), told=[1])
     executor.started(second)  # the slot is free: its limit counts from 1500 s
     clock[0] = 2000.0
     done: list = []
@@ -224,19 +225,21 @@ def test_on_ray_a_trial_queued_behind_another_is_gated_by_the_bar_told_meanwhile
     assert gated.info.clock["worker_began"] >= result.info.clock["worker_ended"]
 
 
-def test_a_worker_reads_the_newest_bar_and_falls_back_to_its_own_without_the_board(local_ray):
+def test_a_queued_worker_reads_the_bar_told_after_the_trial_it_waited_behind_or_its_own(local_ray):
     board = start_board(trial_slots=1)
     own, newer = Bar(), Bar((Candidate(4, 97.0, 0.1, 0.1),), 96.0)
-    assert NewestBar(board, -1, own)() is own  # nothing posted yet
-    ray.get(board.post_bar.remote(3, newer))
-    asked = NewestBar(board, 2, own)
-    asked.ask()  # sent while the structure is timed, read when it is compared
-    assert asked() == newer
-    assert NewestBar(board, 3, own)() is own  # the one it was submitted with is as new
-    ray.get(board.post_bar.remote(1, own))  # an older bar arriving late changes nothing
-    assert NewestBar(board, 2, own)() == newer
+    assert NewestBar(board, -1, own, [])() is own  # nothing posted yet
+    waiting = NewestBar(board, 2, own, [7])
+    waiting.ask()  # sent while the structure is timed: it waits at the board for trial 7's result to be told
+    ray.get(board.post_bar.remote(3, newer, [7]))
+    assert waiting() == newer
+    assert NewestBar(board, 3, own, [7])() is own  # the one it was submitted with is as new
+    ray.get(board.post_bar.remote(1, own, [8]))  # an older bar arriving late changes nothing
+    assert NewestBar(board, 2, own, [7])() == newer
+    # Behind a trial never told (the driver busy or gone): the newest bar once the wait is over.
+    assert ray.get(board.newest_bar.remote(2, [9], 0.2)) == newer
     ray.kill(board)
-    assert NewestBar(board, 2, own)() is own
+    assert NewestBar(board, 2, own, [7])() is own
 
 
 def test_the_board_starts_without_torch():
