@@ -345,12 +345,17 @@ class Loop:
             self._submit(trial, plan)
 
     def _submit(self, trial: optuna.Trial, plan: Any, *, queued: bool = False) -> None:
-        """Hand a plan to the executor, gated by the bar of the trials trained so far; `queued`: behind the trials
-        in flight, started by `_promote` when a slot frees."""
-        behind = [f.running for f in self.flights.values()] if queued else None
-        running = self.executor.submit(trial.number, plan, self.ctx_ref, self.gate_bar(), behind)
-        running.queued = queued
+        """Hand a new plan to the executor (`_hand`) and keep it in flight."""
+        running = self._hand(trial.number, plan, queued=queued)
         self.flights[trial.number] = InFlight(trial, plan, plan.params(), plan.describe(), running)
+
+    def _hand(self, number: int, plan: Any, *, queued: bool) -> Running:
+        """Submit one attempt, gated by the bar of the trials trained so far; `queued`: behind the trials in flight,
+        started by `_promote` when a slot frees."""
+        behind = [f.running for f in self.flights.values()] if queued else None
+        running = self.executor.submit(number, plan, self.ctx_ref, self.gate_bar(), behind)
+        running.queued = queued
+        return running
 
     def _answered(self, trial: optuna.Trial, plan: Any) -> bool:
         """Answer a plan already run (or stopped) from its earlier trial's result; False when it has to run."""
@@ -416,12 +421,7 @@ class Loop:
         self.summary.retried += 1
         # Every slot taken (a plan queued for the slot this attempt freed counts): it waits behind them, and
         # `_promote` starts its time limit when a slot frees; else it starts now.
-        others = [f.running for f in self.flights.values()]
-        wait = len(others) >= self.slots()
-        flight.running = self.executor.submit(
-            flight.number, flight.plan, self.ctx_ref, self.gate_bar(), others if wait else None
-        )
-        flight.running.queued = wait
+        flight.running = self._hand(flight.number, flight.plan, queued=len(self.flights) >= self.slots())
         self.flights[flight.number] = flight
         return True
 

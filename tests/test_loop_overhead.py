@@ -165,15 +165,26 @@ def _stamped(number: int, asked: float, clock: dict[str, float], told: float, di
     )
 
 
+T0 = 1_800_000_000.0
+
+
+def _after_trial_0(asked: float, clock: dict[str, float], told: float) -> stages.Breakdown:
+    """The breakdown of a driver running 0-25 s: trial 0 asked at 0.5 s, submitted at 1 s, on the worker 1.25-9.75 s
+    with 8 s of stages, received at 10 s, told at 10.25 s; then trial 1 with 8.5 s of stages, asked, stamped and
+    told at these seconds."""
+    c0 = {"submitted": T0 + 1, "worker_began": T0 + 1.25, "worker_ended": T0 + 9.75, "received": T0 + 10}
+    c1 = {k: T0 + v for k, v in clock.items()}
+    trials = [_stamped(0, T0 + 0.5, c0, T0 + 10.25, 8.0), _stamped(1, T0 + asked, c1, T0 + told, 8.5)]
+    return stages.breakdown(
+        trials, datetime.fromtimestamp(T0, timezone.utc), datetime.fromtimestamp(T0 + 25, timezone.utc)
+    )
+
+
 def test_the_overhead_follows_the_trials_clocks_when_the_next_plan_is_asked_ahead():
-    # Trial 1 is asked at 2 s, while trial 0 runs (submitted at 1 s, on the worker 1.25-9.75 s, received at 10 s, told
-    # at 10.25 s); trial 1 is submitted at 10.5 s, runs 10.75-19.75 s, received at 20 s, told at 20.5 s.
-    t0 = 1_800_000_000.0
-    c0 = {"submitted": t0 + 1, "worker_began": t0 + 1.25, "worker_ended": t0 + 9.75, "received": t0 + 10}
-    c1 = {"submitted": t0 + 10.5, "worker_began": t0 + 10.75, "worker_ended": t0 + 19.75, "received": t0 + 20}
-    trials = [_stamped(0, t0 + 0.5, c0, t0 + 10.25, 8.0), _stamped(1, t0 + 2, c1, t0 + 20.5, 8.5)]
-    started, ended = datetime.fromtimestamp(t0, timezone.utc), datetime.fromtimestamp(t0 + 25, timezone.utc)
-    b = stages.breakdown(trials, started, ended)
+    # Trial 1 is asked at 2 s, while trial 0 runs; it is submitted at 10.5 s, after trial 0's result, runs
+    # 10.75-19.75 s, received at 20 s, told at 20.5 s.
+    c1 = {"submitted": 10.5, "worker_began": 10.75, "worker_ended": 19.75, "received": 20}
+    b = _after_trial_0(2, c1, 20.5)
     assert b.driver_side and b.parallel_ok and not b.queued  # asked ahead is not two trials at once
     assert b.between_trials == pytest.approx(0.5) and b.between_parts == pytest.approx({"telling": 0.25, "next": 0.25})
     # Ray: trial 0's result back 0.25, trial 1's dispatch 0.25 and its result back 0.25; the worker 9 - 8.5 outside
@@ -187,14 +198,10 @@ def test_the_overhead_follows_the_trials_clocks_when_the_next_plan_is_asked_ahea
 
 
 def test_a_trial_queued_behind_the_one_before_costs_only_the_slots_idle_time():
-    # Trial 1 is asked and submitted at 2 s, queued while trial 0 runs on the worker 1.25-9.75 s; it starts there at
-    # 9.8 s, as trial 0's result travels back (received at 10 s, told at 10.25 s), and runs to 18.8 s.
-    t0 = 1_800_000_000.0
-    c0 = {"submitted": t0 + 1, "worker_began": t0 + 1.25, "worker_ended": t0 + 9.75, "received": t0 + 10}
-    c1 = {"submitted": t0 + 2, "worker_began": t0 + 9.8, "worker_ended": t0 + 18.8, "received": t0 + 19}
-    trials = [_stamped(0, t0 + 0.5, c0, t0 + 10.25, 8.0), _stamped(1, t0 + 1.5, c1, t0 + 19.25, 8.5)]
-    started, ended = datetime.fromtimestamp(t0, timezone.utc), datetime.fromtimestamp(t0 + 25, timezone.utc)
-    b = stages.breakdown(trials, started, ended)
+    # Trial 1 is asked at 1.5 s and submitted at 2 s, queued while trial 0 runs on the worker 1.25-9.75 s; it starts
+    # there at 9.8 s, as trial 0's result travels back (received at 10 s, told at 10.25 s), and runs to 18.8 s.
+    c1 = {"submitted": 2, "worker_began": 9.8, "worker_ended": 18.8, "received": 19}
+    b = _after_trial_0(1.5, c1, 19.25)
     assert b.driver_side and b.parallel_ok and b.queued == 1  # queued is not two trials at once either
     assert b.between_trials == 0 and not b.between_parts  # the tell and the next ask ran while trial 1 trained
     # The slot idle 9.75-9.8 s, trial 1's result back 0.2 s, and the worker 9 - 8.5 s outside its stages.
